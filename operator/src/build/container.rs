@@ -1,0 +1,228 @@
+//! The container of a component: image, environment, probes and a locked-down security context.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector, SecurityContext, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::component::Component;
+use crate::crd::{GatewaySpec, MicroserviceApp};
+use crate::labels;
+
+/// Where the embedded SQLite database lives in a pod (an emptyDir volume).
+pub const DATA_DIR: &str = "/data";
+
+/// Name of the container port every component listens on; Services and EndpointSlice consumers
+/// refer to it by this name.
+pub const PORT_NAME: &str = "http";
+
+pub(super) fn container(app: &MicroserviceApp, component: Component) -> Container {
+    let spec = component.spec(app);
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }];
+    if component.is_stateful() && app.spec.database.is_none() {
+        mounts.push(VolumeMount {
+            name: "data".to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
+    Container {
+        name: component.name().to_owned(),
+        image: Some(component.image(app)),
+        image_pull_policy: app.spec.image_pull_policy.map(|p| p.as_str().to_owned()),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_owned()),
+            container_port: spec.port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env_for(app, component)),
+        resources: spec.resources.clone(),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    }
+}
+
+pub(super) fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PORT_NAME.to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The component's environment: what the operator sets, then the user's `env` entries, each
+/// replacing an operator-set variable of the same name (a list with one entry per name, as
+/// server-side apply requires).
+pub fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
+    let app_name = app.name_any();
+    let mut env = vec![
+        value("MSA_COMPONENT", component.name()),
+        value("MSA_APP", &app_name),
+        value(
+            "MSA_LISTEN",
+            &format!("0.0.0.0:{}", component.spec(app).port),
+        ),
+        field_ref("MSA_POD_NAME", "metadata.name"),
+        field_ref("MSA_NAMESPACE", "metadata.namespace"),
+    ];
+    if component.is_stateful() {
+        env.push(database_url(app, component));
+    }
+    if component.needs_discovery() {
+        env.push(value("MSA_DISCOVERY", "kubernetes"));
+        for upstream in component.upstreams() {
+            env.push(value(
+                &format!("MSA_UPSTREAM_{}", upstream.name().to_uppercase()),
+                &labels::child_name(&app_name, *upstream),
+            ));
+        }
+    }
+    if component == Component::Gateway {
+        env.extend(gateway_policy(&app.spec.components.gateway));
+    }
+    for user_var in &component.spec(app).env {
+        match env.iter_mut().find(|e| e.name == user_var.name) {
+            Some(existing) => *existing = user_var.clone(),
+            None => env.push(user_var.clone()),
+        }
+    }
+    env
+}
+
+fn database_url(app: &MicroserviceApp, component: Component) -> EnvVar {
+    let Some(database) = &app.spec.database else {
+        return value(
+            "DATABASE_URL",
+            &format!("sqlite://{DATA_DIR}/{}.db", component.name()),
+        );
+    };
+    let key = match component {
+        Component::User => &database.keys.user,
+        Component::Order => &database.keys.order,
+        Component::Product | Component::Gateway => &database.keys.product,
+    };
+    EnvVar {
+        name: "DATABASE_URL".to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: database.secret_ref.name.clone(),
+                key: key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The gateway's traffic policy, in the environment variables its flags read.
+fn gateway_policy(gateway: &GatewaySpec) -> Vec<EnvVar> {
+    let (cb, od, rt, to) = (
+        &gateway.circuit_breaker,
+        &gateway.outlier_detection,
+        &gateway.retries,
+        &gateway.timeouts,
+    );
+    [
+        (
+            "MSA_LB_STRATEGY",
+            gateway.load_balancing.strategy.flag_value().to_owned(),
+        ),
+        (
+            "MSA_BREAKER_FAILURE_RATE_PERCENT",
+            cb.failure_rate_percent.to_string(),
+        ),
+        ("MSA_BREAKER_MINIMUM_CALLS", cb.minimum_calls.to_string()),
+        ("MSA_BREAKER_WINDOW_SECONDS", cb.window_seconds.to_string()),
+        ("MSA_BREAKER_OPEN_SECONDS", cb.open_seconds.to_string()),
+        (
+            "MSA_BREAKER_HALF_OPEN_PROBES",
+            cb.half_open_probes.to_string(),
+        ),
+        (
+            "MSA_OUTLIER_CONSECUTIVE_FAILURES",
+            od.consecutive_failures.to_string(),
+        ),
+        (
+            "MSA_OUTLIER_BASE_EJECTION_MS",
+            od.base_ejection_millis.to_string(),
+        ),
+        (
+            "MSA_OUTLIER_MAX_EJECTION_MS",
+            od.max_ejection_millis.to_string(),
+        ),
+        (
+            "MSA_OUTLIER_MAX_EJECTION_PERCENT",
+            od.max_ejection_percent.to_string(),
+        ),
+        ("MSA_OUTLIER_LATENCY_FACTOR", od.latency_factor.to_string()),
+        ("MSA_RETRY_MAX", rt.max_retries.to_string()),
+        ("MSA_RETRY_BUDGET_PERCENT", rt.budget_percent.to_string()),
+        (
+            "MSA_RETRY_MIN_PER_SECOND",
+            rt.min_retries_per_second.to_string(),
+        ),
+        ("MSA_TIMEOUT_CONNECT_MS", to.connect_millis.to_string()),
+        ("MSA_TIMEOUT_PER_TRY_MS", to.per_try_millis.to_string()),
+        ("MSA_TIMEOUT_REQUEST_MS", to.request_millis.to_string()),
+    ]
+    .into_iter()
+    .map(|(name, v)| value(name, &v))
+    .collect()
+}
+
+fn value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+fn field_ref(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}

@@ -1,0 +1,126 @@
+//! Pure rendering of every child object from a validated MicroserviceApp: no client, no clock.
+//! What these functions return is exactly what the operator sends with server-side apply.
+
+mod container;
+mod deployment;
+mod hash;
+mod rbac;
+mod service;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::component::Component;
+use crate::crd::MicroserviceApp;
+
+pub use container::{DATA_DIR, env_for};
+pub use hash::stamp_rendered_hash;
+
+/// Every object the operator keeps for one app. Consumers destructure it exhaustively, so a
+/// new kind of child cannot be silently skipped when applying.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+}
+
+impl Children {
+    /// Number of objects, as counted in API-call tests and metrics.
+    pub fn len(&self) -> usize {
+        let Children {
+            deployments,
+            services,
+            service_account: _,
+            role: _,
+            role_binding: _,
+        } = self;
+        deployments.len() + services.len() + 3
+    }
+
+    /// Always false: an app has children. Present for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Why an app could not be rendered (only objects not yet stored by the API server lack these).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("MicroserviceApp has no {0}; it must come from the API server")]
+    MissingMetadata(&'static str),
+}
+
+/// The identity of the app every child refers back to.
+pub(crate) struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub reference: OwnerReference,
+}
+
+impl Owner {
+    fn of(app: &MicroserviceApp) -> Result<Self, BuildError> {
+        let namespace = app
+            .namespace()
+            .ok_or(BuildError::MissingMetadata("namespace"))?;
+        let reference = app
+            .controller_owner_ref(&())
+            .ok_or(BuildError::MissingMetadata("uid"))?;
+        Ok(Self {
+            name: app.name_any(),
+            namespace,
+            reference,
+        })
+    }
+
+    /// Metadata every child carries: name, namespace, labels and the controller reference that
+    /// lets Kubernetes' garbage collector delete it with the app.
+    fn metadata(
+        &self,
+        name: String,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.reference.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// Renders every child of the app.
+pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
+    let owner = Owner::of(app)?;
+    Ok(Children {
+        deployments: Component::ALL
+            .into_iter()
+            .map(|c| stamp_rendered_hash(deployment::deployment(app, &owner, c)))
+            .collect(),
+        services: Component::ALL
+            .into_iter()
+            .map(|c| stamp_rendered_hash(service::service(app, &owner, c)))
+            .collect(),
+        service_account: stamp_rendered_hash(rbac::service_account(&owner)),
+        role: stamp_rendered_hash(rbac::role(&owner)),
+        role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),
+    })
+}
+
+/// The gateway's in-cluster URL, as reported in status (never dialled by the operator).
+pub fn gateway_url(app: &MicroserviceApp) -> Option<String> {
+    let namespace = app.namespace()?;
+    let name = crate::labels::child_name(&app.name_any(), Component::Gateway);
+    let port = app.spec.components.gateway.service.port;
+    Some(if port == 80 {
+        format!("http://{name}.{namespace}.svc")
+    } else {
+        format!("http://{name}.{namespace}.svc:{port}")
+    })
+}

@@ -1,0 +1,139 @@
+//! Wires the reconciler into a kube-runtime `Controller`: one watch per kind, each feeding a
+//! reflector cache the reconciler reads from and triggering the owning app on any change, so
+//! hand edits and deletions of children are reverted.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use crate::crd::MicroserviceApp;
+use crate::labels;
+use crate::metrics::Metrics;
+use crate::reconcile::{Caches, Context, error_policy, reconcile};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace to watch; all namespaces when None.
+    pub namespace: Option<String>,
+    /// Apps reconciled at once.
+    pub concurrency: u16,
+    /// Identifies this process in Events.
+    pub instance: String,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cached watch of the objects the operator labelled as managed.
+fn cached_watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = selector {
+        config = config.labels(selector);
+    }
+    let stream = watcher(api::<K>(client, namespace), config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
+/// The app an EndpointSlice reports on (slices copy their Service's labels).
+fn app_of_slice(slice: EndpointSlice) -> Option<ObjectRef<MicroserviceApp>> {
+    let app = slice.labels().get(labels::INSTANCE)?.clone();
+    Some(ObjectRef::new(&app).within(&slice.namespace()?))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = settings.namespace.as_deref();
+    let managed = labels::managed_selector();
+    let (deployments, deployment_events) = cached_watch::<Deployment>(&client, ns, Some(&managed));
+    let (services, service_events) = cached_watch::<Service>(&client, ns, Some(&managed));
+    let (service_accounts, service_account_events) =
+        cached_watch::<ServiceAccount>(&client, ns, Some(&managed));
+    let (roles, role_events) = cached_watch::<Role>(&client, ns, Some(&managed));
+    let (role_bindings, role_binding_events) =
+        cached_watch::<RoleBinding>(&client, ns, Some(&managed));
+    let (endpoint_slices, slice_events) =
+        cached_watch::<EndpointSlice>(&client, ns, Some(&managed));
+
+    let caches = Caches {
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        endpoint_slices,
+    };
+    let reporter = Reporter {
+        controller: labels::MANAGER.to_owned(),
+        instance: Some(settings.instance.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
+
+    Controller::new(api::<MicroserviceApp>(&client, ns), watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(service_account_events)
+        .owns_stream(role_events)
+        .owns_stream(role_binding_events)
+        .watches_stream(slice_events, app_of_slice)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((app, _)) => debug!(app = %app.name, namespace = app.namespace.as_deref().unwrap_or_default(), "reconciled"),
+                // Reconcile errors are logged by the error policy; these are watch and queue
+                // errors, which the controller retries on its own.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(%error, "controller stream error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,662 @@
+//! The `MicroserviceApp` custom resource (`msa.dev/v1alpha1`).
+//!
+//! Doc comments on these types are the text `kubectl explain microserviceapp.spec...` shows, so
+//! they are written for the person editing the resource. Defaults and ranges live in the schema
+//! (the API server enforces them); rules that span fields are CEL (`x-kubernetes-validations`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The image used for a component when neither `spec.image` nor the component sets one.
+pub const DEFAULT_IMAGE_PATTERN: &str = "ghcr.io/msa-dev/msa-{component}:0.1.0";
+
+/// The placeholder in `spec.image` replaced by the component name.
+pub const COMPONENT_PLACEHOLDER: &str = "{component}";
+
+/// A whole microservice application: user, order and product services behind an API gateway.
+///
+/// The operator keeps one Deployment and one Service per component, named `<app>-<component>`,
+/// converged to this spec.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "msa.dev",
+    version = "v1alpha1",
+    kind = "MicroserviceApp",
+    plural = "microserviceapps",
+    shortname = "msa",
+    category = "all",
+    namespaced,
+    status = "MicroserviceAppStatus",
+    derive = "PartialEq",
+    doc = "A microservice application (user, order and product services behind an API gateway), run and kept converged by msa-operator.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gateway.url"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("self.components.user.replicas <= 1 && !self.components.user.autoscaled || has(self.database)")
+        .message("spec.components.user: more than one replica (or autoscaling) needs spec.database, because the embedded SQLite database is per pod and replicas would diverge; set spec.database.secretRef or use 1 replica")
+        .field_path(".components.user.replicas")
+        .reason(kube::core::Reason::FieldValueForbidden),
+    validation = Rule::new("self.components.order.replicas <= 1 && !self.components.order.autoscaled || has(self.database)")
+        .message("spec.components.order: more than one replica (or autoscaling) needs spec.database, because the embedded SQLite database is per pod and replicas would diverge; set spec.database.secretRef or use 1 replica")
+        .field_path(".components.order.replicas")
+        .reason(kube::core::Reason::FieldValueForbidden),
+    validation = Rule::new("self.components.product.replicas <= 1 && !self.components.product.autoscaled || has(self.database)")
+        .message("spec.components.product: more than one replica (or autoscaling) needs spec.database, because the embedded SQLite database is per pod and replicas would diverge; set spec.database.secretRef or use 1 replica")
+        .field_path(".components.product.replicas")
+        .reason(kube::core::Reason::FieldValueForbidden),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MicroserviceAppSpec {
+    /// Image pattern for every component; `{component}` is replaced by the component name
+    /// (`user`, `order`, `product`, `gateway`). A component's own `image` takes precedence.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// When the kubelet pulls images. Defaults to Kubernetes' own rule (Always for `:latest`,
+    /// IfNotPresent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Secrets used to pull the images from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Per-component settings. Every component runs even when it is not listed here.
+    #[serde(default)]
+    pub components: Components,
+
+    /// External PostgreSQL for the stateful services. Absent: each pod keeps an embedded SQLite
+    /// database in an emptyDir volume, which allows only one replica of user, order and product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE_PATTERN.to_owned()
+}
+
+/// When the kubelet pulls a container image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the node does not have the image.
+    IfNotPresent,
+    /// Never pull; the image must already be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value Kubernetes expects in `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Settings of the four components.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Components {
+    /// The user service (stores users).
+    #[serde(default)]
+    pub user: ComponentSpec,
+    /// The order service (stores orders; calls the user and product services).
+    #[serde(default)]
+    pub order: ComponentSpec,
+    /// The product service (stores products and their stock).
+    #[serde(default)]
+    pub product: ComponentSpec,
+    /// The API gateway in front of the three services.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+}
+
+/// Settings shared by every component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    /// Image of this component; overrides `spec.image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Number of pods. Ignored (left to the autoscaler) when `autoscaled` is true.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// True when a HorizontalPodAutoscaler owns the replica count: the operator then leaves
+    /// `spec.replicas` of the Deployment alone instead of fighting the autoscaler.
+    #[serde(default)]
+    pub autoscaled: bool,
+
+    /// CPU and memory requests and limits of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra environment variables. A variable named like one the operator sets replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Extra labels for the Deployment, its pods and the Service. The `app.kubernetes.io/*`
+    /// labels the operator sets cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations for the Deployment and its pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Port the container listens on (named `http`). Must be 1024 or above: the containers run
+    /// as non-root without capabilities.
+    #[serde(default = "default_container_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+
+    /// How pods are replaced when the configuration changes.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_container_port() -> i32 {
+    8080
+}
+
+impl Default for ComponentSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            replicas: default_replicas(),
+            autoscaled: false,
+            resources: None,
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            port: default_container_port(),
+            rollout: RolloutSpec::default(),
+        }
+    }
+}
+
+/// Rolling-update knobs of the component's Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Pods that may be created above the desired count during a rollout (number or percent).
+    #[serde(default = "default_rollout_fraction")]
+    pub max_surge: IntOrString,
+    /// Pods that may be unavailable during a rollout (number or percent).
+    #[serde(default = "default_rollout_fraction")]
+    pub max_unavailable: IntOrString,
+    /// Seconds a new pod must be ready before it counts as available.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: i32,
+    /// Seconds a rollout may make no progress before it is reported as failed
+    /// (the app's `Degraded` condition then names the component).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_rollout_fraction() -> IntOrString {
+    IntOrString::String("25%".to_owned())
+}
+
+fn default_progress_deadline() -> i32 {
+    600
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_surge: default_rollout_fraction(),
+            max_unavailable: default_rollout_fraction(),
+            min_ready_seconds: 0,
+            progress_deadline_seconds: default_progress_deadline(),
+        }
+    }
+}
+
+/// The API gateway: a component plus its Service exposure and its client-side traffic policy
+/// towards the three services.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Settings every component has.
+    #[serde(flatten)]
+    pub component: ComponentSpec,
+    /// How the gateway's Service is exposed.
+    #[serde(default)]
+    pub service: GatewayServiceSpec,
+    /// How the gateway picks an endpoint of a service.
+    #[serde(default)]
+    pub load_balancing: LoadBalancingSpec,
+    /// When the gateway stops calling a failing service altogether.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerSpec,
+    /// When the gateway stops calling one failing or slow endpoint for a while.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionSpec,
+    /// When the gateway retries a failed call.
+    #[serde(default)]
+    pub retries: RetrySpec,
+    /// How long the gateway waits for an upstream.
+    #[serde(default)]
+    pub timeouts: TimeoutSpec,
+}
+
+/// Exposure of the gateway's Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'")
+    .message("spec.components.gateway.service.nodePort is only allowed with type NodePort or LoadBalancer; remove it or change the type"))]
+pub struct GatewayServiceSpec {
+    /// Service type: ClusterIP (in-cluster only), NodePort or LoadBalancer.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port of the Service.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Fixed node port (NodePort or LoadBalancer only); chosen by Kubernetes when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+    /// Annotations for the Service (for example a cloud load balancer's settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+impl Default for GatewayServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+            node_port: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Kubernetes Service type of the gateway.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Also reachable through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The value Kubernetes expects in `spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Endpoint selection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancingSpec {
+    /// PeakEwma (default: power of two choices over latency × in-flight requests), RoundRobin,
+    /// WeightedRoundRobin or LeastRequest.
+    #[serde(default)]
+    pub strategy: BalancingStrategy,
+}
+
+/// Balancing strategies the gateway implements.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum BalancingStrategy {
+    /// Power of two random choices, comparing peak-EWMA latency × in-flight requests.
+    #[default]
+    PeakEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Each endpoint in turn, as often as its weight says.
+    WeightedRoundRobin,
+    /// Power of two random choices, comparing in-flight requests.
+    LeastRequest,
+}
+
+impl BalancingStrategy {
+    /// The value the gateway's `--lb-strategy` flag takes.
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            Self::PeakEwma => "peak-ewma",
+            Self::RoundRobin => "round-robin",
+            Self::WeightedRoundRobin => "weighted-round-robin",
+            Self::LeastRequest => "least-request",
+        }
+    }
+}
+
+/// Per-service circuit breaker: opens on a failure rate over a sliding window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// Failure rate (percent of calls in the window) that opens the circuit.
+    #[serde(default = "default_failure_rate")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_rate_percent: i32,
+    /// Calls needed in the window before the failure rate is trusted.
+    #[serde(default = "default_minimum_calls")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub minimum_calls: i32,
+    /// Length of the sliding window.
+    #[serde(default = "default_window_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub window_seconds: i32,
+    /// How long the circuit stays open before probe calls are let through.
+    #[serde(default = "default_open_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub open_seconds: i32,
+    /// Probe calls allowed while half-open; all must succeed to close the circuit.
+    #[serde(default = "default_half_open_probes")]
+    #[schemars(range(min = 1, max = 100))]
+    pub half_open_probes: i32,
+}
+
+fn default_failure_rate() -> i32 {
+    50
+}
+fn default_minimum_calls() -> i32 {
+    20
+}
+fn default_window_seconds() -> i32 {
+    10
+}
+fn default_open_seconds() -> i32 {
+    5
+}
+fn default_half_open_probes() -> i32 {
+    3
+}
+
+impl Default for CircuitBreakerSpec {
+    fn default() -> Self {
+        Self {
+            failure_rate_percent: default_failure_rate(),
+            minimum_calls: default_minimum_calls(),
+            window_seconds: default_window_seconds(),
+            open_seconds: default_open_seconds(),
+            half_open_probes: default_half_open_probes(),
+        }
+    }
+}
+
+/// Per-endpoint outlier ejection, in Envoy's vocabulary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionSpec {
+    /// Consecutive failures (connect error, reset, timeout, 502/503/504) that eject an endpoint.
+    #[serde(default = "default_consecutive_failures")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: i32,
+    /// First ejection time; doubled (with jitter) on each failed probe.
+    #[serde(default = "default_base_ejection_millis")]
+    #[schemars(range(min = 10, max = 3600000))]
+    pub base_ejection_millis: i32,
+    /// Upper bound of the ejection time.
+    #[serde(default = "default_max_ejection_millis")]
+    #[schemars(range(min = 10, max = 3600000))]
+    pub max_ejection_millis: i32,
+    /// At most this share of a service's endpoints is ejected at once; below it the gateway
+    /// ignores ejections (panic mode) rather than overload the rest.
+    #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: i32,
+    /// Eject an endpoint whose latency is this many times its peers' median; 0 turns latency
+    /// ejection off.
+    #[serde(default = "default_latency_factor")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub latency_factor: i32,
+}
+
+fn default_consecutive_failures() -> i32 {
+    5
+}
+fn default_base_ejection_millis() -> i32 {
+    1000
+}
+fn default_max_ejection_millis() -> i32 {
+    60_000
+}
+fn default_max_ejection_percent() -> i32 {
+    50
+}
+fn default_latency_factor() -> i32 {
+    5
+}
+
+impl Default for OutlierDetectionSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection_millis: default_base_ejection_millis(),
+            max_ejection_millis: default_max_ejection_millis(),
+            max_ejection_percent: default_max_ejection_percent(),
+            latency_factor: default_latency_factor(),
+        }
+    }
+}
+
+/// Retries of failed calls, bounded by a budget so retries cannot multiply an overload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries per request (0 or 1); only idempotent requests, or requests of which no byte was
+    /// sent, are retried, always on another endpoint.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_retries: i32,
+    /// Retries allowed as a percent of recent requests.
+    #[serde(default = "default_budget_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub budget_percent: i32,
+    /// Retries per second always allowed, whatever the percent says.
+    #[serde(default = "default_min_retries_per_second")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_retries_per_second: i32,
+}
+
+fn default_max_retries() -> i32 {
+    1
+}
+fn default_budget_percent() -> i32 {
+    20
+}
+fn default_min_retries_per_second() -> i32 {
+    10
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            budget_percent: default_budget_percent(),
+            min_retries_per_second: default_min_retries_per_second(),
+        }
+    }
+}
+
+/// Upstream timeouts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.perTryMillis <= self.requestMillis")
+    .message("spec.components.gateway.timeouts.perTryMillis must not exceed requestMillis: a try cannot outlive its request"))]
+pub struct TimeoutSpec {
+    /// Time to open a TCP connection to an endpoint.
+    #[serde(default = "default_connect_millis")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub connect_millis: i32,
+    /// Time for one try, until the response headers arrive.
+    #[serde(default = "default_per_try_millis")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub per_try_millis: i32,
+    /// Time for the whole request, retries included.
+    #[serde(default = "default_request_millis")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub request_millis: i32,
+}
+
+fn default_connect_millis() -> i32 {
+    1000
+}
+fn default_per_try_millis() -> i32 {
+    5000
+}
+fn default_request_millis() -> i32 {
+    15000
+}
+
+impl Default for TimeoutSpec {
+    fn default() -> Self {
+        Self {
+            connect_millis: default_connect_millis(),
+            per_try_millis: default_per_try_millis(),
+            request_millis: default_request_millis(),
+        }
+    }
+}
+
+/// External PostgreSQL databases for the stateful services.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Secret in the app's namespace holding one connection URL per service.
+    pub secret_ref: SecretReference,
+    /// Keys of the Secret holding each service's URL (given to it as `DATABASE_URL`).
+    #[serde(default)]
+    pub keys: DatabaseKeys,
+}
+
+/// A Secret in the app's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Secret keys per service; each defaults to the service's name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseKeys {
+    /// Key of the user service's URL.
+    #[serde(default = "default_user_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub user: String,
+    /// Key of the order service's URL.
+    #[serde(default = "default_order_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub order: String,
+    /// Key of the product service's URL.
+    #[serde(default = "default_product_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub product: String,
+}
+
+fn default_user_key() -> String {
+    "user".to_owned()
+}
+fn default_order_key() -> String {
+    "order".to_owned()
+}
+fn default_product_key() -> String {
+    "product".to_owned()
+}
+
+impl Default for DatabaseKeys {
+    fn default() -> Self {
+        Self {
+            user: default_user_key(),
+            order: default_order_key(),
+            product: default_product_key(),
+        }
+    }
+}
+
+/// What the operator observed, for people and for `kubectl wait --for=condition=Ready`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MicroserviceAppStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, following the Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Replica and endpoint counts per component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+    /// Where the gateway is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayStatus>,
+}
+
+/// Counts of one component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Pods the Deployment should run.
+    pub desired_replicas: i32,
+    /// Pods running the current configuration.
+    pub updated_replicas: i32,
+    /// Pods passing their readiness probe.
+    pub ready_replicas: i32,
+    /// Ready endpoints in the Service's EndpointSlices: what the gateway can route to.
+    pub endpoints: i32,
+}
+
+/// The gateway's address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// In-cluster URL of the gateway's Service.
+    pub url: String,
+}

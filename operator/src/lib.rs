@@ -1,0 +1,20 @@
+//! msa-operator: runs a whole microservice application from one `MicroserviceApp`.
+//!
+//! The reconcile is a pipeline: [`validate`] the spec, [`build`] the children (pure), apply
+//! those that [`drift`] says differ from the cache, then compute and write [`status`] only when
+//! it changed. Only [`reconcile`] holds a client.
+
+pub mod build;
+pub mod component;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod drift;
+pub mod error;
+pub mod http;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;
+pub mod validate;

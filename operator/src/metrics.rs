@@ -1,0 +1,101 @@
+//! Prometheus metrics of the operator.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// Kind of the object written (`Deployment`, `MicroserviceApp/status`, ...).
+    pub kind: String,
+}
+
+/// Every metric the operator exports, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Histogram,
+    pub writes: Family<WriteLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("msa_operator");
+        let reconciles = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let writes = Family::<WriteLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciliations run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes sent to the API server by kind",
+            writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            writes,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_reconcile(&self, took: Duration, error_category: Option<&str>) {
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
+        if let Some(category) = error_category {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    category: category.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn count_write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

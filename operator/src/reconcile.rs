@@ -1,0 +1,414 @@
+//! One reconciliation of a MicroserviceApp: the only place that writes to the API server.
+//!
+//! validate → render (pure) → apply each child whose cached copy differs → compute status
+//! (pure) → write it if it changed → publish Events for what changed. Reads come from the
+//! reflector caches, so a converged app costs no API call at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::build::{self, Children};
+use crate::component::Component;
+use crate::conditions::{self, DEGRADED, READY};
+use crate::crd::{MicroserviceApp, MicroserviceAppStatus};
+use crate::error::Error;
+use crate::labels::{self, MANAGER};
+use crate::metrics::Metrics;
+use crate::status::{self, Blocker, Observed};
+use crate::{drift, validate};
+
+/// How often a converged app is looked at again even if nothing announced a change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Per-app retry delays after failures: doubling from the first to the cap.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// The reflector caches of everything the operator owns or reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+    pub endpoint_slices: Store<EndpointSlice>,
+}
+
+impl Caches {
+    /// Waits until every cache has listed once, so a restart does not re-apply everything.
+    pub async fn wait_until_ready(&self) -> Result<(), Error> {
+        let Caches {
+            deployments,
+            services,
+            service_accounts,
+            roles,
+            role_bindings,
+            endpoint_slices,
+        } = self;
+        tokio::try_join!(
+            deployments.wait_until_ready(),
+            services.wait_until_ready(),
+            service_accounts.wait_until_ready(),
+            roles.wait_until_ready(),
+            role_bindings.wait_until_ready(),
+            endpoint_slices.wait_until_ready(),
+        )
+        .map(|_| ())
+        .map_err(|_| Error::CacheStopped)
+    }
+}
+
+/// Everything a reconciliation needs; shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub caches: Caches,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per app, for exponential backoff.
+    pub failures: Mutex<HashMap<ObjectRef<MicroserviceApp>, u32>>,
+    /// The clock that stamps condition transitions (injected so tests are deterministic).
+    pub now: Box<dyn Fn() -> Time + Send + Sync>,
+}
+
+impl Context {
+    pub fn new(client: Client, caches: Caches, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            caches,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+            now: Box::new(|| Time(jiff::Timestamp::now())),
+        }
+    }
+
+    fn record_outcome(&self, app: &MicroserviceApp, failed: bool) -> u32 {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = ObjectRef::from_obj(app);
+        if failed {
+            let count = failures.entry(key).or_insert(0);
+            *count += 1;
+            *count
+        } else {
+            failures.remove(&key);
+            0
+        }
+    }
+}
+
+/// Reconciles one app; the controller calls this.
+pub async fn reconcile(app: Arc<MicroserviceApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = converge(&app, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    ctx.record_outcome(&app, result.is_err());
+    result
+}
+
+/// Decides when to retry a failed app: exponential backoff per app, so one broken app neither
+/// spins nor delays the others.
+pub fn error_policy(app: Arc<MicroserviceApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&ObjectRef::from_obj(&*app))
+        .copied()
+        .unwrap_or(1);
+    let delay = backoff(attempts);
+    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category = error.category(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `attempts` (1-based): 2 s, 4 s, 8 s, ... up to 5 minutes.
+pub fn backoff(attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+    BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_CAP)
+}
+
+async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error> {
+    ctx.caches.wait_until_ready().await?;
+
+    let problems = validate::problems(app);
+    if !problems.is_empty() {
+        let observed = Observed {
+            blocker: Some(Blocker::InvalidSpec(problems)),
+            ..Observed::default()
+        };
+        write_status(app, ctx, &observed).await?;
+        // Nothing to retry until the user edits the spec, which triggers a reconcile.
+        return Ok(Action::await_change());
+    }
+
+    let children = build::children(app)?;
+    let report = apply_children(ctx, children).await?;
+    if !report.changed.is_empty() {
+        publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "Applied",
+            "ApplyChildren",
+            format!("applied {}", report.changed.join(", ")),
+        )
+        .await;
+    }
+
+    let namespace = app.namespace().unwrap_or_default();
+    let deployments: BTreeMap<Component, Arc<Deployment>> = report.deployments;
+    let observed = Observed {
+        deployments: deployments.iter().map(|(c, d)| (*c, d.as_ref())).collect(),
+        endpoints: Component::ALL
+            .into_iter()
+            .map(|c| {
+                (
+                    c,
+                    endpoints_of(
+                        &ctx.caches.endpoint_slices,
+                        &namespace,
+                        &labels::child_name(&app.name_any(), c),
+                    ),
+                )
+            })
+            .collect(),
+        blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
+    };
+    write_status(app, ctx, &observed).await?;
+
+    match report.failed.first() {
+        Some((name, why)) => Err(Error::Apply {
+            count: report.failed.len(),
+            first: format!("{name}: {why}"),
+        }),
+        None => Ok(Action::requeue(RESYNC)),
+    }
+}
+
+/// What applying the children did.
+#[derive(Default)]
+struct ApplyReport {
+    /// `Kind/name` of every object written.
+    changed: Vec<String>,
+    /// Objects the API server refused, with its message.
+    failed: Vec<(String, String)>,
+    /// The current Deployments (as applied, or as cached when unchanged).
+    deployments: BTreeMap<Component, Arc<Deployment>>,
+}
+
+async fn apply_children(ctx: &Context, children: Children) -> Result<ApplyReport, Error> {
+    // Exhaustive on purpose: a new kind of child must be applied here or the build fails.
+    let Children {
+        deployments,
+        services,
+        service_account,
+        role,
+        role_binding,
+    } = children;
+    let caches = &ctx.caches;
+    let mut report = ApplyReport::default();
+
+    // The identity first, so pods never start without their ServiceAccount.
+    apply_one(ctx, &caches.service_accounts, service_account, &mut report).await?;
+    apply_one(ctx, &caches.roles, role, &mut report).await?;
+    apply_one(ctx, &caches.role_bindings, role_binding, &mut report).await?;
+    for service in services {
+        apply_one(ctx, &caches.services, service, &mut report).await?;
+    }
+    for (component, deployment) in Component::ALL.into_iter().zip(deployments) {
+        if let Some(current) = apply_one(ctx, &caches.deployments, deployment, &mut report).await? {
+            report.deployments.insert(component, current);
+        }
+    }
+    Ok(report)
+}
+
+/// Applies one child unless the cache shows it already as rendered. Returns the current object
+/// (None when the API server refused it; the refusal goes into the report, other children are
+/// still applied). Transport and permission errors abort the reconcile.
+async fn apply_one<K>(
+    ctx: &Context,
+    cache: &Store<K>,
+    desired: K,
+    report: &mut ApplyReport,
+) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let cached = cache.get(&ObjectRef::new(&name).within(&namespace));
+    if let Some(live) = &cached {
+        if drift::is_contained(
+            &serde_json::to_value(&desired)?,
+            &serde_json::to_value(live.as_ref())?,
+        ) {
+            return Ok(cached);
+        }
+    }
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.metrics.count_write(&kind);
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+    {
+        Ok(applied) => {
+            let verb = if cached.is_some() {
+                "corrected"
+            } else {
+                "created"
+            };
+            info!(%kind, %name, %namespace, verb, "applied child");
+            report.changed.push(format!("{kind}/{name}"));
+            Ok(Some(Arc::new(applied)))
+        }
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            warn!(%kind, %name, %namespace, message = %status.message, "API server refused child");
+            report
+                .failed
+                .push((format!("{kind}/{name}"), status.message.clone()));
+            Ok(None)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn endpoints_of(slices: &Store<EndpointSlice>, namespace: &str, service: &str) -> i32 {
+    let of_service = slices.state_filter(|slice| {
+        slice.namespace().as_deref() == Some(namespace)
+            && slice
+                .labels()
+                .get("kubernetes.io/service-name")
+                .map(String::as_str)
+                == Some(service)
+    });
+    status::ready_endpoints(of_service.iter().map(AsRef::as_ref))
+}
+
+/// Writes the status computed from `observed` if it differs from the stored one, and announces
+/// flips of Ready and Degraded as Events.
+async fn write_status(
+    app: &MicroserviceApp,
+    ctx: &Context,
+    observed: &Observed<'_>,
+) -> Result<(), Error> {
+    let now = (ctx.now)();
+    let status = status::compute(app, observed, &now);
+    let previous = app.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    let api: Api<MicroserviceApp> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let body = status_patch(&status);
+    ctx.metrics.count_write("MicroserviceApp/status");
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    announce_flips(app, ctx, &previous, &status).await;
+    Ok(())
+}
+
+/// The server-side-apply body for the status subresource.
+pub fn status_patch(status: &MicroserviceAppStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": MicroserviceApp::api_version(&()),
+        "kind": MicroserviceApp::kind(&()),
+        "status": status,
+    })
+}
+
+async fn announce_flips(
+    app: &MicroserviceApp,
+    ctx: &Context,
+    before: &MicroserviceAppStatus,
+    after: &MicroserviceAppStatus,
+) {
+    for type_ in [READY, DEGRADED] {
+        let old = conditions::find(&before.conditions, type_);
+        let Some(new) = conditions::find(&after.conditions, type_) else {
+            continue;
+        };
+        if old.is_some_and(|o| o.status == new.status && o.reason == new.reason) {
+            continue;
+        }
+        let bad = (type_ == READY) != (new.status == "True");
+        if old.is_none() && !bad {
+            continue; // Nothing news-worthy about a fresh app being healthy.
+        }
+        let kind = if bad {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, app, kind, &new.reason, type_, new.message.clone()).await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    ctx.metrics.count_write("Event");
+    if let Err(error) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        // Events are best effort: failing to record one must not fail the reconcile.
+        warn!(%error, reason, "could not publish Event");
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

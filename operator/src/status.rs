@@ -1,0 +1,303 @@
+//! Pure computation of a MicroserviceApp's status from what the operator observed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::component::Component;
+use crate::conditions::{Computed, DEGRADED, PROGRESSING, READY};
+use crate::crd::{ComponentStatus, GatewayStatus, MicroserviceApp, MicroserviceAppStatus};
+use crate::validate::SpecProblem;
+
+/// Condition reasons, stable for alerting and `kubectl wait`.
+pub mod reason {
+    pub const ALL_READY: &str = "AllComponentsReady";
+    pub const NOT_READY: &str = "ComponentsNotReady";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const COMPLETE: &str = "RolloutComplete";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+}
+
+/// What stopped the operator from converging the app this time round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// The spec cannot be rendered; nothing was applied.
+    InvalidSpec(Vec<SpecProblem>),
+    /// Some children could not be applied (object name → API server's message).
+    ApplyFailed(Vec<(String, String)>),
+}
+
+/// The cluster state a status is computed from.
+#[derive(Default)]
+pub struct Observed<'a> {
+    pub deployments: BTreeMap<Component, &'a Deployment>,
+    /// Ready endpoints per component, from the Services' EndpointSlices.
+    pub endpoints: BTreeMap<Component, i32>,
+    pub blocker: Option<Blocker>,
+}
+
+/// A component's rollout as read from its Deployment.
+struct Rollout<'a> {
+    component: Component,
+    counts: ComponentStatus,
+    /// Deployment controller has seen the latest spec.
+    observed_current: bool,
+    deployment: Option<&'a Deployment>,
+}
+
+impl Rollout<'_> {
+    fn is_done(&self) -> bool {
+        let c = &self.counts;
+        self.deployment.is_some()
+            && self.observed_current
+            && c.updated_replicas >= c.desired_replicas
+            && c.ready_replicas >= c.desired_replicas
+    }
+
+    fn summary(&self) -> String {
+        let c = &self.counts;
+        match self.deployment {
+            None => format!("{}: Deployment not created yet", self.component),
+            Some(_) => format!(
+                "{}: {}/{} ready, {}/{} updated",
+                self.component,
+                c.ready_replicas,
+                c.desired_replicas,
+                c.updated_replicas,
+                c.desired_replicas
+            ),
+        }
+    }
+
+    /// The Deployment's own condition of that type with that status, if any.
+    fn deployment_condition(&self, type_: &str, status: &str) -> Option<(String, String)> {
+        let conditions = self.deployment?.status.as_ref()?.conditions.as_ref()?;
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            })
+    }
+}
+
+fn rollout<'a>(
+    app: &MicroserviceApp,
+    component: Component,
+    deployment: Option<&'a Deployment>,
+    endpoints: i32,
+) -> Rollout<'a> {
+    let spec_replicas = component.spec(app).replicas;
+    let status = deployment.and_then(|d| d.status.as_ref());
+    let desired = deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(spec_replicas);
+    let observed_current = match (
+        deployment.and_then(|d| d.metadata.generation),
+        status.and_then(|s| s.observed_generation),
+    ) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    Rollout {
+        component,
+        counts: ComponentStatus {
+            desired_replicas: desired,
+            updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            endpoints,
+        },
+        observed_current,
+        deployment,
+    }
+}
+
+/// The status to record, given what was observed; `now` stamps conditions that flip.
+pub fn compute(
+    app: &MicroserviceApp,
+    observed: &Observed<'_>,
+    now: &Time,
+) -> MicroserviceAppStatus {
+    let rollouts: Vec<Rollout<'_>> = Component::ALL
+        .into_iter()
+        .map(|c| {
+            let endpoints = observed.endpoints.get(&c).copied().unwrap_or(0);
+            rollout(app, c, observed.deployments.get(&c).copied(), endpoints)
+        })
+        .collect();
+
+    let (ready, progressing, degraded) = conditions(&rollouts, observed.blocker.as_ref());
+    let previous = app
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = app.metadata.generation;
+    MicroserviceAppStatus {
+        observed_generation: generation,
+        conditions: [ready, progressing, degraded]
+            .into_iter()
+            .map(|c| c.settle(previous, generation, now))
+            .collect(),
+        components: rollouts
+            .into_iter()
+            .map(|r| (r.component.name().to_owned(), r.counts))
+            .collect(),
+        gateway: crate::build::gateway_url(app).map(|url| GatewayStatus { url }),
+    }
+}
+
+fn conditions(
+    rollouts: &[Rollout<'_>],
+    blocker: Option<&Blocker>,
+) -> (Computed, Computed, Computed) {
+    if let Some(blocker) = blocker {
+        let (reason, message) = match blocker {
+            Blocker::InvalidSpec(problems) => (
+                reason::INVALID_SPEC,
+                format!(
+                    "the spec cannot be applied: {}",
+                    join(problems.iter().map(ToString::to_string))
+                ),
+            ),
+            Blocker::ApplyFailed(failures) => (
+                reason::APPLY_FAILED,
+                format!(
+                    "could not apply {}",
+                    join(failures.iter().map(|(name, why)| format!("{name} ({why})")))
+                ),
+            ),
+        };
+        return (
+            Computed::new(READY, false, reason, message.clone()),
+            Computed::new(PROGRESSING, false, reason, message.clone()),
+            Computed::new(DEGRADED, true, reason, message),
+        );
+    }
+
+    let stuck: Vec<String> = rollouts
+        .iter()
+        .filter_map(|r| {
+            r.deployment_condition("Progressing", "False")
+                .filter(|(reason, _)| reason == reason::PROGRESS_DEADLINE)
+                .map(|(_, message)| format!("{}: {message}", r.component))
+        })
+        .collect();
+    let failing: Vec<String> = rollouts
+        .iter()
+        .filter_map(|r| {
+            r.deployment_condition("ReplicaFailure", "True")
+                .map(|(reason, message)| format!("{}: {reason}: {message}", r.component))
+        })
+        .collect();
+    let pending: Vec<String> = rollouts
+        .iter()
+        .filter(|r| !r.is_done())
+        .map(Rollout::summary)
+        .collect();
+
+    let degraded = if !stuck.is_empty() {
+        Computed::new(
+            DEGRADED,
+            true,
+            reason::PROGRESS_DEADLINE,
+            join(stuck.iter().cloned()),
+        )
+    } else if !failing.is_empty() {
+        Computed::new(
+            DEGRADED,
+            true,
+            reason::REPLICA_FAILURE,
+            join(failing.into_iter()),
+        )
+    } else {
+        Computed::new(
+            DEGRADED,
+            false,
+            reason::AS_EXPECTED,
+            "every component is healthy",
+        )
+    };
+    let progressing = if !stuck.is_empty() {
+        Computed::new(
+            PROGRESSING,
+            false,
+            reason::PROGRESS_DEADLINE,
+            join(stuck.into_iter()),
+        )
+    } else if !pending.is_empty() {
+        Computed::new(
+            PROGRESSING,
+            true,
+            reason::ROLLING_OUT,
+            join(pending.iter().cloned()),
+        )
+    } else {
+        Computed::new(
+            PROGRESSING,
+            false,
+            reason::COMPLETE,
+            "every component runs the current spec",
+        )
+    };
+    let ready = if pending.is_empty() {
+        Computed::new(
+            READY,
+            true,
+            reason::ALL_READY,
+            format!("all {} components are ready", rollouts.len()),
+        )
+    } else {
+        Computed::new(
+            READY,
+            false,
+            reason::NOT_READY,
+            format!("waiting for {}", join(pending.into_iter())),
+        )
+    };
+    (ready, progressing, degraded)
+}
+
+fn join(parts: impl Iterator<Item = String>) -> String {
+    parts.collect::<Vec<_>>().join("; ")
+}
+
+/// Ready endpoints across all slices of one Service, each (address, port) counted once.
+/// `ready` absent means ready, as the EndpointSlice API defines.
+pub fn ready_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> i32 {
+    let mut seen = BTreeSet::new();
+    for slice in slices {
+        let ports: Vec<Option<i32>> = slice
+            .ports
+            .as_ref()
+            .map(|ports| ports.iter().map(|p| p.port).collect())
+            .unwrap_or_else(|| vec![None]);
+        for endpoint in slice.endpoints.iter().flatten() {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                for port in &ports {
+                    seen.insert((address.clone(), *port));
+                }
+            }
+        }
+    }
+    i32::try_from(seen.len()).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,189 @@
+//! Checks the API server's schema cannot express, with messages that say what to change.
+//!
+//! The schema and CEL rules reject most bad input at `kubectl apply` time; this catches the
+//! rest before anything is written, so a bad spec becomes a `Degraded` condition and a Warning
+//! Event instead of a half-applied app.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::component::Component;
+use crate::crd::MicroserviceApp;
+use crate::labels;
+
+/// Longest app name whose child names (`<app>-product`, `<app>-discovery`) stay valid Service
+/// and label values (63 characters).
+pub const MAX_APP_NAME: usize = 63 - "-discovery".len();
+
+/// One thing wrong with a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// JSON path of the offending field.
+    pub field: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl fmt::Display for SpecProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in the app's spec; empty when it can be rendered.
+pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
+    let mut found = Vec::new();
+    let name = app.name_any();
+    if name.len() > MAX_APP_NAME {
+        found.push(problem(
+            "metadata.name",
+            format!(
+                "is {} characters; at most {MAX_APP_NAME} fit, because child objects are named <name>-<component> and must stay within 63 characters",
+                name.len()
+            ),
+        ));
+    }
+    for component in Component::ALL {
+        check_component(app, component, &mut found);
+    }
+    found
+}
+
+fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<SpecProblem>) {
+    let spec = component.spec(app);
+    let path = format!("spec.components.{component}");
+
+    if component.image(app).trim().is_empty() {
+        found.push(problem(
+            format!("{path}.image"),
+            "is empty; set an image reference",
+        ));
+    }
+    for (key, value) in &spec.labels {
+        if labels::is_reserved(key) {
+            found.push(problem(
+                format!("{path}.labels[{key}]"),
+                "is set by the operator and cannot be overridden; remove it",
+            ));
+        } else if let Err(why) = check_label_key(key) {
+            found.push(problem(format!("{path}.labels[{key}]"), why));
+        } else if let Err(why) = check_label_value(value) {
+            found.push(problem(format!("{path}.labels[{key}]"), why));
+        }
+    }
+    for key in spec.annotations.keys() {
+        if let Err(why) = check_label_key(key) {
+            found.push(problem(format!("{path}.annotations[{key}]"), why));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, env) in spec.env.iter().enumerate() {
+        if env.name.is_empty() {
+            found.push(problem(
+                format!("{path}.env[{i}].name"),
+                "is empty; name the variable",
+            ));
+        } else if !seen.insert(env.name.as_str()) {
+            found.push(problem(
+                format!("{path}.env[{i}].name"),
+                format!("{} is listed twice; keep one entry", env.name),
+            ));
+        }
+    }
+    let rollout = &spec.rollout;
+    if is_zero(&rollout.max_surge) && is_zero(&rollout.max_unavailable) {
+        found.push(problem(
+            format!("{path}.rollout"),
+            "maxSurge and maxUnavailable are both 0, so no rollout could ever make progress; raise one of them",
+        ));
+    }
+    for (field, value) in [
+        ("maxSurge", &rollout.max_surge),
+        ("maxUnavailable", &rollout.max_unavailable),
+    ] {
+        if let Err(why) = check_fraction(value) {
+            found.push(problem(format!("{path}.rollout.{field}"), why));
+        }
+    }
+}
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> SpecProblem {
+    SpecProblem {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn is_zero(value: &IntOrString) -> bool {
+    match value {
+        IntOrString::Int(n) => *n == 0,
+        IntOrString::String(s) => s.trim_end_matches('%').parse::<i64>() == Ok(0),
+    }
+}
+
+fn check_fraction(value: &IntOrString) -> Result<(), String> {
+    match value {
+        IntOrString::Int(n) if *n < 0 => Err(format!("is {n}; use 0 or more")),
+        IntOrString::Int(_) => Ok(()),
+        IntOrString::String(s) => match s.strip_suffix('%').map(str::parse::<u32>) {
+            Some(Ok(p)) if p <= 100 => Ok(()),
+            _ => Err(format!(
+                "is \"{s}\"; use a whole number or a percentage such as \"25%\""
+            )),
+        },
+    }
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 alphanumerics, `-`, `_` or `.`, beginning and ending alphanumeric.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let valid_prefix = !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !valid_prefix {
+            return Err(format!(
+                "key prefix \"{prefix}\" must be a lower-case DNS subdomain such as example.com"
+            ));
+        }
+    }
+    if !is_qualified_name(name) {
+        return Err(format!(
+            "key name \"{name}\" must be 1-63 characters of letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_qualified_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "value \"{value}\" must be at most 63 characters of letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+        ))
+    }
+}
+
+fn is_qualified_name(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+}
