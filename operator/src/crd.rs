@@ -54,6 +54,7 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
     )
 )]
 #[x_kube(
+    cel,
     validation = Rule::new("self.components.user.replicas <= 1 && !self.components.user.autoscaled || has(self.database)")
         .message("spec.components.user: more than one replica (or autoscaling) needs spec.database, because the embedded SQLite database is per pod and replicas would diverge; set spec.database.secretRef or use 1 replica")
         .field_path(".components.user.replicas")

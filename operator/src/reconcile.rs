@@ -368,8 +368,9 @@ async fn announce_flips(
             continue;
         }
         let bad = (type_ == READY) != (new.status == "True");
-        if old.is_none() && !bad {
-            continue; // Nothing news-worthy about a fresh app being healthy.
+        // A new app is naturally not ready yet; only a Degraded one is news from the start.
+        if old.is_none() && !(type_ == DEGRADED && bad) {
+            continue;
         }
         let kind = if bad {
             EventType::Warning

@@ -1,0 +1,369 @@
+//! The reconciler against a mocked API server: every call pinned (method, path, field manager,
+//! body), for create, no-op, drift, scale, status and error paths.
+
+mod support;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::Action;
+use kube::runtime::watcher;
+use msa_operator::build;
+use msa_operator::crd::MicroserviceApp;
+use msa_operator::reconcile::{self, RESYNC};
+use serde_json::{Value, json};
+use support::{Call, FakeCaches, api_error, app, as_stored, context, healthy_api, mocked_client};
+
+const APPLY: &str = "fieldManager=msa-operator&force=true";
+
+fn calls(recorded: &std::sync::Mutex<Vec<Call>>) -> Vec<Call> {
+    recorded.lock().unwrap().clone()
+}
+
+fn lines(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::line).collect()
+}
+
+/// The app after the operator wrote `status` (as the watch would deliver it).
+fn with_status_of(app: &MicroserviceApp, status_call: &Call) -> MicroserviceApp {
+    let mut next = app.clone();
+    next.status = Some(serde_json::from_value(status_call.body["status"].clone()).unwrap());
+    next
+}
+
+/// Deployments as the cluster reports them once their pods are ready.
+fn ready(deployment: &Deployment) -> Deployment {
+    let mut value = serde_json::to_value(as_stored(deployment)).unwrap();
+    let replicas = value["spec"]["replicas"].clone();
+    value["status"] = json!({"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas});
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_writes_nothing() {
+    let shop = app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+
+    let action = reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(RESYNC));
+
+    let first = calls(&recorded);
+    let ns = "/api/v1/namespaces/demo";
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/demo";
+    let apps = "/apis/apps/v1/namespaces/demo/deployments";
+    assert_eq!(
+        lines(&first),
+        [
+            format!("PATCH {ns}/serviceaccounts/shop-discovery?{APPLY}"),
+            format!("PATCH {rbac}/roles/shop-discovery?{APPLY}"),
+            format!("PATCH {rbac}/rolebindings/shop-discovery?{APPLY}"),
+            format!("PATCH {ns}/services/shop-user?{APPLY}"),
+            format!("PATCH {ns}/services/shop-order?{APPLY}"),
+            format!("PATCH {ns}/services/shop-product?{APPLY}"),
+            format!("PATCH {ns}/services/shop-gateway?{APPLY}"),
+            format!("PATCH {apps}/shop-user?{APPLY}"),
+            format!("PATCH {apps}/shop-order?{APPLY}"),
+            format!("PATCH {apps}/shop-product?{APPLY}"),
+            format!("PATCH {apps}/shop-gateway?{APPLY}"),
+            "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
+            format!(
+                "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
+            ),
+        ]
+    );
+
+    // The bodies are exactly the rendered objects (pinned by the render snapshots).
+    let children = build::children(&shop).unwrap();
+    let build::Children {
+        deployments,
+        services,
+        service_account,
+        role,
+        role_binding,
+    } = children.clone();
+    let mut expected: Vec<Value> = vec![
+        serde_json::to_value(&service_account).unwrap(),
+        serde_json::to_value(&role).unwrap(),
+        serde_json::to_value(&role_binding).unwrap(),
+    ];
+    expected.extend(services.iter().map(|s| serde_json::to_value(s).unwrap()));
+    expected.extend(deployments.iter().map(|d| serde_json::to_value(d).unwrap()));
+    for (call, body) in first.iter().zip(&expected) {
+        assert_eq!(&call.body, body, "{}", call.line());
+    }
+    let event = &first[11].body;
+    assert_eq!(event["reason"], "Applied");
+    assert_eq!(event["regarding"]["name"], "shop");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("applied ServiceAccount/shop-discovery, Role/shop-discovery")
+    );
+    let status_call = &first[12];
+    assert_eq!(status_call.body["apiVersion"], "msa.dev/v1alpha1");
+    assert_eq!(status_call.body["kind"], "MicroserviceApp");
+    assert_eq!(status_call.body["status"]["observedGeneration"], 1);
+    assert_eq!(status_call.body["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(
+        status_call.body["status"]["conditions"][0]["status"],
+        "False"
+    );
+
+    // The watch delivers what was applied and the new status: nothing left to write.
+    caches.store(&children);
+    let converged = with_status_of(&shop, status_call);
+    recorded.lock().unwrap().clear();
+    reconcile::reconcile(Arc::new(converged), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        lines(&calls(&recorded)),
+        Vec::<String>::new(),
+        "a converged app costs no API call"
+    );
+    assert_eq!(
+        ctx.metrics
+            .render()
+            .matches("msa_operator_api_writes_total")
+            .count()
+            > 0,
+        true
+    );
+}
+
+#[tokio::test]
+async fn hand_edits_and_deletions_are_reverted_with_one_apply_each() {
+    let shop = app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::listed();
+    let children = build::children(&shop).unwrap();
+    caches.store(&children);
+    let ctx = context(client, caches.readers());
+    // Converge status first so only drift remains.
+    reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let converged = with_status_of(&shop, calls(&recorded).last().unwrap());
+    recorded.lock().unwrap().clear();
+
+    // Someone scales the order Deployment and strips a label from the user Service.
+    let mut scaled = as_stored(&children.deployments[1]);
+    scaled.spec.as_mut().unwrap().replicas = Some(7);
+    caches
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(scaled));
+    let mut relabelled = as_stored(&children.services[0]);
+    relabelled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("app.kubernetes.io/part-of");
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(relabelled));
+    // ... and deletes the Role.
+    caches
+        .roles
+        .apply_watcher_event(&watcher::Event::Delete(as_stored(&children.role)));
+
+    reconcile::reconcile(Arc::new(converged), ctx)
+        .await
+        .unwrap();
+    let after = calls(&recorded);
+    assert_eq!(
+        lines(&after),
+        [
+            format!(
+                "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/demo/roles/shop-discovery?{APPLY}"
+            ),
+            format!("PATCH /api/v1/namespaces/demo/services/shop-user?{APPLY}"),
+            format!("PATCH /apis/apps/v1/namespaces/demo/deployments/shop-order?{APPLY}"),
+            "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
+        ]
+    );
+    assert_eq!(after[2].body["spec"]["replicas"], 1);
+    assert_eq!(
+        after[3].body["note"],
+        "applied Role/shop-discovery, Service/shop-user, Deployment/shop-order"
+    );
+}
+
+#[tokio::test]
+async fn scaling_in_the_spec_applies_one_deployment_and_updates_status() {
+    let shop = app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::listed();
+    let children = build::children(&shop).unwrap();
+    caches.store(&children);
+    for d in &children.deployments {
+        caches
+            .deployments
+            .apply_watcher_event(&watcher::Event::Apply(ready(d)));
+    }
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let first = calls(&recorded);
+    assert_eq!(first.len(), 1, "only the status: {:?}", lines(&first));
+    assert_eq!(
+        first[0].body["status"]["conditions"][0]["status"], "True",
+        "all components ready"
+    );
+    let converged = with_status_of(&shop, &first[0]);
+    recorded.lock().unwrap().clear();
+
+    let mut scaled = converged.clone();
+    scaled.spec.components.gateway.component.replicas = 3;
+    scaled.metadata.generation = Some(2);
+    reconcile::reconcile(Arc::new(scaled), ctx).await.unwrap();
+    let after = calls(&recorded);
+    assert_eq!(
+        lines(&after),
+        [
+            format!("PATCH /apis/apps/v1/namespaces/demo/deployments/shop-gateway?{APPLY}"),
+            "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
+            format!(
+                "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
+            ),
+            "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
+        ]
+    );
+    assert_eq!(after[0].body["spec"]["replicas"], 3);
+    let status = &after[2].body["status"];
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(status["components"]["gateway"]["desiredReplicas"], 3);
+    assert_eq!(status["conditions"][0]["status"], "False");
+    // Ready flipped from True to False: announced as a Warning.
+    assert_eq!(after[3].body["type"], "Warning");
+    assert_eq!(after[3].body["reason"], "ComponentsNotReady");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_writes_only_a_degraded_status_and_waits_for_a_change() {
+    let bad = app(
+        json!({"components": {"order": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}}),
+    );
+    let (client, recorded) = mocked_client(healthy_api(&bad));
+    let caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+    let action = reconcile::reconcile(Arc::new(bad.clone()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    let all = calls(&recorded);
+    assert_eq!(
+        lines(&all),
+        [
+            format!(
+                "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
+            ),
+            "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
+        ]
+    );
+    let degraded = &all[0].body["status"]["conditions"][2];
+    assert_eq!(degraded["type"], "Degraded");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.components.order.env[1].name: A is listed twice")
+    );
+    assert_eq!(all[1].body["type"], "Warning");
+    assert_eq!(all[1].body["reason"], "InvalidSpec");
+}
+
+#[tokio::test]
+async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_with_backoff() {
+    let shop = app(json!({}));
+    let healthy = healthy_api(&shop);
+    let respond: support::Responder = Arc::new(move |call: &Call| {
+        if call.path.ends_with("/deployments/shop-user") {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                api_error(
+                    422,
+                    "Invalid",
+                    "Deployment.apps \"shop-user\" is invalid: spec.template.spec.containers[0].image: Required value",
+                ),
+            )
+        } else {
+            healthy(call)
+        }
+    });
+    let (client, recorded) = mocked_client(respond);
+    let caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+    let shop = Arc::new(shop);
+    let error = reconcile::reconcile(shop.clone(), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), "apply");
+    let all = calls(&recorded);
+    assert_eq!(
+        all.iter()
+            .filter(|c| c.path.contains("/deployments/"))
+            .count(),
+        4,
+        "the other Deployments are still applied"
+    );
+    let status = &all
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    assert_eq!(status["conditions"][2]["reason"], "ApplyFailed");
+    assert!(
+        status["conditions"][2]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not apply Deployment/shop-user (Deployment.apps")
+    );
+
+    // Backoff doubles per failure of the same app and resets on success.
+    assert_eq!(
+        reconcile::error_policy(shop.clone(), &error, ctx.clone()),
+        Action::requeue(reconcile::BACKOFF_FIRST)
+    );
+    let _ = reconcile::reconcile(shop.clone(), ctx.clone()).await;
+    assert_eq!(
+        reconcile::error_policy(shop.clone(), &error, ctx.clone()),
+        Action::requeue(reconcile::BACKOFF_FIRST * 2)
+    );
+    assert_eq!(reconcile::backoff(30), reconcile::BACKOFF_CAP);
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("msa_operator_reconcile_errors_total{category=\"apply\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn transport_and_permission_errors_abort_the_reconcile_with_a_category() {
+    let shop = app(json!({}));
+    let respond: support::Responder = Arc::new(|_: &Call| {
+        (
+            StatusCode::FORBIDDEN,
+            api_error(
+                403,
+                "Forbidden",
+                "serviceaccounts \"shop-discovery\" is forbidden: User cannot patch resource",
+            ),
+        )
+    });
+    let (client, recorded) = mocked_client(respond);
+    let caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+    let error = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap_err();
+    assert_eq!(error.category(), "forbidden");
+    assert!(error.to_string().contains("is forbidden"), "{error}");
+    assert_eq!(calls(&recorded).len(), 1, "stops at the first refused call");
+}

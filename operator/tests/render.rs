@@ -1,0 +1,403 @@
+//! The pure builders: what is sent to the API server, pinned by snapshots, and the properties
+//! that matter stated as assertions.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use msa_operator::build;
+use msa_operator::component::Component;
+use serde_json::json;
+use support::app;
+
+fn deployment(children: &build::Children, component: Component) -> &Deployment {
+    let name = format!("shop-{component}");
+    children
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+        .expect("one Deployment per component")
+}
+
+fn env_value(d: &Deployment, name: &str) -> Option<serde_json::Value> {
+    let container = &d.spec.as_ref()?.template.spec.as_ref()?.containers[0];
+    let var = container.env.as_ref()?.iter().find(|e| e.name == name)?;
+    Some(serde_json::to_value(var).unwrap())
+}
+
+#[test]
+fn default_app_renders_the_snapshotted_objects() {
+    let children = build::children(&app(json!({}))).unwrap();
+    assert_eq!(children.len(), 11);
+    insta::assert_json_snapshot!("deployment_order", deployment(&children, Component::Order));
+    insta::assert_json_snapshot!(
+        "deployment_gateway",
+        deployment(&children, Component::Gateway)
+    );
+    insta::assert_json_snapshot!("service_gateway", children.services[3]);
+    insta::assert_json_snapshot!("service_user", children.services[0]);
+    insta::assert_json_snapshot!("service_account", children.service_account);
+    insta::assert_json_snapshot!("role", children.role);
+    insta::assert_json_snapshot!("role_binding", children.role_binding);
+}
+
+#[test]
+fn every_child_has_the_recommended_labels_and_a_controller_owner_reference() {
+    let children = build::children(&app(json!({}))).unwrap();
+    let metas = children
+        .deployments
+        .iter()
+        .map(|d| &d.metadata)
+        .chain(children.services.iter().map(|s| &s.metadata))
+        .chain([
+            &children.service_account.metadata,
+            &children.role.metadata,
+            &children.role_binding.metadata,
+        ]);
+    for meta in metas {
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "shop");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "shop");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "msa-operator");
+        assert!(labels.contains_key("app.kubernetes.io/component"));
+        let owners = meta.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "MicroserviceApp");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("demo"));
+        assert!(
+            meta.annotations
+                .as_ref()
+                .unwrap()
+                .contains_key("msa.dev/rendered-hash")
+        );
+    }
+}
+
+#[test]
+fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
+    let children = build::children(&app(json!({}))).unwrap();
+    for component in Component::ALL {
+        let pod = deployment(&children, component)
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(
+            pod.automount_service_account_token,
+            Some(component.needs_discovery())
+        );
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            component.needs_discovery().then_some("shop-discovery")
+        );
+        let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(probe_path(&container.liveness_probe), "/healthz");
+        assert_eq!(probe_path(&container.readiness_probe), "/readyz");
+    }
+    assert!(Component::Order.needs_discovery() && Component::Gateway.needs_discovery());
+    let rules = children.role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["endpointslices".to_owned()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+}
+
+#[test]
+fn image_pattern_and_per_component_override() {
+    let children = build::children(&app(json!({
+        "image": "registry.test/shop-{component}:1.2.3",
+        "components": {"gateway": {"image": "registry.test/edge:9"}}
+    })))
+    .unwrap();
+    let image = |c| {
+        deployment(&children, c)
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(image(Component::User), "registry.test/shop-user:1.2.3");
+    assert_eq!(
+        image(Component::Product),
+        "registry.test/shop-product:1.2.3"
+    );
+    assert_eq!(image(Component::Gateway), "registry.test/edge:9");
+}
+
+#[test]
+fn autoscaled_components_leave_replicas_to_the_autoscaler() {
+    let children = build::children(&app(json!({
+        "components": {"gateway": {"replicas": 3, "autoscaled": true}, "user": {"replicas": 1}}
+    })))
+    .unwrap();
+    assert_eq!(
+        deployment(&children, Component::Gateway)
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas,
+        None
+    );
+    assert_eq!(
+        deployment(&children, Component::User)
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas,
+        Some(1)
+    );
+    let json = serde_json::to_value(deployment(&children, Component::Gateway)).unwrap();
+    assert!(
+        json["spec"].get("replicas").is_none(),
+        "replicas must be absent, not null"
+    );
+}
+
+#[test]
+fn no_empty_atomic_fields_are_sent() {
+    let children = build::children(&app(json!({}))).unwrap();
+    let json = serde_json::to_string(&children.deployments).unwrap()
+        + &serde_json::to_string(&children.services).unwrap();
+    for empty in ["\"selector\":{}", "\"resources\":{}", ":null", "\"status\""] {
+        assert!(!json.contains(empty), "rendered objects contain {empty}");
+    }
+}
+
+#[test]
+fn database_secret_keys_become_database_urls_and_sqlite_is_the_default() {
+    let embedded = build::children(&app(json!({}))).unwrap();
+    assert_eq!(
+        env_value(deployment(&embedded, Component::User), "DATABASE_URL"),
+        Some(json!({"name": "DATABASE_URL", "value": "sqlite:///data/user.db"}))
+    );
+    assert_eq!(
+        env_value(deployment(&embedded, Component::Gateway), "DATABASE_URL"),
+        None
+    );
+
+    let external = build::children(&app(json!({
+        "database": {"secretRef": {"name": "shop-db"}, "keys": {"order": "orders-url"}}
+    })))
+    .unwrap();
+    assert_eq!(
+        env_value(deployment(&external, Component::Order), "DATABASE_URL"),
+        Some(
+            json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "orders-url", "optional": false}}})
+        )
+    );
+    assert_eq!(
+        env_value(deployment(&external, Component::Product), "DATABASE_URL").unwrap()["valueFrom"]
+            ["secretKeyRef"]["key"],
+        "product"
+    );
+    // No SQLite volume when an external database is used.
+    let pod = deployment(&external, Component::User)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "data")
+    );
+}
+
+#[test]
+fn gateway_policy_reaches_the_gateway_as_environment() {
+    let children = build::children(&app(json!({"components": {"gateway": {
+        "loadBalancing": {"strategy": "LeastRequest"},
+        "circuitBreaker": {"failureRatePercent": 30},
+        "timeouts": {"perTryMillis": 250, "requestMillis": 1000},
+        "service": {"type": "NodePort", "nodePort": 30080, "port": 8000}
+    }}})))
+    .unwrap();
+    let gateway = deployment(&children, Component::Gateway);
+    assert_eq!(
+        env_value(gateway, "MSA_LB_STRATEGY").unwrap()["value"],
+        "least-request"
+    );
+    assert_eq!(
+        env_value(gateway, "MSA_BREAKER_FAILURE_RATE_PERCENT").unwrap()["value"],
+        "30"
+    );
+    assert_eq!(
+        env_value(gateway, "MSA_TIMEOUT_PER_TRY_MS").unwrap()["value"],
+        "250"
+    );
+    assert_eq!(
+        env_value(gateway, "MSA_UPSTREAM_ORDER").unwrap()["value"],
+        "shop-order"
+    );
+    let service = serde_json::to_value(&children.services[3]).unwrap();
+    assert_eq!(service["spec"]["type"], "NodePort");
+    assert_eq!(service["spec"]["ports"][0]["nodePort"], 30080);
+    assert_eq!(service["spec"]["ports"][0]["port"], 8000);
+    assert_eq!(
+        env_value(deployment(&children, Component::User), "MSA_LB_STRATEGY"),
+        None
+    );
+}
+
+#[test]
+fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
+    let children = build::children(&app(json!({"components": {"user": {
+        "env": [{"name": "MSA_LISTEN", "value": "0.0.0.0:9000"}, {"name": "RUST_LOG", "value": "debug"}],
+        "labels": {"team": "accounts"},
+        "annotations": {"example.com/owner": "accounts"}
+    }}})))
+    .unwrap();
+    let user = deployment(&children, Component::User);
+    let env = user
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert_eq!(env.iter().filter(|e| e.name == "MSA_LISTEN").count(), 1);
+    assert_eq!(
+        env_value(user, "MSA_LISTEN").unwrap()["value"],
+        "0.0.0.0:9000"
+    );
+    assert_eq!(env_value(user, "RUST_LOG").unwrap()["value"], "debug");
+    assert_eq!(user.metadata.labels.as_ref().unwrap()["team"], "accounts");
+    let template = user
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap();
+    assert_eq!(template.labels.as_ref().unwrap()["team"], "accounts");
+    assert_eq!(
+        template.annotations.as_ref().unwrap()["example.com/owner"],
+        "accounts"
+    );
+    // The selector never carries extra labels: it is immutable.
+    assert_eq!(
+        user.spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn configuration_changes_change_the_pod_config_hash_and_nothing_else_does() {
+    let hash = |spec| {
+        let children = build::children(&app(spec)).unwrap();
+        let d = deployment(&children, Component::Order).clone();
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["msa.dev/config-hash"]
+            .clone()
+    };
+    let base = hash(json!({}));
+    assert_eq!(base, hash(json!({})), "rendering is deterministic");
+    assert_ne!(
+        base,
+        hash(json!({"components": {"order": {"env": [{"name": "A", "value": "1"}]}}}))
+    );
+    assert_ne!(base, hash(json!({"image": "other/{component}:2"})));
+    assert_eq!(
+        base,
+        hash(json!({"components": {"order": {"replicas": 0}}})),
+        "scaling does not roll pods"
+    );
+}
+
+#[test]
+fn rollout_knobs_reach_the_deployment() {
+    let children = build::children(&app(json!({"components": {"product": {"rollout": {
+        "maxSurge": 1, "maxUnavailable": 0, "minReadySeconds": 5, "progressDeadlineSeconds": 120
+    }}}})))
+    .unwrap();
+    let spec = serde_json::to_value(
+        deployment(&children, Component::Product)
+            .spec
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    assert_eq!(spec["minReadySeconds"], 5);
+    assert_eq!(spec["progressDeadlineSeconds"], 120);
+}
+
+#[test]
+fn gateway_url_is_the_in_cluster_service_address() {
+    assert_eq!(
+        build::gateway_url(&app(json!({}))).unwrap(),
+        "http://shop-gateway.demo.svc"
+    );
+    let custom = app(json!({"components": {"gateway": {"service": {"port": 8080}}}}));
+    assert_eq!(
+        build::gateway_url(&custom).unwrap(),
+        "http://shop-gateway.demo.svc:8080"
+    );
+}
+
+#[test]
+fn an_app_without_uid_cannot_be_rendered() {
+    let mut unsaved = app(json!({}));
+    unsaved.metadata.uid = None;
+    assert_eq!(
+        build::children(&unsaved),
+        Err(build::BuildError::MissingMetadata("uid"))
+    );
+}

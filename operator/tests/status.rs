@@ -1,0 +1,261 @@
+//! Status computation: conditions per the API conventions, driven by a fake clock.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use msa_operator::component::Component;
+use msa_operator::crd::MicroserviceApp;
+use msa_operator::status::{self, Blocker, Observed};
+use msa_operator::validate::SpecProblem;
+use serde_json::json;
+use support::{app, fixed_time};
+
+fn deployment(
+    component: Component,
+    desired: i32,
+    ready: i32,
+    updated: i32,
+    conditions: serde_json::Value,
+) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("shop-{component}"), "namespace": "demo", "generation": 2},
+        "spec": {"replicas": desired, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 2, "replicas": desired, "readyReplicas": ready, "updatedReplicas": updated, "conditions": conditions}
+    }))
+    .unwrap()
+}
+
+fn all(desired: i32, ready: i32) -> Vec<Deployment> {
+    Component::ALL
+        .into_iter()
+        .map(|c| deployment(c, desired, ready, desired, json!([])))
+        .collect()
+}
+
+fn observe<'a>(deployments: &'a [Deployment]) -> Observed<'a> {
+    Observed {
+        deployments: Component::ALL.into_iter().zip(deployments).collect(),
+        ..Observed::default()
+    }
+}
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+fn with_status(
+    mut app: MicroserviceApp,
+    status: msa_operator::crd::MicroserviceAppStatus,
+) -> MicroserviceApp {
+    app.status = Some(status);
+    app
+}
+
+#[test]
+fn a_fresh_app_is_progressing_and_not_ready() {
+    let status = status::compute(&app(json!({})), &Observed::default(), &fixed_time(0));
+    assert_eq!(status.observed_generation, Some(1));
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ComponentsNotReady")
+    );
+    assert!(
+        ready.message.contains("user: Deployment not created yet"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(ready.observed_generation, Some(1));
+    assert_eq!(condition(&status.conditions, "Progressing").status, "True");
+    assert_eq!(condition(&status.conditions, "Degraded").status, "False");
+    assert_eq!(status.gateway.unwrap().url, "http://shop-gateway.demo.svc");
+    assert_eq!(status.components.len(), 4);
+}
+
+#[test]
+fn all_ready_sets_ready_and_counts_per_component() {
+    let deployments = all(1, 1);
+    let mut observed = observe(&deployments);
+    observed.endpoints.insert(Component::Gateway, 1);
+    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllComponentsReady")
+    );
+    let progressing = condition(&status.conditions, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "RolloutComplete")
+    );
+    let gateway = &status.components["gateway"];
+    assert_eq!(
+        (
+            gateway.desired_replicas,
+            gateway.ready_replicas,
+            gateway.updated_replicas,
+            gateway.endpoints
+        ),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn transition_time_moves_only_when_status_flips() {
+    let not_ready = all(2, 1);
+    let first = status::compute(&app(json!({})), &observe(&not_ready), &fixed_time(0));
+    // Same status later, with a different message: the transition time stays.
+    let partly = vec![
+        deployment(Component::User, 2, 2, 2, json!([])),
+        deployment(Component::Order, 2, 0, 2, json!([])),
+        deployment(Component::Product, 2, 2, 2, json!([])),
+        deployment(Component::Gateway, 2, 2, 2, json!([])),
+    ];
+    let second = status::compute(
+        &with_status(app(json!({})), first.clone()),
+        &observe(&partly),
+        &fixed_time(60),
+    );
+    let ready = condition(&second.conditions, "Ready");
+    assert_eq!(ready.last_transition_time, fixed_time(0));
+    assert!(
+        ready.message.contains("order: 0/2 ready"),
+        "{}",
+        ready.message
+    );
+    // Now it flips.
+    let ready_all = all(2, 2);
+    let third = status::compute(
+        &with_status(app(json!({})), second.clone()),
+        &observe(&ready_all),
+        &fixed_time(120),
+    );
+    assert_eq!(
+        condition(&third.conditions, "Ready").last_transition_time,
+        fixed_time(120)
+    );
+    assert_eq!(
+        condition(&third.conditions, "Degraded").last_transition_time,
+        fixed_time(0)
+    );
+}
+
+#[test]
+fn a_deployment_past_its_progress_deadline_degrades_the_app_naming_the_component() {
+    let mut deployments = all(1, 1);
+    deployments[3] = deployment(
+        Component::Gateway,
+        2,
+        1,
+        1,
+        json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "ReplicaSet \"shop-gateway-5d9\" has timed out progressing."}]),
+    );
+    let status = status::compute(&app(json!({})), &observe(&deployments), &fixed_time(0));
+    let degraded = condition(&status.conditions, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ProgressDeadlineExceeded")
+    );
+    assert!(
+        degraded.message.starts_with("gateway: ReplicaSet"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(condition(&status.conditions, "Progressing").status, "False");
+    assert_eq!(condition(&status.conditions, "Ready").status, "False");
+}
+
+#[test]
+fn replica_failures_degrade_the_app() {
+    let mut deployments = all(1, 0);
+    deployments[0] = deployment(
+        Component::User,
+        1,
+        0,
+        0,
+        json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "exceeded quota: compute"}]),
+    );
+    let status = status::compute(&app(json!({})), &observe(&deployments), &fixed_time(0));
+    let degraded = condition(&status.conditions, "Degraded");
+    assert_eq!(degraded.reason, "ReplicaFailure");
+    assert_eq!(
+        degraded.message,
+        "user: FailedCreate: exceeded quota: compute"
+    );
+}
+
+#[test]
+fn a_stale_deployment_status_is_not_trusted() {
+    let mut deployments = all(1, 1);
+    deployments[1].metadata.generation = Some(3); // spec changed, controller has not caught up
+    let status = status::compute(&app(json!({})), &observe(&deployments), &fixed_time(0));
+    assert_eq!(condition(&status.conditions, "Ready").status, "False");
+    assert_eq!(condition(&status.conditions, "Progressing").status, "True");
+}
+
+#[test]
+fn blockers_are_reported_as_degraded_with_the_reason() {
+    let problem = SpecProblem {
+        field: "spec.components.user.env[1].name".into(),
+        message: "A is listed twice; keep one entry".into(),
+    };
+    let observed = Observed {
+        blocker: Some(Blocker::InvalidSpec(vec![problem])),
+        ..Observed::default()
+    };
+    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    let degraded = condition(&status.conditions, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert_eq!(
+        degraded.message,
+        "the spec cannot be applied: spec.components.user.env[1].name: A is listed twice; keep one entry"
+    );
+    assert_eq!(condition(&status.conditions, "Ready").reason, "InvalidSpec");
+
+    let observed = Observed {
+        blocker: Some(Blocker::ApplyFailed(vec![(
+            "Deployment/shop-user".into(),
+            "spec.template: Invalid value".into(),
+        )])),
+        ..Observed::default()
+    };
+    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    assert_eq!(
+        condition(&status.conditions, "Degraded").message,
+        "could not apply Deployment/shop-user (spec.template: Invalid value)"
+    );
+}
+
+#[test]
+fn endpoints_merge_slices_dedupe_and_respect_readiness() {
+    let slice = |name: &str, endpoints: serde_json::Value| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints
+        }))
+        .unwrap()
+    };
+    let a = slice(
+        "a",
+        json!([
+            {"addresses": ["198.18.0.1"]},                                   // ready absent = ready
+            {"addresses": ["198.18.0.2"], "conditions": {"ready": true}},
+            {"addresses": ["198.18.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]),
+    );
+    let b = slice(
+        "b",
+        json!([
+            {"addresses": ["198.18.0.2"], "conditions": {"ready": true}},   // duplicate across slices
+            {"addresses": ["198.18.0.4"]},
+        ]),
+    );
+    assert_eq!(status::ready_endpoints([&a, &b]), 3);
+    assert_eq!(status::ready_endpoints([]), 0);
+}

@@ -1,0 +1,247 @@
+//! Test fixtures: MicroserviceApps as the API server would store them, reflector caches fed by
+//! hand, and a mocked API server that records every call and answers like the real one.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use msa_operator::build::Children;
+use msa_operator::crd::MicroserviceApp;
+use msa_operator::metrics::Metrics;
+use msa_operator::reconcile::{Caches, Context};
+use serde_json::{Value, json};
+
+pub const NAMESPACE: &str = "demo";
+
+/// An app named `shop` as stored by the API server (defaults applied, uid and generation set),
+/// with `spec` merged over the defaults.
+pub fn app(spec: Value) -> MicroserviceApp {
+    serde_json::from_value(json!({
+        "apiVersion": "msa.dev/v1alpha1",
+        "kind": "MicroserviceApp",
+        "metadata": {
+            "name": "shop",
+            "namespace": NAMESPACE,
+            "uid": "1b2c3d4e-0000-4000-8000-000000000001",
+            "generation": 1,
+            "resourceVersion": "100",
+        },
+        "spec": spec,
+    }))
+    .expect("fixture app deserializes")
+}
+
+/// A fixed clock for condition timestamps.
+pub fn fixed_time(seconds: i64) -> Time {
+    Time(jiff::Timestamp::from_second(1_790_000_000 + seconds).unwrap())
+}
+
+/// Writers for every cache, so a test can play the watch events the API server would send.
+pub struct FakeCaches {
+    pub deployments: Writer<Deployment>,
+    pub services: Writer<Service>,
+    pub service_accounts: Writer<ServiceAccount>,
+    pub roles: Writer<Role>,
+    pub role_bindings: Writer<RoleBinding>,
+    pub endpoint_slices: Writer<EndpointSlice>,
+}
+
+fn ready_writer<K>() -> Writer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut writer = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    writer
+}
+
+impl FakeCaches {
+    /// Empty caches that have finished their initial list.
+    pub fn listed() -> Self {
+        Self {
+            deployments: ready_writer(),
+            services: ready_writer(),
+            service_accounts: ready_writer(),
+            roles: ready_writer(),
+            role_bindings: ready_writer(),
+            endpoint_slices: ready_writer(),
+        }
+    }
+
+    pub fn readers(&self) -> Caches {
+        Caches {
+            deployments: self.deployments.as_reader(),
+            services: self.services.as_reader(),
+            service_accounts: self.service_accounts.as_reader(),
+            roles: self.roles.as_reader(),
+            role_bindings: self.role_bindings.as_reader(),
+            endpoint_slices: self.endpoint_slices.as_reader(),
+        }
+    }
+
+    /// Stores every child as the watch would deliver it after an apply.
+    pub fn store(&mut self, children: &Children) {
+        let Children {
+            deployments,
+            services,
+            service_account,
+            role,
+            role_binding,
+        } = children;
+        for d in deployments {
+            self.deployments
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(d)));
+        }
+        for s in services {
+            self.services
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(s)));
+        }
+        self.service_accounts
+            .apply_watcher_event(&watcher::Event::Apply(as_stored(service_account)));
+        self.roles
+            .apply_watcher_event(&watcher::Event::Apply(as_stored(role)));
+        self.role_bindings
+            .apply_watcher_event(&watcher::Event::Apply(as_stored(role_binding)));
+    }
+}
+
+/// The object as the API server returns it: ours plus server-set fields (uid, defaults,
+/// managed fields), which must not count as drift.
+pub fn as_stored<K>(object: &K) -> K
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut value = serde_json::to_value(object).unwrap();
+    value["metadata"]["uid"] = json!("0f0f0f0f-0000-4000-8000-00000000aaaa");
+    value["metadata"]["resourceVersion"] = json!("200");
+    value["metadata"]["generation"] = json!(1);
+    value["metadata"]["managedFields"] = json!([{"manager": "msa-operator", "operation": "Apply"}]);
+    if value["kind"] == "Service" {
+        value["spec"]["clusterIP"] = json!("10.96.0.10");
+        value["spec"]["sessionAffinity"] = json!("None");
+    }
+    if value["kind"] == "Deployment" {
+        value["spec"]["revisionHistoryLimit"] = json!(10);
+        value["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        value["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+/// One request the operator sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+impl Call {
+    /// `METHOD path?query`, for compact assertions.
+    pub fn line(&self) -> String {
+        if self.query.is_empty() {
+            format!("{} {}", self.method, self.path)
+        } else {
+            format!("{} {}?{}", self.method, self.path, self.query)
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+}
+
+/// How the mocked API server answers a call.
+pub type Responder = Arc<dyn Fn(&Call) -> (StatusCode, Value) + Send + Sync>;
+
+/// Answers like a healthy API server: applies return the applied object, a status apply returns
+/// the app with that status, Event creation returns the Event.
+pub fn healthy_api(app: &MicroserviceApp) -> Responder {
+    let app = serde_json::to_value(app).unwrap();
+    Arc::new(move |call: &Call| {
+        if call.path.ends_with("/status") {
+            let mut stored = app.clone();
+            stored["status"] = call.body["status"].clone();
+            (StatusCode::OK, stored)
+        } else {
+            (StatusCode::OK, call.body.clone())
+        }
+    })
+}
+
+/// A client whose every request is recorded in the returned list and answered by `respond`.
+pub fn mocked_client(respond: Responder) -> (Client, Arc<Mutex<Vec<Call>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let recorded = calls.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_owned();
+            // Parameter order is an implementation detail of the client: compare them sorted.
+            let mut params: Vec<&str> = request
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .collect();
+            params.sort_unstable();
+            let query = params.join("&");
+            let bytes = request.into_body().collect().await.unwrap().to_bytes();
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            let call = Call {
+                method,
+                path,
+                query,
+                body,
+            };
+            let (status, answer) = respond(&call);
+            recorded.lock().unwrap().push(call);
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+    });
+    (Client::new(service, NAMESPACE), calls)
+}
+
+/// A reconcile context over the mocked client and the given caches, with a fixed clock.
+pub fn context(client: Client, caches: Caches) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "msa-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let mut context = Context::new(client, caches, recorder, Arc::new(Metrics::default()));
+    context.now = Box::new(|| fixed_time(0));
+    Arc::new(context)
+}
+
+/// The Kubernetes API error body for a refused request.
+pub fn api_error(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
+}

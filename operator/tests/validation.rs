@@ -1,0 +1,109 @@
+//! Spec validation: the CEL rules the API server enforces (evaluated here with kube's CEL
+//! interpreter) and the operator's own checks, each with a message that says what to do.
+
+mod support;
+
+use msa_operator::crd::MicroserviceAppSpec;
+use msa_operator::validate;
+use serde_json::{Value, json};
+use support::app;
+
+/// The spec as the API server would see it after defaulting.
+fn defaulted(spec: Value) -> Value {
+    let typed: MicroserviceAppSpec = serde_json::from_value(spec).unwrap();
+    serde_json::to_value(typed).unwrap()
+}
+
+fn cel_errors(spec: Value) -> Vec<String> {
+    match MicroserviceAppSpec::validate_cel(&defaulted(spec), None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| format!("{e:?}")).collect(),
+    }
+}
+
+#[test]
+fn cel_rejects_replicated_stateful_services_without_a_database() {
+    assert!(cel_errors(json!({})).is_empty());
+    assert!(cel_errors(json!({"components": {"gateway": {"replicas": 5}}})).is_empty());
+    for component in ["user", "order", "product"] {
+        let errors = cel_errors(json!({"components": {component: {"replicas": 2}}}));
+        assert_eq!(errors.len(), 1, "{component}: {errors:?}");
+        assert!(
+            errors[0].contains(&format!(
+                "spec.components.{component}: more than one replica"
+            )),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains("set spec.database.secretRef"),
+            "{}",
+            errors[0]
+        );
+
+        let autoscaled = cel_errors(json!({"components": {component: {"autoscaled": true}}}));
+        assert_eq!(
+            autoscaled.len(),
+            1,
+            "{component} autoscaled: {autoscaled:?}"
+        );
+    }
+    let with_database = json!({
+        "database": {"secretRef": {"name": "shop-db"}},
+        "components": {"user": {"replicas": 3}, "order": {"replicas": 2}, "product": {"autoscaled": true}}
+    });
+    assert!(cel_errors(with_database).is_empty());
+}
+
+#[test]
+fn valid_specs_have_no_problems() {
+    assert_eq!(validate::problems(&app(json!({}))), vec![]);
+    let full = app(json!({
+        "components": {"user": {"labels": {"team": "a", "example.com/tier": "backend"}, "annotations": {"example.com/x": "y"},
+                                "env": [{"name": "A", "value": "1"}], "rollout": {"maxSurge": 1, "maxUnavailable": "0%"}}}
+    }));
+    assert_eq!(validate::problems(&full), vec![]);
+}
+
+#[test]
+fn operator_checks_name_the_field_and_the_fix() {
+    let bad = app(json!({"components": {
+        "user": {"labels": {"app.kubernetes.io/name": "x", "bad key!": "v", "ok": "not valid!"}},
+        "order": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}, {"name": ""}]},
+        "product": {"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}},
+        "gateway": {"rollout": {"maxSurge": "150%"}, "image": " "}
+    }}));
+    let problems: Vec<String> = validate::problems(&bad)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let expect = [
+        "spec.components.user.labels[app.kubernetes.io/name]: is set by the operator and cannot be overridden; remove it",
+        "spec.components.user.labels[bad key!]: key name \"bad key!\" must be 1-63 characters",
+        "spec.components.user.labels[ok]: value \"not valid!\" must be at most 63 characters",
+        "spec.components.order.env[1].name: A is listed twice; keep one entry",
+        "spec.components.order.env[2].name: is empty; name the variable",
+        "spec.components.product.rollout: maxSurge and maxUnavailable are both 0",
+        "spec.components.gateway.image: is empty; set an image reference",
+        "spec.components.gateway.rollout.maxSurge: is \"150%\"; use a whole number or a percentage",
+    ];
+    for expected in expect {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+}
+
+#[test]
+fn over_long_app_names_are_refused() {
+    let mut long = app(json!({}));
+    long.metadata.name = Some("a".repeat(validate::MAX_APP_NAME + 1));
+    let problems = validate::problems(&long);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].field, "metadata.name");
+    let mut fits = app(json!({}));
+    fits.metadata.name = Some("a".repeat(validate::MAX_APP_NAME));
+    assert!(validate::problems(&fits).is_empty());
+}
