@@ -51,6 +51,9 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 53").message(
+        "metadata.name must be at most 53 characters: child objects are named <name>-<component> (up to <name>-discovery) and must fit in 63"
     )
 )]
 #[x_kube(
@@ -660,4 +663,14 @@ pub struct ComponentStatus {
 pub struct GatewayStatus {
     /// In-cluster URL of the gateway's Service.
     pub url: String,
+}
+
+/// The CRD as committed under `crds/` and the chart's `crds/`: a header, then the YAML generated
+/// from these types.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&MicroserviceApp::crd())?;
+    Ok(format!(
+        "# Generated from operator/src/crd.rs by `make crds` (cargo run --bin crdgen); do not edit.\n{body}"
+    ))
 }

@@ -265,13 +265,13 @@ where
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let cached = cache.get(&ObjectRef::new(&name).within(&namespace));
-    if let Some(live) = &cached {
-        if drift::is_contained(
+    if let Some(live) = &cached
+        && drift::is_contained(
             &serde_json::to_value(&desired)?,
             &serde_json::to_value(live.as_ref())?,
-        ) {
-            return Ok(cached);
-        }
+        )
+    {
+        return Ok(cached);
     }
     let kind = K::kind(&());
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -1,8 +1,6 @@
-//! Prints the CRD generated from the Rust types as YAML (what `crds/` must contain).
-use kube::CustomResourceExt;
-use msa_operator::crd::MicroserviceApp;
+//! Prints the MicroserviceApp CRD generated from the Rust types (what `crds/` must contain).
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", serde_yaml::to_string(&MicroserviceApp::crd())?);
+    print!("{}", msa_operator::crd::crd_yaml()?);
     Ok(())
 }
