@@ -141,7 +141,9 @@ async fn check_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow
             "not allowed to list MicroserviceApps ({}); grant the operator's ServiceAccount the chart's ClusterRole",
             status.message
         ),
-        Err(error) => Err(error).context("cannot list MicroserviceApps"),
+        Err(error) => Err(error).context(
+            "cannot list MicroserviceApps: the Kubernetes API server did not answer; check that the cluster is up and KUBECONFIG points at it",
+        ),
     }
 }
 
