@@ -102,7 +102,8 @@ fn default_image() -> String {
     DEFAULT_IMAGE_PATTERN.to_owned()
 }
 
-/// When the kubelet pulls a container image.
+/// When the kubelet pulls images. Unset: Kubernetes' rule (Always for `:latest`, IfNotPresent
+/// otherwise).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ImagePullPolicy {
     /// Pull on every pod start.
