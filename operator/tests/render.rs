@@ -4,6 +4,7 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use msa_operator::build;
 use msa_operator::component::Component;
 use serde_json::json;
@@ -16,6 +17,14 @@ fn deployment(children: &build::Children, component: Component) -> &Deployment {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
         .expect("one Deployment per component")
+}
+
+fn pod_of(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn container_of(d: &Deployment) -> &Container {
+    &pod_of(d).containers[0]
 }
 
 fn env_value(d: &Deployment, name: &str) -> Option<serde_json::Value> {
@@ -77,14 +86,7 @@ fn every_child_has_the_recommended_labels_and_a_controller_owner_reference() {
 fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
     let children = build::children(&app(json!({}))).unwrap();
     for component in Component::ALL {
-        let pod = deployment(&children, component)
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
+        let pod = pod_of(deployment(&children, component));
         let container = &pod.containers[0];
         let sc = container.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -134,15 +136,7 @@ fn image_pattern_and_per_component_override() {
     })))
     .unwrap();
     let image = |c| {
-        deployment(&children, c)
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
+        container_of(deployment(&children, c))
             .image
             .clone()
             .unwrap()
@@ -222,14 +216,7 @@ fn database_secret_keys_become_database_urls_and_sqlite_is_the_default() {
         "product"
     );
     // No SQLite volume when an external database is used.
-    let pod = deployment(&external, Component::User)
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_of(deployment(&external, Component::User));
     assert!(
         pod.volumes
             .as_ref()
@@ -284,18 +271,7 @@ fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
     }}})))
     .unwrap();
     let user = deployment(&children, Component::User);
-    let env = user
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = container_of(user).env.clone().unwrap();
     assert_eq!(env.iter().filter(|e| e.name == "MSA_LISTEN").count(), 1);
     assert_eq!(
         env_value(user, "MSA_LISTEN").unwrap()["value"],
