@@ -54,7 +54,9 @@ pub(super) fn deployment(app: &MicroserviceApp, owner: &Owner, component: Compon
                     max_unavailable: Some(rollout.max_unavailable.clone()),
                 }),
             }),
-            min_ready_seconds: Some(rollout.min_ready_seconds),
+            // The API server omits a zero here (Go `omitempty`); rendering it would look like
+            // drift on every reconcile.
+            min_ready_seconds: (rollout.min_ready_seconds > 0).then_some(rollout.min_ready_seconds),
             progress_deadline_seconds: Some(rollout.progress_deadline_seconds),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {

@@ -134,6 +134,13 @@ where
     }
     if value["kind"] == "Deployment" {
         value["spec"]["revisionHistoryLimit"] = json!(10);
+        // Go's `omitempty` drops zero integers such as minReadySeconds.
+        if value["spec"]["minReadySeconds"] == json!(0) {
+            value["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("minReadySeconds");
+        }
         value["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
         value["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
             json!("/dev/termination-log");
