@@ -6,7 +6,7 @@ TOOLS = $(shell hack/tools.sh)
 HELM = $(TOOLS)/helm
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator dev-apiserver-up dev-apiserver-down help
 
 all: build
 
@@ -52,3 +52,9 @@ images: ## Build the container images (needs a Docker or Podman engine)
 
 run-operator: ## Run the operator against the current kubeconfig
 	$(CARGO) run -p msa-operator -- --log-format text
+
+dev-apiserver-up: ## Start etcd + kube-apiserver on 127.0.0.1 (builds them once); prints the kubeconfig
+	hack/dev-apiserver.sh up
+
+dev-apiserver-down: ## Stop them and delete their state
+	hack/dev-apiserver.sh down

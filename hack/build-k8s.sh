@@ -32,9 +32,14 @@ build_kubernetes() {
     printf 'package main\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > "$mod/deps.go"
     (cd "$mod" && GOFLAGS=-mod=mod go mod tidy >&2 2>&1 || true)
   fi
-  local pkg="k8s.io/component-base/version"
-  local commit=""
-  local ldflags="-s -w -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2) -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z -X $pkg.gitCommit=$commit"
+  # Both version packages are stamped: component-base's is what --version and /version report,
+  # client-go's goes into the user agent of the component's own API calls.
+  local ldflags="-s -w" pkg minor
+  minor="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
   log "building $cmd $KUBERNETES_VERSION (cold: several minutes)"
   (cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd")
 }
