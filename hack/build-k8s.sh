@@ -46,13 +46,8 @@ build_kubernetes() {
 
 build_etcd() {
   local mod="$cache/src/etcd-$ETCD_VERSION"
-  if [[ ! -f "$mod/go.mod" ]]; then
-    mkdir -p "$mod"
-    printf 'module msa.dev/etcd-build\ngo 1.24\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$mod/go.mod"
-    printf 'package main\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' > "$mod/deps.go"
-    (cd "$mod" && GOFLAGS=-mod=mod go mod tidy >&2 2>&1 || true)
-  fi
-  log "building etcd $ETCD_VERSION"
+  mkdir -p "$mod"
+  printf 'module msa.dev/etcd-build\ngo 1.24\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > "$mod/go.mod"
   cat > "$mod/main.go" <<'GO'
 package main
 
@@ -64,7 +59,7 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-  rm -f "$mod/deps.go"
+  log "building etcd $ETCD_VERSION"
   (cd "$mod" && GOFLAGS=-mod=mod go mod tidy >&2 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
 }
 

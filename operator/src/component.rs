@@ -27,11 +27,6 @@ impl Component {
         }
     }
 
-    /// Parses a component name as used in labels.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
-    }
-
     /// Whether the component keeps data of its own (and so needs a database).
     pub fn is_stateful(self) -> bool {
         !matches!(self, Self::Gateway)

@@ -50,7 +50,6 @@ where
 fn cached_watch<K>(
     client: &Client,
     namespace: Option<&str>,
-    selector: Option<&str>,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -65,10 +64,9 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let mut config = watcher::Config::default().any_semantic();
-    if let Some(selector) = selector {
-        config = config.labels(selector);
-    }
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&labels::managed_selector());
     let stream = watcher(api::<K>(client, namespace), config)
         .default_backoff()
         .reflect(writer)
@@ -90,16 +88,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.as_deref();
-    let managed = labels::managed_selector();
-    let (deployments, deployment_events) = cached_watch::<Deployment>(&client, ns, Some(&managed));
-    let (services, service_events) = cached_watch::<Service>(&client, ns, Some(&managed));
-    let (service_accounts, service_account_events) =
-        cached_watch::<ServiceAccount>(&client, ns, Some(&managed));
-    let (roles, role_events) = cached_watch::<Role>(&client, ns, Some(&managed));
-    let (role_bindings, role_binding_events) =
-        cached_watch::<RoleBinding>(&client, ns, Some(&managed));
-    let (endpoint_slices, slice_events) =
-        cached_watch::<EndpointSlice>(&client, ns, Some(&managed));
+    let (deployments, deployment_events) = cached_watch::<Deployment>(&client, ns);
+    let (services, service_events) = cached_watch::<Service>(&client, ns);
+    let (service_accounts, service_account_events) = cached_watch::<ServiceAccount>(&client, ns);
+    let (roles, role_events) = cached_watch::<Role>(&client, ns);
+    let (role_bindings, role_binding_events) = cached_watch::<RoleBinding>(&client, ns);
+    let (endpoint_slices, slice_events) = cached_watch::<EndpointSlice>(&client, ns);
 
     let caches = Caches {
         deployments,

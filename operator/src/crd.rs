@@ -615,6 +615,19 @@ fn default_product_key() -> String {
     "product".to_owned()
 }
 
+impl DatabaseKeys {
+    /// The Secret key of a component's URL; None for the gateway, which keeps no data.
+    pub fn for_component(&self, component: crate::component::Component) -> Option<&str> {
+        use crate::component::Component;
+        match component {
+            Component::User => Some(&self.user),
+            Component::Order => Some(&self.order),
+            Component::Product => Some(&self.product),
+            Component::Gateway => None,
+        }
+    }
+}
+
 impl Default for DatabaseKeys {
     fn default() -> Self {
         Self {

@@ -100,19 +100,16 @@ impl Context {
         }
     }
 
-    fn record_outcome(&self, app: &MicroserviceApp, failed: bool) -> u32 {
+    fn record_outcome(&self, app: &MicroserviceApp, failed: bool) {
         let mut failures = self
             .failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = ObjectRef::from_obj(app);
         if failed {
-            let count = failures.entry(key).or_insert(0);
-            *count += 1;
-            *count
+            *failures.entry(key).or_insert(0) += 1;
         } else {
             failures.remove(&key);
-            0
         }
     }
 }
@@ -178,23 +175,13 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         .await;
     }
 
-    let namespace = app.namespace().unwrap_or_default();
-    let deployments: BTreeMap<Component, Arc<Deployment>> = report.deployments;
     let observed = Observed {
-        deployments: deployments.iter().map(|(c, d)| (*c, d.as_ref())).collect(),
-        endpoints: Component::ALL
-            .into_iter()
-            .map(|c| {
-                (
-                    c,
-                    endpoints_of(
-                        &ctx.caches.endpoint_slices,
-                        &namespace,
-                        &labels::child_name(&app.name_any(), c),
-                    ),
-                )
-            })
+        deployments: report
+            .deployments
+            .iter()
+            .map(|(c, d)| (*c, d.as_ref()))
             .collect(),
+        endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
         blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
     };
     write_status(app, ctx, &observed).await?;
@@ -305,16 +292,30 @@ where
     }
 }
 
-fn endpoints_of(slices: &Store<EndpointSlice>, namespace: &str, service: &str) -> i32 {
-    let of_service = slices.state_filter(|slice| {
-        slice.namespace().as_deref() == Some(namespace)
-            && slice
-                .labels()
-                .get("kubernetes.io/service-name")
-                .map(String::as_str)
-                == Some(service)
+/// Ready endpoints of each component's Service, from one pass over the slice cache (slices
+/// copy their Service's labels, so the app's are found by its instance label).
+fn ready_endpoints_by_component(
+    slices: &Store<EndpointSlice>,
+    app: &MicroserviceApp,
+) -> BTreeMap<Component, i32> {
+    let namespace = app.namespace();
+    let app_name = app.name_any();
+    let of_app = slices.state_filter(|slice| {
+        slice.namespace() == namespace && slice.labels().get(labels::INSTANCE) == Some(&app_name)
     });
-    status::ready_endpoints(of_service.iter().map(AsRef::as_ref))
+    Component::ALL
+        .into_iter()
+        .map(|component| {
+            let service = labels::child_name(&app_name, component);
+            let of_service = of_app
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|slice: &&EndpointSlice| {
+                    slice.labels().get("kubernetes.io/service-name") == Some(&service)
+                });
+            (component, status::ready_endpoints(of_service))
+        })
+        .collect()
 }
 
 /// Writes the status computed from `observed` if it differs from the stored one, and announces

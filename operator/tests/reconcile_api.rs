@@ -369,3 +369,66 @@ async fn transport_and_permission_errors_abort_the_reconcile_with_a_category() {
     assert!(error.to_string().contains("is forbidden"), "{error}");
     assert_eq!(calls(&recorded).len(), 1, "stops at the first refused call");
 }
+
+#[tokio::test]
+async fn status_counts_the_ready_endpoints_of_the_apps_own_slices_only() {
+    let shop = app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::listed();
+    caches.store(&build::children(&shop).unwrap());
+    let slice = |name: &str,
+                 app: &str,
+                 service: &str,
+                 addresses: Value|
+     -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "demo", "labels": {
+                "app.kubernetes.io/instance": app, "kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": addresses,
+        }))
+        .unwrap()
+    };
+    for s in [
+        slice(
+            "shop-gateway-a",
+            "shop",
+            "shop-gateway",
+            json!([{"addresses": ["198.18.0.1"]}, {"addresses": ["198.18.0.2"], "conditions": {"ready": false}}]),
+        ),
+        slice(
+            "shop-gateway-b",
+            "shop",
+            "shop-gateway",
+            json!([{"addresses": ["198.18.0.3"]}]),
+        ),
+        slice(
+            "shop-user-a",
+            "shop",
+            "shop-user",
+            json!([{"addresses": ["198.18.0.4"]}]),
+        ),
+        // Another app in the same namespace: never counted for shop.
+        slice(
+            "other-gateway-a",
+            "other",
+            "other-gateway",
+            json!([{"addresses": ["198.18.0.9"]}]),
+        ),
+    ] {
+        caches
+            .endpoint_slices
+            .apply_watcher_event(&watcher::Event::Apply(s));
+    }
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let all = calls(&recorded);
+    let status = &all
+        .iter()
+        .find(|c| c.path.ends_with("/status"))
+        .unwrap()
+        .body["status"];
+    assert_eq!(status["components"]["gateway"]["endpoints"], 2);
+    assert_eq!(status["components"]["user"]["endpoints"], 1);
+    assert_eq!(status["components"]["order"]["endpoints"], 0);
+}

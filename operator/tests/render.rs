@@ -36,7 +36,7 @@ fn env_value(d: &Deployment, name: &str) -> Option<serde_json::Value> {
 #[test]
 fn default_app_renders_the_snapshotted_objects() {
     let children = build::children(&app(json!({}))).unwrap();
-    assert_eq!(children.len(), 11);
+    assert_eq!(children.count(), 11);
     insta::assert_json_snapshot!("deployment_order", deployment(&children, Component::Order));
     insta::assert_json_snapshot!(
         "deployment_gateway",

@@ -12,7 +12,7 @@ use crate::crd::{GatewaySpec, MicroserviceApp};
 use crate::labels;
 
 /// Where the embedded SQLite database lives in a pod (an emptyDir volume).
-pub const DATA_DIR: &str = "/data";
+const DATA_DIR: &str = "/data";
 
 /// Name of the container port every component listens on; Services and EndpointSlice consumers
 /// refer to it by this name.
@@ -87,7 +87,7 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
 /// The component's environment: what the operator sets, then the user's `env` entries, each
 /// replacing an operator-set variable of the same name (a list with one entry per name, as
 /// server-side apply requires).
-pub fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
+fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
     let app_name = app.name_any();
     let mut env = vec![
         value("MSA_COMPONENT", component.name()),
@@ -99,9 +99,7 @@ pub fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
         field_ref("MSA_POD_NAME", "metadata.name"),
         field_ref("MSA_NAMESPACE", "metadata.namespace"),
     ];
-    if component.is_stateful() {
-        env.push(database_url(app, component));
-    }
+    env.extend(database_url(app, component));
     if component.needs_discovery() {
         env.push(value("MSA_DISCOVERY", "kubernetes"));
         for upstream in component.upstreams() {
@@ -123,30 +121,28 @@ pub fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
     env
 }
 
-fn database_url(app: &MicroserviceApp, component: Component) -> EnvVar {
+/// `DATABASE_URL` of a stateful component: from the Secret when `spec.database` is set, else
+/// the embedded SQLite file. None for the gateway.
+fn database_url(app: &MicroserviceApp, component: Component) -> Option<EnvVar> {
+    if !component.is_stateful() {
+        return None;
+    }
     let Some(database) = &app.spec.database else {
-        return value(
-            "DATABASE_URL",
-            &format!("sqlite://{DATA_DIR}/{}.db", component.name()),
-        );
+        let path = format!("sqlite://{DATA_DIR}/{}.db", component.name());
+        return Some(value("DATABASE_URL", &path));
     };
-    let key = match component {
-        Component::User => &database.keys.user,
-        Component::Order => &database.keys.order,
-        Component::Product | Component::Gateway => &database.keys.product,
-    };
-    EnvVar {
+    Some(EnvVar {
         name: "DATABASE_URL".to_owned(),
         value: None,
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: database.secret_ref.name.clone(),
-                key: key.clone(),
+                key: database.keys.for_component(component)?.to_owned(),
                 optional: Some(false),
             }),
             ..EnvVarSource::default()
         }),
-    }
+    })
 }
 
 /// The gateway's traffic policy, in the environment variables its flags read.

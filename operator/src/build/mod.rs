@@ -16,7 +16,6 @@ use kube::{Resource, ResourceExt};
 use crate::component::Component;
 use crate::crd::MicroserviceApp;
 
-pub use container::{DATA_DIR, env_for};
 pub use hash::stamp_rendered_hash;
 
 /// Every object the operator keeps for one app. Consumers destructure it exhaustively, so a
@@ -31,8 +30,8 @@ pub struct Children {
 }
 
 impl Children {
-    /// Number of objects, as counted in API-call tests and metrics.
-    pub fn len(&self) -> usize {
+    /// Number of objects: each is one apply when the app is new.
+    pub fn count(&self) -> usize {
         let Children {
             deployments,
             services,
@@ -41,11 +40,6 @@ impl Children {
             role_binding: _,
         } = self;
         deployments.len() + services.len() + 3
-    }
-
-    /// Always false: an app has children. Present for clippy's `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
