@@ -2,11 +2,10 @@
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
-TOOLS = $(shell hack/tools.sh)
-HELM = $(TOOLS)/helm
+HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator dev-apiserver-up dev-apiserver-down help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator help
 
 all: build
 
@@ -16,7 +15,7 @@ help: ## List the targets
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: fmt-check clippy unit lint-chart check-generated ## Everything CI checks
+test: fmt-check clippy unit lint-chart check-generated e2e ## Everything CI checks (e2e included)
 	@echo "make test: all checks passed"
 
 fmt: ## Format the code
@@ -53,8 +52,16 @@ images: ## Build the container images (needs a Docker or Podman engine)
 run-operator: ## Run the operator against the current kubeconfig
 	$(CARGO) run -p msa-operator -- --log-format text
 
-dev-apiserver-up: ## Start etcd + kube-apiserver on 127.0.0.1 (builds them once); prints the kubeconfig
-	hack/dev-apiserver.sh up
+cluster-up: ## Start a real control plane on 127.0.0.1 (builds it once); prints its env file
+	tests/cluster/cluster.sh up
 
-dev-apiserver-down: ## Stop them and delete their state
-	hack/dev-apiserver.sh down
+cluster-down: ## Stop the control plane and delete its state
+	tests/cluster/cluster.sh down
+
+e2e: ## Bring a cluster up, run the end-to-end tests on it, always tear it down
+	$(CARGO) build -p msa-operator --bin msa-operator
+	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
+
+bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes
+	$(CARGO) build --release -p msa-operator --bin msa-operator
+	MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench

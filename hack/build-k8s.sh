@@ -68,7 +68,7 @@ for cmd in "${wanted[@]}"; do
   start=$SECONDS
   case "$cmd" in
     etcd) build_etcd ;;
-    kube-*) build_kubernetes "$cmd" ;;
+    kube-*|kubectl) build_kubernetes "$cmd" ;;
     *) echo "unknown binary $cmd" >&2; exit 2 ;;
   esac
   log "$cmd built in $((SECONDS - start)) s"

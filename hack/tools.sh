@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Builds the tools the tests need from the Go module proxy, cached by version under
-# ~/.cache/msa/tools, and prints the directory to put on PATH.
+# Builds a tool the build and tests use from the Go module proxy, cached by version under
+# ~/.cache/msa/tools/<tool>-<version>/, and prints the binary's path.
+#   hack/tools.sh helm|kwok
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 cache="${MSA_CACHE:-$HOME/.cache/msa}/tools"
 
-helm_dir="$cache/helm-$HELM_VERSION"
-if [[ ! -x "$helm_dir/helm" ]]; then
-  echo ">> building helm $HELM_VERSION from the Go module proxy (first run only, ~2 min)" >&2
-  mkdir -p "$helm_dir"
-  GOBIN="$helm_dir" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+tool="${1:?usage: $0 helm|kwok}"
+case "$tool" in
+  helm) version="$HELM_VERSION" module="helm.sh/helm/v3/cmd/helm" ;;
+  kwok) version="$KWOK_VERSION" module="sigs.k8s.io/kwok/cmd/kwok" ;;
+  *) echo "unknown tool $tool (known: helm, kwok)" >&2; exit 2 ;;
+esac
+dir="$cache/$tool-$version"
+if [[ ! -x "$dir/$tool" ]]; then
+  echo ">> building $tool $version from the Go module proxy (first run only, 1-3 min)" >&2
+  start=$SECONDS
+  mkdir -p "$dir"
+  GOBIN="$dir" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$module@$version" >&2
+  echo ">> $tool built in $((SECONDS - start)) s" >&2
 fi
-echo "$helm_dir"
+echo "$dir/$tool"

@@ -1,0 +1,594 @@
+//! End-to-end tests of the operator, the chart and the manifests on the real control plane of
+//! `tests/cluster/` (kube-apiserver, controller-manager, scheduler, etcd, kwok). Each test owns a
+//! namespace and runs its own operator process scoped to it, authenticated with a token of the
+//! chart's ServiceAccount, so the chart's RBAC is what every test exercises.
+//!
+//! Ignored by a plain `cargo test`; `make e2e` starts the cluster and runs them with `--ignored`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+use msa_e2e::audit::AuditLog;
+use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
+use msa_e2e::{Operator, OperatorOptions, wait_until};
+
+use support::{CHILD_DEPLOYMENTS, Setup, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::Result<()> {
+    let s = Setup::new("chart").await?;
+
+    let crd = Api::<CustomResourceDefinition>::all(s.admin.clone())
+        .get("microserviceapps.msa.dev")
+        .await?;
+    let established = crd
+        .status
+        .and_then(|status| status.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True");
+    assert!(established, "the CRD is not Established");
+    Api::<ClusterRole>::all(s.admin.clone())
+        .get(RELEASE)
+        .await?;
+    Api::<ClusterRoleBinding>::all(s.admin.clone())
+        .get(RELEASE)
+        .await?;
+    Api::<ServiceAccount>::namespaced(s.admin.clone(), INSTALL_NAMESPACE)
+        .get(RELEASE)
+        .await?;
+    let lease_role = format!("{RELEASE}-leader-election");
+    Api::<Role>::namespaced(s.admin.clone(), INSTALL_NAMESPACE)
+        .get(&lease_role)
+        .await?;
+    let operator = Api::<Deployment>::namespaced(s.admin.clone(), INSTALL_NAMESPACE)
+        .get(RELEASE)
+        .await?;
+    assert_eq!(
+        operator.status.and_then(|st| st.available_replicas),
+        Some(1),
+        "helm --wait returned but the operator Deployment is not available"
+    );
+
+    // The chart's ServiceAccount can do everything a reconcile of the full shop needs.
+    let operator = s.start_operator("chart")?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    assert_eq!(
+        operator
+            .metric("msa_operator_reconcile_errors_total", "forbidden")
+            .await?,
+        0.0,
+        "the operator hit a permission error:\n{}",
+        operator.log_text()
+    );
+    assert!(operator.metric("msa_operator_api_writes_total", "").await? >= 11.0);
+
+    // Control: without the chart's RBAC the same binary is refused, and says what to grant.
+    s.cluster
+        .kubectl(&["create", "serviceaccount", "nobody", "-n", &s.ns])
+        .ok()?;
+    let nobody = s.cluster.service_account_kubeconfig(&s.ns, "nobody")?;
+    let mut refused = Operator::start(
+        &s.cluster,
+        &OperatorOptions::new(nobody, format!("{}-nobody", s.ns)).watching(&s.ns),
+    )?;
+    let status = refused.wait_exit(Duration::from_secs(30)).await?;
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains("not allowed to list MicroserviceApps")
+            && log.contains("grant the operator's ServiceAccount the chart's ClusterRole"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<()> {
+    let s = Setup::new("shop").await?;
+    let _operator = s.start_operator("shop")?;
+    s.apply_shop()?;
+    // The same command the README gives users.
+    s.wait_ready("shop")?;
+
+    let app = s.apps().get("shop").await?;
+    let uid = app.metadata.uid.clone().unwrap();
+    for (name, kind) in support::children("shop") {
+        let owners = s.owner_uids(kind, &name).await?;
+        assert_eq!(owners, vec![uid.clone()], "{kind} {name} owner references");
+    }
+    let deployments = s.deployments().list(&ListParams::default()).await?;
+    assert_eq!(deployments.items.len(), 4);
+    let services = Api::<Service>::namespaced(s.admin.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(services.items.len(), 4);
+
+    let status = app.status.unwrap();
+    assert_eq!(status.observed_generation, app.metadata.generation);
+    let expected = [("gateway", 2), ("order", 1), ("product", 1), ("user", 1)];
+    for (component, replicas) in expected {
+        let c = &status.components[component];
+        assert_eq!(
+            (c.desired_replicas, c.ready_replicas, c.updated_replicas),
+            (replicas, replicas, replicas),
+            "{component}"
+        );
+    }
+    // Ready follows the Deployments; EndpointSlices may trail them by a moment, and the
+    // operator's watch on them brings the endpoint counts into status when they land.
+    let apps = s.apps();
+    wait_until("status to count every ready endpoint", WAIT, || async {
+        let status = apps.get("shop").await?.status.unwrap_or_default();
+        let counted = expected
+            .iter()
+            .all(|(component, replicas)| status.components[*component].endpoints == *replicas);
+        Ok(counted.then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        status.gateway.map(|g| g.url),
+        Some(format!("http://shop-gateway.{}.svc", s.ns))
+    );
+
+    // Every Service has an EndpointSlice whose ready addresses are its pods' IPs.
+    let slices = Api::<EndpointSlice>::namespaced(s.admin.clone(), &s.ns);
+    let pods = Api::<Pod>::namespaced(s.admin.clone(), &s.ns);
+    for (component, replicas) in expected {
+        let service = format!("shop-{component}");
+        let selector = format!("kubernetes.io/service-name={service}");
+        let found = slices
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let addresses: BTreeSet<String> = found
+            .items
+            .iter()
+            .flat_map(|slice| slice.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        let pod_selector =
+            format!("app.kubernetes.io/instance=shop,app.kubernetes.io/name={component}");
+        let pod_ips: BTreeSet<String> = pods
+            .list(&ListParams::default().labels(&pod_selector))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.status.and_then(|st| st.pod_ip))
+            .collect();
+        assert_eq!(
+            addresses.len(),
+            replicas as usize,
+            "{service}: {addresses:?}"
+        );
+        assert_eq!(addresses, pod_ips, "{service}");
+        assert!(
+            addresses.iter().all(|a| a.starts_with("198.18.")),
+            "pod IPs come from kwok's guarded range: {addresses:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
+    let s = Setup::new("drift").await?;
+    let _operator = s.start_operator("drift")?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    let deployments = s.deployments();
+
+    // A deleted Deployment comes back (a new object, same name).
+    let old_uid = deployments.get("shop-product").await?.metadata.uid;
+    s.cluster
+        .kubectl(&["delete", "deployment", "shop-product", "-n", &s.ns])
+        .ok()?;
+    wait_until("shop-product to be recreated", WAIT, || async {
+        let now = deployments.get_opt("shop-product").await?;
+        Ok(now.filter(|d| d.metadata.uid != old_uid).map(drop))
+    })
+    .await?;
+
+    // Hand-edited replicas and labels are put back.
+    s.cluster
+        .kubectl(&[
+            "scale",
+            "deployment",
+            "shop-user",
+            "--replicas=3",
+            "-n",
+            &s.ns,
+        ])
+        .ok()?;
+    s.cluster
+        .kubectl(&[
+            "label",
+            "deployment",
+            "shop-order",
+            "app.kubernetes.io/part-of=someone-else",
+            "--overwrite",
+            "-n",
+            &s.ns,
+        ])
+        .ok()?;
+    wait_until("hand edits to be undone", WAIT, || async {
+        let user = deployments.get("shop-user").await?;
+        let order = deployments.get("shop-order").await?;
+        let part_of = order
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("app.kubernetes.io/part-of")
+            .cloned();
+        Ok((support::replicas(&user) == 1 && part_of.as_deref() == Some("shop")).then_some(()))
+    })
+    .await?;
+
+    // Spec changes are applied; a configuration change rolls the pods.
+    let pods_before = s.pod_names("order").await?;
+    let patch = r#"{"spec":{"components":{
+        "product":{"replicas":1,"image":"registry.example/product:2.0"},
+        "order":{"env":[{"name":"FEATURE_X","value":"on"}]},
+        "gateway":{"replicas":3}}}}"#;
+    s.cluster
+        .kubectl(&[
+            "patch",
+            "msa",
+            "shop",
+            "-n",
+            &s.ns,
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+        .ok()?;
+    wait_until("spec changes to reach the Deployments", WAIT, || async {
+        let gateway = deployments.get("shop-gateway").await?;
+        let product = deployments.get("shop-product").await?;
+        let order = deployments.get("shop-order").await?;
+        let image = support::container(&product)
+            .image
+            .clone()
+            .unwrap_or_default();
+        let env = support::container(&order).env.clone().unwrap_or_default();
+        Ok((support::replicas(&gateway) == 3
+            && image == "registry.example/product:2.0"
+            && env.iter().any(|e| e.name == "FEATURE_X"))
+        .then_some(()))
+    })
+    .await?;
+    s.wait_ready("shop")?;
+    wait_until("the order pods to be replaced", WAIT, || async {
+        let now = s.pod_names("order").await?;
+        Ok((now.len() == 1 && now.is_disjoint(&pods_before)).then_some(()))
+    })
+    .await?;
+    let order_sets = Api::<ReplicaSet>::namespaced(s.admin.clone(), &s.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=order"))
+        .await?;
+    assert_eq!(order_sets.items.len(), 2, "one ReplicaSet per pod template");
+    let status = s.apps().get("shop").await?.status.unwrap();
+    assert_eq!(status.components["gateway"].ready_replicas, 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn deleting_the_app_garbage_collects_every_child() -> anyhow::Result<()> {
+    let s = Setup::new("gc").await?;
+    let _operator = s.start_operator("gc")?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    assert_eq!(s.pod_count().await?, 5);
+
+    s.cluster
+        .kubectl(&["delete", "msa", "shop", "-n", &s.ns, "--wait=true"])
+        .ok()?;
+    wait_until("every child to be collected", WAIT, || async {
+        let mut left = Vec::new();
+        for (name, kind) in support::children("shop") {
+            if s.exists(kind, &name).await? {
+                left.push(format!("{kind} {name}"));
+            }
+        }
+        if s.pod_count().await? > 0 {
+            left.push("pods".into());
+        }
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
+-> anyhow::Result<()> {
+    let s = Setup::new("invalid").await?;
+    let mut operator = s.start_operator("invalid")?;
+    let cases = [
+        (
+            "bad enum",
+            r#"{"components":{"gateway":{"loadBalancing":{"strategy":"Random"}}}}"#,
+            r#"Unsupported value: "Random": supported values: "PeakEwma", "RoundRobin""#,
+        ),
+        (
+            "negative replicas",
+            r#"{"components":{"user":{"replicas":-1}}}"#,
+            "should be greater than or equal to 0",
+        ),
+        (
+            "several replicas without a database",
+            r#"{"components":{"order":{"replicas":2}}}"#,
+            "needs spec.database",
+        ),
+        (
+            "nodePort on a ClusterIP Service",
+            r#"{"components":{"gateway":{"service":{"type":"ClusterIP","nodePort":30080}}}}"#,
+            "nodePort is only allowed with type NodePort or LoadBalancer; remove it or change the type",
+        ),
+        (
+            "per-try timeout above the request timeout",
+            r#"{"components":{"gateway":{"timeouts":{"perTryMillis":9000,"requestMillis":1000}}}}"#,
+            "perTryMillis must not exceed requestMillis",
+        ),
+    ];
+    for (what, spec, message) in cases {
+        let manifest = format!(
+            r#"{{"apiVersion":"msa.dev/v1alpha1","kind":"MicroserviceApp","metadata":{{"name":"bad"}},"spec":{spec}}}"#
+        );
+        let out = s
+            .cluster
+            .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(&manifest));
+        assert!(!out.success, "{what}: accepted");
+        assert!(
+            out.stderr.contains(message),
+            "{what}: expected {message:?} in\n{}",
+            out.stderr
+        );
+    }
+    let long_name = "x".repeat(54);
+    let manifest = format!(
+        r#"{{"apiVersion":"msa.dev/v1alpha1","kind":"MicroserviceApp","metadata":{{"name":"{long_name}"}},"spec":{{}}}}"#
+    );
+    let out = s
+        .cluster
+        .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(&manifest));
+    assert!(
+        !out.success && out.stderr.contains("must be at most 53 characters"),
+        "{}",
+        out.stderr
+    );
+
+    // What the schema cannot see, the operator reports in status, and keeps running.
+    let manifest = r#"{"apiVersion":"msa.dev/v1alpha1","kind":"MicroserviceApp","metadata":{"name":"odd"},
+        "spec":{"components":{"user":{"labels":{"app.kubernetes.io/managed-by":"me"}}}}}"#;
+    s.cluster
+        .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(manifest))
+        .ok()?;
+    let degraded = s
+        .cluster
+        .kubectl(&[
+            "wait",
+            "-n",
+            &s.ns,
+            "--for=jsonpath={.status.conditions[?(@.type==\"Degraded\")].reason}=InvalidSpec",
+            "msa/odd",
+            "--timeout=60s",
+        ])
+        .ok();
+    degraded.map_err(|e| anyhow::anyhow!("{e:#}\n{}", operator.log_text()))?;
+    let app = s.apps().get("odd").await?;
+    let message = support::condition(&app, "Degraded").unwrap().message;
+    assert!(
+        message.contains("spec.components.user.labels[app.kubernetes.io/managed-by]")
+            && message.contains("remove it"),
+        "{message}"
+    );
+    assert!(
+        s.deployments()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "nothing is created from an invalid spec"
+    );
+    // Fixing the spec heals it; the process never restarted.
+    s.cluster
+        .kubectl(&[
+            "patch",
+            "msa",
+            "odd",
+            "-n",
+            &s.ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/components/user/labels"}]"#,
+        ])
+        .ok()?;
+    s.wait_ready("odd")?;
+    assert!(operator.exited().is_none(), "the operator exited");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn killed_mid_reconcile_the_operator_converges_without_duplicates() -> anyhow::Result<()> {
+    let s = Setup::new("kill").await?;
+    s.apply_shop()?;
+    let mut first = s.start_operator("kill-1")?;
+    // Kill it as soon as it has written anything, so it dies part-way through.
+    wait_until("the first write", WAIT, || async {
+        let writes = first
+            .metric("msa_operator_api_writes_total", "")
+            .await
+            .unwrap_or(0.0);
+        Ok((writes >= 1.0).then_some(()))
+    })
+    .await?;
+    first.kill_hard();
+    let _second = s.start_operator("kill-2")?;
+    s.wait_ready("shop")?;
+
+    let uid = s.apps().get("shop").await?.metadata.uid.unwrap();
+    for (name, kind) in support::children("shop") {
+        assert_eq!(
+            s.owner_uids(kind, &name).await?,
+            vec![uid.clone()],
+            "{kind} {name}"
+        );
+    }
+    assert_eq!(
+        s.deployments()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        4
+    );
+    let sets = Api::<ReplicaSet>::namespaced(s.admin.clone(), &s.ns)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(
+        sets.items.len(),
+        4,
+        "one ReplicaSet per Deployment: no spurious rollout"
+    );
+    assert_eq!(s.pod_count().await?, 5);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn of_two_operators_exactly_one_reconciles() -> anyhow::Result<()> {
+    let s = Setup::new("lease").await?;
+    let lease = format!("msa-operator-{}", s.ns);
+    let mut a = s.start_leader_candidate("lease-a", &lease)?;
+    let mut b = s.start_leader_candidate("lease-b", &lease)?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+
+    let leaders = [
+        a.metric("msa_operator_leader", "").await?,
+        b.metric("msa_operator_leader", "").await?,
+    ];
+    let reconciles = [
+        a.metric("msa_operator_reconciles_total", "").await?,
+        b.metric("msa_operator_reconciles_total", "").await?,
+    ];
+    assert_eq!(leaders.iter().sum::<f64>(), 1.0, "leaders {leaders:?}");
+    let (leader, follower) = if leaders[0] == 1.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let follower_index = usize::from(leaders[0] == 1.0);
+    assert_eq!(reconciles[follower_index], 0.0, "the follower reconciled");
+    assert!(reconciles[1 - follower_index] > 0.0);
+
+    // The leader dies without releasing the Lease; the follower takes over once it expires.
+    leader.kill_hard();
+    s.cluster
+        .kubectl(&[
+            "patch",
+            "msa",
+            "shop",
+            "-n",
+            &s.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"components":{"gateway":{"replicas":1}}}}"#,
+        ])
+        .ok()?;
+    let deployments = s.deployments();
+    wait_until(
+        "the follower to take over and apply the change",
+        Duration::from_secs(60),
+        || async {
+            Ok((support::replicas(&deployments.get("shop-gateway").await?) == 1).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(follower.metric("msa_operator_leader", "").await?, 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn a_converged_app_costs_no_writes_over_a_quiet_minute() -> anyhow::Result<()> {
+    let s = Setup::new("quiet").await?;
+    let operator = s.start_operator("quiet")?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    // Let the last status write and the controllers' own status updates settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let audit = AuditLog::new(s.cluster.audit_log.clone());
+    let mark = audit.mark()?;
+    let writes_before = operator.metric("msa_operator_api_writes_total", "").await?;
+    let reconciles_before = operator.metric("msa_operator_reconciles_total", "").await?;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    let operator_user = format!("system:serviceaccount:{INSTALL_NAMESPACE}:{RELEASE}");
+    let by_operator: Vec<String> = audit
+        .writes_since(mark)?
+        .into_iter()
+        .filter(|w| w.username == operator_user && w.namespace.as_deref() == Some(&s.ns))
+        .map(|w| w.to_string())
+        .collect();
+    assert!(
+        by_operator.is_empty(),
+        "writes at steady state:\n{}",
+        by_operator.join("\n")
+    );
+    assert_eq!(
+        operator.metric("msa_operator_api_writes_total", "").await?,
+        writes_before
+    );
+    // The quiet was not idleness: the operator kept reconciling on its resync/watch events.
+    let reconciles =
+        operator.metric("msa_operator_reconciles_total", "").await? - reconciles_before;
+    eprintln!("quiet minute: {reconciles} reconciles, 0 writes");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
+    let s = Setup::new("labels").await?;
+    let _operator = s.start_operator("labels")?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    let out = s
+        .cluster
+        .kubectl(&[
+            "get",
+            "deployments,services,serviceaccounts,roles,rolebindings",
+            "-n",
+            &s.ns,
+            "-l",
+            "app.kubernetes.io/instance=shop,app.kubernetes.io/managed-by=msa-operator",
+            "-o",
+            "name",
+        ])
+        .ok()?;
+    assert_eq!(out.lines().count(), CHILD_DEPLOYMENTS * 2 + 3, "{out}");
+    let printed = s.cluster.kubectl(&["get", "msa", "-n", &s.ns]).ok()?;
+    assert!(
+        printed.contains("READY") && printed.contains("True"),
+        "{printed}"
+    );
+    Ok(())
+}

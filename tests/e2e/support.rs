@@ -1,0 +1,245 @@
+//! What every end-to-end test does first — the chart installed, a namespace, an operator
+//! authenticated as the chart's ServiceAccount — and the lookups the tests share.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
+use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
+use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace};
+use msa_operator::crd::MicroserviceApp;
+
+/// How long anything in a test may take to converge on this small cluster.
+pub const WAIT: Duration = Duration::from_secs(120);
+/// user, order, product, gateway.
+pub const CHILD_DEPLOYMENTS: usize = 4;
+
+pub struct Setup {
+    pub cluster: Cluster,
+    pub admin: kube::Client,
+    pub ns: String,
+}
+
+impl Setup {
+    /// The chart installed (once per run), and a fresh namespace for this test.
+    pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let cluster = Cluster::from_env();
+        let chart = cluster.clone();
+        tokio::task::spawn_blocking(move || chart.install_chart()).await??;
+        let admin = cluster.admin().await?;
+        let ns = TestNamespace::create(&admin, prefix).await?.name;
+        Ok(Setup { cluster, admin, ns })
+    }
+
+    /// The operator as the chart's ServiceAccount, watching this test's namespace.
+    pub fn start_operator(&self, identity: &str) -> anyhow::Result<Operator> {
+        let options = OperatorOptions::new(
+            self.operator_kubeconfig()?,
+            format!("{}-{identity}", self.ns),
+        )
+        .watching(&self.ns);
+        Operator::start(&self.cluster, &options)
+    }
+
+    /// An operator competing for `lease` in the install namespace, where the chart grants Leases.
+    pub fn start_leader_candidate(&self, identity: &str, lease: &str) -> anyhow::Result<Operator> {
+        let mut options = OperatorOptions::new(
+            self.operator_kubeconfig()?,
+            format!("{}-{identity}", self.ns),
+        )
+        .watching(&self.ns)
+        .leader_election_in(INSTALL_NAMESPACE);
+        options.lease_name = Some(lease.to_owned());
+        Operator::start(&self.cluster, &options)
+    }
+
+    fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        KUBECONFIG
+            .get_or_init(|| {
+                self.cluster
+                    .service_account_kubeconfig(INSTALL_NAMESPACE, RELEASE)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// `kubectl apply -f manifests/shop.yaml` into this namespace.
+    pub fn apply_shop(&self) -> anyhow::Result<()> {
+        let manifest = self.cluster.repo_path("manifests/shop.yaml");
+        self.cluster
+            .kubectl(&["apply", "-n", &self.ns, "-f", manifest.to_str().unwrap()])
+            .ok()
+            .map(drop)
+    }
+
+    /// `kubectl wait --for=condition=Ready msa/<name>`, as the README tells users.
+    /// On failure the error carries the app's conditions, which say why (a permission the
+    /// operator lacks shows up there as `ApplyFailed` quoting the API server).
+    pub fn wait_ready(&self, name: &str) -> anyhow::Result<()> {
+        let app = format!("msa/{name}");
+        let waited = self
+            .cluster
+            .kubectl(&[
+                "wait",
+                "-n",
+                &self.ns,
+                "--for=condition=Ready",
+                &app,
+                "--timeout=120s",
+            ])
+            .ok();
+        waited.map(drop).map_err(|error| {
+            let conditions = self
+                .cluster
+                .kubectl(&[
+                    "get",
+                    &app,
+                    "-n",
+                    &self.ns,
+                    "-o",
+                    "jsonpath={.status.conditions}",
+                ])
+                .stdout;
+            error.context(format!("{app} conditions: {conditions}"))
+        })
+    }
+
+    pub fn apps(&self) -> Api<MicroserviceApp> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    pub async fn pod_count(&self) -> anyhow::Result<usize> {
+        let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
+        Ok(pods
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len())
+    }
+
+    /// Names of the live (not terminating) pods of one component.
+    pub async fn pod_names(&self, component: &str) -> anyhow::Result<BTreeSet<String>> {
+        let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
+        let selector = format!("app.kubernetes.io/name={component}");
+        Ok(pods
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect())
+    }
+
+    /// The owner UIDs of one child, by kind.
+    pub async fn owner_uids(&self, kind: ChildKind, name: &str) -> anyhow::Result<Vec<String>> {
+        let owners = match kind {
+            ChildKind::Deployment => owners_of::<Deployment>(self, name).await?,
+            ChildKind::Service => owners_of::<Service>(self, name).await?,
+            ChildKind::ServiceAccount => owners_of::<ServiceAccount>(self, name).await?,
+            ChildKind::Role => owners_of::<Role>(self, name).await?,
+            ChildKind::RoleBinding => owners_of::<RoleBinding>(self, name).await?,
+        };
+        owners.ok_or_else(|| anyhow::anyhow!("{kind} {name} does not exist"))
+    }
+
+    pub async fn exists(&self, kind: ChildKind, name: &str) -> anyhow::Result<bool> {
+        match self.owner_uids(kind, name).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().ends_with("does not exist") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn owners_of<K>(s: &Setup, name: &str) -> anyhow::Result<Option<Vec<String>>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::namespaced(s.admin.clone(), &s.ns);
+    Ok(api.get_metadata_opt(name).await?.map(|object| {
+        object
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.controller == Some(true) && o.kind == "MicroserviceApp")
+            .map(|o| o.uid)
+            .collect()
+    }))
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ChildKind {
+    Deployment,
+    Service,
+    ServiceAccount,
+    Role,
+    RoleBinding,
+}
+
+impl std::fmt::Display for ChildKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Every object the operator makes for an app.
+pub fn children(app: &str) -> Vec<(String, ChildKind)> {
+    let mut all = Vec::new();
+    for component in ["user", "order", "product", "gateway"] {
+        all.push((format!("{app}-{component}"), ChildKind::Deployment));
+        all.push((format!("{app}-{component}"), ChildKind::Service));
+    }
+    for kind in [
+        ChildKind::ServiceAccount,
+        ChildKind::Role,
+        ChildKind::RoleBinding,
+    ] {
+        all.push((format!("{app}-discovery"), kind));
+    }
+    all
+}
+
+pub fn replicas(deployment: &Deployment) -> i32 {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+}
+
+pub fn container(deployment: &Deployment) -> &Container {
+    &deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec")
+        .containers[0]
+}
+
+pub fn condition(app: &MicroserviceApp, type_: &str) -> Option<Condition> {
+    app.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
