@@ -27,8 +27,9 @@ fmt-check:
 clippy: ## Lint (warnings are errors)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: ## Unit, render and mocked-API tests
-	$(CARGO) test --workspace
+unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback PostgreSQL it starts)
+	url="$$(hack/postgres.sh up)"; trap 'hack/postgres.sh down' EXIT; \
+	  MSA_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace
 
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run -q -p msa-operator --bin crdgen > crds/microserviceapps.msa.dev.yaml

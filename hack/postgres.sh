@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for the services' tests: Debian's package (installed when missing),
+# listening on 127.0.0.1 only, data under $MSA_PG_STATE (default /tmp/msa-postgres).
+#   hack/postgres.sh up     start it if needed; prints an admin URL for MSA_TEST_POSTGRES_URL
+#   hack/postgres.sh down   stop it and delete its data
+set -euo pipefail
+state="${MSA_PG_STATE:-${TMPDIR:-/tmp}/msa-postgres}"
+port="${MSA_PG_PORT:-25432}"
+url="postgres://postgres@127.0.0.1:$port/postgres"
+
+bin_dir() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+  if [[ -z "$dir" || ! -x "$dir/initdb" ]]; then
+    echo ">> installing Debian's postgresql package" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+    dir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+  fi
+  echo "$dir"
+}
+
+# PostgreSQL refuses to run as root; run it as the package's `postgres` user when we are root.
+as_owner() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+up() {
+  local bin
+  bin="$(bin_dir)"
+  if as_owner "$bin/pg_ctl" -D "$state/data" status >/dev/null 2>&1; then
+    echo "$url"
+    return
+  fi
+  rm -rf "$state"
+  mkdir -p "$state"
+  [[ $(id -u) -eq 0 ]] && chown postgres: "$state"
+  # trust on loopback only: a test server nobody else can reach, holding nothing of value.
+  as_owner "$bin/initdb" -D "$state/data" -U postgres --auth=trust --no-sync >/dev/null
+  as_owner "$bin/pg_ctl" -D "$state/data" -l "$state/postgres.log" -w -t 30 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $state -c fsync=off -c max_connections=200" >&2
+  echo "$url"
+}
+
+down() {
+  local bin
+  bin="$(bin_dir)"
+  as_owner "$bin/pg_ctl" -D "$state/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

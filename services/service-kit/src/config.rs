@@ -1,0 +1,121 @@
+//! Flags every service takes (each also read from an `MSA_*` environment variable, as the
+//! operator passes them), and the CORS policy they describe.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::context::{REQUEST_ID, TRACEPARENT};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (the operator passes 0.0.0.0:<port> in a pod).
+    #[arg(long, env = "MSA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Origins allowed by CORS, comma-separated, or `*` for any (not with credentials).
+    /// Empty: no CORS headers at all, so browsers on other origins are refused.
+    #[arg(long, env = "MSA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Let browsers send cookies/credentials cross-origin (needs explicit origins).
+    #[arg(long, env = "MSA_CORS_ALLOW_CREDENTIALS", default_value_t = false)]
+    pub cors_allow_credentials: bool,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "MSA_BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long, env = "MSA_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Log format: json (default) or text.
+    #[arg(long, env = "MSA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+
+    /// This instance's name in /info and logs (default: the pod name, else host name and pid).
+    #[arg(long, env = "MSA_POD_NAME")]
+    pub instance: Option<String>,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// sqlite://<path> (default: <data-dir>/<service>.db) or postgres://user:pass@host/db.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Folder for the default SQLite file.
+    #[arg(long, env = "MSA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+impl DatabaseArgs {
+    /// The URL to connect to: `--database-url`, else a SQLite file named after the service.
+    pub fn url_for(&self, service: &str) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            )
+        })
+    }
+}
+
+impl ServeArgs {
+    pub fn instance_id(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The CORS layer, `None` when no origin is configured. Wildcard plus credentials is refused
+    /// (browsers reject it, and allowing any origin to send credentials would be unsafe).
+    pub fn cors(&self) -> anyhow::Result<Option<CorsLayer>> {
+        let origins: Vec<&str> = self
+            .cors_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.is_empty() {
+            return Ok(None);
+        }
+        let wildcard = origins.contains(&"*");
+        if wildcard && self.cors_allow_credentials {
+            anyhow::bail!(
+                "--cors-origins '*' cannot be combined with --cors-allow-credentials: list the allowed origins explicitly"
+            );
+        }
+        let allow_origin = if wildcard {
+            AllowOrigin::any()
+        } else {
+            let parsed = origins
+                .iter()
+                .map(|o| {
+                    HeaderValue::from_str(o)
+                        .map_err(|_| anyhow::anyhow!("--cors-origins: {o:?} is not a valid origin"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            AllowOrigin::list(parsed)
+        };
+        let headers: [HeaderName; 3] = [
+            http::header::CONTENT_TYPE,
+            REQUEST_ID.clone(),
+            TRACEPARENT.clone(),
+        ];
+        Ok(Some(
+            CorsLayer::new()
+                .allow_origin(allow_origin)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers(headers)
+                .expose_headers([REQUEST_ID.clone()])
+                .allow_credentials(self.cors_allow_credentials),
+        ))
+    }
+}

@@ -1,0 +1,160 @@
+//! Storage: one sqlx pool over SQLite (a file; in-memory only in unit tests) or PostgreSQL,
+//! chosen by the URL, with each service's migrations for that backend applied at start.
+//!
+//! Queries and migrations are written once, in SQL both backends accept: `$1` placeholders, TEXT,
+//! BIGINT, CHECK and UNIQUE constraints; ids and times are stored as text (UUID, RFC 3339) and
+//! money as integer cents, which both store exactly.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Transaction};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Database {
+    /// Connects (creating the SQLite file and its folder if needed) and migrates.
+    pub async fn connect(url: &str, migrator: &Migrator) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            (Backend::Sqlite, sqlite_url(rest)?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {:?}: use sqlite://<path> or postgres://user:password@host:port/database",
+                redact(url)
+            );
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            // Every connection to `:memory:` is a database of its own: keep one.
+            let connections = if url.contains(":memory:") { 1 } else { 8 };
+            // WAL lets readers proceed while one writer writes; writers queue on the busy timeout.
+            pool = pool.max_connections(connections).after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&url)))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate the database {}: {e}", redact(&url)))?;
+        Ok(Database { pool, backend })
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
+    /// two writers queue instead of failing when both try to upgrade a read lock.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// For `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+}
+
+/// `sqlite://path` (or `sqlite:path`) → an URL sqlx opens read-write, creating the file.
+fn sqlite_url(rest: &str) -> anyhow::Result<String> {
+    let rest = rest.trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:"
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            anyhow::anyhow!("cannot create the data folder {}: {e}", parent.display())
+        })?;
+    }
+    let mut query = query.to_owned();
+    if !query.contains("mode=") {
+        if !query.is_empty() {
+            query.push('&');
+        }
+        query.push_str("mode=rwc");
+    }
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether a database error is a unique-constraint violation (both backends).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.code().as_deref() == Some("23505")
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_are_opened_read_write_create() {
+        assert_eq!(
+            sqlite_url(":memory:").unwrap(),
+            "sqlite://:memory:?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("//tmp/msa-kit-test/x.db?cache=shared").unwrap(),
+            "sqlite:///tmp/msa-kit-test/x.db?cache=shared&mode=rwc"
+        );
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://msa:secret@127.0.0.1:5432/db"),
+            "postgres://msa:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(redact("sqlite:///data/x.db"), "sqlite:///data/x.db");
+    }
+}

@@ -1,0 +1,194 @@
+//! Turns a service's API router into the full HTTP service: the operational routes, the
+//! middleware every service shares, and serving with a graceful drain on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::HeaderValue;
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::{Span, info, warn};
+
+use crate::config::ServeArgs;
+use crate::context::{self, REQUEST_ID};
+use crate::db::Database;
+use crate::metrics::{self, HttpMetrics};
+use crate::problem::Problem;
+
+/// What the operational routes report about the service.
+#[derive(Clone)]
+pub struct Ops {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub instance: String,
+    pub metrics: Arc<HttpMetrics>,
+    pub database: Option<Database>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Ops {
+    pub fn new(
+        name: &'static str,
+        version: &'static str,
+        instance: String,
+        database: Option<Database>,
+    ) -> Self {
+        let prefix = format!("msa_{}", name.replace('-', "_"));
+        Ops {
+            name,
+            version,
+            instance,
+            metrics: Arc::new(HttpMetrics::new(&prefix)),
+            database,
+            draining: Arc::default(),
+        }
+    }
+
+    /// From now on `/readyz` fails, so load balancers stop sending new requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The API plus `/healthz`, `/readyz`, `/info`, `/metrics`, a JSON 404, and the shared layers:
+/// request id (generated or kept), correlation context, tracing span with the request id,
+/// metrics, panic → 500 problem, body limit (enforced by the body extractors, so an oversized
+/// body is a 413 problem), CORS.
+pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
+    let metrics = ops.metrics.clone();
+    let operational = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/info", get(info_route))
+        .route("/metrics", get(metrics_route))
+        .with_state(ops);
+    let mut router = api
+        .merge(operational)
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this route does not accept that method")
+        })
+        .layer(axum::middleware::from_fn(context::scope))
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(DefaultBodyLimit::max(args.body_limit_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::internal(&"a handler panicked").into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                .on_response(|response: &Response, latency: Duration, _span: &Span| {
+                    info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "handled");
+                }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));
+    if let Some(cors) = args.cors()? {
+        router = router.layer(cors);
+    }
+    Ok(router)
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if ops.draining.load(Ordering::Relaxed) {
+        return Problem::unavailable("shutting down", 1).into_response();
+    }
+    if let Some(database) = &ops.database
+        && let Err(error) = database.ping().await
+    {
+        warn!(%error, "readiness: database unreachable");
+        return Problem::unavailable(format!("database unreachable: {error}"), 1).into_response();
+    }
+    "ready".into_response()
+}
+
+async fn info_route(State(ops): State<Ops>) -> Response {
+    axum::Json(json!({
+        "name": ops.name,
+        "version": ops.version,
+        "instance": ops.instance,
+        "database": ops.database.as_ref().map(|d| format!("{:?}", d.backend).to_lowercase()),
+    }))
+    .into_response()
+}
+
+async fn metrics_route(State(ops): State<Ops>) -> Response {
+    let mut response = ops.metrics.encode().into_response();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves (SIGTERM or Ctrl-C in the binaries), then drains: readiness
+/// fails at once, new connections are refused, in-flight requests finish, up to the grace time.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    ops: Ops,
+    grace: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_ops = ops.clone();
+    let graceful = async move {
+        shutdown.await;
+        drain_ops.start_draining();
+        info!("draining: finishing in-flight requests");
+        let _ = stopping_tx.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let server = tokio::spawn(async move { server.await });
+    // Once shutdown began, give in-flight requests `grace`, then stop regardless.
+    let outcome = async {
+        let _ = stopping_rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        done = server => { done??; info!("stopped"); Ok(()) }
+        () = outcome => { warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period; exiting"); Ok(()) }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// JSON (default) or human-readable logs; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    }
+}

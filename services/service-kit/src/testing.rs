@@ -1,0 +1,168 @@
+//! Helpers for the services' route tests: a fresh database on each backend, and the service
+//! served in-process on 127.0.0.1 with the same middleware as the binary.
+//!
+//! PostgreSQL comes from `MSA_TEST_POSTGRES_URL` (an admin URL; `hack/postgres.sh up` starts
+//! Debian's PostgreSQL on 127.0.0.1 and prints one, and `make unit` does that first). Each test
+//! gets a database of its own.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+
+use crate::config::ServeArgs;
+use crate::server::{self, Ops};
+
+#[derive(Clone, Copy, Debug)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// A URL for a new, empty database on `backend`.
+pub async fn fresh_database(backend: TestBackend, service: &str) -> String {
+    match backend {
+        TestBackend::Sqlite => {
+            let dir =
+                std::env::temp_dir().join(format!("msa-test-{service}-{}", uuid::Uuid::new_v4()));
+            format!("sqlite://{}", dir.join(format!("{service}.db")).display())
+        }
+        TestBackend::Postgres => {
+            let admin = std::env::var("MSA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                panic!(
+                    "MSA_TEST_POSTGRES_URL is not set: the PostgreSQL variants of the route tests need a \
+                     server; run `make unit` (it starts one), or `export MSA_TEST_POSTGRES_URL=$(hack/postgres.sh up)`"
+                )
+            });
+            assert!(
+                admin.contains("@127.0.0.1:") || admin.contains("@localhost:"),
+                "tests use a loopback PostgreSQL only"
+            );
+            let name = format!("{service}_{}", uuid::Uuid::new_v4().simple());
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&admin)
+                .await
+                .expect("connect to the test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&pool)
+                .await
+                .expect("create a test database");
+            pool.close().await;
+            let base = admin
+                .rsplit_once('/')
+                .map_or(admin.as_str(), |(base, _)| base);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+/// Serve args for tests: loopback, small body limit, short grace.
+pub fn serve_args() -> ServeArgs {
+    ServeArgs {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        cors_origins: vec![],
+        cors_allow_credentials: false,
+        body_limit_bytes: 64 * 1024,
+        shutdown_grace_seconds: 5,
+        log_format: "text".into(),
+        instance: Some("test".into()),
+    }
+}
+
+/// Serves `api` (with every shared layer) on an ephemeral loopback port; returns its base URL.
+pub async fn spawn(api: Router, ops: Ops) -> String {
+    let args = serve_args();
+    let app = server::app(api, ops.clone(), &args).expect("build the app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr: SocketAddr = listener.local_addr().expect("local addr");
+    tokio::spawn(server::serve(
+        listener,
+        app,
+        ops,
+        std::time::Duration::from_secs(5),
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+/// Runs one route-test scenario on SQLite and on PostgreSQL, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$scenario($crate::testing::TestBackend::Sqlite).await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$scenario($crate::testing::TestBackend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+/// A service binary run as a real process on a free loopback port, for restart and shutdown
+/// tests. Stopped with SIGTERM (as Kubernetes does) by [`ServiceProcess::stop`], killed on drop.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    pub base_url: String,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `args` and `env`, and waits (up to 30 s) until `/readyz` answers 200.
+    pub async fn start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(binary)
+            .args(["--listen", &listen, "--log-format", "text"])
+            .args(args)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("start the service binary");
+        let process = ServiceProcess {
+            child,
+            base_url: format!("http://{listen}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client
+                .get(format!("{}/readyz", process.base_url))
+                .send()
+                .await
+                && response.status().is_success()
+            {
+                return process;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{binary} did not become ready on {listen}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait for the service");
+        status.success()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,412 @@
+//! Route-level tests of the user service, each on SQLite and on PostgreSQL, through the same
+//! middleware as the binary (served in-process on 127.0.0.1).
+
+use msa_service_kit::db::Database;
+use msa_service_kit::server::Ops;
+use msa_service_kit::testing::{self, ServiceProcess, TestBackend, fresh_database};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    http: Client,
+    db: Database,
+}
+
+async fn start(backend: TestBackend) -> Api {
+    let url = fresh_database(backend, "user").await;
+    let db = Database::connect(&url, &msa_user::MIGRATOR).await.unwrap();
+    let ops = Ops::new("user", "test", "test-0".into(), Some(db.clone()));
+    let base = testing::spawn(msa_user::router(db.clone()), ops).await;
+    Api {
+        base,
+        http: Client::new(),
+        db,
+    }
+}
+
+impl Api {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn create(&self, name: &str, email: &str) -> Value {
+        let response = self
+            .send(
+                "POST",
+                "/users",
+                Some(json!({"name": name, "email": email})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+async fn problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    body
+}
+
+async fn create_then_get(backend: TestBackend) {
+    let api = start(backend).await;
+    let response = api
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"name": " Ada Lovelace ", "email": "Ada@Example.com"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let user: Value = response.json().await.unwrap();
+    assert_eq!(location, format!("/users/{}", user["id"].as_str().unwrap()));
+    assert_eq!(
+        (user["name"].as_str(), user["email"].as_str()),
+        (Some("Ada Lovelace"), Some("ada@example.com"))
+    );
+    uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    jiff::Timestamp::from_str(user["created_at"].as_str().unwrap()).unwrap();
+
+    let fetched: Value = api.send("GET", &location, None).await.json().await.unwrap();
+    assert_eq!(fetched, user);
+}
+
+async fn bad_input_is_refused_and_stores_nothing(backend: TestBackend) {
+    let api = start(backend).await;
+    let cases = [
+        (
+            json!({"name": "", "email": "a@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"name": "A", "email": "not-an-email"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("email"),
+        ),
+        (json!({"name": "A"}), StatusCode::BAD_REQUEST, None),
+        (
+            json!({"name": 5, "email": "a@example.com"}),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            json!({"name": "A", "email": "a@example.com", "admin": true}),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+    ];
+    for (body, status, field) in cases {
+        let answer = problem(api.send("POST", "/users", Some(body.clone())).await, status).await;
+        if let Some(field) = field {
+            assert_eq!(answer["field"], field, "{body}");
+        }
+    }
+    let malformed = api
+        .http
+        .post(format!("{}/users", api.base))
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    problem(malformed, StatusCode::BAD_REQUEST).await;
+    let not_json = api
+        .http
+        .post(format!("{}/users", api.base))
+        .body("name=A")
+        .send()
+        .await
+        .unwrap();
+    problem(not_json, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let huge = json!({"name": "x".repeat(70 * 1024), "email": "a@example.com"});
+    problem(
+        api.send("POST", "/users", Some(huge)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(api.count().await, 0);
+}
+
+async fn duplicate_emails_conflict_ignoring_case(backend: TestBackend) {
+    let api = start(backend).await;
+    api.create("Ada", "ada@example.com").await;
+    let answer = problem(
+        api.send(
+            "POST",
+            "/users",
+            Some(json!({"name": "Other", "email": "ADA@example.com"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_eq!(answer["type"], "https://msa.dev/problems/email-taken");
+    assert_eq!(api.count().await, 1);
+}
+
+async fn unknown_and_malformed_ids(backend: TestBackend) {
+    let api = start(backend).await;
+    let missing = uuid::Uuid::new_v4();
+    for method in ["GET", "DELETE"] {
+        problem(
+            api.send(method, &format!("/users/{missing}"), None).await,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        problem(
+            api.send(method, "/users/42", None).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    problem(
+        api.send(
+            "PUT",
+            &format!("/users/{missing}"),
+            Some(json!({"name": "B"})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let answer = problem(
+        api.send("GET", "/nowhere", None).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(answer["type"], "https://msa.dev/problems/no-route");
+    problem(
+        api.send("PATCH", "/users", None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+}
+
+async fn list_is_paginated(backend: TestBackend) {
+    let api = start(backend).await;
+    for i in 0..5 {
+        api.create(&format!("user {i}"), &format!("u{i}@example.com"))
+            .await;
+    }
+    let first: Value = api
+        .send("GET", "/users?limit=2", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (first["total"].as_i64(), first["next_offset"].as_i64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let last: Value = api
+        .send("GET", "/users?limit=2&offset=4", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["items"].as_array().unwrap().len(), 1);
+    assert!(last.get("next_offset").is_none());
+    let all: Value = api.send("GET", "/users", None).await.json().await.unwrap();
+    let names: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["user 0", "user 1", "user 2", "user 3", "user 4"]);
+    problem(
+        api.send("GET", "/users?limit=0", None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        api.send("GET", "/users?limit=500", None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        api.send("GET", "/users?limit=many", None).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+async fn update_is_partial_and_checked(backend: TestBackend) {
+    let api = start(backend).await;
+    let ada = api.create("Ada", "ada@example.com").await;
+    api.create("Grace", "grace@example.com").await;
+    let path = format!("/users/{}", ada["id"].as_str().unwrap());
+
+    let renamed: Value = api
+        .send("PUT", &path, Some(json!({"name": "Ada King"})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed["name"].as_str(), renamed["email"].as_str()),
+        (Some("Ada King"), Some("ada@example.com"))
+    );
+    assert_eq!(renamed["created_at"], ada["created_at"]);
+
+    problem(
+        api.send("PUT", &path, Some(json!({"email": "grace@example.com"})))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    problem(
+        api.send("PUT", &path, Some(json!({}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        api.send("PUT", &path, Some(json!({"name": "  "}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        api.send("PUT", &path, Some(json!({"email": "nope"}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let stored: Value = api.send("GET", &path, None).await.json().await.unwrap();
+    assert_eq!(stored, renamed, "refused updates changed nothing");
+}
+
+async fn delete_removes(backend: TestBackend) {
+    let api = start(backend).await;
+    let ada = api.create("Ada", "ada@example.com").await;
+    let path = format!("/users/{}", ada["id"].as_str().unwrap());
+    assert_eq!(
+        api.send("DELETE", &path, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    problem(api.send("GET", &path, None).await, StatusCode::NOT_FOUND).await;
+    problem(api.send("DELETE", &path, None).await, StatusCode::NOT_FOUND).await;
+    // The email is free again.
+    api.create("Ada again", "ada@example.com").await;
+}
+
+async fn operational_routes(backend: TestBackend) {
+    let api = start(backend).await;
+    assert_eq!(
+        api.send("GET", "/healthz", None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.send("GET", "/readyz", None).await.status(),
+        StatusCode::OK
+    );
+    let info: Value = api.send("GET", "/info", None).await.json().await.unwrap();
+    assert_eq!(
+        (info["name"].as_str(), info["instance"].as_str()),
+        (Some("user"), Some("test-0"))
+    );
+    let spec: Value = api
+        .send("GET", "/openapi.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["paths"]["/users/{id}"]["put"].is_object());
+
+    // A request id is generated when absent and kept when given.
+    let generated = api.send("GET", "/healthz", None).await;
+    assert!(uuid::Uuid::parse_str(generated.headers()["x-request-id"].to_str().unwrap()).is_ok());
+    let kept = api
+        .http
+        .get(format!("{}/users", api.base))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "req-123");
+
+    api.send("GET", &format!("/users/{}", uuid::Uuid::new_v4()), None)
+        .await;
+    let metrics = api
+        .send("GET", "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"msa_user_http_requests_total{method="GET",route="/users/{id}",status="404"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("msa_user_http_requests_in_flight"));
+}
+
+async fn data_survives_a_restart(backend: TestBackend) {
+    let url = fresh_database(backend, "user").await;
+    let binary = env!("CARGO_BIN_EXE_msa-user");
+    let first = ServiceProcess::start(binary, &["--database-url", &url], &[]).await;
+    let http = Client::new();
+    let created: Value = http
+        .post(format!("{}/users", first.base_url))
+        .json(&json!({"name": "Ada", "email": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(first.stop(), "clean exit on SIGTERM");
+
+    let second = ServiceProcess::start(binary, &["--database-url", &url], &[]).await;
+    let fetched: Value = http
+        .get(format!(
+            "{}/users/{}",
+            second.base_url,
+            created["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, created);
+    assert!(second.stop());
+}
+
+msa_service_kit::on_both_backends!(
+    create_then_get,
+    bad_input_is_refused_and_stores_nothing,
+    duplicate_emails_conflict_ignoring_case,
+    unknown_and_malformed_ids,
+    list_is_paginated,
+    update_is_partial_and_checked,
+    delete_removes,
+    operational_routes,
+    data_survives_a_restart,
+);
+
+use std::str::FromStr;
