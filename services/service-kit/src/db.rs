@@ -87,7 +87,7 @@ impl Database {
 
 /// `sqlite://path` (or `sqlite:path`) → an URL sqlx opens read-write, creating the file.
 fn sqlite_url(rest: &str) -> anyhow::Result<String> {
-    let rest = rest.trim_start_matches("//");
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path != ":memory:"
         && let Some(parent) = std::path::Path::new(path).parent()
@@ -144,7 +144,7 @@ mod tests {
             "sqlite://:memory:?mode=rwc"
         );
         assert_eq!(
-            sqlite_url("//tmp/msa-kit-test/x.db?cache=shared").unwrap(),
+            sqlite_url("///tmp/msa-kit-test/x.db?cache=shared").unwrap(),
             "sqlite:///tmp/msa-kit-test/x.db?cache=shared&mode=rwc"
         );
     }
