@@ -192,3 +192,25 @@ pub fn init_logging(format: &str) {
             .init();
     }
 }
+
+/// The whole life of a service binary: logging, the database (connected and migrated), the
+/// API with every shared layer, serving until SIGTERM, and the drain.
+pub async fn run(
+    name: &'static str,
+    version: &'static str,
+    serve_args: &ServeArgs,
+    database_args: &crate::config::DatabaseArgs,
+    migrator: &'static sqlx::migrate::Migrator,
+    api: impl FnOnce(Database) -> Router,
+) -> anyhow::Result<()> {
+    init_logging(&serve_args.log_format);
+    let db = Database::connect(&database_args.url_for(name), migrator).await?;
+    let ops = Ops::new(name, version, serve_args.instance_id(), Some(db.clone()));
+    let app = app(api(db), ops.clone(), serve_args)?;
+    let listener = tokio::net::TcpListener::bind(serve_args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", serve_args.listen))?;
+    info!(addr = %listener.local_addr()?, service = name, version, "listening");
+    let grace = Duration::from_secs(serve_args.shutdown_grace_seconds);
+    serve(listener, app, ops, grace, shutdown_signal()).await
+}

@@ -166,3 +166,65 @@ impl Drop for ServiceProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A JSON client for one service under test.
+#[derive(Clone)]
+pub struct TestClient {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl TestClient {
+    pub fn new(base: String) -> Self {
+        TestClient {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends `method path` with an optional JSON body.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(
+            method.parse().expect("an HTTP method"),
+            format!("{}{path}", self.base),
+        );
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("the service answers")
+    }
+
+    /// Sends and expects `status` with a JSON body, which it returns.
+    pub async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        status: u16,
+    ) -> serde_json::Value {
+        let response = self.send(method, path, body).await;
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        response.json().await.expect("a JSON body")
+    }
+}
+
+/// Asserts a problem+json answer with `status` and a detail, and returns its body.
+pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "{}", response.url());
+    assert_eq!(
+        response.headers()["content-type"],
+        crate::problem::CONTENT_TYPE
+    );
+    let body: serde_json::Value = response.json().await.expect("a problem body");
+    assert_eq!(body["status"], status);
+    assert!(
+        !body["detail"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+    body
+}

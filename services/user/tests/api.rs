@@ -3,13 +3,14 @@
 
 use msa_service_kit::db::Database;
 use msa_service_kit::server::Ops;
-use msa_service_kit::testing::{self, ServiceProcess, TestBackend, fresh_database};
+use msa_service_kit::testing::{
+    self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
+};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
 struct Api {
-    base: String,
-    http: Client,
+    client: TestClient,
     db: Database,
 }
 
@@ -19,33 +20,25 @@ async fn start(backend: TestBackend) -> Api {
     let ops = Ops::new("user", "test", "test-0".into(), Some(db.clone()));
     let base = testing::spawn(msa_user::router(db.clone()), ops).await;
     Api {
-        base,
-        http: Client::new(),
+        client: TestClient::new(base),
         db,
     }
 }
 
 impl Api {
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Response {
-        let mut request = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
+        self.client.send(method, path, body).await
     }
 
     async fn create(&self, name: &str, email: &str) -> Value {
-        let response = self
-            .send(
+        self.client
+            .expect(
                 "POST",
                 "/users",
                 Some(json!({"name": name, "email": email})),
+                201,
             )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.unwrap()
+            .await
     }
 
     async fn count(&self) -> i64 {
@@ -56,17 +49,8 @@ impl Api {
     }
 }
 
-/// Asserts a problem+json answer with `status`, and returns its body.
 async fn problem(response: Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
-    assert!(!body["detail"].as_str().unwrap().is_empty());
-    body
+    expect_problem(response, status.as_u16()).await
 }
 
 async fn create_then_get(backend: TestBackend) {
@@ -125,8 +109,9 @@ async fn bad_input_is_refused_and_stores_nothing(backend: TestBackend) {
         }
     }
     let malformed = api
+        .client
         .http
-        .post(format!("{}/users", api.base))
+        .post(format!("{}/users", api.client.base))
         .header("content-type", "application/json")
         .body("{\"name\":")
         .send()
@@ -134,8 +119,9 @@ async fn bad_input_is_refused_and_stores_nothing(backend: TestBackend) {
         .unwrap();
     problem(malformed, StatusCode::BAD_REQUEST).await;
     let not_json = api
+        .client
         .http
-        .post(format!("{}/users", api.base))
+        .post(format!("{}/users", api.client.base))
         .body("name=A")
         .send()
         .await
@@ -339,8 +325,9 @@ async fn operational_routes(backend: TestBackend) {
     let generated = api.send("GET", "/healthz", None).await;
     assert!(uuid::Uuid::parse_str(generated.headers()["x-request-id"].to_str().unwrap()).is_ok());
     let kept = api
+        .client
         .http
-        .get(format!("{}/users", api.base))
+        .get(format!("{}/users", api.client.base))
         .header("x-request-id", "req-123")
         .send()
         .await

@@ -1,0 +1,136 @@
+//! The product service: the catalogue (`/products`) and stock reservations (`/reservations`),
+//! which the order service's saga uses to take and give back stock atomically. See the README.
+
+pub mod model;
+pub mod store;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use msa_service_kit::db::Database;
+use msa_service_kit::extract::{Json, Path, Query};
+use msa_service_kit::page::PageQuery;
+use msa_service_kit::{Problem, now_rfc3339, parse_id};
+
+use crate::model::{
+    CreateProduct, CreateReservation, Product, SetStock, normalise_items, parse_price, valid_name,
+    valid_stock,
+};
+use crate::store::Reserved;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub fn router(db: Database) -> Router {
+    Router::new()
+        .route("/products", get(list_products).post(create_product))
+        .route("/products/{id}", get(get_product))
+        .route("/products/{id}/stock", put(set_stock))
+        .route("/reservations", post(reserve))
+        .route("/reservations/{id}", get(get_reservation))
+        .route("/reservations/{id}/release", post(release))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .with_state(db)
+}
+
+async fn create_product(
+    State(db): State<Database>,
+    Json(body): Json<CreateProduct>,
+) -> Result<impl IntoResponse, Problem> {
+    let name = valid_name(&body.name)?;
+    let price_cents = parse_price(&body.price)?;
+    let stock = valid_stock(body.stock)?;
+    if body.description.chars().count() > 2000 {
+        return Err(Problem::invalid(
+            "description",
+            "description must be at most 2000 characters",
+        ));
+    }
+    let now = now_rfc3339();
+    let product = Product {
+        id: uuid::Uuid::new_v4().to_string(),
+        name,
+        description: body.description.trim().to_owned(),
+        price: model::format_cents(price_cents),
+        price_cents,
+        stock,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    store::insert(&db, &product).await?;
+    let location = [(
+        axum::http::header::LOCATION,
+        format!("/products/{}", product.id),
+    )];
+    Ok((StatusCode::CREATED, location, Json(product)))
+}
+
+async fn get_product(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+) -> Result<Json<Product>, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    store::get(&db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("product", &id))
+}
+
+async fn list_products(
+    State(db): State<Database>,
+    Query(query): Query<PageQuery>,
+) -> Result<impl IntoResponse, Problem> {
+    Ok(Json(store::list(&db, query.validate()?).await?))
+}
+
+async fn set_stock(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+    Json(body): Json<SetStock>,
+) -> Result<Json<Product>, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    let stock = valid_stock(body.stock)?;
+    store::set_stock(&db, &id, stock)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("product", &id))
+}
+
+/// 201 when stock was taken now, 200 when this id was already reserved with the same lines.
+async fn reserve(
+    State(db): State<Database>,
+    Json(body): Json<CreateReservation>,
+) -> Result<impl IntoResponse, Problem> {
+    let id = parse_id("id", &body.id)?.to_string();
+    let items = normalise_items(&body.items)?;
+    Ok(match store::reserve(&db, &id, &items).await? {
+        Reserved::Created(reservation) => (StatusCode::CREATED, Json(reservation)),
+        Reserved::Existing(reservation) => (StatusCode::OK, Json(reservation)),
+    })
+}
+
+async fn get_reservation(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    store::get_reservation(&db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("reservation", &id))
+}
+
+/// Always 200 with the reservation, now `released` (idempotent).
+async fn release(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    Ok(Json(store::release(&db, &id).await?))
+}
+
+/// The OpenAPI 3.1 description served at `/openapi.json`.
+pub fn openapi() -> serde_json::Value {
+    serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is valid JSON")
+}

@@ -1,0 +1,314 @@
+//! Route-level tests of the product service, each on SQLite and on PostgreSQL.
+
+use msa_service_kit::db::Database;
+use msa_service_kit::server::Ops;
+use msa_service_kit::testing::{
+    self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
+};
+use serde_json::{Value, json};
+
+async fn start(backend: TestBackend) -> TestClient {
+    let url = fresh_database(backend, "product").await;
+    let db = Database::connect(&url, &msa_product::MIGRATOR)
+        .await
+        .unwrap();
+    let ops = Ops::new("product", "test", "test-0".into(), Some(db.clone()));
+    TestClient::new(testing::spawn(msa_product::router(db), ops).await)
+}
+
+async fn create(api: &TestClient, name: &str, price: Value, stock: i64) -> Value {
+    api.expect(
+        "POST",
+        "/products",
+        Some(json!({"name": name, "price": price, "stock": stock, "description": "d"})),
+        201,
+    )
+    .await
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn stock_of(api: &TestClient, product: &str) -> i64 {
+    api.expect("GET", &format!("/products/{product}"), None, 200)
+        .await["stock"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn catalogue(backend: TestBackend) {
+    let api = start(backend).await;
+    let laptop = create(&api, "Laptop", json!(999.99), 10).await;
+    assert_eq!(
+        (laptop["price"].as_str(), laptop["price_cents"].as_i64()),
+        (Some("999.99"), Some(99999))
+    );
+    let pen = create(&api, "Pen", json!("1.5"), 0).await;
+    assert_eq!(pen["price"], "1.50");
+    assert_eq!(
+        api.expect("GET", &format!("/products/{}", id(&laptop)), None, 200)
+            .await,
+        laptop
+    );
+
+    let page = api.expect("GET", "/products?limit=1", None, 200).await;
+    assert_eq!(
+        (page["total"].as_i64(), page["next_offset"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(page["items"][0]["name"], "Laptop");
+
+    let restocked = api
+        .expect(
+            "PUT",
+            &format!("/products/{}/stock", id(&pen)),
+            Some(json!({"stock": 7})),
+            200,
+        )
+        .await;
+    assert_eq!(restocked["stock"], 7);
+}
+
+async fn bad_input_is_refused_and_changes_nothing(backend: TestBackend) {
+    let api = start(backend).await;
+    let cases = [
+        (
+            json!({"name": "", "price": 1, "stock": 1}),
+            422,
+            Some("name"),
+        ),
+        (
+            json!({"name": "A", "price": -1, "stock": 1}),
+            422,
+            Some("price"),
+        ),
+        (
+            json!({"name": "A", "price": "1.234", "stock": 1}),
+            422,
+            Some("price"),
+        ),
+        (
+            json!({"name": "A", "price": 1, "stock": -1}),
+            422,
+            Some("stock"),
+        ),
+        (json!({"name": "A", "price": 1}), 400, None),
+        (json!({"name": "A", "price": 1, "stock": "ten"}), 400, None),
+        (json!({"name": "A", "price": 1, "stock": 1.5}), 400, None),
+    ];
+    for (body, status, field) in cases {
+        let problem = expect_problem(
+            api.send("POST", "/products", Some(body.clone())).await,
+            status,
+        )
+        .await;
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{body}");
+        }
+    }
+    assert_eq!(api.expect("GET", "/products", None, 200).await["total"], 0);
+
+    let product = create(&api, "Laptop", json!(10), 3).await;
+    let stock_path = format!("/products/{}/stock", id(&product));
+    expect_problem(
+        api.send("PUT", &stock_path, Some(json!({"stock": -5})))
+            .await,
+        422,
+    )
+    .await;
+    expect_problem(
+        api.send("PUT", &stock_path, Some(json!({"level": 5})))
+            .await,
+        400,
+    )
+    .await;
+    assert_eq!(stock_of(&api, &id(&product)).await, 3);
+    let missing = uuid::Uuid::new_v4();
+    expect_problem(
+        api.send("GET", &format!("/products/{missing}"), None).await,
+        404,
+    )
+    .await;
+    expect_problem(
+        api.send(
+            "PUT",
+            &format!("/products/{missing}/stock"),
+            Some(json!({"stock": 1})),
+        )
+        .await,
+        404,
+    )
+    .await;
+    expect_problem(api.send("GET", "/products/nope", None).await, 400).await;
+    expect_problem(api.send("GET", "/products?offset=-1", None).await, 422).await;
+}
+
+async fn reservations_are_all_or_nothing(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(2.5), 5).await);
+    let b = id(&create(&api, "B", json!(10), 1).await);
+    let order = uuid::Uuid::new_v4().to_string();
+
+    // B has only 1: nothing is taken from A either.
+    let body = json!({"id": order, "items": [{"product_id": a, "quantity": 2}, {"product_id": b, "quantity": 2}]});
+    let problem = expect_problem(api.send("POST", "/reservations", Some(body)).await, 409).await;
+    assert_eq!(
+        (
+            problem["product_id"].as_str(),
+            problem["available"].as_i64()
+        ),
+        (Some(b.as_str()), Some(1))
+    );
+    assert_eq!((stock_of(&api, &a).await, stock_of(&api, &b).await), (5, 1));
+    expect_problem(
+        api.send("GET", &format!("/reservations/{order}"), None)
+            .await,
+        404,
+    )
+    .await;
+
+    // Lines for the same product are merged; the reservation snapshots prices.
+    let body = json!({"id": order, "items": [{"product_id": a, "quantity": 1}, {"product_id": b, "quantity": 1}, {"product_id": a, "quantity": 1}]});
+    let reservation = api
+        .expect("POST", "/reservations", Some(body.clone()), 201)
+        .await;
+    assert_eq!(
+        (
+            reservation["state"].as_str(),
+            reservation["total_cents"].as_i64()
+        ),
+        (Some("reserved"), Some(2 * 250 + 1000))
+    );
+    assert_eq!((stock_of(&api, &a).await, stock_of(&api, &b).await), (3, 0));
+
+    // A retry with the same id takes nothing more; different lines are a conflict.
+    assert_eq!(
+        api.expect("POST", "/reservations", Some(body), 200).await,
+        reservation
+    );
+    let other = json!({"id": order, "items": [{"product_id": a, "quantity": 3}]});
+    expect_problem(api.send("POST", "/reservations", Some(other)).await, 409).await;
+    assert_eq!(stock_of(&api, &a).await, 3);
+
+    // Release gives the stock back once.
+    let released = api
+        .expect("POST", &format!("/reservations/{order}/release"), None, 200)
+        .await;
+    assert_eq!(released["state"], "released");
+    api.expect("POST", &format!("/reservations/{order}/release"), None, 200)
+        .await;
+    assert_eq!((stock_of(&api, &a).await, stock_of(&api, &b).await), (5, 1));
+}
+
+async fn a_release_before_the_reservation_wins(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(1), 5).await);
+    let order = uuid::Uuid::new_v4().to_string();
+    api.expect("POST", &format!("/reservations/{order}/release"), None, 200)
+        .await;
+    let late = json!({"id": order, "items": [{"product_id": a, "quantity": 1}]});
+    let problem = expect_problem(api.send("POST", "/reservations", Some(late)).await, 409).await;
+    assert_eq!(
+        problem["type"],
+        "https://msa.dev/problems/reservation-released"
+    );
+    assert_eq!(stock_of(&api, &a).await, 5);
+}
+
+async fn reservation_input_errors(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(1), 5).await);
+    let order = uuid::Uuid::new_v4().to_string();
+    let cases = [
+        (json!({"id": order, "items": []}), 422),
+        (
+            json!({"id": order, "items": [{"product_id": a, "quantity": 0}]}),
+            422,
+        ),
+        (
+            json!({"id": order, "items": [{"product_id": uuid::Uuid::new_v4(), "quantity": 1}]}),
+            422,
+        ),
+        (
+            json!({"id": "order-1", "items": [{"product_id": a, "quantity": 1}]}),
+            400,
+        ),
+        (
+            json!({"id": order, "items": [{"product_id": "x", "quantity": 1}]}),
+            400,
+        ),
+    ];
+    for (body, status) in cases {
+        expect_problem(api.send("POST", "/reservations", Some(body)).await, status).await;
+    }
+    assert_eq!(stock_of(&api, &a).await, 5);
+}
+
+/// Stock 10, 50 concurrent reservations of 1: exactly 10 succeed, stock ends at 0.
+async fn concurrent_reservations_never_oversell(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let attempts = (0..50).map(|_| {
+        let api = api.clone();
+        let body = json!({"id": uuid::Uuid::new_v4(), "items": [{"product_id": a, "quantity": 1}]});
+        tokio::spawn(async move {
+            api.send("POST", "/reservations", Some(body))
+                .await
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        40,
+        "{statuses:?}"
+    );
+    assert_eq!(stock_of(&api, &a).await, 0);
+}
+
+async fn data_survives_a_restart(backend: TestBackend) {
+    let url = fresh_database(backend, "product").await;
+    let binary = env!("CARGO_BIN_EXE_msa-product");
+    let first = ServiceProcess::start(binary, &["--database-url", &url], &[]).await;
+    let api = TestClient::new(first.base_url.clone());
+    let product = create(&api, "Laptop", json!(999.99), 10).await;
+    let order = uuid::Uuid::new_v4();
+    api.expect(
+        "POST",
+        "/reservations",
+        Some(json!({"id": order, "items": [{"product_id": id(&product), "quantity": 2}]})),
+        201,
+    )
+    .await;
+    assert!(first.stop(), "clean exit on SIGTERM");
+
+    let second = ServiceProcess::start(binary, &["--database-url", &url], &[]).await;
+    let api = TestClient::new(second.base_url.clone());
+    assert_eq!(stock_of(&api, &id(&product)).await, 8);
+    assert_eq!(
+        api.expect("GET", &format!("/reservations/{order}"), None, 200)
+            .await["state"],
+        "reserved"
+    );
+    assert!(second.stop());
+}
+
+msa_service_kit::on_both_backends!(
+    catalogue,
+    bad_input_is_refused_and_changes_nothing,
+    reservations_are_all_or_nothing,
+    a_release_before_the_reservation_wins,
+    reservation_input_errors,
+    concurrent_reservations_never_oversell,
+    data_survives_a_restart,
+);
