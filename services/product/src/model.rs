@@ -86,6 +86,9 @@ pub fn valid_stock(stock: i64) -> Result<i64, Problem> {
     Ok(stock)
 }
 
+/// 1 000 000 000.00: far above any real price, far below overflow in order totals.
+pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+
 /// A price in cents from a JSON number or decimal string with at most two decimal places.
 /// Numbers are read through their shortest decimal form (999.99 stays 999.99), never by
 /// multiplying a float.
@@ -120,7 +123,7 @@ pub fn parse_price(value: &Value) -> Result<i64, Problem> {
     units
         .checked_mul(100)
         .and_then(|u| u.checked_add(cents))
-        .filter(|c| *c <= 1_000_000_000_00)
+        .filter(|c| *c <= MAX_PRICE_CENTS)
         .ok_or_else(|| invalid("at most 1000000000.00"))
 }
 
