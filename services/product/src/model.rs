@@ -1,6 +1,7 @@
 //! Products, prices and reservations, and the rules they follow (pure, unit-tested).
 
 use msa_service_kit::Problem;
+pub use msa_service_kit::format_cents;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -125,11 +126,6 @@ pub fn parse_price(value: &Value) -> Result<i64, Problem> {
         .and_then(|u| u.checked_add(cents))
         .filter(|c| *c <= MAX_PRICE_CENTS)
         .ok_or_else(|| invalid("at most 1000000000.00"))
-}
-
-/// "999.99" from 99999.
-pub fn format_cents(cents: i64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 /// Checks a reservation request and merges lines for the same product, sorted by product id

@@ -21,6 +21,12 @@ pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// Cents as a decimal string with two places: 99999 → "999.99".
+pub fn format_cents(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", (cents / 100).abs(), (cents % 100).abs())
+}
+
 /// Parses a UUID path or body value, naming the field when it is not one (a 400).
 pub fn parse_id(field: &str, raw: &str) -> Result<uuid::Uuid, Problem> {
     uuid::Uuid::parse_str(raw).map_err(|_| {

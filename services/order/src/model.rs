@@ -1,0 +1,221 @@
+//! Orders, their lines, and the status machine (pure, unit-tested).
+
+use msa_service_kit::Problem;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Recorded; stock not yet reserved (the saga is running).
+    Pending,
+    /// Stock reserved and the order accepted.
+    Confirmed,
+    Shipped,
+    Delivered,
+    /// Cancelled after confirmation; its stock was given back.
+    Cancelled,
+    /// The saga could not complete (for example insufficient stock); nothing is held.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Confirmed => "confirmed",
+            Status::Shipped => "shipped",
+            Status::Delivered => "delivered",
+            Status::Cancelled => "cancelled",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Status, Problem> {
+        Ok(match raw {
+            "pending" => Status::Pending,
+            "confirmed" => Status::Confirmed,
+            "shipped" => Status::Shipped,
+            "delivered" => Status::Delivered,
+            "cancelled" => Status::Cancelled,
+            "failed" => Status::Failed,
+            other => {
+                return Err(Problem::invalid(
+                    "status",
+                    format!("unknown status {other:?}; use one of shipped, delivered, cancelled"),
+                ));
+            }
+        })
+    }
+
+    /// Whether `PUT /orders/{id}/status` may move an order from `self` to `next`. Pending,
+    /// confirmed and failed are set by the saga only; cancelling gives stock back.
+    pub fn may_become(self, next: Status) -> bool {
+        matches!(
+            (self, next),
+            (Status::Confirmed, Status::Shipped)
+                | (Status::Shipped, Status::Delivered)
+                | (Status::Confirmed, Status::Cancelled)
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OrderLine {
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+    pub unit_price: String,
+    pub line_total_cents: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    pub status: Status,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub total: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub user_id: String,
+    pub items: Vec<RequestedItem>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedItem {
+    pub product_id: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatus {
+    pub status: String,
+}
+
+/// A line with its price, and the order total; `None` on overflow (refused as too large).
+pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i64)> {
+    let mut total: i64 = 0;
+    let mut lines = Vec::with_capacity(items.len());
+    for (item, unit_price_cents) in items {
+        let line_total_cents = item.quantity.checked_mul(*unit_price_cents)?;
+        total = total.checked_add(line_total_cents)?;
+        lines.push(OrderLine {
+            product_id: item.product_id.clone(),
+            quantity: item.quantity,
+            unit_price_cents: *unit_price_cents,
+            unit_price: msa_service_kit::format_cents(*unit_price_cents),
+            line_total_cents,
+        });
+    }
+    Some((lines, total))
+}
+
+/// Checks the request: ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1.
+pub fn validate(body: &CreateOrder) -> Result<(), Problem> {
+    msa_service_kit::parse_id("user_id", &body.user_id)?;
+    if body.items.is_empty() {
+        return Err(Problem::invalid(
+            "items",
+            "an order needs at least one item",
+        ));
+    }
+    if body.items.len() > 100 {
+        return Err(Problem::invalid("items", "an order has at most 100 lines"));
+    }
+    for (i, item) in body.items.iter().enumerate() {
+        msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?;
+        if item.quantity < 1 {
+            return Err(Problem::invalid(
+                &format!("items[{i}].quantity"),
+                format!("quantity must be at least 1, got {}", item.quantity),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_forward_moves_and_cancel_before_shipping_are_allowed() {
+        use Status::*;
+        let all = [Pending, Confirmed, Shipped, Delivered, Cancelled, Failed];
+        let allowed: Vec<(Status, Status)> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.may_become(*b))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Confirmed, Shipped),
+                (Confirmed, Cancelled),
+                (Shipped, Delivered)
+            ]
+        );
+        assert_eq!(Status::parse("lost").unwrap_err().status, 422);
+        for s in all {
+            assert_eq!(Status::parse(s.as_str()).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn totals_come_from_prices_and_refuse_overflow() {
+        let item = |q| RequestedItem {
+            product_id: "p".into(),
+            quantity: q,
+        };
+        let (lines, total) = price_lines(&[(item(2), 99999), (item(1), 1)]).unwrap();
+        assert_eq!(
+            (
+                lines[0].line_total_cents,
+                lines[0].unit_price.as_str(),
+                total
+            ),
+            (199998, "999.99", 199999)
+        );
+        assert!(price_lines(&[(item(i64::MAX), 2)]).is_none());
+    }
+
+    #[test]
+    fn requests_are_checked_field_by_field() {
+        let user = uuid::Uuid::new_v4().to_string();
+        let product = uuid::Uuid::new_v4().to_string();
+        let order = |items: Vec<RequestedItem>| CreateOrder {
+            user_id: user.clone(),
+            items,
+        };
+        assert!(
+            validate(&order(vec![RequestedItem {
+                product_id: product.clone(),
+                quantity: 1
+            }]))
+            .is_ok()
+        );
+        assert_eq!(validate(&order(vec![])).unwrap_err().status, 422);
+        let zero = validate(&order(vec![RequestedItem {
+            product_id: product,
+            quantity: 0,
+        }]))
+        .unwrap_err();
+        assert_eq!(zero.extra["field"], "items[0].quantity");
+        let bad_id = validate(&order(vec![RequestedItem {
+            product_id: "7".into(),
+            quantity: 1,
+        }]))
+        .unwrap_err();
+        assert_eq!(bad_id.status, 400);
+    }
+}

@@ -1,0 +1,496 @@
+//! Route-level tests of the order service with real user and product services (in-process on
+//! 127.0.0.1), each on SQLite and on PostgreSQL: the saga, its compensation, status changes,
+//! the concurrency guarantee, header propagation and restart durability.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::get;
+use msa_order::peers::{Peers, Upstream};
+use msa_service_kit::db::Database;
+use msa_service_kit::server::Ops;
+use msa_service_kit::testing::{
+    self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
+};
+use serde_json::{Value, json};
+
+struct Shop {
+    orders: TestClient,
+    users: TestClient,
+    products: TestClient,
+}
+
+async fn serve(
+    backend: TestBackend,
+    name: &'static str,
+    migrator: &'static sqlx::migrate::Migrator,
+) -> (Database, Ops) {
+    let url = fresh_database(backend, name).await;
+    let db = Database::connect(&url, migrator).await.unwrap();
+    let ops = Ops::new(name, "test", format!("{name}-0"), Some(db.clone()));
+    (db, ops)
+}
+
+async fn start_peers(backend: TestBackend) -> (TestClient, TestClient) {
+    let (db, ops) = serve(backend, "user", &msa_user::MIGRATOR).await;
+    let users = TestClient::new(testing::spawn(msa_user::router(db), ops).await);
+    let (db, ops) = serve(backend, "product", &msa_product::MIGRATOR).await;
+    let products = TestClient::new(testing::spawn(msa_product::router(db), ops).await);
+    (users, products)
+}
+
+fn peers(user_url: &str, product_url: &str) -> Peers {
+    Peers::new(
+        Upstream::parse("user", user_url).unwrap(),
+        Upstream::parse("product", product_url).unwrap(),
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {
+    let (db, ops) = serve(backend, "order", &msa_order::MIGRATOR).await;
+    TestClient::new(testing::spawn(msa_order::router(db, peers), ops).await)
+}
+
+async fn start(backend: TestBackend) -> Shop {
+    let (users, products) = start_peers(backend).await;
+    let orders = start_order(backend, peers(&users.base, &products.base)).await;
+    Shop {
+        orders,
+        users,
+        products,
+    }
+}
+
+impl Shop {
+    async fn user(&self) -> String {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = self
+            .users
+            .expect(
+                "POST",
+                "/users",
+                Some(json!({"name": "Ada", "email": email})),
+                201,
+            )
+            .await;
+        user["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn product(&self, price: Value, stock: i64) -> String {
+        let body = json!({"name": "Laptop", "price": price, "stock": stock});
+        self.products
+            .expect("POST", "/products", Some(body), 201)
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn stock(&self, product: &str) -> i64 {
+        self.products
+            .expect("GET", &format!("/products/{product}"), None, 200)
+            .await["stock"]
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn order(&self, user: &str, lines: &[(&str, i64)]) -> reqwest::Response {
+        let items: Vec<Value> = lines
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        self.orders
+            .send(
+                "POST",
+                "/orders",
+                Some(json!({"user_id": user, "items": items})),
+            )
+            .await
+    }
+}
+
+async fn an_order_is_priced_by_the_catalogue_and_takes_stock(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(999.99), 10).await;
+    let pen = shop.product(json!("1.50"), 100).await;
+
+    let response = shop.order(&user, &[(&laptop, 2), (&pen, 3)]).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            order["status"].as_str(),
+            order["total"].as_str(),
+            order["total_cents"].as_i64()
+        ),
+        (Some("confirmed"), Some("2004.48"), Some(200448))
+    );
+    assert_eq!(order["items"][0]["unit_price"], "999.99");
+    assert_eq!((shop.stock(&laptop).await, shop.stock(&pen).await), (8, 97));
+
+    assert_eq!(shop.orders.expect("GET", &location, None, 200).await, order);
+    let listed = shop
+        .orders
+        .expect("GET", &format!("/orders/user/{user}"), None, 200)
+        .await;
+    assert_eq!(
+        (listed["total"].as_i64(), &listed["items"][0]),
+        (Some(1), &order)
+    );
+    let other = uuid::Uuid::new_v4();
+    assert_eq!(
+        shop.orders
+            .expect("GET", &format!("/orders/user/{other}"), None, 200)
+            .await["total"],
+        0
+    );
+}
+
+async fn insufficient_stock_fails_the_order_and_holds_nothing(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 1).await;
+    let pen = shop.product(json!(1), 5).await;
+
+    let problem = expect_problem(shop.order(&user, &[(&pen, 2), (&laptop, 2)]).await, 409).await;
+    assert_eq!(
+        problem["type"],
+        "https://msa.dev/problems/insufficient-stock"
+    );
+    assert_eq!(
+        (
+            problem["product_id"].as_str(),
+            problem["available"].as_i64()
+        ),
+        (Some(laptop.as_str()), Some(1))
+    );
+    let failed = shop
+        .orders
+        .expect(
+            "GET",
+            &format!("/orders/{}", problem["order_id"].as_str().unwrap()),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["failure_reason"]
+            .as_str()
+            .unwrap()
+            .contains("only 1")
+    );
+    assert_eq!(
+        (shop.stock(&laptop).await, shop.stock(&pen).await),
+        (1, 5),
+        "nothing held"
+    );
+}
+
+async fn bad_orders_are_refused_before_anything_is_recorded(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 5).await;
+    let ghost = uuid::Uuid::new_v4().to_string();
+
+    let unknown_user = expect_problem(shop.order(&ghost, &[(&laptop, 1)]).await, 422).await;
+    assert_eq!(unknown_user["field"], "user_id");
+    let unknown_product =
+        expect_problem(shop.order(&user, &[(&laptop, 1), (&ghost, 1)]).await, 422).await;
+    assert_eq!(unknown_product["field"], "items[1].product_id");
+    let zero = expect_problem(shop.order(&user, &[(&laptop, 0)]).await, 422).await;
+    assert_eq!(zero["field"], "items[0].quantity");
+    expect_problem(shop.order(&user, &[]).await, 422).await;
+    expect_problem(shop.order("not-a-uuid", &[(&laptop, 1)]).await, 400).await;
+    let malformed = json!({"user_id": user, "items": [{"product_id": laptop, "quantity": "two"}]});
+    expect_problem(
+        shop.orders.send("POST", "/orders", Some(malformed)).await,
+        400,
+    )
+    .await;
+    let with_total =
+        json!({"user_id": user, "items": [{"product_id": laptop, "quantity": 1}], "total": 0.01});
+    expect_problem(
+        shop.orders.send("POST", "/orders", Some(with_total)).await,
+        400,
+    )
+    .await;
+
+    assert_eq!(
+        shop.orders
+            .expect("GET", &format!("/orders/user/{user}"), None, 200)
+            .await["total"],
+        0
+    );
+    assert_eq!(shop.stock(&laptop).await, 5);
+    expect_problem(
+        shop.orders
+            .send("GET", &format!("/orders/{ghost}"), None)
+            .await,
+        404,
+    )
+    .await;
+    expect_problem(shop.orders.send("GET", "/orders/12", None).await, 400).await;
+}
+
+async fn status_moves_forward_and_cancel_gives_stock_back(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 5).await;
+    let order = |r: reqwest::Response| async move {
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let shipped = order(shop.order(&user, &[(&laptop, 1)]).await).await;
+    let cancelled = order(shop.order(&user, &[(&laptop, 2)]).await).await;
+    assert_eq!(shop.stock(&laptop).await, 2);
+    let set = |id: String, status: &'static str| {
+        let orders = shop.orders.clone();
+        async move {
+            orders
+                .send(
+                    "PUT",
+                    &format!("/orders/{id}/status"),
+                    Some(json!({"status": status})),
+                )
+                .await
+        }
+    };
+
+    assert_eq!(set(shipped.clone(), "shipped").await.status(), 200);
+    let problem = expect_problem(set(shipped.clone(), "cancelled").await, 422).await;
+    assert_eq!(problem["current_status"], "shipped");
+    let delivered: Value = set(shipped.clone(), "delivered")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(delivered["status"], "delivered");
+    expect_problem(set(shipped.clone(), "shipped").await, 422).await;
+    assert_eq!(
+        set(shipped.clone(), "delivered").await.status(),
+        200,
+        "repeating a status is a no-op"
+    );
+    expect_problem(set(shipped.clone(), "lost").await, 422).await;
+    expect_problem(set(shipped.clone(), "confirmed").await, 422).await;
+    expect_problem(set(uuid::Uuid::new_v4().to_string(), "shipped").await, 404).await;
+
+    let cancelled_order: Value = set(cancelled.clone(), "cancelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled_order["status"], "cancelled");
+    assert_eq!(
+        shop.stock(&laptop).await,
+        4,
+        "the cancelled order's 2 are back"
+    );
+    assert_eq!(set(cancelled.clone(), "cancelled").await.status(), 200);
+    assert_eq!(shop.stock(&laptop).await, 4, "and only once");
+}
+
+async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
+    let (users, products) = start_peers(backend).await;
+    // Nothing listens on port 9 of loopback.
+    let orders = start_order(backend, peers(&users.base, "http://127.0.0.1:9")).await;
+    let user = users
+        .expect(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ada", "email": "ada@example.com"})),
+            201,
+        )
+        .await;
+    let product = products
+        .expect(
+            "POST",
+            "/products",
+            Some(json!({"name": "A", "price": 1, "stock": 1})),
+            201,
+        )
+        .await;
+    let body =
+        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
+    let response = orders.send("POST", "/orders", Some(body)).await;
+    assert_eq!(response.headers()["retry-after"], "2");
+    let problem = expect_problem(response, 503).await;
+    assert_eq!(problem["upstream"], "product");
+    let listed = orders
+        .expect(
+            "GET",
+            &format!("/orders/user/{}", user["id"].as_str().unwrap()),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(listed["total"], 0);
+}
+
+/// The guarantee: stock 10, 50 concurrent orders of 1 → exactly 10 confirmed, stock 0.
+async fn fifty_concurrent_orders_for_ten_in_stock(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(999.99), 10).await;
+    let started = std::time::Instant::now();
+    let attempts: Vec<_> = (0..50)
+        .map(|_| {
+            let orders = shop.orders.clone();
+            let body = json!({"user_id": user, "items": [{"product_id": laptop, "quantity": 1}]});
+            tokio::spawn(async move {
+                orders
+                    .send("POST", "/orders", Some(body))
+                    .await
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    let confirmed = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    eprintln!(
+        "{backend:?}: 50 concurrent orders, stock 10 → {confirmed} confirmed, {refused} refused (409), in {:?}",
+        started.elapsed()
+    );
+    assert_eq!((confirmed, refused), (10, 40), "{statuses:?}");
+    assert_eq!(shop.stock(&laptop).await, 0);
+    let page = shop
+        .orders
+        .expect("GET", &format!("/orders/user/{user}?limit=100"), None, 200)
+        .await;
+    let by_status = |s: &str| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["status"] == s)
+            .count()
+    };
+    assert_eq!((by_status("confirmed"), by_status("failed")), (10, 40));
+}
+
+/// (x-request-id, traceparent) as a peer received them.
+type SeenHeaders = (Option<String>, Option<String>);
+
+async fn correlation_headers_reach_the_peers(backend: TestBackend) {
+    let seen: Arc<Mutex<Vec<SeenHeaders>>> = Arc::default();
+    let recorder = seen.clone();
+    let fake_users = axum::Router::new().route(
+        "/users/{id}",
+        get(move |headers: axum::http::HeaderMap| {
+            let recorder = recorder.clone();
+            async move {
+                let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+                recorder
+                    .lock()
+                    .unwrap()
+                    .push((header("x-request-id"), header("traceparent")));
+                axum::Json(json!({"id": "x"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let users_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, fake_users).await });
+    let (_, products) = start_peers(backend).await;
+    let orders = start_order(backend, peers(&users_url, &products.base)).await;
+    let product = products
+        .expect(
+            "POST",
+            "/products",
+            Some(json!({"name": "A", "price": 1, "stock": 1})),
+            201,
+        )
+        .await;
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = orders
+        .http
+        .post(format!("{}/orders", orders.base))
+        .header("x-request-id", "req-42")
+        .header("traceparent", traceparent)
+        .json(&json!({"user_id": uuid::Uuid::new_v4(), "items": [{"product_id": product["id"], "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        [(Some("req-42".to_owned()), Some(traceparent.to_owned()))]
+    );
+}
+
+async fn orders_survive_a_restart(backend: TestBackend) {
+    let (users, products) = start_peers(backend).await;
+    let url = fresh_database(backend, "order").await;
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--user-url",
+        users.base.as_str(),
+        "--product-url",
+        products.base.as_str(),
+    ];
+    let binary = env!("CARGO_BIN_EXE_msa-order");
+    let first = ServiceProcess::start(binary, &args, &[]).await;
+    let user = users
+        .expect(
+            "POST",
+            "/users",
+            Some(json!({"name": "Ada", "email": "ada@example.com"})),
+            201,
+        )
+        .await;
+    let product = products
+        .expect(
+            "POST",
+            "/products",
+            Some(json!({"name": "A", "price": 1, "stock": 3})),
+            201,
+        )
+        .await;
+    let orders = TestClient::new(first.base_url.clone());
+    let body =
+        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
+    let placed = orders.expect("POST", "/orders", Some(body), 201).await;
+    assert!(first.stop(), "clean exit on SIGTERM");
+
+    let second = ServiceProcess::start(binary, &args, &[]).await;
+    let orders = TestClient::new(second.base_url.clone());
+    assert_eq!(
+        orders
+            .expect(
+                "GET",
+                &format!("/orders/{}", placed["id"].as_str().unwrap()),
+                None,
+                200
+            )
+            .await,
+        placed
+    );
+    assert!(second.stop());
+}
+
+msa_service_kit::on_both_backends!(
+    an_order_is_priced_by_the_catalogue_and_takes_stock,
+    insufficient_stock_fails_the_order_and_holds_nothing,
+    bad_orders_are_refused_before_anything_is_recorded,
+    status_moves_forward_and_cancel_gives_stock_back,
+    a_peer_down_is_a_503_and_leaves_nothing,
+    fifty_concurrent_orders_for_ten_in_stock,
+    correlation_headers_reach_the_peers,
+    orders_survive_a_restart,
+);
