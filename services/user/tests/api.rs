@@ -71,7 +71,11 @@ async fn create_then_get(backend: TestBackend) {
         (Some("Ada Lovelace"), Some("ada@example.com"))
     );
     uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
-    jiff::Timestamp::from_str(user["created_at"].as_str().unwrap()).unwrap();
+    user["created_at"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
 
     let fetched: Value = api.send("GET", &location, None).await.json().await.unwrap();
     assert_eq!(fetched, user);
@@ -396,4 +400,26 @@ msa_service_kit::on_both_backends!(
     data_survives_a_restart,
 );
 
-use std::str::FromStr;
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_msa-user"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--listen",
+        "MSA_LISTEN",
+        "--database-url",
+        "DATABASE_URL",
+        "--cors-origins",
+        "--body-limit-bytes",
+        "--shutdown-grace-seconds",
+    ] {
+        assert!(
+            help.contains(needle),
+            "{needle} missing from --help:\n{help}"
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! The shared serving behaviour, end to end on 127.0.0.1: a drain that finishes in-flight
+//! requests and fails readiness, and the CORS policy.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use msa_service_kit::config::ServeArgs;
+use msa_service_kit::server::{self, Ops};
+
+fn args(origins: &[&str], credentials: bool) -> ServeArgs {
+    ServeArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cors_origins: origins.iter().map(|o| o.to_string()).collect(),
+        cors_allow_credentials: credentials,
+        body_limit_bytes: 1024,
+        shutdown_grace_seconds: 5,
+        log_format: "text".into(),
+        instance: None,
+    }
+}
+
+fn slow_api() -> Router {
+    Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            "done"
+        }),
+    )
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
+    let ops = Ops::new("kit", "test", "kit-0".into(), None);
+    let app = server::app(slow_api(), ops.clone(), &args(&[], false)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        ops.clone(),
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let in_flight = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.get(format!("{base}/slow"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    assert_eq!(
+        in_flight.await.unwrap(),
+        "done",
+        "the in-flight request finished"
+    );
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_first_when_draining() {
+    let ops = Ops::new("kit", "test", "kit-0".into(), None);
+    let app = server::app(slow_api(), ops.clone(), &args(&[], false)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(
+        listener,
+        app,
+        ops.clone(),
+        Duration::from_secs(5),
+        std::future::pending(),
+    ));
+    ops.start_draining();
+    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_listed_origins_only_and_never_wildcard_with_credentials() {
+    assert!(
+        args(&["*"], true)
+            .cors()
+            .unwrap_err()
+            .to_string()
+            .contains("list the allowed origins")
+    );
+    assert!(args(&[], false).cors().unwrap().is_none());
+
+    let ops = Ops::new("kit", "test", "kit-0".into(), None);
+    let app = server::app(
+        slow_api(),
+        ops.clone(),
+        &args(&["https://shop.example"], true),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(
+        listener,
+        app,
+        ops,
+        Duration::from_secs(5),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/healthz"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    let allowed = preflight("https://shop.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
