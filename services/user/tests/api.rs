@@ -353,6 +353,17 @@ async fn operational_routes(backend: TestBackend) {
         "{metrics}"
     );
     assert!(metrics.contains("msa_user_http_requests_in_flight"));
+
+    // Readiness means the database answers.
+    api.db.pool.close().await;
+    let not_ready = api.send("GET", "/readyz", None).await;
+    assert_eq!(not_ready.headers()["retry-after"], "1");
+    problem(not_ready, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        api.send("GET", "/healthz", None).await.status(),
+        StatusCode::OK,
+        "still alive"
+    );
 }
 
 async fn data_survives_a_restart(backend: TestBackend) {
