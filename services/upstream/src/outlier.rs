@@ -132,9 +132,7 @@ impl<K: Ord + Clone> Outliers<K> {
     }
 
     pub fn record(&mut self, key: &K, now: Instant, outcome: Outcome) -> Option<Event<K>> {
-        let Some(health) = self.endpoints.get_mut(key) else {
-            return None;
-        };
+        let health = self.endpoints.get_mut(key)?;
         let probing = health.probe_in_flight;
         health.probe_in_flight = false;
         match outcome {
