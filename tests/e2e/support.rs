@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Container, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -36,6 +36,39 @@ impl Setup {
         let admin = cluster.admin().await?;
         let ns = TestNamespace::create(&admin, prefix).await?.name;
         Ok(Setup { cluster, admin, ns })
+    }
+
+    /// The common start of a test: a namespace, an operator for it, and the shop applied and Ready.
+    pub async fn ready_shop(prefix: &str) -> anyhow::Result<(Self, Operator)> {
+        let s = Setup::new(prefix).await?;
+        let operator = s.start_operator(prefix)?;
+        s.apply_shop()?;
+        s.wait_ready("shop")?;
+        Ok((s, operator))
+    }
+
+    /// Every child of `app` exists with the app (and only it) as controller owner.
+    pub async fn assert_children_owned(&self, app: &str) -> anyhow::Result<()> {
+        let uid = self
+            .apps()
+            .get(app)
+            .await?
+            .metadata
+            .uid
+            .expect("a stored app has a uid");
+        for (name, kind) in children(app) {
+            let owners = self.owner_uids(kind, &name).await?;
+            assert_eq!(owners, vec![uid.clone()], "{kind} {name} owner references");
+        }
+        Ok(())
+    }
+
+    /// ReplicaSets in the namespace matching `selector` ("" for all).
+    pub async fn replica_set_count(&self, selector: &str) -> anyhow::Result<usize> {
+        let sets = Api::<ReplicaSet>::namespaced(self.admin.clone(), &self.ns)
+            .list_metadata(&ListParams::default().labels(selector))
+            .await?;
+        Ok(sets.items.len())
     }
 
     /// The operator as the chart's ServiceAccount, watching this test's namespace.

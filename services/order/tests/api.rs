@@ -7,36 +7,41 @@ use std::time::Duration;
 
 use axum::routing::get;
 use msa_order::peers::{Peers, Upstream};
-use msa_service_kit::db::Database;
-use msa_service_kit::server::Ops;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
 use serde_json::{Value, json};
 
-struct Shop {
-    orders: TestClient,
+/// The user and product services the order service calls.
+struct Neighbours {
     users: TestClient,
     products: TestClient,
 }
 
-async fn serve(
-    backend: TestBackend,
-    name: &'static str,
-    migrator: &'static sqlx::migrate::Migrator,
-) -> (Database, Ops) {
-    let url = fresh_database(backend, name).await;
-    let db = Database::connect(&url, migrator).await.unwrap();
-    let ops = Ops::new(name, "test", format!("{name}-0"), Some(db.clone()));
-    (db, ops)
+/// All three services; derefs to the neighbours for seeding users and products.
+struct Shop {
+    orders: TestClient,
+    neighbours: Neighbours,
 }
 
-async fn start_peers(backend: TestBackend) -> (TestClient, TestClient) {
-    let (db, ops) = serve(backend, "user", &msa_user::MIGRATOR).await;
-    let users = TestClient::new(testing::spawn(msa_user::router(db), ops).await);
-    let (db, ops) = serve(backend, "product", &msa_product::MIGRATOR).await;
-    let products = TestClient::new(testing::spawn(msa_product::router(db), ops).await);
-    (users, products)
+impl std::ops::Deref for Shop {
+    type Target = Neighbours;
+    fn deref(&self) -> &Neighbours {
+        &self.neighbours
+    }
+}
+
+async fn start_neighbours(backend: TestBackend) -> Neighbours {
+    let (users, _) =
+        testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
+    let (products, _) = testing::start_service(
+        backend,
+        "product",
+        &msa_product::MIGRATOR,
+        msa_product::router,
+    )
+    .await;
+    Neighbours { users, products }
 }
 
 fn peers(user_url: &str, product_url: &str) -> Peers {
@@ -50,21 +55,24 @@ fn peers(user_url: &str, product_url: &str) -> Peers {
 }
 
 async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {
-    let (db, ops) = serve(backend, "order", &msa_order::MIGRATOR).await;
-    TestClient::new(testing::spawn(msa_order::router(db, peers), ops).await)
+    testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
+        msa_order::router(db, peers)
+    })
+    .await
+    .0
 }
 
 async fn start(backend: TestBackend) -> Shop {
-    let (users, products) = start_peers(backend).await;
-    let orders = start_order(backend, peers(&users.base, &products.base)).await;
-    Shop {
-        orders,
-        users,
-        products,
-    }
+    let neighbours = start_neighbours(backend).await;
+    let orders = start_order(
+        backend,
+        peers(&neighbours.users.base, &neighbours.products.base),
+    )
+    .await;
+    Shop { orders, neighbours }
 }
 
-impl Shop {
+impl Neighbours {
     async fn user(&self) -> String {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
         let user = self
@@ -96,20 +104,23 @@ impl Shop {
             .as_i64()
             .unwrap()
     }
+}
 
+impl Shop {
     async fn order(&self, user: &str, lines: &[(&str, i64)]) -> reqwest::Response {
-        let items: Vec<Value> = lines
-            .iter()
-            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
-            .collect();
         self.orders
-            .send(
-                "POST",
-                "/orders",
-                Some(json!({"user_id": user, "items": items})),
-            )
+            .send("POST", "/orders", Some(order_body(user, lines)))
             .await
     }
+}
+
+/// The body of `POST /orders` for these (product, quantity) lines.
+fn order_body(user: &str, lines: &[(&str, i64)]) -> Value {
+    let items: Vec<Value> = lines
+        .iter()
+        .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+        .collect();
+    json!({"user_id": user, "items": items})
 }
 
 async fn an_order_is_priced_by_the_catalogue_and_takes_stock(backend: TestBackend) {
@@ -299,38 +310,18 @@ async fn status_moves_forward_and_cancel_gives_stock_back(backend: TestBackend) 
 }
 
 async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
-    let (users, products) = start_peers(backend).await;
+    let neighbours = start_neighbours(backend).await;
     // Nothing listens on port 9 of loopback.
-    let orders = start_order(backend, peers(&users.base, "http://127.0.0.1:9")).await;
-    let user = users
-        .expect(
-            "POST",
-            "/users",
-            Some(json!({"name": "Ada", "email": "ada@example.com"})),
-            201,
-        )
-        .await;
-    let product = products
-        .expect(
-            "POST",
-            "/products",
-            Some(json!({"name": "A", "price": 1, "stock": 1})),
-            201,
-        )
-        .await;
-    let body =
-        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
+    let orders = start_order(backend, peers(&neighbours.users.base, "http://127.0.0.1:9")).await;
+    let user = neighbours.user().await;
+    let product = neighbours.product(json!(1), 1).await;
+    let body = order_body(&user, &[(&product, 1)]);
     let response = orders.send("POST", "/orders", Some(body)).await;
     assert_eq!(response.headers()["retry-after"], "2");
     let problem = expect_problem(response, 503).await;
     assert_eq!(problem["upstream"], "product");
     let listed = orders
-        .expect(
-            "GET",
-            &format!("/orders/user/{}", user["id"].as_str().unwrap()),
-            None,
-            200,
-        )
+        .expect("GET", &format!("/orders/user/{user}"), None, 200)
         .await;
     assert_eq!(listed["total"], 0);
 }
@@ -344,7 +335,7 @@ async fn fifty_concurrent_orders_for_ten_in_stock(backend: TestBackend) {
     let attempts: Vec<_> = (0..50)
         .map(|_| {
             let orders = shop.orders.clone();
-            let body = json!({"user_id": user, "items": [{"product_id": laptop, "quantity": 1}]});
+            let body = order_body(&user, &[(&laptop, 1)]);
             tokio::spawn(async move {
                 orders
                     .send("POST", "/orders", Some(body))
@@ -404,16 +395,9 @@ async fn correlation_headers_reach_the_peers(backend: TestBackend) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let users_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, fake_users).await });
-    let (_, products) = start_peers(backend).await;
-    let orders = start_order(backend, peers(&users_url, &products.base)).await;
-    let product = products
-        .expect(
-            "POST",
-            "/products",
-            Some(json!({"name": "A", "price": 1, "stock": 1})),
-            201,
-        )
-        .await;
+    let neighbours = start_neighbours(backend).await;
+    let orders = start_order(backend, peers(&users_url, &neighbours.products.base)).await;
+    let product = neighbours.product(json!(1), 1).await;
 
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = orders
@@ -421,7 +405,10 @@ async fn correlation_headers_reach_the_peers(backend: TestBackend) {
         .post(format!("{}/orders", orders.base))
         .header("x-request-id", "req-42")
         .header("traceparent", traceparent)
-        .json(&json!({"user_id": uuid::Uuid::new_v4(), "items": [{"product_id": product["id"], "quantity": 1}]}))
+        .json(&order_body(
+            &uuid::Uuid::new_v4().to_string(),
+            &[(&product, 1)],
+        ))
         .send()
         .await
         .unwrap();
@@ -434,37 +421,22 @@ async fn correlation_headers_reach_the_peers(backend: TestBackend) {
 }
 
 async fn orders_survive_a_restart(backend: TestBackend) {
-    let (users, products) = start_peers(backend).await;
+    let neighbours = start_neighbours(backend).await;
     let url = fresh_database(backend, "order").await;
     let args = [
         "--database-url",
         url.as_str(),
         "--user-url",
-        users.base.as_str(),
+        neighbours.users.base.as_str(),
         "--product-url",
-        products.base.as_str(),
+        neighbours.products.base.as_str(),
     ];
     let binary = env!("CARGO_BIN_EXE_msa-order");
     let first = ServiceProcess::start(binary, &args, &[]).await;
-    let user = users
-        .expect(
-            "POST",
-            "/users",
-            Some(json!({"name": "Ada", "email": "ada@example.com"})),
-            201,
-        )
-        .await;
-    let product = products
-        .expect(
-            "POST",
-            "/products",
-            Some(json!({"name": "A", "price": 1, "stock": 3})),
-            201,
-        )
-        .await;
+    let user = neighbours.user().await;
+    let product = neighbours.product(json!(1), 3).await;
     let orders = TestClient::new(first.base_url.clone());
-    let body =
-        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
+    let body = order_body(&user, &[(&product, 1)]);
     let placed = orders.expect("POST", "/orders", Some(body), 201).await;
     assert!(first.stop(), "clean exit on SIGTERM");
 

@@ -1,19 +1,19 @@
 //! Route-level tests of the product service, each on SQLite and on PostgreSQL.
 
-use msa_service_kit::db::Database;
-use msa_service_kit::server::Ops;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
 use serde_json::{Value, json};
 
 async fn start(backend: TestBackend) -> TestClient {
-    let url = fresh_database(backend, "product").await;
-    let db = Database::connect(&url, &msa_product::MIGRATOR)
-        .await
-        .unwrap();
-    let ops = Ops::new("product", "test", "test-0".into(), Some(db.clone()));
-    TestClient::new(testing::spawn(msa_product::router(db), ops).await)
+    testing::start_service(
+        backend,
+        "product",
+        &msa_product::MIGRATOR,
+        msa_product::router,
+    )
+    .await
+    .0
 }
 
 async fn create(api: &TestClient, name: &str, price: Value, stock: i64) -> Value {

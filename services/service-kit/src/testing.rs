@@ -86,6 +86,23 @@ pub async fn spawn(api: Router, ops: Ops) -> String {
     format!("http://{addr}")
 }
 
+/// A service on a fresh database of `backend`, served in-process; returns a client for it and
+/// the database (for checking what was stored).
+pub async fn start_service(
+    backend: TestBackend,
+    name: &'static str,
+    migrator: &'static sqlx::migrate::Migrator,
+    api: impl FnOnce(crate::db::Database) -> Router,
+) -> (TestClient, crate::db::Database) {
+    let url = fresh_database(backend, name).await;
+    let db = crate::db::Database::connect(&url, migrator)
+        .await
+        .expect("connect and migrate");
+    let ops = Ops::new(name, "test", format!("{name}-0"), Some(db.clone()));
+    let base = spawn(api(db.clone()), ops).await;
+    (TestClient::new(base), db)
+}
+
 /// Runs one route-test scenario on SQLite and on PostgreSQL, as two tests.
 #[macro_export]
 macro_rules! on_both_backends {

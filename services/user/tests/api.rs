@@ -2,7 +2,6 @@
 //! middleware as the binary (served in-process on 127.0.0.1).
 
 use msa_service_kit::db::Database;
-use msa_service_kit::server::Ops;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
@@ -15,14 +14,9 @@ struct Api {
 }
 
 async fn start(backend: TestBackend) -> Api {
-    let url = fresh_database(backend, "user").await;
-    let db = Database::connect(&url, &msa_user::MIGRATOR).await.unwrap();
-    let ops = Ops::new("user", "test", "test-0".into(), Some(db.clone()));
-    let base = testing::spawn(msa_user::router(db.clone()), ops).await;
-    Api {
-        client: TestClient::new(base),
-        db,
-    }
+    let (client, db) =
+        testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
+    Api { client, db }
 }
 
 impl Api {
@@ -315,7 +309,7 @@ async fn operational_routes(backend: TestBackend) {
     let info: Value = api.send("GET", "/info", None).await.json().await.unwrap();
     assert_eq!(
         (info["name"].as_str(), info["instance"].as_str()),
-        (Some("user"), Some("test-0"))
+        (Some("user"), Some("user-0"))
     );
     let spec: Value = api
         .send("GET", "/openapi.json", None)
