@@ -35,6 +35,17 @@ impl Api {
             .await
     }
 
+    /// Sends and expects a problem+json answer with `status`; returns its body.
+    async fn refused(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: StatusCode,
+    ) -> Value {
+        expect_problem(self.send(method, path, body).await, status.as_u16()).await
+    }
+
     async fn count(&self) -> i64 {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
             .fetch_one(&self.db.pool)
@@ -71,7 +82,7 @@ async fn create_then_get(backend: TestBackend) {
         .parse::<jiff::Timestamp>()
         .unwrap();
 
-    let fetched: Value = api.send("GET", &location, None).await.json().await.unwrap();
+    let fetched: Value = api.client.expect("GET", &location, None, 200).await;
     assert_eq!(fetched, user);
 }
 
@@ -126,27 +137,22 @@ async fn bad_input_is_refused_and_stores_nothing(backend: TestBackend) {
         .unwrap();
     problem(not_json, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     let huge = json!({"name": "x".repeat(70 * 1024), "email": "a@example.com"});
-    problem(
-        api.send("POST", "/users", Some(huge)).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-    )
-    .await;
+    api.refused("POST", "/users", Some(huge), StatusCode::PAYLOAD_TOO_LARGE)
+        .await;
     assert_eq!(api.count().await, 0);
 }
 
 async fn duplicate_emails_conflict_ignoring_case(backend: TestBackend) {
     let api = start(backend).await;
     api.create("Ada", "ada@example.com").await;
-    let answer = problem(
-        api.send(
+    let answer = api
+        .refused(
             "POST",
             "/users",
             Some(json!({"name": "Other", "email": "ADA@example.com"})),
+            StatusCode::CONFLICT,
         )
-        .await,
-        StatusCode::CONFLICT,
-    )
-    .await;
+        .await;
     assert_eq!(answer["type"], "https://msa.dev/problems/email-taken");
     assert_eq!(api.count().await, 1);
 }
@@ -155,38 +161,29 @@ async fn unknown_and_malformed_ids(backend: TestBackend) {
     let api = start(backend).await;
     let missing = uuid::Uuid::new_v4();
     for method in ["GET", "DELETE"] {
-        problem(
-            api.send(method, &format!("/users/{missing}"), None).await,
+        api.refused(
+            method,
+            &format!("/users/{missing}"),
+            None,
             StatusCode::NOT_FOUND,
         )
         .await;
-        problem(
-            api.send(method, "/users/42", None).await,
-            StatusCode::BAD_REQUEST,
-        )
-        .await;
+        api.refused(method, "/users/42", None, StatusCode::BAD_REQUEST)
+            .await;
     }
-    problem(
-        api.send(
-            "PUT",
-            &format!("/users/{missing}"),
-            Some(json!({"name": "B"})),
-        )
-        .await,
+    api.refused(
+        "PUT",
+        &format!("/users/{missing}"),
+        Some(json!({"name": "B"})),
         StatusCode::NOT_FOUND,
     )
     .await;
-    let answer = problem(
-        api.send("GET", "/nowhere", None).await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
+    let answer = api
+        .refused("GET", "/nowhere", None, StatusCode::NOT_FOUND)
+        .await;
     assert_eq!(answer["type"], "https://msa.dev/problems/no-route");
-    problem(
-        api.send("PATCH", "/users", None).await,
-        StatusCode::METHOD_NOT_ALLOWED,
-    )
-    .await;
+    api.refused("PATCH", "/users", None, StatusCode::METHOD_NOT_ALLOWED)
+        .await;
 }
 
 async fn list_is_paginated(backend: TestBackend) {
@@ -195,26 +192,19 @@ async fn list_is_paginated(backend: TestBackend) {
         api.create(&format!("user {i}"), &format!("u{i}@example.com"))
             .await;
     }
-    let first: Value = api
-        .send("GET", "/users?limit=2", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = api.client.expect("GET", "/users?limit=2", None, 200).await;
     assert_eq!(
         (first["total"].as_i64(), first["next_offset"].as_i64()),
         (Some(5), Some(2))
     );
     assert_eq!(first["items"].as_array().unwrap().len(), 2);
     let last: Value = api
-        .send("GET", "/users?limit=2&offset=4", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .client
+        .expect("GET", "/users?limit=2&offset=4", None, 200)
+        .await;
     assert_eq!(last["items"].as_array().unwrap().len(), 1);
     assert!(last.get("next_offset").is_none());
-    let all: Value = api.send("GET", "/users", None).await.json().await.unwrap();
+    let all: Value = api.client.expect("GET", "/users", None, 200).await;
     let names: Vec<&str> = all["items"]
         .as_array()
         .unwrap()
@@ -222,21 +212,22 @@ async fn list_is_paginated(backend: TestBackend) {
         .map(|u| u["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["user 0", "user 1", "user 2", "user 3", "user 4"]);
-    problem(
-        api.send("GET", "/users?limit=0", None).await,
+    api.refused(
+        "GET",
+        "/users?limit=0",
+        None,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    problem(
-        api.send("GET", "/users?limit=500", None).await,
+    api.refused(
+        "GET",
+        "/users?limit=500",
+        None,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    problem(
-        api.send("GET", "/users?limit=many", None).await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    api.refused("GET", "/users?limit=many", None, StatusCode::BAD_REQUEST)
+        .await;
 }
 
 async fn update_is_partial_and_checked(backend: TestBackend) {
@@ -246,39 +237,44 @@ async fn update_is_partial_and_checked(backend: TestBackend) {
     let path = format!("/users/{}", ada["id"].as_str().unwrap());
 
     let renamed: Value = api
-        .send("PUT", &path, Some(json!({"name": "Ada King"})))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .client
+        .expect("PUT", &path, Some(json!({"name": "Ada King"})), 200)
+        .await;
     assert_eq!(
         (renamed["name"].as_str(), renamed["email"].as_str()),
         (Some("Ada King"), Some("ada@example.com"))
     );
     assert_eq!(renamed["created_at"], ada["created_at"]);
 
-    problem(
-        api.send("PUT", &path, Some(json!({"email": "grace@example.com"})))
-            .await,
+    api.refused(
+        "PUT",
+        &path,
+        Some(json!({"email": "grace@example.com"})),
         StatusCode::CONFLICT,
     )
     .await;
-    problem(
-        api.send("PUT", &path, Some(json!({}))).await,
+    api.refused(
+        "PUT",
+        &path,
+        Some(json!({})),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    problem(
-        api.send("PUT", &path, Some(json!({"name": "  "}))).await,
+    api.refused(
+        "PUT",
+        &path,
+        Some(json!({"name": "  "})),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    problem(
-        api.send("PUT", &path, Some(json!({"email": "nope"}))).await,
+    api.refused(
+        "PUT",
+        &path,
+        Some(json!({"email": "nope"})),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    let stored: Value = api.send("GET", &path, None).await.json().await.unwrap();
+    let stored: Value = api.client.expect("GET", &path, None, 200).await;
     assert_eq!(stored, renamed, "refused updates changed nothing");
 }
 
@@ -290,8 +286,9 @@ async fn delete_removes(backend: TestBackend) {
         api.send("DELETE", &path, None).await.status(),
         StatusCode::NO_CONTENT
     );
-    problem(api.send("GET", &path, None).await, StatusCode::NOT_FOUND).await;
-    problem(api.send("DELETE", &path, None).await, StatusCode::NOT_FOUND).await;
+    api.refused("GET", &path, None, StatusCode::NOT_FOUND).await;
+    api.refused("DELETE", &path, None, StatusCode::NOT_FOUND)
+        .await;
     // The email is free again.
     api.create("Ada again", "ada@example.com").await;
 }
@@ -306,17 +303,12 @@ async fn operational_routes(backend: TestBackend) {
         api.send("GET", "/readyz", None).await.status(),
         StatusCode::OK
     );
-    let info: Value = api.send("GET", "/info", None).await.json().await.unwrap();
+    let info: Value = api.client.expect("GET", "/info", None, 200).await;
     assert_eq!(
         (info["name"].as_str(), info["instance"].as_str()),
         (Some("user"), Some("user-0"))
     );
-    let spec: Value = api
-        .send("GET", "/openapi.json", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = api.client.expect("GET", "/openapi.json", None, 200).await;
     assert!(spec["paths"]["/users/{id}"]["put"].is_object());
 
     // A request id is generated when absent and kept when given.

@@ -20,9 +20,7 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use msa_e2e::audit::AuditLog;
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
@@ -144,8 +142,8 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "msa-operator on the local control plane ({} build)",
-        build_profile()
+        "msa-operator ({}) on the local control plane",
+        msa_e2e::operator::binary().display()
     );
     println!();
     println!(
@@ -253,39 +251,19 @@ async fn apply_children_directly(
     apps: &[MicroserviceApp],
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let params = PatchParams::apply("bench-reference").force();
-    futures::stream::iter(apps.iter().cloned().map(|mut app| {
-        let params = params.clone();
-        async move {
-            app.metadata.namespace = Some(namespace.to_owned());
-            app.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-            let children = msa_operator::build::children(&app)?;
-            let mut objects: Vec<serde_json::Value> = Vec::new();
-            for d in &children.deployments {
-                objects.push(serde_json::to_value(d)?);
-            }
-            for svc in &children.services {
-                objects.push(serde_json::to_value(svc)?);
-            }
-            objects.push(serde_json::to_value(&children.service_account)?);
-            objects.push(serde_json::to_value(&children.role)?);
-            objects.push(serde_json::to_value(&children.role_binding)?);
-            for mut object in objects {
-                object["metadata"]
-                    .as_object_mut()
-                    .context("metadata")?
-                    .remove("ownerReferences");
-                let object: DynamicObject = serde_json::from_value(object)?;
-                let types = object.types.clone().context("apiVersion and kind")?;
-                let gvk = GroupVersionKind::try_from(&types)?;
-                let resource = ApiResource::from_gvk_with_plural(&gvk, &plural(&gvk.kind));
-                let api =
-                    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
-                api.patch(&object.name_any(), &params, &Patch::Apply(&object))
-                    .await?;
-            }
-            anyhow::Ok(())
+    futures::stream::iter(apps.iter().cloned().map(|mut app| async move {
+        app.metadata.namespace = Some(namespace.to_owned());
+        app.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+        let children = msa_operator::build::children(&app)?;
+        for deployment in children.deployments {
+            apply_unowned(client, deployment).await?;
         }
+        for service in children.services {
+            apply_unowned(client, service).await?;
+        }
+        apply_unowned(client, children.service_account).await?;
+        apply_unowned(client, children.role).await?;
+        apply_unowned(client, children.role_binding).await
     }))
     .buffer_unordered(concurrency)
     .try_collect::<Vec<()>>()
@@ -293,8 +271,24 @@ async fn apply_children_directly(
     Ok(())
 }
 
-fn plural(kind: &str) -> String {
-    format!("{}s", kind.to_lowercase())
+/// Server-side applies one rendered child without its owner reference (its owner does not exist).
+async fn apply_unowned<K>(client: &kube::Client, mut object: K) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    object.meta_mut().owner_references = None;
+    let namespace = object
+        .namespace()
+        .context("rendered children are namespaced")?;
+    let api = Api::<K>::namespaced(client.clone(), &namespace);
+    let params = PatchParams::apply("bench-reference").force();
+    api.patch(&object.name_any(), &params, &Patch::Apply(&object))
+        .await?;
+    Ok(())
 }
 
 /// Polls a namespace's Deployments until `expected` of them are Available.
@@ -375,15 +369,6 @@ fn summary(samples: &[Duration]) -> String {
         sorted[0].as_secs_f64(),
         sorted[sorted.len() - 1].as_secs_f64()
     )
-}
-
-fn build_profile() -> String {
-    let binary = msa_e2e::operator::binary();
-    if binary.components().any(|c| c.as_os_str() == "release") {
-        "release".into()
-    } else {
-        format!("{}", binary.display())
-    }
 }
 
 fn progress(message: &str) {
