@@ -83,13 +83,12 @@ impl Setup {
 
     /// An operator competing for `lease` in the install namespace, where the chart grants Leases.
     pub fn start_leader_candidate(&self, identity: &str, lease: &str) -> anyhow::Result<Operator> {
-        let mut options = OperatorOptions::new(
+        let options = OperatorOptions::new(
             self.operator_kubeconfig()?,
             format!("{}-{identity}", self.ns),
         )
         .watching(&self.ns)
-        .leader_election_in(INSTALL_NAMESPACE);
-        options.lease_name = Some(lease.to_owned());
+        .leader_election(INSTALL_NAMESPACE, lease);
         Operator::start(&self.cluster, &options)
     }
 
@@ -177,24 +176,26 @@ impl Setup {
             .collect())
     }
 
-    /// The owner UIDs of one child, by kind.
+    /// The controller-owner UIDs of one child, `None` when it does not exist.
+    async fn owners(&self, kind: ChildKind, name: &str) -> anyhow::Result<Option<Vec<String>>> {
+        match kind {
+            ChildKind::Deployment => owners_of::<Deployment>(self, name).await,
+            ChildKind::Service => owners_of::<Service>(self, name).await,
+            ChildKind::ServiceAccount => owners_of::<ServiceAccount>(self, name).await,
+            ChildKind::Role => owners_of::<Role>(self, name).await,
+            ChildKind::RoleBinding => owners_of::<RoleBinding>(self, name).await,
+        }
+    }
+
+    /// The controller-owner UIDs of one child that must exist.
     pub async fn owner_uids(&self, kind: ChildKind, name: &str) -> anyhow::Result<Vec<String>> {
-        let owners = match kind {
-            ChildKind::Deployment => owners_of::<Deployment>(self, name).await?,
-            ChildKind::Service => owners_of::<Service>(self, name).await?,
-            ChildKind::ServiceAccount => owners_of::<ServiceAccount>(self, name).await?,
-            ChildKind::Role => owners_of::<Role>(self, name).await?,
-            ChildKind::RoleBinding => owners_of::<RoleBinding>(self, name).await?,
-        };
-        owners.ok_or_else(|| anyhow::anyhow!("{kind} {name} does not exist"))
+        self.owners(kind, name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{kind} {name} does not exist"))
     }
 
     pub async fn exists(&self, kind: ChildKind, name: &str) -> anyhow::Result<bool> {
-        match self.owner_uids(kind, name).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.to_string().ends_with("does not exist") => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.owners(kind, name).await?.is_some())
     }
 }
 

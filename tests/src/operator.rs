@@ -6,8 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use anyhow::Context;
 
 use crate::Cluster;
 
@@ -44,8 +43,10 @@ impl OperatorOptions {
         self
     }
 
-    pub fn leader_election_in(mut self, namespace: &str) -> Self {
+    /// `--leader-election` on the Lease `namespace/name`.
+    pub fn leader_election(mut self, namespace: &str, name: &str) -> Self {
         self.lease_namespace = Some(namespace.to_owned());
+        self.lease_name = Some(name.to_owned());
         self
     }
 
@@ -193,24 +194,16 @@ fn free_loopback_port() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// A one-shot HTTP/1.0 GET on loopback; the operator's server closes the connection after it.
+/// GET on the operator's loopback metrics port.
 async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     assert!(addr.ip().is_loopback(), "only loopback is ever dialled");
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        stream.read_to_string(&mut response),
-    )
-    .await??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_owned())
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("http://{addr}{path}"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.text().await?)
 }

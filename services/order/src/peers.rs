@@ -96,7 +96,9 @@ impl Peers {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        // Peers are called directly, never through a proxy named in the environment.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))

@@ -123,14 +123,7 @@ fn redact(url: &str) -> String {
 
 /// Whether a database error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.code().as_deref() == Some("23505")
-                || db.message().contains("UNIQUE constraint failed")
-        }
-        _ => false,
-    }
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[cfg(test)]

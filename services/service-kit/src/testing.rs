@@ -122,6 +122,15 @@ macro_rules! on_both_backends {
     };
 }
 
+/// An HTTP client for tests: talks to the loopback address it is given, never through a proxy
+/// from the environment.
+pub fn loopback_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A service binary run as a real process on a free loopback port, for restart and shutdown
 /// tests. Stopped with SIGTERM (as Kubernetes does) by [`ServiceProcess::stop`], killed on drop.
 pub struct ServiceProcess {
@@ -148,7 +157,7 @@ impl ServiceProcess {
             child,
             base_url: format!("http://{listen}"),
         };
-        let client = reqwest::Client::new();
+        let client = loopback_client();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(response) = client
@@ -195,7 +204,7 @@ impl TestClient {
     pub fn new(base: String) -> Self {
         TestClient {
             base,
-            http: reqwest::Client::new(),
+            http: loopback_client(),
         }
     }
 

@@ -20,6 +20,11 @@ fn args(origins: &[&str], credentials: bool) -> ServeArgs {
     }
 }
 
+/// Straight to the loopback server, never through a proxy from the environment.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 fn slow_api() -> Router {
     Router::new().route(
         "/slow",
@@ -46,7 +51,7 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
             let _ = stopped.await;
         },
     ));
-    let http = reqwest::Client::new();
+    let http = client();
     assert_eq!(
         http.get(format!("{base}/readyz"))
             .send()
@@ -83,7 +88,7 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
         .unwrap()
         .unwrap();
     assert!(
-        reqwest::Client::new()
+        client()
             .get(format!("{base}/healthz"))
             .send()
             .await
@@ -106,7 +111,7 @@ async fn readiness_fails_first_when_draining() {
         std::future::pending(),
     ));
     ops.start_draining();
-    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    let response = client().get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(
         response.headers()["content-type"],
@@ -141,7 +146,7 @@ async fn cors_allows_listed_origins_only_and_never_wildcard_with_credentials() {
         Duration::from_secs(5),
         std::future::pending(),
     ));
-    let http = reqwest::Client::new();
+    let http = client();
     let preflight = |origin: &'static str| {
         http.request(reqwest::Method::OPTIONS, format!("{base}/healthz"))
             .header("origin", origin)

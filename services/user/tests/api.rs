@@ -5,7 +5,7 @@ use msa_service_kit::db::Database;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
 struct Api {
@@ -356,7 +356,7 @@ async fn data_survives_a_restart(backend: TestBackend) {
     let url = fresh_database(backend, "user").await;
     let binary = env!("CARGO_BIN_EXE_msa-user");
     let first = ServiceProcess::start(binary, &["--database-url", &url], &[]).await;
-    let http = Client::new();
+    let http = testing::loopback_client();
     let created: Value = http
         .post(format!("{}/users", first.base_url))
         .json(&json!({"name": "Ada", "email": "ada@example.com"}))
