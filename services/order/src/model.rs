@@ -120,9 +120,10 @@ pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i6
     Some((lines, total))
 }
 
-/// Checks the request: ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1.
-pub fn validate(body: &CreateOrder) -> Result<(), Problem> {
-    msa_service_kit::parse_id("user_id", &body.user_id)?;
+/// Checks the request — ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1 — and
+/// returns it with the ids in canonical form.
+pub fn validate(body: CreateOrder) -> Result<CreateOrder, Problem> {
+    let user_id = msa_service_kit::parse_id("user_id", &body.user_id)?.to_string();
     if body.items.is_empty() {
         return Err(Problem::invalid(
             "items",
@@ -132,16 +133,22 @@ pub fn validate(body: &CreateOrder) -> Result<(), Problem> {
     if body.items.len() > 100 {
         return Err(Problem::invalid("items", "an order has at most 100 lines"));
     }
-    for (i, item) in body.items.iter().enumerate() {
-        msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?;
+    let mut items = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.into_iter().enumerate() {
+        let product_id =
+            msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?;
         if item.quantity < 1 {
             return Err(Problem::invalid(
                 &format!("items[{i}].quantity"),
                 format!("quantity must be at least 1, got {}", item.quantity),
             ));
         }
+        items.push(RequestedItem {
+            product_id: product_id.to_string(),
+            quantity: item.quantity,
+        });
     }
-    Ok(())
+    Ok(CreateOrder { user_id, items })
 }
 
 #[cfg(test)]
@@ -197,21 +204,23 @@ mod tests {
             user_id: user.clone(),
             items,
         };
-        assert!(
-            validate(&order(vec![RequestedItem {
-                product_id: product.clone(),
-                quantity: 1
-            }]))
-            .is_ok()
+        let canonical = validate(order(vec![RequestedItem {
+            product_id: product.to_uppercase(),
+            quantity: 1,
+        }]))
+        .unwrap();
+        assert_eq!(
+            canonical.items[0].product_id, product,
+            "ids come back canonical"
         );
-        assert_eq!(validate(&order(vec![])).unwrap_err().status, 422);
-        let zero = validate(&order(vec![RequestedItem {
+        assert_eq!(validate(order(vec![])).unwrap_err().status, 422);
+        let zero = validate(order(vec![RequestedItem {
             product_id: product,
             quantity: 0,
         }]))
         .unwrap_err();
         assert_eq!(zero.extra["field"], "items[0].quantity");
-        let bad_id = validate(&order(vec![RequestedItem {
+        let bad_id = validate(order(vec![RequestedItem {
             product_id: "7".into(),
             quantity: 1,
         }]))

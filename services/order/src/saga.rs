@@ -21,22 +21,13 @@ use crate::peers::{Peers, ReserveOutcome};
 use crate::store;
 
 pub async fn place(db: &Database, peers: &Peers, body: CreateOrder) -> Result<Order, Problem> {
-    validate(&body)?;
-    let user_id = body.user_id.to_lowercase();
+    let CreateOrder { user_id, items } = validate(body)?;
     if !peers.user_exists(&user_id).await? {
         return Err(Problem::invalid(
             "user_id",
             format!("no user with id {user_id}"),
         ));
     }
-    let items: Vec<RequestedItem> = body
-        .items
-        .iter()
-        .map(|i| RequestedItem {
-            product_id: i.product_id.to_lowercase(),
-            quantity: i.quantity,
-        })
-        .collect();
     let mut prices = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         if prices.contains_key(&item.product_id) {
