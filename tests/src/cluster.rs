@@ -87,21 +87,11 @@ impl Cluster {
 
     /// `kubectl` with `stdin` piped in (for `apply -f -`).
     pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CmdOutput {
-        let mut full = vec![
-            "--kubeconfig",
-            self.kubeconfig.to_str().expect("utf-8 path"),
-        ];
-        full.extend_from_slice(args);
-        run(&self.kubectl, &full, stdin)
+        run(&self.kubectl, &self.kubeconfig, args, stdin)
     }
 
     pub fn helm(&self, args: &[&str]) -> CmdOutput {
-        let mut full = vec![
-            "--kubeconfig",
-            self.kubeconfig.to_str().expect("utf-8 path"),
-        ];
-        full.extend_from_slice(args);
-        run(&self.helm, &full, None)
+        run(&self.helm, &self.kubeconfig, args, None)
     }
 
     /// Installs `charts/msa-operator` into `msa-system` once per test process and waits for it.
@@ -181,17 +171,15 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> CmdOutput {
+/// Runs a cluster client (kubectl, helm) with `KUBECONFIG`, which both read.
+fn run(program: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> CmdOutput {
     let command = format!(
         "{} {}",
         program.file_name().unwrap_or_default().to_string_lossy(),
-        args.iter()
-            .skip(2) // the --kubeconfig pair
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ")
+        args.join(" ")
     );
     let child = Command::new(program)
+        .env("KUBECONFIG", kubeconfig)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
