@@ -1,15 +1,25 @@
-//! The client stack the gateway and the order service share to call their peers (issue 5).
-//! This first part holds its pure state machines — each takes the time as an argument, so
-//! tests drive them deterministically without sleeping:
+//! The client stack the gateway and the order service call their peers through:
+//! discovery (EndpointSlices or a fixed list) → balancer (peak-EWMA P2C by default) →
+//! per-endpoint outlier ejection → per-service circuit breaker → retries within a budget →
+//! timeouts → pooled HTTP/1.1 connections.
 //!
-//! - [`window`]: counts over a sliding time window, in fixed buckets (bounded memory);
-//! - [`breaker`]: the per-service circuit breaker (closed → open → half-open);
-//! - [`budget`]: the retry budget (a share of requests plus a floor per second);
-//! - [`outlier`]: per-endpoint ejection on consecutive failures or outlying latency;
-//! - [`slices`]: the addresses behind a Service, merged from its EndpointSlices.
+//! The decisions are plain state with an injected clock (`balance`, `outlier`, `breaker`,
+//! `budget`, `pool`), unit-tested without I/O; `client` and `discovery` are the thin async shell.
 
+pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod client;
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+pub mod metrics;
 pub mod outlier;
+pub mod pool;
 pub mod slices;
 pub mod window;
+
+pub use client::{CallConfig, CallError, RetrySafe, Upstream};
+pub use discovery::Discovery;
+pub use endpoint::Endpoint;
+pub use pool::PoolConfig;

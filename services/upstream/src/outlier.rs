@@ -27,7 +27,7 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(60),
             max_ejection_percent: 50,
-            latency_factor: 3.0,
+            latency_factor: 5.0,
         }
     }
 }

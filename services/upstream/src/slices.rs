@@ -4,17 +4,24 @@
 //! resolved per slice (slices may disagree on numbers during a rollout); `ready` absent means
 //! ready; when no endpoint is ready, endpoints that are both `serving` and `terminating` are used
 //! instead, as kube-proxy does, so a Service mid-rollout is not treated as empty. IPv4 and IPv6
-//! slices are read; FQDN slices are skipped.
+//! slices are read; FQDN slices are skipped. A slice annotated `msa.dev/weight: "<n>"` gives its
+//! endpoints that weight for weighted round-robin (EndpointSlices have no weight of their own).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// Addresses to send to, sorted. `port_name` is the Service port's name (`http` for msa).
-pub fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+use crate::endpoint::{Endpoint, MAX_WEIGHT};
+
+/// The annotation that sets the weight of a slice's endpoints.
+pub const WEIGHT_ANNOTATION: &str = "msa.dev/weight";
+
+/// Endpoints to send to, sorted by address. `port_name` is the Service port's name (`http`
+/// for msa).
+pub fn endpoints(slices: &[EndpointSlice], port_name: &str) -> Vec<Endpoint> {
+    let mut ready = BTreeMap::new();
+    let mut terminating = BTreeMap::new();
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
@@ -22,6 +29,7 @@ pub fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
         let Some(port) = named_port(slice, port_name) else {
             continue;
         };
+        let weight = weight(slice);
         for endpoint in slice.endpoints.iter().flatten() {
             let conditions = endpoint.conditions.clone().unwrap_or_default();
             let is_ready = conditions.ready.unwrap_or(true);
@@ -33,16 +41,27 @@ pub fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
                 };
                 let addr = SocketAddr::new(ip, port);
                 if is_ready {
-                    ready.insert(addr);
+                    ready.entry(addr).or_insert(weight);
                 } else if serving && is_terminating {
-                    terminating.insert(addr);
+                    terminating.entry(addr).or_insert(weight);
                 }
             }
         }
     }
     if ready.is_empty() { terminating } else { ready }
         .into_iter()
+        .map(|(addr, weight)| Endpoint { addr, weight })
         .collect()
+}
+
+fn weight(slice: &EndpointSlice) -> u32 {
+    slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WEIGHT_ANNOTATION))
+        .and_then(|w| w.parse::<u32>().ok())
+        .map_or(1, |w| w.clamp(1, MAX_WEIGHT))
 }
 
 fn named_port(slice: &EndpointSlice, name: &str) -> Option<u16> {
@@ -74,6 +93,28 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
+        endpoints(slices, port_name)
+            .iter()
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    #[test]
+    fn a_weight_annotation_weighs_the_slice_s_endpoints() {
+        let heavy = slice(
+            json!({"metadata": {"name": "a", "annotations": {"msa.dev/weight": "3"}}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80}], "endpoints": [endpoint("198.18.0.1", None, None, None)]}),
+        );
+        let plain = slice(json!({"metadata": {"name": "b"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80}], "endpoints": [endpoint("198.18.0.2", None, None, None)]}));
+        let weights: Vec<u32> = endpoints(&[heavy, plain], "http")
+            .iter()
+            .map(|e| e.weight)
+            .collect();
+        assert_eq!(weights, [3, 1]);
     }
 
     #[test]

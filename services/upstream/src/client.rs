@@ -1,0 +1,593 @@
+//! Calling one upstream service: the thin async shell around [`Pool`]. Per call: wait briefly
+//! for a first endpoint, ask the pool for one, send over pooled HTTP/1.1 keep-alive
+//! connections (hyper), time the attempt out, report the outcome, and retry once on another
+//! endpoint when that is safe and the budget allows — all under an overall deadline.
+//!
+//! Retrying is safe when the method is idempotent, when the caller vouches for the request
+//! ([`RetrySafe`], e.g. a request carrying its own idempotency key), or when the connection
+//! failed before any byte was sent. Only bodies of known size up to the retry limit are kept
+//! for a second attempt; larger or streamed bodies are sent once. tower's own `Retry` and
+//! `TpsBudget` are not used because "on a different endpoint" needs the pool's choice, and the
+//! budget must run on the injected clock like the other state machines.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::balance::XorShift;
+use crate::discovery::Discovery;
+use crate::metrics::{AttemptLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics};
+use crate::outlier::Outcome;
+use crate::pool::{Change, Pool, PoolConfig, PoolView, Refusal};
+
+/// Timeouts and retry limits of calls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallConfig {
+    pub connect_timeout: Duration,
+    pub per_try_timeout: Duration,
+    pub request_timeout: Duration,
+    /// 0 or 1: a call is never sent more than twice.
+    pub max_retries: u32,
+    /// Bodies larger than this are streamed and never retried.
+    pub retry_body_limit: usize,
+    /// Pause before a retry, jittered ±50 %.
+    pub retry_backoff: Duration,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            connect_timeout: Duration::from_secs(1),
+            per_try_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_retries: 1,
+            retry_body_limit: 64 * 1024,
+            retry_backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Request extension: the caller vouches that this request may reach the service twice (it
+/// carries its own idempotency key), so it is retried like a GET.
+#[derive(Clone, Copy, Debug)]
+pub struct RetrySafe;
+
+/// Why a call got no response from the service.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(
+        "the {upstream} service is failing (its circuit breaker is open); retry in {}s",
+        retry_after_secs(*retry_after)
+    )]
+    CircuitOpen {
+        upstream: String,
+        retry_after: Duration,
+    },
+    #[error("no {upstream} endpoint is available ({source_name}); retry shortly")]
+    NoEndpoints {
+        upstream: String,
+        source_name: String,
+    },
+    #[error("the {upstream} service did not answer within {} ms", after.as_millis())]
+    Timeout { upstream: String, after: Duration },
+    #[error("could not connect to the {upstream} service at {endpoint}: {detail}")]
+    Connect {
+        upstream: String,
+        endpoint: SocketAddr,
+        detail: String,
+    },
+    #[error("the {upstream} service at {endpoint} broke off the exchange: {detail}")]
+    Protocol {
+        upstream: String,
+        endpoint: SocketAddr,
+        detail: String,
+    },
+    #[error("the request body could not be read: {detail}")]
+    RequestBody { too_large: bool, detail: String },
+}
+
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl CallError {
+    /// The status a proxy answers with: 503 when the service cannot be called now, 504 on
+    /// timeout, 502 when it answered badly, 413/400 for the caller's own body.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CallError::CircuitOpen { .. } | CallError::NoEndpoints { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            CallError::Connect { .. } | CallError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            CallError::RequestBody {
+                too_large: true, ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            CallError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when waiting is the remedy.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            CallError::CircuitOpen { retry_after, .. } => Some(retry_after_secs(*retry_after)),
+            CallError::NoEndpoints { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// A short machine-readable name (problem type, metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::CircuitOpen { .. } => "circuit-open",
+            CallError::NoEndpoints { .. } => "no-endpoints",
+            CallError::Timeout { .. } => "upstream-timeout",
+            CallError::Connect { .. } => "upstream-unreachable",
+            CallError::Protocol { .. } => "bad-upstream-response",
+            CallError::RequestBody {
+                too_large: true, ..
+            } => "body-too-large",
+            CallError::RequestBody { .. } => "unreadable-body",
+        }
+    }
+}
+
+/// A request body kept for a possible retry, or streamed once.
+enum Payload {
+    Replayable(Bytes),
+    Streaming(Option<Body>),
+}
+
+/// One upstream service, cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    source: String,
+    pool: Mutex<Pool>,
+    http: Client<HttpConnector, Body>,
+    config: CallConfig,
+    metrics: UpstreamMetrics,
+    endpoints_changed: Notify,
+}
+
+impl Upstream {
+    /// Starts following `discovery` (a background task keeps the pool's endpoints current).
+    pub fn new(
+        name: &str,
+        mut discovery: Discovery,
+        pool: PoolConfig,
+        config: CallConfig,
+        metrics: UpstreamMetrics,
+    ) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let now = Instant::now();
+        let mut state = Pool::new(pool, now, XorShift::from_clock().next_u64());
+        state.sync(&discovery.current(), now);
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            source: discovery.source().to_owned(),
+            pool: Mutex::new(state),
+            http,
+            config,
+            metrics,
+            endpoints_changed: Notify::new(),
+        });
+        inner.count_endpoints();
+        inner.metrics.set_breaker(name, "closed");
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(endpoints) = discovery.changed().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let listed: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+                info!(upstream = %inner.name, endpoints = ?listed, "endpoints changed");
+                inner.lock().sync(&endpoints, Instant::now());
+                inner.count_endpoints();
+                inner.endpoints_changed.notify_waiters();
+            }
+        });
+        Upstream { inner }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Where the endpoints come from (`static:…` or `kubernetes:…`).
+    pub fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    /// The pool as the admin view shows it.
+    pub fn view(&self) -> PoolView {
+        let now = Instant::now();
+        let mut pool = self.inner.lock();
+        let (_, changes) = pool.breaker_state(now);
+        let view = pool.view(now);
+        drop(pool);
+        self.inner.report(changes);
+        view
+    }
+
+    /// Sends `request` (its URI is the path and query; scheme and authority are the chosen
+    /// endpoint's) and returns the response head with its streaming body.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, CallError> {
+        let inner = &self.inner;
+        let (mut parts, body) = request.into_parts();
+        parts.version = http::Version::HTTP_11;
+        let retry_safe =
+            is_idempotent(&parts.method) || parts.extensions.get::<RetrySafe>().is_some();
+        let payload = inner.prepare(body).await?;
+        inner.lock().request_started(Instant::now());
+        let timeout = inner.config.request_timeout;
+        match tokio::time::timeout(timeout, inner.attempts(parts, payload, retry_safe)).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                upstream: inner.name.clone(),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// Methods RFC 9110 defines as idempotent.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// 502, 503 and 504 from an endpoint count against it and may be retried elsewhere.
+fn is_failure_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answered(Response<Incoming>),
+    FailedStatus(Response<Incoming>),
+    ConnectFailed(String),
+    Broken(String),
+    TimedOut,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding the lock leaves plain counters behind; keep going.
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn prepare(&self, body: Body) -> Result<Payload, CallError> {
+        let hint = body.size_hint();
+        if hint.exact() == Some(0) {
+            return Ok(Payload::Replayable(Bytes::new()));
+        }
+        match hint.upper() {
+            Some(size) if size <= self.config.retry_body_limit as u64 => {
+                match body.collect().await {
+                    Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
+                    Err(error) => {
+                        let too_large = std::error::Error::source(&error)
+                            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                        Err(CallError::RequestBody {
+                            too_large,
+                            detail: error.to_string(),
+                        })
+                    }
+                }
+            }
+            _ => Ok(Payload::Streaming(Some(body))),
+        }
+    }
+
+    async fn attempts(
+        &self,
+        parts: Parts,
+        mut payload: Payload,
+        retry_safe: bool,
+    ) -> Result<Response<Incoming>, CallError> {
+        let mut previous: Option<SocketAddr> = None;
+        let mut attempt = 0;
+        loop {
+            let body = match &mut payload {
+                Payload::Replayable(bytes) => Body::from(bytes.clone()),
+                Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
+            };
+            let mut request = Some(Request::from_parts(parts.clone(), body));
+            let picked = self.pick(previous, &mut request).await;
+            let (addr, call) = match picked {
+                Ok(picked) => picked,
+                Err(error) => return Err(error),
+            };
+            let started = Instant::now();
+            let ended = match tokio::time::timeout(self.config.per_try_timeout, call).await {
+                Ok(Ok(response)) if is_failure_status(response.status()) => {
+                    Attempt::FailedStatus(response)
+                }
+                Ok(Ok(response)) => Attempt::Answered(response),
+                Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error_chain(&error)),
+                Ok(Err(error)) => Attempt::Broken(error_chain(&error)),
+                Err(_) => Attempt::TimedOut,
+            };
+            let latency = started.elapsed();
+            self.record(addr, latency, &ended);
+            let replayable = matches!(payload, Payload::Replayable(_));
+            // A refused connection carried no byte of the request, so any method may go again.
+            let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
+            let reason = match &ended {
+                Attempt::Answered(_) => None,
+                Attempt::FailedStatus(_) => Some("status_5xx"),
+                Attempt::ConnectFailed(_) => Some("connect"),
+                Attempt::Broken(_) => Some("protocol"),
+                Attempt::TimedOut => Some("timeout"),
+            };
+            if let Some(reason) = reason
+                && safe
+                && attempt < self.config.max_retries
+                && self.retry_allowed(reason, addr)
+            {
+                attempt += 1;
+                previous = Some(addr);
+                let jitter = 0.5 + XorShift::from_clock().next_f64();
+                tokio::time::sleep(self.config.retry_backoff.mul_f64(jitter)).await;
+                continue;
+            }
+            return match ended {
+                Attempt::Answered(response) | Attempt::FailedStatus(response) => Ok(response),
+                Attempt::ConnectFailed(detail) => Err(CallError::Connect {
+                    upstream: self.name.clone(),
+                    endpoint: addr,
+                    detail,
+                }),
+                Attempt::Broken(detail) => Err(CallError::Protocol {
+                    upstream: self.name.clone(),
+                    endpoint: addr,
+                    detail,
+                }),
+                Attempt::TimedOut => Err(CallError::Timeout {
+                    upstream: self.name.clone(),
+                    after: self.config.per_try_timeout,
+                }),
+            };
+        }
+    }
+
+    /// Asks the pool for an endpoint other than `exclude`, waiting up to the pool's
+    /// `unavailable_after` for discovery to produce a first one.
+    async fn pick(
+        &self,
+        exclude: Option<SocketAddr>,
+        request: &mut Option<Request<Body>>,
+    ) -> Result<
+        (
+            SocketAddr,
+            crate::pool::Tracked<hyper_util::client::legacy::ResponseFuture>,
+        ),
+        CallError,
+    > {
+        loop {
+            let changed = self.endpoints_changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let outcome = self.lock().send(Instant::now(), exclude, |addr| {
+                let mut request = request.take().expect("sent once");
+                *request.uri_mut() = endpoint_uri(addr, request.uri());
+                self.http.request(request)
+            });
+            match outcome {
+                Ok(picked) => return Ok(picked),
+                Err((refusal, changes)) => {
+                    self.report(changes);
+                    match refusal {
+                        Refusal::NoEndpoints { for_at_least } => {
+                            let unavailable_after = self.lock().unavailable_after();
+                            if let Some(left) = unavailable_after.checked_sub(for_at_least)
+                                && !left.is_zero()
+                                && tokio::time::timeout(left, changed).await.is_ok()
+                            {
+                                continue;
+                            }
+                            self.refused("no_endpoints");
+                            return Err(CallError::NoEndpoints {
+                                upstream: self.name.clone(),
+                                source_name: self.source.clone(),
+                            });
+                        }
+                        Refusal::CircuitOpen { retry_after } => {
+                            self.refused("circuit_open");
+                            return Err(CallError::CircuitOpen {
+                                upstream: self.name.clone(),
+                                retry_after,
+                            });
+                        }
+                        Refusal::NoOtherEndpoint => {
+                            self.refused("no_endpoints");
+                            return Err(CallError::NoEndpoints {
+                                upstream: self.name.clone(),
+                                source_name: self.source.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&self, addr: SocketAddr, latency: Duration, ended: &Attempt) {
+        let (outcome, label) = match ended {
+            Attempt::Answered(_) => (Outcome::Success { latency }, "success"),
+            Attempt::FailedStatus(_) => (Outcome::Failure, "status_5xx"),
+            Attempt::ConnectFailed(_) => (Outcome::Failure, "connect"),
+            Attempt::Broken(_) => (Outcome::Failure, "protocol"),
+            Attempt::TimedOut => (Outcome::Failure, "timeout"),
+        };
+        let changes = self.lock().finish(addr, Instant::now(), outcome);
+        let endpoint = addr.to_string();
+        self.metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                upstream: self.name.clone(),
+                endpoint: endpoint.clone(),
+                outcome: label,
+            })
+            .inc();
+        self.metrics
+            .attempt_duration
+            .get_or_create(&crate::metrics::EndpointLabels {
+                upstream: self.name.clone(),
+                endpoint,
+            })
+            .observe(latency.as_secs_f64());
+        self.report(changes);
+    }
+
+    fn retry_allowed(&self, reason: &'static str, failed: SocketAddr) -> bool {
+        if self.lock().allow_retry(Instant::now()) {
+            self.metrics
+                .retries
+                .get_or_create(&ReasonLabels {
+                    upstream: self.name.clone(),
+                    reason,
+                })
+                .inc();
+            info!(upstream = %self.name, endpoint = %failed, reason, "retrying on another endpoint");
+            true
+        } else {
+            self.metrics
+                .retries_refused
+                .get_or_create(&UpstreamLabel {
+                    upstream: self.name.clone(),
+                })
+                .inc();
+            warn!(upstream = %self.name, endpoint = %failed, reason, "not retrying: the retry budget is spent");
+            false
+        }
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .refused
+            .get_or_create(&ReasonLabels {
+                upstream: self.name.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    fn report(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        for change in changes {
+            match change {
+                Change::Ejected {
+                    endpoint,
+                    duration,
+                    reason,
+                } => {
+                    warn!(upstream = %self.name, %endpoint, reason, ejected_ms = duration.as_millis() as u64, "endpoint ejected");
+                    self.metrics
+                        .ejections
+                        .get_or_create(&crate::metrics::EjectionLabels {
+                            upstream: self.name.clone(),
+                            endpoint: endpoint.to_string(),
+                            reason,
+                        })
+                        .inc();
+                }
+                Change::Readmitted { endpoint } => {
+                    info!(upstream = %self.name, %endpoint, "endpoint readmitted after a successful probe");
+                    self.metrics
+                        .readmissions
+                        .get_or_create(&UpstreamMetrics::endpoint(&self.name, endpoint))
+                        .inc();
+                }
+                Change::Breaker { from, to } => {
+                    warn!(upstream = %self.name, from, to, "circuit breaker changed state");
+                    self.metrics.set_breaker(&self.name, to);
+                    self.metrics
+                        .breaker_transitions
+                        .get_or_create(&StateLabels {
+                            upstream: self.name.clone(),
+                            state: to,
+                        })
+                        .inc();
+                }
+            }
+        }
+        self.count_endpoints();
+    }
+
+    fn count_endpoints(&self) {
+        let view = self.lock().view(Instant::now());
+        let ejected = view.endpoints.iter().filter(|e| e.ejected).count();
+        for (state, count) in [("discovered", view.endpoints.len()), ("ejected", ejected)] {
+            self.metrics
+                .endpoints
+                .get_or_create(&StateLabels {
+                    upstream: self.name.clone(),
+                    state,
+                })
+                .set(count as i64);
+        }
+    }
+}
+
+/// `http://<addr><path and query>`.
+fn endpoint_uri(addr: SocketAddr, uri: &Uri) -> Uri {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| {
+        Uri::try_from(format!("http://{addr}/")).expect("an address makes a valid URI")
+    })
+}
+
+/// An error with its causes, which hyper keeps in the chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads a whole response body (for callers that want JSON, like the order service).
+pub async fn read_body(
+    response: Response<Incoming>,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), String> {
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| format!("unreadable response body: {e}"))?;
+    Ok((status, body.to_bytes()))
+}

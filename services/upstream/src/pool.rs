@@ -1,0 +1,573 @@
+//! One upstream service's endpoints and everything decided per call: which endpoint (the
+//! balancer), whether it may be used (outlier ejection), whether the service may be called at all
+//! (circuit breaker), whether a retry is affordable (budget). Plain state behind one lock; every
+//! decision takes `now` so tests drive time themselves. Only the peak-EWMA load comes from
+//! tower (`load::PeakEwma`), which keeps its own tokio clock.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower::Service;
+use tower::load::Load;
+use tower::load::completion::{CompleteOnResponse, TrackCompletionFuture};
+use tower::load::peak_ewma::{Handle, PeakEwma};
+
+use crate::balance::{Balancer, Loads, Strategy, XorShift};
+use crate::breaker::{Breaker, BreakerConfig, State};
+use crate::budget::RetryBudget;
+use crate::endpoint::Endpoint;
+use crate::outlier::{Event, Outcome, OutlierConfig, Outliers};
+
+/// How an upstream's calls are balanced, ejected, broken and retried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    pub strategy: Strategy,
+    pub outliers: OutlierConfig,
+    pub breaker: BreakerConfig,
+    /// Retries allowed as a share of requests over the last 10 s …
+    pub retry_budget_percent: u32,
+    /// … plus this many per second regardless.
+    pub retry_min_per_second: u32,
+    /// Latency a new endpoint is assumed to have until it answers (peak-EWMA's pessimistic
+    /// start: it is tried, but gently, until it proves faster).
+    pub default_rtt: Duration,
+    /// How fast peak-EWMA forgets a latency peak.
+    pub ewma_decay: Duration,
+    /// With no endpoint at all for this long, calls fail at once instead of waiting for one.
+    pub unavailable_after: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            strategy: Strategy::default(),
+            outliers: OutlierConfig::default(),
+            breaker: BreakerConfig::default(),
+            retry_budget_percent: 20,
+            retry_min_per_second: 10,
+            default_rtt: Duration::from_millis(30),
+            ewma_decay: Duration::from_secs(10),
+            unavailable_after: Duration::from_secs(3),
+        }
+    }
+}
+
+/// tower's peak-EWMA wraps a service; this one passes the call's own future through, so the
+/// latency tracked is exactly that of the request sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Passthrough;
+
+impl<F, T, E> Service<F> for Passthrough
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Response = T;
+    type Error = E;
+    type Future = F;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: F) -> F {
+        call
+    }
+}
+
+/// A call's future with its latency feeding the endpoint's peak-EWMA.
+pub type Tracked<F> = TrackCompletionFuture<F, CompleteOnResponse, Handle>;
+
+struct Slot {
+    endpoint: Endpoint,
+    load: PeakEwma<Passthrough>,
+    in_flight: u32,
+    requests: u64,
+    failures: u64,
+}
+
+struct Slots<'a>(&'a [Slot]);
+
+impl Loads for Slots<'_> {
+    type Cost = tower::load::peak_ewma::Cost;
+
+    fn cost(&self, index: usize) -> Self::Cost {
+        self.0[index].load.load()
+    }
+
+    fn in_flight(&self, index: usize) -> u32 {
+        self.0[index].in_flight
+    }
+
+    fn weight(&self, index: usize) -> u32 {
+        self.0[index].endpoint.weight
+    }
+}
+
+/// Why no endpoint was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The service's circuit is open (or half-open with its probes taken).
+    CircuitOpen { retry_after: Duration },
+    /// Discovery lists no endpoint, and has for `for_at_least`.
+    NoEndpoints { for_at_least: Duration },
+    /// A retry found no endpoint other than the one that just failed.
+    NoOtherEndpoint,
+}
+
+/// Something worth a log line and a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Ejected {
+        endpoint: SocketAddr,
+        duration: Duration,
+        reason: &'static str,
+    },
+    Readmitted {
+        endpoint: SocketAddr,
+    },
+    Breaker {
+        from: &'static str,
+        to: &'static str,
+    },
+}
+
+/// One endpoint as the admin view shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EndpointView {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub in_flight: u32,
+    pub requests: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    /// EWMA of successful calls' latency (what latency ejection compares).
+    pub latency_ewma_ms: Option<f64>,
+    /// Rank of the endpoint's peak-EWMA cost, 1 = cheapest (tower's `Cost` can only be
+    /// compared, not read).
+    pub cost_rank: usize,
+    pub ejected: bool,
+    pub ejected_for_ms: Option<u64>,
+    pub ejections: u32,
+    pub eligible: bool,
+}
+
+/// The whole pool as the admin view shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PoolView {
+    pub strategy: &'static str,
+    pub breaker: &'static str,
+    pub breaker_retry_after_ms: Option<u64>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+pub struct Pool {
+    config: PoolConfig,
+    slots: Vec<Slot>,
+    balancer: Balancer,
+    outliers: Outliers<SocketAddr>,
+    breaker: Breaker,
+    breaker_state: &'static str,
+    budget: RetryBudget,
+    empty_since: Option<Instant>,
+    rng: XorShift,
+    eligible: Vec<usize>,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, now: Instant, seed: u64) -> Self {
+        let mut jitter = XorShift::new(seed.rotate_left(17));
+        Pool {
+            balancer: Balancer::new(config.strategy),
+            outliers: Outliers::new(config.outliers.clone(), Box::new(move || jitter.next_f64())),
+            breaker: Breaker::new(config.breaker.clone(), now),
+            breaker_state: State::Closed.name(),
+            budget: RetryBudget::new(
+                config.retry_budget_percent,
+                config.retry_min_per_second,
+                Duration::from_secs(10),
+                now,
+            ),
+            config,
+            slots: Vec::new(),
+            empty_since: Some(now),
+            rng: XorShift::new(seed),
+            eligible: Vec::new(),
+        }
+    }
+
+    /// Discovery changed: keep what is known about endpoints that stay, start new ones
+    /// pessimistically, forget the ones that left.
+    pub fn sync(&mut self, endpoints: &[Endpoint], now: Instant) {
+        let mut old = std::mem::take(&mut self.slots);
+        let decay_ns = self.config.ewma_decay.as_nanos() as f64;
+        for endpoint in endpoints {
+            let slot = match old.iter().position(|s| s.endpoint.addr == endpoint.addr) {
+                Some(i) => {
+                    let mut slot = old.swap_remove(i);
+                    slot.endpoint.weight = endpoint.weight;
+                    slot
+                }
+                None => Slot {
+                    endpoint: *endpoint,
+                    load: PeakEwma::new(
+                        Passthrough,
+                        self.config.default_rtt,
+                        decay_ns,
+                        CompleteOnResponse::default(),
+                    ),
+                    in_flight: 0,
+                    requests: 0,
+                    failures: 0,
+                },
+            };
+            self.slots.push(slot);
+        }
+        self.slots.sort_by_key(|s| s.endpoint.addr);
+        self.slots.dedup_by_key(|s| s.endpoint.addr);
+        let addrs: Vec<SocketAddr> = self.slots.iter().map(|s| s.endpoint.addr).collect();
+        self.outliers.sync(&addrs);
+        self.balancer.reset(self.slots.len());
+        self.empty_since = match (self.slots.is_empty(), self.empty_since) {
+            (false, _) => None,
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+        };
+    }
+
+    pub fn unavailable_after(&self) -> Duration {
+        self.config.unavailable_after
+    }
+
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.slots.iter().map(|s| s.endpoint).collect()
+    }
+
+    /// A logical request begins (retries are budgeted against these).
+    pub fn request_started(&mut self, now: Instant) {
+        self.budget.deposit(now);
+    }
+
+    /// Whether the budget affords one more retry (and spends it if so).
+    pub fn allow_retry(&mut self, now: Instant) -> bool {
+        self.budget.try_withdraw(now)
+    }
+
+    /// Chooses an endpoint for one attempt, never `exclude`, and starts tracking `call(addr)`.
+    pub fn send<F, T, E>(
+        &mut self,
+        now: Instant,
+        exclude: Option<SocketAddr>,
+        call: impl FnOnce(SocketAddr) -> F,
+    ) -> Result<(SocketAddr, Tracked<F>), (Refusal, Vec<Change>)>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let mut changes = Vec::new();
+        if let Some(since) = self.empty_since {
+            let for_at_least = now.saturating_duration_since(since);
+            return Err((Refusal::NoEndpoints { for_at_least }, changes));
+        }
+        let eligible = self.outliers.eligible(now);
+        self.eligible.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if Some(slot.endpoint.addr) != exclude && eligible.contains(&slot.endpoint.addr) {
+                self.eligible.push(i);
+            }
+        }
+        if self.eligible.is_empty() {
+            return Err((Refusal::NoOtherEndpoint, changes));
+        }
+        let admitted = self.breaker.try_acquire(now);
+        self.note_breaker(now, &mut changes);
+        if let Err(rejected) = admitted {
+            return Err((
+                Refusal::CircuitOpen {
+                    retry_after: rejected.retry_after,
+                },
+                changes,
+            ));
+        }
+        let rng = &mut self.rng;
+        let index = self
+            .balancer
+            .pick(&self.eligible, &Slots(&self.slots), &mut || rng.next_u64())
+            .expect("eligible is not empty");
+        let slot = &mut self.slots[index];
+        slot.in_flight += 1;
+        slot.requests += 1;
+        let addr = slot.endpoint.addr;
+        let tracked = slot.load.call(call(addr));
+        self.outliers.on_send(&addr, now);
+        Ok((addr, tracked))
+    }
+
+    /// An attempt sent to `addr` ended; returns what changed because of it.
+    pub fn finish(&mut self, addr: SocketAddr, now: Instant, outcome: Outcome) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let success = matches!(outcome, Outcome::Success { .. });
+        if let Ok(i) = self.slots.binary_search_by_key(&addr, |s| s.endpoint.addr) {
+            let slot = &mut self.slots[i];
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if !success {
+                slot.failures += 1;
+            }
+            match self.outliers.record(&addr, now, outcome) {
+                Some(Event::Ejected {
+                    endpoint,
+                    duration,
+                    reason,
+                }) => changes.push(Change::Ejected {
+                    endpoint,
+                    duration,
+                    reason,
+                }),
+                Some(Event::Readmitted { endpoint }) => {
+                    changes.push(Change::Readmitted { endpoint });
+                }
+                None => {}
+            }
+        }
+        self.breaker.record(now, success);
+        self.note_breaker(now, &mut changes);
+        changes
+    }
+
+    fn note_breaker(&mut self, now: Instant, changes: &mut Vec<Change>) {
+        let name = self.breaker.state(now).name();
+        if name != self.breaker_state {
+            changes.push(Change::Breaker {
+                from: self.breaker_state,
+                to: name,
+            });
+            self.breaker_state = name;
+        }
+    }
+
+    /// The breaker's state now, as a name (and notes a lapse from open to half-open).
+    pub fn breaker_state(&mut self, now: Instant) -> (&'static str, Vec<Change>) {
+        let mut changes = Vec::new();
+        self.note_breaker(now, &mut changes);
+        (self.breaker_state, changes)
+    }
+
+    pub fn view(&mut self, now: Instant) -> PoolView {
+        let state = self.breaker.state(now);
+        let eligible = self.outliers.eligible(now);
+        let costs: Vec<_> = self.slots.iter().map(|s| s.load.load()).collect();
+        let endpoints = self
+            .slots
+            .iter()
+            .zip(&costs)
+            .map(|(slot, cost)| {
+                let addr = slot.endpoint.addr;
+                let health = self.outliers.health(&addr).cloned().unwrap_or_default();
+                EndpointView {
+                    address: addr,
+                    weight: slot.endpoint.weight,
+                    in_flight: slot.in_flight,
+                    requests: slot.requests,
+                    failures: slot.failures,
+                    consecutive_failures: health.consecutive_failures,
+                    latency_ewma_ms: health.latency_ewma_ms,
+                    cost_rank: 1 + costs.iter().filter(|other| *other < cost).count(),
+                    ejected: health.ejected_until.is_some(),
+                    ejected_for_ms: health
+                        .ejected_until
+                        .map(|until| until.saturating_duration_since(now).as_millis() as u64),
+                    ejections: health.ejections,
+                    eligible: eligible.contains(&addr),
+                }
+            })
+            .collect();
+        PoolView {
+            strategy: self.balancer.strategy().name(),
+            breaker: state.name(),
+            breaker_retry_after_ms: match state {
+                State::Open { until } => {
+                    Some(until.saturating_duration_since(now).as_millis() as u64)
+                }
+                _ => None,
+            },
+            endpoints,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(addrs: &[&str]) -> Vec<Endpoint> {
+        addrs.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn addr(a: &str) -> SocketAddr {
+        a.parse().unwrap()
+    }
+
+    fn ready() -> std::future::Ready<Result<(), ()>> {
+        std::future::ready(Ok(()))
+    }
+
+    const ABC: [&str; 3] = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_steers_away_from_a_slow_endpoint() {
+        let now = Instant::now();
+        let mut pool = Pool::new(PoolConfig::default(), now, 42);
+        pool.sync(&endpoints(&ABC), now);
+        let slow = addr(ABC[2]);
+        let mut picks = std::collections::BTreeMap::<SocketAddr, u32>::new();
+        for _ in 0..600 {
+            let (picked, call) = pool
+                .send(Instant::now(), None, |a| {
+                    let delay = if a == slow { 50 } else { 1 };
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        Ok::<_, ()>(())
+                    }
+                })
+                .unwrap();
+            call.await.unwrap();
+            let latency = Duration::from_millis(if picked == slow { 50 } else { 1 });
+            pool.finish(picked, Instant::now(), Outcome::Success { latency });
+            *picks.entry(picked).or_default() += 1;
+        }
+        let to_slow = picks.get(&slow).copied().unwrap_or(0);
+        assert!(to_slow < 60, "under 10 % to the slow endpoint: {picks:?}");
+        assert!(
+            picks[&addr(ABC[0])] > 200 && picks[&addr(ABC[1])] > 200,
+            "{picks:?}"
+        );
+    }
+
+    #[test]
+    fn a_retry_never_goes_back_to_the_endpoint_that_failed() {
+        let now = Instant::now();
+        let mut pool = Pool::new(
+            PoolConfig {
+                strategy: Strategy::RoundRobin,
+                ..PoolConfig::default()
+            },
+            now,
+            1,
+        );
+        pool.sync(&endpoints(&ABC[..2]), now);
+        for _ in 0..20 {
+            let (picked, _) = pool.send(now, Some(addr(ABC[0])), |_| ready()).unwrap();
+            assert_eq!(picked, addr(ABC[1]));
+            pool.finish(
+                picked,
+                now,
+                Outcome::Success {
+                    latency: Duration::ZERO,
+                },
+            );
+        }
+        pool.sync(&endpoints(&ABC[..1]), now);
+        let refused = pool.send(now, Some(addr(ABC[0])), |_| ready()).map(|_| ());
+        assert_eq!(refused.unwrap_err().0, Refusal::NoOtherEndpoint);
+    }
+
+    #[test]
+    fn with_no_endpoints_the_refusal_says_for_how_long() {
+        let t0 = Instant::now();
+        let mut pool = Pool::new(PoolConfig::default(), t0, 1);
+        let t1 = t0 + Duration::from_secs(2);
+        let refused = pool.send(t1, None, |_| ready()).map(|_| ());
+        assert_eq!(
+            refused.unwrap_err().0,
+            Refusal::NoEndpoints {
+                for_at_least: Duration::from_secs(2)
+            }
+        );
+        pool.sync(&endpoints(&ABC), t1);
+        assert!(pool.send(t1, None, |_| ready()).is_ok());
+        let t2 = t1 + Duration::from_secs(5);
+        pool.sync(&[], t2);
+        let refused = pool
+            .send(t2 + Duration::from_secs(1), None, |_| ready())
+            .map(|_| ());
+        assert_eq!(
+            refused.unwrap_err().0,
+            Refusal::NoEndpoints {
+                for_at_least: Duration::from_secs(1)
+            },
+            "counted from when the last endpoint left"
+        );
+    }
+
+    #[test]
+    fn ejected_endpoints_get_no_traffic_and_the_breaker_fails_calls_fast() {
+        let now = Instant::now();
+        let mut pool = Pool::new(
+            PoolConfig {
+                breaker: BreakerConfig {
+                    minimum_calls: 10,
+                    ..BreakerConfig::default()
+                },
+                ..PoolConfig::default()
+            },
+            now,
+            3,
+        );
+        pool.sync(&endpoints(&ABC), now);
+        let a = addr(ABC[0]);
+        let changes: Vec<Change> = (0..5)
+            .flat_map(|_| pool.finish(a, now, Outcome::Failure))
+            .collect();
+        assert!(
+            matches!(changes.as_slice(), [Change::Ejected { endpoint, reason: "consecutive failures", .. }] if *endpoint == a),
+            "{changes:?}"
+        );
+        // b and c fail too (but are not ejected: that would pass the 50 % cap).
+        let mut opened = None;
+        for call in 0..20 {
+            match pool.send(now, None, |_| ready()) {
+                Ok((picked, _)) => {
+                    assert_ne!(picked, a);
+                    let changes = pool.finish(picked, now, Outcome::Failure);
+                    if changes.contains(&Change::Breaker {
+                        from: "closed",
+                        to: "open",
+                    }) {
+                        opened = Some(call);
+                    }
+                }
+                Err((refusal, _)) => {
+                    assert!(
+                        matches!(refusal, Refusal::CircuitOpen { .. }),
+                        "{refusal:?}"
+                    );
+                    break;
+                }
+            }
+        }
+        assert_eq!(opened, Some(4), "5 + 5 = 10 calls, all failed");
+        let view = pool.view(now);
+        assert_eq!(view.breaker, "open");
+        assert!(view.endpoints[0].ejected && !view.endpoints[0].eligible);
+    }
+
+    #[test]
+    fn state_survives_a_resync_that_keeps_the_endpoint() {
+        let now = Instant::now();
+        let mut pool = Pool::new(PoolConfig::default(), now, 3);
+        pool.sync(&endpoints(&ABC), now);
+        let (picked, _) = pool.send(now, None, |_| ready()).unwrap();
+        pool.finish(picked, now, Outcome::Failure);
+        pool.sync(
+            &endpoints(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]),
+            now,
+        );
+        let view = pool.view(now);
+        let kept = view.endpoints.iter().find(|e| e.address == picked).unwrap();
+        assert_eq!(
+            (kept.requests, kept.failures, kept.consecutive_failures),
+            (1, 1, 1)
+        );
+        assert_eq!(view.endpoints.len(), 4);
+    }
+}
