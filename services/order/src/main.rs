@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use clap::Parser;
-use msa_order::peers::{Peers, Upstream};
+use msa_order::peers::Peers;
 use msa_service_kit::config::{DatabaseArgs, ServeArgs};
+use msa_upstream::Upstream;
+use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
+use msa_upstream::metrics::UpstreamMetrics;
 
 /// The msa order service: places orders through a saga over the user and product services,
 /// stored in SQLite or PostgreSQL.
@@ -15,48 +18,48 @@ struct Flags {
     serve: ServeArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
 
-    /// The user service: http://host:port addresses (comma-separated), or its Service name.
-    #[arg(
-        long,
-        env = "MSA_UPSTREAM_USER",
-        default_value = "http://127.0.0.1:8081"
-    )]
+    /// The user service: ip:port[@weight] addresses (comma-separated), or with
+    /// `--discovery kubernetes` its Service name.
+    #[arg(long, env = "MSA_UPSTREAM_USER", default_value = "127.0.0.1:8081")]
     user_url: String,
 
-    /// The product service: http://host:port addresses (comma-separated), or its Service name.
-    #[arg(
-        long,
-        env = "MSA_UPSTREAM_PRODUCT",
-        default_value = "http://127.0.0.1:8083"
-    )]
+    /// The product service: ip:port[@weight] addresses (comma-separated), or with
+    /// `--discovery kubernetes` its Service name.
+    #[arg(long, env = "MSA_UPSTREAM_PRODUCT", default_value = "127.0.0.1:8083")]
     product_url: String,
-
-    /// Connect timeout for calls to the user and product services.
-    #[arg(long, env = "MSA_TIMEOUT_CONNECT_MS", default_value_t = 1000)]
-    connect_timeout_ms: u64,
-
-    /// Overall timeout of one call to the user or product service.
-    #[arg(long, env = "MSA_TIMEOUT_REQUEST_MS", default_value_t = 5000)]
-    request_timeout_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let peers = Peers::new(
-        Upstream::parse("user", &flags.user_url)?,
-        Upstream::parse("product", &flags.product_url)?,
-        Duration::from_millis(flags.connect_timeout_ms),
-        Duration::from_millis(flags.request_timeout_ms),
-    )?;
+    let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
+    let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;
+    let users = flags
+        .discovery
+        .discovery("user-url", &flags.user_url, client.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    let products = flags
+        .discovery
+        .discovery("product-url", &flags.product_url, client.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    let calls = flags.policy.calls();
     msa_service_kit::server::run(
         "order",
         env!("CARGO_PKG_VERSION"),
         &flags.serve,
         &flags.database,
         &msa_order::MIGRATOR,
-        |db| {
+        |db, registry| {
+            let metrics = UpstreamMetrics::register(registry);
+            let peers = Peers::new(
+                Upstream::new("user", users, pool.clone(), calls.clone(), metrics.clone()),
+                Upstream::new("product", products, pool, calls, metrics),
+            );
             tokio::spawn(msa_order::saga::release_pending_stock(
                 db.clone(),
                 peers.clone(),

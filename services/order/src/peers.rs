@@ -1,68 +1,29 @@
 //! Calls to the user and product services: the saga's view of its peers.
 //!
-//! This is the plain client the design allows until the shared discovery/balancing/breaking
-//! stack exists: each upstream is a list of base URLs (static addresses, or a Service name, which
-//! becomes `http://<name>`), used round-robin, with connect and request timeouts. Every call
-//! carries the incoming request's `x-request-id` and `traceparent`.
+//! Each peer is an [`Upstream`] of the shared client stack (discovery, peak-EWMA balancing,
+//! outlier ejection, circuit breaker, budgeted retries, timeouts). Reads are retried on another
+//! endpoint when one fails; a reservation is too, because the product service treats its id as
+//! an idempotency key (so a second delivery cannot reserve twice). Every call carries the
+//! incoming request's `x-request-id` and `traceparent`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use http::StatusCode;
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
 use msa_service_kit::Problem;
 use msa_service_kit::context::RequestContext;
+use msa_upstream::client::read_body;
+use msa_upstream::metrics::UpstreamMetrics;
+use msa_upstream::{CallError, Discovery, RetrySafe, Upstream};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::model::RequestedItem;
 
-/// Base URLs of one upstream service, used in turn.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    name: &'static str,
-    bases: Arc<Vec<String>>,
-    next: Arc<AtomicUsize>,
-}
+/// Largest peer response read.
+const RESPONSE_LIMIT: usize = 1024 * 1024;
 
-impl Upstream {
-    /// `raw`: comma-separated `http://host:port` addresses, or a Kubernetes Service name.
-    pub fn parse(name: &'static str, raw: &str) -> anyhow::Result<Self> {
-        let bases: Vec<String> = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s.contains("://") {
-                    s.trim_end_matches('/').to_owned()
-                } else {
-                    format!("http://{s}")
-                }
-            })
-            .collect();
-        anyhow::ensure!(!bases.is_empty(), "no address given for the {name} service");
-        for base in &bases {
-            anyhow::ensure!(
-                base.starts_with("http://"),
-                "the {name} service address {base:?} must be http://host:port"
-            );
-        }
-        Ok(Upstream {
-            name,
-            bases: Arc::new(bases),
-            next: Arc::default(),
-        })
-    }
-
-    fn base(&self) -> &str {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len();
-        &self.bases[i]
-    }
-}
-
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Peers {
-    http: reqwest::Client,
     users: Upstream,
     products: Upstream,
 }
@@ -89,54 +50,95 @@ pub enum ReserveOutcome {
     Unknown(String),
 }
 
+/// A peer's answer: its status and body.
+struct Answer {
+    status: StatusCode,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_slice(&self.body).map_err(|e| format!("unreadable answer: {e}"))
+    }
+}
+
 impl Peers {
-    pub fn new(
-        users: Upstream,
-        products: Upstream,
-        connect_timeout: Duration,
-        request_timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        // Peers are called directly, never through a proxy named in the environment.
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Peers {
-            http,
-            users,
-            products,
-        })
+    pub fn new(users: Upstream, products: Upstream) -> Self {
+        Peers { users, products }
     }
 
-    fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-        let mut headers = http::HeaderMap::new();
-        RequestContext::current().propagate_into(&mut headers);
-        self.http.request(method, url).headers(headers)
+    /// Peers at fixed addresses (`ip:port` lists) with the default policy: tests and local runs.
+    pub fn fixed(users: &str, products: &str, metrics: &UpstreamMetrics) -> Result<Self, String> {
+        let policy = msa_upstream::config::PolicyArgs::defaults();
+        let upstream = |name: &str, list: &str| -> Result<Upstream, String> {
+            let endpoints = msa_upstream::endpoint::parse_list(list)?;
+            Ok(Upstream::new(
+                name,
+                Discovery::fixed(endpoints),
+                policy.pool()?,
+                policy.calls(),
+                metrics.clone(),
+            ))
+        };
+        Ok(Peers::new(
+            upstream("user", users)?,
+            upstream("product", products)?,
+        ))
+    }
+
+    async fn call(
+        &self,
+        upstream: &Upstream,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, CallError> {
+        // Every call here is safe to deliver twice: reads, and writes keyed by the order id.
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(headers) = request.headers_mut() {
+            RequestContext::current().propagate_into(headers);
+            if body.is_some() {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+            }
+        }
+        let body = body.map_or_else(Body::empty, |v| Body::from(v.to_string()));
+        let mut request = request
+            .body(body)
+            .expect("a path and a method make a request");
+        request.extensions_mut().insert(RetrySafe);
+        let response = upstream.send(request).await?;
+        let (status, body) = read_body(response, RESPONSE_LIMIT)
+            .await
+            .map_err(|detail| CallError::Protocol {
+                upstream: upstream.name().to_owned(),
+                endpoint: ([0, 0, 0, 0], 0).into(),
+                detail,
+            })?;
+        Ok(Answer { status, body })
     }
 
     fn unavailable(upstream: &Upstream, why: impl std::fmt::Display) -> Problem {
-        tracing::warn!(upstream = upstream.name, error = %why, "upstream call failed");
+        tracing::warn!(upstream = upstream.name(), error = %why, "upstream call failed");
         Problem::unavailable(
             format!(
                 "the {} service is unavailable ({why}); retry shortly",
-                upstream.name
+                upstream.name()
             ),
             2,
         )
-        .with("upstream", upstream.name)
+        .with("upstream", upstream.name())
     }
 
     /// Whether the user exists; 503 when the user service cannot say.
     pub async fn user_exists(&self, id: &str) -> Result<bool, Problem> {
-        let url = format!("{}/users/{id}", self.users.base());
-        let response = self
-            .request(reqwest::Method::GET, url)
-            .send()
+        let answer = self
+            .call(&self.users, Method::GET, &format!("/users/{id}"), None)
             .await
             .map_err(|e| Self::unavailable(&self.users, e))?;
-        match response.status() {
+        match answer.status {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             other => Err(Self::unavailable(&self.users, format!("answered {other}"))),
@@ -149,17 +151,19 @@ impl Peers {
         struct Product {
             price_cents: i64,
         }
-        let url = format!("{}/products/{id}", self.products.base());
-        let response = self
-            .request(reqwest::Method::GET, url)
-            .send()
+        let answer = self
+            .call(
+                &self.products,
+                Method::GET,
+                &format!("/products/{id}"),
+                None,
+            )
             .await
             .map_err(|e| Self::unavailable(&self.products, e))?;
-        match response.status() {
+        match answer.status {
             StatusCode::OK => {
-                let product: Product = response
+                let product: Product = answer
                     .json()
-                    .await
                     .map_err(|e| Self::unavailable(&self.products, e))?;
                 Ok(Some(product.price_cents))
             }
@@ -173,26 +177,22 @@ impl Peers {
 
     /// Reserves every line under the order's id (idempotent at the product service).
     pub async fn reserve(&self, order_id: &str, items: &[RequestedItem]) -> ReserveOutcome {
-        let url = format!("{}/reservations", self.products.base());
         let body = json!({"id": order_id, "items": items});
-        let response = match self
-            .request(reqwest::Method::POST, url)
-            .json(&body)
-            .send()
+        let answer = match self
+            .call(&self.products, Method::POST, "/reservations", Some(body))
             .await
         {
-            Ok(response) => response,
+            Ok(answer) => answer,
             Err(e) => return ReserveOutcome::Unknown(e.to_string()),
         };
-        let status = response.status();
-        match status {
-            StatusCode::OK | StatusCode::CREATED => match response.json::<Reservation>().await {
+        match answer.status {
+            StatusCode::OK | StatusCode::CREATED => match answer.json::<Reservation>() {
                 Ok(reservation) => ReserveOutcome::Reserved(reservation),
                 Err(e) => ReserveOutcome::Unknown(format!("unreadable reservation: {e}")),
             },
             StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
-                let body: Value = response.json().await.unwrap_or_default();
-                ReserveOutcome::Refused(relay(status, &body))
+                let body: Value = answer.json().unwrap_or_default();
+                ReserveOutcome::Refused(relay(answer.status, &body))
             }
             other => ReserveOutcome::Unknown(format!("the product service answered {other}")),
         }
@@ -200,19 +200,15 @@ impl Peers {
 
     /// Gives the order's stock back (idempotent at the product service).
     pub async fn release(&self, order_id: &str) -> Result<(), String> {
-        let url = format!("{}/reservations/{order_id}/release", self.products.base());
-        let response = self
-            .request(reqwest::Method::POST, url)
-            .send()
+        let path = format!("/reservations/{order_id}/release");
+        let answer = self
+            .call(&self.products, Method::POST, &path, None)
             .await
             .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
+        if answer.status.is_success() {
             Ok(())
         } else {
-            Err(format!(
-                "the product service answered {}",
-                response.status()
-            ))
+            Err(format!("the product service answered {}", answer.status))
         }
     }
 }
@@ -240,25 +236,6 @@ fn relay(status: StatusCode, body: &Value) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstreams_take_addresses_or_a_service_name() {
-        let listed = Upstream::parse("user", "http://127.0.0.1:1/, http://127.0.0.1:2").unwrap();
-        assert_eq!(
-            (listed.base(), listed.base(), listed.base()),
-            (
-                "http://127.0.0.1:1",
-                "http://127.0.0.1:2",
-                "http://127.0.0.1:1"
-            )
-        );
-        assert_eq!(
-            Upstream::parse("user", "shop-user").unwrap().base(),
-            "http://shop-user"
-        );
-        assert!(Upstream::parse("user", " , ").is_err());
-        assert!(Upstream::parse("user", "https://x").is_err());
-    }
 
     #[test]
     fn refusals_keep_their_type_and_details() {

@@ -3,13 +3,13 @@
 //! the concurrency guarantee, header propagation and restart durability.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::routing::get;
-use msa_order::peers::{Peers, Upstream};
+use msa_order::peers::Peers;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
+use msa_upstream::metrics::UpstreamMetrics;
 use serde_json::{Value, json};
 
 /// The user and product services the order service calls.
@@ -45,13 +45,8 @@ async fn start_neighbours(backend: TestBackend) -> Neighbours {
 }
 
 fn peers(user_url: &str, product_url: &str) -> Peers {
-    Peers::new(
-        Upstream::parse("user", user_url).unwrap(),
-        Upstream::parse("product", product_url).unwrap(),
-        Duration::from_millis(500),
-        Duration::from_secs(5),
-    )
-    .unwrap()
+    let metrics = UpstreamMetrics::register(&mut Default::default());
+    Peers::fixed(user_url, product_url, &metrics).unwrap()
 }
 
 async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         &flags.serve,
         &flags.database,
         &msa_product::MIGRATOR,
-        msa_product::router,
+        |db, _| msa_product::router(db),
     )
     .await
 }

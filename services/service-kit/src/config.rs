@@ -32,6 +32,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MSA_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
+    /// On SIGTERM, how long to keep serving with readiness failing before refusing new
+    /// connections, so load balancers stop sending first (default: 5 for the gateway, 0 for
+    /// the services, which are behind it).
+    #[arg(long, env = "MSA_DRAIN_DELAY_SECONDS")]
+    pub drain_delay_seconds: Option<u64>,
+
     /// Log format: json (default) or text.
     #[arg(long, env = "MSA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
@@ -65,6 +71,16 @@ impl DatabaseArgs {
 }
 
 impl ServeArgs {
+    /// The drain on SIGTERM, with `default_delay_seconds` unless `--drain-delay-seconds` says.
+    pub fn drain(&self, default_delay_seconds: u64) -> crate::server::Drain {
+        crate::server::Drain {
+            delay: std::time::Duration::from_secs(
+                self.drain_delay_seconds.unwrap_or(default_delay_seconds),
+            ),
+            grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
+        }
+    }
+
     pub fn instance_id(&self) -> String {
         self.instance.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

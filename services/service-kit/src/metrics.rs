@@ -62,6 +62,11 @@ impl HttpMetrics {
         }
     }
 
+    /// The registry of component `name`: metrics named `msa_<name>_…`.
+    pub fn for_component(name: &str) -> Self {
+        Self::new(&format!("msa_{}", name.replace('-', "_")))
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

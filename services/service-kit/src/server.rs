@@ -41,12 +41,28 @@ impl Ops {
         instance: String,
         database: Option<Database>,
     ) -> Self {
-        let prefix = format!("msa_{}", name.replace('-', "_"));
+        Self::with_metrics(
+            name,
+            version,
+            instance,
+            database,
+            HttpMetrics::for_component(name),
+        )
+    }
+
+    /// Like `new`, with a metrics registry the caller has added its own metrics to.
+    pub fn with_metrics(
+        name: &'static str,
+        version: &'static str,
+        instance: String,
+        database: Option<Database>,
+        metrics: HttpMetrics,
+    ) -> Self {
         Ops {
             name,
             version,
             instance,
-            metrics: Arc::new(HttpMetrics::new(&prefix)),
+            metrics: Arc::new(metrics),
             database,
             draining: Arc::default(),
         }
@@ -63,22 +79,43 @@ impl Ops {
 /// metrics, panic → 500 problem, body limit (enforced by the body extractors, so an oversized
 /// body is a 413 problem), CORS.
 pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
-    let metrics = ops.metrics.clone();
-    let operational = Router::new()
+    let router = api
+        .merge(operational_routes(ops.clone()))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "no such route; see /openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this route does not accept that method",
+            )
+        })
+        .layer(axum::middleware::from_fn(context::scope))
+        .layer(DefaultBodyLimit::max(args.body_limit_bytes));
+    shared_layers(router, &ops, args)
+}
+
+/// `/healthz`, `/readyz`, `/info` and `/metrics`.
+pub fn operational_routes(ops: Ops) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/info", get(info_route))
         .route("/metrics", get(metrics_route))
-        .with_state(ops);
-    let mut router = api
-        .merge(operational)
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no-route", "no such route; see /openapi.json") })
-        .method_not_allowed_fallback(|| async {
-            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this route does not accept that method")
-        })
-        .layer(axum::middleware::from_fn(context::scope))
-        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .layer(DefaultBodyLimit::max(args.body_limit_bytes))
+        .with_state(ops)
+}
+
+/// The layers every component puts around all its routes: metrics by route, panic → 500
+/// problem, a tracing span and a log line per request carrying the request id, the request id
+/// itself (kept from the caller or generated, and returned), CORS when configured.
+pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Result<Router> {
+    let mut router = router
+        .layer(axum::middleware::from_fn_with_state(ops.metrics.clone(), metrics::track))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::internal(&"a handler panicked").into_response()
         }))
@@ -132,13 +169,21 @@ async fn metrics_route(State(ops): State<Ops>) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves (SIGTERM or Ctrl-C in the binaries), then drains: readiness
-/// fails at once, new connections are refused, in-flight requests finish, up to the grace time.
+/// How a server stops: readiness fails at once, requests are still served for `delay` (so load
+/// balancers notice), then new connections are refused and in-flight requests get `grace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drain {
+    pub delay: Duration,
+    pub grace: Duration,
+}
+
+/// Serves until `shutdown` resolves (SIGTERM or Ctrl-C in the binaries), then drains as `drain`
+/// says. Handlers can ask for the peer's address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     ops: Ops,
-    grace: Duration,
+    drain: Drain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -146,10 +191,19 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         drain_ops.start_draining();
+        if !drain.delay.is_zero() {
+            info!(
+                delay_seconds = drain.delay.as_secs_f64(),
+                "draining: readiness fails, still serving"
+            );
+            tokio::time::sleep(drain.delay).await;
+        }
         info!("draining: finishing in-flight requests");
         let _ = stopping_tx.send(());
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+    let grace = drain.grace;
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(graceful);
     let server = tokio::spawn(async move { server.await });
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.
     let outcome = async {
@@ -194,23 +248,25 @@ pub fn init_logging(format: &str) {
 }
 
 /// The whole life of a service binary: logging, the database (connected and migrated), the
-/// API with every shared layer, serving until SIGTERM, and the drain.
+/// API with every shared layer (`api` may add metrics of its own to the registry), serving
+/// until SIGTERM, and the drain.
 pub async fn run(
     name: &'static str,
     version: &'static str,
     serve_args: &ServeArgs,
     database_args: &crate::config::DatabaseArgs,
     migrator: &'static sqlx::migrate::Migrator,
-    api: impl FnOnce(Database) -> Router,
+    api: impl FnOnce(Database, &mut prometheus_client::registry::Registry) -> Router,
 ) -> anyhow::Result<()> {
     init_logging(&serve_args.log_format);
     let db = Database::connect(&database_args.url_for(name), migrator).await?;
-    let ops = Ops::new(name, version, serve_args.instance_id(), Some(db.clone()));
-    let app = app(api(db), ops.clone(), serve_args)?;
+    let mut metrics = HttpMetrics::for_component(name);
+    let api = api(db.clone(), &mut metrics.registry);
+    let ops = Ops::with_metrics(name, version, serve_args.instance_id(), Some(db), metrics);
+    let app = app(api, ops.clone(), serve_args)?;
     let listener = tokio::net::TcpListener::bind(serve_args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", serve_args.listen))?;
     info!(addr = %listener.local_addr()?, service = name, version, "listening");
-    let grace = Duration::from_secs(serve_args.shutdown_grace_seconds);
-    serve(listener, app, ops, grace, shutdown_signal()).await
+    serve(listener, app, ops, serve_args.drain(0), shutdown_signal()).await
 }

@@ -63,6 +63,7 @@ pub fn serve_args() -> ServeArgs {
         cors_allow_credentials: false,
         body_limit_bytes: 64 * 1024,
         shutdown_grace_seconds: 5,
+        drain_delay_seconds: None,
         log_format: "text".into(),
         instance: Some("test".into()),
     }
@@ -80,7 +81,7 @@ pub async fn spawn(api: Router, ops: Ops) -> String {
         listener,
         app,
         ops,
-        std::time::Duration::from_secs(5),
+        args.drain(0),
         std::future::pending(),
     ));
     format!("http://{addr}")

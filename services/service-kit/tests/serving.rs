@@ -15,6 +15,7 @@ fn args(origins: &[&str], credentials: bool) -> ServeArgs {
         cors_allow_credentials: credentials,
         body_limit_bytes: 1024,
         shutdown_grace_seconds: 5,
+        drain_delay_seconds: None,
         log_format: "text".into(),
         instance: None,
     }
@@ -46,7 +47,10 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
         listener,
         app,
         ops.clone(),
-        Duration::from_secs(5),
+        server::Drain {
+            delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+        },
         async {
             let _ = stopped.await;
         },
@@ -107,7 +111,10 @@ async fn readiness_fails_first_when_draining() {
         listener,
         app,
         ops.clone(),
-        Duration::from_secs(5),
+        server::Drain {
+            delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+        },
         std::future::pending(),
     ));
     ops.start_draining();
@@ -143,7 +150,10 @@ async fn cors_allows_listed_origins_only_and_never_wildcard_with_credentials() {
         listener,
         app,
         ops,
-        Duration::from_secs(5),
+        server::Drain {
+            delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+        },
         std::future::pending(),
     ));
     let http = client();

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         &flags.serve,
         &flags.database,
         &msa_user::MIGRATOR,
-        msa_user::router,
+        |db, _| msa_user::router(db),
     )
     .await
 }
