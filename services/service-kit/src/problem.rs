@@ -78,6 +78,12 @@ impl Problem {
         )
     }
 
+    /// Sets (or clears) the `Retry-After` seconds sent with the problem.
+    pub fn retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after_seconds = seconds;
+        self
+    }
+
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.to_owned(), value.into());
         self

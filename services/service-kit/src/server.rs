@@ -127,7 +127,9 @@ pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Res
                 })
                 .on_response(|response: &Response, latency: Duration, _span: &Span| {
                     info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "handled");
-                }),
+                })
+                // A 5xx answer is logged where it is decided, with its cause; not again here.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));

@@ -134,26 +134,44 @@ pub fn loopback_client() -> reqwest::Client {
 
 /// A service binary run as a real process on a free loopback port, for restart and shutdown
 /// tests. Stopped with SIGTERM (as Kubernetes does) by [`ServiceProcess::stop`], killed on drop.
+/// A port nobody listens on at `host` right now (for a process about to bind it).
+pub fn free_port(host: &str) -> SocketAddr {
+    std::net::TcpListener::bind((host, 0))
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+}
+
 pub struct ServiceProcess {
     child: std::process::Child,
     pub base_url: String,
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with `args` and `env`, and waits (up to 30 s) until `/readyz` answers 200.
+    /// Starts `binary` with `args` and `env` on a free loopback port, and waits (up to 30 s)
+    /// until `/readyz` answers 200.
     pub async fn start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(binary)
-            .args(["--listen", &listen, "--log-format", "text"])
+        Self::start_at(binary, free_port("127.0.0.1"), args, env).await
+    }
+
+    /// Like `start`, listening on `listen` (for example to restart on the same address).
+    pub async fn start_at(
+        binary: &str,
+        listen: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["--listen", &listen.to_string(), "--log-format", "text"])
             .args(args)
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("start the service binary");
+            .envs(env.iter().copied());
+        Self::launch(command, listen).await
+    }
+
+    /// Runs `command`, which must serve `/readyz` on `listen`, and waits until it is ready.
+    pub async fn launch(mut command: std::process::Command, listen: SocketAddr) -> Self {
+        let child = command.spawn().expect("start the binary");
         let process = ServiceProcess {
             child,
             base_url: format!("http://{listen}"),
@@ -171,17 +189,22 @@ impl ServiceProcess {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{binary} did not become ready on {listen}"
+                "{command:?} did not become ready on {listen}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
-    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
-    pub fn stop(mut self) -> bool {
+    /// Sends SIGTERM and returns at once (the process drains on its own).
+    pub fn terminate(&self) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        self.terminate();
         let status = self.child.wait().expect("wait for the service");
         status.success()
     }

@@ -128,6 +128,18 @@ impl CallError {
         }
     }
 
+    /// The upstream concerned, unless the caller's own request was at fault.
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            CallError::CircuitOpen { upstream, .. }
+            | CallError::NoEndpoints { upstream, .. }
+            | CallError::Timeout { upstream, .. }
+            | CallError::Connect { upstream, .. }
+            | CallError::Protocol { upstream, .. } => Some(upstream),
+            CallError::RequestBody { .. } => None,
+        }
+    }
+
     /// A short machine-readable name (problem type, metric label).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -331,6 +343,18 @@ impl Inner {
                     Attempt::FailedStatus(response)
                 }
                 Ok(Ok(response)) => Attempt::Answered(response),
+                Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
+                    // The caller's body outgrew the limit while streaming: not the endpoint's
+                    // fault, so nothing is recorded against it.
+                    self.lock().finish_unjudged(addr, Instant::now());
+                    return Err(CallError::RequestBody {
+                        too_large: true,
+                        detail: format!(
+                            "the request body is larger than the {} bytes accepted",
+                            self.config.retry_body_limit
+                        ),
+                    });
+                }
                 Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error_chain(&error)),
                 Ok(Err(error)) => Attempt::Broken(error_chain(&error)),
                 Err(_) => Attempt::TimedOut,
@@ -350,6 +374,7 @@ impl Inner {
             if let Some(reason) = reason
                 && safe
                 && attempt < self.config.max_retries
+                && self.lock().has_alternative(addr, Instant::now())
                 && self.retry_allowed(reason, addr)
             {
                 attempt += 1;
@@ -565,6 +590,18 @@ fn endpoint_uri(addr: SocketAddr, uri: &Uri) -> Uri {
     Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| {
         Uri::try_from(format!("http://{addr}/")).expect("an address makes a valid URI")
     })
+}
+
+/// Whether `E` is somewhere in the error's chain of causes.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// An error with its causes, which hyper keeps in the chain.

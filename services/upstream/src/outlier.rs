@@ -131,6 +131,14 @@ impl<K: Ord + Clone> Outliers<K> {
         }
     }
 
+    /// The call sent to `key` ended without saying anything about it: a probe it was may be
+    /// sent again.
+    pub fn cancel(&mut self, key: &K) {
+        if let Some(health) = self.endpoints.get_mut(key) {
+            health.probe_in_flight = false;
+        }
+    }
+
     pub fn record(&mut self, key: &K, now: Instant, outcome: Outcome) -> Option<Event<K>> {
         let health = self.endpoints.get_mut(key)?;
         let probing = health.probe_in_flight;

@@ -244,6 +244,14 @@ impl Pool {
         self.slots.iter().map(|s| s.endpoint).collect()
     }
 
+    /// Whether an endpoint other than `failed` could take a retry now.
+    pub fn has_alternative(&self, failed: SocketAddr, now: Instant) -> bool {
+        self.outliers
+            .eligible(now)
+            .iter()
+            .any(|addr| *addr != failed)
+    }
+
     /// A logical request begins (retries are budgeted against these).
     pub fn request_started(&mut self, now: Instant) {
         self.budget.deposit(now);
@@ -332,6 +340,17 @@ impl Pool {
         self.breaker.record(now, success);
         self.note_breaker(now, &mut changes);
         changes
+    }
+
+    /// An attempt ended for a reason that says nothing about the endpoint (the caller's own
+    /// request was bad): its in-flight count and any probe slot are given back, and the
+    /// breaker counts it as a call the service did not fail.
+    pub fn finish_unjudged(&mut self, addr: SocketAddr, now: Instant) {
+        if let Ok(i) = self.slots.binary_search_by_key(&addr, |s| s.endpoint.addr) {
+            self.slots[i].in_flight = self.slots[i].in_flight.saturating_sub(1);
+        }
+        self.outliers.cancel(&addr);
+        self.breaker.record(now, true);
     }
 
     fn note_breaker(&mut self, now: Instant, changes: &mut Vec<Change>) {

@@ -1,0 +1,146 @@
+//! The API gateway: `/users`, `/orders` and `/products` (and everything under them) go to their
+//! service through the shared client stack; everything else is a JSON 404. Besides the
+//! operational routes every component has, `/debug/endpoints` shows each upstream's endpoints
+//! with their load, latency, ejection and breaker state.
+
+pub mod forwarding;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::{StatusCode, Uri};
+use hyper::body::Body as _;
+use msa_service_kit::Problem;
+use msa_service_kit::config::ServeArgs;
+use msa_service_kit::server::{self, Ops};
+use msa_upstream::{CallError, Upstream};
+use serde_json::{Value, json};
+use tracing::warn;
+
+/// A path prefix and the service behind it.
+#[derive(Clone)]
+pub struct Route {
+    pub prefix: &'static str,
+    pub upstream: Upstream,
+}
+
+/// The gateway's routes, in the order they are shown.
+pub struct Gateway {
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: Upstream,
+    body_limit: usize,
+}
+
+/// Every route of the gateway with the layers all components share.
+pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
+    let mut router = Router::new();
+    for route in &gateway.routes {
+        let proxy = Proxy {
+            upstream: route.upstream.clone(),
+            body_limit: args.body_limit_bytes,
+        };
+        router = router.merge(
+            Router::new()
+                .route(route.prefix, any(forward))
+                .route(&format!("{}/{{*rest}}", route.prefix), any(forward))
+                .with_state(proxy),
+        );
+    }
+    let prefixes: Vec<&'static str> = gateway.routes.iter().map(|r| r.prefix).collect();
+    let router = router
+        .route("/debug/endpoints", get(endpoints_view).with_state(gateway))
+        .merge(server::operational_routes(ops.clone()))
+        .fallback(move |uri: Uri| async move {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                format!(
+                    "no route for {}; the gateway serves {} and everything under them",
+                    uri.path(),
+                    prefixes.join(", ")
+                ),
+            )
+        });
+    server::shared_layers(router, &ops, args)
+}
+
+/// Passes the request on to the route's service and its answer back.
+async fn forward(
+    State(proxy): State<Proxy>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let limit = proxy.body_limit as u64;
+    let size = body.size_hint();
+    if size.lower() > limit {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!(
+                "the request body is {} bytes; at most {limit} are accepted",
+                size.lower()
+            ),
+        )
+        .into_response();
+    }
+    // A body of unknown length is cut off at the limit while it streams.
+    let body = match size.upper() {
+        Some(_) => body,
+        None => Body::new(http_body_util::Limited::new(body, proxy.body_limit)),
+    };
+    forwarding::request_headers(&mut parts.headers, client.ip());
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    match proxy.upstream.send(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            forwarding::remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => failure(&error),
+    }
+}
+
+/// 503 (+ `Retry-After`) when the service cannot be called now, 504 on timeout, 502 when it
+/// answered badly; the problem names the upstream.
+fn failure(error: &CallError) -> Response {
+    if error.status().is_server_error() {
+        warn!(%error, "upstream call failed");
+    }
+    let mut problem = Problem::new(error.status(), error.kind(), error.to_string())
+        .retry_after(error.retry_after_secs());
+    if let Some(upstream) = error.upstream() {
+        problem = problem.with("upstream", upstream);
+    }
+    problem.into_response()
+}
+
+/// Every upstream's endpoints as the gateway sees them now.
+async fn endpoints_view(State(gateway): State<Arc<Gateway>>) -> axum::Json<Value> {
+    let upstreams: Vec<Value> = gateway
+        .routes
+        .iter()
+        .map(|route| {
+            let mut view = serde_json::to_value(route.upstream.view()).unwrap_or_default();
+            if let Some(fields) = view.as_object_mut() {
+                fields.insert("name".into(), json!(route.upstream.name()));
+                fields.insert("route".into(), json!(route.prefix));
+                fields.insert("source".into(), json!(route.upstream.source()));
+            }
+            view
+        })
+        .collect();
+    axum::Json(json!({ "upstreams": upstreams }))
+}

@@ -1,0 +1,117 @@
+//! The gateway binary.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use msa_gateway::{Gateway, Route};
+use msa_service_kit::config::ServeArgs;
+use msa_service_kit::metrics::HttpMetrics;
+use msa_service_kit::server::{self, Ops};
+use msa_upstream::Upstream;
+use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
+use msa_upstream::metrics::UpstreamMetrics;
+use tracing::info;
+
+/// The msa API gateway: routes /users, /orders and /products to their services, balancing
+/// across each service's endpoints, ejecting failing ones and breaking circuits client-side.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+
+    /// The user service: ip:port[@weight] addresses (comma-separated), or with
+    /// `--discovery kubernetes` its Service name.
+    #[arg(long, env = "MSA_UPSTREAM_USER", default_value = "127.0.0.1:8081")]
+    upstream_user: String,
+    /// The order service, likewise.
+    #[arg(long, env = "MSA_UPSTREAM_ORDER", default_value = "127.0.0.1:8082")]
+    upstream_order: String,
+    /// The product service, likewise.
+    #[arg(long, env = "MSA_UPSTREAM_PRODUCT", default_value = "127.0.0.1:8083")]
+    upstream_product: String,
+
+    /// Threads serving requests (default: one per CPU); 1 runs everything on one thread.
+    #[arg(long, env = "MSA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let runtime = match flags.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    server::init_logging(&flags.serve.log_format);
+    let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
+    let calls = flags.policy.calls();
+    let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;
+    let mut metrics = HttpMetrics::for_component("gateway");
+    let upstream_metrics = UpstreamMetrics::register(&mut metrics.registry);
+    let mut routes = Vec::new();
+    for (prefix, name, flag, value) in [
+        ("/users", "user", "upstream-user", &flags.upstream_user),
+        ("/orders", "order", "upstream-order", &flags.upstream_order),
+        (
+            "/products",
+            "product",
+            "upstream-product",
+            &flags.upstream_product,
+        ),
+    ] {
+        let discovery = flags
+            .discovery
+            .discovery(flag, value, client.as_ref())
+            .map_err(anyhow::Error::msg)?;
+        info!(
+            route = prefix,
+            upstream = name,
+            source = discovery.source(),
+            "route"
+        );
+        let upstream = Upstream::new(
+            name,
+            discovery,
+            pool.clone(),
+            calls.clone(),
+            upstream_metrics.clone(),
+        );
+        routes.push(Route { prefix, upstream });
+    }
+    let ops = Ops::with_metrics(
+        "gateway",
+        env!("CARGO_PKG_VERSION"),
+        flags.serve.instance_id(),
+        None,
+        metrics,
+    );
+    let app = msa_gateway::router(Arc::new(Gateway { routes }), ops.clone(), &flags.serve)?;
+    let listener = tokio::net::TcpListener::bind(flags.serve.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.serve.listen))?;
+    info!(addr = %listener.local_addr()?, strategy = %flags.policy.lb_strategy, "gateway listening");
+    server::serve(
+        listener,
+        app,
+        ops,
+        flags.serve.drain(5),
+        server::shutdown_signal(),
+    )
+    .await
+}

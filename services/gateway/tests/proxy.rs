@@ -1,0 +1,474 @@
+//! The gateway as a real process in front of real backend processes (`msa-echo`) on
+//! 127.0.0.x: failover when a backend stops, steering away from a slow one, no duplicated
+//! POSTs, fast 503s from an open circuit, header forwarding, and the drain. Every load loop is
+//! bounded in count and time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use msa_service_kit::testing::{ServiceProcess, free_port, loopback_client};
+use serde_json::{Value, json};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_msa-gateway");
+const ECHO: &str = env!("CARGO_BIN_EXE_msa-echo");
+
+struct Backend {
+    process: Option<ServiceProcess>,
+    addr: SocketAddr,
+}
+
+impl Backend {
+    async fn start(host: &str) -> Backend {
+        Self::start_at(free_port(host)).await
+    }
+
+    async fn start_at(addr: SocketAddr) -> Backend {
+        let mut command = std::process::Command::new(ECHO);
+        command.args(["--listen", &addr.to_string()]);
+        Backend {
+            process: Some(ServiceProcess::launch(command, addr).await),
+            addr,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            assert!(process.stop(), "the backend exits cleanly");
+        }
+    }
+
+    async fn requests(&self, method: &str) -> u64 {
+        let stats: Value = loopback_client()
+            .get(format!("http://{}/__echo/stats", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["requests"][method].as_u64().unwrap_or(0)
+    }
+
+    async fn slow_down(&self, ms: u64) {
+        let response = loopback_client()
+            .put(format!("http://{}/__echo/delay?ms={ms}", self.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+fn list(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The gateway with every route on `users` (and products on `products`), plus `extra` flags.
+async fn gateway(users: &str, products: &str, extra: &[&str]) -> ServiceProcess {
+    let mut args = vec![
+        "--upstream-user",
+        users,
+        "--upstream-order",
+        users,
+        "--upstream-product",
+        products,
+        "--drain-delay-seconds",
+        "0",
+        "--worker-threads",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    ServiceProcess::start(GATEWAY, &args, &[("RUST_LOG", "warn")]).await
+}
+
+/// Sends up to `count` GETs (`workers` at a time, for at most 20 s); returns the statuses.
+async fn load(base: &str, path: &str, count: usize, workers: usize) -> BTreeMap<u16, usize> {
+    let client = loopback_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let per_worker = count / workers;
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{base}{path}");
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..per_worker {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let status = match client.get(&url).send().await {
+                        Ok(response) => response.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    statuses.push(status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        for status in task.await.unwrap() {
+            *counts.entry(status).or_default() += 1;
+        }
+    }
+    counts
+}
+
+async fn view(base: &str, upstream: &str) -> Value {
+    let all: Value = loopback_client()
+        .get(format!("{base}/debug/endpoints"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == upstream)
+        .cloned()
+        .unwrap()
+}
+
+fn endpoint(view: &Value, addr: SocketAddr) -> &Value {
+    view["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .unwrap_or_else(|| panic!("{addr} not in {view}"))
+}
+
+#[tokio::test]
+async fn a_stopped_backend_costs_no_gets_is_ejected_within_five_failures_and_readmitted() {
+    let a = Backend::start("127.0.0.2").await;
+    let mut b = Backend::start("127.0.0.3").await;
+    let c = Backend::start("127.0.0.4").await;
+    let all = list(&[&a, &b, &c]);
+    let gw = gateway(&all, &all, &["--outlier-base-ejection-ms", "500"]).await;
+    let base = gw.base_url.clone();
+
+    let warm = load(&base, "/users/1", 150, 3).await;
+    assert_eq!(warm.get(&200), Some(&150), "{warm:?}");
+
+    b.stop();
+    // Sequential GETs, so the failures counted against b before its ejection are exact.
+    let during = load(&base, "/users/1", 200, 1).await;
+    let failed: usize = during
+        .iter()
+        .filter(|(s, _)| **s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        failed <= 2,
+        "retries on another endpoint hide the stop: {during:?}"
+    );
+    let users = view(&base, "user").await;
+    let stopped = endpoint(&users, b.addr);
+    assert_eq!(stopped["ejected"], true, "{users}");
+    let ejections = stopped["ejections"].as_u64().unwrap();
+    let failures = stopped["failures"].as_u64().unwrap();
+    // Each failed probe adds one failure and one ejection; the first ejection came at 5.
+    assert_eq!(failures - (ejections - 1), 5, "{stopped}");
+
+    let b = Backend::start_at(b.addr).await;
+    let readmitted = Instant::now();
+    loop {
+        load(&base, "/users/1", 20, 2).await;
+        let users = view(&base, "user").await;
+        if endpoint(&users, b.addr)["ejected"] == false {
+            break;
+        }
+        assert!(
+            readmitted.elapsed() < Duration::from_secs(15),
+            "not readmitted: {users}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = b.requests("GET").await;
+    load(&base, "/users/1", 150, 3).await;
+    assert!(b.requests("GET").await > before, "traffic returns to b");
+
+    let metrics = loopback_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ejection = format!(
+        "msa_gateway_upstream_ejections_total{{upstream=\"user\",endpoint=\"{}\",reason=\"consecutive failures\"}} 1",
+        b.addr
+    );
+    assert!(metrics.contains(&ejection), "{metrics}");
+    assert!(metrics.contains("msa_gateway_upstream_readmissions_total{upstream=\"user\""));
+    assert!(
+        metrics
+            .contains("msa_gateway_upstream_retries_total{upstream=\"user\",reason=\"connect\"}")
+    );
+}
+
+#[tokio::test]
+async fn a_backend_slowed_by_50_ms_loses_most_traffic() {
+    let a = Backend::start("127.0.0.2").await;
+    let b = Backend::start("127.0.0.3").await;
+    let slow = Backend::start("127.0.0.4").await;
+    let all = list(&[&a, &b, &slow]);
+    let gw = gateway(&all, &all, &[]).await;
+    load(&gw.base_url, "/users/1", 90, 3).await;
+    slow.slow_down(50).await;
+    let before = [
+        a.requests("GET").await,
+        b.requests("GET").await,
+        slow.requests("GET").await,
+    ];
+    let statuses = load(&gw.base_url, "/users/1", 600, 4).await;
+    assert_eq!(statuses.get(&200), Some(&600), "{statuses:?}");
+    let after = [
+        a.requests("GET").await,
+        b.requests("GET").await,
+        slow.requests("GET").await,
+    ];
+    let served: Vec<u64> = after.iter().zip(before).map(|(x, y)| x - y).collect();
+    assert!(
+        served[2] * 10 < 600,
+        "under 10 % to the slow backend: {served:?}"
+    );
+}
+
+#[tokio::test]
+async fn posts_are_never_sent_twice_while_gets_are_retried() {
+    let a = Backend::start("127.0.0.2").await;
+    let slow = Backend::start("127.0.0.3").await;
+    let mut dead = Backend::start("127.0.0.4").await;
+    slow.slow_down(300).await;
+    let all = list(&[&a, &slow, &dead]);
+    dead.stop();
+    let gw = gateway(
+        &all,
+        &all,
+        &[
+            "--timeout-per-try-ms",
+            "100",
+            "--timeout-request-ms",
+            "2000",
+            "--lb-strategy",
+            "round-robin",
+            // Keep the circuit closed: this test is about retries alone.
+            "--breaker-minimum-calls",
+            "100000",
+        ],
+    )
+    .await;
+    let client = loopback_client();
+    let mut statuses = BTreeMap::<u16, u64>::new();
+    let sent = 60;
+    for i in 0..sent {
+        let response = client
+            .post(format!("{}/orders", gw.base_url))
+            .json(&json!({"n": i}))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(response.status().as_u16()).or_default() += 1;
+    }
+    let (to_a, to_slow) = (a.requests("POST").await, slow.requests("POST").await);
+    assert_eq!(
+        to_a + to_slow,
+        sent,
+        "every POST reached exactly one backend: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&504).copied().unwrap_or(0),
+        to_slow,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&200).copied().unwrap_or(0),
+        to_a,
+        "{statuses:?}"
+    );
+    assert!(
+        to_slow > 0,
+        "some POSTs timed out at the slow backend and were not retried"
+    );
+
+    // The same failures are retried for GETs, which are idempotent.
+    let gets = load(&gw.base_url, "/orders/1", 60, 1).await;
+    let retried = gets.get(&200).copied().unwrap_or(0);
+    assert!(retried >= 55, "{gets:?}");
+}
+
+#[tokio::test]
+async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
+    let a = Backend::start("127.0.0.2").await;
+    let nobody = free_port("127.0.0.5");
+    let gw = gateway(
+        &a.addr.to_string(),
+        &nobody.to_string(),
+        &[
+            "--breaker-minimum-calls",
+            "5",
+            "--breaker-open-seconds",
+            "30",
+        ],
+    )
+    .await;
+    let client = loopback_client();
+    let mut last = None;
+    for _ in 0..10 {
+        let response = client
+            .get(format!("{}/products/7", gw.base_url))
+            .send()
+            .await
+            .unwrap();
+        last = Some((
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            response.json::<Value>().await.unwrap(),
+        ));
+        if last.as_ref().unwrap().0 == 503 {
+            break;
+        }
+        assert_eq!(last.as_ref().unwrap().0, 502, "{last:?}");
+    }
+    let (status, retry_after, body) = last.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=30).contains(&seconds));
+    assert_eq!(body["type"], "https://msa.dev/problems/circuit-open");
+    assert_eq!(body["upstream"], "product");
+    assert_eq!(view(&gw.base_url, "product").await["breaker"], "open");
+    // Other routes are unaffected.
+    let users = client
+        .get(format!("{}/users", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(users.status(), 200);
+}
+
+#[tokio::test]
+async fn requests_are_forwarded_faithfully() {
+    let a = Backend::start("127.0.0.2").await;
+    let gw = gateway(&a.addr.to_string(), &a.addr.to_string(), &[]).await;
+    let client = loopback_client();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = client
+        .put(format!(
+            "{}/users/42/__echo/request?tag=a%20b&x=1",
+            gw.base_url
+        ))
+        .header("x-request-id", "req-7")
+        .header("traceparent", traceparent)
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "hop")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body("twelve bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-7");
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "PUT");
+    assert_eq!(echo["path"], "/users/42/__echo/request?tag=a%20b&x=1");
+    assert_eq!(echo["body_bytes"], 12);
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-request-id"], "req-7");
+    assert_eq!(headers["traceparent"], traceparent);
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        gw.base_url.trim_start_matches("http://")
+    );
+    assert!(headers.get("x-private").is_none(), "{headers}");
+
+    let generated = client
+        .get(format!("{}/users/__echo/request", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let echo: Value = generated.json().await.unwrap();
+    assert_eq!(
+        echo["headers"]["x-request-id"], id,
+        "a generated id reaches the service"
+    );
+
+    let missing = client
+        .get(format!("{}/payments", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let big = client
+        .post(format!("{}/orders", gw.base_url))
+        .body(vec![b'x'; 70 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    assert_eq!(
+        a.requests("POST").await,
+        0,
+        "refused before reaching the service"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_but_keeps_serving_during_the_drain_delay() {
+    let a = Backend::start("127.0.0.2").await;
+    let gw = ServiceProcess::start(
+        GATEWAY,
+        &[
+            "--upstream-user",
+            &a.addr.to_string(),
+            "--upstream-order",
+            &a.addr.to_string(),
+            "--upstream-product",
+            &a.addr.to_string(),
+            "--drain-delay-seconds",
+            "2",
+        ],
+        &[("RUST_LOG", "warn")],
+    )
+    .await;
+    let client = loopback_client();
+    gw.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = client
+        .get(format!("{}/readyz", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let served = client
+        .get(format!("{}/users", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200, "still serving while draining");
+    assert!(gw.stop(), "exits cleanly after the drain");
+}
