@@ -168,7 +168,15 @@ pub struct Upstream {
     inner: Arc<Inner>,
 }
 
+/// Metric handles of one endpoint, cloned out of their families once.
+#[derive(Clone)]
+struct EndpointHandles {
+    successes: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
+}
+
 struct Inner {
+    endpoint_metrics: Mutex<std::collections::HashMap<SocketAddr, EndpointHandles>>,
     name: String,
     source: String,
     pool: Mutex<Pool>,
@@ -197,6 +205,7 @@ impl Upstream {
         let mut state = Pool::new(pool, now, XorShift::from_clock().next_u64());
         state.sync(&discovery.current(), now);
         let inner = Arc::new(Inner {
+            endpoint_metrics: Mutex::default(),
             name: name.to_owned(),
             source: discovery.source().to_owned(),
             pool: Mutex::new(state),
@@ -214,6 +223,7 @@ impl Upstream {
                 let listed: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
                 info!(upstream = %inner.name, endpoints = ?listed, "endpoints changed");
                 inner.lock().sync(&endpoints, Instant::now());
+                inner.forget_departed(&endpoints);
                 inner.count_endpoints();
                 inner.endpoints_changed.notify_waiters();
             }
@@ -473,23 +483,69 @@ impl Inner {
             Attempt::TimedOut => (Outcome::Failure, "timeout"),
         };
         let changes = self.lock().finish(addr, Instant::now(), outcome);
-        let endpoint = addr.to_string();
-        self.metrics
-            .attempts
-            .get_or_create(&AttemptLabels {
-                upstream: self.name.clone(),
-                endpoint: endpoint.clone(),
-                outcome: label,
-            })
-            .inc();
-        self.metrics
-            .attempt_duration
-            .get_or_create(&crate::metrics::EndpointLabels {
-                upstream: self.name.clone(),
-                endpoint,
-            })
-            .observe(latency.as_secs_f64());
+        let handles = self.endpoint_metrics(addr);
+        handles.duration.observe(latency.as_secs_f64());
+        if label == "success" {
+            handles.successes.inc();
+        } else {
+            self.metrics
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    upstream: self.name.clone(),
+                    endpoint: addr.to_string(),
+                    outcome: label,
+                })
+                .inc();
+        }
         self.report(changes);
+    }
+
+    /// Drops the metric series of endpoints that left, so pod churn does not grow them forever.
+    fn forget_departed(&self, present: &[crate::Endpoint]) {
+        let mut cache = self
+            .endpoint_metrics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.retain(|addr, _| {
+            let stays = present.iter().any(|e| e.addr == *addr);
+            if !stays {
+                let labels = UpstreamMetrics::endpoint(&self.name, *addr);
+                self.metrics.attempt_duration.remove(&labels);
+                self.metrics.attempts.remove(&AttemptLabels {
+                    upstream: labels.upstream,
+                    endpoint: labels.endpoint,
+                    outcome: "success",
+                });
+            }
+            stays
+        });
+    }
+
+    /// The per-endpoint metric handles of the hot path, looked up by label once per endpoint.
+    fn endpoint_metrics(&self, addr: SocketAddr) -> EndpointHandles {
+        let mut cache = self
+            .endpoint_metrics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache
+            .entry(addr)
+            .or_insert_with(|| EndpointHandles {
+                successes: self
+                    .metrics
+                    .attempts
+                    .get_or_create(&AttemptLabels {
+                        upstream: self.name.clone(),
+                        endpoint: addr.to_string(),
+                        outcome: "success",
+                    })
+                    .clone(),
+                duration: self
+                    .metrics
+                    .attempt_duration
+                    .get_or_create(&UpstreamMetrics::endpoint(&self.name, addr))
+                    .clone(),
+            })
+            .clone()
     }
 
     fn retry_allowed(&self, reason: &'static str, failed: SocketAddr) -> bool {

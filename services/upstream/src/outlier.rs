@@ -104,25 +104,39 @@ impl<K: Ord + Clone> Outliers<K> {
     /// Endpoints a request may go to now: the healthy ones and those due a probe; all of them
     /// in panic mode.
     pub fn eligible(&self, now: Instant) -> Vec<K> {
+        let panic = self.panic_mode();
+        self.endpoints
+            .iter()
+            .filter(|(_, h)| Self::admits(h, now, panic))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Whether `key` may be sent to now (a cheaper `eligible(now).contains(key)`).
+    pub fn is_eligible(&self, key: &K, now: Instant) -> bool {
+        self.endpoints
+            .get(key)
+            .is_some_and(|h| Self::admits(h, now, self.panic_mode()))
+    }
+
+    /// Fewer than half healthy: ejections are ignored.
+    fn panic_mode(&self) -> bool {
         let healthy = self
             .endpoints
             .values()
             .filter(|h| !Self::ejected(h))
             .count();
-        if healthy * 2 < self.endpoints.len() {
-            return self.endpoints.keys().cloned().collect();
-        }
-        self.endpoints
-            .iter()
-            .filter(|(_, h)| match h.ejected_until {
-                None => true,
-                Some(until) => now >= until && !h.probe_in_flight,
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+        healthy * 2 < self.endpoints.len()
     }
 
-    /// Called when a request is sent to `key`; marks the probe of an ejected endpoint.
+    fn admits(health: &Health, now: Instant, panic: bool) -> bool {
+        panic
+            || match health.ejected_until {
+                None => true,
+                Some(until) => now >= until && !health.probe_in_flight,
+            }
+    }
+
     pub fn on_send(&mut self, key: &K, now: Instant) {
         if let Some(health) = self.endpoints.get_mut(key)
             && health.ejected_until.is_some_and(|until| now >= until)

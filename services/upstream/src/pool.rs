@@ -277,10 +277,10 @@ impl Pool {
             let for_at_least = now.saturating_duration_since(since);
             return Err((Refusal::NoEndpoints { for_at_least }, changes));
         }
-        let eligible = self.outliers.eligible(now);
         self.eligible.clear();
         for (i, slot) in self.slots.iter().enumerate() {
-            if Some(slot.endpoint.addr) != exclude && eligible.contains(&slot.endpoint.addr) {
+            let addr = slot.endpoint.addr;
+            if Some(addr) != exclude && self.outliers.is_eligible(&addr, now) {
                 self.eligible.push(i);
             }
         }

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: requests/s, p50 and p99 latency, and proxy CPU per request, measured in one
+run on loopback directly against a backend, through msa-gateway, through nginx and through
+HAProxy (keep-alive upstreams, the same two msa-echo backends, one worker each).
+
+Fairness on a 2-core machine: the load generator (wrk, one thread) has CPU 0 to itself; the
+proxy under test and the backends share CPU 1. Targets are interleaved over several rounds and
+medians are quoted. Not a pass/fail test: it prints figures (see BENCHMARKS.md).
+
+Usage: hack/bench-gateway.py [--rounds 5] [--seconds 3] [--connections 1,16]
+(`make bench-gateway` builds the release binaries and installs nginx, haproxy and wrk first.)
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+BACKENDS = [("127.0.0.1", 27101), ("127.0.0.1", 27102)]
+PORTS = {"direct": 27101, "msa-gateway": 27180, "nginx": 27181, "haproxy": 27182}
+LOAD_CPU, SERVER_CPU = "0", "1"
+PATH = "/users/1"
+
+
+def log(message):
+    print(f">> {message}", file=sys.stderr, flush=True)
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start(name, argv, port, env=None):
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU] + argv,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(WORK, f"{name}.log"), "w"),
+        env={**os.environ, **(env or {})},
+    )
+    wait_port(port)
+    return process
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def parse_duration_us(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def wrk(port, connections, seconds):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+         "--latency", f"http://127.0.0.1:{port}{PATH}"],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    dist = out.split("Latency Distribution", 1)[1]
+    p50 = parse_duration_us(re.search(r"\s50%\s+(\S+)", dist).group(1))
+    p99 = parse_duration_us(re.search(r"\s99%\s+(\S+)", dist).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors or "Socket errors" in out:
+        raise SystemExit(f"errors against port {port}:\n{out}")
+    return rps, p50, p99, total
+
+
+def nginx_config():
+    servers = "".join(f"    server {h}:{p};\n" for h, p in BACKENDS)
+    return f"""worker_processes 1;
+daemon off;
+pid {WORK}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {WORK}/nginx-body;
+  proxy_temp_path {WORK}/nginx-proxy;
+  fastcgi_temp_path {WORK}/nginx-fastcgi;
+  uwsgi_temp_path {WORK}/nginx-uwsgi;
+  scgi_temp_path {WORK}/nginx-scgi;
+  upstream backends {{
+{servers}    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{PORTS["nginx"]};
+    location / {{
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_config():
+    servers = "".join(f"  server s{i} {h}:{p}\n" for i, (h, p) in enumerate(BACKENDS))
+    return f"""global
+  nbthread 1
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend gateway
+  bind 127.0.0.1:{PORTS["haproxy"]}
+  default_backend backends
+backend backends
+  balance roundrobin
+  http-reuse always
+{servers}"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--connections", default="1,16")
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+    for tool in ["wrk", "nginx", "haproxy", "taskset"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing; run `make bench-gateway` (it installs it)")
+
+    processes = {}
+    try:
+        for i, (host, port) in enumerate(BACKENDS):
+            processes[f"echo{i}"] = start(f"echo{i}", [
+                os.path.join(RELEASE, "msa-echo"), "--listen", f"{host}:{port}"], port)
+        upstreams = ",".join(f"{h}:{p}" for h, p in BACKENDS)
+        processes["msa-gateway"] = start("msa-gateway", [
+            os.path.join(RELEASE, "msa-gateway"), "--listen", f"127.0.0.1:{PORTS['msa-gateway']}",
+            "--upstream-user", upstreams, "--upstream-order", upstreams,
+            "--upstream-product", upstreams, "--worker-threads", "1",
+            "--drain-delay-seconds", "0"], PORTS["msa-gateway"], env={"RUST_LOG": "warn"})
+        with open(os.path.join(WORK, "nginx.conf"), "w") as f:
+            f.write(nginx_config())
+        processes["nginx"] = start("nginx", [
+            "nginx", "-c", os.path.join(WORK, "nginx.conf"), "-p", WORK], PORTS["nginx"])
+        with open(os.path.join(WORK, "haproxy.cfg"), "w") as f:
+            f.write(haproxy_config())
+        processes["haproxy"] = start("haproxy", [
+            "haproxy", "-db", "-f", os.path.join(WORK, "haproxy.cfg")], PORTS["haproxy"])
+
+        targets = ["direct", "msa-gateway", "nginx", "haproxy"]
+        # nginx's master forks the worker that does the work; count the whole process tree.
+        def proxy_cpu(target):
+            if target == "direct":
+                return 0.0
+            pid = processes[target].pid
+            pids = [pid] + [int(p) for p in subprocess.run(
+                ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+            return sum(cpu_seconds(p) for p in pids)
+
+        results = {(t, c): [] for t in targets for c in connections}
+        log("warming up")
+        for target in targets:
+            wrk(PORTS[target], 4, 1)
+        for round_ in range(1, args.rounds + 1):
+            for c in connections:
+                for target in targets:
+                    before = proxy_cpu(target)
+                    rps, p50, p99, total = wrk(PORTS[target], c, args.seconds)
+                    cpu_us = (proxy_cpu(target) - before) / total * 1e6 if total else 0
+                    results[(target, c)].append((rps, p50, p99, cpu_us))
+                    log(f"round {round_}/{args.rounds} c={c:<3} {target:<12} {rps:>9.0f} req/s  "
+                        f"p50 {p50:>7.1f} µs  p99 {p99:>7.1f} µs  proxy CPU {cpu_us:>5.1f} µs/req")
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    med = lambda xs: statistics.median(xs)
+    print(f"\nmedians of {args.rounds} rounds × {args.seconds} s, GET {PATH}, wrk -t1 on CPU {LOAD_CPU}; "
+          f"proxy and both backends on CPU {SERVER_CPU}; one worker per proxy\n")
+    for c in connections:
+        direct_p50 = med([r[1] for r in results[("direct", c)]])
+        print(f"connections: {c}")
+        print("| target | req/s | p50 µs | p99 µs | added p50 µs | proxy CPU µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for target in targets:
+            rows = results[(target, c)]
+            rps, p50, p99, cpu = (med([r[i] for r in rows]) for i in range(4))
+            added = "—" if target == "direct" else f"{p50 - direct_p50:+.1f}"
+            cpu_text = "—" if target == "direct" else f"{cpu:.1f}"
+            print(f"| {target} | {rps:.0f} | {p50:.1f} | {p99:.1f} | {added} | {cpu_text} |")
+        gw = med([r[0] for r in results[("msa-gateway", c)]])
+        for ref in ["haproxy", "nginx"]:
+            print(f"msa-gateway / {ref} req/s: {gw / med([r[0] for r in results[(ref, c)]]):.2f}×")
+        print()
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="msa-bench-") as WORK:
+        main()
