@@ -5,9 +5,17 @@ CARGO ?= cargo
 HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-gateway local demo help
 
 all: build
+
+local: ## Run the whole application on 127.0.0.1 (gateway :8080, SQLite under ./data); Ctrl-C stops it
+	$(CARGO) build -q -p msa-user -p msa-order -p msa-product -p msa-gateway -p msa-local --bins
+	target/debug/msa-local up $(LOCAL_ARGS)
+
+demo: ## Drive the shop's flow through the gateway `make local` started
+	$(CARGO) build -q -p msa-local --bins
+	target/debug/msa-local demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,6 +36,7 @@ clippy: ## Lint (warnings are errors)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback PostgreSQL it starts)
+	$(CARGO) build --workspace --bins   # the local-run test starts every component binary
 	url="$$(hack/postgres.sh up)"; trap 'hack/postgres.sh down' EXIT; \
 	  MSA_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace
 
@@ -60,9 +69,15 @@ cluster-down: ## Stop the control plane and delete its state
 	tests/cluster/cluster.sh down
 
 e2e: ## Bring a cluster up, run the end-to-end tests on it, always tear it down
-	$(CARGO) build -p msa-operator --bin msa-operator
+	$(CARGO) build -p msa-operator -p msa-gateway --bin msa-operator --bin msa-gateway
 	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
 
 bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes
 	$(CARGO) build --release -p msa-operator --bin msa-operator
 	MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench
+
+bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables
+	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy wrk
+	$(CARGO) build --release -p msa-gateway --bins
+	hack/bench-gateway.py $(BENCH_ARGS)

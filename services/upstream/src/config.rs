@@ -151,7 +151,11 @@ pub struct DiscoveryArgs {
     #[arg(long, env = "MSA_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Name of the Service port to send to (kubernetes discovery).
-    #[arg(long, env = "MSA_UPSTREAM_PORT_NAME", default_value = "http")]
+    #[arg(
+        long = "upstream-port-name",
+        env = "MSA_UPSTREAM_PORT_NAME",
+        default_value = "http"
+    )]
     pub port_name: String,
 }
 

@@ -1,0 +1,198 @@
+//! Which processes a local run starts, on which loopback ports, with which flags — decided
+//! without starting anything, so it is tested on its own.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// One service of the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    User,
+    Order,
+    Product,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::User, Service::Order, Service::Product];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::User => "user",
+            Service::Order => "order",
+            Service::Product => "product",
+        }
+    }
+}
+
+/// How many replicas of each service to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas {
+    pub user: u16,
+    pub order: u16,
+    pub product: u16,
+}
+
+impl Replicas {
+    fn of(&self, service: Service) -> u16 {
+        match service {
+            Service::User => self.user,
+            Service::Order => self.order,
+            Service::Product => self.product,
+        }
+    }
+}
+
+/// A process to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// `user-0`, …, `gateway`: the instance name it reports and its log file's name.
+    pub instance: String,
+    pub binary: &'static str,
+    pub listen: SocketAddr,
+    pub args: Vec<String>,
+}
+
+/// Everything a local run starts, in start order (services before their callers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub processes: Vec<Process>,
+    pub gateway: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// The gateway on `port`; service replicas on the ports after it (users, then orders, then
+/// products); replicas of a service share its SQLite file under `data_dir`.
+pub fn plan(port: u16, replicas: Replicas, data_dir: &Path) -> Result<Plan, String> {
+    let total: u16 = Service::ALL.iter().map(|s| replicas.of(*s)).sum();
+    if port.checked_add(total).is_none() {
+        return Err(format!(
+            "--port {port} leaves no room for {total} services above it"
+        ));
+    }
+    let at = |offset: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port + offset));
+    let mut next = 1;
+    let mut addresses = Vec::new();
+    for service in Service::ALL {
+        let mut list = Vec::new();
+        for _ in 0..replicas.of(service) {
+            list.push(at(next));
+            next += 1;
+        }
+        addresses.push((service, list));
+    }
+    let list = |service: Service| -> String {
+        addresses
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, l)| {
+                l.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let data = data_dir.display().to_string();
+    let mut processes = Vec::new();
+    // Order calls user and product, so those start first.
+    for service in [Service::User, Service::Product, Service::Order] {
+        let listed = &addresses
+            .iter()
+            .find(|(s, _)| *s == service)
+            .expect("every service")
+            .1;
+        for (i, listen) in listed.iter().enumerate() {
+            let mut args = vec!["--data-dir".to_owned(), data.clone()];
+            if service == Service::Order {
+                args.extend([
+                    "--user-url".to_owned(),
+                    list(Service::User),
+                    "--product-url".to_owned(),
+                    list(Service::Product),
+                ]);
+            }
+            processes.push(Process {
+                instance: format!("{}-{i}", service.name()),
+                binary: match service {
+                    Service::User => "msa-user",
+                    Service::Order => "msa-order",
+                    Service::Product => "msa-product",
+                },
+                listen: *listen,
+                args,
+            });
+        }
+    }
+    let gateway = at(0);
+    processes.push(Process {
+        instance: "gateway".to_owned(),
+        binary: "msa-gateway",
+        listen: gateway,
+        args: vec![
+            "--upstream-user".to_owned(),
+            list(Service::User),
+            "--upstream-order".to_owned(),
+            list(Service::Order),
+            "--upstream-product".to_owned(),
+            list(Service::Product),
+            // Local runs stop at once on Ctrl-C; there is no load balancer to tell.
+            "--drain-delay-seconds".to_owned(),
+            "0".to_owned(),
+        ],
+    });
+    Ok(Plan {
+        processes,
+        gateway,
+        data_dir: data_dir.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_start_before_their_callers_and_replicas_share_a_list() {
+        let replicas = Replicas {
+            user: 1,
+            order: 1,
+            product: 2,
+        };
+        let planned = plan(8080, replicas, Path::new("/tmp/d")).unwrap();
+        let order: Vec<(&str, u16)> = planned
+            .processes
+            .iter()
+            .map(|p| (p.instance.as_str(), p.listen.port()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("user-0", 8081),
+                ("product-0", 8083),
+                ("product-1", 8084),
+                ("order-0", 8082),
+                ("gateway", 8080)
+            ]
+        );
+        let gateway = planned.processes.last().unwrap();
+        assert!(
+            gateway
+                .args
+                .windows(2)
+                .any(|w| w == ["--upstream-product", "127.0.0.1:8083,127.0.0.1:8084"])
+        );
+        let order = &planned.processes[3];
+        assert!(
+            order
+                .args
+                .windows(2)
+                .any(|w| w == ["--product-url", "127.0.0.1:8083,127.0.0.1:8084"])
+        );
+        assert!(order.args.windows(2).any(|w| w == ["--data-dir", "/tmp/d"]));
+        assert!(
+            plan(65534, replicas, Path::new("d"))
+                .unwrap_err()
+                .contains("--port")
+        );
+    }
+}

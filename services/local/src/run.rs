@@ -1,0 +1,230 @@
+//! `msa-local up`: start the plan's processes one by one, each once the ones it calls are ready;
+//! report where everything is; stop them all (callers first) on Ctrl-C or SIGTERM, or when one
+//! of them dies.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::plan::{Plan, Process, Replicas, plan};
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Port of the gateway; the services take the ports right after it.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Folder of the SQLite files (kept between runs) and the components' logs.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Replicas of the user service (they share its SQLite file).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    user_replicas: u16,
+    /// Replicas of the order service.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    order_replicas: u16,
+    /// Replicas of the product service.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    product_replicas: u16,
+    /// Folder with msa-user, msa-order, msa-product and msa-gateway (default: beside msa-local).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+struct Running {
+    process: Process,
+    child: Child,
+    log: PathBuf,
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(crate::default_bin_dir);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let replicas = Replicas {
+        user: args.user_replicas,
+        order: args.order_replicas,
+        product: args.product_replicas,
+    };
+    let plan = plan(args.port, replicas, &data_dir).map_err(anyhow::Error::msg)?;
+    preflight(&plan, &bin_dir)?;
+
+    let mut running: Vec<Running> = Vec::new();
+    for process in &plan.processes {
+        eprint!("starting {:<10} on {} … ", process.instance, process.listen);
+        match start(process, &bin_dir, &logs).await {
+            Ok(started) => {
+                eprintln!("ready");
+                running.push(started);
+            }
+            Err(error) => {
+                eprintln!("failed");
+                stop_all(&mut running);
+                return Err(error);
+            }
+        }
+    }
+    print_summary(&plan, &running);
+
+    let outcome = supervise(&mut running).await;
+    eprintln!("\nstopping …");
+    stop_all(&mut running);
+    eprintln!("stopped; the data stays in {}", data_dir.display());
+    outcome
+}
+
+/// Every binary present and every port free, before anything starts.
+fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
+    for process in &plan.processes {
+        let binary = bin_dir.join(process.binary);
+        if !binary.is_file() {
+            bail!(
+                "{} is missing; build the components first (`make local` does: cargo build --bins)",
+                binary.display()
+            );
+        }
+        if std::net::TcpListener::bind(process.listen).is_err() {
+            bail!(
+                "{} is already in use (another `msa-local up`?); stop it or choose other ports with --port",
+                process.listen
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result<Running> {
+    let log = logs.join(format!("{}.log", process.instance));
+    let out = File::options().create(true).append(true).open(&log)?;
+    let child = Command::new(bin_dir.join(process.binary))
+        .args([
+            "--listen",
+            &process.listen.to_string(),
+            "--log-format",
+            "text",
+        ])
+        .args(&process.args)
+        .env("MSA_POD_NAME", &process.instance)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group: Ctrl-C reaches msa-local, which stops the components in order.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", process.binary))?;
+    let mut running = Running {
+        process: process.clone(),
+        child,
+        log,
+    };
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("http://{}/readyz", process.listen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = running.child.try_wait()? {
+            bail!(
+                "{} exited ({status}) before becoming ready; its log, {}:\n{}",
+                process.instance,
+                running.log.display(),
+                tail(&running.log)
+            );
+        }
+        if let Ok(response) = http.get(&url).send().await
+            && response.status().is_success()
+        {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            let _ = running.child.kill();
+            bail!(
+                "{} was not ready after 30 s; its log, {}:\n{}",
+                process.instance,
+                running.log.display(),
+                tail(&running.log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_summary(plan: &Plan, running: &[Running]) {
+    println!("\nmsa is running — gateway http://{}", plan.gateway);
+    for r in running {
+        println!("  {:<10} http://{}", r.process.instance, r.process.listen);
+    }
+    println!(
+        "data:       {} (user.db, order.db, product.db)",
+        plan.data_dir.display()
+    );
+    println!("logs:       {}", plan.data_dir.join("logs").display());
+    println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
+    println!(
+        "try:        make demo   (or: msa-local demo --gateway http://{})",
+        plan.gateway
+    );
+    println!("Ctrl-C stops everything; the data stays.");
+}
+
+/// Until Ctrl-C or SIGTERM (Ok), or a component dying (Err).
+async fn supervise(running: &mut [Running]) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for r in running.iter_mut() {
+            if let Some(status) = r.child.try_wait()? {
+                bail!(
+                    "{} exited unexpectedly ({status}); its log, {}:\n{}",
+                    r.process.instance,
+                    r.log.display(),
+                    tail(&r.log)
+                );
+            }
+        }
+    }
+}
+
+/// SIGTERM to each component, callers first (the gateway, then order, then the rest), each
+/// waited for up to 25 s (their drain) before it is killed.
+fn stop_all(running: &mut Vec<Running>) {
+    while let Some(mut r) = running.pop() {
+        if r.child.try_wait().ok().flatten().is_some() {
+            continue;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &r.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(25);
+        loop {
+            match r.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!(
+                        "{} did not stop within 25 s; killing it",
+                        r.process.instance
+                    );
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// The last lines of a log.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

@@ -1,0 +1,228 @@
+//! The gateway's EndpointSlice discovery against the real API server: slices are created,
+//! changed and deleted, and the gateway's view (`/debug/endpoints`) must follow — merged,
+//! de-duplicated, falling back to serving-and-terminating endpoints. The delay from each API
+//! write to the changed view is printed. No request is sent to the slices' 198.18.x addresses
+//! (they are behind the cluster's blackhole route); the only traffic is to the gateway on
+//! 127.0.0.1.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, PostParams};
+use msa_e2e::Cluster;
+use msa_e2e::cluster::TestNamespace;
+use serde_json::{Value, json};
+
+/// The gateway binary: `MSA_E2E_GATEWAY`, else the workspace's debug build (`make e2e` builds it).
+fn gateway_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MSA_E2E_GATEWAY") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("debug/msa-gateway")
+}
+
+struct Gateway {
+    child: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    async fn start(cluster: &Cluster, namespace: &str) -> anyhow::Result<Gateway> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(gateway_binary())
+            .args([
+                "--listen",
+                &listen,
+                "--discovery",
+                "kubernetes",
+                "--namespace",
+                namespace,
+            ])
+            .args(["--upstream-user", "users", "--upstream-order", "orders"])
+            .args([
+                "--upstream-product",
+                "products",
+                "--drain-delay-seconds",
+                "0",
+            ])
+            .args(["--log-format", "text"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .spawn()?;
+        let gateway = Gateway {
+            child,
+            base: format!("http://{listen}"),
+            http: reqwest::Client::builder().no_proxy().build()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while gateway
+            .http
+            .get(format!("{}/readyz", gateway.base))
+            .send()
+            .await
+            .map_or(true, |r| !r.status().is_success())
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the gateway did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(gateway)
+    }
+
+    async fn user_endpoints(&self) -> anyhow::Result<BTreeSet<String>> {
+        let view: Value = self
+            .http
+            .get(format!("{}/debug/endpoints", self.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let user = view["upstreams"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "user"))
+            .cloned()
+            .unwrap_or_default();
+        Ok(user["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["address"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Waits until the user upstream lists exactly `expected`; returns how long that took.
+    async fn until_users(&self, expected: &[&str]) -> anyhow::Result<Duration> {
+        let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        let started = Instant::now();
+        loop {
+            let seen = self.user_endpoints().await?;
+            if seen == expected {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "the gateway sees {seen:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+}
+
+fn slice(name: &str, endpoints: Vec<Value>) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/service-name": "users",
+            "endpointslice.kubernetes.io/managed-by": "msa-e2e",
+        }},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .expect("a valid EndpointSlice")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Result<()> {
+    let cluster = Cluster::from_env();
+    let admin = cluster.admin().await?;
+    let ns = TestNamespace::create(&admin, "discovery").await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns.name);
+    let gateway = Gateway::start(&cluster, &ns.name).await?;
+    assert!(gateway.user_endpoints().await?.is_empty());
+    let post = PostParams::default();
+    let mut delays = Vec::new();
+
+    slices
+        .create(
+            &post,
+            &slice(
+                "users-a",
+                vec![
+                    endpoint("198.18.1.1", true, true, false),
+                    endpoint("198.18.1.2", true, true, false),
+                ],
+            ),
+        )
+        .await?;
+    delays.push((
+        "slice created",
+        gateway
+            .until_users(&["198.18.1.1:8080", "198.18.1.2:8080"])
+            .await?,
+    ));
+
+    // A second slice repeating 198.18.1.2 and adding a terminating endpoint: merged,
+    // de-duplicated, and the terminating one left out while ready ones exist.
+    slices
+        .create(
+            &post,
+            &slice(
+                "users-b",
+                vec![
+                    endpoint("198.18.1.2", true, true, false),
+                    endpoint("198.18.1.3", false, true, true),
+                ],
+            ),
+        )
+        .await?;
+    delays.push((
+        "second slice",
+        gateway
+            .until_users(&["198.18.1.1:8080", "198.18.1.2:8080"])
+            .await?,
+    ));
+
+    slices.delete("users-a", &DeleteParams::default()).await?;
+    let mut b = slices.get("users-b").await?;
+    b.endpoints = slice("users-b", vec![endpoint("198.18.1.3", false, true, true)]).endpoints;
+    slices.replace("users-b", &post, &b).await?;
+    delays.push((
+        "only terminating left",
+        gateway.until_users(&["198.18.1.3:8080"]).await?,
+    ));
+
+    slices.delete("users-b", &DeleteParams::default()).await?;
+    delays.push(("slices deleted", gateway.until_users(&[]).await?));
+
+    // With no endpoint the gateway answers 503 with Retry-After (after waiting up to 3 s for one).
+    let response = gateway
+        .http
+        .get(format!("{}/users", gateway.base))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+
+    for (what, delay) in &delays {
+        eprintln!(
+            "discovery delay, API write → gateway view: {what}: {} ms",
+            delay.as_millis()
+        );
+    }
+    Ok(())
+}
