@@ -39,14 +39,7 @@ impl Backend {
     }
 
     async fn requests(&self, method: &str) -> u64 {
-        let stats: Value = loopback_client()
-            .get(format!("http://{}/__echo/stats", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(format!("http://{}/__echo/stats", self.addr)).await;
         stats["requests"][method].as_u64().unwrap_or(0)
     }
 
@@ -120,15 +113,14 @@ async fn load(base: &str, path: &str, count: usize, workers: usize) -> BTreeMap<
     counts
 }
 
+async fn get_json(url: String) -> Value {
+    let response = loopback_client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
 async fn view(base: &str, upstream: &str) -> Value {
-    let all: Value = loopback_client()
-        .get(format!("{base}/debug/endpoints"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(format!("{base}/debug/endpoints")).await;
     all["upstreams"]
         .as_array()
         .unwrap()
