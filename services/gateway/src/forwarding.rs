@@ -38,9 +38,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
 }
 

@@ -11,8 +11,7 @@ use http::{Method, Request, StatusCode};
 use msa_service_kit::Problem;
 use msa_service_kit::context::RequestContext;
 use msa_upstream::client::read_body;
-use msa_upstream::metrics::UpstreamMetrics;
-use msa_upstream::{CallError, Discovery, RetrySafe, Upstream};
+use msa_upstream::{RetrySafe, Upstream};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -67,32 +66,13 @@ impl Peers {
         Peers { users, products }
     }
 
-    /// Peers at fixed addresses (`ip:port` lists) with the default policy: tests and local runs.
-    pub fn fixed(users: &str, products: &str, metrics: &UpstreamMetrics) -> Result<Self, String> {
-        let policy = msa_upstream::config::PolicyArgs::defaults();
-        let upstream = |name: &str, list: &str| -> Result<Upstream, String> {
-            let endpoints = msa_upstream::endpoint::parse_list(list)?;
-            Ok(Upstream::new(
-                name,
-                Discovery::fixed(endpoints),
-                policy.pool()?,
-                policy.calls(),
-                metrics.clone(),
-            ))
-        };
-        Ok(Peers::new(
-            upstream("user", users)?,
-            upstream("product", products)?,
-        ))
-    }
-
     async fn call(
         &self,
         upstream: &Upstream,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Answer, CallError> {
+    ) -> Result<Answer, String> {
         // Every call here is safe to deliver twice: reads, and writes keyed by the order id.
         let mut request = Request::builder().method(method).uri(path);
         if let Some(headers) = request.headers_mut() {
@@ -109,14 +89,8 @@ impl Peers {
             .body(body)
             .expect("a path and a method make a request");
         request.extensions_mut().insert(RetrySafe);
-        let response = upstream.send(request).await?;
-        let (status, body) = read_body(response, RESPONSE_LIMIT)
-            .await
-            .map_err(|detail| CallError::Protocol {
-                upstream: upstream.name().to_owned(),
-                endpoint: ([0, 0, 0, 0], 0).into(),
-                detail,
-            })?;
+        let response = upstream.send(request).await.map_err(|e| e.to_string())?;
+        let (status, body) = read_body(response, RESPONSE_LIMIT).await?;
         Ok(Answer { status, body })
     }
 
@@ -183,7 +157,7 @@ impl Peers {
             .await
         {
             Ok(answer) => answer,
-            Err(e) => return ReserveOutcome::Unknown(e.to_string()),
+            Err(e) => return ReserveOutcome::Unknown(e),
         };
         match answer.status {
             StatusCode::OK | StatusCode::CREATED => match answer.json::<Reservation>() {
@@ -201,10 +175,7 @@ impl Peers {
     /// Gives the order's stock back (idempotent at the product service).
     pub async fn release(&self, order_id: &str) -> Result<(), String> {
         let path = format!("/reservations/{order_id}/release");
-        let answer = self
-            .call(&self.products, Method::POST, &path, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let answer = self.call(&self.products, Method::POST, &path, None).await?;
         if answer.status.is_success() {
             Ok(())
         } else {

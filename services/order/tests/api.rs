@@ -9,7 +9,9 @@ use msa_order::peers::Peers;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
+use msa_upstream::endpoint::parse_list;
 use msa_upstream::metrics::UpstreamMetrics;
+use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
 use serde_json::{Value, json};
 
 /// The user and product services the order service calls.
@@ -44,9 +46,19 @@ async fn start_neighbours(backend: TestBackend) -> Neighbours {
     Neighbours { users, products }
 }
 
+/// Peers at fixed addresses with the default call policy.
 fn peers(user_url: &str, product_url: &str) -> Peers {
     let metrics = UpstreamMetrics::register(&mut Default::default());
-    Peers::fixed(user_url, product_url, &metrics).unwrap()
+    let upstream = |name: &str, list: &str| {
+        Upstream::new(
+            name,
+            Discovery::fixed(parse_list(list).unwrap()),
+            PoolConfig::default(),
+            CallConfig::default(),
+            metrics.clone(),
+        )
+    };
+    Peers::new(upstream("user", user_url), upstream("product", product_url))
 }
 
 async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {

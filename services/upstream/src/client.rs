@@ -51,7 +51,7 @@ impl Default for CallConfig {
         CallConfig {
             connect_timeout: Duration::from_secs(1),
             per_try_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
             max_retries: 1,
             retry_body_limit: 64 * 1024,
             retry_backoff: Duration::from_millis(10),
@@ -176,6 +176,8 @@ struct EndpointHandles {
 }
 
 struct Inner {
+    /// With no endpoint for this long, calls fail at once (the pool's setting).
+    unavailable_after: Duration,
     endpoint_metrics: Mutex<std::collections::HashMap<SocketAddr, EndpointHandles>>,
     name: String,
     source: String,
@@ -202,9 +204,11 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let now = Instant::now();
+        let unavailable_after = pool.unavailable_after;
         let mut state = Pool::new(pool, now, XorShift::from_clock().next_u64());
         state.sync(&discovery.current(), now);
         let inner = Arc::new(Inner {
+            unavailable_after,
             endpoint_metrics: Mutex::default(),
             name: name.to_owned(),
             source: discovery.source().to_owned(),
@@ -244,7 +248,7 @@ impl Upstream {
     pub fn view(&self) -> PoolView {
         let now = Instant::now();
         let mut pool = self.inner.lock();
-        let (_, changes) = pool.breaker_state(now);
+        let changes = pool.note_breaker_lapse(now);
         let view = pool.view(now);
         drop(pool);
         self.inner.report(changes);
@@ -297,6 +301,19 @@ enum Attempt {
     TimedOut,
 }
 
+impl Attempt {
+    /// What failed (the metric and log label), `None` for an answer that counts as success.
+    fn failure(&self) -> Option<&'static str> {
+        match self {
+            Attempt::Answered(_) => None,
+            Attempt::FailedStatus(_) => Some("status_5xx"),
+            Attempt::ConnectFailed(_) => Some("connect"),
+            Attempt::Broken(_) => Some("protocol"),
+            Attempt::TimedOut => Some("timeout"),
+        }
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Pool> {
         // A panic while holding the lock leaves plain counters behind; keep going.
@@ -336,12 +353,21 @@ impl Inner {
     ) -> Result<Response<Incoming>, CallError> {
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
+        let mut parts = Some(parts);
         loop {
+            let replayable = matches!(payload, Payload::Replayable(_));
+            // The head is copied only while another attempt may still need it.
+            let head = if replayable && attempt < self.config.max_retries {
+                parts.clone()
+            } else {
+                parts.take()
+            }
+            .expect("the head is kept until the last attempt");
             let body = match &mut payload {
                 Payload::Replayable(bytes) => Body::from(bytes.clone()),
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
             };
-            let mut request = Some(Request::from_parts(parts.clone(), body));
+            let mut request = Some(Request::from_parts(head, body));
             let picked = self.pick(previous, &mut request).await;
             let (addr, call) = match picked {
                 Ok(picked) => picked,
@@ -371,17 +397,9 @@ impl Inner {
             };
             let latency = started.elapsed();
             self.record(addr, latency, &ended);
-            let replayable = matches!(payload, Payload::Replayable(_));
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
-            let reason = match &ended {
-                Attempt::Answered(_) => None,
-                Attempt::FailedStatus(_) => Some("status_5xx"),
-                Attempt::ConnectFailed(_) => Some("connect"),
-                Attempt::Broken(_) => Some("protocol"),
-                Attempt::TimedOut => Some("timeout"),
-            };
-            if let Some(reason) = reason
+            if let Some(reason) = ended.failure()
                 && safe
                 && attempt < self.config.max_retries
                 && self.lock().has_alternative(addr, Instant::now())
@@ -441,8 +459,7 @@ impl Inner {
                     self.report(changes);
                     match refusal {
                         Refusal::NoEndpoints { for_at_least } => {
-                            let unavailable_after = self.lock().unavailable_after();
-                            if let Some(left) = unavailable_after.checked_sub(for_at_least)
+                            if let Some(left) = self.unavailable_after.checked_sub(for_at_least)
                                 && !left.is_zero()
                                 && tokio::time::timeout(left, changed).await.is_ok()
                             {
@@ -475,19 +492,15 @@ impl Inner {
     }
 
     fn record(&self, addr: SocketAddr, latency: Duration, ended: &Attempt) {
-        let (outcome, label) = match ended {
-            Attempt::Answered(_) => (Outcome::Success { latency }, "success"),
-            Attempt::FailedStatus(_) => (Outcome::Failure, "status_5xx"),
-            Attempt::ConnectFailed(_) => (Outcome::Failure, "connect"),
-            Attempt::Broken(_) => (Outcome::Failure, "protocol"),
-            Attempt::TimedOut => (Outcome::Failure, "timeout"),
+        let failure = ended.failure();
+        let outcome = match failure {
+            None => Outcome::Success { latency },
+            Some(_) => Outcome::Failure,
         };
         let changes = self.lock().finish(addr, Instant::now(), outcome);
         let handles = self.endpoint_metrics(addr);
         handles.duration.observe(latency.as_secs_f64());
-        if label == "success" {
-            handles.successes.inc();
-        } else {
+        if let Some(label) = failure {
             self.metrics
                 .attempts
                 .get_or_create(&AttemptLabels {
@@ -496,6 +509,8 @@ impl Inner {
                     outcome: label,
                 })
                 .inc();
+        } else {
+            handles.successes.inc();
         }
         self.report(changes);
     }

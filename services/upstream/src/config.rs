@@ -73,16 +73,6 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The defaults, as if no flag were given (for binaries that do not expose the flags).
-    pub fn defaults() -> PolicyArgs {
-        #[derive(clap::Parser)]
-        struct Only {
-            #[command(flatten)]
-            policy: PolicyArgs,
-        }
-        <Only as clap::Parser>::parse_from(["defaults"]).policy
-    }
-
     /// Pool settings; an error names the flag to fix.
     pub fn pool(&self) -> Result<PoolConfig, String> {
         if self.timeout_per_try_ms > self.timeout_request_ms {
@@ -204,10 +194,26 @@ impl DiscoveryArgs {
 mod tests {
     use super::*;
 
+    /// The flags as if none were given.
+    fn defaults() -> PolicyArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            policy: PolicyArgs,
+        }
+        <Only as clap::Parser>::parse_from(["defaults"]).policy
+    }
+
     #[test]
     fn defaults_match_the_issue_and_refuse_inconsistent_timeouts() {
-        let policy = PolicyArgs::defaults();
+        let policy = defaults();
         let pool = policy.pool().unwrap();
+        assert_eq!(
+            pool,
+            PoolConfig::default(),
+            "the flags' defaults are the library's"
+        );
+        assert_eq!(policy.calls(), CallConfig::default());
         assert_eq!(pool.outliers.consecutive_failures, 5);
         assert_eq!(pool.retry_budget_percent, 20);
         assert_eq!(pool.retry_min_per_second, 10);

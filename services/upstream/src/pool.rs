@@ -236,14 +236,6 @@ impl Pool {
         };
     }
 
-    pub fn unavailable_after(&self) -> Duration {
-        self.config.unavailable_after
-    }
-
-    pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.slots.iter().map(|s| s.endpoint).collect()
-    }
-
     /// Whether an endpoint other than `failed` could take a retry now.
     pub fn has_alternative(&self, failed: SocketAddr, now: Instant) -> bool {
         self.outliers
@@ -364,11 +356,11 @@ impl Pool {
         }
     }
 
-    /// The breaker's state now, as a name (and notes a lapse from open to half-open).
-    pub fn breaker_state(&mut self, now: Instant) -> (&'static str, Vec<Change>) {
+    /// Notes an open breaker's lapse into half-open that no call has noticed yet.
+    pub fn note_breaker_lapse(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         self.note_breaker(now, &mut changes);
-        (self.breaker_state, changes)
+        changes
     }
 
     pub fn view(&mut self, now: Instant) -> PoolView {
