@@ -5,7 +5,6 @@
 //! (they are behind the cluster's blackhole route); the only traffic is to the gateway on
 //! 127.0.0.1.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -87,7 +86,9 @@ impl Gateway {
         Ok(gateway)
     }
 
-    async fn user_endpoints(&self) -> anyhow::Result<BTreeSet<String>> {
+    /// The user upstream's endpoint addresses as listed (sorted, duplicates kept so a failed
+    /// de-duplication would show).
+    async fn user_endpoints(&self) -> anyhow::Result<Vec<String>> {
         let view: Value = self
             .http
             .get(format!("{}/debug/endpoints", self.base))
@@ -100,17 +101,19 @@ impl Gateway {
             .and_then(|u| u.iter().find(|u| u["name"] == "user"))
             .cloned()
             .unwrap_or_default();
-        Ok(user["endpoints"]
+        let mut addresses: Vec<String> = user["endpoints"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|e| e["address"].as_str().map(str::to_owned))
-            .collect())
+            .collect();
+        addresses.sort();
+        Ok(addresses)
     }
 
     /// Waits until the user upstream lists exactly `expected`; returns how long that took.
     async fn until_users(&self, expected: &[&str]) -> anyhow::Result<Duration> {
-        let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         let started = Instant::now();
         loop {
             let seen = self.user_endpoints().await?;
