@@ -47,6 +47,15 @@ pub struct ServeArgs {
     pub instance: Option<String>,
 }
 
+/// All the flags of a service that calls no peer (user, product).
+#[derive(clap::Parser, Clone, Debug)]
+pub struct StandaloneFlags {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
     /// sqlite://<path> (default: <data-dir>/<service>.db) or postgres://user:pass@host/db.

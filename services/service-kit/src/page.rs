@@ -79,35 +79,9 @@ mod tests {
         .unwrap();
         assert_eq!(Page::new(vec![1, 2], ok, 5).next_offset, Some(4));
         assert_eq!(Page::new(vec![1], ok, 3).next_offset, None);
-        assert_eq!(
-            PageQuery {
-                limit: Some(0),
-                offset: None
-            }
-            .validate()
-            .unwrap_err()
-            .status,
-            422
-        );
-        assert_eq!(
-            PageQuery {
-                limit: Some(101),
-                offset: None
-            }
-            .validate()
-            .unwrap_err()
-            .status,
-            422
-        );
-        assert_eq!(
-            PageQuery {
-                limit: None,
-                offset: Some(-1)
-            }
-            .validate()
-            .unwrap_err()
-            .status,
-            422
-        );
+        for (limit, offset) in [(Some(0), None), (Some(101), None), (None, Some(-1))] {
+            let refused = PageQuery { limit, offset }.validate().unwrap_err();
+            assert_eq!(refused.status, 422, "limit {limit:?}, offset {offset:?}");
+        }
     }
 }

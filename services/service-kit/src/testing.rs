@@ -71,20 +71,26 @@ pub fn serve_args() -> ServeArgs {
 
 /// Serves `api` (with every shared layer) on an ephemeral loopback port; returns its base URL.
 pub async fn spawn(api: Router, ops: Ops) -> String {
-    let args = serve_args();
-    let app = server::app(api, ops.clone(), &args).expect("build the app");
+    spawn_with(api, ops, &serve_args(), std::future::pending())
+        .await
+        .0
+}
+
+/// Like `spawn`, with these settings, until `shutdown` resolves; returns the base URL and the
+/// server's task (which ends when the drain is over).
+pub async fn spawn_with(
+    api: Router,
+    ops: Ops,
+    args: &ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let app = server::app(api, ops.clone(), args).expect("build the app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr: SocketAddr = listener.local_addr().expect("local addr");
-    tokio::spawn(server::serve(
-        listener,
-        app,
-        ops,
-        args.drain(0),
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
+    let server = tokio::spawn(server::serve(listener, app, ops, args.drain(0), shutdown));
+    (format!("http://{addr}"), server)
 }
 
 /// A service on a fresh database of `backend`, served in-process; returns a client for it and

@@ -6,7 +6,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use msa_service_kit::config::ServeArgs;
-use msa_service_kit::server::{self, Ops};
+use msa_service_kit::server::Ops;
+use msa_service_kit::testing::{loopback_client as client, spawn_with};
 
 fn args(origins: &[&str], credentials: bool) -> ServeArgs {
     ServeArgs {
@@ -19,11 +20,6 @@ fn args(origins: &[&str], credentials: bool) -> ServeArgs {
         log_format: "text".into(),
         instance: None,
     }
-}
-
-/// Straight to the loopback server, never through a proxy from the environment.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 fn slow_api() -> Router {
@@ -39,22 +35,11 @@ fn slow_api() -> Router {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
     let ops = Ops::new("kit", "test", "kit-0".into(), None);
-    let app = server::app(slow_api(), ops.clone(), &args(&[], false)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(
-        listener,
-        app,
-        ops.clone(),
-        server::Drain {
-            delay: Duration::ZERO,
-            grace: Duration::from_secs(5),
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (base, server) = spawn_with(slow_api(), ops, &args(&[], false), async {
+        let _ = stopped.await;
+    })
+    .await;
     let http = client();
     assert_eq!(
         http.get(format!("{base}/readyz"))
@@ -104,19 +89,13 @@ async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
 #[tokio::test]
 async fn readiness_fails_first_when_draining() {
     let ops = Ops::new("kit", "test", "kit-0".into(), None);
-    let app = server::app(slow_api(), ops.clone(), &args(&[], false)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve(
-        listener,
-        app,
+    let (base, _) = spawn_with(
+        slow_api(),
         ops.clone(),
-        server::Drain {
-            delay: Duration::ZERO,
-            grace: Duration::from_secs(5),
-        },
+        &args(&[], false),
         std::future::pending(),
-    ));
+    )
+    .await;
     ops.start_draining();
     let response = client().get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
@@ -138,24 +117,13 @@ async fn cors_allows_listed_origins_only_and_never_wildcard_with_credentials() {
     assert!(args(&[], false).cors().unwrap().is_none());
 
     let ops = Ops::new("kit", "test", "kit-0".into(), None);
-    let app = server::app(
+    let (base, _) = spawn_with(
         slow_api(),
-        ops.clone(),
-        &args(&["https://shop.example"], true),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve(
-        listener,
-        app,
         ops,
-        server::Drain {
-            delay: Duration::ZERO,
-            grace: Duration::from_secs(5),
-        },
+        &args(&["https://shop.example"], true),
         std::future::pending(),
-    ));
+    )
+    .await;
     let http = client();
     let preflight = |origin: &'static str| {
         http.request(reqwest::Method::OPTIONS, format!("{base}/healthz"))

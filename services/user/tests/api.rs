@@ -246,34 +246,14 @@ async fn update_is_partial_and_checked(backend: TestBackend) {
     );
     assert_eq!(renamed["created_at"], ada["created_at"]);
 
-    api.refused(
-        "PUT",
-        &path,
-        Some(json!({"email": "grace@example.com"})),
-        StatusCode::CONFLICT,
-    )
-    .await;
-    api.refused(
-        "PUT",
-        &path,
-        Some(json!({})),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    api.refused(
-        "PUT",
-        &path,
-        Some(json!({"name": "  "})),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    api.refused(
-        "PUT",
-        &path,
-        Some(json!({"email": "nope"})),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
+    for (body, status) in [
+        (json!({"email": "grace@example.com"}), StatusCode::CONFLICT),
+        (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "  "}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"email": "nope"}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        api.refused("PUT", &path, Some(body), status).await;
+    }
     let stored: Value = api.client.expect("GET", &path, None, 200).await;
     assert_eq!(stored, renamed, "refused updates changed nothing");
 }
