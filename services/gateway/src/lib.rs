@@ -4,8 +4,9 @@
 //! with their load, latency, ejection and breaker state.
 
 pub mod forwarding;
+pub mod front;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -73,14 +74,25 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
     server::shared_layers(router, &ops, args)
 }
 
-/// Passes the request on to the route's service and its answer back.
+/// The proxy routes' axum handler (the path taken when the fast path in [`front`] steps aside).
 async fn forward(
     State(proxy): State<Proxy>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    forward_to(&proxy.upstream, proxy.body_limit, client.ip(), request).await
+}
+
+/// Passes the request on to `upstream` and its answer back: body limit, forwarding headers,
+/// origin-form URI; hop-by-hop headers stripped from the answer; failures as problems.
+pub(crate) async fn forward_to(
+    upstream: &Upstream,
+    body_limit: usize,
+    client: IpAddr,
+    request: Request,
+) -> Response {
     let (mut parts, body) = request.into_parts();
-    let limit = proxy.body_limit as u64;
+    let limit = body_limit as u64;
     let size = body.size_hint();
     if size.lower() > limit {
         return Problem::new(
@@ -96,14 +108,16 @@ async fn forward(
     // A body of unknown length is cut off at the limit while it streams.
     let body = match size.upper() {
         Some(_) => body,
-        None => Body::new(http_body_util::Limited::new(body, proxy.body_limit)),
+        None => Body::new(http_body_util::Limited::new(body, body_limit)),
     };
-    forwarding::request_headers(&mut parts.headers, client.ip());
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    match proxy.upstream.send(Request::from_parts(parts, body)).await {
+    forwarding::request_headers(&mut parts.headers, client);
+    if parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    }
+    match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             forwarding::remove_hop_by_hop(&mut parts.headers);

@@ -12,6 +12,11 @@ use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
 use msa_upstream::metrics::UpstreamMetrics;
 use tracing::info;
 
+/// mimalloc instead of glibc's allocator: the proxy allocates and frees small buffers and header
+/// maps on every request, and glibc's consolidation showed up at ~13 % of its CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The msa API gateway: routes /users, /orders and /products to their services, balancing
 /// across each service's endpoints, ejecting failing ones and breaking circuits client-side.
 #[derive(Parser, Debug)]
@@ -101,7 +106,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         None,
         metrics,
     );
-    let app = msa_gateway::router(Arc::new(Gateway { routes }), ops.clone(), &flags.serve)?;
+    let gateway = Arc::new(Gateway { routes });
+    let router = msa_gateway::router(gateway.clone(), ops.clone(), &flags.serve)?;
+    let app = msa_gateway::front::Front::new(&gateway, router, &ops, &flags.serve)?;
     let listener = tokio::net::TcpListener::bind(flags.serve.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.serve.listen))?;

@@ -429,6 +429,89 @@ async fn requests_are_forwarded_faithfully() {
     );
 }
 
+/// Proxy requests take the fast path unless they carry `Origin` while CORS is configured;
+/// both paths must answer alike and write the same metric series.
+#[tokio::test]
+async fn the_fast_path_and_the_router_answer_alike() {
+    let a = Backend::start("127.0.0.2").await;
+    let origin = "http://shop.example";
+    let gw = gateway(
+        &a.addr.to_string(),
+        &a.addr.to_string(),
+        &["--cors-origins", origin],
+    )
+    .await;
+    let client = loopback_client();
+    let url = format!("{}/users/7/__echo/request", gw.base_url);
+    let fast = client.get(&url).send().await.unwrap();
+    let routed = client
+        .get(&url)
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    for (path, response) in [("fast", &fast), ("router", &routed)] {
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{path}: a generated request id comes back"
+        );
+    }
+    assert!(!fast.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(routed.headers()["access-control-allow-origin"], origin);
+    let fast: Value = fast.json().await.unwrap();
+    let routed: Value = routed.json().await.unwrap();
+    for header in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        assert_eq!(
+            fast["headers"][header], routed["headers"][header],
+            "{header}"
+        );
+    }
+    assert_eq!(fast["path"], routed["path"]);
+
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", origin)
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    assert_eq!(
+        a.requests("OPTIONS").await,
+        0,
+        "the preflight is answered by the gateway"
+    );
+
+    let exact = client
+        .get(format!("{}/users", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(exact.status(), 200);
+    let metrics = client
+        .get(format!("{}/metrics", gw.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"msa_gateway_http_requests_total{method="GET",route="/users/{*rest}",status="200"} 2"#,
+        r#"msa_gateway_http_requests_total{method="GET",route="/users",status="200"} 1"#,
+        r#"msa_gateway_http_request_duration_seconds_count{method="GET",route="/users/{*rest}"} 2"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing in:\n{metrics}");
+    }
+    // Only the /metrics request itself is in flight.
+    assert!(
+        metrics.contains("msa_gateway_http_requests_in_flight 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_fails_readiness_but_keeps_serving_during_the_drain_delay() {
     let a = Backend::start("127.0.0.2").await;

@@ -179,15 +179,24 @@ pub struct Drain {
     pub grace: Duration,
 }
 
-/// Serves until `shutdown` resolves (SIGTERM or Ctrl-C in the binaries), then drains as `drain`
-/// says. Handlers can ask for the peer's address (`ConnectInfo<SocketAddr>`).
-pub async fn serve(
+/// Serves `service` (usually a [`Router`]) until `shutdown` resolves (SIGTERM or Ctrl-C in the
+/// binaries), then drains as `drain` says. Handlers can ask for the peer's address
+/// (`ConnectInfo<SocketAddr>`).
+pub async fn serve<S>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    service: S,
     ops: Ops,
     drain: Drain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_ops = ops.clone();
     let graceful = async move {
@@ -204,7 +213,9 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     let grace = drain.grace;
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<
+        std::net::SocketAddr,
+    >(service);
     let server = axum::serve(listener, service).with_graceful_shutdown(graceful);
     let server = tokio::spawn(async move { server.await });
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.

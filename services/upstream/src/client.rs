@@ -1,7 +1,12 @@
 //! Calling one upstream service: the thin async shell around [`Pool`]. Per call: wait briefly
-//! for a first endpoint, ask the pool for one, send over pooled HTTP/1.1 keep-alive
-//! connections (hyper), time the attempt out, report the outcome, and retry once on another
-//! endpoint when that is safe and the budget allows — all under an overall deadline.
+//! for a first endpoint, ask the pool for one, send over that endpoint's HTTP/1.1 keep-alive
+//! connections ([`Connections`]), time the attempt out, report the outcome, and retry once on
+//! another endpoint when that is safe and the budget allows — all under an overall deadline.
+//!
+//! One timer serves a whole call: it is reset to each attempt's deadline (the per-try timeout,
+//! capped by the overall one). A housekeeping tick each second closes idle connections; it also
+//! keeps tokio's timer wheel armed, so arming a request's timer never has to wake the driver
+//! (an `eventfd` write per request on an otherwise idle runtime).
 //!
 //! Retrying is safe when the method is idempotent, when the caller vouches for the request
 //! ([`RetrySafe`], e.g. a request carrying its own idempotency key), or when the connection
@@ -17,16 +22,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::balance::XorShift;
+use crate::conns::{Connections, SendError};
 use crate::discovery::Discovery;
 use crate::metrics::{AttemptLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics};
 use crate::outlier::Outcome;
@@ -182,7 +185,7 @@ struct Inner {
     name: String,
     source: String,
     pool: Mutex<Pool>,
-    http: Client<HttpConnector, Body>,
+    connections: Connections,
     config: CallConfig,
     metrics: UpstreamMetrics,
     endpoints_changed: Notify,
@@ -197,12 +200,7 @@ impl Upstream {
         config: CallConfig,
         metrics: UpstreamMetrics,
     ) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let connections = Connections::new(config.connect_timeout, IDLE_CONNECTION_TIMEOUT);
         let now = Instant::now();
         let unavailable_after = pool.unavailable_after;
         let mut state = Pool::new(pool, now, XorShift::from_clock().next_u64());
@@ -213,7 +211,7 @@ impl Upstream {
             name: name.to_owned(),
             source: discovery.source().to_owned(),
             pool: Mutex::new(state),
-            http,
+            connections,
             config,
             metrics,
             endpoints_changed: Notify::new(),
@@ -228,8 +226,19 @@ impl Upstream {
                 info!(upstream = %inner.name, endpoints = ?listed, "endpoints changed");
                 inner.lock().sync(&endpoints, Instant::now());
                 inner.forget_departed(&endpoints);
+                inner.connections.prune(Some(&endpoints), Instant::now());
                 inner.count_endpoints();
                 inner.endpoints_changed.notify_waiters();
+            }
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.connections.prune(None, Instant::now());
             }
         });
         Upstream { inner }
@@ -249,9 +258,12 @@ impl Upstream {
         let now = Instant::now();
         let mut pool = self.inner.lock();
         let changes = pool.note_breaker_lapse(now);
-        let view = pool.view(now);
+        let mut view = pool.view(now);
         drop(pool);
         self.inner.report(changes);
+        for endpoint in &mut view.endpoints {
+            endpoint.idle_connections = self.inner.connections.idle_count(endpoint.address);
+        }
         view
     }
 
@@ -264,14 +276,36 @@ impl Upstream {
         let retry_safe =
             is_idempotent(&parts.method) || parts.extensions.get::<RetrySafe>().is_some();
         let payload = inner.prepare(body).await?;
-        inner.lock().request_started(Instant::now());
-        let timeout = inner.config.request_timeout;
-        match tokio::time::timeout(timeout, inner.attempts(parts, payload, retry_safe)).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Timeout {
-                upstream: inner.name.clone(),
-                after: timeout,
-            }),
+        let started = Instant::now();
+        inner.lock().request_started(started);
+        let deadline = tokio::time::Instant::from_std(started + inner.config.request_timeout);
+        inner.attempts(parts, payload, retry_safe, deadline).await
+    }
+}
+
+/// Idle connections older than this are closed.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle connections are looked over (see the module doc for the other reason).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An attempt the pool counts as in flight. Dropped unfinished — the caller went away — it is
+/// given back unjudged, so in-flight counts and half-open probe slots cannot leak.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    addr: SocketAddr,
+    open: bool,
+}
+
+impl InFlight<'_> {
+    fn close(mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.inner.lock().finish_unjudged(self.addr, Instant::now());
         }
     }
 }
@@ -350,7 +384,14 @@ impl Inner {
         parts: Parts,
         mut payload: Payload,
         retry_safe: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, CallError> {
+        let overall_timeout = CallError::Timeout {
+            upstream: self.name.clone(),
+            after: self.config.request_timeout,
+        };
+        let timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let mut timer = timer;
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
         let mut parts = Some(parts);
@@ -368,35 +409,54 @@ impl Inner {
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
             };
             let mut request = Some(Request::from_parts(head, body));
-            let picked = self.pick(previous, &mut request).await;
-            let (addr, call) = match picked {
-                Ok(picked) => picked,
-                Err(error) => return Err(error),
+            let picked = tokio::select! {
+                biased;
+                picked = self.pick(previous, &mut request) => picked,
+                () = &mut timer => return Err(overall_timeout),
+            };
+            let (addr, call) = picked?;
+            let in_flight = InFlight {
+                inner: self,
+                addr,
+                open: true,
             };
             let started = Instant::now();
-            let ended = match tokio::time::timeout(self.config.per_try_timeout, call).await {
-                Ok(Ok(response)) if is_failure_status(response.status()) => {
-                    Attempt::FailedStatus(response)
-                }
-                Ok(Ok(response)) => Attempt::Answered(response),
-                Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
-                    // The caller's body outgrew the limit while streaming: not the endpoint's
-                    // fault, so nothing is recorded against it.
-                    self.lock().finish_unjudged(addr, Instant::now());
-                    return Err(CallError::RequestBody {
-                        too_large: true,
-                        detail: format!(
-                            "the request body is larger than the {} bytes accepted",
-                            self.config.retry_body_limit
-                        ),
-                    });
-                }
-                Ok(Err(error)) if error.is_connect() => Attempt::ConnectFailed(error_chain(&error)),
-                Ok(Err(error)) => Attempt::Broken(error_chain(&error)),
-                Err(_) => Attempt::TimedOut,
+            let try_deadline = (tokio::time::Instant::from_std(started)
+                + self.config.per_try_timeout)
+                .min(deadline);
+            timer.as_mut().reset(try_deadline);
+            let ended = tokio::select! {
+                biased;
+                sent = call => match sent {
+                    Ok(response) if is_failure_status(response.status()) => {
+                        Attempt::FailedStatus(response)
+                    }
+                    Ok(response) => Attempt::Answered(response),
+                    Err(SendError::Exchange(error))
+                        if caused_by::<http_body_util::LengthLimitError>(&error) =>
+                    {
+                        // The caller's body outgrew the limit while streaming: not the
+                        // endpoint's fault, so nothing is recorded against it (`in_flight`
+                        // gives the attempt back when dropped).
+                        return Err(CallError::RequestBody {
+                            too_large: true,
+                            detail: format!(
+                                "the request body is larger than the {} bytes accepted",
+                                self.config.retry_body_limit
+                            ),
+                        });
+                    }
+                    Err(SendError::Connect(detail)) => Attempt::ConnectFailed(detail),
+                    Err(SendError::Exchange(error)) => Attempt::Broken(error_chain(&error)),
+                },
+                () = &mut timer => Attempt::TimedOut,
             };
+            in_flight.close();
             let latency = started.elapsed();
             self.record(addr, latency, &ended);
+            if matches!(ended, Attempt::TimedOut) && try_deadline == deadline {
+                return Err(overall_timeout);
+            }
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
             if let Some(reason) = ended.failure()
@@ -408,7 +468,13 @@ impl Inner {
                 attempt += 1;
                 previous = Some(addr);
                 let jitter = 0.5 + XorShift::from_clock().next_f64();
-                tokio::time::sleep(self.config.retry_backoff.mul_f64(jitter)).await;
+                let pause = tokio::time::Instant::now() + self.config.retry_backoff.mul_f64(jitter);
+                if pause >= deadline {
+                    return Err(overall_timeout);
+                }
+                timer.as_mut().reset(pause);
+                (&mut timer).await;
+                timer.as_mut().reset(deadline);
                 continue;
             }
             return match ended {
@@ -432,15 +498,18 @@ impl Inner {
     }
 
     /// Asks the pool for an endpoint other than `exclude`, waiting up to the pool's
-    /// `unavailable_after` for discovery to produce a first one.
-    async fn pick(
-        &self,
+    /// `unavailable_after` for discovery to produce a first one; the returned future sends
+    /// `request` to it.
+    async fn pick<'a>(
+        &'a self,
         exclude: Option<SocketAddr>,
         request: &mut Option<Request<Body>>,
     ) -> Result<
         (
             SocketAddr,
-            crate::pool::Tracked<hyper_util::client::legacy::ResponseFuture>,
+            crate::pool::Tracked<
+                impl Future<Output = Result<Response<Incoming>, SendError>> + use<'a>,
+            >,
         ),
         CallError,
     > {
@@ -449,9 +518,8 @@ impl Inner {
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             let outcome = self.lock().send(Instant::now(), exclude, |addr| {
-                let mut request = request.take().expect("sent once");
-                *request.uri_mut() = endpoint_uri(addr, request.uri());
-                self.http.request(request)
+                let request = request.take().expect("sent once");
+                self.connections.send(addr, request)
             });
             match outcome {
                 Ok(picked) => return Ok(picked),
@@ -653,14 +721,6 @@ impl Inner {
                 .set(count as i64);
         }
     }
-}
-
-/// `http://<addr><path and query>`.
-fn endpoint_uri(addr: SocketAddr, uri: &Uri) -> Uri {
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::try_from(format!("http://{addr}{path}")).unwrap_or_else(|_| {
-        Uri::try_from(format!("http://{addr}/")).expect("an address makes a valid URI")
-    })
 }
 
 /// Whether `E` is somewhere in the error's chain of causes.

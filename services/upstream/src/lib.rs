@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod config;
+mod conns;
 pub mod discovery;
 pub mod endpoint;
 pub mod metrics;

@@ -151,6 +151,8 @@ pub struct EndpointView {
     pub ejected_for_ms: Option<u64>,
     pub ejections: u32,
     pub eligible: bool,
+    /// Keep-alive connections waiting for a request (filled in by the client, which owns them).
+    pub idle_connections: usize,
 }
 
 /// The whole pool as the admin view shows it.
@@ -389,6 +391,7 @@ impl Pool {
                         .map(|until| until.saturating_duration_since(now).as_millis() as u64),
                     ejections: health.ejections,
                     eligible: eligible.contains(&addr),
+                    idle_connections: 0,
                 }
             })
             .collect();

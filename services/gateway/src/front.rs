@@ -1,0 +1,183 @@
+//! The gateway's front door. Proxy traffic is nearly all the gateway does, so requests for a
+//! proxy route go straight to [`forward_to`] with only what those routes need done around it —
+//! request id, RED metrics, the request span and log line, panic → 500 — instead of through
+//! axum's router and the shared tower-http stack, which box a future and build label strings
+//! per layer. Everything else (operational routes, the admin view, the JSON 404, paths the
+//! router treats specially, and every request that carries `Origin` while CORS is configured)
+//! takes the router with the full shared layers, so the two paths answer alike.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use http::{HeaderValue, header};
+use msa_service_kit::Problem;
+use msa_service_kit::config::ServeArgs;
+use msa_service_kit::context::REQUEST_ID;
+use msa_service_kit::metrics::RouteMetrics;
+use msa_service_kit::server::Ops;
+use msa_upstream::Upstream;
+use tower::{Service, ServiceExt};
+use tracing::{Instrument, info, info_span};
+
+use crate::{Gateway, forward_to};
+
+/// The service the gateway serves: the proxy fast path in front of the full router.
+#[derive(Clone)]
+pub struct Front {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: Vec<FastRoute>,
+    router: Router,
+    /// With CORS configured, requests with `Origin` go through the router's CORS layer.
+    cors: bool,
+    body_limit: usize,
+}
+
+struct FastRoute {
+    prefix: &'static str,
+    upstream: Upstream,
+    /// Metrics under the route templates the router uses, so both paths share their series.
+    exact: RouteMetrics,
+    under: RouteMetrics,
+}
+
+impl Front {
+    /// `router` is the gateway's full router ([`crate::router`]), used for everything the fast
+    /// path does not take.
+    pub fn new(
+        gateway: &Gateway,
+        router: Router,
+        ops: &Ops,
+        args: &ServeArgs,
+    ) -> anyhow::Result<Self> {
+        let routes = gateway
+            .routes
+            .iter()
+            .map(|route| FastRoute {
+                prefix: route.prefix,
+                upstream: route.upstream.clone(),
+                exact: RouteMetrics::new(ops.metrics.clone(), route.prefix),
+                under: RouteMetrics::new(
+                    ops.metrics.clone(),
+                    format!("{}/{{*rest}}", route.prefix),
+                ),
+            })
+            .collect();
+        Ok(Front {
+            inner: Arc::new(Inner {
+                routes,
+                router,
+                cors: args.cors()?.is_some(),
+                body_limit: args.body_limit_bytes,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// The proxy route for `request` and whether its path is the prefix itself, when the fast
+    /// path may take it.
+    fn fast_route(&self, request: &Request) -> Option<(usize, bool)> {
+        if self.cors && request.headers().contains_key(header::ORIGIN) {
+            return None;
+        }
+        request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+        let path = request.uri().path();
+        self.routes.iter().enumerate().find_map(|(index, route)| {
+            let rest = path.strip_prefix(route.prefix)?;
+            if rest.is_empty() {
+                Some((index, true))
+            } else if rest.len() > 1 && rest.starts_with('/') {
+                Some((index, false))
+            } else {
+                None
+            }
+        })
+    }
+
+    async fn proxy(self: Arc<Self>, index: usize, exact: bool, mut request: Request) -> Response {
+        let route = &self.routes[index];
+        let metrics = if exact { &route.exact } else { &route.under };
+        let started = Instant::now();
+        let in_flight = metrics.start();
+        let request_id = request_id(&mut request);
+        let method = request.method().clone();
+        let span = info_span!(
+            "request",
+            method = %method,
+            path = %request.uri().path(),
+            request_id = request_id.to_str().unwrap_or_default()
+        );
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .expect("fast_route checked it");
+        let forwarded = forward_to(&route.upstream, self.body_limit, client, request);
+        let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                span.in_scope(|| Problem::internal(&"a handler panicked").into_response())
+            });
+        response
+            .headers_mut()
+            .entry(&REQUEST_ID)
+            .or_insert(request_id);
+        let latency = started.elapsed();
+        let status = response.status().as_u16();
+        in_flight.finish(&method, status, latency);
+        span.in_scope(|| {
+            info!(
+                status,
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                "handled"
+            );
+        });
+        response
+    }
+}
+
+/// The request's `x-request-id`, generated (UUID v4) when the client sent none.
+fn request_id(request: &mut Request) -> HeaderValue {
+    if let Some(id) = request.headers().get(&REQUEST_ID) {
+        return id.clone();
+    }
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
+        .expect("a UUID is a valid header value");
+    request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    id
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Answer {
+        if let Some((index, exact)) = self.inner.fast_route(&request) {
+            Box::pin(self.inner.clone().proxy(index, exact, request).map(Ok))
+        } else {
+            Box::pin(self.inner.router.clone().oneshot(request))
+        }
+    }
+}
