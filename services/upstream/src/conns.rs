@@ -185,7 +185,107 @@ fn prepare(addr: SocketAddr, request: &mut Request<Body>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+
     use super::*;
+
+    /// An HTTP/1.1 server on 127.0.0.1 counting the connections it accepted; with `close` it
+    /// ends every connection after one response.
+    async fn server(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| async move {
+                        let mut response = Response::new(Body::from(request.uri().to_string()));
+                        if close {
+                            response
+                                .headers_mut()
+                                .insert("connection", HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(connections: &Connections, addr: SocketAddr, path: &str) -> String {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = connections.send(addr, request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (addr, accepted) = server(false).await;
+        let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
+        for i in 0..5 {
+            assert_eq!(
+                get(&connections, addr, &format!("/n/{i}")).await,
+                format!("/n/{i}")
+            );
+            // The connection task marks the connection reusable once the body is read.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(connections.idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_the_server_closed_are_replaced_without_failing_a_request() {
+        let (addr, accepted) = server(true).await;
+        let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
+        for i in 0..3 {
+            assert_eq!(
+                get(&connections, addr, &format!("/c/{i}")).await,
+                format!("/c/{i}")
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_pruned_by_age_and_by_departure() {
+        let (addr, _) = server(false).await;
+        let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
+        get(&connections, addr, "/").await;
+        let now = Instant::now();
+        connections.prune(None, now);
+        assert_eq!(connections.idle_count(addr), 1, "young and open: kept");
+        connections.prune(None, now + Duration::from_secs(31));
+        assert_eq!(connections.idle_count(addr), 0, "idle past 30 s: closed");
+        get(&connections, addr, "/").await;
+        connections.prune(Some(&[]), Instant::now());
+        assert_eq!(connections.idle_count(addr), 0, "the endpoint left: closed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = unused.local_addr().unwrap();
+        drop(unused);
+        let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        assert!(matches!(
+            connections.send(addr, request).await,
+            Err(SendError::Connect(_))
+        ));
+    }
 
     #[test]
     fn requests_go_out_in_origin_form_with_a_host() {
