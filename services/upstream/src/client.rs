@@ -513,10 +513,10 @@ impl Inner {
         ),
         CallError,
     > {
+        // Registered only once the pool has no endpoint (a lock per request otherwise), and
+        // before the pool is asked again, so a change in between is not missed.
+        let mut changed = None;
         loop {
-            let changed = self.endpoints_changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
             let outcome = self.lock().send(Instant::now(), exclude, |addr| {
                 let request = request.take().expect("sent once");
                 self.connections.send(addr, request)
@@ -527,10 +527,17 @@ impl Inner {
                     self.report(changes);
                     match refusal {
                         Refusal::NoEndpoints { for_at_least } => {
+                            let Some(waiting) = &mut changed else {
+                                let mut notified = Box::pin(self.endpoints_changed.notified());
+                                notified.as_mut().enable();
+                                changed = Some(notified);
+                                continue;
+                            };
                             if let Some(left) = self.unavailable_after.checked_sub(for_at_least)
                                 && !left.is_zero()
-                                && tokio::time::timeout(left, changed).await.is_ok()
+                                && tokio::time::timeout(left, waiting.as_mut()).await.is_ok()
                             {
+                                changed = None;
                                 continue;
                             }
                             self.refused("no_endpoints");
