@@ -58,10 +58,11 @@ def start(name, argv, port, env=None):
 
 
 def cpu_seconds(pid):
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def parse_duration_us(text):
@@ -167,13 +168,21 @@ def main():
 
         targets = ["direct", "msa-gateway", "nginx", "haproxy"]
         # nginx's master forks the worker that does the work; count the whole process tree.
-        def proxy_cpu(target):
-            if target == "direct":
-                return 0.0
-            pid = processes[target].pid
-            pids = [pid] + [int(p) for p in subprocess.run(
-                ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-            return sum(cpu_seconds(p) for p in pids)
+        def tree_cpu(names):
+            """(user, system) CPU seconds of the named processes and their children."""
+            user = system = 0.0
+            for name in names:
+                pid = processes[name].pid
+                pids = [pid] + [int(p) for p in subprocess.run(
+                    ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+                for p in pids:
+                    u, s_ = cpu_seconds(p)
+                    user, system = user + u, system + s_
+            return user, system
+
+        def sample(target):
+            proxy = (0.0, 0.0) if target == "direct" else tree_cpu([target])
+            return proxy, tree_cpu(["echo0", "echo1"])
 
         results = {(t, c): [] for t in targets for c in connections}
         log("warming up")
@@ -182,12 +191,17 @@ def main():
         for round_ in range(1, args.rounds + 1):
             for c in connections:
                 for target in targets:
-                    before = proxy_cpu(target)
+                    (pu0, ps0), (bu0, bs0) = sample(target)
                     rps, p50, p99, total = wrk(PORTS[target], c, args.seconds)
-                    cpu_us = (proxy_cpu(target) - before) / total * 1e6 if total else 0
-                    results[(target, c)].append((rps, p50, p99, cpu_us))
+                    (pu1, ps1), (bu1, bs1) = sample(target)
+                    per_req = lambda seconds: seconds / total * 1e6 if total else 0.0
+                    user, system = per_req(pu1 - pu0), per_req(ps1 - ps0)
+                    backend = per_req(bu1 - bu0 + bs1 - bs0)
+                    results[(target, c)].append(
+                        (rps, p50, p99, user + system, user, system, backend))
                     log(f"round {round_}/{args.rounds} c={c:<3} {target:<12} {rps:>9.0f} req/s  "
-                        f"p50 {p50:>7.1f} µs  p99 {p99:>7.1f} µs  proxy CPU {cpu_us:>5.1f} µs/req")
+                        f"p50 {p50:>7.1f} µs  p99 {p99:>7.1f} µs  proxy CPU {user + system:>5.1f} "
+                        f"µs/req (user {user:.1f}, sys {system:.1f}), backends {backend:.1f}")
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
@@ -203,17 +217,30 @@ def main():
     for c in connections:
         direct_p50 = med([r[1] for r in results[("direct", c)]])
         print(f"connections: {c}")
-        print("| target | req/s | p50 µs | p99 µs | added p50 µs | proxy CPU µs/req |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| target | req/s | p50 µs | p99 µs | added p50 µs | proxy CPU µs/req "
+              "| of it user | of it kernel | backends' CPU µs/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        figures = {}
         for target in targets:
             rows = results[(target, c)]
-            rps, p50, p99, cpu = (med([r[i] for r in rows]) for i in range(4))
-            added = "—" if target == "direct" else f"{p50 - direct_p50:+.1f}"
-            cpu_text = "—" if target == "direct" else f"{cpu:.1f}"
-            print(f"| {target} | {rps:.0f} | {p50:.1f} | {p99:.1f} | {added} | {cpu_text} |")
-        gw = med([r[0] for r in results[("msa-gateway", c)]])
+            figures[target] = [med([r[i] for r in rows]) for i in range(7)]
+            rps, p50, p99, cpu, user, system, backend = figures[target]
+            proxy = target != "direct"
+            cells = [f"{rps:.0f}", f"{p50:.1f}", f"{p99:.1f}",
+                     f"{p50 - direct_p50:+.1f}" if proxy else "—",
+                     f"{cpu:.1f}" if proxy else "—", f"{user:.1f}" if proxy else "—",
+                     f"{system:.1f}" if proxy else "—", f"{backend:.1f}"]
+            print(f"| {target} | " + " | ".join(cells) + " |")
+        gw = figures["msa-gateway"]
         for ref in ["haproxy", "nginx"]:
-            print(f"msa-gateway / {ref} req/s: {gw / med([r[0] for r in results[(ref, c)]]):.2f}×")
+            print(f"msa-gateway / {ref} req/s: {gw[0] / figures[ref][0]:.2f}×")
+        # Proxy and backends share one CPU, so req/s is bounded by their CPU per request.
+        # With no user-space time at all the gateway would still pay its kernel time.
+        hap = figures["haproxy"]
+        ceiling = (hap[3] + hap[6]) / (gw[5] + gw[6])
+        print(f"ceiling: with zero user-space time, the gateway's kernel time ({gw[5]:.1f} µs) "
+              f"and the backends' CPU ({gw[6]:.1f} µs) allow at most {ceiling:.2f}× HAProxy "
+              f"(which spends {hap[3]:.1f} + {hap[6]:.1f} µs)")
         print()
 
 
