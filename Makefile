@@ -69,7 +69,7 @@ cluster-down: ## Stop the control plane and delete its state
 	tests/cluster/cluster.sh down
 
 e2e: ## Bring a cluster up, run the end-to-end tests on it, always tear it down
-	$(CARGO) build -p msa-operator -p msa-gateway --bin msa-operator --bin msa-gateway
+	$(CARGO) build -p msa-operator -p msa-gateway --bin msa-operator --bin msa-gateway --bin msa-echo
 	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
 
 bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes

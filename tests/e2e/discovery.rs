@@ -1,10 +1,11 @@
 //! The gateway's EndpointSlice discovery against the real API server: slices are created,
 //! changed and deleted, and the gateway's view (`/debug/endpoints`) must follow — merged,
-//! de-duplicated, falling back to serving-and-terminating endpoints. The delay from each API
-//! write to the changed view is printed. No request is sent to the slices' 198.18.x addresses
-//! (they are behind the cluster's blackhole route); the only traffic is to the gateway on
-//! 127.0.0.1.
+//! de-duplicated, falling back to serving-and-terminating endpoints — and so must its traffic,
+//! sent to test hosts in network namespaces ([`crate::hosts`]). The delay from each API write
+//! to the changed view, and to the changed routing, is printed. The view test sends nothing to
+//! its slices' 198.18.1.x addresses (blackholed); the traffic test sends only to its own hosts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use msa_e2e::Cluster;
 use msa_e2e::cluster::TestNamespace;
 use serde_json::{Value, json};
+
+use crate::hosts::TestHost;
 
 /// The gateway binary: `MSA_E2E_GATEWAY`, else the workspace's debug build (`make e2e` builds it).
 fn gateway_binary() -> PathBuf {
@@ -39,7 +42,11 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    async fn start(cluster: &Cluster, namespace: &str) -> anyhow::Result<Gateway> {
+    async fn start(
+        cluster: &Cluster,
+        namespace: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Gateway> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -63,6 +70,7 @@ impl Gateway {
             .args(["--log-format", "text"])
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()?;
         let gateway = Gateway {
             child,
@@ -155,7 +163,7 @@ async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Resu
     let admin = cluster.admin().await?;
     let ns = TestNamespace::create(&admin, "discovery").await?;
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns.name);
-    let gateway = Gateway::start(&cluster, &ns.name).await?;
+    let gateway = Gateway::start(&cluster, &ns.name, &[]).await?;
     assert!(gateway.user_endpoints().await?.is_empty());
     let post = PostParams::default();
     let mut delays = Vec::new();
@@ -179,8 +187,9 @@ async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Resu
             .await?,
     ));
 
-    // A second slice repeating 198.18.1.2 and adding a terminating endpoint: merged,
-    // de-duplicated, and the terminating one left out while ready ones exist.
+    // A second slice repeating 198.18.1.2, adding 198.18.1.4 and a terminating endpoint:
+    // merged (the new address appears), de-duplicated (1.2 listed once), and the terminating
+    // one left out while ready ones exist.
     slices
         .create(
             &post,
@@ -189,6 +198,7 @@ async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Resu
                 vec![
                     endpoint("198.18.1.2", true, true, false),
                     endpoint("198.18.1.3", false, true, true),
+                    endpoint("198.18.1.4", true, true, false),
                 ],
             ),
         )
@@ -196,7 +206,7 @@ async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Resu
     delays.push((
         "second slice",
         gateway
-            .until_users(&["198.18.1.1:8080", "198.18.1.2:8080"])
+            .until_users(&["198.18.1.1:8080", "198.18.1.2:8080", "198.18.1.4:8080"])
             .await?,
     ));
 
@@ -227,5 +237,136 @@ async fn the_gateway_follows_endpointslices_written_to_the_api() -> anyhow::Resu
             delay.as_millis()
         );
     }
+    Ok(())
+}
+
+impl Gateway {
+    /// Sends `count` GETs through the user route; returns how many each backend answered.
+    async fn spread(&self, count: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut served = BTreeMap::new();
+        for _ in 0..count {
+            *served.entry(self.served_by().await?).or_default() += 1;
+        }
+        Ok(served)
+    }
+
+    /// The backend that answered one GET through the user route.
+    async fn served_by(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/users/1", self.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "GET /users/1: {}",
+            response.status()
+        );
+        let answer: Value = response.json().await?;
+        Ok(answer["backend"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Waits until `rounds` answers in a row come from `only`; returns how long that took.
+    async fn until_routed_only_to(&self, only: &str, rounds: usize) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut in_a_row = 0;
+        while in_a_row < rounds {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "traffic still reaches other backends than {only}"
+            );
+            in_a_row = if self.served_by().await? == only {
+                in_a_row + 1
+            } else {
+                0
+            };
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// `msa-echo`, built beside the gateway binary.
+fn echo_binary() -> PathBuf {
+    gateway_binary().with_file_name("msa-echo")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn traffic_follows_endpointslices_to_real_hosts() -> anyhow::Result<()> {
+    let cluster = Cluster::from_env();
+    let admin = cluster.admin().await?;
+    let ns = TestNamespace::create(&admin, "traffic").await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), &ns.name);
+    let first = TestHost::start(1, &echo_binary())?;
+    let second = TestHost::start(2, &echo_binary())?;
+    let (a, b) = (first.addr.to_string(), second.addr.to_string());
+    let (a_ip, b_ip) = (first.addr.ip().to_string(), second.addr.ip().to_string());
+    // Round-robin, so the expected spread is exact.
+    let gateway = Gateway::start(&cluster, &ns.name, &[("MSA_LB_STRATEGY", "round-robin")]).await?;
+    let post = PostParams::default();
+
+    slices
+        .create(
+            &post,
+            &slice(
+                "users-a",
+                vec![
+                    endpoint(&a_ip, true, true, false),
+                    endpoint(&b_ip, true, true, false),
+                ],
+            ),
+        )
+        .await?;
+    let mut expected = [a.clone(), b.clone()];
+    expected.sort();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let discovered = gateway.until_users(&expected).await?;
+    let spread = gateway.spread(100).await?;
+    assert_eq!(spread.get(&a), Some(&50), "{spread:?}");
+    assert_eq!(spread.get(&b), Some(&50), "{spread:?}");
+
+    // The second host stops being ready: its traffic must stop.
+    let written = Instant::now();
+    let mut current = slices.get("users-a").await?;
+    current.endpoints = slice(
+        "users-a",
+        vec![
+            endpoint(&a_ip, true, true, false),
+            endpoint(&b_ip, false, false, false),
+        ],
+    )
+    .endpoints;
+    slices.replace("users-a", &post, &current).await?;
+    gateway.until_routed_only_to(&a, 10).await?;
+    let drained = written.elapsed();
+    let after = gateway.spread(50).await?;
+    assert_eq!(after.get(&a), Some(&50), "{after:?}");
+
+    // Ready again: traffic returns.
+    let written = Instant::now();
+    let mut current = slices.get("users-a").await?;
+    current.endpoints = slice(
+        "users-a",
+        vec![
+            endpoint(&a_ip, true, true, false),
+            endpoint(&b_ip, true, true, false),
+        ],
+    )
+    .endpoints;
+    slices.replace("users-a", &post, &current).await?;
+    gateway.until_users(&expected).await?;
+    let restored = written.elapsed();
+    let spread = gateway.spread(100).await?;
+    assert_eq!(spread.get(&b), Some(&50), "{spread:?}");
+
+    eprintln!(
+        "real traffic via discovery: slice created → both hosts listed {} ms; host unready → \
+         its traffic stopped {} ms (10 answers in a row from the other); ready again → listed \
+         {} ms",
+        discovered.as_millis(),
+        drained.as_millis(),
+        restored.as_millis()
+    );
     Ok(())
 }
