@@ -286,6 +286,28 @@ impl Gateway {
     }
 }
 
+/// Rewrites slice `users-a` to list `first` ready and `second` ready or not.
+async fn second_ready(
+    slices: &Api<EndpointSlice>,
+    first: &str,
+    second: &str,
+    ready: bool,
+) -> anyhow::Result<()> {
+    let mut current = slices.get("users-a").await?;
+    current.endpoints = slice(
+        "users-a",
+        vec![
+            endpoint(first, true, true, false),
+            endpoint(second, ready, ready, false),
+        ],
+    )
+    .endpoints;
+    slices
+        .replace("users-a", &PostParams::default(), &current)
+        .await?;
+    Ok(())
+}
+
 /// `msa-echo`, built beside the gateway binary.
 fn echo_binary() -> PathBuf {
     gateway_binary().with_file_name("msa-echo")
@@ -328,16 +350,7 @@ async fn traffic_follows_endpointslices_to_real_hosts() -> anyhow::Result<()> {
 
     // The second host stops being ready: its traffic must stop.
     let written = Instant::now();
-    let mut current = slices.get("users-a").await?;
-    current.endpoints = slice(
-        "users-a",
-        vec![
-            endpoint(&a_ip, true, true, false),
-            endpoint(&b_ip, false, false, false),
-        ],
-    )
-    .endpoints;
-    slices.replace("users-a", &post, &current).await?;
+    second_ready(&slices, &a_ip, &b_ip, false).await?;
     gateway.until_routed_only_to(&a, 10).await?;
     let drained = written.elapsed();
     let after = gateway.spread(50).await?;
@@ -345,16 +358,7 @@ async fn traffic_follows_endpointslices_to_real_hosts() -> anyhow::Result<()> {
 
     // Ready again: traffic returns.
     let written = Instant::now();
-    let mut current = slices.get("users-a").await?;
-    current.endpoints = slice(
-        "users-a",
-        vec![
-            endpoint(&a_ip, true, true, false),
-            endpoint(&b_ip, true, true, false),
-        ],
-    )
-    .endpoints;
-    slices.replace("users-a", &post, &current).await?;
+    second_ready(&slices, &a_ip, &b_ip, true).await?;
     gateway.until_users(&expected).await?;
     let restored = written.elapsed();
     let spread = gateway.spread(100).await?;

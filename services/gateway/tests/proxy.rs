@@ -113,8 +113,12 @@ async fn load(base: &str, path: &str, count: usize, workers: usize) -> BTreeMap<
     counts
 }
 
+async fn get(url: impl reqwest::IntoUrl) -> reqwest::Response {
+    loopback_client().get(url).send().await.unwrap()
+}
+
 async fn get_json(url: String) -> Value {
-    let response = loopback_client().get(&url).send().await.unwrap();
+    let response = get(&url).await;
     assert_eq!(response.status(), 200, "{url}");
     response.json().await.unwrap()
 }
@@ -315,14 +319,9 @@ async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
         ],
     )
     .await;
-    let client = loopback_client();
     let mut last = None;
     for _ in 0..10 {
-        let response = client
-            .get(format!("{}/products/7", gw.base_url))
-            .send()
-            .await
-            .unwrap();
+        let response = get(format!("{}/products/7", gw.base_url)).await;
         last = Some((
             response.status().as_u16(),
             response
@@ -344,11 +343,7 @@ async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
     assert_eq!(body["upstream"], "product");
     assert_eq!(view(&gw.base_url, "product").await["breaker"], "open");
     // Other routes are unaffected.
-    let users = client
-        .get(format!("{}/users", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let users = get(format!("{}/users", gw.base_url)).await;
     assert_eq!(users.status(), 200);
 }
 
@@ -389,11 +384,7 @@ async fn requests_are_forwarded_faithfully() {
     );
     assert!(headers.get("x-private").is_none(), "{headers}");
 
-    let generated = client
-        .get(format!("{}/users/__echo/request", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let generated = get(format!("{}/users/__echo/request", gw.base_url)).await;
     let id = generated.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -404,11 +395,7 @@ async fn requests_are_forwarded_faithfully() {
         "a generated id reaches the service"
     );
 
-    let missing = client
-        .get(format!("{}/payments", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let missing = get(format!("{}/payments", gw.base_url)).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(
         missing.headers()["content-type"],
@@ -484,17 +471,10 @@ async fn the_fast_path_and_the_router_answer_alike() {
         "the preflight is answered by the gateway"
     );
 
-    let exact = client
-        .get(format!("{}/users", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let exact = get(format!("{}/users", gw.base_url)).await;
     assert_eq!(exact.status(), 200);
-    let metrics = client
-        .get(format!("{}/metrics", gw.base_url))
-        .send()
+    let metrics = get(format!("{}/metrics", gw.base_url))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -530,20 +510,11 @@ async fn sigterm_fails_readiness_but_keeps_serving_during_the_drain_delay() {
         &[("RUST_LOG", "warn")],
     )
     .await;
-    let client = loopback_client();
     gw.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = client
-        .get(format!("{}/readyz", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let ready = get(format!("{}/readyz", gw.base_url)).await;
     assert_eq!(ready.status(), 503);
-    let served = client
-        .get(format!("{}/users", gw.base_url))
-        .send()
-        .await
-        .unwrap();
+    let served = get(format!("{}/users", gw.base_url)).await;
     assert_eq!(served.status(), 200, "still serving while draining");
     assert!(gw.stop(), "exits cleanly after the drain");
 }
