@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +43,14 @@ struct Inner {
     /// With CORS configured, requests with `Origin` go through the router's CORS layer.
     cors: bool,
     body_limit: usize,
+}
+
+/// A request the fast path takes.
+struct FastMatch {
+    index: usize,
+    /// The path is the prefix itself (route `/users`, not `/users/{*rest}`).
+    exact: bool,
+    client: IpAddr,
 }
 
 struct FastRoute {
@@ -87,29 +95,32 @@ impl Front {
 }
 
 impl Inner {
-    /// The proxy route for `request` and whether its path is the prefix itself, when the fast
-    /// path may take it.
-    fn fast_route(&self, request: &Request) -> Option<(usize, bool)> {
+    /// When the fast path may take `request`: its route, whether its path is the prefix
+    /// itself, and the client's address.
+    fn fast_route(&self, request: &Request) -> Option<FastMatch> {
         if self.cors && request.headers().contains_key(header::ORIGIN) {
             return None;
         }
-        request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+        let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
         let path = request.uri().path();
         self.routes.iter().enumerate().find_map(|(index, route)| {
             let rest = path.strip_prefix(route.prefix)?;
-            if rest.is_empty() {
-                Some((index, true))
-            } else if rest.len() > 1 && rest.starts_with('/') {
-                Some((index, false))
-            } else {
-                None
-            }
+            let exact = rest.is_empty();
+            (exact || (rest.len() > 1 && rest.starts_with('/'))).then_some(FastMatch {
+                index,
+                exact,
+                client: peer.ip(),
+            })
         })
     }
 
-    async fn proxy(self: Arc<Self>, index: usize, exact: bool, mut request: Request) -> Response {
-        let route = &self.routes[index];
-        let metrics = if exact { &route.exact } else { &route.under };
+    async fn proxy(self: Arc<Self>, matched: FastMatch, mut request: Request) -> Response {
+        let route = &self.routes[matched.index];
+        let metrics = if matched.exact {
+            &route.exact
+        } else {
+            &route.under
+        };
         let started = Instant::now();
         let in_flight = metrics.start();
         let request_id = request_id(&mut request);
@@ -120,12 +131,7 @@ impl Inner {
             path = %request.uri().path(),
             request_id = request_id.to_str().unwrap_or_default()
         );
-        let client = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
-            .expect("fast_route checked it");
-        let forwarded = forward_to(&route.upstream, self.body_limit, client, request);
+        let forwarded = forward_to(&route.upstream, self.body_limit, matched.client, request);
         let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
             .catch_unwind()
             .await
@@ -174,8 +180,8 @@ impl Service<Request> for Front {
     }
 
     fn call(&mut self, request: Request) -> Answer {
-        if let Some((index, exact)) = self.inner.fast_route(&request) {
-            Box::pin(self.inner.clone().proxy(index, exact, request).map(Ok))
+        if let Some(matched) = self.inner.fast_route(&request) {
+            Box::pin(self.inner.clone().proxy(matched, request).map(Ok))
         } else {
             Box::pin(self.inner.router.clone().oneshot(request))
         }

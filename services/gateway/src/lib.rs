@@ -83,8 +83,8 @@ async fn forward(
     forward_to(&proxy.upstream, proxy.body_limit, client.ip(), request).await
 }
 
-/// Passes the request on to `upstream` and its answer back: body limit, forwarding headers,
-/// origin-form URI; hop-by-hop headers stripped from the answer; failures as problems.
+/// Passes the request on to `upstream` and its answer back: body limit, forwarding headers;
+/// hop-by-hop headers stripped from the answer; failures as problems.
 pub(crate) async fn forward_to(
     upstream: &Upstream,
     body_limit: usize,
@@ -110,13 +110,8 @@ pub(crate) async fn forward_to(
         Some(_) => body,
         None => Body::new(http_body_util::Limited::new(body, body_limit)),
     };
+    // (The client stack sends the URI in origin form, whatever form it arrived in.)
     forwarding::request_headers(&mut parts.headers, client);
-    if parts.uri.authority().is_some() {
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    }
     match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();

@@ -386,12 +386,7 @@ impl Inner {
         retry_safe: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, CallError> {
-        let overall_timeout = CallError::Timeout {
-            upstream: self.name.clone(),
-            after: self.config.request_timeout,
-        };
-        let timer = std::pin::pin!(tokio::time::sleep_until(deadline));
-        let mut timer = timer;
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
         let mut parts = Some(parts);
@@ -412,7 +407,7 @@ impl Inner {
             let picked = tokio::select! {
                 biased;
                 picked = self.pick(previous, &mut request) => picked,
-                () = &mut timer => return Err(overall_timeout),
+                () = &mut timer => return Err(self.overall_timeout()),
             };
             let (addr, call) = picked?;
             let in_flight = InFlight {
@@ -455,7 +450,7 @@ impl Inner {
             let latency = started.elapsed();
             self.record(addr, latency, &ended);
             if matches!(ended, Attempt::TimedOut) && try_deadline == deadline {
-                return Err(overall_timeout);
+                return Err(self.overall_timeout());
             }
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
@@ -470,7 +465,7 @@ impl Inner {
                 let jitter = 0.5 + XorShift::from_clock().next_f64();
                 let pause = tokio::time::Instant::now() + self.config.retry_backoff.mul_f64(jitter);
                 if pause >= deadline {
-                    return Err(overall_timeout);
+                    return Err(self.overall_timeout());
                 }
                 timer.as_mut().reset(pause);
                 (&mut timer).await;
@@ -494,6 +489,14 @@ impl Inner {
                     after: self.config.per_try_timeout,
                 }),
             };
+        }
+    }
+
+    /// The call ran out of its overall time.
+    fn overall_timeout(&self) -> CallError {
+        CallError::Timeout {
+            upstream: self.name.clone(),
+            after: self.config.request_timeout,
         }
     }
 
