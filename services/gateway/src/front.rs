@@ -1,8 +1,7 @@
 //! The gateway's front door. Proxy traffic is nearly all the gateway does, so requests for a
 //! proxy route go straight to [`forward_to`] with only what those routes need done around it —
 //! request id, RED metrics, the request span and log line, panic → 500 — instead of through
-//! axum's router and the shared tower-http stack, which box a future and build label strings
-//! per layer. Everything else (operational routes, the admin view, the JSON 404, paths the
+//! axum's router and the shared tower-http stack, which box a future per layer. Everything else (operational routes, the admin view, the JSON 404, paths the
 //! router treats specially, and every request that carries `Origin` while CORS is configured)
 //! takes the router with the full shared layers, so the two paths answer alike.
 
@@ -23,7 +22,7 @@ use http::{HeaderValue, header};
 use msa_service_kit::Problem;
 use msa_service_kit::config::ServeArgs;
 use msa_service_kit::context::REQUEST_ID;
-use msa_service_kit::metrics::RouteMetrics;
+use msa_service_kit::metrics::HttpMetrics;
 use msa_service_kit::server::Ops;
 use msa_upstream::Upstream;
 use tower::{Service, ServiceExt};
@@ -39,6 +38,7 @@ pub struct Front {
 
 struct Inner {
     routes: Vec<FastRoute>,
+    metrics: Arc<HttpMetrics>,
     router: Router,
     /// With CORS configured, requests with `Origin` go through the router's CORS layer.
     cors: bool,
@@ -56,9 +56,9 @@ struct FastMatch {
 struct FastRoute {
     prefix: &'static str,
     upstream: Upstream,
-    /// Metrics under the route templates the router uses, so both paths share their series.
-    exact: RouteMetrics,
-    under: RouteMetrics,
+    /// The route templates the router uses, so both paths write the same metric series.
+    exact: String,
+    under: String,
 }
 
 impl Front {
@@ -76,16 +76,14 @@ impl Front {
             .map(|route| FastRoute {
                 prefix: route.prefix,
                 upstream: route.upstream.clone(),
-                exact: RouteMetrics::new(ops.metrics.clone(), route.prefix),
-                under: RouteMetrics::new(
-                    ops.metrics.clone(),
-                    format!("{}/{{*rest}}", route.prefix),
-                ),
+                exact: route.prefix.to_owned(),
+                under: format!("{}/{{*rest}}", route.prefix),
             })
             .collect();
         Ok(Front {
             inner: Arc::new(Inner {
                 routes,
+                metrics: ops.metrics.clone(),
                 router,
                 cors: args.cors()?.is_some(),
                 body_limit: args.body_limit_bytes,
@@ -116,13 +114,13 @@ impl Inner {
 
     async fn proxy(self: Arc<Self>, matched: FastMatch, mut request: Request) -> Response {
         let route = &self.routes[matched.index];
-        let metrics = if matched.exact {
+        let template = if matched.exact {
             &route.exact
         } else {
             &route.under
         };
         let started = Instant::now();
-        let in_flight = metrics.start();
+        let in_flight = self.metrics.start();
         let request_id = request_id(&mut request);
         let method = request.method().clone();
         let span = info_span!(
@@ -144,7 +142,7 @@ impl Inner {
             .or_insert(request_id);
         let latency = started.elapsed();
         let status = response.status().as_u16();
-        in_flight.finish(&method, status, latency);
+        in_flight.finish(&method, template, status, latency);
         span.in_scope(|| {
             info!(
                 status,

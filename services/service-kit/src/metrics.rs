@@ -1,6 +1,7 @@
 //! RED metrics for every route (Prometheus text format on `/metrics`): requests by method, route
 //! template and status; latency by method and route; requests in flight.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,14 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
+    /// Handles already looked up, so a request builds no label strings: counters by method
+    /// and status, then route; histograms by method, then route.
+    counters: Mutex<HashMap<(Method, u16), ByRoute<Counter>>>,
+    histograms: Mutex<HashMap<Method, ByRoute<Histogram>>>,
 }
+
+/// Metric handles by route template (a handful per method, so a scan beats hashing).
+type ByRoute<T> = Vec<(String, T)>;
 
 impl HttpMetrics {
     /// A registry whose metric names start with `prefix` (e.g. `msa_user`).
@@ -60,6 +68,8 @@ impl HttpMetrics {
             requests,
             duration,
             in_flight,
+            counters: Mutex::default(),
+            histograms: Mutex::default(),
         }
     }
 
@@ -83,127 +93,78 @@ pub async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let in_flight = Counted::new(&metrics.in_flight);
+    let method = request.method().clone();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let in_flight = metrics.start();
     let start = Instant::now();
     let response = next.run(request).await;
-    drop(in_flight);
-    let status = response.status().as_u16();
-    metrics
-        .duration
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status,
-        })
-        .inc();
+    in_flight.finish(&method, route, response.status().as_u16(), start.elapsed());
     response
 }
 
-/// The RED metrics of one route for a hand-written hot path (the gateway's proxy routes): the
-/// same series [`track`] writes, with each method's and status's handles looked up once
-/// instead of building label strings on every request.
-pub struct RouteMetrics {
-    metrics: Arc<HttpMetrics>,
-    route: String,
-    requests: Mutex<Vec<(Method, u16, Counter)>>,
-    durations: Mutex<Vec<(Method, Histogram)>>,
-}
-
-impl RouteMetrics {
-    pub fn new(metrics: Arc<HttpMetrics>, route: impl Into<String>) -> Self {
-        RouteMetrics {
-            metrics,
-            route: route.into(),
-            requests: Mutex::default(),
-            durations: Mutex::default(),
-        }
-    }
-
-    /// A request of this route begins: it counts as in flight until [`InFlight::finish`] (or
-    /// until dropped, when the client went away).
+impl HttpMetrics {
+    /// A request begins: it counts as in flight until [`InFlight::finish`] (or until dropped,
+    /// when the client went away).
     pub fn start(&self) -> InFlight<'_> {
-        InFlight {
-            route: self,
-            _counted: Counted::new(&self.metrics.in_flight),
-        }
+        self.in_flight.inc();
+        InFlight { metrics: self }
     }
 
-    fn counter(&self, method: &Method, status: u16) -> Counter {
-        let mut cache = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, counter)) = cache.iter().find(|(m, s, _)| m == method && *s == status) {
+    fn counter(&self, method: &Method, route: &str, status: u16) -> Counter {
+        let mut cache = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = cache.entry((method.clone(), status)).or_default();
+        if let Some((_, counter)) = routes.iter().find(|(r, _)| r == route) {
             return counter.clone();
         }
         let counter = self
-            .metrics
             .requests
             .get_or_create(&RequestLabels {
                 method: method.to_string(),
-                route: self.route.clone(),
+                route: route.to_owned(),
                 status,
             })
             .clone();
-        cache.push((method.clone(), status, counter.clone()));
+        routes.push((route.to_owned(), counter.clone()));
         counter
     }
 
-    fn duration(&self, method: &Method) -> Histogram {
-        let mut cache = self.durations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, histogram)) = cache.iter().find(|(m, _)| m == method) {
+    fn histogram(&self, method: &Method, route: &str) -> Histogram {
+        let mut cache = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = cache.entry(method.clone()).or_default();
+        if let Some((_, histogram)) = routes.iter().find(|(r, _)| r == route) {
             return histogram.clone();
         }
         let histogram = self
-            .metrics
             .duration
             .get_or_create(&RouteLabels {
                 method: method.to_string(),
-                route: self.route.clone(),
+                route: route.to_owned(),
             })
             .clone();
-        cache.push((method.clone(), histogram.clone()));
+        routes.push((route.to_owned(), histogram.clone()));
         histogram
     }
 }
 
-/// A request counted in flight; see [`RouteMetrics::start`].
+/// A request counted in flight; see [`HttpMetrics::start`].
 pub struct InFlight<'a> {
-    route: &'a RouteMetrics,
-    _counted: Counted<'a>,
+    metrics: &'a HttpMetrics,
 }
 
 impl InFlight<'_> {
-    /// The request ended with `status` after `elapsed`.
-    pub fn finish(self, method: &Method, status: u16, elapsed: Duration) {
-        self.route.duration(method).observe(elapsed.as_secs_f64());
-        self.route.counter(method, status).inc();
+    /// The request, counted under its route template, ended with `status` after `elapsed`.
+    pub fn finish(self, method: &Method, route: &str, status: u16, elapsed: Duration) {
+        self.metrics
+            .histogram(method, route)
+            .observe(elapsed.as_secs_f64());
+        self.metrics.counter(method, route, status).inc();
     }
 }
 
-/// One request in the in-flight gauge for as long as it lives: a handler future dropped
-/// because the client went away is taken out too.
-struct Counted<'a>(&'a Gauge);
-
-impl<'a> Counted<'a> {
-    fn new(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        Counted(gauge)
-    }
-}
-
-impl Drop for Counted<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.metrics.in_flight.dec();
     }
 }
 
@@ -212,26 +173,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_metrics_write_the_series_the_middleware_writes() {
-        let metrics = Arc::new(HttpMetrics::for_component("gateway"));
-        let route = RouteMetrics::new(metrics.clone(), "/users/{*rest}");
-        for status in [200, 200, 404] {
-            route
+    fn requests_are_counted_by_route_and_status_and_in_flight_until_finished_or_dropped() {
+        let metrics = HttpMetrics::for_component("gateway");
+        for (route, status) in [
+            ("/users/{*rest}", 200),
+            ("/users/{*rest}", 200),
+            ("/users/{*rest}", 404),
+            ("/users", 200),
+        ] {
+            metrics
                 .start()
-                .finish(&Method::GET, status, Duration::from_millis(2));
+                .finish(&Method::GET, route, status, Duration::from_millis(2));
         }
-        let _pending = route.start();
-        drop(route.start());
+        let _pending = metrics.start();
+        drop(metrics.start());
         let text = metrics.encode();
-        assert!(text.contains(
-            r#"msa_gateway_http_requests_total{method="GET",route="/users/{*rest}",status="200"} 2"#
-        ), "{text}");
-        assert!(text.contains(
-            r#"msa_gateway_http_requests_total{method="GET",route="/users/{*rest}",status="404"} 1"#
-        ));
-        assert!(text.contains(
-            r#"msa_gateway_http_request_duration_seconds_count{method="GET",route="/users/{*rest}"} 3"#
-        ));
-        assert!(text.contains("msa_gateway_http_requests_in_flight 1"));
+        for series in [
+            r#"msa_gateway_http_requests_total{method="GET",route="/users/{*rest}",status="200"} 2"#,
+            r#"msa_gateway_http_requests_total{method="GET",route="/users/{*rest}",status="404"} 1"#,
+            r#"msa_gateway_http_requests_total{method="GET",route="/users",status="200"} 1"#,
+            r#"msa_gateway_http_request_duration_seconds_count{method="GET",route="/users/{*rest}"} 3"#,
+            "msa_gateway_http_requests_in_flight 1",
+        ] {
+            assert!(text.contains(series), "{series} missing in:\n{text}");
+        }
     }
 }
