@@ -5,7 +5,7 @@ CARGO ?= cargo
 HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-gateway local demo help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-node bench-gateway local demo help
 
 all: build
 
@@ -56,25 +56,33 @@ lint-chart: ## helm lint the chart, cluster-wide and namespaced
 	"$(HELM)" lint --strict charts/msa-operator
 	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo
 
-images: ## Build the container images (needs a Docker or Podman engine)
-	docker build --build-arg BIN=msa-operator -t ghcr.io/msa-dev/msa-operator:0.1.0 .
+images: ## Build every container image as a tarball under target/images (no Docker, no registry)
+	CARGO="$(CARGO)" hack/images.sh
 
 run-operator: ## Run the operator against the current kubeconfig
 	$(CARGO) run -p msa-operator -- --log-format text
 
-cluster-up: ## Start a real control plane on 127.0.0.1 (builds it once); prints its env file
+cluster-up: images ## Start the test cluster: control plane, a real node running the images, kwok; prints its env file
 	tests/cluster/cluster.sh up
 
-cluster-down: ## Stop the control plane and delete its state
+cluster-down: ## Stop the test cluster and remove everything it left on the machine
 	tests/cluster/cluster.sh down
 
-e2e: ## Bring a cluster up, run the end-to-end tests on it, always tear it down
-	$(CARGO) build -p msa-operator -p msa-gateway --bin msa-operator --bin msa-gateway --bin msa-echo
-	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
+e2e: images ## The end-to-end tests: on kwok (operator behaviour), then on the real node (the user's path)
+	$(CARGO) build -p msa-operator -p msa-gateway -p msa-local --bin msa-operator --bin msa-gateway --bin msa-echo --bin msa-local
+	@echo ">> e2e 1/2: the operator on a control plane with kwok nodes"
+	MSA_CLUSTER_NODES=kwok tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
+	@echo ">> e2e 2/2: the images on the real node: chart, shop, demo through the NodePort"
+	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test node -- --ignored --nocapture
 
 bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes
 	$(CARGO) build --release -p msa-operator --bin msa-operator
-	MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench
+	MSA_CLUSTER_NODES=kwok MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench
+
+bench-node: images ## Real-node figures: image sizes, build times, apply→Ready on real pods vs kwok, the demo's time
+	$(CARGO) build -q -p msa-local --bin msa-local
+	$(CARGO) build --release -p msa-e2e --bin node-bench
+	tests/cluster/run.sh target/release/node-bench
 
 bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null \

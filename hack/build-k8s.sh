@@ -9,13 +9,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 cache="${MSA_CACHE:-$HOME/.cache/msa}"
 out="$cache/k8s-$KUBERNETES_VERSION"
 mkdir -p "$out"
 wanted=("$@")
 [[ ${#wanted[@]} -gt 0 ]] || wanted=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 
-log() { echo ">> $*" >&2; }
 
 build_kubernetes() {
   local cmd="$1" mod="$cache/src/kubernetes-$KUBERNETES_VERSION"
@@ -68,9 +69,10 @@ for cmd in "${wanted[@]}"; do
   start=$SECONDS
   case "$cmd" in
     etcd) build_etcd ;;
-    kube-*|kubectl) build_kubernetes "$cmd" ;;
+    kube-*|kubelet|kubectl) build_kubernetes "$cmd" ;;
     *) echo "unknown binary $cmd" >&2; exit 2 ;;
   esac
   log "$cmd built in $((SECONDS - start)) s"
+  record_build_time "$cmd" cold "$((SECONDS - start))"
 done
 echo "$out"

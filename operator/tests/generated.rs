@@ -32,3 +32,44 @@ fn example_app_is_a_valid_microservice_app() {
     msa_operator::crd::MicroserviceAppSpec::validate_cel(&spec, None)
         .expect("manifests/shop.yaml passes the CRD's CEL rules");
 }
+
+/// `make images` names each image `ghcr.io/msa-dev/<binary>:<workspace version>`; the chart's
+/// default operator image, the CRD's default image pattern and `manifests/shop.yaml` must name
+/// exactly those, or a user who loads the tarballs gets `ErrImageNeverPull`/`ImagePullBackOff`.
+#[test]
+fn image_names_agree_with_what_make_images_builds() {
+    let version = env!("CARGO_PKG_VERSION");
+    let built = |binary: &str| format!("ghcr.io/msa-dev/{binary}:{version}");
+
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("charts/msa-operator/values.yaml")).unwrap();
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("charts/msa-operator/Chart.yaml")).unwrap();
+    let repository = values["image"]["repository"].as_str().unwrap();
+    let tag = values["image"]["tag"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .or(chart["appVersion"].as_str())
+        .unwrap();
+    assert_eq!(format!("{repository}:{tag}"), built("msa-operator"));
+
+    let example: msa_operator::crd::MicroserviceApp =
+        serde_yaml::from_str(&repo_file("manifests/shop.yaml")).unwrap();
+    for pattern in [
+        msa_operator::crd::DEFAULT_IMAGE_PATTERN,
+        example.spec.image.as_str(),
+    ] {
+        for component in ["user", "order", "product", "gateway"] {
+            assert_eq!(
+                pattern.replace(msa_operator::crd::COMPONENT_PLACEHOLDER, component),
+                built(&format!("msa-{component}")),
+                "image pattern {pattern}"
+            );
+        }
+    }
+    let script = repo_file("hack/images.sh");
+    assert!(
+        script.contains("registry=ghcr.io/msa-dev") && script.contains("\"$registry/$b:$version\""),
+        "hack/images.sh no longer names images ghcr.io/msa-dev/<binary>:<version>"
+    );
+}
