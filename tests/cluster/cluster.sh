@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane on this machine, for the end-to-end tests and for trying the
-# operator: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (standing in for
-# kubelets), built from their Go modules by hack/build-k8s.sh and hack/tools.sh, every one bound to
-# 127.0.0.1. No container runs: kwok marks scheduled pods Running and Ready and gives them an IP.
+# A real Kubernetes cluster on this machine, for the end-to-end tests and for trying the operator:
+# etcd, kube-apiserver, kube-controller-manager and kube-scheduler (hack/build-k8s.sh), a real node
+# — containerd, runc, CNI, kubelet, kube-proxy in a network namespace of its own (node.sh,
+# hack/build-node.sh) — and kwok standing in for kubelets where tests need hundreds of pods.
 #
 #   tests/cluster/cluster.sh up     start it (building the binaries once); prints the env file
-#   tests/cluster/cluster.sh down   stop it and delete its state
+#   tests/cluster/cluster.sh down   stop it and remove everything it left (also after a failed or
+#                                   interrupted run): processes, mounts, namespaces, cgroups, sysctls
 #   tests/cluster/cluster.sh env    print the env file of a running cluster
 #
-# The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG and
-# MSA_E2E_STATE for the tests. Network safety: pod IPs come from 198.18.0.0/17 and the node IP is
-# 198.18.128.1, inside 198.18.0.0/15, which gets a blackhole route before anything starts, so no
-# packet to a pod or node address can leave the machine. Nothing here dials those addresses.
+# MSA_CLUSTER_NODES=real,kwok (default) starts both nodes; the kwok node is then tainted, and a
+# namespace opts into it with the two annotations in kwok_namespace_annotations below.
+# MSA_CLUSTER_NODES=kwok starts only kwok, untainted (nothing runs for real; no images needed).
+# The real node runs the images in MSA_CLUSTER_IMAGES (default target/images, from `make images`).
+#
+# The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG, MSA_E2E_STATE
+# and, with a real node, MSA_E2E_NODE_IP / MSA_E2E_NODE_NS / MSA_E2E_CTR for the tests.
+#
+# Network safety: every address used here is inside 198.18.0.0/15, which gets a blackhole route
+# before anything starts, so no packet to a pod, node or Service address can leave the machine;
+# the node's namespace has no default route and an nft table that drops (and counts) anything to
+# or from outside that range. Every control-plane component binds to 127.0.0.1, except the API
+# server, which binds its own 198.18.250.1 so that the node and pods reach it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -22,20 +32,45 @@ api_port=$((base_port + 43))       # 26443
 kcm_port=$((base_port + 57))       # 26457
 sched_port=$((base_port + 59))     # 26459
 kwok_port=$((base_port + 50))      # 26450
-readonly pod_cidr=198.18.0.0/17 node_ip=198.18.128.1 guarded=198.18.0.0/15
+nodes="${MSA_CLUSTER_NODES:-real,kwok}"
+images="${MSA_CLUSTER_IMAGES:-$root/target/images}"
+readonly guarded=198.18.0.0/15
+# kwok's fake node and its pods.
+readonly kwok_pod_cidr=198.18.0.0/17 kwok_node_ip=198.18.128.1
+# The real node (node.sh): its link to this namespace, its pods, the Service range.
+readonly host_ip=198.18.250.1 node_ip=198.18.250.2 node_name=msa-node-0 node_ns=msa-node
+readonly pod_cidr=198.18.160.0/24 pod_gateway=198.18.160.1
+readonly service_cidr=198.19.0.0/16 first_service_ip=198.19.0.1 cluster_dns=198.19.0.10
+# Pods' resolver: inside the guarded range and unrouted, so a lookup fails at once and no pod
+# ever learns the host's resolver. No cluster DNS runs.
+readonly resolver_ip=198.18.250.53
+readonly sandbox_image=ghcr.io/msa-dev/msa-pause:0.1.0
 readonly components=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+# How a namespace opts into the kwok node while a real node is there (PodNodeSelector and
+# PodTolerationRestriction admission); tests/src/cluster.rs sets the same two annotations.
+readonly kwok_taint=kwok.x-k8s.io/node=fake:NoSchedule
 
 log() { echo ">> $*" >&2; }
+has_real_node() { [[ ",$nodes," == *",real,"* ]]; }
+
+# stop_component <name>: SIGTERM by its PID file, SIGKILL after 5 s.
+stop_component() {
+  local name="$1" pid
+  [[ -f "$state/$name.pid" ]] || return 0
+  pid="$(cat "$state/$name.pid")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$state/$name.pid"
+}
+
+# shellcheck source=node.sh
+source "$here/node.sh"
 
 down() {
-  local name pid
-  for name in "${components[@]}"; do
-    [[ -f "$state/$name.pid" ]] || continue
-    pid="$(cat "$state/$name.pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  local name
+  node_down
+  for name in "${components[@]}"; do stop_component "$name"; done
   rm -rf "$state"
 }
 
@@ -79,19 +114,52 @@ wait_for() {
   exit 1
 }
 
+# pki: a CA for everything the cluster signs. The API server's serving certificate names the
+# first Service IP and the kubernetes.default names, so pods verify it with their ServiceAccount's
+# ca.crt (the controller-manager publishes this CA as kube-root-ca.crt).
+make_pki() {
+  local pki="$1" api_ip="$2"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$pki/ca.key" -out "$pki/ca.crt" -days 2 \
+    -subj "/CN=msa-e2e-ca" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$pki/apiserver.key" -out "$pki/apiserver.crt" \
+    -days 2 -subj "/CN=kube-apiserver" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -addext "subjectAltName=IP:$api_ip,IP:127.0.0.1,IP:$first_service_ip,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+    -addext "extendedKeyUsage=serverAuth" -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+  # The API server's client identity towards kubelets (exec, logs, port-forward).
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$pki/kubelet-client.key" \
+    -out "$pki/kubelet-client.crt" -days 2 -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -addext "extendedKeyUsage=clientAuth" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+}
+
 up() {
-  local bin helm kwok
+  local bin helm kwok node_bin="" api_ip=127.0.0.1 tarballs=()
   bin="$("$root/hack/build-k8s.sh" etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)"
   helm="$("$root/hack/tools.sh" helm)"
   kwok="$("$root/hack/tools.sh" kwok)"
+  if has_real_node; then
+    node_bin="$("$root/hack/build-node.sh")"
+    api_ip=$host_ip
+    [[ -f "$images/msa-pause.tar" ]] || {
+      echo "no images in $images: run 'make images' first (the real node pulls nothing)" >&2
+      exit 1
+    }
+    tarballs=("$images"/*.tar)
+  fi
   guard_network
   down
-  mkdir -p "$state/pki"
-  openssl genrsa -out "$state/pki/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$state/pki/sa.key" -pubout -out "$state/pki/sa.pub" 2>/dev/null
-  local token
-  token="$(openssl rand -hex 16)"
-  echo "$token,admin,admin,system:masters" >"$state/pki/tokens.csv"
+  mkdir -p "$state/pki" "$state/node"
+  local pki="$state/pki" api_url="https://$api_ip:$api_port"
+  make_pki "$pki" "$api_ip"
+  local token kubelet_token proxy_token
+  token="$(openssl rand -hex 16)" kubelet_token="$(openssl rand -hex 16)" proxy_token="$(openssl rand -hex 16)"
+  {
+    echo "$token,admin,admin,system:masters"
+    echo "$kubelet_token,system:node:$node_name,$node_name,system:nodes"
+    echo "$proxy_token,system:kube-proxy,kube-proxy"
+  } >"$pki/tokens.csv"
   # Every write is audited (metadata only), so a test can count what the operator wrote.
   cat >"$state/audit-policy.yaml" <<'YAML'
 apiVersion: audit.k8s.io/v1
@@ -105,12 +173,13 @@ YAML
   cat >"$state/kubeconfig" <<YAML
 apiVersion: v1
 kind: Config
-clusters: [{name: msa-e2e, cluster: {server: "https://127.0.0.1:$api_port", insecure-skip-tls-verify: true}}]
+clusters: [{name: msa-e2e, cluster: {server: "$api_url", insecure-skip-tls-verify: true}}]
 users: [{name: admin, user: {token: "$token"}}]
 contexts: [{name: msa-e2e, context: {cluster: msa-e2e, user: admin, namespace: default}}]
 current-context: msa-e2e
 YAML
   local kc="$state/kubeconfig" kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfig")
+  has_real_node && node_network_up
 
   log "starting etcd on 127.0.0.1:$etcd_port"
   start etcd "$bin/etcd" --data-dir "$state/etcd" --name msa-e2e \
@@ -120,25 +189,32 @@ YAML
     --initial-cluster "msa-e2e=http://127.0.0.1:$((etcd_port + 1))" \
     --listen-metrics-urls "http://127.0.0.1:$((etcd_port + 2))" --unsafe-no-fsync
 
-  log "starting kube-apiserver on 127.0.0.1:$api_port"
-  # The service range is never routed anywhere: no kube-proxy runs, and tests never dial a ClusterIP.
+  log "starting kube-apiserver on $api_ip:$api_port (Services in $service_cidr)"
+  # InternalIP first: the default (Hostname first) would resolve node names through the host's
+  # resolver. PodNodeSelector and PodTolerationRestriction let a namespace opt into the kwok node.
   start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$state/pki" --token-auth-file "$state/pki/tokens.csv" --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$state/pki/sa.pub" \
-    --service-account-signing-key-file "$state/pki/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+    --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction,PodNodeSelector,PodTolerationRestriction \
+    --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range "$service_cidr" \
     --audit-log-path "$state/audit.log" --audit-policy-file "$state/audit-policy.yaml" \
     --audit-log-mode blocking
   wait_for kube-apiserver 90 "${kubectl[@]}" get --raw /readyz
 
   # Higher client rates than the defaults (20/s) so a hundred apps roll out quickly; every
   # controller the tests rely on (deployment, replicaset, endpointslice, garbagecollector,
-  # serviceaccount, namespace) is in the default set.
+  # serviceaccount, namespace, disruption) is in the default set.
   log "starting kube-controller-manager and kube-scheduler"
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kc" \
     --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
-    --service-account-private-key-file "$state/pki/sa.key" --root-ca-file "$state/pki/apiserver.crt" \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --service-cluster-ip-range "$service_cidr" \
     --kube-api-qps 200 --kube-api-burst 400 --concurrent-deployment-syncs 10 \
     --concurrent-replicaset-syncs 10 --concurrent-service-endpoint-syncs 10
   start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$kc" \
@@ -146,10 +222,11 @@ YAML
     --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false \
     --kube-api-qps 200 --kube-api-burst 400
 
-  log "starting kwok (pods get IPs in $pod_cidr)"
-  start kwok "$kwok" --kubeconfig "$kc" --config "$here/kwok.yaml" --cidr "$pod_cidr" \
-    --node-ip "$node_ip" --server-address "127.0.0.1:$kwok_port"
-
+  local taints="[]"
+  has_real_node && taints="[{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]"
+  log "starting kwok (node kwok-node-0, pods get IPs in $kwok_pod_cidr; taints: $taints)"
+  start kwok "$kwok" --kubeconfig "$kc" --config "$here/kwok.yaml" --cidr "$kwok_pod_cidr" \
+    --node-ip "$kwok_node_ip" --server-address "127.0.0.1:$kwok_port"
   "${kubectl[@]}" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Node
@@ -158,11 +235,26 @@ metadata:
   annotations: {kwok.x-k8s.io/node: fake}
   labels: {kubernetes.io/hostname: kwok-node-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64, type: kwok}
 spec:
-  podCIDR: $pod_cidr
-  podCIDRs: [$pod_cidr]
+  podCIDR: $kwok_pod_cidr
+  podCIDRs: [$kwok_pod_cidr]
+  taints: $taints
 YAML
   wait_for kwok 60 \
     "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
+
+  local node_env=""
+  if has_real_node; then
+    local started=$SECONDS
+    node_up "$kubelet_token" "$proxy_token" "${tarballs[@]}"
+    wait_for kubelet 120 \
+      "${kubectl[@]}" wait --for=condition=Ready "node/$node_name" --timeout=1s
+    log "node $node_name Ready $((SECONDS - started)) s after containerd started"
+    node_env="export MSA_E2E_NODE_NAME=$node_name
+export MSA_E2E_NODE_IP=$node_ip
+export MSA_E2E_NODE_NS=$node_ns
+export MSA_E2E_POD_CIDR=$pod_cidr
+export MSA_E2E_CTR=\"$node_bin/ctr --address $state/node/containerd.sock -n k8s.io\""
+  fi
   wait_for kube-controller-manager 60 \
     "${kubectl[@]}" get serviceaccount default -n default
 
@@ -172,13 +264,19 @@ export MSA_E2E_STATE=$state
 export MSA_E2E_KUBECTL=$bin/kubectl
 export MSA_E2E_HELM=$helm
 export MSA_E2E_AUDIT_LOG=$state/audit.log
+export MSA_E2E_NODES=$nodes
+$node_env
 ENV
-  log "cluster up: KUBECONFIG=$kc (logs in $state)"
+  log "cluster up ($nodes): KUBECONFIG=$kc (logs in $state)"
   echo "$state/env"
 }
 
 case "${1:-}" in
-  up) up ;;
+  up)
+    # A start that fails or is interrupted part-way leaves nothing behind either.
+    trap 'exit 130' INT TERM
+    trap 'rc=$?; [[ $rc -eq 0 ]] || { log "the cluster did not start (exit $rc): tearing down"; down; }' EXIT
+    up ;;
   down) down ;;
   env) [[ -f "$state/env" ]] && echo "$state/env" || { echo "no cluster running (state $state)" >&2; exit 1; } ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;

@@ -6,15 +6,18 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+# Torn down however this ends: success, failure, Ctrl-C or SIGTERM.
+trap 'exit 130' INT TERM
+trap '"$here/cluster.sh" down' EXIT
 env_file="$("$here/cluster.sh" up)" || { echo "e2e: the test cluster did not start (see above)" >&2; exit 1; }
 # shellcheck disable=SC1090
 source "$env_file"
-trap '"$here/cluster.sh" down' EXIT
 status=0
 "$@" || status=$?
 if [[ $status -ne 0 ]]; then
   rm -rf "$root/target/e2e-logs" && mkdir -p "$root/target/e2e-logs"
   cp "$MSA_E2E_STATE"/*.log "$root/target/e2e-logs/" 2>/dev/null || true
+  cp -r "$MSA_E2E_STATE"/node/pod-logs "$root/target/e2e-logs/" 2>/dev/null || true
   echo "e2e: failed (exit $status); control-plane logs kept in target/e2e-logs/" >&2
 fi
 exit $status
