@@ -218,8 +218,29 @@ pub struct TestNamespace {
     pub name: String,
 }
 
+/// Where a namespace's pods run when the cluster has both kinds of node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them: the real node when there is one (the kwok node is then
+    /// tainted), else kwok.
+    Default,
+    /// On the kwok node: nothing runs, pods are Ready at once (scale tests, references).
+    Kwok,
+}
+
 impl TestNamespace {
     pub async fn create(client: &kube::Client, prefix: &str) -> anyhow::Result<Self> {
+        Self::create_on(client, prefix, Placement::Default).await
+    }
+
+    /// A namespace whose pods go where `placement` says. The kwok placement uses the
+    /// PodNodeSelector and PodTolerationRestriction admission plugins the API server enables
+    /// (`tests/cluster/cluster.sh`), so the pods of unchanged manifests land on the kwok node.
+    pub async fn create_on(
+        client: &kube::Client,
+        prefix: &str,
+        placement: Placement,
+    ) -> anyhow::Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
         let name = format!(
@@ -227,10 +248,25 @@ impl TestNamespace {
             nanos % 0xfffff,
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        let annotations = (placement == Placement::Kwok).then(|| {
+            [
+                (
+                    "scheduler.alpha.kubernetes.io/node-selector".to_string(),
+                    "type=kwok".to_string(),
+                ),
+                (
+                    "scheduler.alpha.kubernetes.io/defaultTolerations".to_string(),
+                    r#"[{"key":"kwok.x-k8s.io/node","operator":"Equal","value":"fake","effect":"NoSchedule"}]"#
+                        .to_string(),
+                ),
+            ]
+            .into()
+        });
         let namespace = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some([("msa.dev/e2e".to_string(), prefix.to_string())].into()),
+                annotations,
                 ..Default::default()
             },
             ..Default::default()

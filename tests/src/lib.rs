@@ -1,14 +1,16 @@
-//! Harness for the end-to-end tests and the operator benchmark: they run against the real control
-//! plane that `tests/cluster/cluster.sh` starts on 127.0.0.1 (`make e2e` brings it up and down).
+//! Harness for the end-to-end tests and the benchmarks: they run against the real cluster that
+//! `tests/cluster/cluster.sh` starts on this machine (`make e2e` brings it up and down).
 //!
-//! Everything here talks only to that cluster's API server on loopback and to operator processes
-//! it spawns on loopback; pod and Service addresses are read, never dialled.
+//! Everything here talks to that cluster's API server, to operator processes it spawns on
+//! loopback, and — in the real-node tests — to node and pod addresses that pass
+//! [`node::guarded`] (inside the blackholed 198.18.0.0/15).
 
 pub mod audit;
 pub mod cluster;
+pub mod node;
 pub mod operator;
 pub mod wait;
 
-pub use cluster::{Cluster, TestNamespace};
+pub use cluster::{Cluster, Placement, TestNamespace};
 pub use operator::{Operator, OperatorOptions};
 pub use wait::wait_until;

@@ -1,0 +1,426 @@
+//! The user's whole path on real pods: the images from `make images` imported into the test
+//! cluster's real node (containerd, runc, kubelet, kube-proxy — `tests/cluster/node.sh`), the
+//! chart installed with the README's command, `manifests/shop.yaml` applied, and the shop's flow
+//! driven from the host through the gateway's NodePort. Nothing here is faked: every pod is a
+//! container started by runc, every request crosses kube-proxy's nftables rules or a pod's veth.
+//!
+//! One test, in steps, because the chart's operator is cluster-wide: a second test would share it.
+//! Ignored by a plain `cargo test`; `make e2e` starts the cluster with its real node and runs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use msa_e2e::cluster::INSTALL_NAMESPACE;
+use msa_e2e::node::{RealNode, guarded_url, install_operator_chart, run_demo, wait_reachable};
+use msa_e2e::{Cluster, TestNamespace, wait_until};
+use msa_operator::crd::MicroserviceApp;
+use serde_json::Value;
+
+/// How long anything may take to converge on a busy 2-core machine.
+const WAIT: Duration = Duration::from_secs(180);
+/// Port the components and the operator listen on in their pods.
+const POD_PORT: u16 = 8080;
+/// A grace period no test could wait out: a pod that ignored SIGTERM would hold the test past WAIT.
+const LONG_GRACE: &str = "--grace-period=3600";
+
+struct Ctx {
+    cluster: Cluster,
+    admin: kube::Client,
+    node: RealNode,
+    http: reqwest::Client,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster with its real node: make e2e"]
+async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Result<()> {
+    let cluster = Cluster::from_env();
+    let ctx = Ctx {
+        admin: cluster.admin().await?,
+        cluster,
+        node: RealNode::from_env()?,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+    };
+
+    let operators = install_operator(&ctx).await?;
+    let leader = leader_of(&ctx, &operators).await?;
+    println!("operator pods {operators:?}; leader {leader}");
+
+    let ns = TestNamespace::create(&ctx.admin, "shop").await?.name;
+    let started = Instant::now();
+    apply_shop_and_wait(&ctx, &ns)?;
+    println!(
+        "kubectl apply → msa/shop Ready on real pods: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let pods = check_pods_match_status(&ctx, &ns).await?;
+    check_discovery_from_inside_pods(&ctx, &pods).await?;
+    check_demo_through_node_port(&ctx, &ns).await?;
+    check_gateway_at_pod_address(&ctx, &pods).await?;
+    check_only_the_leader_reconciles(&ctx, &operators, &leader).await?;
+    hand_over_and_reconcile(&ctx, &ns, &leader).await?;
+    Ok(())
+}
+
+/// The chart installed with the README's HA command; returns the operator pods, Running and
+/// Ready on the real node.
+async fn install_operator(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
+    let took = install_operator_chart(&ctx.cluster)?;
+    println!("helm install --wait: {:.1} s", took.as_secs_f64());
+    let pods = ready_pods(
+        ctx,
+        INSTALL_NAMESPACE,
+        "app.kubernetes.io/name=msa-operator",
+    )
+    .await?;
+    ensure!(pods.len() == 2, "expected 2 operator pods, found {pods:?}");
+    Ok(pods.keys().cloned().collect())
+}
+
+/// Pods matching `selector`, name → pod IP, once every one is Running and Ready on the real node.
+async fn ready_pods(
+    ctx: &Ctx,
+    namespace: &str,
+    selector: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let api = Api::<Pod>::namespaced(ctx.admin.clone(), namespace);
+    let what = format!(
+        "pods {selector} in {namespace} Running and Ready on {}",
+        ctx.node.name
+    );
+    wait_until(&what, WAIT, || async {
+        let pods = api.list(&ListParams::default().labels(selector)).await?;
+        let mut ready = BTreeMap::new();
+        for pod in &pods.items {
+            if pod.metadata.deletion_timestamp.is_some() {
+                return Ok(None);
+            }
+            let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let status = pod.status.as_ref();
+            let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+            let is_ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ip = status.and_then(|s| s.pod_ip.clone());
+            match (
+                spec_node == Some(ctx.node.name.as_str()),
+                running && is_ready,
+                ip,
+            ) {
+                (true, true, Some(ip)) => ready.insert(pod.name_any(), ip),
+                (false, _, _) if spec_node.is_some() => {
+                    bail!(
+                        "pod {} was scheduled to {spec_node:?}, not the real node",
+                        pod.name_any()
+                    )
+                }
+                _ => return Ok(None),
+            };
+        }
+        Ok((!ready.is_empty()).then_some(ready))
+    })
+    .await
+}
+
+async fn lease_holder(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(ctx.admin.clone(), INSTALL_NAMESPACE)
+        .get_opt("msa-operator")
+        .await?;
+    Ok(lease.and_then(|l| l.spec?.holder_identity))
+}
+
+/// The operator pod holding the Lease (its identity is its pod name).
+async fn leader_of(ctx: &Ctx, operators: &[String]) -> anyhow::Result<String> {
+    wait_until("one operator pod holding the Lease", WAIT, || async {
+        Ok(lease_holder(ctx).await?.filter(|h| operators.contains(h)))
+    })
+    .await
+}
+
+/// A metric's value (summed over its series) from the text at `url`.
+async fn metric(ctx: &Ctx, url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = ctx
+        .http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn pod_ip(ctx: &Ctx, namespace: &str, pod: &str) -> anyhow::Result<String> {
+    Api::<Pod>::namespaced(ctx.admin.clone(), namespace)
+        .get(pod)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .with_context(|| format!("pod {pod} has no IP"))
+}
+
+/// Scraped at the pod addresses: the leader reports `leader 1` and has reconciled; the standby
+/// reports `leader 0` and has reconciled nothing.
+async fn check_only_the_leader_reconciles(
+    ctx: &Ctx,
+    operators: &[String],
+    leader: &str,
+) -> anyhow::Result<()> {
+    for pod in operators {
+        let url = format!(
+            "{}/metrics",
+            guarded_url(&pod_ip(ctx, INSTALL_NAMESPACE, pod).await?, POD_PORT)?
+        );
+        let leads = metric(ctx, &url, "msa_operator_leader").await?;
+        let reconciles = metric(ctx, &url, "msa_operator_reconciles_total").await?;
+        println!("{pod}: leader {leads}, reconciles {reconciles} (scraped at {url})");
+        if pod == leader {
+            ensure!(
+                leads == 1.0 && reconciles > 0.0,
+                "the leader {pod} does not reconcile"
+            );
+        } else {
+            ensure!(
+                leads == 0.0 && reconciles == 0.0,
+                "the standby {pod} reconciled"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kubectl apply -n <ns> -f manifests/shop.yaml` and `kubectl wait --for=condition=Ready msa/shop`.
+fn apply_shop_and_wait(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let manifest = ctx.cluster.repo_path("manifests/shop.yaml");
+    ctx.cluster
+        .kubectl(&[
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            manifest.to_str().expect("utf-8 path"),
+        ])
+        .ok()?;
+    let waited = ctx
+        .cluster
+        .kubectl(&[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Ready",
+            "msa/shop",
+            "--timeout=300s",
+        ])
+        .ok();
+    waited.map(drop).map_err(|e| {
+        let pods = ctx
+            .cluster
+            .kubectl(&["get", "pods", "-n", ns, "-o", "wide"])
+            .stdout;
+        let status = ctx
+            .cluster
+            .kubectl(&["get", "msa/shop", "-n", ns, "-o", "jsonpath={.status}"])
+            .stdout;
+        e.context(format!("msa/shop status: {status}\npods:\n{pods}"))
+    })
+}
+
+/// Every pod of every component Running and Ready on the real node, as many as the app's status
+/// says; returns component → (pod name → IP).
+async fn check_pods_match_status(
+    ctx: &Ctx,
+    ns: &str,
+) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let app = Api::<MicroserviceApp>::namespaced(ctx.admin.clone(), ns)
+        .get("shop")
+        .await?;
+    let status = app.status.context("msa/shop has no status")?;
+    let mut all = BTreeMap::new();
+    for (component, counts) in &status.components {
+        let pods = ready_pods(ctx, ns, &format!("app.kubernetes.io/name={component}")).await?;
+        ensure!(
+            counts.ready_replicas == pods.len() as i32
+                && counts.desired_replicas == counts.ready_replicas,
+            "{component}: status says {counts:?}, the node runs {} ready pods",
+            pods.len()
+        );
+        println!(
+            "{component}: {} pods Ready on the real node {:?}",
+            pods.len(),
+            pods.values()
+        );
+        all.insert(component.clone(), pods);
+    }
+    ensure!(
+        all.len() == 4,
+        "expected 4 components in the status, got {:?}",
+        all.keys()
+    );
+    Ok(all)
+}
+
+/// The gateway found user, order and product by watching EndpointSlices from inside its pod
+/// (through the `kubernetes` Service's cluster IP, with the ServiceAccount the operator made): its
+/// `/debug/endpoints` lists exactly their pod IPs.
+async fn check_discovery_from_inside_pods(
+    ctx: &Ctx,
+    pods: &BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
+    for gateway_ip in pods["gateway"].values() {
+        let url = format!("{}/debug/endpoints", guarded_url(gateway_ip, POD_PORT)?);
+        for upstream in ["user", "order", "product"] {
+            let expected: BTreeSet<String> = pods[upstream]
+                .values()
+                .map(|ip| format!("{ip}:{POD_PORT}"))
+                .collect();
+            wait_until(
+                &format!("{url} to list the {upstream} pods {expected:?}"),
+                WAIT,
+                || async {
+                    let view: Value = ctx.http.get(&url).send().await?.json().await?;
+                    let listed: BTreeSet<String> = view["upstreams"]
+                        .as_array()
+                        .and_then(|u| u.iter().find(|u| u["name"] == upstream))
+                        .and_then(|u| u["endpoints"].as_array())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["address"].as_str().map(str::to_owned))
+                        .collect();
+                    Ok((listed == expected).then_some(()))
+                },
+            )
+            .await?;
+        }
+    }
+    println!("every gateway pod discovered user, order and product from its EndpointSlices");
+    Ok(())
+}
+
+/// `msa-local demo --gateway http://<node IP>:<node port>`: the README's demo, every step
+/// checked by the demo itself, through kube-proxy's NodePort.
+async fn check_demo_through_node_port(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let service = Api::<Service>::namespaced(ctx.admin.clone(), ns)
+        .get("shop-gateway")
+        .await?;
+    let node_port = service
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().and_then(|p| p.node_port))
+        .context("shop-gateway has no node port: manifests/shop.yaml should make it a NodePort")?;
+    let url = guarded_url(&ctx.node.ip.to_string(), u16::try_from(node_port)?)?;
+    let programmed = wait_reachable(&url, WAIT).await?;
+    println!(
+        "the NodePort answered {:.2} s after the check began",
+        programmed.as_secs_f64()
+    );
+    let took = run_demo(&url).await?;
+    println!(
+        "msa-local demo through the NodePort {url}: passed in {:.2} s",
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Each gateway pod answers at its own address too, with the product the demo created.
+async fn check_gateway_at_pod_address(
+    ctx: &Ctx,
+    pods: &BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
+    for ip in pods["gateway"].values() {
+        let url = format!("{}/products", guarded_url(ip, POD_PORT)?);
+        let answer = ctx.http.get(&url).send().await?;
+        ensure!(answer.status() == 200, "GET {url}: {}", answer.status());
+        let body: Value = answer.json().await?;
+        ensure!(
+            body.to_string().contains("999.99"),
+            "GET {url} does not list the demo's product: {body}"
+        );
+    }
+    println!("the gateway answers at each pod address");
+    Ok(())
+}
+
+/// Deleting the leader's pod hands the Lease to the standby, which then applies a spec change.
+/// The deletions use a grace period no test could wait out: a process ignoring SIGTERM as PID 1
+/// would keep its pod past the deletion's timeout.
+async fn hand_over_and_reconcile(ctx: &Ctx, ns: &str, leader: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ctx.cluster
+        .kubectl(&[
+            "delete",
+            "pod",
+            leader,
+            "-n",
+            INSTALL_NAMESPACE,
+            LONG_GRACE,
+            "--timeout=180s",
+        ])
+        .ok()
+        .context("the leader's pod did not stop on SIGTERM")?;
+    println!(
+        "leader pod {leader} deleted (SIGTERM → gone) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let new_leader = wait_until("another operator pod to take the Lease", WAIT, || async {
+        Ok(lease_holder(ctx).await?.filter(|h| h != leader))
+    })
+    .await?;
+    println!("the Lease moved to {new_leader}");
+
+    ctx.cluster
+        .kubectl(&[
+            "patch",
+            "msa/shop",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"components":{"gateway":{"replicas":3}}}}"#,
+        ])
+        .ok()?;
+    let deployments = Api::<Deployment>::namespaced(ctx.admin.clone(), ns);
+    wait_until(
+        "the new leader to scale shop-gateway to 3 ready pods",
+        WAIT,
+        || async {
+            let d = deployments.get("shop-gateway").await?;
+            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            Ok((d.spec.and_then(|s| s.replicas) == Some(3) && ready == 3).then_some(()))
+        },
+    )
+    .await?;
+    // Every component's process is PID 1 in its container: deleting all the shop's pods at once
+    // with the long grace period returns only if each one drains and exits on SIGTERM.
+    let started = Instant::now();
+    ctx.cluster
+        .kubectl(&[
+            "delete",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/instance=shop",
+            LONG_GRACE,
+            "--timeout=180s",
+        ])
+        .ok()
+        .context("a component's pod did not stop on SIGTERM")?;
+    println!(
+        "all shop pods stopped on SIGTERM (drain, then exit) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

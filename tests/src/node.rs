@@ -1,0 +1,166 @@
+//! The test cluster's real node (`tests/cluster/node.sh`): where it is, and the one rule for
+//! dialling anything on it — only addresses inside 198.18.0.0/15, which `cluster.sh` blackholes
+//! before the node exists, so no request to a pod, node or Service address can leave the machine.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use crate::Cluster;
+use crate::cluster::{INSTALL_NAMESPACE, RELEASE};
+
+/// The range every node, pod and Service address of the test cluster lies in.
+const GUARDED: (Ipv4Addr, u32) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+
+/// The real node as `cluster.sh up` exported it.
+#[derive(Clone, Debug)]
+pub struct RealNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+impl RealNode {
+    /// The node of the running cluster; fails with what to do when the cluster has none.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| {
+            std::env::var(name).with_context(|| {
+                format!(
+                    "{name} is not set: this test needs the cluster's real node; run it with \
+                     `make e2e`, or `make cluster-up` then `source $(tests/cluster/cluster.sh env)`"
+                )
+            })
+        };
+        let ip: Ipv4Addr = var("MSA_E2E_NODE_IP")?.parse()?;
+        guarded(IpAddr::V4(ip))?;
+        Ok(RealNode {
+            name: var("MSA_E2E_NODE_NAME")?,
+            ip,
+        })
+    }
+}
+
+/// `ip` itself when it is inside 198.18.0.0/15, else an error: the tests dial nothing else.
+pub fn guarded(ip: IpAddr) -> anyhow::Result<IpAddr> {
+    let inside = match ip {
+        IpAddr::V4(v4) => {
+            u32::from(v4) >> (32 - GUARDED.1) == u32::from(GUARDED.0) >> (32 - GUARDED.1)
+        }
+        IpAddr::V6(_) => false,
+    };
+    ensure!(
+        inside,
+        "refusing to dial {ip}: test traffic goes only to 198.18.0.0/15 (blackholed off this machine)"
+    );
+    Ok(ip)
+}
+
+/// `http://ip:port` for an address that passes [`guarded`].
+pub fn guarded_url(ip: &str, port: u16) -> anyhow::Result<String> {
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("{ip:?} is not an IP address"))?;
+    Ok(format!("http://{}:{port}", guarded(ip)?))
+}
+
+/// `helm install msa-operator charts/msa-operator --namespace msa-system --create-namespace
+/// --set replicaCount=2 --wait`: the README's command with its two-replica variant. Returns how
+/// long helm took.
+pub fn install_operator_chart(cluster: &Cluster) -> anyhow::Result<Duration> {
+    let chart = cluster.repo_path("charts/msa-operator");
+    let started = Instant::now();
+    cluster
+        .helm(&[
+            "install",
+            RELEASE,
+            chart.to_str().context("non-UTF-8 repository path")?,
+            "--namespace",
+            INSTALL_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "replicaCount=2",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .ok()
+        .context("helm install of the chart with the image from `make images`")?;
+    Ok(started.elapsed())
+}
+
+/// Waits until `GET <base>/healthz` answers 200: a new Service's NodePort works only once
+/// kube-proxy has written its rules (until then the node refuses the connection).
+pub async fn wait_reachable(base: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let started = Instant::now();
+    let url = format!("{base}/healthz");
+    crate::wait_until(&format!("{url} to answer 200"), timeout, || async {
+        Ok(http
+            .get(&url)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(drop))
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// `msa-local demo --gateway <url>`: the README's demo, each step checked by the demo itself.
+/// Returns its wall time, or an error carrying everything it printed.
+pub async fn run_demo(gateway: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let output = tokio::process::Command::new(workspace_binary("msa-local"))
+        .args(["demo", "--gateway", gateway])
+        .output()
+        .await
+        .context("run msa-local demo (make e2e builds it)")?;
+    let elapsed = started.elapsed();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && printed.contains("insufficient-stock"),
+        "msa-local demo --gateway {gateway} failed:\n{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(elapsed)
+}
+
+/// A binary of this workspace's debug build (`make e2e` builds the ones the tests run).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_blackholed_range_may_be_dialled() {
+        for ok in ["198.18.0.1", "198.18.160.7", "198.19.255.254"] {
+            assert!(guarded(ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for refused in [
+            "198.17.255.255",
+            "198.20.0.1",
+            "10.96.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "::1",
+        ] {
+            assert!(guarded(refused.parse().unwrap()).is_err(), "{refused}");
+        }
+        assert_eq!(
+            guarded_url("198.18.250.2", 30080).unwrap(),
+            "http://198.18.250.2:30080"
+        );
+        assert!(guarded_url("example.com", 80).is_err());
+    }
+}
