@@ -162,7 +162,22 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     }
 
     let children = build::children(app)?;
-    let report = apply_children(ctx, children).await?;
+    let report = match apply_children(ctx, children).await {
+        Ok(report) => report,
+        // Missing permissions stop the reconcile where they struck (children are applied in
+        // order), but a person reading the app's status must see why, not only the logs.
+        Err(Error::Kube(kube::Error::Api(refused))) if refused.code == 403 => {
+            let observed = Observed {
+                blocker: Some(Blocker::Forbidden(refused.message.clone())),
+                ..Observed::default()
+            };
+            if let Err(error) = write_status(app, ctx, &observed).await {
+                warn!(app = %app.name_any(), %error, "could not report the refused permission in status");
+            }
+            return Err(Error::Kube(kube::Error::Api(refused)));
+        }
+        Err(error) => return Err(error),
+    };
     if !report.changed.is_empty() {
         publish(
             ctx,
@@ -235,7 +250,8 @@ async fn apply_children(ctx: &Context, children: Children) -> Result<ApplyReport
 
 /// Applies one child unless the cache shows it already as rendered. Returns the current object
 /// (None when the API server refused it; the refusal goes into the report, other children are
-/// still applied). Transport and permission errors abort the reconcile.
+/// still applied). Transport and permission errors abort the reconcile (a permission error is
+/// still reported in status by the caller).
 async fn apply_one<K>(
     ctx: &Context,
     cache: &Store<K>,

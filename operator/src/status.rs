@@ -20,6 +20,7 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const FORBIDDEN: &str = "Forbidden";
     pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 }
@@ -31,6 +32,9 @@ pub enum Blocker {
     InvalidSpec(Vec<SpecProblem>),
     /// Some children could not be applied (object name → API server's message).
     ApplyFailed(Vec<(String, String)>),
+    /// The operator's own permissions do not cover a child (the API server's message); the
+    /// reconcile stopped there.
+    Forbidden(String),
 }
 
 /// The cluster state a status is computed from.
@@ -176,6 +180,13 @@ fn conditions(
                 format!(
                     "could not apply {}",
                     join(failures.iter().map(|(name, why)| format!("{name} ({why})")))
+                ),
+            ),
+            Blocker::Forbidden(why) => (
+                reason::FORBIDDEN,
+                format!(
+                    "the operator is not allowed to write this app's objects: {why}; grant its \
+                     ServiceAccount the chart's ClusterRole (helm upgrade restores it)"
                 ),
             ),
         };

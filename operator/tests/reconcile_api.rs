@@ -349,7 +349,7 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
 }
 
 #[tokio::test]
-async fn transport_and_permission_errors_abort_the_reconcile_with_a_category() {
+async fn transport_and_permission_errors_abort_the_reconcile_and_permissions_show_in_status() {
     let shop = app(json!({}));
     let respond: support::Responder = Arc::new(|_: &Call| {
         (
@@ -367,7 +367,28 @@ async fn transport_and_permission_errors_abort_the_reconcile_with_a_category() {
     let error = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap_err();
     assert_eq!(error.category(), "forbidden");
     assert!(error.to_string().contains("is forbidden"), "{error}");
-    assert_eq!(calls(&recorded).len(), 1, "stops at the first refused call");
+    let calls = calls(&recorded);
+    assert_eq!(
+        calls.len(),
+        2,
+        "stops at the first refused apply, then reports it in status: {calls:?}"
+    );
+    let status = &calls[1].body;
+    assert!(calls[1].path.ends_with("/status"), "{:?}", calls[1]);
+    let degraded = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "Forbidden");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"shop-discovery\" is forbidden")
+            && message.contains("grant its ServiceAccount the chart's ClusterRole"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
