@@ -81,8 +81,8 @@ bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps,
 
 bench-node: images ## Real-node figures: image sizes, build times, apply→Ready on real pods vs kwok, the demo's time
 	$(CARGO) build -q -p msa-local --bin msa-local
-	$(CARGO) build --release -p msa-e2e --bin node-bench
-	tests/cluster/run.sh target/release/node-bench
+	$(CARGO) build -q -p msa-e2e --bin node-bench   # it times the cluster, not itself: debug is fine
+	tests/cluster/run.sh target/debug/node-bench
 
 bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null \

@@ -6,6 +6,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 cache="${MSA_CACHE:-$HOME/.cache/msa}/tools"
 
 tool="${1:?usage: $0 helm|kwok}"
@@ -16,10 +18,11 @@ case "$tool" in
 esac
 dir="$cache/$tool-$version"
 if [[ ! -x "$dir/$tool" ]]; then
-  echo ">> building $tool $version from the Go module proxy (first run only, 1-3 min)" >&2
+  log "building $tool $version from the Go module proxy (first run only, 1-3 min)"
   start=$SECONDS
   mkdir -p "$dir"
   GOBIN="$dir" GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$module@$version" >&2
-  echo ">> $tool built in $((SECONDS - start)) s" >&2
+  log "$tool built in $((SECONDS - start)) s"
+  record_build_time "$tool" cold "$((SECONDS - start))"
 fi
 echo "$dir/$tool"

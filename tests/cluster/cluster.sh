@@ -249,7 +249,8 @@ YAML
     wait_for kubelet 120 \
       "${kubectl[@]}" wait --for=condition=Ready "node/$node_name" --timeout=1s
     log "node $node_name Ready $((SECONDS - started)) s after containerd started"
-    node_env="export MSA_E2E_NODE_NAME=$node_name
+    node_env="export MSA_E2E_NODE_READY_SECONDS=$((SECONDS - started))
+export MSA_E2E_NODE_NAME=$node_name
 export MSA_E2E_NODE_IP=$node_ip
 export MSA_E2E_NODE_NS=$node_ns
 export MSA_E2E_POD_CIDR=$pod_cidr
