@@ -69,19 +69,19 @@ cluster-down: ## Stop the test cluster and remove everything it left on the mach
 	tests/cluster/cluster.sh down
 
 e2e: images ## The end-to-end tests: on kwok (operator behaviour), then on the real node (the user's path)
-	$(CARGO) build -p msa-operator -p msa-gateway -p msa-local --bin msa-operator --bin msa-gateway --bin msa-echo --bin msa-local
+	# --workspace everywhere: the same feature set as `make unit`, so nothing is compiled twice.
+	$(CARGO) build --workspace --bins
 	@echo ">> e2e 1/2: the operator on a control plane with kwok nodes"
-	MSA_CLUSTER_NODES=kwok tests/cluster/run.sh $(CARGO) test -p msa-e2e --test e2e -- --ignored --test-threads=4
+	MSA_CLUSTER_NODES=kwok tests/cluster/run.sh $(CARGO) test --workspace --test e2e -- --ignored --test-threads=4
 	@echo ">> e2e 2/2: the images on the real node: chart, shop, demo through the NodePort"
-	tests/cluster/run.sh $(CARGO) test -p msa-e2e --test node -- --ignored --nocapture
+	tests/cluster/run.sh $(CARGO) test --workspace --test node -- --ignored --nocapture
 
 bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes
 	$(CARGO) build --release -p msa-operator --bin msa-operator
 	MSA_CLUSTER_NODES=kwok MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench
 
 bench-node: images ## Real-node figures: image sizes, build times, apply→Ready on real pods vs kwok, the demo's time
-	$(CARGO) build -q -p msa-local --bin msa-local
-	$(CARGO) build -q -p msa-e2e --bin node-bench   # it times the cluster, not itself: debug is fine
+	$(CARGO) build -q --workspace --bins   # msa-local and node-bench (debug: it times the cluster, not itself)
 	tests/cluster/run.sh target/debug/node-bench
 
 bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables

@@ -37,9 +37,16 @@ if [[ ! -x "$tool" ]]; then
   record_build_time imagetool cold "$((SECONDS - tool_start))"
 fi
 
-# The static release build has a target folder of its own under the cache: a fresh clone (CI)
-# then rebuilds only the workspace's crates, not every dependency with LTO.
-target_dir="${MSA_IMAGES_TARGET_DIR:-$cache/cargo-target-images}"
+# The static release build runs in a copy of the sources at a fixed place under the cache, with a
+# target folder of its own there. Cargo rebuilds a workspace crate whenever its folder moves, and
+# CI builds in a fresh clone every time; the copy is refreshed by content (rsync --checksum,
+# without --times), so unchanged files keep their timestamps and only crates that really changed
+# are rebuilt.
+build_src="$cache/images-src"
+target_dir="$cache/cargo-target-images"
+command -v rsync >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync >&2
+mkdir -p "$build_src"
+rsync -r --checksum --delete --exclude /target --exclude /.git "$root/" "$build_src/"
 start=$SECONDS
 kind=warm
 [[ -x "$target_dir/$target/release/msa-operator" ]] || kind=cold
@@ -49,7 +56,8 @@ for b in "${binaries[@]}"; do packages+=(-p "$b" --bin "$b"); done
 # crt-static links glibc statically (static-pie): the binaries run FROM scratch. The flag reaches
 # only the target's code, not build scripts or proc macros.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  "$cargo" build --release --locked --target "$target" --target-dir "$target_dir" "${packages[@]}"
+  "$cargo" build --manifest-path "$build_src/Cargo.toml" --release --locked --target "$target" \
+    --target-dir "$target_dir" "${packages[@]}"
 log "binaries built in $((SECONDS - start)) s"
 record_build_time "static release binaries (cargo)" "$kind" "$((SECONDS - start))"
 bin_dir="$target_dir/$target/release"

@@ -173,7 +173,7 @@ YAML
   cat >"$state/kubeconfig" <<YAML
 apiVersion: v1
 kind: Config
-clusters: [{name: msa-e2e, cluster: {server: "$api_url", insecure-skip-tls-verify: true}}]
+clusters: [{name: msa-e2e, cluster: {server: "$api_url", certificate-authority: "$pki/ca.crt"}}]
 users: [{name: admin, user: {token: "$token"}}]
 contexts: [{name: msa-e2e, context: {cluster: msa-e2e, user: admin, namespace: default}}]
 current-context: msa-e2e

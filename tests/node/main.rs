@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -336,15 +336,10 @@ async fn check_discovery_from_inside_pods(
 /// `msa-local demo --gateway http://<node IP>:<node port>`: the README's demo, every step
 /// checked by the demo itself, through kube-proxy's NodePort.
 async fn check_demo_through_node_port(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
-    let service = Api::<Service>::namespaced(ctx.admin.clone(), ns)
-        .get("shop-gateway")
+    let url = ctx
+        .node
+        .node_port_url(&ctx.admin, ns, "shop-gateway")
         .await?;
-    let node_port = service
-        .spec
-        .and_then(|s| s.ports)
-        .and_then(|p| p.first().and_then(|p| p.node_port))
-        .context("shop-gateway has no node port: manifests/shop.yaml should make it a NodePort")?;
-    let url = guarded_url(&ctx.node.ip.to_string(), u16::try_from(node_port)?)?;
     let programmed = wait_reachable(&url, WAIT).await?;
     println!(
         "the NodePort answered {:.2} s after the check began",

@@ -139,16 +139,23 @@ impl Cluster {
             ])
             .ok()?;
         let admin = Kubeconfig::read_from(&self.kubeconfig)?;
-        let server = admin
+        let cluster = admin
             .clusters
             .first()
             .and_then(|c| c.cluster.as_ref())
-            .and_then(|c| c.server.clone())
+            .context("the admin kubeconfig names no cluster")?;
+        let server = cluster
+            .server
+            .clone()
             .context("the admin kubeconfig names no server")?;
+        let ca = cluster
+            .certificate_authority
+            .clone()
+            .context("the admin kubeconfig names no certificate authority")?;
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
+            "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": ca}}],
             "users": [{"name": service_account, "user": {"token": token.trim()}}],
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": service_account}}],
             "current-context": "e2e",

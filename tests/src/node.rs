@@ -41,6 +41,29 @@ impl RealNode {
     }
 }
 
+impl RealNode {
+    /// `http://<node IP>:<node port>` of a NodePort Service (its first port).
+    pub async fn node_port_url(
+        &self,
+        admin: &kube::Client,
+        namespace: &str,
+        service: &str,
+    ) -> anyhow::Result<String> {
+        let found =
+            kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), namespace)
+                .get(service)
+                .await?;
+        let node_port = found
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().and_then(|p| p.node_port))
+            .with_context(|| {
+                format!("{namespace}/{service} has no node port: is it a NodePort?")
+            })?;
+        guarded_url(&self.ip.to_string(), u16::try_from(node_port)?)
+    }
+}
+
 /// `ip` itself when it is inside 198.18.0.0/15, else an error: the tests dial nothing else.
 pub fn guarded(ip: IpAddr) -> anyhow::Result<IpAddr> {
     let inside = match ip {

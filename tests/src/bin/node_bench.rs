@@ -15,9 +15,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
-use msa_e2e::node::{RealNode, guarded_url, install_operator_chart, run_demo, wait_reachable};
+use msa_e2e::node::{RealNode, install_operator_chart, run_demo, wait_reachable};
 use msa_e2e::{Cluster, Placement, TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
 
@@ -205,15 +204,7 @@ async fn demo_through_node_port(
     node: &RealNode,
     ns: &str,
 ) -> anyhow::Result<Duration> {
-    let service = Api::<Service>::namespaced(admin.clone(), ns)
-        .get("shop-gateway")
-        .await?;
-    let node_port = service
-        .spec
-        .and_then(|s| s.ports)
-        .and_then(|p| p.first().and_then(|p| p.node_port))
-        .context("shop-gateway has no node port")?;
-    let url = guarded_url(&node.ip.to_string(), u16::try_from(node_port)?)?;
+    let url = node.node_port_url(admin, ns, "shop-gateway").await?;
     wait_reachable(&url, READY_LIMIT).await?;
     run_demo(&url).await
 }
