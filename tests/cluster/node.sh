@@ -219,7 +219,9 @@ podLogsDir: $d/pod-logs
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+# Absolute thresholds: the node shares the host's disk, where even 1% can be gigabytes that a
+# developer's other builds use up (pods were evicted at 2.7 GB free of 252 GB).
+evictionHard: {memory.available: 100Mi, nodefs.available: 512Mi, imagefs.available: 512Mi, nodefs.inodesFree: 1%}
 maxPods: 110
 YAML
   cat >"$d/kube-proxy.yaml" <<YAML

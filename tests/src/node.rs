@@ -39,9 +39,7 @@ impl RealNode {
             ip,
         })
     }
-}
 
-impl RealNode {
     /// `http://<node IP>:<node port>` of a NodePort Service (its first port).
     pub async fn node_port_url(
         &self,
