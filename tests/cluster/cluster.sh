@@ -10,12 +10,15 @@
 #   tests/cluster/cluster.sh env    print the env file of a running cluster
 #
 # MSA_CLUSTER_NODES=real,kwok (default) starts both nodes; the kwok node is then tainted, and a
-# namespace opts into it with the two annotations in kwok_namespace_annotations below.
+# namespace opts into it with the PodNodeSelector and PodTolerationRestriction annotations that
+# tests/src/cluster.rs sets (Placement::Kwok).
 # MSA_CLUSTER_NODES=kwok starts only kwok, untainted (nothing runs for real; no images needed).
 # The real node runs the images in MSA_CLUSTER_IMAGES (default target/images, from `make images`).
 #
 # The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG, MSA_E2E_STATE
-# and, with a real node, MSA_E2E_NODE_IP / MSA_E2E_NODE_NS / MSA_E2E_CTR for the tests.
+# and, with a real node, MSA_E2E_NODE_NAME / MSA_E2E_NODE_IP / MSA_E2E_NODE_READY_SECONDS for the
+# tests, and MSA_E2E_NODE_NS / MSA_E2E_CTR for a person looking inside the node
+# (`nsenter --net=/run/netns/$MSA_E2E_NODE_NS ...`, `$MSA_E2E_CTR images ls`).
 #
 # Network safety: every address used here is inside 198.18.0.0/15, which gets a blackhole route
 # before anything starts, so no packet to a pod, node or Service address can leave the machine;
@@ -46,9 +49,9 @@ readonly service_cidr=198.19.0.0/16 first_service_ip=198.19.0.1 cluster_dns=198.
 readonly resolver_ip=198.18.250.53
 readonly sandbox_image=ghcr.io/msa-dev/msa-pause:0.1.0
 readonly components=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
-# How a namespace opts into the kwok node while a real node is there (PodNodeSelector and
-# PodTolerationRestriction admission); tests/src/cluster.rs sets the same two annotations.
-readonly kwok_taint=kwok.x-k8s.io/node=fake:NoSchedule
+# The kwok node's taint while a real node is there; a namespace tolerates it through the
+# PodTolerationRestriction annotation that tests/src/cluster.rs sets (Placement::Kwok).
+readonly kwok_taint_key=kwok.x-k8s.io/node kwok_taint_value=fake
 
 log() { echo ">> $*" >&2; }
 has_real_node() { [[ ",$nodes," == *",real,"* ]]; }
@@ -223,7 +226,7 @@ YAML
     --kube-api-qps 200 --kube-api-burst 400
 
   local taints="[]"
-  has_real_node && taints="[{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]"
+  has_real_node && taints="[{key: $kwok_taint_key, value: $kwok_taint_value, effect: NoSchedule}]"
   log "starting kwok (node kwok-node-0, pods get IPs in $kwok_pod_cidr; taints: $taints)"
   start kwok "$kwok" --kubeconfig "$kc" --config "$here/kwok.yaml" --cidr "$kwok_pod_cidr" \
     --node-ip "$kwok_node_ip" --server-address "127.0.0.1:$kwok_port"
@@ -253,7 +256,6 @@ YAML
 export MSA_E2E_NODE_NAME=$node_name
 export MSA_E2E_NODE_IP=$node_ip
 export MSA_E2E_NODE_NS=$node_ns
-export MSA_E2E_POD_CIDR=$pod_cidr
 export MSA_E2E_CTR=\"$node_bin/ctr --address $state/node/containerd.sock -n k8s.io\""
   fi
   wait_for kube-controller-manager 60 \

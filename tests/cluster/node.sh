@@ -12,8 +12,9 @@
 #   blackhole 198.18.0.0/15                  no default route; nft table msa_guard drops any
 #   ip_forward stays 0                       packet to or from outside 198.18.0.0/15 (counted)
 #
-# Expects: state, node_bin (node binaries), pki, api_url, node_name, node_ns, node_ip, host_ip,
-# pod_cidr, pod_gateway, service_cidr, resolver_ip, cluster_dns, log().
+# Expects from cluster.sh: state, node_bin (node binaries), pki, api_url, node_name, node_ns,
+# node_ip, host_ip, pod_cidr, pod_gateway, service_cidr, resolver_ip, cluster_dns, sandbox_image,
+# and its log, start, stop_component and wait_for functions.
 set -euo pipefail
 
 node_dir() { echo "$state/node"; }

@@ -14,11 +14,12 @@ use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use msa_e2e::cluster::INSTALL_NAMESPACE;
-use msa_e2e::node::{RealNode, guarded_url, install_operator_chart, run_demo, wait_reachable};
+use msa_e2e::node::{
+    RealNode, guarded_url, install_operator_chart, run_demo, wait_app_ready, wait_reachable,
+};
 use msa_e2e::{Cluster, TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
 use serde_json::Value;
@@ -217,42 +218,22 @@ async fn apply_shop_and_wait(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
             manifest.to_str().expect("utf-8 path"),
         ])
         .ok()?;
-    let apps = Api::<MicroserviceApp>::namespaced(ctx.admin.clone(), ns);
-    // The wait ends on Ready, or at once on a refusal (Some(Err)): a refusal does not heal.
-    let waited = wait_until("msa/shop Ready", WAIT, || async {
-        let app = apps.get("shop").await?;
-        let conditions = app.status.map(|s| s.conditions).unwrap_or_default();
-        let refused = |c: &&Condition| {
-            c.type_ == "Degraded"
-                && c.status == "True"
-                && ["ApplyFailed", "Forbidden"].contains(&c.reason.as_str())
-        };
-        if let Some(failed) = conditions.iter().find(refused) {
-            return Ok(Some(Err(failed.message.clone())));
-        }
-        let ready = conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        Ok(ready.then_some(Ok(())))
-    })
-    .await
-    .and_then(|outcome| {
-        outcome.map_err(|why| anyhow::anyhow!("the operator cannot apply the shop: {why}"))
-    })
-    .and_then(|()| {
-        // The README's command, which must agree.
-        ctx.cluster
-            .kubectl(&[
-                "wait",
-                "-n",
-                ns,
-                "--for=condition=Ready",
-                "msa/shop",
-                "--timeout=60s",
-            ])
-            .ok()
-            .map(drop)
-    });
+    let waited = wait_app_ready(&ctx.admin, ns, "shop", WAIT)
+        .await
+        .and_then(|()| {
+            // The README's command, which must agree.
+            ctx.cluster
+                .kubectl(&[
+                    "wait",
+                    "-n",
+                    ns,
+                    "--for=condition=Ready",
+                    "msa/shop",
+                    "--timeout=60s",
+                ])
+                .ok()
+                .map(drop)
+        });
     waited.map_err(|e| {
         let pods = ctx
             .cluster

@@ -11,6 +11,16 @@ pub mod node;
 pub mod operator;
 pub mod wait;
 
+use std::path::PathBuf;
+
 pub use cluster::{Cluster, Placement, TestNamespace};
 pub use operator::{Operator, OperatorOptions};
 pub use wait::wait_until;
+
+/// A binary of this workspace's debug build (`make e2e` builds the ones the tests run).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join(name)
+}

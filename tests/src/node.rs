@@ -3,7 +3,6 @@
 //! before the node exists, so no request to a pod, node or Service address can leave the machine.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -110,6 +109,46 @@ pub fn install_operator_chart(cluster: &Cluster) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Waits until the MicroserviceApp `name` in `namespace` is Ready for its current generation.
+/// Ends at once, quoting the operator, when it reports that the API server refused a child
+/// (`Degraded=True` with reason `ApplyFailed` or `Forbidden`: a missing RBAC rule shows up so).
+pub async fn wait_app_ready(
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let apps =
+        kube::Api::<msa_operator::crd::MicroserviceApp>::namespaced(admin.clone(), namespace);
+    // Some(Err) ends the wait: a refusal does not heal by waiting.
+    let outcome = crate::wait_until(
+        &format!("msa/{name} Ready in {namespace}"),
+        timeout,
+        || async {
+            let app = apps.get(name).await?;
+            let generation = app.metadata.generation;
+            let Some(status) = app.status else {
+                return Ok(None);
+            };
+            let holds = |type_: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == "True")
+            };
+            if let Some(refused) = holds("Degraded")
+                .filter(|c| ["ApplyFailed", "Forbidden"].contains(&c.reason.as_str()))
+            {
+                return Ok(Some(Err(refused.message.clone())));
+            }
+            let ready = status.observed_generation == generation && holds("Ready").is_some();
+            Ok(ready.then_some(Ok(())))
+        },
+    )
+    .await?;
+    outcome.map_err(|why| anyhow::anyhow!("the operator cannot apply msa/{name}: {why}"))
+}
+
 /// Waits until `GET <base>/healthz` answers 200: a new Service's NodePort works only once
 /// kube-proxy has written its rules (until then the node refuses the connection).
 pub async fn wait_reachable(base: &str, timeout: Duration) -> anyhow::Result<Duration> {
@@ -136,7 +175,7 @@ pub async fn wait_reachable(base: &str, timeout: Duration) -> anyhow::Result<Dur
 /// Returns its wall time, or an error carrying everything it printed.
 pub async fn run_demo(gateway: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let output = tokio::process::Command::new(workspace_binary("msa-local"))
+    let output = tokio::process::Command::new(crate::workspace_binary("msa-local"))
         .args(["demo", "--gateway", gateway])
         .output()
         .await
@@ -149,14 +188,6 @@ pub async fn run_demo(gateway: &str) -> anyhow::Result<Duration> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(elapsed)
-}
-
-/// A binary of this workspace's debug build (`make e2e` builds the ones the tests run).
-pub fn workspace_binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug").join(name)
 }
 
 #[cfg(test)]

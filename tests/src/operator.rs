@@ -3,7 +3,7 @@
 //! the chart's ServiceAccount), with its metrics on a free loopback port.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::Context;
@@ -69,10 +69,7 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MSA_E2E_OPERATOR") {
         return PathBuf::from(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/msa-operator")
+    crate::workspace_binary("msa-operator")
 }
 
 impl Operator {

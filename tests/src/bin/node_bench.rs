@@ -15,10 +15,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kube::api::Api;
-use msa_e2e::node::{RealNode, install_operator_chart, run_demo, wait_reachable};
-use msa_e2e::{Cluster, Placement, TestNamespace, wait_until};
-use msa_operator::crd::MicroserviceApp;
+use msa_e2e::node::{RealNode, install_operator_chart, run_demo, wait_app_ready, wait_reachable};
+use msa_e2e::{Cluster, Placement, TestNamespace};
 
 const RUNS: usize = 5;
 const READY_LIMIT: Duration = Duration::from_secs(300);
@@ -184,18 +182,7 @@ async fn apply_and_wait_ready(
             manifest.to_str().context("non-UTF-8 path")?,
         ])
         .ok()?;
-    let apps = Api::<MicroserviceApp>::namespaced(admin.clone(), ns);
-    wait_until(&format!("msa/shop Ready in {ns}"), READY_LIMIT, || async {
-        let app = apps.get("shop").await?;
-        let ready = app.status.as_ref().is_some_and(|s| {
-            s.observed_generation == app.metadata.generation
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
-        Ok(ready.then_some(()))
-    })
-    .await?;
+    wait_app_ready(admin, ns, "shop", READY_LIMIT).await?;
     Ok(started.elapsed())
 }
 
