@@ -7,9 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
@@ -74,10 +75,11 @@ where
     (store, stream)
 }
 
-/// The app an EndpointSlice reports on (slices copy their Service's labels).
-fn app_of_slice(slice: EndpointSlice) -> Option<ObjectRef<MicroserviceApp>> {
-    let app = slice.labels().get(labels::INSTANCE)?.clone();
-    Some(ObjectRef::new(&app).within(&slice.namespace()?))
+/// The app an object reports on, by its instance label: EndpointSlices copy their Service's
+/// labels, claims their StatefulSet's claim template's.
+fn app_of_labelled<K: Resource>(object: K) -> Option<ObjectRef<MicroserviceApp>> {
+    let app = object.labels().get(labels::INSTANCE)?.clone();
+    Some(ObjectRef::new(&app).within(&object.namespace()?))
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -89,6 +91,9 @@ pub async fn run(
 ) {
     let ns = settings.namespace.as_deref();
     let (deployments, deployment_events) = cached_watch::<Deployment>(&client, ns);
+    let (stateful_sets, stateful_set_events) = cached_watch::<StatefulSet>(&client, ns);
+    let (budgets, budget_events) = cached_watch::<PodDisruptionBudget>(&client, ns);
+    let (claims, claim_events) = cached_watch::<PersistentVolumeClaim>(&client, ns);
     let (services, service_events) = cached_watch::<Service>(&client, ns);
     let (service_accounts, service_account_events) = cached_watch::<ServiceAccount>(&client, ns);
     let (roles, role_events) = cached_watch::<Role>(&client, ns);
@@ -97,6 +102,9 @@ pub async fn run(
 
     let caches = Caches {
         deployments,
+        stateful_sets,
+        budgets,
+        claims,
         services,
         service_accounts,
         roles,
@@ -113,11 +121,14 @@ pub async fn run(
     Controller::new(api::<MicroserviceApp>(&client, ns), watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .owns_stream(deployment_events)
+        .owns_stream(stateful_set_events)
+        .owns_stream(budget_events)
         .owns_stream(service_events)
         .owns_stream(service_account_events)
         .owns_stream(role_events)
         .owns_stream(role_binding_events)
-        .watches_stream(slice_events, app_of_slice)
+        .watches_stream(slice_events, app_of_labelled)
+        .watches_stream(claim_events, app_of_labelled)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

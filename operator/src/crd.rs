@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -21,8 +22,8 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
 
 /// A whole microservice application: user, order and product services behind an API gateway.
 ///
-/// The operator keeps one Deployment and one Service per component, named `<app>-<component>`,
-/// converged to this spec.
+/// The operator keeps one workload (a Deployment, or a StatefulSet for an embedded database) and
+/// one Service per component, named `<app>-<component>`, converged to this spec.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "msa.dev",
@@ -54,6 +55,9 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
     ),
     validation = Rule::new("size(self.metadata.name) <= 53").message(
         "metadata.name must be at most 53 characters: child objects are named <name>-<component> (up to <name>-discovery) and must fit in 63"
+    ),
+    validation = Rule::new("has(self.spec.database) || size(self.metadata.name) <= 44").message(
+        "metadata.name must be at most 44 characters without spec.database: the embedded databases run in StatefulSets named <name>-<component>, whose pods carry a revision label <name>-<component>-<hash> that must fit in 63"
     )
 )]
 #[x_kube(
@@ -92,10 +96,75 @@ pub struct MicroserviceAppSpec {
     #[serde(default)]
     pub components: Components,
 
-    /// External PostgreSQL for the stateful services. Absent: each pod keeps an embedded SQLite
-    /// database in an emptyDir volume, which allows only one replica of user, order and product.
+    /// External PostgreSQL for the stateful services (then each runs as a Deployment and may
+    /// scale out). Absent: user, order and product each keep an embedded SQLite database on a
+    /// PersistentVolume, in a one-replica StatefulSet (`spec.storage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseSpec>,
+
+    /// The volumes of the embedded databases (used only without `spec.database`).
+    #[serde(default)]
+    pub storage: StorageSpec,
+}
+
+/// One PersistentVolumeClaim per stateful component, named `data-<app>-<component>-0`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.size == oldSelf.size")
+        .message("spec.storage.size cannot change once the volumes exist; resize the claims data-<app>-<component>-0 directly (if their StorageClass allows expansion)")
+        .reason(kube::core::Reason::FieldValueForbidden),
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("spec.storage.storageClassName cannot change once the volumes exist; create a new app and copy the data")
+        .reason(kube::core::Reason::FieldValueForbidden),
+)]
+pub struct StorageSpec {
+    /// Size requested for each volume.
+    #[serde(default = "default_storage_size")]
+    pub size: Quantity,
+    /// StorageClass of the volumes; the cluster's default class when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// What happens to the volumes when the app is deleted, or when a component switches to
+    /// `spec.database`: Retain (default; the claims stay, and an app of the same name finds its
+    /// data again) or Delete.
+    #[serde(default)]
+    pub when_deleted: VolumeRetention,
+}
+
+fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_owned())
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            when_deleted: VolumeRetention::default(),
+        }
+    }
+}
+
+/// Fate of the embedded databases' volumes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum VolumeRetention {
+    /// Keep the claims (and so the data).
+    #[default]
+    Retain,
+    /// Delete the claims with the StatefulSet; the data is lost.
+    Delete,
+}
+
+impl VolumeRetention {
+    /// The value of a StatefulSet's `persistentVolumeClaimRetentionPolicy` fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retain => "Retain",
+            Self::Delete => "Delete",
+        }
+    }
 }
 
 fn default_image() -> String {
@@ -188,6 +257,10 @@ pub struct ComponentSpec {
     /// How pods are replaced when the configuration changes.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// How a pod stops without failing requests.
+    #[serde(default)]
+    pub shutdown: ShutdownSpec,
 }
 
 fn default_replicas() -> i32 {
@@ -210,6 +283,53 @@ impl Default for ComponentSpec {
             annotations: BTreeMap::new(),
             port: default_container_port(),
             rollout: RolloutSpec::default(),
+            shutdown: ShutdownSpec::default(),
+        }
+    }
+}
+
+/// A stopping pod first fails readiness while still serving (`drainDelaySeconds`), so kube-proxy
+/// and the gateway stop sending to it; then it refuses new connections and in-flight requests
+/// get `graceSeconds`. The pod's `terminationGracePeriodSeconds` covers both, plus 5 s.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownSpec {
+    /// Seconds to keep serving with readiness failing.
+    #[serde(default = "default_drain_delay")]
+    #[schemars(range(min = 0, max = 300))]
+    pub drain_delay_seconds: i32,
+    /// Seconds in-flight requests may take once new connections are refused.
+    #[serde(default = "default_shutdown_grace")]
+    #[schemars(range(min = 1, max = 600))]
+    pub grace_seconds: i32,
+}
+
+fn default_drain_delay() -> i32 {
+    5
+}
+
+fn default_shutdown_grace() -> i32 {
+    20
+}
+
+/// Seconds between the end of the grace period and the kubelet's SIGKILL.
+pub const SHUTDOWN_MARGIN_SECONDS: i32 = 5;
+
+impl ShutdownSpec {
+    /// The pod's `terminationGracePeriodSeconds`: drain + grace + margin (each bounded by the
+    /// schema, so the sum cannot overflow).
+    pub fn termination_grace_period_seconds(&self) -> i64 {
+        i64::from(self.drain_delay_seconds)
+            + i64::from(self.grace_seconds)
+            + i64::from(SHUTDOWN_MARGIN_SECONDS)
+    }
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        Self {
+            drain_delay_seconds: default_drain_delay(),
+            grace_seconds: default_shutdown_grace(),
         }
     }
 }

@@ -17,4 +17,5 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod storage;
 pub mod validate;

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -24,15 +25,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::build::{self, Children};
+use crate::build::{self, Children, Workload};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
 use crate::crd::{MicroserviceApp, MicroserviceAppStatus};
 use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
-use crate::status::{self, Blocker, Observed};
-use crate::{drift, validate};
+use crate::status::{self, Blocker, Observed, WorkloadState};
+use crate::{drift, storage, validate};
 
 /// How often a converged app is looked at again even if nothing announced a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -45,6 +46,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct Caches {
     pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub budgets: Store<PodDisruptionBudget>,
+    /// Claims of the embedded databases (created by the StatefulSets, labelled like the app).
+    pub claims: Store<PersistentVolumeClaim>,
     pub services: Store<Service>,
     pub service_accounts: Store<ServiceAccount>,
     pub roles: Store<Role>,
@@ -57,6 +62,9 @@ impl Caches {
     pub async fn wait_until_ready(&self) -> Result<(), Error> {
         let Caches {
             deployments,
+            stateful_sets,
+            budgets,
+            claims,
             services,
             service_accounts,
             roles,
@@ -65,6 +73,9 @@ impl Caches {
         } = self;
         tokio::try_join!(
             deployments.wait_until_ready(),
+            stateful_sets.wait_until_ready(),
+            budgets.wait_until_ready(),
+            claims.wait_until_ready(),
             services.wait_until_ready(),
             service_accounts.wait_until_ready(),
             roles.wait_until_ready(),
@@ -162,7 +173,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     }
 
     let children = build::children(app)?;
-    let report = match apply_children(ctx, children).await {
+    let report = match apply_children(ctx, app, children).await {
         Ok(report) => report,
         // Missing permissions stop the reconcile where they struck (children are applied in
         // order), but a person reading the app's status must see why, not only the logs.
@@ -190,13 +201,18 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         .await;
     }
 
+    let now = (ctx.now)();
+    let findings = check_storage(app, ctx, &now);
+    let mut stuck_claims = Vec::with_capacity(findings.stuck.len());
+    for stuck in &findings.stuck {
+        let reported = latest_warning(ctx, app, &stuck.explained_by).await;
+        let namespace = app.namespace().unwrap_or_default();
+        stuck_claims.push(stuck.message(&namespace, reported.as_deref()));
+    }
     let observed = Observed {
-        deployments: report
-            .deployments
-            .iter()
-            .map(|(c, d)| (*c, d.as_ref()))
-            .collect(),
+        workloads: report.workloads,
         endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
+        stuck_claims,
         blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
     };
     write_status(app, ctx, &observed).await?;
@@ -206,26 +222,92 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
             count: report.failed.len(),
             first: format!("{name}: {why}"),
         }),
-        None => Ok(Action::requeue(RESYNC)),
+        // A claim that may still turn out stuck is looked at again when its patience ends.
+        None => Ok(Action::requeue(
+            findings.recheck_in.map_or(RESYNC, |r| r.min(RESYNC)),
+        )),
+    }
+}
+
+/// The storage check over the cached StatefulSets and claims of this app.
+fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::Findings {
+    let namespace = app.namespace().unwrap_or_default();
+    let app_name = app.name_any();
+    let stateful_sets: Vec<(Component, Arc<StatefulSet>)> = Component::ALL
+        .into_iter()
+        .filter_map(|c| {
+            let name = labels::child_name(&app_name, c);
+            let found = ctx
+                .caches
+                .stateful_sets
+                .get(&ObjectRef::new(&name).within(&namespace))?;
+            Some((c, found))
+        })
+        .collect();
+    let claims = ctx.caches.claims.state_filter(|claim| {
+        claim.namespace().as_deref() == Some(namespace.as_str())
+            && claim.labels().get(labels::INSTANCE) == Some(&app_name)
+    });
+    storage::check(
+        app,
+        &stateful_sets
+            .iter()
+            .map(|(c, s)| (*c, s.as_ref()))
+            .collect(),
+        &claims.iter().map(|c| (c.name_any(), c.as_ref())).collect(),
+        now,
+    )
+}
+
+/// The message of the latest Warning event about an object (why a claim is not bound, why a
+/// StatefulSet could not create one). Best effort: only read when something is stuck.
+async fn latest_warning(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    (kind, name): &(&'static str, String),
+) -> Option<String> {
+    let api: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(ctx.client.clone(), &app.namespace()?);
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name},type=Warning");
+    match api.list(&ListParams::default().fields(&selector)).await {
+        Ok(events) => events
+            .items
+            .into_iter()
+            .max_by_key(|e| {
+                e.last_timestamp
+                    .clone()
+                    .or(e.event_time.clone().map(|t| Time(t.0)))
+            })
+            .and_then(|e| e.message)
+            .map(|m| truncate(m, 300)),
+        Err(error) => {
+            warn!(%error, %kind, %name, "could not read events explaining a stuck claim");
+            None
+        }
     }
 }
 
 /// What applying the children did.
 #[derive(Default)]
 struct ApplyReport {
-    /// `Kind/name` of every object written.
+    /// `Kind/name` of every object written or deleted.
     changed: Vec<String>,
     /// Objects the API server refused, with its message.
     failed: Vec<(String, String)>,
-    /// The current Deployments (as applied, or as cached when unchanged).
-    deployments: BTreeMap<Component, Arc<Deployment>>,
+    /// Each component's workload (as applied, or as cached when unchanged).
+    workloads: BTreeMap<Component, WorkloadState>,
 }
 
-async fn apply_children(ctx: &Context, children: Children) -> Result<ApplyReport, Error> {
+async fn apply_children(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    children: Children,
+) -> Result<ApplyReport, Error> {
     // Exhaustive on purpose: a new kind of child must be applied here or the build fails.
     let Children {
-        deployments,
+        workloads,
         services,
+        budgets,
         service_account,
         role,
         role_binding,
@@ -240,12 +322,79 @@ async fn apply_children(ctx: &Context, children: Children) -> Result<ApplyReport
     for service in services {
         apply_one(ctx, &caches.services, service, &mut report).await?;
     }
-    for (component, deployment) in Component::ALL.into_iter().zip(deployments) {
-        if let Some(current) = apply_one(ctx, &caches.deployments, deployment, &mut report).await? {
-            report.deployments.insert(component, current);
+    for (component, workload) in Component::ALL.into_iter().zip(workloads) {
+        let name = labels::child_name(&app.name_any(), component);
+        // A component switching between the embedded database and PostgreSQL changes kind:
+        // the other kind's object goes (the claims follow spec.storage.whenDeleted).
+        let state = match workload {
+            Workload::Deployment(deployment) => {
+                delete_owned(ctx, app, &caches.stateful_sets, &name, &mut report).await?;
+                apply_one(ctx, &caches.deployments, deployment, &mut report)
+                    .await?
+                    .map(|d| WorkloadState::from(d.as_ref()))
+            }
+            Workload::StatefulSet(stateful_set) => {
+                delete_owned(ctx, app, &caches.deployments, &name, &mut report).await?;
+                apply_one(ctx, &caches.stateful_sets, stateful_set, &mut report)
+                    .await?
+                    .map(|s| WorkloadState::from(s.as_ref()))
+            }
+        };
+        if let Some(state) = state {
+            report.workloads.insert(component, state);
         }
     }
+    for component in Component::ALL {
+        if !budgets.iter().any(|(c, _)| *c == component) {
+            let name = labels::child_name(&app.name_any(), component);
+            delete_owned(ctx, app, &caches.budgets, &name, &mut report).await?;
+        }
+    }
+    for (_, budget) in budgets {
+        apply_one(ctx, &caches.budgets, budget, &mut report).await?;
+    }
     Ok(report)
+}
+
+/// Deletes a child this app controls that its spec no longer asks for (a cached object of that
+/// name whose controller reference is the app). Objects of that name not owned by the app are
+/// left alone.
+async fn delete_owned<K>(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    cache: &Store<K>,
+    name: &str,
+    report: &mut ApplyReport,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let namespace = app.namespace().unwrap_or_default();
+    let Some(cached) = cache.get(&ObjectRef::new(name).within(&namespace)) else {
+        return Ok(());
+    };
+    let owned = cached
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == app.metadata.uid.as_ref());
+    if !owned || cached.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.metrics.count_write(&kind);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            info!(%kind, %name, %namespace, "deleted child the spec no longer asks for");
+            report.changed.push(format!("deleted {kind}/{name}"));
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Applies one child unless the cache shows it already as rendered. Returns the current object
@@ -339,7 +488,7 @@ fn ready_endpoints_by_component(
 async fn write_status(
     app: &MicroserviceApp,
     ctx: &Context,
-    observed: &Observed<'_>,
+    observed: &Observed,
 ) -> Result<(), Error> {
     let now = (ctx.now)();
     let status = status::compute(app, observed, &now);

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -23,6 +23,7 @@ pub mod reason {
     pub const FORBIDDEN: &str = "Forbidden";
     pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
 }
 
 /// What stopped the operator from converging the app this time round.
@@ -39,26 +40,87 @@ pub enum Blocker {
 
 /// The cluster state a status is computed from.
 #[derive(Default)]
-pub struct Observed<'a> {
-    pub deployments: BTreeMap<Component, &'a Deployment>,
+pub struct Observed {
+    /// Each component's Deployment or StatefulSet, as far as status needs it.
+    pub workloads: BTreeMap<Component, WorkloadState>,
     /// Ready endpoints per component, from the Services' EndpointSlices.
     pub endpoints: BTreeMap<Component, i32>,
+    /// Claims of the embedded databases that cannot be satisfied (see [`crate::storage`]).
+    pub stuck_claims: Vec<String>,
     pub blocker: Option<Blocker>,
 }
 
-/// A component's rollout as read from its Deployment.
+/// What status reads from a component's Deployment or StatefulSet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    /// `Deployment` or `StatefulSet`, for messages.
+    pub kind: &'static str,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    /// `spec.replicas` (absent when an autoscaler owns it).
+    pub desired: Option<i32>,
+    pub updated: i32,
+    pub ready: i32,
+    /// The workload's own conditions: (type, status, reason, message).
+    pub conditions: Vec<(String, String, String, String)>,
+}
+
+/// Both workload kinds report the same fields under the same names.
+macro_rules! workload_state {
+    ($kind:literal, $object:expr) => {{
+        let object = $object;
+        let status = object.status.as_ref();
+        WorkloadState {
+            kind: $kind,
+            generation: object.metadata.generation,
+            observed_generation: status.and_then(|s| s.observed_generation),
+            desired: object.spec.as_ref().and_then(|s| s.replicas),
+            updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            conditions: status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c.type_.clone(),
+                        c.status.clone(),
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }};
+}
+
+impl From<&Deployment> for WorkloadState {
+    fn from(deployment: &Deployment) -> Self {
+        workload_state!("Deployment", deployment)
+    }
+}
+
+impl From<&StatefulSet> for WorkloadState {
+    fn from(stateful_set: &StatefulSet) -> Self {
+        workload_state!("StatefulSet", stateful_set)
+    }
+}
+
+/// A component's rollout as read from its workload.
 struct Rollout<'a> {
     component: Component,
+    /// The workload kind the spec asks for, for messages.
+    expected_kind: &'static str,
     counts: ComponentStatus,
-    /// Deployment controller has seen the latest spec.
+    /// The workload's controller has seen the latest spec.
     observed_current: bool,
-    deployment: Option<&'a Deployment>,
+    workload: Option<&'a WorkloadState>,
 }
 
 impl Rollout<'_> {
     fn is_done(&self) -> bool {
         let c = &self.counts;
-        self.deployment.is_some()
+        self.workload.is_some()
             && self.observed_current
             && c.updated_replicas >= c.desired_replicas
             && c.ready_replicas >= c.desired_replicas
@@ -66,8 +128,8 @@ impl Rollout<'_> {
 
     fn summary(&self) -> String {
         let c = &self.counts;
-        match self.deployment {
-            None => format!("{}: Deployment not created yet", self.component),
+        match self.workload {
+            None => format!("{}: {} not created yet", self.component, self.expected_kind),
             Some(_) => format!(
                 "{}: {}/{} ready, {}/{} updated",
                 self.component,
@@ -79,36 +141,27 @@ impl Rollout<'_> {
         }
     }
 
-    /// The Deployment's own condition of that type with that status, if any.
-    fn deployment_condition(&self, type_: &str, status: &str) -> Option<(String, String)> {
-        let conditions = self.deployment?.status.as_ref()?.conditions.as_ref()?;
-        conditions
+    /// The workload's own condition of that type with that status, if any.
+    fn workload_condition(&self, type_: &str, status: &str) -> Option<(String, String)> {
+        self.workload?
+            .conditions
             .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| {
-                (
-                    c.reason.clone().unwrap_or_default(),
-                    c.message.clone().unwrap_or_default(),
-                )
-            })
+            .find(|(t, s, _, _)| t == type_ && s == status)
+            .map(|(_, _, reason, message)| (reason.clone(), message.clone()))
     }
 }
 
 fn rollout<'a>(
     app: &MicroserviceApp,
     component: Component,
-    deployment: Option<&'a Deployment>,
+    workload: Option<&'a WorkloadState>,
     endpoints: i32,
 ) -> Rollout<'a> {
     let spec_replicas = component.spec(app).replicas;
-    let status = deployment.and_then(|d| d.status.as_ref());
-    let desired = deployment
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .unwrap_or(spec_replicas);
+    let desired = workload.and_then(|w| w.desired).unwrap_or(spec_replicas);
     let observed_current = match (
-        deployment.and_then(|d| d.metadata.generation),
-        status.and_then(|s| s.observed_generation),
+        workload.and_then(|w| w.generation),
+        workload.and_then(|w| w.observed_generation),
     ) {
         (Some(generation), Some(observed)) => observed >= generation,
         (None, _) => true,
@@ -116,32 +169,34 @@ fn rollout<'a>(
     };
     Rollout {
         component,
+        expected_kind: if crate::build::has_embedded_database(app, component) {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        },
         counts: ComponentStatus {
             desired_replicas: desired,
-            updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
-            ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated_replicas: workload.map_or(0, |w| w.updated),
+            ready_replicas: workload.map_or(0, |w| w.ready),
             endpoints,
         },
         observed_current,
-        deployment,
+        workload,
     }
 }
 
 /// The status to record, given what was observed; `now` stamps conditions that flip.
-pub fn compute(
-    app: &MicroserviceApp,
-    observed: &Observed<'_>,
-    now: &Time,
-) -> MicroserviceAppStatus {
+pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> MicroserviceAppStatus {
     let rollouts: Vec<Rollout<'_>> = Component::ALL
         .into_iter()
         .map(|c| {
             let endpoints = observed.endpoints.get(&c).copied().unwrap_or(0);
-            rollout(app, c, observed.deployments.get(&c).copied(), endpoints)
+            rollout(app, c, observed.workloads.get(&c), endpoints)
         })
         .collect();
 
-    let (ready, progressing, degraded) = conditions(&rollouts, observed.blocker.as_ref());
+    let (ready, progressing, degraded) =
+        conditions(&rollouts, &observed.stuck_claims, observed.blocker.as_ref());
     let previous = app
         .status
         .as_ref()
@@ -164,6 +219,7 @@ pub fn compute(
 
 fn conditions(
     rollouts: &[Rollout<'_>],
+    stuck_claims: &[String],
     blocker: Option<&Blocker>,
 ) -> (Computed, Computed, Computed) {
     if let Some(blocker) = blocker {
@@ -200,7 +256,7 @@ fn conditions(
     let stuck: Vec<String> = rollouts
         .iter()
         .filter_map(|r| {
-            r.deployment_condition("Progressing", "False")
+            r.workload_condition("Progressing", "False")
                 .filter(|(reason, _)| reason == reason::PROGRESS_DEADLINE)
                 .map(|(_, message)| format!("{}: {message}", r.component))
         })
@@ -208,7 +264,7 @@ fn conditions(
     let failing: Vec<String> = rollouts
         .iter()
         .filter_map(|r| {
-            r.deployment_condition("ReplicaFailure", "True")
+            r.workload_condition("ReplicaFailure", "True")
                 .map(|(reason, message)| format!("{}: {reason}: {message}", r.component))
         })
         .collect();
@@ -218,7 +274,14 @@ fn conditions(
         .map(Rollout::summary)
         .collect();
 
-    let degraded = if !stuck.is_empty() {
+    let degraded = if !stuck_claims.is_empty() {
+        Computed::new(
+            DEGRADED,
+            true,
+            reason::STORAGE_UNAVAILABLE,
+            join(stuck_claims.iter().cloned()),
+        )
+    } else if !stuck.is_empty() {
         Computed::new(
             DEGRADED,
             true,

@@ -18,6 +18,11 @@ use crate::labels;
 /// and label values (63 characters).
 pub const MAX_APP_NAME: usize = 63 - "-discovery".len();
 
+/// Longest app name without `spec.database`: a StatefulSet's pods carry the label
+/// `controller-revision-hash: <statefulset>-<10-character hash>`, which must fit in 63, and the
+/// longest StatefulSet is `<app>-product`.
+pub const MAX_EMBEDDED_APP_NAME: usize = 63 - "-product".len() - 11;
+
 /// One thing wrong with a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecProblem {
@@ -42,6 +47,14 @@ pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
             "metadata.name",
             format!(
                 "is {} characters; at most {MAX_APP_NAME} fit, because child objects are named <name>-<component> and must stay within 63 characters",
+                name.len()
+            ),
+        ));
+    } else if app.spec.database.is_none() && name.len() > MAX_EMBEDDED_APP_NAME {
+        found.push(problem(
+            "metadata.name",
+            format!(
+                "is {} characters; without spec.database at most {MAX_EMBEDDED_APP_NAME} fit, because the embedded databases run in StatefulSets whose pods carry a revision label <name>-<component>-<hash> of at most 63 characters; shorten the name or set spec.database",
                 name.len()
             ),
         ));

@@ -13,7 +13,10 @@ use msa_operator::build;
 use msa_operator::crd::MicroserviceApp;
 use msa_operator::reconcile::{self, RESYNC};
 use serde_json::{Value, json};
-use support::{Call, FakeCaches, api_error, app, as_stored, context, healthy_api, mocked_client};
+use support::{
+    Call, FakeCaches, api_error, app, as_stored, context, deployments, healthy_api, mocked_client,
+    pg_app,
+};
 
 const APPLY: &str = "fieldManager=msa-operator&force=true";
 
@@ -42,7 +45,7 @@ fn ready(deployment: &Deployment) -> Deployment {
 
 #[tokio::test]
 async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_writes_nothing() {
-    let shop = app(json!({}));
+    let shop = pg_app(json!({}));
     let (client, recorded) = mocked_client(healthy_api(&shop));
     let mut caches = FakeCaches::listed();
     let ctx = context(client, caches.readers());
@@ -80,12 +83,18 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     // The bodies are exactly the rendered objects (pinned by the render snapshots).
     let children = build::children(&shop).unwrap();
     let build::Children {
-        deployments,
+        workloads: _,
         services,
+        budgets,
         service_account,
         role,
         role_binding,
     } = children.clone();
+    assert!(
+        budgets.is_empty(),
+        "one replica each: no PodDisruptionBudget"
+    );
+    let deployments = deployments(&children);
     let mut expected: Vec<Value> = vec![
         serde_json::to_value(&service_account).unwrap(),
         serde_json::to_value(&role).unwrap(),
@@ -141,7 +150,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
 
 #[tokio::test]
 async fn hand_edits_and_deletions_are_reverted_with_one_apply_each() {
-    let shop = app(json!({}));
+    let shop = pg_app(json!({}));
     let (client, recorded) = mocked_client(healthy_api(&shop));
     let mut caches = FakeCaches::listed();
     let children = build::children(&shop).unwrap();
@@ -155,7 +164,7 @@ async fn hand_edits_and_deletions_are_reverted_with_one_apply_each() {
     recorded.lock().unwrap().clear();
 
     // Someone scales the order Deployment and strips a label from the user Service.
-    let mut scaled = as_stored(&children.deployments[1]);
+    let mut scaled = as_stored(&deployments(&children)[1]);
     scaled.spec.as_mut().unwrap().replicas = Some(7);
     caches
         .deployments
@@ -198,13 +207,13 @@ async fn hand_edits_and_deletions_are_reverted_with_one_apply_each() {
 }
 
 #[tokio::test]
-async fn scaling_in_the_spec_applies_one_deployment_and_updates_status() {
-    let shop = app(json!({}));
+async fn scaling_in_the_spec_applies_one_deployment_and_its_disruption_budget_and_updates_status() {
+    let shop = pg_app(json!({}));
     let (client, recorded) = mocked_client(healthy_api(&shop));
     let mut caches = FakeCaches::listed();
     let children = build::children(&shop).unwrap();
     caches.store(&children);
-    for d in &children.deployments {
+    for d in &deployments(&children) {
         caches
             .deployments
             .apply_watcher_event(&watcher::Event::Apply(ready(d)));
@@ -231,6 +240,10 @@ async fn scaling_in_the_spec_applies_one_deployment_and_updates_status() {
         lines(&after),
         [
             format!("PATCH /apis/apps/v1/namespaces/demo/deployments/shop-gateway?{APPLY}"),
+            // More than one replica: node drains may take only one at a time.
+            format!(
+                "PATCH /apis/policy/v1/namespaces/demo/poddisruptionbudgets/shop-gateway?{APPLY}"
+            ),
             "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
             format!(
                 "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
@@ -239,18 +252,19 @@ async fn scaling_in_the_spec_applies_one_deployment_and_updates_status() {
         ]
     );
     assert_eq!(after[0].body["spec"]["replicas"], 3);
-    let status = &after[2].body["status"];
+    assert_eq!(after[1].body["spec"]["maxUnavailable"], 1);
+    let status = &after[3].body["status"];
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(status["components"]["gateway"]["desiredReplicas"], 3);
     assert_eq!(status["conditions"][0]["status"], "False");
     // Ready flipped from True to False: announced as a Warning.
-    assert_eq!(after[3].body["type"], "Warning");
-    assert_eq!(after[3].body["reason"], "ComponentsNotReady");
+    assert_eq!(after[4].body["type"], "Warning");
+    assert_eq!(after[4].body["reason"], "ComponentsNotReady");
 }
 
 #[tokio::test]
 async fn an_invalid_spec_writes_only_a_degraded_status_and_waits_for_a_change() {
-    let bad = app(
+    let bad = pg_app(
         json!({"components": {"order": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}}),
     );
     let (client, recorded) = mocked_client(healthy_api(&bad));
@@ -285,7 +299,7 @@ async fn an_invalid_spec_writes_only_a_degraded_status_and_waits_for_a_change() 
 
 #[tokio::test]
 async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_with_backoff() {
-    let shop = app(json!({}));
+    let shop = pg_app(json!({}));
     let healthy = healthy_api(&shop);
     let respond: support::Responder = Arc::new(move |call: &Call| {
         if call.path.ends_with("/deployments/shop-user") {
@@ -350,7 +364,7 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
 
 #[tokio::test]
 async fn transport_and_permission_errors_abort_the_reconcile_and_permissions_show_in_status() {
-    let shop = app(json!({}));
+    let shop = pg_app(json!({}));
     let respond: support::Responder = Arc::new(|_: &Call| {
         (
             StatusCode::FORBIDDEN,
@@ -393,7 +407,7 @@ async fn transport_and_permission_errors_abort_the_reconcile_and_permissions_sho
 
 #[tokio::test]
 async fn status_counts_the_ready_endpoints_of_the_apps_own_slices_only() {
-    let shop = app(json!({}));
+    let shop = pg_app(json!({}));
     let (client, recorded) = mocked_client(healthy_api(&shop));
     let mut caches = FakeCaches::listed();
     caches.store(&build::children(&shop).unwrap());
@@ -452,4 +466,52 @@ async fn status_counts_the_ready_endpoints_of_the_apps_own_slices_only() {
     assert_eq!(status["components"]["gateway"]["endpoints"], 2);
     assert_eq!(status["components"]["user"]["endpoints"], 1);
     assert_eq!(status["components"]["order"]["endpoints"], 0);
+}
+
+#[tokio::test]
+async fn an_embedded_app_runs_stateful_sets_and_switching_to_postgresql_replaces_them() {
+    let embedded = app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&embedded));
+    let mut caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(embedded.clone()), ctx.clone())
+        .await
+        .unwrap();
+    let workloads: Vec<String> = lines(&calls(&recorded))
+        .into_iter()
+        .filter(|l| l.contains("/apis/apps/"))
+        .collect();
+    let apps = "/apis/apps/v1/namespaces/demo";
+    assert_eq!(
+        workloads,
+        [
+            format!("PATCH {apps}/statefulsets/shop-user?{APPLY}"),
+            format!("PATCH {apps}/statefulsets/shop-order?{APPLY}"),
+            format!("PATCH {apps}/statefulsets/shop-product?{APPLY}"),
+            format!("PATCH {apps}/deployments/shop-gateway?{APPLY}"),
+        ]
+    );
+
+    // The StatefulSets exist; now the app moves to PostgreSQL.
+    caches.store(&build::children(&embedded).unwrap());
+    recorded.lock().unwrap().clear();
+    let mut switched = pg_app(json!({}));
+    switched.metadata.generation = Some(2);
+    reconcile::reconcile(Arc::new(switched), ctx).await.unwrap();
+    let writes: Vec<String> = lines(&calls(&recorded))
+        .into_iter()
+        .filter(|l| l.contains("/apis/apps/"))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            format!("DELETE {apps}/statefulsets/shop-user"),
+            format!("PATCH {apps}/deployments/shop-user?{APPLY}"),
+            format!("DELETE {apps}/statefulsets/shop-order"),
+            format!("PATCH {apps}/deployments/shop-order?{APPLY}"),
+            format!("DELETE {apps}/statefulsets/shop-product"),
+            format!("PATCH {apps}/deployments/shop-product?{APPLY}"),
+        ],
+        "the gateway's Deployment is unchanged"
+    );
 }

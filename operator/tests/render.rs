@@ -3,32 +3,50 @@
 
 mod support;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, PodSpec};
-use msa_operator::build;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use msa_operator::build::{self, Workload};
 use msa_operator::component::Component;
 use serde_json::json;
-use support::app;
+use support::{app, pg_app};
+
+fn workload(children: &build::Children, component: Component) -> &Workload {
+    let index = Component::ALL.iter().position(|c| *c == component).unwrap();
+    &children.workloads[index]
+}
 
 fn deployment(children: &build::Children, component: Component) -> &Deployment {
-    let name = format!("shop-{component}");
-    children
-        .deployments
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
-        .expect("one Deployment per component")
+    match workload(children, component) {
+        Workload::Deployment(d) => d,
+        Workload::StatefulSet(_) => panic!("{component} is a StatefulSet, not a Deployment"),
+    }
 }
 
-fn pod_of(d: &Deployment) -> &PodSpec {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+fn stateful_set(children: &build::Children, component: Component) -> &StatefulSet {
+    match workload(children, component) {
+        Workload::StatefulSet(s) => s,
+        Workload::Deployment(_) => panic!("{component} is a Deployment, not a StatefulSet"),
+    }
 }
 
-fn container_of(d: &Deployment) -> &Container {
-    &pod_of(d).containers[0]
+/// The pod template of a component, whatever its workload kind.
+fn template(children: &build::Children, component: Component) -> &PodTemplateSpec {
+    match workload(children, component) {
+        Workload::Deployment(d) => &d.spec.as_ref().unwrap().template,
+        Workload::StatefulSet(s) => &s.spec.as_ref().unwrap().template,
+    }
 }
 
-fn env_value(d: &Deployment, name: &str) -> Option<serde_json::Value> {
-    let container = &d.spec.as_ref()?.template.spec.as_ref()?.containers[0];
+fn pod_of(t: &PodTemplateSpec) -> &PodSpec {
+    t.spec.as_ref().unwrap()
+}
+
+fn container_of(t: &PodTemplateSpec) -> &Container {
+    &pod_of(t).containers[0]
+}
+
+fn env_value(t: &PodTemplateSpec, name: &str) -> Option<serde_json::Value> {
+    let container = &t.spec.as_ref()?.containers[0];
     let var = container.env.as_ref()?.iter().find(|e| e.name == name)?;
     Some(serde_json::to_value(var).unwrap())
 }
@@ -36,8 +54,15 @@ fn env_value(d: &Deployment, name: &str) -> Option<serde_json::Value> {
 #[test]
 fn default_app_renders_the_snapshotted_objects() {
     let children = build::children(&app(json!({}))).unwrap();
-    assert_eq!(children.count(), 11);
-    insta::assert_json_snapshot!("deployment_order", deployment(&children, Component::Order));
+    assert_eq!(
+        children.count(),
+        11,
+        "one replica each: no PodDisruptionBudget"
+    );
+    insta::assert_json_snapshot!(
+        "statefulset_order",
+        stateful_set(&children, Component::Order)
+    );
     insta::assert_json_snapshot!(
         "deployment_gateway",
         deployment(&children, Component::Gateway)
@@ -53,9 +78,12 @@ fn default_app_renders_the_snapshotted_objects() {
 fn every_child_has_the_recommended_labels_and_a_controller_owner_reference() {
     let children = build::children(&app(json!({}))).unwrap();
     let metas = children
-        .deployments
+        .workloads
         .iter()
-        .map(|d| &d.metadata)
+        .map(|w| match w {
+            Workload::Deployment(d) => &d.metadata,
+            Workload::StatefulSet(s) => &s.metadata,
+        })
         .chain(children.services.iter().map(|s| &s.metadata))
         .chain([
             &children.service_account.metadata,
@@ -86,7 +114,7 @@ fn every_child_has_the_recommended_labels_and_a_controller_owner_reference() {
 fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
     let children = build::children(&app(json!({}))).unwrap();
     for component in Component::ALL {
-        let pod = pod_of(deployment(&children, component));
+        let pod = pod_of(template(&children, component));
         let container = &pod.containers[0];
         let sc = container.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -135,12 +163,7 @@ fn image_pattern_and_per_component_override() {
         "components": {"gateway": {"image": "registry.test/edge:9"}}
     })))
     .unwrap();
-    let image = |c| {
-        container_of(deployment(&children, c))
-            .image
-            .clone()
-            .unwrap()
-    };
+    let image = |c| container_of(template(&children, c)).image.clone().unwrap();
     assert_eq!(image(Component::User), "registry.test/shop-user:1.2.3");
     assert_eq!(
         image(Component::Product),
@@ -151,7 +174,7 @@ fn image_pattern_and_per_component_override() {
 
 #[test]
 fn autoscaled_components_leave_replicas_to_the_autoscaler() {
-    let children = build::children(&app(json!({
+    let children = build::children(&pg_app(json!({
         "components": {"gateway": {"replicas": 3, "autoscaled": true}, "user": {"replicas": 1}}
     })))
     .unwrap();
@@ -181,7 +204,17 @@ fn autoscaled_components_leave_replicas_to_the_autoscaler() {
 #[test]
 fn no_empty_atomic_fields_are_sent() {
     let children = build::children(&app(json!({}))).unwrap();
-    let json = serde_json::to_string(&children.deployments).unwrap()
+    let json = serde_json::to_string(
+        &children
+            .workloads
+            .iter()
+            .map(|w| match w {
+                Workload::Deployment(d) => serde_json::to_value(d).unwrap(),
+                Workload::StatefulSet(s) => serde_json::to_value(s).unwrap(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
         + &serde_json::to_string(&children.services).unwrap();
     for empty in ["\"selector\":{}", "\"resources\":{}", ":null", "\"status\""] {
         assert!(!json.contains(empty), "rendered objects contain {empty}");
@@ -192,11 +225,11 @@ fn no_empty_atomic_fields_are_sent() {
 fn database_secret_keys_become_database_urls_and_sqlite_is_the_default() {
     let embedded = build::children(&app(json!({}))).unwrap();
     assert_eq!(
-        env_value(deployment(&embedded, Component::User), "DATABASE_URL"),
+        env_value(template(&embedded, Component::User), "DATABASE_URL"),
         Some(json!({"name": "DATABASE_URL", "value": "sqlite:///data/user.db"}))
     );
     assert_eq!(
-        env_value(deployment(&embedded, Component::Gateway), "DATABASE_URL"),
+        env_value(template(&embedded, Component::Gateway), "DATABASE_URL"),
         None
     );
 
@@ -205,18 +238,18 @@ fn database_secret_keys_become_database_urls_and_sqlite_is_the_default() {
     })))
     .unwrap();
     assert_eq!(
-        env_value(deployment(&external, Component::Order), "DATABASE_URL"),
+        env_value(template(&external, Component::Order), "DATABASE_URL"),
         Some(
             json!({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "orders-url", "optional": false}}})
         )
     );
     assert_eq!(
-        env_value(deployment(&external, Component::Product), "DATABASE_URL").unwrap()["valueFrom"]
-            ["secretKeyRef"]["key"],
+        env_value(template(&external, Component::Product), "DATABASE_URL").unwrap()["valueFrom"]["secretKeyRef"]
+            ["key"],
         "product"
     );
     // No SQLite volume when an external database is used.
-    let pod = pod_of(deployment(&external, Component::User));
+    let pod = pod_of(template(&external, Component::User));
     assert!(
         pod.volumes
             .as_ref()
@@ -235,7 +268,7 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
         "service": {"type": "NodePort", "nodePort": 30080, "port": 8000}
     }}})))
     .unwrap();
-    let gateway = deployment(&children, Component::Gateway);
+    let gateway = template(&children, Component::Gateway);
     assert_eq!(
         env_value(gateway, "MSA_LB_STRATEGY").unwrap()["value"],
         "least-request"
@@ -257,7 +290,7 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
     assert_eq!(service["spec"]["ports"][0]["nodePort"], 30080);
     assert_eq!(service["spec"]["ports"][0]["port"], 8000);
     assert_eq!(
-        env_value(deployment(&children, Component::User), "MSA_LB_STRATEGY"),
+        env_value(template(&children, Component::User), "MSA_LB_STRATEGY"),
         None
     );
 }
@@ -270,7 +303,7 @@ fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
         "annotations": {"example.com/owner": "accounts"}
     }}})))
     .unwrap();
-    let user = deployment(&children, Component::User);
+    let user = template(&children, Component::User);
     let env = container_of(user).env.clone().unwrap();
     assert_eq!(env.iter().filter(|e| e.name == "MSA_LISTEN").count(), 1);
     assert_eq!(
@@ -278,23 +311,21 @@ fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
         "0.0.0.0:9000"
     );
     assert_eq!(env_value(user, "RUST_LOG").unwrap()["value"], "debug");
-    assert_eq!(user.metadata.labels.as_ref().unwrap()["team"], "accounts");
-    let template = user
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap();
-    assert_eq!(template.labels.as_ref().unwrap()["team"], "accounts");
+    let user_set = stateful_set(&children, Component::User);
     assert_eq!(
-        template.annotations.as_ref().unwrap()["example.com/owner"],
+        user_set.metadata.labels.as_ref().unwrap()["team"],
+        "accounts"
+    );
+    let pod_meta = user.metadata.as_ref().unwrap();
+    assert_eq!(pod_meta.labels.as_ref().unwrap()["team"], "accounts");
+    assert_eq!(
+        pod_meta.annotations.as_ref().unwrap()["example.com/owner"],
         "accounts"
     );
     // The selector never carries extra labels: it is immutable.
     assert_eq!(
-        user.spec
+        user_set
+            .spec
             .as_ref()
             .unwrap()
             .selector
@@ -310,15 +341,8 @@ fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
 fn configuration_changes_change_the_pod_config_hash_and_nothing_else_does() {
     let hash = |spec| {
         let children = build::children(&app(spec)).unwrap();
-        let d = deployment(&children, Component::Order).clone();
-        d.spec
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .annotations
-            .unwrap()["msa.dev/config-hash"]
-            .clone()
+        let t = template(&children, Component::Order).clone();
+        t.metadata.unwrap().annotations.unwrap()["msa.dev/config-hash"].clone()
     };
     let base = hash(json!({}));
     assert_eq!(base, hash(json!({})), "rendering is deterministic");
@@ -336,7 +360,7 @@ fn configuration_changes_change_the_pod_config_hash_and_nothing_else_does() {
 
 #[test]
 fn rollout_knobs_reach_the_deployment() {
-    let children = build::children(&app(json!({"components": {"product": {"rollout": {
+    let children = build::children(&pg_app(json!({"components": {"product": {"rollout": {
         "maxSurge": 1, "maxUnavailable": 0, "minReadySeconds": 5, "progressDeadlineSeconds": 120
     }}}})))
     .unwrap();
@@ -375,5 +399,166 @@ fn an_app_without_uid_cannot_be_rendered() {
     assert_eq!(
         build::children(&unsaved),
         Err(build::BuildError::MissingMetadata("uid"))
+    );
+}
+
+#[test]
+fn embedded_databases_live_on_a_claim_of_a_one_pod_stateful_set() {
+    let children = build::children(&app(json!({
+        "storage": {"size": "2Gi", "storageClassName": "fast", "whenDeleted": "Delete"}
+    })))
+    .unwrap();
+    for component in [Component::User, Component::Order, Component::Product] {
+        let set = stateful_set(&children, component);
+        let spec = serde_json::to_value(set.spec.as_ref().unwrap()).unwrap();
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["serviceName"], format!("shop-{component}"));
+        // Stop the old pod before starting the new one: never two writers of one file.
+        assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate");
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Delete", "whenScaled": "Retain"})
+        );
+        let claim = &spec["volumeClaimTemplates"][0];
+        assert_eq!(claim["metadata"]["name"], "data");
+        assert_eq!(
+            claim["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "msa-operator"
+        );
+        assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+        assert_eq!(claim["spec"]["storageClassName"], "fast");
+        assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+        let pod = pod_of(template(&children, component));
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "data" && m.mount_path == "/data")
+        );
+        // The data volume is the claim, not a pod volume that would vanish with the pod.
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "data")
+        );
+        assert_eq!(
+            build::claim_name("shop", component, 0),
+            format!("data-shop-{component}-0")
+        );
+    }
+    assert!(matches!(
+        workload(&children, Component::Gateway),
+        Workload::Deployment(_)
+    ));
+    // Defaults: 1Gi from the default class, kept when the app goes.
+    let defaults = build::children(&app(json!({}))).unwrap();
+    let spec = serde_json::to_value(
+        stateful_set(&defaults, Component::User)
+            .spec
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+        "Retain"
+    );
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    assert!(
+        spec["volumeClaimTemplates"][0]["spec"]
+            .get("storageClassName")
+            .is_none()
+    );
+}
+
+#[test]
+fn with_postgresql_every_component_is_a_deployment_without_volumes_of_data() {
+    let children = build::children(&pg_app(json!({}))).unwrap();
+    for component in Component::ALL {
+        let pod = pod_of(template(&children, component));
+        assert!(matches!(
+            workload(&children, component),
+            Workload::Deployment(_)
+        ));
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "data")
+        );
+    }
+}
+
+#[test]
+fn replicated_components_get_a_disruption_budget_and_single_ones_none() {
+    let children = build::children(&pg_app(json!({"components": {
+        "order": {"replicas": 3}, "gateway": {"replicas": 2}, "user": {"autoscaled": true}
+    }})))
+    .unwrap();
+    let budgeted: Vec<Component> = children.budgets.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        budgeted,
+        [Component::User, Component::Order, Component::Gateway]
+    );
+    let (_, order) = &children.budgets[1];
+    let spec = serde_json::to_value(order.spec.as_ref().unwrap()).unwrap();
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert_eq!(spec["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    assert_eq!(
+        spec["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/instance": "shop", "app.kubernetes.io/name": "order"})
+    );
+    assert!(build::children(&app(json!({}))).unwrap().budgets.is_empty());
+}
+
+#[test]
+fn shutdown_timing_reaches_the_process_and_the_grace_period_covers_it() {
+    let children = build::children(&app(json!({"components": {"order": {
+        "shutdown": {"drainDelaySeconds": 7, "graceSeconds": 40}
+    }}})))
+    .unwrap();
+    let order = template(&children, Component::Order);
+    assert_eq!(
+        env_value(order, "MSA_DRAIN_DELAY_SECONDS").unwrap()["value"],
+        "7"
+    );
+    assert_eq!(
+        env_value(order, "MSA_SHUTDOWN_GRACE_SECONDS").unwrap()["value"],
+        "40"
+    );
+    assert_eq!(
+        pod_of(order).termination_grace_period_seconds,
+        Some(7 + 40 + 5)
+    );
+    let gateway = template(&children, Component::Gateway);
+    assert_eq!(
+        env_value(gateway, "MSA_DRAIN_DELAY_SECONDS").unwrap()["value"],
+        "5"
+    );
+    assert_eq!(pod_of(gateway).termination_grace_period_seconds, Some(30));
+    // A soft spread across nodes, per revision.
+    let spread = &pod_of(gateway)
+        .topology_spread_constraints
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(spread.when_unsatisfiable, "ScheduleAnyway");
+    assert_eq!(spread.topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        spread.match_label_keys.as_deref(),
+        Some(&["pod-template-hash".to_owned()][..])
+    );
+    let user_spread = &pod_of(template(&children, Component::User))
+        .topology_spread_constraints
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        user_spread.match_label_keys.as_deref(),
+        Some(&["controller-revision-hash".to_owned()][..])
     );
 }

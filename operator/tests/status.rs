@@ -7,7 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use msa_operator::component::Component;
 use msa_operator::crd::MicroserviceApp;
-use msa_operator::status::{self, Blocker, Observed};
+use msa_operator::status::{self, Blocker, Observed, WorkloadState};
 use msa_operator::validate::SpecProblem;
 use serde_json::json;
 use support::{app, fixed_time};
@@ -34,9 +34,12 @@ fn all(desired: i32, ready: i32) -> Vec<Deployment> {
         .collect()
 }
 
-fn observe<'a>(deployments: &'a [Deployment]) -> Observed<'a> {
+fn observe(deployments: &[Deployment]) -> Observed {
     Observed {
-        deployments: Component::ALL.into_iter().zip(deployments).collect(),
+        workloads: Component::ALL
+            .into_iter()
+            .zip(deployments.iter().map(WorkloadState::from))
+            .collect(),
         ..Observed::default()
     }
 }
@@ -63,7 +66,7 @@ fn a_fresh_app_is_progressing_and_not_ready() {
         ("False", "ComponentsNotReady")
     );
     assert!(
-        ready.message.contains("user: Deployment not created yet"),
+        ready.message.contains("user: StatefulSet not created yet"),
         "{}",
         ready.message
     );
@@ -258,4 +261,132 @@ fn endpoints_merge_slices_dedupe_and_respect_readiness() {
     );
     assert_eq!(status::ready_endpoints([&a, &b]), 3);
     assert_eq!(status::ready_endpoints([]), 0);
+}
+
+#[test]
+fn a_stuck_claim_degrades_the_app_with_a_message_that_says_what_to_do() {
+    let deployments = all(1, 0);
+    let mut observed = observe(&deployments);
+    observed.stuck_claims = vec!["claim data-shop-user-0 has been Pending for 31 s".to_owned()];
+    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    let degraded = condition(&status.conditions, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "StorageUnavailable")
+    );
+    assert!(
+        degraded.message.contains("data-shop-user-0"),
+        "{}",
+        degraded.message
+    );
+}
+
+mod claims {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use msa_operator::component::Component;
+    use msa_operator::storage::{self, PATIENCE};
+    use serde_json::json;
+
+    use super::support::{app, fixed_time, pg_app};
+
+    fn stateful_set(component: Component, created_at: i64) -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("shop-{component}"), "namespace": "demo",
+                         "creationTimestamp": fixed_time(created_at)},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "", "template": {}}
+        }))
+        .unwrap()
+    }
+
+    fn claim(component: Component, created_at: i64, phase: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("data-shop-{component}-0"), "namespace": "demo",
+                         "creationTimestamp": fixed_time(created_at)},
+            "spec": {"storageClassName": "missing"},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    const STATEFUL: [Component; 3] = [Component::User, Component::Order, Component::Product];
+
+    fn check(
+        app: &msa_operator::crd::MicroserviceApp,
+        sets: &[StatefulSet],
+        claims: &[PersistentVolumeClaim],
+        now: i64,
+    ) -> storage::Findings {
+        let sets: BTreeMap<Component, &StatefulSet> = STATEFUL.into_iter().zip(sets).collect();
+        let claims = claims
+            .iter()
+            .map(|c| (c.metadata.name.clone().unwrap(), c))
+            .collect();
+        storage::check(app, &sets, &claims, &fixed_time(now))
+    }
+
+    #[test]
+    fn bound_claims_are_fine_and_pending_ones_are_rechecked_when_patience_ends() {
+        let sets: Vec<_> = STATEFUL.iter().map(|c| stateful_set(*c, 0)).collect();
+        let claims = vec![
+            claim(Component::User, 0, "Bound"),
+            claim(Component::Order, 0, "Bound"),
+            claim(Component::Product, 10, "Pending"),
+        ];
+        let found = check(&app(json!({})), &sets, &claims, 20);
+        assert!(found.stuck.is_empty());
+        assert_eq!(found.recheck_in, Some(PATIENCE - Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_claim_pending_past_patience_or_never_created_is_stuck() {
+        let sets: Vec<_> = STATEFUL.iter().map(|c| stateful_set(*c, 0)).collect();
+        let claims = vec![
+            claim(Component::User, 0, "Pending"),
+            claim(Component::Order, 0, "Bound"),
+        ];
+        let found = check(&app(json!({})), &sets, &claims, 45);
+        assert_eq!(found.recheck_in, None);
+        assert_eq!(found.stuck.len(), 2, "{:?}", found.stuck);
+        let pending = &found.stuck[0];
+        assert_eq!(pending.claim, "data-shop-user-0");
+        assert!(pending.exists);
+        assert_eq!(pending.waited_seconds, 45);
+        let message = pending.message("demo", Some("storageclass \"missing\" not found"));
+        assert!(message.starts_with("claim data-shop-user-0 has been Pending for 45 s with StorageClass \"missing\"; Kubernetes reports: storageclass"), "{message}");
+        assert!(
+            message.contains("spec.storage.storageClassName"),
+            "{message}"
+        );
+        assert!(
+            message.contains("kubectl describe pvc data-shop-user-0 -n demo"),
+            "{message}"
+        );
+        // No claim at all (a quota refused it): the StatefulSet's events say why.
+        let missing = &found.stuck[1];
+        assert_eq!(missing.claim, "data-shop-product-0");
+        assert!(!missing.exists);
+        assert_eq!(
+            missing.explained_by,
+            ("StatefulSet", "shop-product".to_owned())
+        );
+        assert!(
+            missing
+                .message("demo", None)
+                .contains("was not created after 45 s")
+        );
+    }
+
+    #[test]
+    fn with_postgresql_or_no_replicas_there_is_no_claim_to_wait_for() {
+        let sets: Vec<_> = STATEFUL.iter().map(|c| stateful_set(*c, 0)).collect();
+        assert!(check(&pg_app(json!({})), &sets, &[], 100).stuck.is_empty());
+        let scaled_down = app(json!({"components": {
+            "user": {"replicas": 0}, "order": {"replicas": 0}, "product": {"replicas": 0}
+        }}));
+        assert!(check(&scaled_down, &sets, &[], 100).stuck.is_empty());
+    }
 }

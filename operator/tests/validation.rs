@@ -103,7 +103,41 @@ fn over_long_app_names_are_refused() {
     let problems = validate::problems(&long);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].field, "metadata.name");
-    let mut fits = app(json!({}));
+    let mut fits = app(json!({"database": {"secretRef": {"name": "db"}}}));
     fits.metadata.name = Some("a".repeat(validate::MAX_APP_NAME));
     assert!(validate::problems(&fits).is_empty());
+}
+
+#[test]
+fn embedded_apps_have_a_shorter_name_limit_because_of_the_stateful_set_revision_label() {
+    let mut long = app(json!({}));
+    long.metadata.name = Some("a".repeat(validate::MAX_EMBEDDED_APP_NAME + 1));
+    let problems = validate::problems(&long);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].to_string().contains("set spec.database"),
+        "{}",
+        problems[0]
+    );
+    // The revision label <name>-product-<10 characters> is exactly 63 at the limit.
+    assert_eq!(validate::MAX_EMBEDDED_APP_NAME + "-product-".len() + 10, 63);
+    long.spec.database =
+        Some(serde_json::from_value(json!({"secretRef": {"name": "db"}})).unwrap());
+    assert!(validate::problems(&long).is_empty());
+}
+
+#[test]
+fn storage_size_and_class_cannot_change_once_the_volumes_exist() {
+    let before = defaulted(json!({"storage": {"size": "1Gi"}}));
+    let check =
+        |after: Value| match MicroserviceAppSpec::validate_cel(&defaulted(after), Some(&before)) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| format!("{e:?}")).collect(),
+        };
+    assert!(check(json!({"storage": {"size": "1Gi", "whenDeleted": "Delete"}})).is_empty());
+    let resized = check(json!({"storage": {"size": "5Gi"}}));
+    assert_eq!(resized.len(), 1, "{resized:?}");
+    assert!(resized[0].contains("resize the claims"), "{}", resized[0]);
+    let reclassed = check(json!({"storage": {"size": "1Gi", "storageClassName": "fast"}}));
+    assert_eq!(reclassed.len(), 1, "{reclassed:?}");
 }

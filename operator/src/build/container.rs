@@ -7,11 +7,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::pod::{DATA_VOLUME, has_embedded_database};
 use crate::component::Component;
 use crate::crd::{GatewaySpec, MicroserviceApp};
 use crate::labels;
 
-/// Where the embedded SQLite database lives in a pod (an emptyDir volume).
+/// Where the embedded SQLite database lives in a pod (the StatefulSet's volume).
 const DATA_DIR: &str = "/data";
 
 /// Name of the container port every component listens on; Services and EndpointSlice consumers
@@ -25,9 +26,9 @@ pub(super) fn container(app: &MicroserviceApp, component: Component) -> Containe
         mount_path: "/tmp".to_owned(),
         ..VolumeMount::default()
     }];
-    if component.is_stateful() && app.spec.database.is_none() {
+    if has_embedded_database(app, component) {
         mounts.push(VolumeMount {
-            name: "data".to_owned(),
+            name: DATA_VOLUME.to_owned(),
             mount_path: DATA_DIR.to_owned(),
             ..VolumeMount::default()
         });
@@ -98,6 +99,14 @@ fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
         ),
         field_ref("MSA_POD_NAME", "metadata.name"),
         field_ref("MSA_NAMESPACE", "metadata.namespace"),
+        value(
+            "MSA_DRAIN_DELAY_SECONDS",
+            &component.spec(app).shutdown.drain_delay_seconds.to_string(),
+        ),
+        value(
+            "MSA_SHUTDOWN_GRACE_SECONDS",
+            &component.spec(app).shutdown.grace_seconds.to_string(),
+        ),
     ];
     env.extend(database_url(app, component));
     if component.needs_discovery() {

@@ -1,39 +1,21 @@
-//! A component's Deployment.
-
-use std::collections::BTreeMap;
+//! A component's Deployment: the gateway, and the stateful services when their data lives in
+//! PostgreSQL (so replicas are interchangeable).
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Volume,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::Owner;
-use super::container::{container, runtime_default_seccomp};
-use super::hash::short_hash;
+use super::pod;
 use crate::component::Component;
 use crate::crd::MicroserviceApp;
 use crate::labels;
 
-/// UID and GID the containers run as (the "nonroot" user of distroless images).
-pub const RUN_AS: i64 = 65532;
-
 pub(super) fn deployment(app: &MicroserviceApp, owner: &Owner, component: Component) -> Deployment {
     let spec = component.spec(app);
     let labels = labels::component_labels(&owner.name, component, &spec.labels);
-    let pod_spec = pod_spec(app, owner, component);
-
-    let mut pod_annotations: BTreeMap<String, String> = spec.annotations.clone();
-    // Any change to the rendered pod spec rolls the pods; the hash also lets a person compare
-    // what two pods run at a glance.
-    pod_annotations.insert(
-        labels::CONFIG_HASH_ANNOTATION.to_owned(),
-        short_hash(&pod_spec),
-    );
-
-    let mut metadata = owner.metadata(labels::child_name(&owner.name, component), labels.clone());
+    let mut metadata = owner.metadata(labels::child_name(&owner.name, component), labels);
     if !spec.annotations.is_empty() {
         metadata.annotations = Some(spec.annotations.clone());
     }
@@ -58,53 +40,9 @@ pub(super) fn deployment(app: &MicroserviceApp, owner: &Owner, component: Compon
             // drift on every reconcile.
             min_ready_seconds: (rollout.min_ready_seconds > 0).then_some(rollout.min_ready_seconds),
             progress_deadline_seconds: Some(rollout.progress_deadline_seconds),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(pod_annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec),
-            },
+            template: pod::template(app, owner, component, "pod-template-hash"),
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
-}
-
-fn pod_spec(app: &MicroserviceApp, owner: &Owner, component: Component) -> PodSpec {
-    let mut volumes = vec![empty_dir("tmp")];
-    if component.is_stateful() && app.spec.database.is_none() {
-        volumes.push(empty_dir("data"));
-    }
-    let discovers = component.needs_discovery();
-    PodSpec {
-        containers: vec![container(app, component)],
-        // Only components that watch EndpointSlices get an API token, and only for their own
-        // ServiceAccount, whose Role allows exactly that.
-        service_account_name: discovers.then(|| labels::discovery_name(&owner.name)),
-        automount_service_account_token: Some(discovers),
-        enable_service_links: Some(false),
-        termination_grace_period_seconds: Some(30),
-        image_pull_secrets: (!app.spec.image_pull_secrets.is_empty())
-            .then(|| app.spec.image_pull_secrets.clone()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
-        volumes: Some(volumes),
-        ..PodSpec::default()
-    }
-}
-
-fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
     }
 }

@@ -3,12 +3,16 @@
 
 mod container;
 mod deployment;
+mod disruption;
 mod hash;
+mod pod;
 mod rbac;
 mod service;
+mod statefulset;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -16,14 +20,20 @@ use kube::{Resource, ResourceExt};
 use crate::component::Component;
 use crate::crd::MicroserviceApp;
 
+pub use disruption::needs_budget;
 pub use hash::stamp_rendered_hash;
+pub use pod::has_embedded_database;
+pub use statefulset::claim_name;
 
 /// Every object the operator keeps for one app. Consumers destructure it exhaustively, so a
 /// new kind of child cannot be silently skipped when applying.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
-    pub deployments: Vec<Deployment>,
+    /// One per component, in [`Component::ALL`] order.
+    pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
+    /// Only for components that can have more than one pod ([`needs_budget`]).
+    pub budgets: Vec<(Component, PodDisruptionBudget)>,
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
@@ -33,14 +43,24 @@ impl Children {
     /// Number of objects: each is one apply when the app is new.
     pub fn count(&self) -> usize {
         let Children {
-            deployments,
+            workloads,
             services,
+            budgets,
             service_account: _,
             role: _,
             role_binding: _,
         } = self;
-        deployments.len() + services.len() + 3
+        workloads.len() + services.len() + budgets.len() + 3
     }
+}
+
+/// What runs a component's pods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Workload {
+    /// Interchangeable replicas: the gateway, and services whose data is in PostgreSQL.
+    Deployment(Deployment),
+    /// One pod with its own volume: a service with an embedded database.
+    StatefulSet(StatefulSet),
 }
 
 /// Why an app could not be rendered (only objects not yet stored by the API server lack these).
@@ -93,18 +113,35 @@ impl Owner {
 pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
     let owner = Owner::of(app)?;
     Ok(Children {
-        deployments: Component::ALL
+        workloads: Component::ALL
             .into_iter()
-            .map(|c| stamp_rendered_hash(deployment::deployment(app, &owner, c)))
+            .map(|c| workload(app, &owner, c))
             .collect(),
         services: Component::ALL
             .into_iter()
             .map(|c| stamp_rendered_hash(service::service(app, &owner, c)))
             .collect(),
+        budgets: Component::ALL
+            .into_iter()
+            .filter(|c| needs_budget(app, *c))
+            .map(|c| (c, stamp_rendered_hash(disruption::budget(&owner, app, c))))
+            .collect(),
         service_account: stamp_rendered_hash(rbac::service_account(&owner)),
         role: stamp_rendered_hash(rbac::role(&owner)),
         role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),
     })
+}
+
+fn workload(app: &MicroserviceApp, owner: &Owner, component: Component) -> Workload {
+    if has_embedded_database(app, component) {
+        Workload::StatefulSet(stamp_rendered_hash(statefulset::stateful_set(
+            app, owner, component,
+        )))
+    } else {
+        Workload::Deployment(stamp_rendered_hash(deployment::deployment(
+            app, owner, component,
+        )))
+    }
 }
 
 /// The gateway's in-cluster URL, as reported in status (never dialled by the operator).

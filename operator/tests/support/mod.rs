@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
@@ -16,7 +17,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
-use msa_operator::build::Children;
+use msa_operator::build::{Children, Workload};
 use msa_operator::crd::MicroserviceApp;
 use msa_operator::metrics::Metrics;
 use msa_operator::reconcile::{Caches, Context};
@@ -42,6 +43,37 @@ pub fn app(spec: Value) -> MicroserviceApp {
     .expect("fixture app deserializes")
 }
 
+/// The same app with its data in PostgreSQL: every component is a Deployment.
+pub fn pg_app(spec: Value) -> MicroserviceApp {
+    let mut spec = spec;
+    spec["database"] = json!({"secretRef": {"name": "shop-db"}});
+    app(spec)
+}
+
+/// The Deployments among rendered workloads.
+pub fn deployments(children: &Children) -> Vec<Deployment> {
+    children
+        .workloads
+        .iter()
+        .filter_map(|w| match w {
+            Workload::Deployment(d) => Some(d.clone()),
+            Workload::StatefulSet(_) => None,
+        })
+        .collect()
+}
+
+/// The StatefulSets among rendered workloads.
+pub fn stateful_sets(children: &Children) -> Vec<StatefulSet> {
+    children
+        .workloads
+        .iter()
+        .filter_map(|w| match w {
+            Workload::StatefulSet(s) => Some(s.clone()),
+            Workload::Deployment(_) => None,
+        })
+        .collect()
+}
+
 /// A fixed clock for condition timestamps.
 pub fn fixed_time(seconds: i64) -> Time {
     Time(jiff::Timestamp::from_second(1_790_000_000 + seconds).unwrap())
@@ -50,6 +82,9 @@ pub fn fixed_time(seconds: i64) -> Time {
 /// Writers for every cache, so a test can play the watch events the API server would send.
 pub struct FakeCaches {
     pub deployments: Writer<Deployment>,
+    pub stateful_sets: Writer<StatefulSet>,
+    pub budgets: Writer<PodDisruptionBudget>,
+    pub claims: Writer<PersistentVolumeClaim>,
     pub services: Writer<Service>,
     pub service_accounts: Writer<ServiceAccount>,
     pub roles: Writer<Role>,
@@ -72,6 +107,9 @@ impl FakeCaches {
     pub fn listed() -> Self {
         Self {
             deployments: ready_writer(),
+            stateful_sets: ready_writer(),
+            budgets: ready_writer(),
+            claims: ready_writer(),
             services: ready_writer(),
             service_accounts: ready_writer(),
             roles: ready_writer(),
@@ -83,6 +121,9 @@ impl FakeCaches {
     pub fn readers(&self) -> Caches {
         Caches {
             deployments: self.deployments.as_reader(),
+            stateful_sets: self.stateful_sets.as_reader(),
+            budgets: self.budgets.as_reader(),
+            claims: self.claims.as_reader(),
             services: self.services.as_reader(),
             service_accounts: self.service_accounts.as_reader(),
             roles: self.roles.as_reader(),
@@ -94,15 +135,26 @@ impl FakeCaches {
     /// Stores every child as the watch would deliver it after an apply.
     pub fn store(&mut self, children: &Children) {
         let Children {
-            deployments,
+            workloads,
             services,
+            budgets,
             service_account,
             role,
             role_binding,
         } = children;
-        for d in deployments {
-            self.deployments
-                .apply_watcher_event(&watcher::Event::Apply(as_stored(d)));
+        for w in workloads {
+            match w {
+                Workload::Deployment(d) => self
+                    .deployments
+                    .apply_watcher_event(&watcher::Event::Apply(as_stored(d))),
+                Workload::StatefulSet(s) => self
+                    .stateful_sets
+                    .apply_watcher_event(&watcher::Event::Apply(as_stored(s))),
+            }
+        }
+        for (_, b) in budgets {
+            self.budgets
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(b)));
         }
         for s in services {
             self.services
@@ -180,7 +232,12 @@ pub type Responder = Arc<dyn Fn(&Call) -> (StatusCode, Value) + Send + Sync>;
 pub fn healthy_api(app: &MicroserviceApp) -> Responder {
     let app = serde_json::to_value(app).unwrap();
     Arc::new(move |call: &Call| {
-        if call.path.ends_with("/status") {
+        if call.method == "DELETE" {
+            (
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            )
+        } else if call.path.ends_with("/status") {
             let mut stored = app.clone();
             stored["status"] = call.body["status"].clone();
             (StatusCode::OK, stored)

@@ -24,6 +24,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use msa_e2e::audit::AuditLog;
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
+use msa_operator::build::Workload;
 use msa_operator::crd::MicroserviceApp;
 
 const SINGLE_RUNS: usize = 5;
@@ -265,8 +266,14 @@ async fn apply_children_directly(
         app.metadata.namespace = Some(namespace.to_owned());
         app.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
         let children = msa_operator::build::children(&app)?;
-        for deployment in children.deployments {
-            apply_unowned(client, deployment).await?;
+        for workload in children.workloads {
+            match workload {
+                Workload::Deployment(d) => apply_unowned(client, d).await?,
+                Workload::StatefulSet(s) => apply_unowned(client, s).await?,
+            }
+        }
+        for (_, budget) in children.budgets {
+            apply_unowned(client, budget).await?;
         }
         for service in children.services {
             apply_unowned(client, service).await?;

@@ -1,0 +1,127 @@
+//! The pod template every workload kind shares: containers, identity, security context,
+//! volumes, shutdown timing and a soft spread across nodes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, TopologySpreadConstraint,
+    Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::Owner;
+use super::container::{container, runtime_default_seccomp};
+use super::hash::short_hash;
+use crate::component::Component;
+use crate::crd::MicroserviceApp;
+use crate::labels;
+
+/// UID and GID the containers run as (the "nonroot" user of distroless images).
+pub const RUN_AS: i64 = 65532;
+
+/// Name of the volume holding an embedded database (a claim template of the StatefulSet).
+pub const DATA_VOLUME: &str = "data";
+
+/// Whether the component keeps its data in an embedded SQLite file on a PersistentVolume.
+pub fn has_embedded_database(app: &MicroserviceApp, component: Component) -> bool {
+    component.is_stateful() && app.spec.database.is_none()
+}
+
+/// The pod template; `revision_label` is the label the workload's controller stamps on each
+/// revision's pods (`pod-template-hash` or `controller-revision-hash`), so the spread is
+/// computed among the pods of one revision.
+pub(super) fn template(
+    app: &MicroserviceApp,
+    owner: &Owner,
+    component: Component,
+    revision_label: &str,
+) -> PodTemplateSpec {
+    let spec = component.spec(app);
+    let labels = labels::component_labels(&owner.name, component, &spec.labels);
+    let pod_spec = pod_spec(app, owner, component, revision_label);
+    let mut annotations: BTreeMap<String, String> = spec.annotations.clone();
+    // Any change to the rendered pod spec rolls the pods; the hash also lets a person compare
+    // what two pods run at a glance.
+    annotations.insert(
+        labels::CONFIG_HASH_ANNOTATION.to_owned(),
+        short_hash(&pod_spec),
+    );
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec),
+    }
+}
+
+fn pod_spec(
+    app: &MicroserviceApp,
+    owner: &Owner,
+    component: Component,
+    revision_label: &str,
+) -> PodSpec {
+    let discovers = component.needs_discovery();
+    PodSpec {
+        containers: vec![container(app, component)],
+        // Only components that watch EndpointSlices get an API token, and only for their own
+        // ServiceAccount, whose Role allows exactly that.
+        service_account_name: discovers.then(|| labels::discovery_name(&owner.name)),
+        automount_service_account_token: Some(discovers),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(
+            component
+                .spec(app)
+                .shutdown
+                .termination_grace_period_seconds(),
+        ),
+        image_pull_secrets: (!app.spec.image_pull_secrets.is_empty())
+            .then(|| app.spec.image_pull_secrets.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            // Volumes that support it (block-backed, emptyDir) are made writable for the group.
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
+        // The embedded database's volume comes from the StatefulSet's claim template.
+        volumes: Some(vec![empty_dir("tmp")]),
+        topology_spread_constraints: Some(vec![spread_across_nodes(
+            &owner.name,
+            component,
+            revision_label,
+        )]),
+        ..PodSpec::default()
+    }
+}
+
+/// A soft preference (never blocks scheduling) to put a component's pods on different nodes,
+/// so losing one node does not take every replica.
+fn spread_across_nodes(
+    app: &str,
+    component: Component,
+    revision_label: &str,
+) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".to_owned(),
+        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(labels::selector(app, component)),
+            match_expressions: None,
+        }),
+        match_label_keys: Some(vec![revision_label.to_owned()]),
+        ..TopologySpreadConstraint::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
