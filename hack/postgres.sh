@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL for the services' tests: Debian's package (installed when missing),
 # listening on 127.0.0.1 only, data under $MSA_PG_STATE (default /tmp/msa-postgres).
+# The test cluster (tests/cluster/cluster.sh) also listens on its host-side 198.18.x address
+# (MSA_PG_LISTEN) and lets its pods in with a password (MSA_PG_POD_CIDR).
 #   hack/postgres.sh up     start it if needed; prints an admin URL for MSA_TEST_POSTGRES_URL
 #   hack/postgres.sh down   stop it and delete its data
 set -euo pipefail
 state="${MSA_PG_STATE:-${TMPDIR:-/tmp}/msa-postgres}"
 port="${MSA_PG_PORT:-25432}"
 url="postgres://postgres@127.0.0.1:$port/postgres"
+listen="${MSA_PG_LISTEN:-127.0.0.1}"
+pod_cidr="${MSA_PG_POD_CIDR:-}"
 
 bin_dir() {
   local dir
@@ -36,8 +40,12 @@ up() {
   [[ $(id -u) -eq 0 ]] && chown postgres: "$state"
   # trust on loopback only: a test server nobody else can reach, holding nothing of value.
   as_owner "$bin/initdb" -D "$state/data" -U postgres --auth=trust --no-sync >/dev/null
+  if [[ -n "$pod_cidr" ]]; then
+    # Pods are not trusted: they log in with the password of their app's own role.
+    echo "host all all $pod_cidr scram-sha-256" >>"$state/data/pg_hba.conf"
+  fi
   as_owner "$bin/pg_ctl" -D "$state/data" -l "$state/postgres.log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $state -c fsync=off -c max_connections=200" >&2
+    -o "-c listen_addresses=$listen -p $port -k $state -c fsync=off -c max_connections=300" >&2
   echo "$url"
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds a tool the build and tests use from the Go module proxy, cached by version under
 # ~/.cache/msa/tools/<tool>-<version>/, and prints the binary's path.
-#   hack/tools.sh helm|kwok
+#   hack/tools.sh helm|kwok|provisioner
+# provisioner is this repository's hack/provisioner (the test cluster's storage), cached by the
+# hash of its sources.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
@@ -10,11 +12,25 @@ source "$here/versions.env"
 source "$here/lib.sh"
 cache="${MSA_CACHE:-$HOME/.cache/msa}/tools"
 
-tool="${1:?usage: $0 helm|kwok}"
+tool="${1:?usage: $0 helm|kwok|provisioner}"
 case "$tool" in
   helm) version="$HELM_VERSION" module="helm.sh/helm/v3/cmd/helm" ;;
   kwok) version="$KWOK_VERSION" module="sigs.k8s.io/kwok/cmd/kwok" ;;
-  *) echo "unknown tool $tool (known: helm, kwok)" >&2; exit 2 ;;
+  provisioner)
+    src="$here/provisioner"
+    version="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-12)"
+    dir="$cache/$tool-$version"
+    if [[ ! -x "$dir/$tool" ]]; then
+      log "building the test cluster's storage provisioner (first run only, about 1-2 min)"
+      start=$SECONDS
+      mkdir -p "$dir"
+      (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/$tool.tmp" . >&2) \
+        && mv "$dir/$tool.tmp" "$dir/$tool"
+      record_build_time "$tool" cold "$((SECONDS - start))"
+    fi
+    echo "$dir/$tool"
+    exit 0 ;;
+  *) echo "unknown tool $tool (known: helm, kwok, provisioner)" >&2; exit 2 ;;
 esac
 dir="$cache/$tool-$version"
 if [[ ! -x "$dir/$tool" ]]; then

@@ -203,16 +203,21 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
 
     let now = (ctx.now)();
     let findings = check_storage(app, ctx, &now);
-    let mut stuck_claims = Vec::with_capacity(findings.stuck.len());
+    let mut described = Vec::with_capacity(findings.stuck.len());
     for stuck in &findings.stuck {
         let reported = latest_warning(ctx, app, &stuck.explained_by).await;
-        let namespace = app.namespace().unwrap_or_default();
-        stuck_claims.push(stuck.message(&namespace, reported.as_deref()));
+        described.push(stuck.describe(reported.as_deref()));
     }
     let observed = Observed {
         workloads: report.workloads,
         endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
-        stuck_claims,
+        storage_problem: findings.stuck.first().map(|first| {
+            storage::message(
+                &described,
+                &first.claim,
+                &app.namespace().unwrap_or_default(),
+            )
+        }),
         blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
     };
     write_status(app, ctx, &observed).await?;

@@ -45,8 +45,8 @@ pub struct Observed {
     pub workloads: BTreeMap<Component, WorkloadState>,
     /// Ready endpoints per component, from the Services' EndpointSlices.
     pub endpoints: BTreeMap<Component, i32>,
-    /// Claims of the embedded databases that cannot be satisfied (see [`crate::storage`]).
-    pub stuck_claims: Vec<String>,
+    /// Why claims of the embedded databases are not bound (see [`crate::storage`]).
+    pub storage_problem: Option<String>,
     pub blocker: Option<Blocker>,
 }
 
@@ -195,8 +195,11 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
         })
         .collect();
 
-    let (ready, progressing, degraded) =
-        conditions(&rollouts, &observed.stuck_claims, observed.blocker.as_ref());
+    let (ready, progressing, degraded) = conditions(
+        &rollouts,
+        observed.storage_problem.as_deref(),
+        observed.blocker.as_ref(),
+    );
     let previous = app
         .status
         .as_ref()
@@ -219,7 +222,7 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
 
 fn conditions(
     rollouts: &[Rollout<'_>],
-    stuck_claims: &[String],
+    storage_problem: Option<&str>,
     blocker: Option<&Blocker>,
 ) -> (Computed, Computed, Computed) {
     if let Some(blocker) = blocker {
@@ -274,13 +277,8 @@ fn conditions(
         .map(Rollout::summary)
         .collect();
 
-    let degraded = if !stuck_claims.is_empty() {
-        Computed::new(
-            DEGRADED,
-            true,
-            reason::STORAGE_UNAVAILABLE,
-            join(stuck_claims.iter().cloned()),
-        )
+    let degraded = if let Some(problem) = storage_problem {
+        Computed::new(DEGRADED, true, reason::STORAGE_UNAVAILABLE, problem)
     } else if !stuck.is_empty() {
         Computed::new(
             DEGRADED,

@@ -34,9 +34,9 @@ pub struct StuckClaim {
 }
 
 impl StuckClaim {
-    /// The status message: names the claim and says what to do; `reported` is the latest
-    /// Warning event Kubernetes recorded about it, when there is one.
-    pub fn message(&self, namespace: &str, reported: Option<&str>) -> String {
+    /// What is wrong with this claim; `reported` is the latest Warning event Kubernetes
+    /// recorded about it, when there is one.
+    pub fn describe(&self, reported: Option<&str>) -> String {
         let class = match &self.storage_class {
             Some(class) => format!("StorageClass {class:?}"),
             None => "no StorageClass (the cluster has no default one)".to_owned(),
@@ -47,15 +47,20 @@ impl StuckClaim {
             format!("was not created after {} s", self.waited_seconds)
         };
         let said = reported
-            .map(|r| format!("; Kubernetes reports: {r}"))
+            .map(|r| format!(" (Kubernetes reports: {r})"))
             .unwrap_or_default();
-        format!(
-            "claim {claim} {state} with {class}{said}; set spec.storage.storageClassName to a class \
-             `kubectl get storageclass` lists or mark one default, check quotas \
-             (`kubectl describe resourcequota -n {namespace}`), and see `kubectl describe pvc {claim} -n {namespace}`",
-            claim = self.claim,
-        )
+        format!("claim {} {state} with {class}{said}", self.claim)
     }
+}
+
+/// The status message for stuck claims: each one described, then what to do, once.
+pub fn message(described: &[String], first_claim: &str, namespace: &str) -> String {
+    format!(
+        "{}; set spec.storage.storageClassName to a class `kubectl get storageclass` lists or mark \
+         one default, check quotas (`kubectl describe resourcequota -n {namespace}`), and see \
+         `kubectl describe pvc {first_claim} -n {namespace}`",
+        described.join("; ")
+    )
 }
 
 /// What [`check`] found, and when to look again if a claim may still turn out stuck.

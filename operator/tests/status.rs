@@ -267,7 +267,7 @@ fn endpoints_merge_slices_dedupe_and_respect_readiness() {
 fn a_stuck_claim_degrades_the_app_with_a_message_that_says_what_to_do() {
     let deployments = all(1, 0);
     let mut observed = observe(&deployments);
-    observed.stuck_claims = vec!["claim data-shop-user-0 has been Pending for 31 s".to_owned()];
+    observed.storage_problem = Some("claim data-shop-user-0 has been Pending for 31 s".to_owned());
     let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
     let degraded = condition(&status.conditions, "Degraded");
     assert_eq!(
@@ -355,8 +355,13 @@ mod claims {
         assert_eq!(pending.claim, "data-shop-user-0");
         assert!(pending.exists);
         assert_eq!(pending.waited_seconds, 45);
-        let message = pending.message("demo", Some("storageclass \"missing\" not found"));
-        assert!(message.starts_with("claim data-shop-user-0 has been Pending for 45 s with StorageClass \"missing\"; Kubernetes reports: storageclass"), "{message}");
+        let described = pending.describe(Some("storageclass \"missing\" not found"));
+        assert_eq!(
+            described,
+            "claim data-shop-user-0 has been Pending for 45 s with StorageClass \"missing\" \
+             (Kubernetes reports: storageclass \"missing\" not found)"
+        );
+        let message = storage::message(&[described], &pending.claim, "demo");
         assert!(
             message.contains("spec.storage.storageClassName"),
             "{message}"
@@ -375,7 +380,7 @@ mod claims {
         );
         assert!(
             missing
-                .message("demo", None)
+                .describe(None)
                 .contains("was not created after 45 s")
         );
     }

@@ -48,7 +48,10 @@ readonly service_cidr=198.19.0.0/16 first_service_ip=198.19.0.1 cluster_dns=198.
 # ever learns the host's resolver. No cluster DNS runs.
 readonly resolver_ip=198.18.250.53
 readonly sandbox_image=ghcr.io/msa-dev/msa-pause:0.1.0
-readonly components=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+readonly components=(provisioner kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+# PostgreSQL for apps with spec.database (real node only): Debian's, on the host side of the
+# node's link, so pods reach it over 198.18.x and nothing else can.
+readonly pg_port=$((base_port + 32))  # 26432
 # The kwok node's taint while a real node is there; a namespace tolerates it through the
 # PodTolerationRestriction annotation that tests/src/cluster.rs sets (Placement::Kwok).
 readonly kwok_taint_key=kwok.x-k8s.io/node kwok_taint_value=fake
@@ -74,6 +77,9 @@ down() {
   local name
   node_down
   for name in "${components[@]}"; do stop_component "$name"; done
+  if [[ -d "$state/postgres" ]]; then
+    MSA_PG_STATE="$state/postgres" MSA_PG_PORT=$pg_port "$root/hack/postgres.sh" down
+  fi
   rm -rf "$state"
 }
 
@@ -138,10 +144,11 @@ make_pki() {
 }
 
 up() {
-  local bin helm kwok node_bin="" api_ip=127.0.0.1 tarballs=()
+  local bin helm kwok provisioner node_bin="" api_ip=127.0.0.1 tarballs=()
   bin="$("$root/hack/build-k8s.sh" etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)"
   helm="$("$root/hack/tools.sh" helm)"
   kwok="$("$root/hack/tools.sh" kwok)"
+  provisioner="$("$root/hack/tools.sh" provisioner)"
   if has_real_node; then
     node_bin="$("$root/hack/build-node.sh")"
     api_ip=$host_ip
@@ -225,6 +232,29 @@ YAML
     --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false \
     --kube-api-qps 200 --kube-api-burst 400
 
+  # Storage the way kind and minikube give it: a default StorageClass whose provisioner makes a
+  # folder per claim (hack/provisioner), bound once the pod is scheduled.
+  log "starting the storage provisioner (StorageClass standard, volumes under $state/volumes)"
+  start provisioner "$provisioner" --kubeconfig "$kc" --root "$state/volumes"
+  "${kubectl[@]}" apply -f - >/dev/null <<YAML
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: msa.dev/hostpath
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+YAML
+
+  local pg_env=""
+  if has_real_node; then
+    log "starting PostgreSQL on 127.0.0.1 and $host_ip:$pg_port (pods in $pod_cidr log in with a password)"
+    pg_env="export MSA_E2E_POSTGRES_URL=$(MSA_PG_STATE="$state/postgres" MSA_PG_PORT=$pg_port \
+      MSA_PG_LISTEN="127.0.0.1,$host_ip" MSA_PG_POD_CIDR=$pod_cidr "$root/hack/postgres.sh" up)
+export MSA_E2E_POSTGRES_POD_ADDRESS=$host_ip:$pg_port"
+  fi
+
   local taints="[]"
   has_real_node && taints="[{key: $kwok_taint_key, value: $kwok_taint_value, effect: NoSchedule}]"
   log "starting kwok (node kwok-node-0, pods get IPs in $kwok_pod_cidr; taints: $taints)"
@@ -269,6 +299,7 @@ export MSA_E2E_HELM=$helm
 export MSA_E2E_AUDIT_LOG=$state/audit.log
 export MSA_E2E_NODES=$nodes
 $node_env
+$pg_env
 ENV
   log "cluster up ($nodes): KUBECONFIG=$kc (logs in $state)"
   echo "$state/env"
