@@ -13,16 +13,17 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use msa_e2e::audit::AuditLog;
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Operator, OperatorOptions, wait_until};
 
-use support::{CHILD_DEPLOYMENTS, Setup, WAIT};
+use support::{CHILD_WORKLOADS, Setup, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: make e2e"]
@@ -104,7 +105,32 @@ async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<
     s.assert_children_owned("shop").await?;
     let app = s.apps().get("shop").await?;
     let deployments = s.deployments().list(&ListParams::default()).await?;
-    assert_eq!(deployments.items.len(), 4);
+    assert_eq!(deployments.items.len(), 1, "the gateway");
+    let sets = s.stateful_sets().list(&ListParams::default()).await?;
+    assert_eq!(
+        sets.items.len(),
+        3,
+        "user, order, product: embedded databases"
+    );
+    // Each embedded database sits on a bound claim from the cluster's default StorageClass.
+    let claims = Api::<PersistentVolumeClaim>::namespaced(s.admin.clone(), &s.ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=shop"))
+        .await?;
+    let mut bound: Vec<String> = claims
+        .items
+        .iter()
+        .filter(|c| c.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Bound"))
+        .map(|c| c.name_any())
+        .collect();
+    bound.sort();
+    assert_eq!(
+        bound,
+        [
+            "data-shop-order-0",
+            "data-shop-product-0",
+            "data-shop-user-0"
+        ]
+    );
     let services = Api::<Service>::namespaced(s.admin.clone(), &s.ns)
         .list(&ListParams::default())
         .await?;
@@ -181,14 +207,15 @@ async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<
 async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
     let (s, _operator) = Setup::ready_shop("drift").await?;
     let deployments = s.deployments();
+    let sets = s.stateful_sets();
 
-    // A deleted Deployment comes back (a new object, same name).
-    let old_uid = deployments.get("shop-product").await?.metadata.uid;
+    // A deleted workload comes back (a new object, same name).
+    let old_uid = sets.get("shop-product").await?.metadata.uid;
     s.cluster
-        .kubectl(&["delete", "deployment", "shop-product", "-n", &s.ns])
+        .kubectl(&["delete", "statefulset", "shop-product", "-n", &s.ns])
         .ok()?;
     wait_until("shop-product to be recreated", WAIT, || async {
-        let now = deployments.get_opt("shop-product").await?;
+        let now = sets.get_opt("shop-product").await?;
         Ok(now.filter(|d| d.metadata.uid != old_uid).map(drop))
     })
     .await?;
@@ -197,7 +224,7 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
     s.cluster
         .kubectl(&[
             "scale",
-            "deployment",
+            "statefulset",
             "shop-user",
             "--replicas=3",
             "-n",
@@ -207,7 +234,7 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
     s.cluster
         .kubectl(&[
             "label",
-            "deployment",
+            "statefulset",
             "shop-order",
             "app.kubernetes.io/part-of=someone-else",
             "--overwrite",
@@ -216,20 +243,20 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
         ])
         .ok()?;
     wait_until("hand edits to be undone", WAIT, || async {
-        let user = deployments.get("shop-user").await?;
-        let order = deployments.get("shop-order").await?;
+        let user = sets.get("shop-user").await?;
+        let order = sets.get("shop-order").await?;
         let part_of = order
             .metadata
             .labels
             .unwrap_or_default()
             .get("app.kubernetes.io/part-of")
             .cloned();
-        Ok((support::replicas(&user) == 1 && part_of.as_deref() == Some("shop")).then_some(()))
+        Ok((support::set_replicas(&user) == 1 && part_of.as_deref() == Some("shop")).then_some(()))
     })
     .await?;
 
     // Spec changes are applied; a configuration change rolls the pods.
-    let pods_before = s.pod_names("order").await?;
+    let pods_before = s.pod_uids("order").await?;
     let patch = r#"{"spec":{"components":{
         "product":{"replicas":1,"image":"registry.example/product:2.0"},
         "order":{"env":[{"name":"FEATURE_X","value":"on"}]},
@@ -246,15 +273,18 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
             patch,
         ])
         .ok()?;
-    wait_until("spec changes to reach the Deployments", WAIT, || async {
+    wait_until("spec changes to reach the workloads", WAIT, || async {
         let gateway = deployments.get("shop-gateway").await?;
-        let product = deployments.get("shop-product").await?;
-        let order = deployments.get("shop-order").await?;
-        let image = support::container(&product)
+        let product = sets.get("shop-product").await?;
+        let order = sets.get("shop-order").await?;
+        let image = support::set_container(&product)
             .image
             .clone()
             .unwrap_or_default();
-        let env = support::container(&order).env.clone().unwrap_or_default();
+        let env = support::set_container(&order)
+            .env
+            .clone()
+            .unwrap_or_default();
         Ok((support::replicas(&gateway) == 3
             && image == "registry.example/product:2.0"
             && env.iter().any(|e| e.name == "FEATURE_X"))
@@ -263,14 +293,14 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
     .await?;
     s.wait_ready("shop")?;
     wait_until("the order pods to be replaced", WAIT, || async {
-        let now = s.pod_names("order").await?;
+        let now = s.pod_uids("order").await?;
         Ok((now.len() == 1 && now.is_disjoint(&pods_before)).then_some(()))
     })
     .await?;
     assert_eq!(
-        s.replica_set_count("app.kubernetes.io/name=order").await?,
+        s.revision_count("app.kubernetes.io/name=order").await?,
         2,
-        "one ReplicaSet per pod template"
+        "one revision per pod template"
     );
     let status = s.apps().get("shop").await?.status.unwrap();
     assert_eq!(status.components["gateway"].ready_replicas, 3);
@@ -299,6 +329,15 @@ async fn deleting_the_app_garbage_collects_every_child() -> anyhow::Result<()> {
         Ok(left.is_empty().then_some(()))
     })
     .await?;
+    // spec.storage.whenDeleted defaults to Retain: the data outlives the app.
+    let claims = Api::<PersistentVolumeClaim>::namespaced(s.admin.clone(), &s.ns)
+        .list_metadata(&ListParams::default().labels("app.kubernetes.io/instance=shop"))
+        .await?;
+    assert_eq!(
+        claims.items.len(),
+        3,
+        "the embedded databases' claims are kept"
+    );
     Ok(())
 }
 
@@ -392,7 +431,12 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
             .list(&ListParams::default())
             .await?
             .items
-            .is_empty(),
+            .is_empty()
+            && s.stateful_sets()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty(),
         "nothing is created from an invalid spec"
     );
     // Fixing the spec heals it; the process never restarted.
@@ -438,13 +482,18 @@ async fn killed_mid_reconcile_the_operator_converges_without_duplicates() -> any
             .list_metadata(&ListParams::default())
             .await?
             .items
-            .len(),
-        4
+            .len()
+            + s.stateful_sets()
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .len(),
+        support::CHILD_WORKLOADS
     );
     assert_eq!(
-        s.replica_set_count("").await?,
-        4,
-        "one ReplicaSet per Deployment: no spurious rollout"
+        s.replica_set_count("").await? + s.revision_count("").await?,
+        support::CHILD_WORKLOADS,
+        "one ReplicaSet or revision per workload: no spurious rollout"
     );
     assert_eq!(s.pod_count().await?, 5);
     Ok(())
@@ -558,7 +607,7 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
         .cluster
         .kubectl(&[
             "get",
-            "deployments,services,serviceaccounts,roles,rolebindings",
+            "deployments,statefulsets,poddisruptionbudgets,services,serviceaccounts,roles,rolebindings",
             "-n",
             &s.ns,
             "-l",
@@ -567,7 +616,8 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
             "name",
         ])
         .ok()?;
-    assert_eq!(out.lines().count(), CHILD_DEPLOYMENTS * 2 + 3, "{out}");
+    // A workload and a Service per component, the gateway's budget, the discovery identity.
+    assert_eq!(out.lines().count(), CHILD_WORKLOADS * 2 + 1 + 3, "{out}");
     let printed = s.cluster.kubectl(&["get", "msa", "-n", &s.ns]).ok()?;
     assert!(
         printed.contains("READY") && printed.contains("True"),

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Container, Pod, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, Pod, PodTemplateSpec, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
@@ -18,8 +19,10 @@ use msa_operator::crd::MicroserviceApp;
 
 /// How long anything in a test may take to converge on this small cluster.
 pub const WAIT: Duration = Duration::from_secs(120);
-/// user, order, product, gateway.
-pub const CHILD_DEPLOYMENTS: usize = 4;
+/// The shop's workloads: user, order, product (StatefulSets: embedded databases), gateway.
+pub const CHILD_WORKLOADS: usize = 4;
+/// The components of the shop that keep an embedded database, each in a StatefulSet.
+pub const STATEFUL: [&str; 3] = ["user", "order", "product"];
 
 pub struct Setup {
     pub cluster: Cluster,
@@ -69,6 +72,14 @@ impl Setup {
             .list_metadata(&ListParams::default().labels(selector))
             .await?;
         Ok(sets.items.len())
+    }
+
+    /// ControllerRevisions (a StatefulSet's pod-template history) matching `selector`.
+    pub async fn revision_count(&self, selector: &str) -> anyhow::Result<usize> {
+        let revisions = Api::<ControllerRevision>::namespaced(self.admin.clone(), &self.ns)
+            .list_metadata(&ListParams::default().labels(selector))
+            .await?;
+        Ok(revisions.items.len())
     }
 
     /// The operator as the chart's ServiceAccount, watching this test's namespace.
@@ -153,6 +164,10 @@ impl Setup {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
+    pub fn stateful_sets(&self) -> Api<StatefulSet> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
     pub async fn pod_count(&self) -> anyhow::Result<usize> {
         let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
         Ok(pods
@@ -162,8 +177,9 @@ impl Setup {
             .len())
     }
 
-    /// Names of the live (not terminating) pods of one component.
-    pub async fn pod_names(&self, component: &str) -> anyhow::Result<BTreeSet<String>> {
+    /// UIDs of the live (not terminating) pods of one component (a StatefulSet's replacement
+    /// pod keeps its predecessor's name, so names do not tell them apart).
+    pub async fn pod_uids(&self, component: &str) -> anyhow::Result<BTreeSet<String>> {
         let pods = Api::<Pod>::namespaced(self.admin.clone(), &self.ns);
         let selector = format!("app.kubernetes.io/name={component}");
         Ok(pods
@@ -172,7 +188,7 @@ impl Setup {
             .items
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(|p| p.name_any())
+            .filter_map(|p| p.uid())
             .collect())
     }
 
@@ -180,6 +196,8 @@ impl Setup {
     async fn owners(&self, kind: ChildKind, name: &str) -> anyhow::Result<Option<Vec<String>>> {
         match kind {
             ChildKind::Deployment => owners_of::<Deployment>(self, name).await,
+            ChildKind::StatefulSet => owners_of::<StatefulSet>(self, name).await,
+            ChildKind::PodDisruptionBudget => owners_of::<PodDisruptionBudget>(self, name).await,
             ChildKind::Service => owners_of::<Service>(self, name).await,
             ChildKind::ServiceAccount => owners_of::<ServiceAccount>(self, name).await,
             ChildKind::Role => owners_of::<Role>(self, name).await,
@@ -223,6 +241,8 @@ where
 #[derive(Clone, Copy, Debug)]
 pub enum ChildKind {
     Deployment,
+    StatefulSet,
+    PodDisruptionBudget,
     Service,
     ServiceAccount,
     Role,
@@ -235,13 +255,17 @@ impl std::fmt::Display for ChildKind {
     }
 }
 
-/// Every object the operator makes for an app.
+/// Every object the operator makes for an app of the shop's shape (embedded databases, two
+/// gateway replicas).
 pub fn children(app: &str) -> Vec<(String, ChildKind)> {
     let mut all = Vec::new();
-    for component in ["user", "order", "product", "gateway"] {
-        all.push((format!("{app}-{component}"), ChildKind::Deployment));
+    for component in STATEFUL {
+        all.push((format!("{app}-{component}"), ChildKind::StatefulSet));
         all.push((format!("{app}-{component}"), ChildKind::Service));
     }
+    all.push((format!("{app}-gateway"), ChildKind::Deployment));
+    all.push((format!("{app}-gateway"), ChildKind::Service));
+    all.push((format!("{app}-gateway"), ChildKind::PodDisruptionBudget));
     for kind in [
         ChildKind::ServiceAccount,
         ChildKind::Role,
@@ -260,13 +284,21 @@ pub fn replicas(deployment: &Deployment) -> i32 {
         .unwrap_or(1)
 }
 
-pub fn container(deployment: &Deployment) -> &Container {
-    &deployment
+pub fn set_replicas(stateful_set: &StatefulSet) -> i32 {
+    stateful_set
         .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("a pod spec")
-        .containers[0]
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+}
+
+/// The first container of a StatefulSet's pod template.
+pub fn set_container(stateful_set: &StatefulSet) -> &Container {
+    container_of(&stateful_set.spec.as_ref().expect("a spec").template)
+}
+
+fn container_of(template: &PodTemplateSpec) -> &Container {
+    &template.spec.as_ref().expect("a pod spec").containers[0]
 }
 
 pub fn condition(app: &MicroserviceApp, type_: &str) -> Option<Condition> {

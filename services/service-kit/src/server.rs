@@ -213,6 +213,7 @@ where
         let _ = stopping_tx.send(());
     };
     let grace = drain.grace;
+    let service = close_connections_while_draining(service, ops.draining.clone());
     let service = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<
         std::net::SocketAddr,
     >(service);
@@ -227,6 +228,29 @@ where
         done = server => { done??; info!("stopped"); Ok(()) }
         () = outcome => { warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period; exiting"); Ok(()) }
     }
+}
+
+/// While draining, every answer carries `Connection: close`, so a keep-alive client opens its
+/// next request on a new connection, which kube-proxy and balancers send to a pod that is not
+/// stopping. Without it, a client reusing an idle connection at the moment the server closes it
+/// loses that request (a POST cannot be resent safely).
+fn close_connections_while_draining<S>(
+    service: S,
+    draining: Arc<AtomicBool>,
+) -> tower::util::MapResponse<S, impl Fn(Response) -> Response + Clone>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    // Bound first: passed inline, the closure would be inferred as the FnOnce map_response asks.
+    let mark = move |mut response: Response| {
+        if draining.load(Ordering::Relaxed) {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    };
+    tower::ServiceExt::map_response(service, mark)
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

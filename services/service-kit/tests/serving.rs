@@ -96,13 +96,23 @@ async fn readiness_fails_first_when_draining() {
         std::future::pending(),
     )
     .await;
+    let http = client();
+    let before = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(
+        before.headers().get("connection").is_none(),
+        "keep-alive while serving normally"
+    );
     ops.start_draining();
-    let response = client().get(format!("{base}/readyz")).send().await.unwrap();
+    let response = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
     );
+    // Still serving, but every answer tells keep-alive clients to reconnect (elsewhere).
+    let served = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["connection"], "close");
 }
 
 #[tokio::test]
