@@ -8,6 +8,9 @@
 #   tests/cluster/cluster.sh down   stop it and remove everything it left (also after a failed or
 #                                   interrupted run): processes, mounts, namespaces, cgroups, sysctls
 #   tests/cluster/cluster.sh env    print the env file of a running cluster
+#   tests/cluster/cluster.sh restart-node
+#                                   power-cycle the real node: its processes and its pods' end at
+#                                   once, then containerd, kubelet and kube-proxy start again
 #
 # MSA_CLUSTER_NODES=real,kwok (default) starts both nodes; the kwok node is then tainted, and a
 # namespace opts into it with the PodNodeSelector and PodTolerationRestriction annotations that
@@ -305,7 +308,20 @@ ENV
   echo "$state/env"
 }
 
+restart_node() {
+  [[ -f "$state/env" ]] && has_real_node && [[ -e "/run/netns/$node_ns" ]] || {
+    echo "no real node running (state $state)" >&2; exit 1; }
+  node_bin="$("$root/hack/build-node.sh")"
+  api_url="https://$host_ip:$api_port" pki="$state/pki"
+  local started=$SECONDS
+  node_restart
+  # The Node object may still say Ready from before; the kubelet's own health says it is back.
+  wait_for kubelet 120 node_exec curl -sf http://127.0.0.1:10248/healthz
+  log "node $node_name restarted: kubelet healthy in $((SECONDS - started)) s"
+}
+
 case "${1:-}" in
+  restart-node) restart_node ;;
   up)
     # A start that fails or is interrupted part-way leaves nothing behind either.
     trap 'exit 130' INT TERM
@@ -313,5 +329,5 @@ case "${1:-}" in
     up ;;
   down) down ;;
   env) [[ -f "$state/env" ]] && echo "$state/env" || { echo "no cluster running (state $state)" >&2; exit 1; } ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|restart-node" >&2; exit 2 ;;
 esac

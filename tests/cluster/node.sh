@@ -263,18 +263,26 @@ node_up() {
   write_node_configs
   kubeconfig_for "$d/kubelet.kubeconfig" "$kubelet_token"
   kubeconfig_for "$d/kube-proxy.kubeconfig" "$proxy_token"
-
-  log "starting containerd in $node_ns"
-  PATH="$node_bin:$PATH" start containerd nsenter --net="/run/netns/$node_ns" -- "$node_bin/containerd" --config "$d/containerd.toml"
-  wait_for containerd 60 "$node_bin/ctr" --address "$d/containerd.sock" version
+  start_containerd
   local tarball started=$SECONDS
   for tarball in "$@"; do
     "$node_bin/ctr" --address "$d/containerd.sock" -n k8s.io images import --local "$tarball" >/dev/null 2>>"$state/ctr.log" \
       || { echo "ctr images import $tarball failed" >&2; return 1; }
   done
   log "imported $# images into containerd's k8s.io namespace in $((SECONDS - started)) s"
-
   save_sysctls
+  start_kubelet_and_proxy
+}
+
+start_containerd() {
+  local d; d="$(node_dir)"
+  log "starting containerd in $node_ns"
+  PATH="$node_bin:$PATH" start containerd nsenter --net="/run/netns/$node_ns" -- "$node_bin/containerd" --config "$d/containerd.toml"
+  wait_for containerd 60 "$node_bin/ctr" --address "$d/containerd.sock" version
+}
+
+start_kubelet_and_proxy() {
+  local d; d="$(node_dir)"
   log "starting kubelet and kube-proxy in $node_ns (node $node_name at $node_ip)"
   start kubelet nsenter --net="/run/netns/$node_ns" -- "$node_bin/kubelet" \
     --config "$d/kubelet.yaml" --kubeconfig "$d/kubelet.kubeconfig" --root-dir "$d/kubelet" \
@@ -283,9 +291,35 @@ node_up() {
   start kube-proxy nsenter --net="/run/netns/$node_ns" -- "$node_bin/kube-proxy" --config "$d/kube-proxy.yaml"
 }
 
+# The node loses power and comes back: every process of the node and its pods ends at once (no
+# SIGTERM, nothing drains), runtime state is gone as a reboot clears /run, and what is on disk
+# stays (images, the kubelet's folder, and the volumes, which live outside the node's folder).
+node_restart() {
+  local d; d="$(node_dir)"
+  node_processes_down
+  rm -rf "$d/containerd/state"
+  start_containerd
+  start_kubelet_and_proxy
+}
+
 # Everything the node left, found by what it is rather than by what we remember starting, so an
 # interrupted run is cleaned too. Prints what it removed.
 node_down() {
+  local d; d="$(node_dir)"
+  node_processes_down
+  if [[ -e "/run/netns/$node_ns" ]]; then
+    log "guard counters (packets dropped on their way off 198.18.0.0/15):"
+    guard_counters >&2
+    ip netns delete "$node_ns"
+    log "deleted network namespace $node_ns (its bridge, veth, nft tables and routes with it)"
+  fi
+  ip link delete msa-node0 2>/dev/null || true
+  clean_host_paths "$d/started"
+  restore_sysctls
+}
+
+# Every process of the node and its pods, their mounts and cgroups; the network stays.
+node_processes_down() {
   local d pid cg n=0
   d="$(node_dir)"
   stop_component kubelet
@@ -322,13 +356,5 @@ node_down() {
     n=$((n + 1))
   done
   [[ $n -gt 0 ]] && log "removed the kubepods cgroups in $n hierarchies"
-  if [[ -e "/run/netns/$node_ns" ]]; then
-    log "guard counters (packets dropped on their way off 198.18.0.0/15):"
-    guard_counters >&2
-    ip netns delete "$node_ns"
-    log "deleted network namespace $node_ns (its bridge, veth, nft tables and routes with it)"
-  fi
-  ip link delete msa-node0 2>/dev/null || true
-  clean_host_paths "$d/started"
-  restore_sysctls
+  return 0
 }

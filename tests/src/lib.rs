@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod load;
 pub mod node;
 pub mod operator;
 pub mod wait;

@@ -284,3 +284,44 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_j
     );
     body
 }
+
+/// Starts `replicas` connections to one empty PostgreSQL database at the same moment, each
+/// migrating it as a starting replica does, and checks that every one succeeded and each
+/// migration was applied exactly once. sqlx's migrator holds a PostgreSQL advisory lock while it
+/// migrates (`locking`, on by default); without it, replicas racing to create the bookkeeping
+/// table or apply a migration fail or apply it twice.
+pub async fn migrate_concurrently(
+    migrator: &'static sqlx::migrate::Migrator,
+    service: &str,
+    replicas: usize,
+) {
+    assert!(migrator.locking, "{service}: migrations must take the lock");
+    let url = fresh_database(TestBackend::Postgres, service).await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(replicas));
+    let starting: Vec<_> = (0..replicas)
+        .map(|_| {
+            let (url, start) = (url.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                crate::db::Database::connect(&url, migrator).await
+            })
+        })
+        .collect();
+    let mut databases = Vec::new();
+    for replica in starting {
+        let connected = replica.await.expect("a replica's start does not panic");
+        databases.push(connected.unwrap_or_else(|e| panic!("{service}: a replica failed: {e:#}")));
+    }
+    let (applied, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(&databases[0].pool)
+    .await
+    .expect("read the migration table");
+    let expected = i64::try_from(migrator.iter().count()).expect("few migrations");
+    assert_eq!(
+        (applied, distinct),
+        (expected, expected),
+        "{service}: each migration applied exactly once"
+    );
+}
