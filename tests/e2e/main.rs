@@ -625,3 +625,80 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn switching_to_postgresql_and_back_replaces_the_workloads_and_keeps_the_claims()
+-> anyhow::Result<()> {
+    let (s, _operator) = Setup::ready_shop("switch").await?;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(s.admin.clone(), &s.ns);
+    let claim_uids = || async {
+        let list = claims
+            .list_metadata(&ListParams::default().labels("app.kubernetes.io/instance=shop"))
+            .await?;
+        Ok::<BTreeSet<String>, anyhow::Error>(list.items.iter().filter_map(|c| c.uid()).collect())
+    };
+    let before = claim_uids().await?;
+    assert_eq!(before.len(), 3);
+
+    // Embedded → PostgreSQL: the StatefulSets go, Deployments come; the claims stay (Retain).
+    s.cluster
+        .kubectl(&[
+            "patch",
+            "msa",
+            "shop",
+            "-n",
+            &s.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"database":{"secretRef":{"name":"shop-db"}}}}"#,
+        ])
+        .ok()?;
+    let (deployments, sets) = (s.deployments(), s.stateful_sets());
+    wait_until("Deployments in place of the StatefulSets", WAIT, || async {
+        let d = deployments.list_metadata(&ListParams::default()).await?;
+        let st = sets.list_metadata(&ListParams::default()).await?;
+        Ok((d.items.len() == 4 && st.items.is_empty()).then_some(()))
+    })
+    .await?;
+    assert_eq!(claim_uids().await?, before, "the data's claims are kept");
+
+    // And back: the StatefulSets find the same claims again, and nothing is left over.
+    s.cluster
+        .kubectl(&[
+            "patch",
+            "msa",
+            "shop",
+            "-n",
+            &s.ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/database"}]"#,
+        ])
+        .ok()?;
+    wait_until("StatefulSets in place of the Deployments", WAIT, || async {
+        let d = deployments.list_metadata(&ListParams::default()).await?;
+        let st = sets.list_metadata(&ListParams::default()).await?;
+        Ok((d.items.len() == 1 && st.items.len() == 3).then_some(()))
+    })
+    .await?;
+    let apps = s.apps();
+    wait_until("the app Ready on its old claims", WAIT, || async {
+        let app = apps.get("shop").await?;
+        let ready = support::condition(&app, "Ready").is_some_and(|c| {
+            c.status == "True" && c.observed_generation == app.metadata.generation
+        });
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    assert_eq!(claim_uids().await?, before, "the same claims, no new ones");
+    wait_until(
+        "the user Deployment's ReplicaSets to go with it",
+        WAIT,
+        || async {
+            Ok((s.replica_set_count("app.kubernetes.io/name=user").await? == 0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

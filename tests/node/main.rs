@@ -17,10 +17,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use msa_e2e::cluster::INSTALL_NAMESPACE;
+use msa_e2e::durability;
 use msa_e2e::node::{
-    RealNode, guarded_url, install_operator_chart, run_demo, wait_app_ready, wait_reachable,
+    OnNode, guarded_url, install_operator_chart, run_demo, wait_app_ready, wait_reachable,
 };
-use msa_e2e::{Cluster, TestNamespace, wait_until};
+use msa_e2e::{TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
 use serde_json::Value;
 
@@ -31,26 +32,12 @@ const POD_PORT: u16 = 8080;
 /// A grace period no test could wait out: a pod that ignored SIGTERM would hold the test past WAIT.
 const LONG_GRACE: &str = "--grace-period=3600";
 
-struct Ctx {
-    cluster: Cluster,
-    admin: kube::Client,
-    node: RealNode,
-    http: reqwest::Client,
-}
+type Ctx = OnNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster with its real node: make e2e"]
 async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Result<()> {
-    let cluster = Cluster::from_env();
-    let ctx = Ctx {
-        admin: cluster.admin().await?,
-        cluster,
-        node: RealNode::from_env()?,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()?,
-    };
+    let ctx = OnNode::from_env().await?;
 
     let operators = install_operator(&ctx).await?;
     let leader = leader_of(&ctx, &operators).await?;
@@ -69,6 +56,45 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     check_gateway_at_pod_address(&ctx, &pods).await?;
     check_only_the_leader_reconciles(&ctx, &operators, &leader).await?;
     hand_over_and_reconcile(&ctx, &ns, &leader).await?;
+    check_data_survived_pod_loss(&ctx, &ns).await?;
+
+    let mut rows = Vec::new();
+    let gateway = ctx
+        .node
+        .node_port_url(&ctx.admin, &ns, "shop-gateway")
+        .await?;
+    durability::embedded_default(&ctx, &ns, &gateway, &mut rows).await?;
+    durability::replicated_on_postgres(&ctx, &mut rows).await?;
+    durability::print_table(&rows);
+    Ok(())
+}
+
+/// After every shop pod was deleted (the last step of the hand-over), the replacements open the
+/// same volumes: the demo's product is still there, with the stock the demo left.
+async fn check_data_survived_pod_loss(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
+    let url = ctx
+        .node
+        .node_port_url(&ctx.admin, ns, "shop-gateway")
+        .await?;
+    wait_reachable(&url, WAIT).await?;
+    let products: Value = wait_until("the gateway to list products again", WAIT, || async {
+        let answer = ctx.http.get(format!("{url}/products")).send().await?;
+        Ok(if answer.status() == 200 {
+            Some(answer.json::<Value>().await?)
+        } else {
+            None
+        })
+    })
+    .await?;
+    let laptop = products["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|p| p["price"] == "999.99"));
+    ensure!(
+        laptop.is_some_and(|p| p["stock"] == 9),
+        "the demo's product (stock 9 after one order) did not survive the pods' deletion: {products}"
+    );
+    println!("every shop pod was replaced; the data on the volumes is intact");
     Ok(())
 }
 

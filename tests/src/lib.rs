@@ -7,9 +7,11 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod durability;
 pub mod load;
 pub mod node;
 pub mod operator;
+pub mod postgres;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -13,6 +13,30 @@ use crate::cluster::{INSTALL_NAMESPACE, RELEASE};
 /// The range every node, pod and Service address of the test cluster lies in.
 const GUARDED: (Ipv4Addr, u32) = (Ipv4Addr::new(198, 18, 0, 0), 15);
 
+/// What a test on the real node works with: the cluster, an admin client, the node, and an
+/// HTTP client that never uses a proxy.
+pub struct OnNode {
+    pub cluster: Cluster,
+    pub admin: kube::Client,
+    pub node: RealNode,
+    pub http: reqwest::Client,
+}
+
+impl OnNode {
+    pub async fn from_env() -> anyhow::Result<Self> {
+        let cluster = Cluster::from_env();
+        Ok(Self {
+            admin: cluster.admin().await?,
+            cluster,
+            node: RealNode::from_env()?,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+}
+
 /// The real node as `cluster.sh up` exported it.
 #[derive(Clone, Debug)]
 pub struct RealNode {

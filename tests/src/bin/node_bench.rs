@@ -7,6 +7,10 @@
 //!    the same on the kwok node (same cluster, same in-cluster operator, a namespace annotated to
 //!    land on kwok) — the difference is what running real containers costs.
 //! 4. The demo's wall time through the gateway's NodePort.
+//! 5. `kubectl apply` → the three claims of the embedded databases Bound (PVC bind time).
+//! 6. The durability scenarios of the node test (`msa_e2e::durability`): requests, failures,
+//!    `503`s with `Retry-After` and the gap they span, per scenario under load, and the time from
+//!    spec change to rollout complete per component.
 //!
 //! Every wait is bounded; the only addresses dialled are the API server and the node's NodePort
 //! (both inside the blackholed 198.18.0.0/15).
@@ -15,8 +19,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use msa_e2e::node::{RealNode, install_operator_chart, run_demo, wait_app_ready, wait_reachable};
-use msa_e2e::{Cluster, Placement, TestNamespace};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use msa_e2e::durability;
+use msa_e2e::node::{
+    OnNode, RealNode, install_operator_chart, run_demo, wait_app_ready, wait_reachable,
+};
+use msa_e2e::{Cluster, Placement, TestNamespace, wait_until};
 
 const RUNS: usize = 5;
 const READY_LIMIT: Duration = Duration::from_secs(300);
@@ -43,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut real = Vec::new();
     let mut kwok = Vec::new();
+    let mut bound_real = Vec::new();
+    let mut bound_kwok = Vec::new();
     let mut demo = None;
     for run in 1..=RUNS {
         for placement in [Placement::Default, Placement::Kwok] {
@@ -52,14 +62,16 @@ async fn main() -> anyhow::Result<()> {
             let ns = TestNamespace::create_on(&admin, "bench-node", placement)
                 .await?
                 .name;
-            let took = apply_and_wait_ready(&cluster, &admin, &ns).await?;
+            let (took, bound) = apply_and_wait_ready(&cluster, &admin, &ns).await?;
             if placement == Placement::Default {
                 real.push(took);
+                bound_real.push(bound);
                 if run == RUNS {
                     demo = Some(demo_through_node_port(&admin, &node, &ns).await?);
                 }
             } else {
                 kwok.push(took);
+                bound_kwok.push(bound);
             }
             cluster
                 .kubectl(&["delete", "namespace", &ns, "--wait=true", "--timeout=180s"])
@@ -76,12 +88,29 @@ async fn main() -> anyhow::Result<()> {
         let (median, min, max) = spread(runs);
         println!("| {what} | {median:.2} s | {min:.2}–{max:.2} s |");
     }
+    println!("\n| kubectl apply → 3 claims Bound (StorageClass standard) | median | min–max |");
+    println!("| --- | ---: | ---: |");
+    for (what, runs) in [("real node", &bound_real), ("kwok node", &bound_kwok)] {
+        let (median, min, max) = spread(runs);
+        println!("| {what} | {median:.2} s | {min:.2}–{max:.2} s |");
+    }
     if let Some(demo) = demo {
         println!(
             "\nmsa-local demo through the NodePort (6 steps): {:.2} s",
             demo.as_secs_f64()
         );
     }
+
+    progress("durability scenarios under load (embedded rollouts, node restart, PostgreSQL)");
+    let on_node = OnNode::from_env().await?;
+    let ns = TestNamespace::create(&admin, "bench-durable").await?.name;
+    apply_and_wait_ready(&cluster, &admin, &ns).await?;
+    let gateway = node.node_port_url(&admin, &ns, "shop-gateway").await?;
+    wait_reachable(&gateway, READY_LIMIT).await?;
+    let mut rows = Vec::new();
+    durability::embedded_default(&on_node, &ns, &gateway, &mut rows).await?;
+    durability::replicated_on_postgres(&on_node, &mut rows).await?;
+    durability::print_table(&rows);
     Ok(())
 }
 
@@ -166,11 +195,12 @@ fn print_warm_builds(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Returns (apply → Ready, apply → every claim of the app Bound).
 async fn apply_and_wait_ready(
     cluster: &Cluster,
     admin: &kube::Client,
     ns: &str,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Duration)> {
     let manifest = cluster.repo_path("manifests/shop.yaml");
     let started = Instant::now();
     cluster
@@ -182,8 +212,19 @@ async fn apply_and_wait_ready(
             manifest.to_str().context("non-UTF-8 path")?,
         ])
         .ok()?;
+    let claims = kube::Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns);
+    let bound = wait_until("the three claims Bound", READY_LIMIT, || async {
+        let list = claims.list(&Default::default()).await?;
+        let bound = list
+            .items
+            .iter()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+            .count();
+        Ok((bound == 3).then(|| started.elapsed()))
+    })
+    .await?;
     wait_app_ready(admin, ns, "shop", READY_LIMIT).await?;
-    Ok(started.elapsed())
+    Ok((started.elapsed(), bound))
 }
 
 async fn demo_through_node_port(

@@ -1,0 +1,424 @@
+//! No data lost and no request failed: the embedded databases on their volumes through pod loss,
+//! rollouts and a node power cycle; PostgreSQL with two replicas of everything through rolling
+//! updates and pod deletions, all under a bounded mixed load through the gateway's NodePort.
+//!
+//! Each scenario checks what it promises (the node test) and adds its figures to a table
+//! (`make bench-node` prints it too).
+
+use std::time::{Duration, Instant};
+
+use crate::load::{self, Limits, Load, Shop, Tally};
+use crate::node::{OnNode as Ctx, wait_app_ready, wait_reachable};
+use crate::postgres::Postgres;
+use crate::{TestNamespace, wait_until};
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+/// How long any one step may take to converge on a busy 2-core machine.
+const WAIT: Duration = Duration::from_secs(180);
+
+/// The load during every scenario: 3 clients, a request each every 30 ms at most.
+fn limits() -> Limits {
+    Limits {
+        concurrency: 3,
+        max_requests: 40_000,
+        max_duration: Duration::from_secs(900),
+        pause: Duration::from_millis(30),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+/// One scenario's figures, printed as a table row at the end.
+pub struct Row {
+    pub scenario: String,
+    pub requests: u64,
+    pub failed: usize,
+    pub unavailable: u64,
+    pub gap_seconds: f64,
+    pub took_seconds: f64,
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<58} {:>8} {:>7} {:>9} {:>7} {:>8}",
+        "scenario", "requests", "failed", "503+R-A", "gap s", "took s"
+    );
+    for r in rows {
+        println!(
+            "{:<58} {:>8} {:>7} {:>9} {:>7.1} {:>8.1}",
+            r.scenario, r.requests, r.failed, r.unavailable, r.gap_seconds, r.took_seconds
+        );
+    }
+}
+
+fn row(scenario: impl Into<String>, tally: &Tally, took: Duration) -> Row {
+    Row {
+        scenario: scenario.into(),
+        requests: tally.requests,
+        failed: tally.failures.len(),
+        unavailable: tally.unavailable,
+        gap_seconds: tally.gap_seconds(),
+        took_seconds: took.as_secs_f64(),
+    }
+}
+
+fn show_failures(tally: &Tally) -> String {
+    tally
+        .failures
+        .iter()
+        .take(10)
+        .map(|f| format!("  {:.2} s {} → {}", f.at, f.request, f.outcome))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `kubectl patch` of one component's env: a configuration change that rolls its pods.
+fn roll(ctx: &Ctx, ns: &str, app: &str, component: &str, mark: &str) -> anyhow::Result<()> {
+    let patch = format!(
+        r#"{{"spec":{{"components":{{"{component}":{{"env":[{{"name":"MSA_ROLLOUT_MARK","value":"{mark}"}}]}}}}}}}}"#
+    );
+    ctx.cluster
+        .kubectl(&[
+            "patch",
+            &format!("msa/{app}"),
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .ok()?;
+    Ok(())
+}
+
+/// Rolls each component in turn under load; returns the tally and a row per component with the
+/// time from spec change to rollout complete.
+async fn rollouts_under_load(
+    ctx: &Ctx,
+    ns: &str,
+    shop: &Shop,
+    components: &[&str],
+    label: &str,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<Tally> {
+    let http = load::client(&limits())?;
+    let running = Load::start(http, shop.clone(), limits());
+    // Some load before the first change, so the tally covers steady state too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for component in components {
+        let changed = Instant::now();
+        roll(ctx, ns, "shop", component, &format!("{label}-{component}"))?;
+        wait_rolled(ctx, ns, component).await?;
+        wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
+        let took = changed.elapsed();
+        println!(
+            "{label}: {component} rolled (spec change → rollout complete) in {:.1} s, at {:.1} s of the load",
+            took.as_secs_f64(),
+            running.elapsed().as_secs_f64()
+        );
+        rows.push(Row {
+            scenario: format!("{label}: rollout of {component} (spec → complete)"),
+            requests: 0,
+            failed: 0,
+            unavailable: 0,
+            gap_seconds: 0.0,
+            took_seconds: took.as_secs_f64(),
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(running.stop().await)
+}
+
+/// Until every pod of the component runs the changed environment and none is terminating.
+async fn wait_rolled(ctx: &Ctx, ns: &str, component: &str) -> anyhow::Result<()> {
+    let pods = Api::<Pod>::namespaced(ctx.admin.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance=shop,app.kubernetes.io/name={component}");
+    wait_until(&format!("every {component} pod replaced"), WAIT, || async {
+        let list = pods.list(&ListParams::default().labels(&selector)).await?;
+        let all_new = !list.items.is_empty()
+            && list.items.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.spec.as_ref().is_some_and(|s| {
+                        s.containers[0]
+                            .env
+                            .iter()
+                            .flatten()
+                            .any(|e| e.name == "MSA_ROLLOUT_MARK")
+                    })
+            });
+        Ok(all_new.then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn audit_clean(
+    http: &reqwest::Client,
+    shop: &Shop,
+    tally: &Tally,
+    what: &str,
+) -> anyhow::Result<()> {
+    let audit = load::audit(http, shop, &tally.orders_created).await?;
+    println!(
+        "{what}: {} orders stored, {} answered 201, {} pending, {} stock mismatches",
+        audit.stored_orders,
+        audit.answered_created,
+        audit.pending.len(),
+        audit.stock_mismatches.len()
+    );
+    ensure!(
+        audit.is_clean(),
+        "{what}: the data does not add up: {audit:#?}"
+    );
+    Ok(())
+}
+
+/// The single-replica embedded default (the shop as applied from manifests/shop.yaml): data on
+/// the volumes survives a rollout of each stateful component under load — whose unavoidable gap
+/// is answered with 503 + Retry-After, never a failure or a hang — and a node power cycle.
+pub async fn embedded_default(
+    ctx: &Ctx,
+    ns: &str,
+    gateway: &str,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let http = load::client(&limits())?;
+    let shop = load::seed(&http, gateway, 2, 2, 1_000_000).await?;
+    let started = Instant::now();
+    let tally = rollouts_under_load(
+        ctx,
+        ns,
+        &shop,
+        &["user", "order", "product"],
+        "embedded, 1 replica",
+        rows,
+    )
+    .await?;
+    println!("embedded rollouts under load: {}", tally.summary());
+    rows.push(row(
+        "embedded, 1 replica: rollouts of user, order, product",
+        &tally,
+        started.elapsed(),
+    ));
+    ensure!(
+        tally.failures.is_empty(),
+        "requests failed (only 503 with Retry-After is allowed during a one-replica rollout):\n{}",
+        show_failures(&tally)
+    );
+    ensure!(
+        !tally.orders_created.is_empty(),
+        "no order was created under load"
+    );
+    audit_clean(&http, &shop, &tally, "after the embedded rollouts").await?;
+
+    // Power cycle: every process of the node ends at once; the pods come back on their volumes.
+    let restarted = Instant::now();
+    restart_node(ctx).await?;
+    wait_all_restarted(ctx, ns).await?;
+    wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
+    wait_reachable(gateway, WAIT).await?;
+    println!(
+        "node power-cycled; every shop pod restarted and Ready in {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    audit_clean(&http, &shop, &tally, "after the node restart").await?;
+    Ok(())
+}
+
+/// `tests/cluster/cluster.sh restart-node` on the running cluster.
+async fn restart_node(ctx: &Ctx) -> anyhow::Result<()> {
+    let script = ctx.cluster.repo_path("tests/cluster/cluster.sh");
+    let mut command = tokio::process::Command::new("bash");
+    command.arg(script).arg("restart-node");
+    for (from, to) in [
+        ("MSA_E2E_STATE", "MSA_CLUSTER_STATE"),
+        ("MSA_E2E_NODES", "MSA_CLUSTER_NODES"),
+    ] {
+        if let Ok(value) = std::env::var(from) {
+            command.env(to, value);
+        }
+    }
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .context("cluster.sh restart-node did not finish in time")??;
+    ensure!(
+        output.status.success(),
+        "cluster.sh restart-node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Until every pod of the shop has restarted its container once more and is Ready.
+async fn wait_all_restarted(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let pods = Api::<Pod>::namespaced(ctx.admin.clone(), ns);
+    let before: std::collections::BTreeMap<String, i32> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| (p.name_any(), restarts(p)))
+        .collect();
+    wait_until(
+        "every shop pod to restart after the power cycle",
+        WAIT,
+        || async {
+            let now = pods.list(&ListParams::default()).await?.items;
+            let done = now.iter().all(|p| {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                ready && before.get(&p.name_any()).is_none_or(|b| restarts(p) > *b)
+            });
+            Ok(done.then_some(()))
+        },
+    )
+    .await
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+}
+
+/// The shop on PostgreSQL with two replicas of everything: replicas migrate an empty database
+/// at once, each component has a PodDisruptionBudget, and rolling updates and pod deletions
+/// under load fail no request and apply no order twice.
+pub async fn replicated_on_postgres(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let postgres = Postgres::from_env()?;
+    let ns = TestNamespace::create(&ctx.admin, "pg").await?.name;
+    let databases = postgres.provision(&ctx.cluster, &ns, "shop-db")?;
+    let manifest = r#"apiVersion: msa.dev/v1alpha1
+kind: MicroserviceApp
+metadata:
+  name: shop
+spec:
+  database:
+    secretRef: {name: shop-db}
+  components:
+    user: {replicas: 2}
+    order: {replicas: 2}
+    product: {replicas: 2}
+    gateway:
+      replicas: 2
+      service: {type: NodePort}
+"#;
+    ctx.cluster
+        .kubectl_with_stdin(&["apply", "-n", &ns, "-f", "-"], Some(manifest))
+        .ok()?;
+    let started = Instant::now();
+    wait_app_ready(&ctx.admin, &ns, "shop", WAIT).await?;
+    println!(
+        "shop on PostgreSQL, 2 replicas each: Ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Both replicas of each service started at once on an empty database.
+    for (service, database) in &databases {
+        let (applied, distinct) = postgres.migrations(database)?;
+        ensure!(
+            applied >= 1 && applied == distinct,
+            "{service}: migrations applied {applied} times for {distinct} versions"
+        );
+    }
+    let budgets = Api::<PodDisruptionBudget>::namespaced(ctx.admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        budgets.items.len() == 4,
+        "expected a PodDisruptionBudget per component, got {:?}",
+        budgets
+            .items
+            .iter()
+            .map(|b| b.name_any())
+            .collect::<Vec<_>>()
+    );
+
+    let gateway = ctx
+        .node
+        .node_port_url(&ctx.admin, &ns, "shop-gateway")
+        .await?;
+    wait_reachable(&gateway, WAIT).await?;
+    let http = load::client(&limits())?;
+    let shop = load::seed(&http, &gateway, 3, 3, 1_000_000).await?;
+
+    let started = Instant::now();
+    let tally = rollouts_under_load(
+        ctx,
+        &ns,
+        &shop,
+        &["user", "order", "product", "gateway"],
+        "PostgreSQL, 2 replicas",
+        rows,
+    )
+    .await?;
+    println!("rolling updates under load: {}", tally.summary());
+    rows.push(row(
+        "PostgreSQL, 2 replicas: rolling updates of all 4",
+        &tally,
+        started.elapsed(),
+    ));
+    ensure!(
+        tally.failures.is_empty() && tally.unavailable == 0,
+        "rolling updates failed requests ({} × 503):\n{}",
+        tally.unavailable,
+        show_failures(&tally)
+    );
+    audit_clean(&http, &shop, &tally, "after the rolling updates").await?;
+
+    let started = Instant::now();
+    let running = Load::start(http.clone(), shop.clone(), limits());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for component in ["user", "order", "product", "gateway"] {
+        let victim = one_pod(ctx, &ns, component).await?;
+        // The default grace period: the pod drains as it would in any `kubectl delete pod`.
+        ctx.cluster
+            .kubectl(&["delete", "pod", &victim, "-n", &ns, "--timeout=120s"])
+            .ok()?;
+        wait_app_ready(&ctx.admin, &ns, "shop", WAIT).await?;
+        println!(
+            "deleted {victim}; replaced and Ready at {:.1} s of the load",
+            running.elapsed().as_secs_f64()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = running.stop().await;
+    println!("pod deletions under load: {}", tally.summary());
+    rows.push(row(
+        "PostgreSQL, 2 replicas: delete one pod of each",
+        &tally,
+        started.elapsed(),
+    ));
+    let (failed_reads, failed_orders) = tally.failed();
+    ensure!(
+        failed_reads == 0,
+        "idempotent requests failed while pods were deleted:\n{}",
+        show_failures(&tally)
+    );
+    if failed_orders > 0 {
+        println!(
+            "orders in flight on a deleted pod that failed: {failed_orders}\n{}",
+            show_failures(&tally)
+        );
+    }
+    audit_clean(&http, &shop, &tally, "after the pod deletions").await
+}
+
+async fn one_pod(ctx: &Ctx, ns: &str, component: &str) -> anyhow::Result<String> {
+    let pods = Api::<Pod>::namespaced(ctx.admin.clone(), ns)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance=shop,app.kubernetes.io/name={component}"
+        )))
+        .await?;
+    pods.items
+        .iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .with_context(|| format!("no {component} pod"))
+}
