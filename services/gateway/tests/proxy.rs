@@ -5,7 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use msa_service_kit::testing::{ServiceProcess, free_port, loopback_client};
 use serde_json::{Value, json};
@@ -330,10 +334,21 @@ async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
                 .map(|v| v.to_str().unwrap().to_owned()),
             response.json::<Value>().await.unwrap(),
         ));
-        if last.as_ref().unwrap().0 == 503 {
+        let (status, retry_after, body) = last.as_ref().unwrap();
+        if body["type"] == "https://msa.dev/problems/circuit-open" {
             break;
         }
-        assert_eq!(last.as_ref().unwrap().0, 502, "{last:?}");
+        // Before the breaker opens: nothing accepted the connection, so nothing was sent and
+        // the request may simply be made again — 503 with Retry-After, as Envoy answers.
+        assert_eq!(
+            (*status, retry_after.as_deref(), body["type"].as_str()),
+            (
+                503,
+                Some("1"),
+                Some("https://msa.dev/problems/upstream-unreachable")
+            ),
+            "{last:?}"
+        );
     }
     let (status, retry_after, body) = last.unwrap();
     assert_eq!(status, 503, "{body}");
@@ -517,4 +532,80 @@ async fn sigterm_fails_readiness_but_keeps_serving_during_the_drain_delay() {
     let served = get(format!("{}/users", gw.base_url)).await;
     assert_eq!(served.status(), 200, "still serving while draining");
     assert!(gw.stop(), "exits cleanly after the drain");
+}
+
+/// A backend that answers each connection's first request with keep-alive, then reads the
+/// next request on that connection and closes it without answering: the endpoint closing an
+/// idle connection just as a request arrives. New connections are answered again.
+async fn closing_backend(host: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(format!("{host}:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                for turn in 0..2 {
+                    let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buffer))
+                            .await
+                    else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if turn == 1 {
+                        return; // closed with the request unanswered
+                    }
+                    let body = r#"{"id":"7"}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn a_get_on_a_connection_the_only_endpoint_just_closed_goes_again_on_a_new_one() {
+    let (addr, received) = closing_backend("127.0.0.6").await;
+    let gw = gateway(&addr.to_string(), &addr.to_string(), &[]).await;
+    let http = loopback_client();
+    // The first GET opens a connection the gateway keeps; the second reuses it, the backend
+    // closes it unanswered, and the gateway sends the GET again on a new connection.
+    for round in 0..2 {
+        let response = http
+            .get(format!("{}/products/7", gw.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {round}");
+    }
+    assert_eq!(received.load(Ordering::SeqCst), 3, "one GET was sent twice");
+    // A POST is never sent twice: the same race is a 502 that says the exchange broke off.
+    let post = http
+        .post(format!("{}/products", gw.base_url))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
+    let body: Value = post.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://msa.dev/problems/bad-upstream-response"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 4);
 }

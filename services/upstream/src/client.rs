@@ -106,15 +106,18 @@ fn retry_after_secs(d: Duration) -> u64 {
 }
 
 impl CallError {
-    /// The status a proxy answers with: 503 when the service cannot be called now, 504 on
-    /// timeout, 502 when it answered badly, 413/400 for the caller's own body.
+    /// The status a proxy answers with: 503 when the service cannot be called now (breaker
+    /// open, no endpoint, or no endpoint accepted a connection — nothing was sent, so the
+    /// request can simply be made again, as Envoy answers a connection failure), 504 on
+    /// timeout, 502 when an exchange broke off or the service answered badly, 413/400 for the
+    /// caller's own body.
     pub fn status(&self) -> StatusCode {
         match self {
-            CallError::CircuitOpen { .. } | CallError::NoEndpoints { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CallError::CircuitOpen { .. }
+            | CallError::NoEndpoints { .. }
+            | CallError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            CallError::Connect { .. } | CallError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            CallError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             CallError::RequestBody {
                 too_large: true, ..
             } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -126,7 +129,7 @@ impl CallError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             CallError::CircuitOpen { retry_after, .. } => Some(retry_after_secs(*retry_after)),
-            CallError::NoEndpoints { .. } => Some(1),
+            CallError::NoEndpoints { .. } | CallError::Connect { .. } => Some(1),
             _ => None,
         }
     }
@@ -332,6 +335,8 @@ enum Attempt {
     FailedStatus(Response<Incoming>),
     ConnectFailed(String),
     Broken(String),
+    /// A reused connection closed before the response began (see `SendError::Stale`).
+    Stale(String),
     TimedOut,
 }
 
@@ -343,6 +348,7 @@ impl Attempt {
             Attempt::FailedStatus(_) => Some("status_5xx"),
             Attempt::ConnectFailed(_) => Some("connect"),
             Attempt::Broken(_) => Some("protocol"),
+            Attempt::Stale(_) => Some("stale_connection"),
             Attempt::TimedOut => Some("timeout"),
         }
     }
@@ -443,6 +449,7 @@ impl Inner {
                     }
                     Err(SendError::Connect(detail)) => Attempt::ConnectFailed(detail),
                     Err(SendError::Exchange(error)) => Attempt::Broken(error_chain(&error)),
+                    Err(SendError::Stale(error)) => Attempt::Stale(error_chain(&error)),
                 },
                 () = &mut timer => Attempt::TimedOut,
             };
@@ -454,14 +461,24 @@ impl Inner {
             }
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
-            if let Some(reason) = ended.failure()
-                && safe
-                && attempt < self.config.max_retries
-                && self.lock().has_alternative(addr, Instant::now())
-                && self.retry_allowed(reason, addr)
-            {
+            // A stale keep-alive connection says nothing about the endpoint: an idempotent
+            // request goes again on a fresh connection, to the same endpoint if it is the only
+            // one (a one-replica service mid-rollout), as HTTP clients do (RFC 9110 §9.2.2).
+            let stale = matches!(ended, Attempt::Stale(_));
+            // Asked only after a failure: no lock on the path of a successful request.
+            let retry = match ended.failure() {
+                Some(reason) if safe && attempt < self.config.max_retries => {
+                    let alternative = self.lock().has_alternative(addr, Instant::now());
+                    ((stale || alternative) && self.retry_allowed(reason, addr))
+                        .then_some(alternative)
+                }
+                _ => None,
+            };
+            if let Some(alternative) = retry {
                 attempt += 1;
-                previous = Some(addr);
+                // Another endpoint when there is one; the same one only for a stale connection
+                // to a service with no other.
+                previous = alternative.then_some(addr);
                 let jitter = 0.5 + XorShift::from_clock().next_f64();
                 let pause = tokio::time::Instant::now() + self.config.retry_backoff.mul_f64(jitter);
                 if pause >= deadline {
@@ -479,7 +496,7 @@ impl Inner {
                     endpoint: addr,
                     detail,
                 }),
-                Attempt::Broken(detail) => Err(CallError::Protocol {
+                Attempt::Broken(detail) | Attempt::Stale(detail) => Err(CallError::Protocol {
                     upstream: self.name.clone(),
                     endpoint: addr,
                     detail,
@@ -571,11 +588,17 @@ impl Inner {
 
     fn record(&self, addr: SocketAddr, latency: Duration, ended: &Attempt) {
         let failure = ended.failure();
-        let outcome = match failure {
-            None => Outcome::Success { latency },
-            Some(_) => Outcome::Failure,
+        let changes = match (failure, ended) {
+            // Not the endpoint's fault: neither a success nor a failure for its health.
+            (_, Attempt::Stale(_)) => {
+                self.lock().finish_unjudged(addr, Instant::now());
+                Vec::new()
+            }
+            (None, _) => self
+                .lock()
+                .finish(addr, Instant::now(), Outcome::Success { latency }),
+            (Some(_), _) => self.lock().finish(addr, Instant::now(), Outcome::Failure),
         };
-        let changes = self.lock().finish(addr, Instant::now(), outcome);
         let handles = self.endpoint_metrics(addr);
         handles.duration.observe(latency.as_secs_f64());
         if let Some(label) = failure {
@@ -650,7 +673,7 @@ impl Inner {
                     reason,
                 })
                 .inc();
-            info!(upstream = %self.name, endpoint = %failed, reason, "retrying on another endpoint");
+            info!(upstream = %self.name, endpoint = %failed, reason, "retrying");
             true
         } else {
             self.metrics

@@ -32,6 +32,10 @@ pub(crate) enum SendError {
     Connect(String),
     /// The exchange broke off after the request was handed to a connection.
     Exchange(hyper::Error),
+    /// A connection that had served earlier requests closed before any byte of the response:
+    /// the endpoint closed it as idle (or on shutdown) while the request was on its way — the
+    /// keep-alive race. The endpoint most likely never saw the request.
+    Stale(hyper::Error),
 }
 
 struct Idle {
@@ -73,7 +77,14 @@ impl Connections {
                 Err(mut error) => match error.take_message() {
                     // The connection closed before taking the request: nothing was sent.
                     Some(unsent) => request = unsent,
-                    None => return Err(SendError::Exchange(error.into_error())),
+                    None => {
+                        let error = error.into_error();
+                        return Err(if closed_before_response(&error) {
+                            SendError::Stale(error)
+                        } else {
+                            SendError::Exchange(error)
+                        });
+                    }
                 },
             }
         }
@@ -181,6 +192,27 @@ fn prepare(addr: SocketAddr, request: &mut Request<Body>) {
     {
         request.headers_mut().insert(http::header::HOST, host);
     }
+}
+
+/// Whether an exchange failed because the connection closed (EOF or reset) before a response
+/// began, rather than in the middle of one.
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 #[cfg(test)]
