@@ -702,3 +702,42 @@ async fn switching_to_postgresql_and_back_replaces_the_workloads_and_keeps_the_c
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn a_claim_that_cannot_bind_degrades_the_app_naming_the_claim_and_the_fix()
+-> anyhow::Result<()> {
+    let s = Setup::new("nostorage").await?;
+    let _operator = s.start_operator("nostorage")?;
+    let manifest = r#"apiVersion: msa.dev/v1alpha1
+kind: MicroserviceApp
+metadata: {name: lost}
+spec:
+  storage: {storageClassName: no-such-class}
+"#;
+    s.cluster
+        .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(manifest))
+        .ok()?;
+    let apps = s.apps();
+    // The operator waits 30 s before calling a Pending claim stuck.
+    let degraded = wait_until("Degraded=True StorageUnavailable", WAIT, || async {
+        let app = apps.get("lost").await?;
+        Ok(support::condition(&app, "Degraded")
+            .filter(|c| c.status == "True" && c.reason == "StorageUnavailable"))
+    })
+    .await?;
+    let message = degraded.message;
+    for expected in [
+        "claim data-lost-user-0 has been Pending",
+        "StorageClass \"no-such-class\"",
+        "not found",
+        "set spec.storage.storageClassName",
+        &format!("kubectl describe pvc data-lost-user-0 -n {}", s.ns),
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} missing in: {message}"
+        );
+    }
+    Ok(())
+}

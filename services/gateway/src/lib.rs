@@ -122,7 +122,8 @@ pub(crate) async fn forward_to(
     }
 }
 
-/// 503 (+ `Retry-After`) when the service cannot be called now, 504 on timeout, 502 when it
+/// 503 (+ `Retry-After`) when the service cannot be called now (breaker open, no endpoint, no
+/// endpoint accepting connections), 504 on timeout, 502 when an exchange broke off or it
 /// answered badly; the problem names the upstream.
 fn failure(error: &CallError) -> Response {
     if error.status().is_server_error() {
