@@ -91,6 +91,14 @@ pub enum CallError {
         endpoint: SocketAddr,
         detail: String,
     },
+    #[error(
+        "the {upstream} service at {endpoint} closed the connection without answering ({detail}); retry shortly"
+    )]
+    Unanswered {
+        upstream: String,
+        endpoint: SocketAddr,
+        detail: String,
+    },
     #[error("the {upstream} service at {endpoint} broke off the exchange: {detail}")]
     Protocol {
         upstream: String,
@@ -115,7 +123,8 @@ impl CallError {
         match self {
             CallError::CircuitOpen { .. }
             | CallError::NoEndpoints { .. }
-            | CallError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | CallError::Connect { .. }
+            | CallError::Unanswered { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             CallError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             CallError::RequestBody {
@@ -129,7 +138,9 @@ impl CallError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             CallError::CircuitOpen { retry_after, .. } => Some(retry_after_secs(*retry_after)),
-            CallError::NoEndpoints { .. } | CallError::Connect { .. } => Some(1),
+            CallError::NoEndpoints { .. }
+            | CallError::Connect { .. }
+            | CallError::Unanswered { .. } => Some(1),
             _ => None,
         }
     }
@@ -141,6 +152,7 @@ impl CallError {
             | CallError::NoEndpoints { upstream, .. }
             | CallError::Timeout { upstream, .. }
             | CallError::Connect { upstream, .. }
+            | CallError::Unanswered { upstream, .. }
             | CallError::Protocol { upstream, .. } => Some(upstream),
             CallError::RequestBody { .. } => None,
         }
@@ -153,6 +165,7 @@ impl CallError {
             CallError::NoEndpoints { .. } => "no-endpoints",
             CallError::Timeout { .. } => "upstream-timeout",
             CallError::Connect { .. } => "upstream-unreachable",
+            CallError::Unanswered { .. } => "upstream-closed",
             CallError::Protocol { .. } => "bad-upstream-response",
             CallError::RequestBody {
                 too_large: true, ..
@@ -335,8 +348,11 @@ enum Attempt {
     FailedStatus(Response<Incoming>),
     ConnectFailed(String),
     Broken(String),
-    /// A reused connection closed before the response began (see `SendError::Stale`).
-    Stale(String),
+    /// The connection closed before the response began (see `SendError::Closed`).
+    Closed {
+        detail: String,
+        reused: bool,
+    },
     TimedOut,
 }
 
@@ -348,7 +364,8 @@ impl Attempt {
             Attempt::FailedStatus(_) => Some("status_5xx"),
             Attempt::ConnectFailed(_) => Some("connect"),
             Attempt::Broken(_) => Some("protocol"),
-            Attempt::Stale(_) => Some("stale_connection"),
+            Attempt::Closed { reused: true, .. } => Some("stale_connection"),
+            Attempt::Closed { reused: false, .. } => Some("closed"),
             Attempt::TimedOut => Some("timeout"),
         }
     }
@@ -449,7 +466,10 @@ impl Inner {
                     }
                     Err(SendError::Connect(detail)) => Attempt::ConnectFailed(detail),
                     Err(SendError::Exchange(error)) => Attempt::Broken(error_chain(&error)),
-                    Err(SendError::Stale(error)) => Attempt::Stale(error_chain(&error)),
+                    Err(SendError::Closed { error, reused }) => Attempt::Closed {
+                        detail: error_chain(&error),
+                        reused,
+                    },
                 },
                 () = &mut timer => Attempt::TimedOut,
             };
@@ -461,23 +481,23 @@ impl Inner {
             }
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
-            // A stale keep-alive connection says nothing about the endpoint: an idempotent
-            // request goes again on a fresh connection, to the same endpoint if it is the only
-            // one (a one-replica service mid-rollout), as HTTP clients do (RFC 9110 §9.2.2).
-            let stale = matches!(ended, Attempt::Stale(_));
+            // A connection that closed before any answer: an idempotent request goes again on
+            // a fresh connection, to the same endpoint if it is the only one (a one-replica
+            // service mid-rollout), as HTTP clients do (RFC 9110 §9.2.2).
+            let closed = matches!(ended, Attempt::Closed { .. });
             // Asked only after a failure: no lock on the path of a successful request.
             let retry = match ended.failure() {
                 Some(reason) if safe && attempt < self.config.max_retries => {
                     let alternative = self.lock().has_alternative(addr, Instant::now());
-                    ((stale || alternative) && self.retry_allowed(reason, addr))
+                    ((closed || alternative) && self.retry_allowed(reason, addr))
                         .then_some(alternative)
                 }
                 _ => None,
             };
             if let Some(alternative) = retry {
                 attempt += 1;
-                // Another endpoint when there is one; the same one only for a stale connection
-                // to a service with no other.
+                // Another endpoint when there is one; the same one only after a closed
+                // connection, for a service with no other.
                 previous = alternative.then_some(addr);
                 let jitter = 0.5 + XorShift::from_clock().next_f64();
                 let pause = tokio::time::Instant::now() + self.config.retry_backoff.mul_f64(jitter);
@@ -496,11 +516,21 @@ impl Inner {
                     endpoint: addr,
                     detail,
                 }),
-                Attempt::Broken(detail) | Attempt::Stale(detail) => Err(CallError::Protocol {
+                // Nothing was answered: for an idempotent request that is "come back shortly"
+                // (Envoy answers a reset before headers with 503 too); a POST may have been
+                // applied, so the caller must not take it for nothing having happened.
+                Attempt::Closed { detail, .. } if retry_safe => Err(CallError::Unanswered {
                     upstream: self.name.clone(),
                     endpoint: addr,
                     detail,
                 }),
+                Attempt::Broken(detail) | Attempt::Closed { detail, .. } => {
+                    Err(CallError::Protocol {
+                        upstream: self.name.clone(),
+                        endpoint: addr,
+                        detail,
+                    })
+                }
                 Attempt::TimedOut => Err(CallError::Timeout {
                     upstream: self.name.clone(),
                     after: self.config.per_try_timeout,
@@ -590,7 +620,7 @@ impl Inner {
         let failure = ended.failure();
         let changes = match (failure, ended) {
             // Not the endpoint's fault: neither a success nor a failure for its health.
-            (_, Attempt::Stale(_)) => {
+            (_, Attempt::Closed { reused: true, .. }) => {
                 self.lock().finish_unjudged(addr, Instant::now());
                 Vec::new()
             }

@@ -32,10 +32,11 @@ pub(crate) enum SendError {
     Connect(String),
     /// The exchange broke off after the request was handed to a connection.
     Exchange(hyper::Error),
-    /// A connection that had served earlier requests closed before any byte of the response:
-    /// the endpoint closed it as idle (or on shutdown) while the request was on its way — the
-    /// keep-alive race. The endpoint most likely never saw the request.
-    Stale(hyper::Error),
+    /// The connection closed (EOF or reset) before any byte of the response. On a `reused`
+    /// connection this is the keep-alive race: the endpoint closed it as idle, or on shutdown,
+    /// while the request was on its way. On a new one the endpoint is going away (its
+    /// listener closed with the connection still queued).
+    Closed { error: hyper::Error, reused: bool },
 }
 
 struct Idle {
@@ -79,11 +80,7 @@ impl Connections {
                     Some(unsent) => request = unsent,
                     None => {
                         let error = error.into_error();
-                        return Err(if closed_before_response(&error) {
-                            SendError::Stale(error)
-                        } else {
-                            SendError::Exchange(error)
-                        });
+                        return Err(exchange_error(error, true));
                     }
                 },
             }
@@ -92,7 +89,7 @@ impl Connections {
         let response = sender
             .send_request(request)
             .await
-            .map_err(SendError::Exchange)?;
+            .map_err(|error| exchange_error(error, false))?;
         self.checkin(addr, sender);
         Ok(response)
     }
@@ -191,6 +188,14 @@ fn prepare(addr: SocketAddr, request: &mut Request<Body>) {
         && let Ok(host) = HeaderValue::try_from(addr.to_string())
     {
         request.headers_mut().insert(http::header::HOST, host);
+    }
+}
+
+fn exchange_error(error: hyper::Error, reused: bool) -> SendError {
+    if closed_before_response(&error) {
+        SendError::Closed { error, reused }
+    } else {
+        SendError::Exchange(error)
     }
 }
 
