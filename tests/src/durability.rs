@@ -34,8 +34,9 @@ fn limits() -> Limits {
 /// One scenario's figures, printed as a table row at the end.
 pub struct Row {
     pub scenario: String,
-    pub requests: u64,
-    pub failed: usize,
+    /// Absent on a per-component row (its requests are in the scenario's row).
+    pub requests: Option<u64>,
+    pub failed: Option<usize>,
     pub unavailable: u64,
     pub gap_seconds: f64,
     pub took_seconds: f64,
@@ -46,10 +47,16 @@ pub fn print_table(rows: &[Row]) {
         "\n{:<58} {:>8} {:>7} {:>9} {:>7} {:>8}",
         "scenario", "requests", "failed", "503+R-A", "gap s", "took s"
     );
+    let or_dash = |n: Option<String>| n.unwrap_or_else(|| "-".to_owned());
     for r in rows {
         println!(
             "{:<58} {:>8} {:>7} {:>9} {:>7.1} {:>8.1}",
-            r.scenario, r.requests, r.failed, r.unavailable, r.gap_seconds, r.took_seconds
+            r.scenario,
+            or_dash(r.requests.map(|n| n.to_string())),
+            or_dash(r.failed.map(|n| n.to_string())),
+            r.unavailable,
+            r.gap_seconds,
+            r.took_seconds
         );
     }
 }
@@ -57,8 +64,8 @@ pub fn print_table(rows: &[Row]) {
 fn row(scenario: impl Into<String>, tally: &Tally, took: Duration) -> Row {
     Row {
         scenario: scenario.into(),
-        requests: tally.requests,
-        failed: tally.failures.len(),
+        requests: Some(tally.requests),
+        failed: Some(tally.failures.len()),
         unavailable: tally.unavailable,
         gap_seconds: tally.gap_seconds(),
         took_seconds: took.as_secs_f64(),
@@ -108,8 +115,10 @@ async fn rollouts_under_load(
     let running = Load::start(http, shop.clone(), limits());
     // Some load before the first change, so the tally covers steady state too.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut windows = Vec::new();
     for component in components {
         let changed = Instant::now();
+        let from = running.elapsed().as_secs_f64();
         roll(ctx, ns, "shop", component, &format!("{label}-{component}"))?;
         wait_rolled(ctx, ns, component).await?;
         wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
@@ -119,17 +128,22 @@ async fn rollouts_under_load(
             took.as_secs_f64(),
             running.elapsed().as_secs_f64()
         );
+        windows.push((*component, from, running.elapsed().as_secs_f64(), took));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tally = running.stop().await;
+    for (component, from, to, took) in windows {
+        let (unavailable, gap) = tally.gap_within(from, to);
         rows.push(Row {
             scenario: format!("{label}: rollout of {component} (spec → complete)"),
-            requests: 0,
-            failed: 0,
-            unavailable: 0,
-            gap_seconds: 0.0,
+            requests: None,
+            failed: None,
+            unavailable: unavailable as u64,
+            gap_seconds: gap,
             took_seconds: took.as_secs_f64(),
         });
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    Ok(running.stop().await)
+    Ok(tally)
 }
 
 /// Until every pod of the component runs the changed environment and none is terminating.

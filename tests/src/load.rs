@@ -75,8 +75,9 @@ pub struct Tally {
     pub orders_created: Vec<Created>,
     /// `503` answers carrying `Retry-After`.
     pub unavailable: u64,
-    /// Seconds since the start of the first and last `503`.
-    pub unavailable_window: Option<(f64, f64)>,
+    /// When each of them came, in seconds since the load began (at most one per request, so
+    /// bounded by `Limits::max_requests`).
+    pub unavailable_at: Vec<f64>,
     pub failures: Vec<Failure>,
     pub elapsed: Duration,
 }
@@ -94,7 +95,23 @@ impl Tally {
 
     /// Seconds between the first and the last `503`: the gap clients saw.
     pub fn gap_seconds(&self) -> f64 {
-        self.unavailable_window.map_or(0.0, |(a, b)| b - a)
+        self.gap_within(0.0, f64::INFINITY).1
+    }
+
+    /// The `503`s between `from` and `to` (seconds since the load began): how many, and the
+    /// seconds from the first to the last of them.
+    pub fn gap_within(&self, from: f64, to: f64) -> (usize, f64) {
+        let inside: Vec<f64> = self
+            .unavailable_at
+            .iter()
+            .copied()
+            .filter(|t| (from..=to).contains(t))
+            .collect();
+        let span = match (inside.first(), inside.last()) {
+            (Some(first), Some(last)) => last - first,
+            _ => 0.0,
+        };
+        (inside.len(), span)
     }
 
     pub fn summary(&self) -> String {
@@ -303,10 +320,7 @@ async fn one_request(
         Ok(Answer::Created(order)) => tally.orders_created.push(order),
         Ok(Answer::Unavailable) => {
             tally.unavailable += 1;
-            tally.unavailable_window = Some(match tally.unavailable_window {
-                None => (at, at),
-                Some((first, _)) => (first, at),
-            });
+            tally.unavailable_at.push(at);
         }
         Err(failure) => tally.failures.push(failure),
     }

@@ -79,7 +79,8 @@ impl Postgres {
         let mut databases = BTreeMap::new();
         let mut literals = Vec::new();
         for service in SERVICES {
-            let name = format!("{}_{service}", namespace.replace('-', "_"));
+            // Role names may not start with `pg_` (reserved); namespaces may.
+            let name = format!("msa_{}_{service}", namespace.replace('-', "_"));
             let password = random_hex();
             self.psql(
                 "postgres",
