@@ -169,13 +169,15 @@ async fn wait_rolled(ctx: &Ctx, ns: &str, component: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Every order the shop's users have must be one answered `201` (in `created`, over all the
+/// loads on this shop so far), none pending, stock consistent.
 async fn audit_clean(
     http: &reqwest::Client,
     shop: &Shop,
-    tally: &Tally,
+    created: &[load::Created],
     what: &str,
 ) -> anyhow::Result<()> {
-    let audit = load::audit(http, shop, &tally.orders_created).await?;
+    let audit = load::audit(http, shop, created).await?;
     println!(
         "{what}: {} orders stored, {} answered 201, {} pending, {} stock mismatches",
         audit.stored_orders,
@@ -226,7 +228,13 @@ pub async fn embedded_default(
         !tally.orders_created.is_empty(),
         "no order was created under load"
     );
-    audit_clean(&http, &shop, &tally, "after the embedded rollouts").await?;
+    audit_clean(
+        &http,
+        &shop,
+        &tally.orders_created,
+        "after the embedded rollouts",
+    )
+    .await?;
 
     // Power cycle: every process of the node ends at once; the pods come back on their volumes.
     let restarted = Instant::now();
@@ -238,7 +246,13 @@ pub async fn embedded_default(
         "node power-cycled; every shop pod restarted and Ready in {:.1} s",
         restarted.elapsed().as_secs_f64()
     );
-    audit_clean(&http, &shop, &tally, "after the node restart").await?;
+    audit_clean(
+        &http,
+        &shop,
+        &tally.orders_created,
+        "after the node restart",
+    )
+    .await?;
     Ok(())
 }
 
@@ -384,7 +398,14 @@ spec:
         tally.unavailable,
         show_failures(&tally)
     );
-    audit_clean(&http, &shop, &tally, "after the rolling updates").await?;
+    audit_clean(
+        &http,
+        &shop,
+        &tally.orders_created,
+        "after the rolling updates",
+    )
+    .await?;
+    let mut created = tally.orders_created;
 
     let started = Instant::now();
     let running = Load::start(http.clone(), shop.clone(), limits());
@@ -421,7 +442,8 @@ spec:
             show_failures(&tally)
         );
     }
-    audit_clean(&http, &shop, &tally, "after the pod deletions").await
+    created.extend(tally.orders_created);
+    audit_clean(&http, &shop, &created, "after the pod deletions").await
 }
 
 async fn one_pod(ctx: &Ctx, ns: &str, component: &str) -> anyhow::Result<String> {
