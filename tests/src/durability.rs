@@ -38,36 +38,39 @@ pub struct Row {
     pub requests: Option<u64>,
     pub failed: Option<usize>,
     pub unavailable: u64,
-    pub gap_seconds: f64,
+    /// First to last `503`; absent where several rollouts' gaps would add up to a meaningless
+    /// span.
+    pub gap_seconds: Option<f64>,
     pub took_seconds: f64,
 }
 
 pub fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<58} {:>8} {:>7} {:>9} {:>7} {:>8}",
+        "\n{:<62} {:>8} {:>7} {:>9} {:>7} {:>8}",
         "scenario", "requests", "failed", "503+R-A", "gap s", "took s"
     );
     let or_dash = |n: Option<String>| n.unwrap_or_else(|| "-".to_owned());
     for r in rows {
         println!(
-            "{:<58} {:>8} {:>7} {:>9} {:>7.1} {:>8.1}",
+            "{:<62} {:>8} {:>7} {:>9} {:>7} {:>8.1}",
             r.scenario,
             or_dash(r.requests.map(|n| n.to_string())),
             or_dash(r.failed.map(|n| n.to_string())),
             r.unavailable,
-            r.gap_seconds,
+            or_dash(r.gap_seconds.map(|g| format!("{g:.1}"))),
             r.took_seconds
         );
     }
 }
 
-fn row(scenario: impl Into<String>, tally: &Tally, took: Duration) -> Row {
+/// The row of a whole scenario; `one_gap` when its `503`s can only come from one event.
+fn row(scenario: impl Into<String>, tally: &Tally, took: Duration, one_gap: bool) -> Row {
     Row {
         scenario: scenario.into(),
         requests: Some(tally.requests),
         failed: Some(tally.failures.len()),
         unavailable: tally.unavailable,
-        gap_seconds: tally.gap_seconds(),
+        gap_seconds: one_gap.then(|| tally.gap_seconds()),
         took_seconds: took.as_secs_f64(),
     }
 }
@@ -139,7 +142,7 @@ async fn rollouts_under_load(
             requests: None,
             failed: None,
             unavailable: unavailable as u64,
-            gap_seconds: gap,
+            gap_seconds: Some(gap),
             took_seconds: took.as_secs_f64(),
         });
     }
@@ -218,6 +221,7 @@ pub async fn embedded_default(
         "embedded, 1 replica: rollouts of user, order, product",
         &tally,
         started.elapsed(),
+        false,
     ));
     ensure!(
         tally.failures.is_empty(),
@@ -391,6 +395,7 @@ spec:
         "PostgreSQL, 2 replicas: rolling updates of all 4",
         &tally,
         started.elapsed(),
+        false,
     ));
     ensure!(
         tally.failures.is_empty() && tally.unavailable == 0,
@@ -429,6 +434,7 @@ spec:
         "PostgreSQL, 2 replicas: delete one pod of each",
         &tally,
         started.elapsed(),
+        false,
     ));
     let (failed_reads, failed_orders) = tally.failed();
     ensure!(

@@ -117,7 +117,7 @@ impl Tally {
     pub fn summary(&self) -> String {
         let (reads, posts) = self.failed();
         format!(
-            "{} requests in {:.1} s: {} reads ok, {} orders created, {} × 503+Retry-After (gap {:.1} s), {} failed reads, {} failed orders",
+            "{} requests in {:.1} s: {} reads ok, {} orders created, {} × 503+Retry-After ({:.1} s from the first to the last), {} failed reads, {} failed orders",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.reads_ok,
