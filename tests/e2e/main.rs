@@ -741,3 +741,41 @@ spec:
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn a_claim_refused_by_a_quota_degrades_the_app_quoting_the_quota() -> anyhow::Result<()> {
+    let s = Setup::new("quota").await?;
+    let quota = r#"apiVersion: v1
+kind: ResourceQuota
+metadata: {name: no-volumes}
+spec:
+  hard: {persistentvolumeclaims: "0"}
+"#;
+    s.cluster
+        .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(quota))
+        .ok()?;
+    let _operator = s.start_operator("quota")?;
+    s.apply_shop()?;
+    let apps = s.apps();
+    // No claim can be created, so the StatefulSets' pods never start; after 30 s the app says
+    // why, with the StatefulSet's own event.
+    let degraded = wait_until("Degraded=True StorageUnavailable", WAIT, || async {
+        let app = apps.get("shop").await?;
+        Ok(support::condition(&app, "Degraded")
+            .filter(|c| c.status == "True" && c.reason == "StorageUnavailable"))
+    })
+    .await?;
+    let message = degraded.message;
+    for expected in [
+        "claim data-shop-user-0 was not created",
+        "exceeded quota",
+        &format!("kubectl describe resourcequota -n {}", s.ns),
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} missing in: {message}"
+        );
+    }
+    Ok(())
+}

@@ -153,7 +153,19 @@ async fn a_stopped_backend_costs_no_gets_is_ejected_within_five_failures_and_rea
     let mut b = Backend::start("127.0.0.3").await;
     let c = Backend::start("127.0.0.4").await;
     let all = list(&[&a, &b, &c]);
-    let gw = gateway(&all, &all, &["--outlier-base-ejection-ms", "500"]).await;
+    // Round-robin, so the stopped backend keeps being chosen whatever the latencies on a busy
+    // machine: with peak-EWMA it may never be picked again, and never ejected.
+    let gw = gateway(
+        &all,
+        &all,
+        &[
+            "--outlier-base-ejection-ms",
+            "500",
+            "--lb-strategy",
+            "round-robin",
+        ],
+    )
+    .await;
     let base = gw.base_url.clone();
 
     let warm = load(&base, "/users/1", 150, 3).await;
