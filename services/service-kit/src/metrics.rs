@@ -36,8 +36,25 @@ pub struct HttpMetrics {
     in_flight: Gauge,
     /// Handles already looked up, so a request builds no label strings: counters by method
     /// and status, then route; histograms by method, then route.
-    counters: Mutex<HashMap<(Method, u16), ByRoute<Counter>>>,
-    histograms: Mutex<HashMap<Method, ByRoute<Histogram>>>,
+    counters: Mutex<HashMap<(&'static str, u16), ByRoute<Counter>>>,
+    histograms: Mutex<HashMap<&'static str, ByRoute<Histogram>>>,
+}
+
+/// The method as a label: the nine methods HTTP defines keep their name, any other token a
+/// client invents is `OTHER` — a client must not be able to add series at will.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 /// Metric handles by route template (a handful per method, so a scan beats hashing).
@@ -111,16 +128,16 @@ impl HttpMetrics {
         InFlight { metrics: self }
     }
 
-    fn counter(&self, method: &Method, route: &str, status: u16) -> Counter {
+    fn counter(&self, method: &'static str, route: &str, status: u16) -> Counter {
         let mut cache = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let routes = cache.entry((method.clone(), status)).or_default();
+        let routes = cache.entry((method, status)).or_default();
         if let Some((_, counter)) = routes.iter().find(|(r, _)| r == route) {
             return counter.clone();
         }
         let counter = self
             .requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
+                method: method.to_owned(),
                 route: route.to_owned(),
                 status,
             })
@@ -129,16 +146,16 @@ impl HttpMetrics {
         counter
     }
 
-    fn histogram(&self, method: &Method, route: &str) -> Histogram {
+    fn histogram(&self, method: &'static str, route: &str) -> Histogram {
         let mut cache = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
-        let routes = cache.entry(method.clone()).or_default();
+        let routes = cache.entry(method).or_default();
         if let Some((_, histogram)) = routes.iter().find(|(r, _)| r == route) {
             return histogram.clone();
         }
         let histogram = self
             .duration
             .get_or_create(&RouteLabels {
-                method: method.to_string(),
+                method: method.to_owned(),
                 route: route.to_owned(),
             })
             .clone();
@@ -154,7 +171,9 @@ pub struct InFlight<'a> {
 
 impl InFlight<'_> {
     /// The request, counted under its route template, ended with `status` after `elapsed`.
+    /// `route` must be a template the server defines (or `unmatched`), never a raw path.
     pub fn finish(self, method: &Method, route: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         self.metrics
             .histogram(method, route)
             .observe(elapsed.as_secs_f64());
@@ -197,5 +216,33 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing in:\n{text}");
         }
+    }
+
+    #[test]
+    fn invented_methods_share_one_label_value() {
+        let metrics = HttpMetrics::for_component("user");
+        let series = |m: &HttpMetrics| m.encode().lines().filter(|l| !l.starts_with('#')).count();
+        metrics
+            .start()
+            .finish(&Method::GET, "unmatched", 404, Duration::ZERO);
+        let baseline = series(&metrics);
+        for i in 0..1000 {
+            let invented = Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+            metrics
+                .start()
+                .finish(&invented, "unmatched", 404, Duration::ZERO);
+        }
+        // One more method value (OTHER), so one counter and one histogram more; not 1000.
+        let after = series(&metrics);
+        let one_histogram = 16 + 3; // buckets, +Inf, sum, count: as for GET
+        assert!(
+            after <= baseline + 1 + one_histogram,
+            "{baseline} → {after}"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"method="OTHER",route="unmatched",status="404"} 1000"#)
+        );
     }
 }
