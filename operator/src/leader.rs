@@ -12,6 +12,25 @@ use tokio::task::JoinHandle;
 pub const DURATION_SECS: u64 = 15;
 pub const GRACE_SECS: u64 = 5;
 
+/// The server-side-apply field manager of one candidate. It must differ between candidates: a
+/// free Lease is claimed with an apply that is not forced, which the API server refuses (409)
+/// only when another *manager* owns `holderIdentity`. With one manager name for all replicas,
+/// two replicas starting together both "won" the Lease and both reconciled (seen on the real
+/// node: the second apply silently overwrote the first holder).
+/// Names are limited to 128 characters; a longer identity (pod names may reach 253) is hashed.
+pub fn field_manager(identity: &str) -> String {
+    let name = format!("{}-lease-{identity}", crate::labels::MANAGER);
+    if name.len() <= 128 {
+        name
+    } else {
+        format!(
+            "{}-lease-{}",
+            crate::labels::MANAGER,
+            crate::build::short_hash(&identity)
+        )
+    }
+}
+
 /// A running election: `is_leader` follows this process's hold on the Lease.
 pub struct Election {
     pub is_leader: watch::Receiver<bool>,
@@ -31,7 +50,7 @@ impl Election {
             .with_identity(identity)
             .with_duration(DURATION_SECS)
             .with_grace(GRACE_SECS)
-            .with_field_manager(format!("{}-lease", crate::labels::MANAGER))
+            .with_field_manager(field_manager(identity))
             .build()
             .await?;
         let (is_leader, task) = manager.watch().await;
@@ -57,5 +76,25 @@ impl Election {
             Ok(Err(error)) => tracing::warn!(%error, "leader election task failed"),
             Err(_) => tracing::warn!("timed out releasing the leader Lease"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_candidate_claims_the_lease_as_a_manager_of_its_own() {
+        let a = field_manager("msa-operator-67b56b8fbb-5fl98");
+        let b = field_manager("msa-operator-67b56b8fbb-96c5p");
+        assert_ne!(a, b);
+        assert_eq!(a, "msa-operator-lease-msa-operator-67b56b8fbb-5fl98");
+        // Field manager names are limited to 128 characters.
+        let long = [
+            field_manager(&"x".repeat(253)),
+            field_manager(&"y".repeat(253)),
+        ];
+        assert!(long.iter().all(|m| m.len() <= 128), "{long:?}");
+        assert_ne!(long[0], long[1]);
     }
 }

@@ -21,7 +21,7 @@ use crate::component::Component;
 use crate::crd::MicroserviceApp;
 
 pub use disruption::needs_budget;
-pub use hash::stamp_rendered_hash;
+pub use hash::{short_hash, stamp_rendered_hash};
 pub use pod::has_embedded_database;
 pub use statefulset::claim_name;
 
