@@ -621,3 +621,62 @@ async fn a_get_on_a_connection_the_only_endpoint_just_closed_goes_again_on_a_new
     );
     assert_eq!(received.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn a_thousand_invented_methods_and_paths_add_no_metric_series() {
+    let a = Backend::start("127.0.0.2").await;
+    let gw = gateway(&a.addr.to_string(), &a.addr.to_string(), &[]).await;
+    let http = loopback_client();
+    let series = || async {
+        let text = http
+            .get(format!("{}/metrics", gw.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains("_http_"))
+            .count()
+    };
+    // Two rounds of invented methods and paths. The first reaches every label value a client
+    // can reach (each route template or `unmatched`, × the nine methods or `OTHER`, × the
+    // statuses the gateway answers); the second, with a thousand new ones, must add none.
+    let round = |from: u32, count: u32| {
+        let (http, base) = (http.clone(), gw.base_url.clone());
+        async move {
+            for i in from..from + count {
+                let method = reqwest::Method::from_bytes(format!("M{i:05}").as_bytes()).unwrap();
+                let path = match i % 3 {
+                    0 => format!("/users/{i}/x{i}"),
+                    1 => format!("/random-{i}/{}", i * 7),
+                    _ => format!("/products?i={i}"),
+                };
+                let answer = http
+                    .request(method, format!("{base}{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    answer.status().as_u16() < 500,
+                    "{path}: {}",
+                    answer.status()
+                );
+            }
+        }
+    };
+    // A scrape counts itself after it is rendered: scrape once so `/metrics` has its series.
+    series().await;
+    round(0, 300).await;
+    let first = series().await;
+    round(300, 1000).await;
+    let second = series().await;
+
+    assert_eq!(
+        first,
+        second,
+        "a thousand new methods and paths added {} series: a client controls label values",
+        second - first
+    );
+}
