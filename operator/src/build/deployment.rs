@@ -14,14 +14,9 @@ use crate::labels;
 
 pub(super) fn deployment(app: &MicroserviceApp, owner: &Owner, component: Component) -> Deployment {
     let spec = component.spec(app);
-    let labels = labels::component_labels(&owner.name, component, &spec.labels);
-    let mut metadata = owner.metadata(labels::child_name(&owner.name, component), labels);
-    if !spec.annotations.is_empty() {
-        metadata.annotations = Some(spec.annotations.clone());
-    }
     let rollout = &spec.rollout;
     Deployment {
-        metadata,
+        metadata: owner.workload_metadata(app, component),
         spec: Some(DeploymentSpec {
             // An autoscaler owns the count: leaving the field out avoids a tug of war.
             replicas: (!spec.autoscaled).then_some(spec.replicas),

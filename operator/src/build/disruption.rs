@@ -20,14 +20,12 @@ pub fn needs_budget(app: &MicroserviceApp, component: Component) -> bool {
 }
 
 pub(super) fn budget(
-    owner: &Owner,
     app: &MicroserviceApp,
+    owner: &Owner,
     component: Component,
 ) -> PodDisruptionBudget {
-    let spec = component.spec(app);
-    let labels = labels::component_labels(&owner.name, component, &spec.labels);
     PodDisruptionBudget {
-        metadata: owner.metadata(labels::child_name(&owner.name, component), labels),
+        metadata: owner.component_metadata(app, component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {

@@ -92,6 +92,24 @@ impl Owner {
         })
     }
 
+    /// Metadata of a component's object: named `<app>-<component>`, with the component's
+    /// labels (its extra ones included).
+    fn component_metadata(&self, app: &MicroserviceApp, component: Component) -> ObjectMeta {
+        let labels =
+            crate::labels::component_labels(&self.name, component, &component.spec(app).labels);
+        self.metadata(crate::labels::child_name(&self.name, component), labels)
+    }
+
+    /// A component's workload: its metadata plus the component's extra annotations.
+    fn workload_metadata(&self, app: &MicroserviceApp, component: Component) -> ObjectMeta {
+        let mut metadata = self.component_metadata(app, component);
+        let annotations = &component.spec(app).annotations;
+        if !annotations.is_empty() {
+            metadata.annotations = Some(annotations.clone());
+        }
+        metadata
+    }
+
     /// Metadata every child carries: name, namespace, labels and the controller reference that
     /// lets Kubernetes' garbage collector delete it with the app.
     fn metadata(
@@ -124,7 +142,7 @@ pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
         budgets: Component::ALL
             .into_iter()
             .filter(|c| needs_budget(app, *c))
-            .map(|c| (c, stamp_rendered_hash(disruption::budget(&owner, app, c))))
+            .map(|c| (c, stamp_rendered_hash(disruption::budget(app, &owner, c))))
             .collect(),
         service_account: stamp_rendered_hash(rbac::service_account(&owner)),
         role: stamp_rendered_hash(rbac::role(&owner)),

@@ -13,9 +13,7 @@ use crate::labels;
 pub const INTERNAL_SERVICE_PORT: i32 = 80;
 
 pub(super) fn service(app: &MicroserviceApp, owner: &Owner, component: Component) -> Service {
-    let spec = component.spec(app);
-    let labels = labels::component_labels(&owner.name, component, &spec.labels);
-    let mut metadata = owner.metadata(labels::child_name(&owner.name, component), labels);
+    let mut metadata = owner.component_metadata(app, component);
 
     let (type_, port, node_port) = if component == Component::Gateway {
         let exposure = &app.spec.components.gateway.service;

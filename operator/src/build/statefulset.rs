@@ -29,12 +29,9 @@ pub(super) fn stateful_set(
     component: Component,
 ) -> StatefulSet {
     let spec = component.spec(app);
-    let labels = labels::component_labels(&owner.name, component, &spec.labels);
-    let name = labels::child_name(&owner.name, component);
-    let mut metadata = owner.metadata(name.clone(), labels.clone());
-    if !spec.annotations.is_empty() {
-        metadata.annotations = Some(spec.annotations.clone());
-    }
+    let metadata = owner.workload_metadata(app, component);
+    let name = metadata.name.clone();
+    let labels = metadata.labels.clone();
     let storage = &app.spec.storage;
     let retention = storage.when_deleted.as_str().to_owned();
     StatefulSet {
@@ -44,7 +41,7 @@ pub(super) fn stateful_set(
             // Deployment), so this is 0 or 1.
             replicas: Some(spec.replicas),
             // Pods are named <name>-0 and resolvable through the component's Service.
-            service_name: Some(name),
+            service_name: name,
             selector: LabelSelector {
                 match_labels: Some(labels::selector(&owner.name, component)),
                 match_expressions: None,
@@ -70,7 +67,7 @@ pub(super) fn stateful_set(
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.to_owned()),
                     // The claims carry the app's labels, so the operator's watch sees them.
-                    labels: Some(labels),
+                    labels,
                     ..ObjectMeta::default()
                 },
                 spec: Some(PersistentVolumeClaimSpec {
