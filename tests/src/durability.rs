@@ -20,17 +20,6 @@ use kube::api::{Api, ListParams};
 /// How long any one step may take to converge on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(180);
 
-/// The load during every scenario: 3 clients, a request each every 30 ms at most.
-fn limits() -> Limits {
-    Limits {
-        concurrency: 3,
-        max_requests: 40_000,
-        max_duration: Duration::from_secs(900),
-        pause: Duration::from_millis(30),
-        request_timeout: Duration::from_secs(10),
-    }
-}
-
 /// One scenario's figures, printed as a table row at the end.
 pub struct Row {
     pub scenario: String,
@@ -63,14 +52,14 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
-/// The row of a whole scenario; `one_gap` when its `503`s can only come from one event.
-fn row(scenario: impl Into<String>, tally: &Tally, took: Duration, one_gap: bool) -> Row {
+/// The row of a whole scenario; its gaps are on the rows of its rollouts.
+fn row(scenario: impl Into<String>, tally: &Tally, took: Duration) -> Row {
     Row {
         scenario: scenario.into(),
         requests: Some(tally.requests),
         failed: Some(tally.failures.len()),
-        unavailable: tally.unavailable,
-        gap_seconds: one_gap.then(|| tally.gap_seconds()),
+        unavailable: tally.unavailable() as u64,
+        gap_seconds: None,
         took_seconds: took.as_secs_f64(),
     }
 }
@@ -114,8 +103,8 @@ async fn rollouts_under_load(
     label: &str,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<Tally> {
-    let http = load::client(&limits())?;
-    let running = Load::start(http, shop.clone(), limits());
+    let http = load::client(&Limits::default())?;
+    let running = Load::start(http, shop.clone(), Limits::default());
     // Some load before the first change, so the tally covers steady state too.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut windows = Vec::new();
@@ -177,7 +166,7 @@ async fn wait_rolled(ctx: &Ctx, ns: &str, component: &str) -> anyhow::Result<()>
 async fn audit_clean(
     http: &reqwest::Client,
     shop: &Shop,
-    created: &[load::Created],
+    created: &[String],
     what: &str,
 ) -> anyhow::Result<()> {
     let audit = load::audit(http, shop, created).await?;
@@ -204,7 +193,7 @@ pub async fn embedded_default(
     gateway: &str,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    let http = load::client(&limits())?;
+    let http = load::client(&Limits::default())?;
     let shop = load::seed(&http, gateway, 2, 2, 1_000_000).await?;
     let started = Instant::now();
     let tally = rollouts_under_load(
@@ -221,7 +210,6 @@ pub async fn embedded_default(
         "embedded, 1 replica: rollouts of user, order, product",
         &tally,
         started.elapsed(),
-        false,
     ));
     ensure!(
         tally.failures.is_empty(),
@@ -377,7 +365,7 @@ spec:
         .node_port_url(&ctx.admin, &ns, "shop-gateway")
         .await?;
     wait_reachable(&gateway, WAIT).await?;
-    let http = load::client(&limits())?;
+    let http = load::client(&Limits::default())?;
     let shop = load::seed(&http, &gateway, 3, 3, 1_000_000).await?;
 
     let started = Instant::now();
@@ -395,12 +383,11 @@ spec:
         "PostgreSQL, 2 replicas: rolling updates of all 4",
         &tally,
         started.elapsed(),
-        false,
     ));
     ensure!(
-        tally.failures.is_empty() && tally.unavailable == 0,
+        tally.failures.is_empty() && tally.unavailable() == 0,
         "rolling updates failed requests ({} × 503):\n{}",
-        tally.unavailable,
+        tally.unavailable(),
         show_failures(&tally)
     );
     audit_clean(
@@ -413,7 +400,7 @@ spec:
     let mut created = tally.orders_created;
 
     let started = Instant::now();
-    let running = Load::start(http.clone(), shop.clone(), limits());
+    let running = Load::start(http.clone(), shop.clone(), Limits::default());
     tokio::time::sleep(Duration::from_secs(3)).await;
     for component in ["user", "order", "product", "gateway"] {
         let victim = one_pod(ctx, &ns, component).await?;
@@ -434,7 +421,6 @@ spec:
         "PostgreSQL, 2 replicas: delete one pod of each",
         &tally,
         started.elapsed(),
-        false,
     ));
     let (failed_reads, failed_orders) = tally.failed();
     ensure!(

@@ -20,6 +20,15 @@ pub use cluster::{Cluster, Placement, TestNamespace};
 pub use operator::{Operator, OperatorOptions};
 pub use wait::wait_until;
 
+/// 32 random hex digits from the kernel: unique names (test emails) and throwaway passwords.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    read.expect("Linux always has /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A binary of this workspace's debug build (`make e2e` builds the ones the tests run).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -38,13 +38,15 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
+/// The load of the durability scenarios: 3 clients, a request each every 30 ms at most, so
+/// the 2-core machine still runs the cluster beside it.
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            concurrency: 4,
-            max_requests: 50_000,
-            max_duration: Duration::from_secs(600),
-            pause: Duration::from_millis(20),
+            concurrency: 3,
+            max_requests: 40_000,
+            max_duration: Duration::from_secs(900),
+            pause: Duration::from_millis(30),
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -59,24 +61,15 @@ pub struct Failure {
     pub at: f64,
 }
 
-/// An order the gateway answered `201` for.
-#[derive(Clone, Debug)]
-pub struct Created {
-    pub id: String,
-    pub product: String,
-    pub quantity: i64,
-}
-
 /// What the load saw.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub requests: u64,
     pub reads_ok: u64,
-    pub orders_created: Vec<Created>,
-    /// `503` answers carrying `Retry-After`.
-    pub unavailable: u64,
-    /// When each of them came, in seconds since the load began (at most one per request, so
-    /// bounded by `Limits::max_requests`).
+    /// Ids of the orders the gateway answered `201` for.
+    pub orders_created: Vec<String>,
+    /// When each `503` carrying `Retry-After` came, in seconds since the load began (at most
+    /// one per request, so bounded by `Limits::max_requests`).
     pub unavailable_at: Vec<f64>,
     pub failures: Vec<Failure>,
     pub elapsed: Duration,
@@ -91,6 +84,11 @@ impl Tally {
             .filter(|f| f.request.starts_with("POST"))
             .count();
         (self.failures.len() - posts, posts)
+    }
+
+    /// `503` answers carrying `Retry-After`.
+    pub fn unavailable(&self) -> usize {
+        self.unavailable_at.len()
     }
 
     /// Seconds between the first and the last `503`: the gap clients saw.
@@ -122,7 +120,7 @@ impl Tally {
             self.elapsed.as_secs_f64(),
             self.reads_ok,
             self.orders_created.len(),
-            self.unavailable,
+            self.unavailable(),
             self.gap_seconds(),
             reads,
             posts
@@ -147,7 +145,7 @@ pub async fn seed(
     products: usize,
     stock: i64,
 ) -> anyhow::Result<Shop> {
-    let run = uuid_like();
+    let run = crate::random_hex();
     let mut shop = Shop {
         base: base.trim_end_matches('/').to_owned(),
         users: Vec::new(),
@@ -177,14 +175,6 @@ async fn create(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Resu
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("POST {url} answered without an id: {value}"))
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{:x}", nanos & 0xffff_ffff_ffff)
 }
 
 /// A running load; [`Load::stop`] ends it and returns the tally.
@@ -296,11 +286,7 @@ async fn one_request(
             match (status, body.is_some()) {
                 (200, false) => Ok(Answer::Read),
                 (201, true) => match answer["id"].as_str() {
-                    Some(id) => Ok(Answer::Created(Created {
-                        id: id.to_owned(),
-                        product: product.clone(),
-                        quantity: 1,
-                    })),
+                    Some(id) => Ok(Answer::Created(id.to_owned())),
                     None => Err(failure(format!("201 without an id: {answer}"))),
                 },
                 (503, _) if retry_after => Ok(Answer::Unavailable),
@@ -318,10 +304,7 @@ async fn one_request(
     match outcome {
         Ok(Answer::Read) => tally.reads_ok += 1,
         Ok(Answer::Created(order)) => tally.orders_created.push(order),
-        Ok(Answer::Unavailable) => {
-            tally.unavailable += 1;
-            tally.unavailable_at.push(at);
-        }
+        Ok(Answer::Unavailable) => tally.unavailable_at.push(at),
         Err(failure) => tally.failures.push(failure),
     }
 }
@@ -329,7 +312,8 @@ async fn one_request(
 /// A request that went as a client expects.
 enum Answer {
     Read,
-    Created(Created),
+    /// `201`, with the order's id.
+    Created(String),
     /// `503` with `Retry-After`.
     Unavailable,
 }
@@ -375,13 +359,12 @@ impl Audit {
 pub async fn audit(
     http: &reqwest::Client,
     shop: &Shop,
-    created: &[Created],
+    created: &[String],
 ) -> anyhow::Result<Audit> {
     let mut stored = 0;
     let mut pending = Vec::new();
     let mut confirmed_quantity: BTreeMap<String, i64> = BTreeMap::new();
-    let answered: std::collections::BTreeSet<&str> =
-        created.iter().map(|c| c.id.as_str()).collect();
+    let answered: std::collections::BTreeSet<&str> = created.iter().map(String::as_str).collect();
     let mut confirmed_unanswered = Vec::new();
     for user in &shop.users {
         let mut offset = 0;
@@ -416,9 +399,9 @@ pub async fn audit(
     }
     let mut missing = Vec::new();
     for order in created {
-        let url = format!("{}/orders/{}", shop.base, order.id);
+        let url = format!("{}/orders/{order}", shop.base);
         if http.get(&url).send().await?.status() != 200 {
-            missing.push(order.id.clone());
+            missing.push(order.clone());
         }
     }
     let mut stock_mismatches = BTreeMap::new();

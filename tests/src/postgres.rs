@@ -81,7 +81,7 @@ impl Postgres {
         for service in SERVICES {
             // Role names may not start with `pg_` (reserved); namespaces may.
             let name = format!("msa_{}_{service}", namespace.replace('-', "_"));
-            let password = random_hex();
+            let password = crate::random_hex();
             self.psql(
                 "postgres",
                 &[
@@ -110,13 +110,4 @@ impl Postgres {
         let (all, distinct) = out.split_once(' ').context("two counts")?;
         Ok((all.parse()?, distinct.parse()?))
     }
-}
-
-fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
-    // The test's own randomness: /dev/urandom, as every Linux offers.
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
