@@ -261,18 +261,7 @@ async fn drift_is_undone_and_spec_changes_roll_out() -> anyhow::Result<()> {
         "product":{"replicas":1,"image":"registry.example/product:2.0"},
         "order":{"env":[{"name":"FEATURE_X","value":"on"}]},
         "gateway":{"replicas":3}}}}"#;
-    s.cluster
-        .kubectl(&[
-            "patch",
-            "msa",
-            "shop",
-            "-n",
-            &s.ns,
-            "--type=merge",
-            "-p",
-            patch,
-        ])
-        .ok()?;
+    s.patch_app("shop", "merge", patch)?;
     wait_until("spec changes to reach the workloads", WAIT, || async {
         let gateway = deployments.get("shop-gateway").await?;
         let product = sets.get("shop-product").await?;
@@ -440,18 +429,11 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
         "nothing is created from an invalid spec"
     );
     // Fixing the spec heals it; the process never restarted.
-    s.cluster
-        .kubectl(&[
-            "patch",
-            "msa",
-            "odd",
-            "-n",
-            &s.ns,
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/components/user/labels"}]"#,
-        ])
-        .ok()?;
+    s.patch_app(
+        "odd",
+        "json",
+        r#"[{"op":"remove","path":"/spec/components/user/labels"}]"#,
+    )?;
     s.wait_ready("odd")?;
     assert!(operator.exited().is_none(), "the operator exited");
     Ok(())
@@ -529,18 +511,11 @@ async fn of_two_operators_exactly_one_reconciles() -> anyhow::Result<()> {
 
     // The leader dies without releasing the Lease; the follower takes over once it expires.
     leader.kill_hard();
-    s.cluster
-        .kubectl(&[
-            "patch",
-            "msa",
-            "shop",
-            "-n",
-            &s.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"components":{"gateway":{"replicas":1}}}}"#,
-        ])
-        .ok()?;
+    s.patch_app(
+        "shop",
+        "merge",
+        r#"{"spec":{"components":{"gateway":{"replicas":1}}}}"#,
+    )?;
     let deployments = s.deployments();
     wait_until(
         "the follower to take over and apply the change",
@@ -642,18 +617,11 @@ async fn switching_to_postgresql_and_back_replaces_the_workloads_and_keeps_the_c
     assert_eq!(before.len(), 3);
 
     // Embedded → PostgreSQL: the StatefulSets go, Deployments come; the claims stay (Retain).
-    s.cluster
-        .kubectl(&[
-            "patch",
-            "msa",
-            "shop",
-            "-n",
-            &s.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"database":{"secretRef":{"name":"shop-db"}}}}"#,
-        ])
-        .ok()?;
+    s.patch_app(
+        "shop",
+        "merge",
+        r#"{"spec":{"database":{"secretRef":{"name":"shop-db"}}}}"#,
+    )?;
     let (deployments, sets) = (s.deployments(), s.stateful_sets());
     wait_until("Deployments in place of the StatefulSets", WAIT, || async {
         let d = deployments.list_metadata(&ListParams::default()).await?;
@@ -664,18 +632,11 @@ async fn switching_to_postgresql_and_back_replaces_the_workloads_and_keeps_the_c
     assert_eq!(claim_uids().await?, before, "the data's claims are kept");
 
     // And back: the StatefulSets find the same claims again, and nothing is left over.
-    s.cluster
-        .kubectl(&[
-            "patch",
-            "msa",
-            "shop",
-            "-n",
-            &s.ns,
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/database"}]"#,
-        ])
-        .ok()?;
+    s.patch_app(
+        "shop",
+        "json",
+        r#"[{"op":"remove","path":"/spec/database"}]"#,
+    )?;
     wait_until("StatefulSets in place of the Deployments", WAIT, || async {
         let d = deployments.list_metadata(&ListParams::default()).await?;
         let st = sets.list_metadata(&ListParams::default()).await?;
@@ -718,15 +679,8 @@ spec:
     s.cluster
         .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(manifest))
         .ok()?;
-    let apps = s.apps();
     // The operator waits 30 s before calling a Pending claim stuck.
-    let degraded = wait_until("Degraded=True StorageUnavailable", WAIT, || async {
-        let app = apps.get("lost").await?;
-        Ok(support::condition(&app, "Degraded")
-            .filter(|c| c.status == "True" && c.reason == "StorageUnavailable"))
-    })
-    .await?;
-    let message = degraded.message;
+    let message = s.wait_degraded("lost", "StorageUnavailable").await?;
     for expected in [
         "claim data-lost-user-0 has been Pending",
         "StorageClass \"no-such-class\"",
@@ -734,10 +688,7 @@ spec:
         "set spec.storage.storageClassName",
         &format!("kubectl describe pvc data-lost-user-0 -n {}", s.ns),
     ] {
-        assert!(
-            message.contains(expected),
-            "{expected:?} missing in: {message}"
-        );
+        support::assert_mentions(&message, expected);
     }
     Ok(())
 }
@@ -757,25 +708,15 @@ spec:
         .ok()?;
     let _operator = s.start_operator("quota")?;
     s.apply_shop()?;
-    let apps = s.apps();
     // No claim can be created, so the StatefulSets' pods never start; after 30 s the app says
     // why, with the StatefulSet's own event.
-    let degraded = wait_until("Degraded=True StorageUnavailable", WAIT, || async {
-        let app = apps.get("shop").await?;
-        Ok(support::condition(&app, "Degraded")
-            .filter(|c| c.status == "True" && c.reason == "StorageUnavailable"))
-    })
-    .await?;
-    let message = degraded.message;
+    let message = s.wait_degraded("shop", "StorageUnavailable").await?;
     for expected in [
         "claim data-shop-user-0 was not created",
         "exceeded quota",
         &format!("kubectl describe resourcequota -n {}", s.ns),
     ] {
-        assert!(
-            message.contains(expected),
-            "{expected:?} missing in: {message}"
-        );
+        support::assert_mentions(&message, expected);
     }
     Ok(())
 }

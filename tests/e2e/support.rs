@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
-use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace};
+use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
 
 /// How long anything in a test may take to converge on this small cluster.
@@ -154,6 +154,34 @@ impl Setup {
                 .stdout;
             error.context(format!("{app} conditions: {conditions}"))
         })
+    }
+
+    /// `kubectl patch msa/<app> --type=<merge|json> -p <patch>`, as a person edits the app.
+    pub fn patch_app(&self, app: &str, kind: &str, patch: &str) -> anyhow::Result<()> {
+        self.cluster
+            .kubectl(&[
+                "patch",
+                &format!("msa/{app}"),
+                "-n",
+                &self.ns,
+                &format!("--type={kind}"),
+                "-p",
+                patch,
+            ])
+            .ok()
+            .map(drop)
+    }
+
+    /// Waits until the app reports `Degraded=True` with `reason`; returns the message.
+    pub async fn wait_degraded(&self, app: &str, reason: &str) -> anyhow::Result<String> {
+        let apps = self.apps();
+        let what = format!("msa/{app} Degraded=True {reason}");
+        let degraded = wait_until(&what, WAIT, || async {
+            let found = apps.get(app).await?;
+            Ok(condition(&found, "Degraded").filter(|c| c.status == "True" && c.reason == reason))
+        })
+        .await?;
+        Ok(degraded.message)
     }
 
     pub fn apps(&self) -> Api<MicroserviceApp> {
@@ -299,6 +327,14 @@ pub fn set_container(stateful_set: &StatefulSet) -> &Container {
 
 fn container_of(template: &PodTemplateSpec) -> &Container {
     &template.spec.as_ref().expect("a pod spec").containers[0]
+}
+
+/// Asserts that a status message says `expected`.
+pub fn assert_mentions(message: &str, expected: &str) {
+    assert!(
+        message.contains(expected),
+        "{expected:?} missing in: {message}"
+    );
 }
 
 pub fn condition(app: &MicroserviceApp, type_: &str) -> Option<Condition> {
