@@ -117,6 +117,11 @@ async fn load(base: &str, path: &str, count: usize, workers: usize) -> BTreeMap<
     counts
 }
 
+/// The gateway's `/metrics` text.
+async fn metrics_text(base: &str) -> String {
+    get(format!("{base}/metrics")).await.text().await.unwrap()
+}
+
 async fn get(url: impl reqwest::IntoUrl) -> reqwest::Response {
     loopback_client().get(url).send().await.unwrap()
 }
@@ -209,14 +214,7 @@ async fn a_stopped_backend_costs_no_gets_is_ejected_within_five_failures_and_rea
     load(&base, "/users/1", 150, 3).await;
     assert!(b.requests("GET").await > before, "traffic returns to b");
 
-    let metrics = loopback_client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&base).await;
     let ejection = format!(
         "msa_gateway_upstream_ejections_total{{upstream=\"user\",endpoint=\"{}\",reason=\"consecutive failures\"}} 1",
         b.addr
@@ -628,15 +626,9 @@ async fn a_thousand_invented_methods_and_paths_add_no_metric_series() {
     let gw = gateway(&a.addr.to_string(), &a.addr.to_string(), &[]).await;
     let http = loopback_client();
     let series = || async {
-        let text = http
-            .get(format!("{}/metrics", gw.base_url))
-            .send()
+        metrics_text(&gw.base_url)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| !l.starts_with('#') && l.contains("_http_"))
             .count()
     };
