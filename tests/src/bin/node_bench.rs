@@ -31,19 +31,18 @@ const READY_LIMIT: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cluster = Cluster::from_env();
-    let node = RealNode::from_env()?;
-    let admin = cluster.admin().await?;
+    let on_node = OnNode::from_env().await?;
+    let (cluster, node, admin) = (&on_node.cluster, &on_node.node, &on_node.admin);
 
-    print_images(&cluster)?;
+    print_images(cluster)?;
     print_build_times();
-    print_warm_builds(&cluster)?;
+    print_warm_builds(cluster)?;
     if let Ok(ready) = std::env::var("MSA_E2E_NODE_READY_SECONDS") {
         println!("\nnode start (containerd launched) → node Ready: {ready} s");
     }
 
     progress("helm install of the chart (operator on the real node)");
-    let helm = install_operator_chart(&cluster)?;
+    let helm = install_operator_chart(cluster)?;
     println!(
         "helm install --wait (2 operator pods Ready): {:.1} s",
         helm.as_secs_f64()
@@ -59,15 +58,15 @@ async fn main() -> anyhow::Result<()> {
             progress(&format!(
                 "apply → Ready, run {run}/{RUNS}, {placement:?} placement"
             ));
-            let ns = TestNamespace::create_on(&admin, "bench-node", placement)
+            let ns = TestNamespace::create_on(admin, "bench-node", placement)
                 .await?
                 .name;
-            let (took, bound) = apply_and_wait_ready(&cluster, &admin, &ns).await?;
+            let (took, bound) = apply_and_wait_ready(cluster, admin, &ns).await?;
             if placement == Placement::Default {
                 real.push(took);
                 bound_real.push(bound);
                 if run == RUNS {
-                    demo = Some(demo_through_node_port(&admin, &node, &ns).await?);
+                    demo = Some(demo_through_node_port(admin, node, &ns).await?);
                 }
             } else {
                 kwok.push(took);
@@ -102,10 +101,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     progress("durability scenarios under load (embedded rollouts, node restart, PostgreSQL)");
-    let on_node = OnNode::from_env().await?;
-    let ns = TestNamespace::create(&admin, "bench-durable").await?.name;
-    apply_and_wait_ready(&cluster, &admin, &ns).await?;
-    let gateway = node.node_port_url(&admin, &ns, "shop-gateway").await?;
+    let ns = TestNamespace::create(admin, "bench-durable").await?.name;
+    apply_and_wait_ready(cluster, admin, &ns).await?;
+    let gateway = node.node_port_url(admin, &ns, "shop-gateway").await?;
     wait_reachable(&gateway, READY_LIMIT).await?;
     let mut rows = Vec::new();
     durability::embedded_default(&on_node, &ns, &gateway, &mut rows).await?;
