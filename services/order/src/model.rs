@@ -1,6 +1,7 @@
 //! Orders, their lines, and the status machine (pure, unit-tested).
 
 use msa_service_kit::Problem;
+use msa_service_kit::money::{self, valid_line_count, valid_quantity};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,13 +103,13 @@ pub struct SetStatus {
     pub status: String,
 }
 
-/// A line with its price, and the order total; `None` on overflow (refused as too large).
+/// A line with its price, and the order total; `None` past [`money::MAX_EXACT`] (refused as
+/// too large, never wrapped).
 pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i64)> {
-    let mut total: i64 = 0;
+    let total = money::total(items.iter().map(|(item, price)| (item.quantity, *price)))?;
     let mut lines = Vec::with_capacity(items.len());
     for (item, unit_price_cents) in items {
-        let line_total_cents = item.quantity.checked_mul(*unit_price_cents)?;
-        total = total.checked_add(line_total_cents)?;
+        let line_total_cents = money::line_total(item.quantity, *unit_price_cents)?;
         lines.push(OrderLine {
             product_id: item.product_id.clone(),
             quantity: item.quantity,
@@ -124,25 +125,12 @@ pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i6
 /// returns it with the ids in canonical form.
 pub fn validate(body: CreateOrder) -> Result<CreateOrder, Problem> {
     let user_id = msa_service_kit::parse_id("user_id", &body.user_id)?.to_string();
-    if body.items.is_empty() {
-        return Err(Problem::invalid(
-            "items",
-            "an order needs at least one item",
-        ));
-    }
-    if body.items.len() > 100 {
-        return Err(Problem::invalid("items", "an order has at most 100 lines"));
-    }
+    valid_line_count(body.items.len())?;
     let mut items = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.into_iter().enumerate() {
         let product_id =
             msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?;
-        if item.quantity < 1 {
-            return Err(Problem::invalid(
-                &format!("items[{i}].quantity"),
-                format!("quantity must be at least 1, got {}", item.quantity),
-            ));
-        }
+        valid_quantity(&format!("items[{i}].quantity"), item.quantity)?;
         items.push(RequestedItem {
             product_id: product_id.to_string(),
             quantity: item.quantity,

@@ -94,11 +94,13 @@ impl Peers {
         Ok(Answer { status, body })
     }
 
+    /// The client's answer when a peer fails: which service, and to retry. Why it failed
+    /// (addresses, OS errors) goes to the log with the request id, never to the client.
     fn unavailable(upstream: &Upstream, why: impl std::fmt::Display) -> Problem {
         tracing::warn!(upstream = upstream.name(), error = %why, "upstream call failed");
         Problem::unavailable(
             format!(
-                "the {} service is unavailable ({why}); retry shortly",
+                "the {} service is unavailable; retry shortly",
                 upstream.name()
             ),
             2,
@@ -172,12 +174,44 @@ impl Peers {
         }
     }
 
-    /// Gives the order's stock back (idempotent at the product service).
-    pub async fn release(&self, order_id: &str) -> Result<(), String> {
-        let path = format!("/reservations/{order_id}/release");
-        let answer = self.call(&self.products, Method::POST, &path, None).await?;
+    /// The saga's last step: the order is confirmed, so its reservation is sold. After this the
+    /// product service refuses a release; only [`Peers::give_back`] returns the stock.
+    pub async fn commit(&self, order_id: &str) -> Result<(), String> {
+        self.reservation_action(order_id, "commit").await.map(drop)
+    }
+
+    /// Gives whatever the order holds back, exactly once (each step is idempotent at the product
+    /// service): a held reservation is released; a committed one (the order was confirmed, now
+    /// cancelled or abandoned) is returned.
+    pub async fn give_back(&self, order_id: &str) -> Result<(), String> {
+        let answer = self.reservation_action(order_id, "release").await?;
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        let committed = answer.status == StatusCode::CONFLICT
+            && answer.json::<Value>().is_ok_and(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/reservation-committed"))
+            });
+        if !committed {
+            return Err(format!("the product service answered {}", answer.status));
+        }
+        let answer = self.reservation_action(order_id, "return").await?;
         if answer.status.is_success() {
             Ok(())
+        } else {
+            Err(format!("the product service answered {}", answer.status))
+        }
+    }
+
+    /// `POST /reservations/{id}/{action}`; a 2xx is `Ok`, any other answer is returned for the
+    /// caller to read (except for `commit`, where it is an error).
+    async fn reservation_action(&self, order_id: &str, action: &str) -> Result<Answer, String> {
+        let path = format!("/reservations/{order_id}/{action}");
+        let answer = self.call(&self.products, Method::POST, &path, None).await?;
+        if answer.status.is_success() || action != "commit" {
+            Ok(answer)
         } else {
             Err(format!("the product service answered {}", answer.status))
         }

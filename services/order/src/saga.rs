@@ -2,11 +2,12 @@
 //!
 //! Placing: validate → the user exists → every product exists (its price) → record the order
 //! `pending` → reserve stock for all lines at once at the product service, under the order's id →
-//! `confirmed` at the prices the reservation charged. Requests that fail before the order is
-//! recorded (bad input, unknown user or product, a peer down) leave nothing behind. Once
+//! commit the reservation (the stock is sold: from now on only this order's cancellation can give
+//! it back) → `confirmed` at the prices the reservation charged. Requests that fail before the
+//! order is recorded (bad input, unknown user or product, a peer down) leave nothing behind. Once
 //! recorded, a failure is kept as a `failed` order with its reason, so the client and support can
-//! see it: a refusal (insufficient stock) holds nothing; a reservation whose outcome is unknown
-//! (timeout, 5xx) is released at once, and if even that fails, the order is marked
+//! see it: a refusal (insufficient stock) holds nothing; a reservation or commit whose outcome is
+//! unknown (timeout, 5xx) is given back at once, and if even that fails, the order is marked
 //! `release_pending` and [`release_pending_stock`] retries until the product service confirms.
 
 use std::collections::BTreeMap;
@@ -61,6 +62,9 @@ pub async fn place(db: &Database, peers: &Peers, body: CreateOrder) -> Result<Or
 
     match peers.reserve(&order.id, &items).await {
         ReserveOutcome::Reserved(reservation) => {
+            if let Err(why) = peers.commit(&order.id).await {
+                return Err(abandon(db, peers, &order.id, "committed", &why).await);
+            }
             // The reservation's prices are the ones charged: they were read in the same
             // transaction that took the stock.
             let charged: BTreeMap<String, i64> = reservation
@@ -78,21 +82,28 @@ pub async fn place(db: &Database, peers: &Peers, body: CreateOrder) -> Result<Or
             store::fail(db, &order.id, &problem.detail, false).await?;
             Err(problem.with("order_id", order.id))
         }
-        ReserveOutcome::Unknown(why) => {
-            tracing::warn!(order = %order.id, %why, "reservation outcome unknown; releasing");
-            let released = peers.release(&order.id).await;
-            if let Err(error) = &released {
-                tracing::error!(order = %order.id, %error, "release failed; will retry in the background");
-            }
-            let reason = format!("stock could not be reserved: {why}");
-            store::fail(db, &order.id, &reason, released.is_err()).await?;
-            Err(Problem::unavailable(
-                format!("{reason}; the order was not placed, retry shortly"),
-                2,
-            )
-            .with("order_id", order.id))
-        }
+        ReserveOutcome::Unknown(why) => Err(abandon(db, peers, &order.id, "reserved", &why).await),
     }
+}
+
+/// The saga cannot finish: give back whatever the order may hold, record it `failed` (with
+/// `release_pending` when even that failed) and tell the client to retry. `why` (peer
+/// addresses, error text) goes to the log only; the order and the client get the step.
+async fn abandon(db: &Database, peers: &Peers, order_id: &str, step: &str, why: &str) -> Problem {
+    tracing::warn!(order = %order_id, step, %why, "order abandoned; giving its stock back");
+    let reason = format!("the stock could not be {step}: the product service did not answer");
+    let given_back = peers.give_back(order_id).await;
+    if let Err(error) = &given_back {
+        tracing::error!(order = %order_id, %error, "giving the stock back failed; will retry in the background");
+    }
+    if let Err(problem) = store::fail(db, order_id, &reason, given_back.is_err()).await {
+        return problem;
+    }
+    Problem::unavailable(
+        "the product service could not hold the stock; the order was not placed, retry shortly",
+        2,
+    )
+    .with("order_id", order_id)
 }
 
 fn reprice(
@@ -108,7 +119,7 @@ fn reprice(
             )
         })
         .collect();
-    price_lines(&priced).ok_or_else(|| Problem::invalid("items", "the order total is too large"))
+    price_lines(&priced).ok_or_else(msa_service_kit::money::total_too_large)
 }
 
 /// `PUT /orders/{id}/status`. Cancelling gives the stock back (now, or by the background retry).
@@ -143,7 +154,7 @@ pub async fn change_status(
         ));
     }
     if cancelling {
-        match peers.release(id).await {
+        match peers.give_back(id).await {
             Ok(()) => store::release_done(db, id).await?,
             Err(error) => {
                 tracing::warn!(order = id, %error, "release after cancel failed; will retry in the background")
@@ -165,7 +176,7 @@ pub async fn release_pending_stock(db: Database, peers: Peers, every: Duration) 
             continue;
         };
         for id in ids {
-            match peers.release(&id).await {
+            match peers.give_back(&id).await {
                 Ok(()) => {
                     if store::release_done(&db, &id).await.is_ok() {
                         tracing::info!(order = %id, "stock released after an earlier failure");

@@ -316,6 +316,115 @@ async fn status_moves_forward_and_cancel_gives_stock_back(backend: TestBackend) 
     assert_eq!(shop.stock(&laptop).await, 4, "and only once");
 }
 
+/// Issue 15, defect 10: a confirmed order's reservation is committed, so releasing it at the
+/// product service (the saga's compensation, or anyone calling it) gives nothing back; only the
+/// order's cancellation does, once.
+async fn a_confirmed_orders_stock_is_given_back_only_by_its_cancellation(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 5).await;
+    let response = shop.order(&user, &[(&laptop, 5)]).await;
+    assert_eq!(response.status(), 201);
+    let order = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let release = format!("/reservations/{order}/release");
+    let problem = expect_problem(shop.products.send("POST", &release, None).await, 409).await;
+    assert_eq!(
+        problem["type"],
+        "https://msa.dev/problems/reservation-committed"
+    );
+    assert_eq!(shop.stock(&laptop).await, 0, "sold stays sold");
+    expect_problem(shop.order(&user, &[(&laptop, 5)]).await, 409).await;
+
+    let cancel = Some(json!({"status": "cancelled"}));
+    for _ in 0..2 {
+        let path = format!("/orders/{order}/status");
+        shop.orders.expect("PUT", &path, cancel.clone(), 200).await;
+        shop.products.expect("POST", &release, None, 200).await;
+    }
+    assert_eq!(shop.stock(&laptop).await, 5, "given back exactly once");
+}
+
+/// What the fault proxy does to `POST /reservations/{id}/commit`.
+#[derive(Clone, Copy)]
+enum CommitFault {
+    /// Answers 500 without passing it on: the reservation stays held.
+    Lost,
+    /// Passes it on, then answers 500: committed, but the order service cannot know.
+    AnswerLost,
+}
+
+/// The product service behind a proxy that breaks the commit step; its base URL.
+async fn product_with_broken_commit(products: &TestClient, fault: CommitFault) -> String {
+    let target = products.base.clone();
+    let http = testing::loopback_client();
+    let proxy = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (target, http) = (target.clone(), http.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let commit = parts.uri.path().ends_with("/commit");
+            if commit && matches!(fault, CommitFault::Lost) {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+            }
+            let answer = http
+                .request(parts.method, format!("{target}{}", parts.uri))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            let bytes = answer.bytes().await.unwrap().to_vec();
+            if commit {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+            }
+            (status, bytes)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    url
+}
+
+/// When the commit fails — before or after the product service applied it — the order is
+/// `failed`, the client gets a 503 that leaks nothing, and the stock comes back either way.
+async fn a_failed_commit_gives_the_stock_back(backend: TestBackend) {
+    for fault in [CommitFault::Lost, CommitFault::AnswerLost] {
+        let neighbours = start_neighbours(backend).await;
+        let product_url = product_with_broken_commit(&neighbours.products, fault).await;
+        let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+        let user = neighbours.user().await;
+        let product = neighbours.product(json!(3), 4).await;
+        let response = orders
+            .send("POST", "/orders", Some(order_body(&user, &[(&product, 3)])))
+            .await;
+        let problem = expect_problem(response, 503).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(!detail.contains("127.0.0.1"), "{detail}");
+        let order = problem["order_id"].as_str().unwrap();
+        let failed = orders
+            .expect("GET", &format!("/orders/{order}"), None, 200)
+            .await;
+        assert_eq!(failed["status"], "failed");
+        assert!(
+            !failed["failure_reason"]
+                .as_str()
+                .unwrap()
+                .contains("127.0.0.1")
+        );
+        assert_eq!(neighbours.stock(&product).await, 4);
+        let reservation = neighbours
+            .products
+            .expect("GET", &format!("/reservations/{order}"), None, 200)
+            .await;
+        assert_eq!(reservation["state"], "released");
+    }
+}
+
 async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     // Nothing listens on port 9 of loopback.
@@ -327,6 +436,11 @@ async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
     assert_eq!(response.headers()["retry-after"], "2");
     let problem = expect_problem(response, 503).await;
     assert_eq!(problem["upstream"], "product");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains("127.0.0.1") && !detail.contains("refused"),
+        "{detail}"
+    );
     let listed = orders
         .expect("GET", &format!("/orders/user/{user}"), None, 200)
         .await;
@@ -472,4 +586,6 @@ msa_service_kit::on_both_backends!(
     fifty_concurrent_orders_for_ten_in_stock,
     correlation_headers_reach_the_peers,
     orders_survive_a_restart,
+    a_confirmed_orders_stock_is_given_back_only_by_its_cancellation,
+    a_failed_commit_gives_the_stock_back,
 );

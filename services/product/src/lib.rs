@@ -14,9 +14,10 @@ use msa_service_kit::extract::{Json, Path, Query};
 use msa_service_kit::page::PageQuery;
 use msa_service_kit::{Problem, now_rfc3339, parse_id};
 
+use msa_service_kit::money::{parse_price, valid_stock};
+
 use crate::model::{
-    CreateProduct, CreateReservation, Product, SetStock, normalise_items, parse_price, valid_name,
-    valid_stock,
+    CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, normalise_items,
 };
 use crate::store::Reserved;
 
@@ -29,7 +30,9 @@ pub fn router(db: Database) -> Router {
         .route("/products/{id}/stock", put(set_stock))
         .route("/reservations", post(reserve))
         .route("/reservations/{id}", get(get_reservation))
+        .route("/reservations/{id}/commit", post(commit))
         .route("/reservations/{id}/release", post(release))
+        .route("/reservations/{id}/return", post(return_stock))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(db)
 }
@@ -38,20 +41,15 @@ async fn create_product(
     State(db): State<Database>,
     Json(body): Json<CreateProduct>,
 ) -> Result<impl IntoResponse, Problem> {
-    let name = valid_name(&body.name)?;
-    let price_cents = parse_price(&body.price)?;
+    let name = NAME.check(&body.name)?;
+    let price_cents = parse_price("price", &body.price)?;
     let stock = valid_stock(body.stock)?;
-    if body.description.chars().count() > 2000 {
-        return Err(Problem::invalid(
-            "description",
-            "description must be at most 2000 characters",
-        ));
-    }
+    let description = DESCRIPTION.check(&body.description)?;
     let now = now_rfc3339();
     let product = Product {
         id: uuid::Uuid::new_v4().to_string(),
         name,
-        description: body.description.trim().to_owned(),
+        description,
         price: model::format_cents(price_cents),
         price_cents,
         stock,
@@ -121,13 +119,32 @@ async fn get_reservation(
         .ok_or_else(|| Problem::not_found("reservation", &id))
 }
 
-/// Always 200 with the reservation, now `released` (idempotent).
+/// The saga's last step: the order was confirmed, so the stock is sold (idempotent).
+async fn commit(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    Ok(Json(store::commit(&db, &id).await?))
+}
+
+/// The saga's compensation: 200 with the reservation, now `released` (idempotent); 409 once
+/// it is committed, since then only the order's cancellation may give its stock back.
 async fn release(
     State(db): State<Database>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
     let id = parse_id("id", &id)?.to_string();
     Ok(Json(store::release(&db, &id).await?))
+}
+
+/// A confirmed order was cancelled: its committed stock comes back, exactly once.
+async fn return_stock(
+    State(db): State<Database>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    let id = parse_id("id", &id)?.to_string();
+    Ok(Json(store::return_committed(&db, &id).await?))
 }
 
 /// The OpenAPI 3.1 description served at `/openapi.json`.

@@ -2,8 +2,10 @@
 
 use msa_service_kit::Problem;
 pub use msa_service_kit::format_cents;
+use msa_service_kit::money::{self, valid_line_count, valid_quantity};
+use msa_service_kit::text::TextRule;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Product {
@@ -24,8 +26,9 @@ pub struct CreateProduct {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// A JSON number (999.99) or a decimal string ("999.99"); checked by [`parse_price`].
-    pub price: Value,
+    /// A JSON number (999.99) or a decimal string ("999.99"), kept as its JSON text so the
+    /// digits are read as written ([`money::parse_price`]).
+    pub price: Box<RawValue>,
     pub stock: i64,
 }
 
@@ -61,7 +64,8 @@ pub struct ReservedItem {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Reservation {
     pub id: String,
-    /// `reserved` (stock held) or `released` (stock given back, or released before it arrived).
+    /// `reserved` (stock held for a pending order), `committed` (sold: the order was confirmed)
+    /// or `released` (stock given back, or released before it arrived).
     pub state: String,
     pub items: Vec<ReservedItem>,
     pub total_cents: i64,
@@ -69,85 +73,37 @@ pub struct Reservation {
     pub updated_at: String,
 }
 
-pub fn valid_name(raw: &str) -> Result<String, Problem> {
-    let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(Problem::invalid("name", "name must be 1 to 200 characters"));
-    }
-    Ok(name.to_owned())
-}
-
-pub fn valid_stock(stock: i64) -> Result<i64, Problem> {
-    if stock < 0 {
-        return Err(Problem::invalid(
-            "stock",
-            format!("stock must be 0 or more, got {stock}"),
-        ));
-    }
-    Ok(stock)
-}
-
-/// 1 000 000 000.00: far above any real price, far below overflow in order totals.
-pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
-
-/// A price in cents from a JSON number or decimal string with at most two decimal places.
-/// Numbers are read through their shortest decimal form (999.99 stays 999.99), never by
-/// multiplying a float.
-pub fn parse_price(value: &Value) -> Result<i64, Problem> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.trim().to_owned(),
-        _ => {
-            return Err(Problem::invalid(
-                "price",
-                "price must be a number or a decimal string such as \"9.99\"",
-            ));
-        }
-    };
-    let invalid =
-        |why: &str| Problem::invalid("price", format!("price {text:?} is not valid: {why}"));
-    if text.starts_with('-') {
-        return Err(invalid("it must not be negative"));
-    }
-    let (units, fraction) = text.split_once('.').unwrap_or((&text, ""));
-    if units.is_empty()
-        || !units.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(invalid("expected digits with an optional decimal point"));
-    }
-    if fraction.len() > 2 {
-        return Err(invalid("at most two decimal places (cents)"));
-    }
-    let units: i64 = units.parse().map_err(|_| invalid("too large"))?;
-    let cents: i64 = format!("{fraction:0<2}").parse().unwrap_or(0);
-    units
-        .checked_mul(100)
-        .and_then(|u| u.checked_add(cents))
-        .filter(|c| *c <= MAX_PRICE_CENTS)
-        .ok_or_else(|| invalid("at most 1000000000.00"))
-}
+/// A product's name: one line, 1 to 200 characters.
+pub const NAME: TextRule = TextRule::line("name", 200);
+/// A product's description: optional, up to 2000 characters, line feeds and tabs allowed.
+pub const DESCRIPTION: TextRule = TextRule {
+    required: false,
+    multiline: true,
+    ..TextRule::line("description", 2000)
+};
 
 /// Checks a reservation request and merges lines for the same product, sorted by product id
 /// (a stable lock order, so concurrent reservations cannot deadlock on PostgreSQL).
 pub fn normalise_items(items: &[ReservationItem]) -> Result<Vec<ReservationItem>, Problem> {
-    if items.is_empty() {
-        return Err(Problem::invalid("items", "items must not be empty"));
-    }
+    valid_line_count(items.len())?;
     let mut merged: std::collections::BTreeMap<String, i64> = Default::default();
     for (i, item) in items.iter().enumerate() {
         let id = msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?
             .to_string();
-        if item.quantity < 1 {
-            return Err(Problem::invalid(
-                &format!("items[{i}].quantity"),
-                format!("quantity must be at least 1, got {}", item.quantity),
-            ));
-        }
+        valid_quantity(&format!("items[{i}].quantity"), item.quantity)?;
         let total = merged.entry(id).or_default();
         *total = total
             .checked_add(item.quantity)
-            .ok_or_else(|| Problem::invalid("items", "quantity too large"))?;
+            .filter(|q| *q <= money::MAX_QUANTITY)
+            .ok_or_else(|| {
+                Problem::invalid(
+                    &format!("items[{i}].quantity"),
+                    format!(
+                        "at most {} of one product per reservation",
+                        money::MAX_QUANTITY
+                    ),
+                )
+            })?;
     }
     Ok(merged
         .into_iter()
@@ -158,32 +114,14 @@ pub fn normalise_items(items: &[ReservationItem]) -> Result<Vec<ReservationItem>
         .collect())
 }
 
+/// What a reservation's lines cost; `None` past [`money::MAX_EXACT`].
+pub fn reservation_total(items: &[ReservedItem]) -> Option<i64> {
+    money::total(items.iter().map(|i| (i.quantity, i.unit_price_cents)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn prices_are_exact_cents() {
-        assert_eq!(parse_price(&json!(999.99)).unwrap(), 99999);
-        assert_eq!(parse_price(&json!("999.99")).unwrap(), 99999);
-        assert_eq!(parse_price(&json!(0.1)).unwrap(), 10);
-        assert_eq!(parse_price(&json!(5)).unwrap(), 500);
-        assert_eq!(parse_price(&json!("5.5")).unwrap(), 550);
-        for bad in [
-            json!(-1),
-            json!("1.999"),
-            json!("abc"),
-            json!(true),
-            json!("1e3"),
-            json!(".5"),
-            json!(1e300),
-        ] {
-            assert_eq!(parse_price(&bad).unwrap_err().status, 422, "{bad}");
-        }
-        assert_eq!(format_cents(99999), "999.99");
-        assert_eq!(format_cents(5), "0.05");
-    }
 
     #[test]
     fn reservation_lines_are_checked_and_merged_in_a_stable_order() {
@@ -219,12 +157,37 @@ mod tests {
         );
         assert_eq!(normalise_items(&[]).unwrap_err().status, 422);
         let zero = [ReservationItem {
-            product_id: b,
+            product_id: b.clone(),
             quantity: 0,
         }];
         assert_eq!(
             normalise_items(&zero).unwrap_err().extra["field"],
             "items[0].quantity"
+        );
+        // Two lines each within the bound, merged past it (or past i64): refused, not wrapped.
+        for quantity in [money::MAX_QUANTITY, i64::MAX] {
+            let line = ReservationItem {
+                product_id: b.clone(),
+                quantity,
+            };
+            assert_eq!(
+                normalise_items(&[line.clone(), line]).unwrap_err().status,
+                422
+            );
+        }
+    }
+
+    #[test]
+    fn a_reservation_total_past_the_exact_range_is_none() {
+        let line = |quantity, unit_price_cents| ReservedItem {
+            product_id: String::new(),
+            quantity,
+            unit_price_cents,
+        };
+        assert_eq!(reservation_total(&[line(3, 250), line(1, 1)]), Some(751));
+        assert_eq!(
+            reservation_total(&[line(money::MAX_QUANTITY, money::MAX_PRICE_CENTS)]),
+            None
         );
     }
 }

@@ -8,7 +8,9 @@ use msa_service_kit::{Problem, now_rfc3339};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::model::{Product, Reservation, ReservationItem, ReservedItem, format_cents};
+use crate::model::{
+    Product, Reservation, ReservationItem, ReservedItem, format_cents, reservation_total,
+};
 
 const COLUMNS: &str = "id, name, description, price_cents, stock, created_at, updated_at";
 
@@ -154,10 +156,9 @@ pub async fn reserve(
         .execute(&mut *tx)
         .await?;
     }
-    let reservation = load_reservation(&mut tx, id)
-        .await?
-        .expect("inserted above");
-    tx.commit().await?;
+    // Reading it back checks the total: past the exact range it is a 422, and dropping the
+    // transaction undoes everything above.
+    let reservation = finish(tx, id).await?;
     Ok(Reserved::Created(reservation))
 }
 
@@ -190,44 +191,105 @@ fn same_request(existing: Reservation, items: &[ReservationItem]) -> Result<Rese
     Ok(existing)
 }
 
-/// Gives the stock back once. Releasing an id never reserved records it as released, so a
-/// reservation that arrives late (after its order gave up) is refused instead of leaking stock.
+/// The saga's last step: reserved → committed. From then on only [`return_committed`] (the
+/// order's cancellation) gives the stock back; a release is refused.
+pub async fn commit(db: &Database, id: &str) -> Result<Reservation, Problem> {
+    let mut tx = db.begin_write().await?;
+    let existing = load_reservation(&mut tx, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("reservation", id))?;
+    match existing.state.as_str() {
+        "committed" => {}
+        "reserved" => set_state(&mut tx, id, "committed").await?,
+        _ => {
+            return Err(Problem::conflict(
+                "reservation-released",
+                format!("reservation {id} was released; its stock is no longer held"),
+            ));
+        }
+    }
+    finish(tx, id).await
+}
+
+/// The saga's compensation: gives a held reservation's stock back once. Releasing an id never
+/// reserved records it as released, so a reservation that arrives late (after its order gave
+/// up) is refused instead of leaking stock. A committed reservation is sold: 409.
 pub async fn release(db: &Database, id: &str) -> Result<Reservation, Problem> {
     let mut tx = db.begin_write().await?;
-    let now = now_rfc3339();
     match load_reservation(&mut tx, id).await? {
-        Some(existing) if existing.state == "released" => {
-            tx.rollback().await?;
-            return Ok(existing);
+        Some(existing) if existing.state == "released" => {}
+        Some(existing) if existing.state == "committed" => {
+            return Err(Problem::conflict(
+                "reservation-committed",
+                format!(
+                    "reservation {id} belongs to a confirmed order; cancel the order to give its stock back"
+                ),
+            ));
         }
-        Some(existing) => {
-            for item in &existing.items {
-                sqlx::query(
-                    "UPDATE products SET stock = stock + $1, updated_at = $2 WHERE id = $3",
-                )
-                .bind(item.quantity)
-                .bind(&now)
-                .bind(&item.product_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(
-                "UPDATE reservations SET state = 'released', updated_at = $1 WHERE id = $2",
-            )
-            .bind(&now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        Some(existing) => give_back(&mut tx, &existing).await?,
         None => {
             sqlx::query("INSERT INTO reservations (id, state, created_at, updated_at) VALUES ($1, 'released', $2, $2)")
                 .bind(id)
-                .bind(&now)
+                .bind(now_rfc3339())
                 .execute(&mut *tx)
                 .await?;
         }
     }
-    let reservation = load_reservation(&mut tx, id).await?.expect("exists now");
+    finish(tx, id).await
+}
+
+/// A confirmed order was cancelled: its committed stock comes back, exactly once (repeating it
+/// changes nothing). A reservation still held must be released instead.
+pub async fn return_committed(db: &Database, id: &str) -> Result<Reservation, Problem> {
+    let mut tx = db.begin_write().await?;
+    let existing = load_reservation(&mut tx, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("reservation", id))?;
+    match existing.state.as_str() {
+        "released" => {}
+        "committed" => give_back(&mut tx, &existing).await?,
+        _ => {
+            return Err(Problem::conflict(
+                "reservation-not-committed",
+                format!("reservation {id} is not committed; release it instead"),
+            ));
+        }
+    }
+    finish(tx, id).await
+}
+
+/// Adds a reservation's quantities back to stock and marks it released.
+async fn give_back(conn: &mut AnyConnection, reservation: &Reservation) -> Result<(), Problem> {
+    let now = now_rfc3339();
+    for item in &reservation.items {
+        sqlx::query("UPDATE products SET stock = stock + $1, updated_at = $2 WHERE id = $3")
+            .bind(item.quantity)
+            .bind(&now)
+            .bind(&item.product_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    set_state(conn, &reservation.id, "released").await
+}
+
+async fn set_state(conn: &mut AnyConnection, id: &str, state: &str) -> Result<(), Problem> {
+    sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE id = $3")
+        .bind(state)
+        .bind(now_rfc3339())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads the reservation as the transaction left it, then commits.
+async fn finish(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+) -> Result<Reservation, Problem> {
+    let reservation = load_reservation(&mut tx, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("reservation", id))?;
     tx.commit().await?;
     Ok(reservation)
 }
@@ -258,7 +320,7 @@ async fn load_reservation(
     Ok(Some(assemble(&header, &items)?))
 }
 
-fn assemble(header: &AnyRow, items: &[AnyRow]) -> Result<Reservation, sqlx::Error> {
+fn assemble(header: &AnyRow, items: &[AnyRow]) -> Result<Reservation, Problem> {
     let items = items
         .iter()
         .map(|row| {
@@ -269,10 +331,13 @@ fn assemble(header: &AnyRow, items: &[AnyRow]) -> Result<Reservation, sqlx::Erro
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // Only `reserve` can meet a total past the exact range (it never commits one).
+    let total_cents =
+        reservation_total(&items).ok_or_else(msa_service_kit::money::total_too_large)?;
     Ok(Reservation {
         id: header.try_get("id")?,
         state: header.try_get("state")?,
-        total_cents: items.iter().map(|i| i.quantity * i.unit_price_cents).sum(),
+        total_cents,
         items,
         created_at: header.try_get("created_at")?,
         updated_at: header.try_get("updated_at")?,

@@ -276,6 +276,155 @@ async fn concurrent_reservations_never_oversell(backend: TestBackend) {
     assert_eq!(stock_of(&api, &a).await, 0);
 }
 
+/// Issue 15, defects 1 and 2: numbers near the 64-bit limits are refused at the API, and the
+/// database itself refuses a stock no reader could read (SQLite would have stored a float).
+async fn numbers_past_their_bounds_are_refused_and_the_product_stays_readable(
+    backend: TestBackend,
+) {
+    let (api, db) = testing::start_service(
+        backend,
+        "product",
+        &msa_product::MIGRATOR,
+        msa_product::router,
+    )
+    .await;
+    let near_max = i64::MAX - 5;
+    for body in [
+        json!({"name": "A", "price": 1, "stock": near_max}),
+        json!({"name": "A", "price": 1, "stock": 1_000_000_001}),
+        json!({"name": "A", "price": "1000000000.01", "stock": 1}),
+    ] {
+        expect_problem(api.send("POST", "/products", Some(body)).await, 422).await;
+    }
+    let costly = id(&create(&api, "Yacht", json!("1000000000.00"), 1_000_000_000).await);
+    let stock_path = format!("/products/{costly}/stock");
+    expect_problem(
+        api.send("PUT", &stock_path, Some(json!({"stock": near_max})))
+            .await,
+        422,
+    )
+    .await;
+
+    // quantity × price past the exact range: 422, nothing taken (it panicked before).
+    let order = uuid::Uuid::new_v4();
+    for quantity in [1_000_000_000, i64::MAX] {
+        let body = json!({"id": order, "items": [{"product_id": costly, "quantity": quantity}]});
+        expect_problem(api.send("POST", "/reservations", Some(body)).await, 422).await;
+    }
+    assert_eq!(stock_of(&api, &costly).await, 1_000_000_000);
+    let status = api
+        .send("GET", &format!("/reservations/{order}"), None)
+        .await
+        .status();
+    assert_eq!(status, 404, "a refused reservation leaves nothing behind");
+
+    // Below the API, the table refuses what readers could not read.
+    for write in [
+        "UPDATE products SET stock = 9223372036854775807 WHERE id = $1",
+        "UPDATE products SET stock = 9007199254740992 WHERE id = $1",
+        "UPDATE products SET stock = -1 WHERE id = $1",
+        "UPDATE products SET price_cents = 100000000001 WHERE id = $1",
+    ] {
+        let refused = sqlx::query(write).bind(&costly).execute(&db.pool).await;
+        assert!(refused.is_err(), "{write} was stored");
+    }
+    sqlx::query("UPDATE products SET stock = 9007199254740991 WHERE id = $1")
+        .bind(&costly)
+        .execute(&db.pool)
+        .await
+        .expect("the largest exact stock fits");
+    let overflow =
+        sqlx::query("UPDATE products SET stock = stock + 9223372036854775000 WHERE id = $1")
+            .bind(&costly)
+            .execute(&db.pool)
+            .await;
+    assert!(
+        overflow.is_err(),
+        "an overflowing sum is refused, not stored as a float"
+    );
+    assert_eq!(stock_of(&api, &costly).await, 9_007_199_254_740_991);
+    api.expect("GET", "/products", None, 200).await;
+}
+
+/// Issue 15, defect 5: the price is read from its JSON text, so both spellings agree.
+async fn a_price_is_read_from_its_json_text(backend: TestBackend) {
+    let api = start(backend).await;
+    for body in [
+        r#"{"name": "A", "price": 19.990000000000001, "stock": 1}"#,
+        r#"{"name": "A", "price": "19.990000000000001", "stock": 1}"#,
+        r#"{"name": "A", "price": 1e2, "stock": 1}"#,
+    ] {
+        let problem = expect_problem(api.send_text("POST", "/products", body).await, 422).await;
+        assert_eq!(problem["field"], "price", "{body}");
+    }
+    for (body, cents) in [
+        (r#"{"name": "A", "price": 19.99, "stock": 1}"#, 1999),
+        (r#"{"name": "A", "price": "19.99", "stock": 1}"#, 1999),
+        (r#"{"name": "A", "price": 19.90, "stock": 1}"#, 1990),
+    ] {
+        let response = api.send_text("POST", "/products", body).await;
+        assert_eq!(response.status(), 201, "{body}");
+        let product: Value = response.json().await.unwrap();
+        assert_eq!(product["price_cents"], cents, "{body}");
+    }
+    assert_eq!(api.expect("GET", "/products", None, 200).await["total"], 3);
+}
+
+/// Issue 15, defect 6: control and text-direction characters are refused, not stored.
+async fn control_characters_are_refused(backend: TestBackend) {
+    let api = start(backend).await;
+    for (name, description) in [
+        ("nul\0byte", "d"),
+        ("\x1b[31mred", "d"),
+        ("bell\x07", "d"),
+        ("evil\u{202E}gnp.exe", "d"),
+        ("fine", "escape \x1b[2J"),
+        ("fine", "isolate \u{2067}x"),
+    ] {
+        let body = json!({"name": name, "price": 1, "stock": 1, "description": description});
+        expect_problem(api.send("POST", "/products", Some(body)).await, 422).await;
+    }
+    assert_eq!(api.expect("GET", "/products", None, 200).await["total"], 0);
+    let multiline = json!({"name": "Pen", "price": 1, "stock": 1, "description": "blue\n\tink"});
+    api.expect("POST", "/products", Some(multiline), 201).await;
+}
+
+/// Issue 15, defect 10: once committed (the order confirmed), a release cannot give the stock
+/// back; only the return (the order's cancellation) does, exactly once.
+async fn a_committed_reservation_returns_its_stock_once(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(1), 5).await);
+    let order = uuid::Uuid::new_v4();
+    let body = json!({"id": order, "items": [{"product_id": a, "quantity": 5}]});
+    api.expect("POST", "/reservations", Some(body), 201).await;
+    let path = |action: &str| format!("/reservations/{order}/{action}");
+    expect_problem(api.send("POST", &path("return"), None).await, 409).await;
+    for _ in 0..2 {
+        let committed = api.expect("POST", &path("commit"), None, 200).await;
+        assert_eq!(committed["state"], "committed");
+    }
+    let problem = expect_problem(api.send("POST", &path("release"), None).await, 409).await;
+    assert_eq!(
+        problem["type"],
+        "https://msa.dev/problems/reservation-committed"
+    );
+    assert_eq!(stock_of(&api, &a).await, 0, "a sold reservation stays sold");
+    for _ in 0..3 {
+        let returned = api.expect("POST", &path("return"), None, 200).await;
+        assert_eq!(returned["state"], "released");
+        api.expect("POST", &path("release"), None, 200).await;
+    }
+    assert_eq!(stock_of(&api, &a).await, 5, "given back exactly once");
+    expect_problem(api.send("POST", &path("commit"), None).await, 409).await;
+    let unknown = uuid::Uuid::new_v4();
+    for action in ["commit", "return"] {
+        let response = api
+            .send("POST", &format!("/reservations/{unknown}/{action}"), None)
+            .await;
+        expect_problem(response, 404).await;
+    }
+}
+
 async fn data_survives_a_restart(backend: TestBackend) {
     let url = fresh_database(backend, "product").await;
     let binary = env!("CARGO_BIN_EXE_msa-product");
@@ -311,4 +460,8 @@ msa_service_kit::on_both_backends!(
     reservation_input_errors,
     concurrent_reservations_never_oversell,
     data_survives_a_restart,
+    numbers_past_their_bounds_are_refused_and_the_product_stays_readable,
+    a_price_is_read_from_its_json_text,
+    control_characters_are_refused,
+    a_committed_reservation_returns_its_stock_once,
 );

@@ -8,23 +8,20 @@ pub mod context;
 pub mod db;
 pub mod extract;
 pub mod metrics;
+pub mod money;
 pub mod page;
 pub mod problem;
 pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 
+pub use money::format_cents;
 pub use problem::Problem;
 
 /// The current time as RFC 3339 in UTC, as stored and returned.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-/// Cents as a decimal string with two places: 99999 → "999.99".
-pub fn format_cents(cents: i64) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", (cents / 100).abs(), (cents % 100).abs())
 }
 
 /// Parses a UUID path or body value, naming the field when it is not one (a 400).

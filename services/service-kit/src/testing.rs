@@ -255,6 +255,21 @@ impl TestClient {
         request.send().await.expect("the service answers")
     }
 
+    /// Sends `method path` with this exact body text as JSON (for spellings a `Value` would
+    /// normalise, such as `19.990000000000001`, or for bodies that are not JSON at all).
+    pub async fn send_text(&self, method: &str, path: &str, body: &str) -> reqwest::Response {
+        self.http
+            .request(
+                method.parse().expect("an HTTP method"),
+                format!("{}{path}", self.base),
+            )
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
     /// Sends and expects `status` with a JSON body, which it returns.
     pub async fn expect(
         &self,

@@ -1,6 +1,7 @@
 //! What a user is, and the rules a name and an email must follow (pure, unit-tested).
 
 use msa_service_kit::Problem;
+use msa_service_kit::text::{TextRule, normalise_email};
 use serde::{Deserialize, Serialize};
 
 pub const MAX_NAME: usize = 200;
@@ -30,33 +31,26 @@ pub struct UpdateUser {
     pub email: Option<String>,
 }
 
-/// A trimmed, non-empty name of at most 200 characters.
+/// A trimmed, non-empty name of at most 200 characters, on one line, with no control or
+/// text-direction characters.
 pub fn valid_name(raw: &str) -> Result<String, Problem> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(Problem::invalid("name", "name must not be empty"));
-    }
-    if name.chars().count() > MAX_NAME {
-        return Err(Problem::invalid(
-            "name",
-            format!("name must be at most {MAX_NAME} characters"),
-        ));
-    }
-    Ok(name.to_owned())
+    TextRule::line("name", MAX_NAME).check(raw)
 }
 
-/// A plausible address (local@domain.tld, no spaces, at most 254 characters), lowercased so
-/// that uniqueness ignores case. Deliverability is not checked here.
+/// A plausible address (local@domain.tld, no spaces, at most 254 bytes), lowercased and in
+/// Unicode NFC so that uniqueness ignores case and how accents were typed. Deliverability is
+/// not checked here.
 pub fn valid_email(raw: &str) -> Result<String, Problem> {
-    let email = raw.trim().to_lowercase();
+    let email = TextRule::line("email", MAX_EMAIL).check(&normalise_email(raw))?;
+    let shown: String = raw.chars().take(60).collect();
     let invalid = |why: &str| {
         Err(Problem::invalid(
             "email",
-            format!("email {raw:?} is not valid: {why}"),
+            format!("email {shown:?} is not valid: {why}"),
         ))
     };
     if email.len() > MAX_EMAIL {
-        return invalid("longer than 254 characters");
+        return invalid("longer than 254 bytes");
     }
     if email.chars().any(char::is_whitespace) {
         return invalid("it contains spaces");
@@ -88,6 +82,10 @@ mod tests {
     #[test]
     fn emails_are_checked_and_lowercased() {
         assert_eq!(valid_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert_eq!(
+            valid_email("Rene\u{301}@example.com").unwrap(),
+            valid_email("ren\u{e9}@example.com").unwrap()
+        );
         for bad in [
             "ada",
             "@example.com",
@@ -96,6 +94,8 @@ mod tests {
             "ada@@example.com",
             "a da@example.com",
             "ada@example..com",
+            "ada\0@example.com",
+            "ada\u{202e}@example.com",
         ] {
             let problem = valid_email(bad).unwrap_err();
             assert_eq!(

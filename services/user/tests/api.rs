@@ -99,6 +99,31 @@ async fn bad_input_is_refused_and_stores_nothing(backend: TestBackend) {
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("email"),
         ),
+        (
+            json!({"name": "nul\0byte", "email": "a@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"name": "\x1b[2Jcleared", "email": "a@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"name": "bell\x07", "email": "a@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"name": "admin\u{202E}", "email": "a@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("name"),
+        ),
+        (
+            json!({"name": "A", "email": "a\u{7}@example.com"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("email"),
+        ),
         (json!({"name": "A"}), StatusCode::BAD_REQUEST, None),
         (
             json!({"name": 5, "email": "a@example.com"}),
@@ -155,6 +180,15 @@ async fn duplicate_emails_conflict_ignoring_case(backend: TestBackend) {
         .await;
     assert_eq!(answer["type"], "https://msa.dev/problems/email-taken");
     assert_eq!(api.count().await, 1);
+
+    // Issue 15, defect 6: the same address typed with a composed é and with e + a combining
+    // accent looks identical, so it is one account.
+    let composed = api.create("René", "ren\u{e9}@example.com").await;
+    let decomposed = json!({"name": "Rene", "email": "RENE\u{301}@example.com"});
+    api.refused("POST", "/users", Some(decomposed), StatusCode::CONFLICT)
+        .await;
+    assert_eq!(composed["email"], "ren\u{e9}@example.com");
+    assert_eq!(api.count().await, 2);
 }
 
 async fn unknown_and_malformed_ids(backend: TestBackend) {
