@@ -21,7 +21,7 @@ use msa_service_kit::config::ServeArgs;
 use msa_service_kit::server::{self, Ops};
 use msa_upstream::{CallError, Upstream};
 use serde_json::{Value, json};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// A path prefix and the service behind it.
 #[derive(Clone)]
@@ -128,8 +128,10 @@ pub(crate) async fn forward_to(
 fn failure(error: &CallError) -> Response {
     if error.status().is_server_error() {
         warn!(%error, "upstream call failed");
+    } else {
+        info!(%error, "request refused");
     }
-    let mut problem = Problem::new(error.status(), error.kind(), error.to_string())
+    let mut problem = Problem::new(error.status(), error.kind(), error.public_detail())
         .retry_after(error.retry_after_secs());
     if let Some(upstream) = error.upstream() {
         problem = problem.with("upstream", upstream);

@@ -118,6 +118,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         app,
         ops,
         flags.serve.drain(5),
+        flags.serve.connection_limits(),
         server::shutdown_signal(),
     )
     .await

@@ -348,6 +348,12 @@ async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
         if body["type"] == "https://msa.dev/problems/circuit-open" {
             break;
         }
+        // Issue 15, defect 8: the address and the OS error stay in the gateway's log.
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            !detail.contains("127.0.0.5") && !detail.contains("refused"),
+            "{detail}"
+        );
         // Before the breaker opens: nothing accepted the connection, so nothing was sent and
         // the request may simply be made again — 503 with Retry-After, as Envoy answers.
         assert_eq!(
@@ -671,4 +677,44 @@ async fn a_thousand_invented_methods_and_paths_add_no_metric_series() {
         "a thousand new methods and paths added {} series: a client controls label values",
         second - first
     );
+}
+
+/// Issue 15, defect 3, through the gateway: a slow head and a stalled body get 408 when their
+/// time is up (1 s here), and the stalled body is not held against the backend.
+#[tokio::test]
+async fn slow_clients_get_408_at_the_gateway_and_cost_the_backend_nothing() {
+    let a = Backend::start("127.0.0.2").await;
+    let gw = gateway(
+        &a.addr.to_string(),
+        &a.addr.to_string(),
+        &[
+            "--header-timeout-seconds",
+            "1",
+            "--body-timeout-seconds",
+            "1",
+        ],
+    )
+    .await;
+    let address = gw.base_url.trim_start_matches("http://").to_owned();
+    for (first_bytes, what) in [
+        (&b"GET /users HTTP/1.1\r\nhost: t\r\nx-slow: "[..], "a head"),
+        (
+            &b"POST /users HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":"[..],
+            "a body",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let started = Instant::now();
+        stream.write_all(first_bytes).await.unwrap();
+        let (answer, closed) =
+            msa_service_kit::testing::read_until_closed(&mut stream, Duration::from_secs(15)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{what}: {answer}");
+        assert!(closed, "{what}: the connection is closed");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{what}");
+    }
+    assert_eq!(a.requests("POST").await, 0, "nothing reached the backend");
+    let backend = endpoint(&view(&gw.base_url, "user").await, a.addr).clone();
+    assert_eq!(backend["failures"], 0, "{backend}");
+    assert_eq!(get(format!("{}/users", gw.base_url)).await.status(), 200);
 }

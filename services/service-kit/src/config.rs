@@ -45,6 +45,42 @@ pub struct ServeArgs {
     /// This instance's name in /info and logs (default: the pod name, else host name and pid).
     #[arg(long, env = "MSA_POD_NAME")]
     pub instance: Option<String>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// How long the server waits for a client, and how many it holds (see
+/// [`crate::connections::ConnectionLimits`] for why these defaults).
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct LimitArgs {
+    /// From a request's first byte to the end of its headers; then 408 and close.
+    #[arg(long, env = "MSA_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_seconds: u64,
+
+    /// Longest pause while a request body arrives; then 408 and close.
+    #[arg(long, env = "MSA_BODY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_seconds: u64,
+
+    /// How long an idle keep-alive connection is kept open.
+    #[arg(long, env = "MSA_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_seconds: u64,
+
+    /// Client connections open at once; more wait to be accepted.
+    #[arg(long, env = "MSA_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        let limits = crate::connections::ConnectionLimits::default();
+        LimitArgs {
+            header_timeout_seconds: limits.header_timeout.as_secs(),
+            body_timeout_seconds: limits.body_timeout.as_secs(),
+            idle_timeout_seconds: limits.idle_timeout.as_secs(),
+            max_connections: limits.max_connections as u64,
+        }
+    }
 }
 
 /// All the flags of a service that calls no peer (user, product).
@@ -87,6 +123,16 @@ impl ServeArgs {
                 self.drain_delay_seconds.unwrap_or(default_delay_seconds),
             ),
             grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
+        }
+    }
+
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        let limits = &self.limits;
+        crate::connections::ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(limits.header_timeout_seconds),
+            body_timeout: std::time::Duration::from_secs(limits.body_timeout_seconds),
+            idle_timeout: std::time::Duration::from_secs(limits.idle_timeout_seconds),
+            max_connections: usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
         }
     }
 

@@ -4,6 +4,7 @@
 //! PostgreSQL with migrations, pagination, and serving with a graceful drain.
 
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod db;
 pub mod extract;

@@ -68,6 +68,15 @@ impl Problem {
         problem
     }
 
+    /// 408: the request body stalled; the connection closes after this answer.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "the request body stopped arriving; send the whole request at once",
+        )
+    }
+
     /// 500: logged with its cause; the client sees only that it was our fault.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -112,6 +121,10 @@ impl IntoResponse for Problem {
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come; the connection cannot be reused.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -124,6 +137,9 @@ impl From<JsonRejection> for Problem {
                 "unsupported-media-type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
+            JsonRejection::BytesRejection(e) if crate::connections::body_timed_out(&e) => {
+                Problem::request_timeout()
+            }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -133,7 +149,7 @@ impl From<JsonRejection> for Problem {
             }
             other => Problem::bad_request(format!(
                 "the JSON body cannot be read: {}",
-                other.body_text()
+                in_json_terms(&other.body_text())
             )),
         }
     }
@@ -141,14 +157,81 @@ impl From<JsonRejection> for Problem {
 
 impl From<PathRejection> for Problem {
     fn from(rejection: PathRejection) -> Self {
-        Problem::bad_request(format!("bad path parameter: {}", rejection.body_text()))
+        Problem::bad_request(format!(
+            "bad path parameter: {}",
+            in_json_terms(&rejection.body_text())
+        ))
     }
 }
 
 impl From<QueryRejection> for Problem {
     fn from(rejection: QueryRejection) -> Self {
-        Problem::bad_request(format!("bad query string: {}", rejection.body_text()))
+        Problem::bad_request(format!(
+            "bad query string: {}",
+            in_json_terms(&rejection.body_text())
+        ))
     }
+}
+
+/// A deserializer's message in the words of the JSON the client wrote, not of our Rust types:
+/// `expected i64` → `expected an integer`, `expected struct CreateOrder` → `expected an object`,
+/// `sequence` → `array`; axum's prefixes go too. The client learns which field and what kind of
+/// value, not how the server is built.
+fn in_json_terms(message: &str) -> String {
+    let message = [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize query string: ",
+        "Invalid URL: ",
+    ]
+    .iter()
+    .fold(message, |m, prefix| m.strip_prefix(prefix).unwrap_or(m));
+    let mut words: Vec<String> = Vec::new();
+    let mut tokens = message.split(' ').peekable();
+    while let Some(token) = tokens.next() {
+        let (core, tail) = token.split_at(
+            token
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '`'))
+                .unwrap_or(token.len()),
+        );
+        let plain = match core.trim_matches('`') {
+            "struct" | "enum" if tokens.peek().is_some() => {
+                let name = tokens.next().unwrap_or_default();
+                let rest = name.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+                words.push(format!(
+                    "{}{rest}",
+                    if core == "struct" {
+                        "an object"
+                    } else {
+                        "one of the allowed values"
+                    }
+                ));
+                continue;
+            }
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+            | "u128" | "usize" => "an integer",
+            "f32" | "f64" => "a number",
+            "sequence" => "array",
+            "map" => "object",
+            "floating" if tokens.peek() == Some(&"point") => {
+                tokens.next();
+                "number"
+            }
+            _ => {
+                words.push(token.to_owned());
+                continue;
+            }
+        };
+        let plain = match (core.starts_with('`'), plain) {
+            (true, p) => format!("`{p}`"),
+            (false, p) => p.to_owned(),
+        };
+        words.push(format!("{plain}{tail}"));
+    }
+    words
+        .join(" ")
+        .replace("an a ", "a ")
+        .replace("a an ", "an ")
 }
 
 impl From<sqlx::Error> for Problem {
@@ -159,6 +242,43 @@ impl From<sqlx::Error> for Problem {
                 Problem::unavailable("the database is unavailable; retry shortly", 1)
             }
             _ => Problem::internal(&error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_json_terms;
+
+    #[test]
+    fn deserializer_messages_name_json_not_rust() {
+        for (raw, plain) in [
+            (
+                "Failed to deserialize the JSON body into the target type: stock: invalid type: string \"ten\", expected i64 at line 1 column 40",
+                "stock: invalid type: string \"ten\", expected an integer at line 1 column 40",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct CreateOrder at line 1 column 1",
+                "invalid type: array, expected an object at line 1 column 1",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: quantity: invalid type: floating point `1.5`, expected u64",
+                "quantity: invalid type: number `1.5`, expected an integer",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: unknown field `total`, expected `user_id` or `items`",
+                "unknown field `total`, expected `user_id` or `items`",
+            ),
+            (
+                "Failed to deserialize query string: limit: invalid digit found in string",
+                "limit: invalid digit found in string",
+            ),
+            (
+                "name: invalid type: map, expected a string",
+                "name: invalid type: object, expected a string",
+            ),
+        ] {
+            assert_eq!(in_json_terms(raw), plain);
         }
     }
 }

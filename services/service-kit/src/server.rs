@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 use tracing::{Span, info, warn};
 
 use crate::config::ServeArgs;
+use crate::connections::{self, ConnectionLimits};
 use crate::context::{self, REQUEST_ID};
 use crate::db::Database;
 use crate::metrics::{self, HttpMetrics};
@@ -147,7 +148,7 @@ async fn readyz(State(ops): State<Ops>) -> Response {
         && let Err(error) = database.ping().await
     {
         warn!(%error, "readiness: database unreachable");
-        return Problem::unavailable(format!("database unreachable: {error}"), 1).into_response();
+        return Problem::unavailable("the database is unreachable", 1).into_response();
     }
     "ready".into_response()
 }
@@ -187,6 +188,7 @@ pub async fn serve<S>(
     service: S,
     ops: Ops,
     drain: Drain,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
@@ -197,7 +199,7 @@ where
         + 'static,
     S::Future: Send,
 {
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_ops = ops.clone();
     let graceful = async move {
         shutdown.await;
@@ -210,23 +212,22 @@ where
             tokio::time::sleep(drain.delay).await;
         }
         info!("draining: finishing in-flight requests");
-        let _ = stopping_tx.send(());
+        let _ = stop_tx.send(true);
+        // Keeps the sender (and so the receivers' view) alive until the server is done.
+        std::future::pending::<()>().await;
     };
-    let grace = drain.grace;
     let service = close_connections_while_draining(service, ops.draining.clone());
-    let service = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<
-        std::net::SocketAddr,
-    >(service);
-    let server = axum::serve(listener, service).with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
+    let mut stopped = stop_rx.clone();
+    let server = tokio::spawn(connections::serve(listener, service, limits, stop_rx));
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.
-    let outcome = async {
-        let _ = stopping_rx.await;
-        tokio::time::sleep(grace).await;
+    let outcome = async move {
+        connections::stopped(&mut stopped).await;
+        tokio::time::sleep(drain.grace).await;
     };
     tokio::select! {
-        done = server => { done??; info!("stopped"); Ok(()) }
-        () = outcome => { warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period; exiting"); Ok(()) }
+        done = server => { done?; info!("stopped"); Ok(()) }
+        () = outcome => { warn!(grace_seconds = drain.grace.as_secs(), "in-flight requests outlived the grace period; exiting"); Ok(()) }
+        () = graceful => unreachable!("the drain never ends on its own"),
     }
 }
 
@@ -305,7 +306,15 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", serve_args.listen))?;
     info!(addr = %listener.local_addr()?, service = name, version, "listening");
-    serve(listener, app, ops, serve_args.drain(0), shutdown_signal()).await
+    serve(
+        listener,
+        app,
+        ops,
+        serve_args.drain(0),
+        serve_args.connection_limits(),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// The `main` of a service that calls no peer: parses [`StandaloneFlags`] under the binary's

@@ -66,6 +66,7 @@ pub fn serve_args() -> ServeArgs {
         drain_delay_seconds: None,
         log_format: "text".into(),
         instance: Some("test".into()),
+        limits: crate::config::LimitArgs::default(),
     }
 }
 
@@ -89,7 +90,14 @@ pub async fn spawn_with(
         .await
         .expect("bind loopback");
     let addr: SocketAddr = listener.local_addr().expect("local addr");
-    let server = tokio::spawn(server::serve(listener, app, ops, args.drain(0), shutdown));
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        ops,
+        args.drain(0),
+        args.connection_limits(),
+        shutdown,
+    ));
     (format!("http://{addr}"), server)
 }
 
@@ -220,6 +228,25 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads from `stream` until the peer closes it or `within` passes: what arrived, and whether
+/// the peer closed (as opposed to the time running out).
+pub async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: std::time::Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return (received, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ fn args(origins: &[&str], credentials: bool) -> ServeArgs {
         drain_delay_seconds: None,
         log_format: "text".into(),
         instance: None,
+        limits: Default::default(),
     }
 }
 

@@ -106,7 +106,30 @@ pub enum CallError {
         detail: String,
     },
     #[error("the request body could not be read: {detail}")]
-    RequestBody { too_large: bool, detail: String },
+    RequestBody { fault: BodyFault, detail: String },
+}
+
+/// What was wrong with the caller's own request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Larger than accepted (413).
+    TooLarge,
+    /// The client paused longer than the server's body timeout (408).
+    Stalled,
+    /// It broke off or was malformed (400).
+    Unreadable,
+}
+
+impl BodyFault {
+    fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        if caused_by::<http_body_util::LengthLimitError>(error) {
+            BodyFault::TooLarge
+        } else if caused_by::<tower_http::timeout::TimeoutError>(error) {
+            BodyFault::Stalled
+        } else {
+            BodyFault::Unreadable
+        }
+    }
 }
 
 fn retry_after_secs(d: Duration) -> u64 {
@@ -127,10 +150,11 @@ impl CallError {
             | CallError::Unanswered { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             CallError::Protocol { .. } => StatusCode::BAD_GATEWAY,
-            CallError::RequestBody {
-                too_large: true, ..
-            } => StatusCode::PAYLOAD_TOO_LARGE,
-            CallError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            CallError::RequestBody { fault, .. } => match fault {
+                BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyFault::Stalled => StatusCode::REQUEST_TIMEOUT,
+                BodyFault::Unreadable => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
@@ -158,6 +182,34 @@ impl CallError {
         }
     }
 
+    /// What a client may be told: the service and what to do, never endpoint addresses or OS
+    /// error text (those go to the log with the request id).
+    pub fn public_detail(&self) -> String {
+        match self {
+            CallError::CircuitOpen { .. } | CallError::Timeout { .. } => self.to_string(),
+            CallError::NoEndpoints { upstream, .. } => {
+                format!("no {upstream} endpoint is available; retry shortly")
+            }
+            CallError::Connect { upstream, .. } => {
+                format!("the {upstream} service could not be reached; retry shortly")
+            }
+            CallError::Unanswered { upstream, .. } => format!(
+                "the {upstream} service closed the connection without answering; retry shortly"
+            ),
+            CallError::Protocol { upstream, .. } => format!(
+                "the {upstream} service broke off the exchange; the request may or may not have been applied"
+            ),
+            CallError::RequestBody { fault, .. } => match fault {
+                BodyFault::TooLarge => "the request body is larger than this gateway accepts",
+                BodyFault::Stalled => {
+                    "the request body stopped arriving; send the whole request at once"
+                }
+                BodyFault::Unreadable => "the request body could not be read",
+            }
+            .to_owned(),
+        }
+    }
+
     /// A short machine-readable name (problem type, metric label).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -167,10 +219,11 @@ impl CallError {
             CallError::Connect { .. } => "upstream-unreachable",
             CallError::Unanswered { .. } => "upstream-closed",
             CallError::Protocol { .. } => "bad-upstream-response",
-            CallError::RequestBody {
-                too_large: true, ..
-            } => "body-too-large",
-            CallError::RequestBody { .. } => "unreadable-body",
+            CallError::RequestBody { fault, .. } => match fault {
+                BodyFault::TooLarge => "body-too-large",
+                BodyFault::Stalled => "request-timeout",
+                BodyFault::Unreadable => "unreadable-body",
+            },
         }
     }
 }
@@ -388,14 +441,10 @@ impl Inner {
             Some(size) if size <= self.config.retry_body_limit as u64 => {
                 match body.collect().await {
                     Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
-                    Err(error) => {
-                        let too_large = std::error::Error::source(&error)
-                            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                        Err(CallError::RequestBody {
-                            too_large,
-                            detail: error.to_string(),
-                        })
-                    }
+                    Err(error) => Err(CallError::RequestBody {
+                        fault: BodyFault::of(&error),
+                        detail: error.to_string(),
+                    }),
                 }
             }
             _ => Ok(Payload::Streaming(Some(body))),
@@ -451,17 +500,14 @@ impl Inner {
                     }
                     Ok(response) => Attempt::Answered(response),
                     Err(SendError::Exchange(error))
-                        if caused_by::<http_body_util::LengthLimitError>(&error) =>
+                        if BodyFault::of(&error) != BodyFault::Unreadable =>
                     {
-                        // The caller's body outgrew the limit while streaming: not the
-                        // endpoint's fault, so nothing is recorded against it (`in_flight`
+                        // The caller's body outgrew the limit or stalled while streaming: not
+                        // the endpoint's fault, so nothing is recorded against it (`in_flight`
                         // gives the attempt back when dropped).
                         return Err(CallError::RequestBody {
-                            too_large: true,
-                            detail: format!(
-                                "the request body is larger than the {} bytes accepted",
-                                self.config.retry_body_limit
-                            ),
+                            fault: BodyFault::of(&error),
+                            detail: error_chain(&error),
                         });
                     }
                     Err(SendError::Connect(detail)) => Attempt::ConnectFailed(detail),

@@ -1,0 +1,436 @@
+//! Client connections: how many a server holds and how long it waits for each, so a slow or
+//! silent client costs a bounded amount of memory and file descriptors.
+//!
+//! hyper serves the HTTP/1.1 on each connection; this module owns the accept loop around it and
+//! adds what hyper leaves to the server (and axum's `serve` does not set): a connection limit,
+//! a time limit for a request head (answered with 408 when it runs out), an idle keep-alive
+//! limit, and a time limit between the bytes of a request body (the body readers turn it into a
+//! 408, see [`body_timed_out`]). The bookkeeping is [`Activity`], a plain struct with the clock
+//! passed in; the accept loop and the per-connection task only feed it and act on its verdicts.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+/// What a server allows each client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte to the end of its head (request line and headers).
+    pub header_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// HAProxy's advice for `timeout http-request` (10 s) for heads and body pauses; an idle
+    /// keep-alive connection lives 60 s, longer than the 30 s the msa client pools keep one, so
+    /// a pool never reuses a connection the server is about to close.
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Whether `error` (a failed body read, wrapped any number of times) is the body timeout: the
+/// client paused longer than [`ConnectionLimits::body_timeout`].
+pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// What the connection should do now, by [`Activity::verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do before this instant.
+    WaitUntil(Instant),
+    /// Idle past the keep-alive limit: close without a word (no request is pending).
+    CloseIdle,
+    /// A request head did not arrive in time: answer 408 and close.
+    HeadTimedOut,
+}
+
+/// One connection's state as seen from its bytes and its requests.
+#[derive(Clone, Debug)]
+pub struct Activity {
+    /// Requests whose head was read and whose response head is not yet written.
+    in_flight: usize,
+    /// When the first byte of the next request arrived (no request in flight).
+    head_started: Option<Instant>,
+    /// Since when nothing has happened (no request in flight, nothing read since).
+    idle_since: Instant,
+}
+
+impl Activity {
+    pub fn new(now: Instant) -> Self {
+        Activity {
+            in_flight: 0,
+            head_started: None,
+            idle_since: now,
+        }
+    }
+
+    /// Bytes arrived from the client; true when they start a request head (which brings the
+    /// next deadline forward).
+    pub fn read(&mut self, now: Instant) -> bool {
+        let starts_head = self.in_flight == 0 && self.head_started.is_none();
+        if starts_head {
+            self.head_started = Some(now);
+        }
+        starts_head
+    }
+
+    /// Bytes went out to the client (a response streaming keeps the connection busy).
+    pub fn wrote(&mut self, now: Instant) {
+        if self.in_flight == 0 && self.head_started.is_none() {
+            self.idle_since = now;
+        }
+    }
+
+    /// A request head was read completely and handed to the service.
+    pub fn request_started(&mut self) {
+        self.in_flight += 1;
+        self.head_started = None;
+    }
+
+    /// The service answered (its body may still be streaming).
+    pub fn request_answered(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.idle_since = now;
+    }
+
+    pub fn verdict(&self, now: Instant, limits: &ConnectionLimits) -> Verdict {
+        if self.in_flight > 0 {
+            // The handler and the body timeout own this time; look again later.
+            return Verdict::WaitUntil(now + limits.header_timeout.min(limits.idle_timeout));
+        }
+        if let Some(started) = self.head_started {
+            let deadline = started + limits.header_timeout;
+            return if now >= deadline {
+                Verdict::HeadTimedOut
+            } else {
+                Verdict::WaitUntil(deadline)
+            };
+        }
+        let deadline = self.idle_since + limits.idle_timeout;
+        if now >= deadline {
+            Verdict::CloseIdle
+        } else {
+            Verdict::WaitUntil(deadline)
+        }
+    }
+}
+
+/// A connection's [`Activity`], shared by its stream, its requests and its task.
+struct Tracked {
+    activity: Mutex<Activity>,
+    /// Set when the head timed out: the stream answers 408 as it is dropped.
+    answer_timeout: AtomicBool,
+    /// Wakes the connection's task when a deadline comes forward (a head started).
+    deadline_moved: Notify,
+}
+
+type Shared = Arc<Tracked>;
+
+fn with<T>(shared: &Shared, f: impl FnOnce(&mut Activity) -> T) -> T {
+    f(&mut shared
+        .activity
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The answer to a request head that did not arrive in time (hyper has not written a byte).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+content-type: application/problem+json\r\nconnection: close\r\ncontent-length: 186\r\n\r\n\
+{\"type\":\"https://msa.dev/problems/request-timeout\",\"title\":\"Request Timeout\",\"status\":408,\"detail\":\"the request head did not arrive in time; send a request at once\"}";
+
+/// The TCP stream as hyper sees it, reporting reads and writes to the connection's [`Activity`].
+struct Watched {
+    stream: TcpStream,
+    activity: Shared,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && with(&self.activity, |a| a.read(Instant::now()))
+        {
+            self.activity.deadline_moved.notify_one();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            with(&self.activity, |a| a.wrote(Instant::now()));
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            with(&self.activity, |a| a.wrote(Instant::now()));
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // Set when the head timed out: hyper has written nothing, so the answer is ours.
+        if self.activity.answer_timeout.load(Ordering::Relaxed) {
+            // Small enough for any socket buffer; if even that fails, closing says enough.
+            let _ = self.stream.try_write(REQUEST_TIMEOUT);
+        }
+    }
+}
+
+/// Serves `service` on `listener` within `limits` until `stop` turns true; then every
+/// connection finishes its current request and closes, and this returns when all have.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut warned_full = false;
+    loop {
+        if permits.available_permits() == 0 && !warned_full {
+            warn!(
+                max_connections = limits.max_connections,
+                "connection limit reached; new connections wait"
+            );
+            warned_full = true;
+        }
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = stopped(&mut stop) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        warned_full = false;
+        let service = service.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            connection(stream, peer, service, limits, stop).await;
+            drop(permit);
+        });
+    }
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let _ = stream.set_nodelay(true);
+    let activity: Shared = Arc::new(Tracked {
+        activity: Mutex::new(Activity::new(Instant::now())),
+        answer_timeout: AtomicBool::new(false),
+        deadline_moved: Notify::new(),
+    });
+    let io = Watched {
+        stream,
+        activity: activity.clone(),
+    };
+    let per_request = activity.clone();
+    let handler = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        with(&per_request, Activity::request_started);
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(ConnectInfo(peer));
+        let body = Body::new(tower_http::timeout::TimeoutBody::new(
+            limits.body_timeout,
+            body,
+        ));
+        let answered = service.clone().oneshot(Request::from_parts(parts, body));
+        let activity = per_request.clone();
+        async move {
+            let response = answered.await;
+            with(&activity, |a| a.request_answered(Instant::now()));
+            response
+        }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Ours (above) measures from the first byte, so idle keep-alive has a limit of its own.
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(io), handler);
+    let mut http = std::pin::pin!(http);
+    let mut stopping = false;
+    loop {
+        let verdict = with(&activity, |a| a.verdict(Instant::now(), &limits));
+        let wake = match verdict {
+            Verdict::WaitUntil(at) => at,
+            Verdict::CloseIdle => {
+                debug!(%peer, "closing an idle connection");
+                return;
+            }
+            Verdict::HeadTimedOut => {
+                debug!(%peer, "a request head timed out; answering 408");
+                // Dropping the connection drops the stream, which then writes the 408.
+                activity.answer_timeout.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        tokio::select! {
+            served = http.as_mut() => {
+                if let Err(error) = served {
+                    debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake) => {}
+            () = activity.deadline_moved.notified() => {}
+            () = stopped(&mut stop), if !stopping => {
+                stopping = true;
+                http.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1,
+        }
+    }
+
+    #[test]
+    fn a_head_is_timed_from_its_first_byte_and_idle_time_separately() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut activity = Activity::new(t0);
+        assert_eq!(
+            activity.verdict(t0, &limits()),
+            Verdict::WaitUntil(t0 + s(60))
+        );
+        assert_eq!(activity.verdict(t0 + s(60), &limits()), Verdict::CloseIdle);
+
+        // A first byte after 50 s idle: the head has 10 s from then, not what idle time is left.
+        activity.read(t0 + s(50));
+        activity.read(t0 + s(55));
+        assert_eq!(
+            activity.verdict(t0 + s(56), &limits()),
+            Verdict::WaitUntil(t0 + s(60))
+        );
+        assert_eq!(
+            activity.verdict(t0 + s(60), &limits()),
+            Verdict::HeadTimedOut
+        );
+
+        // Once the head is in, a slow handler is not this clock's business.
+        activity.request_started();
+        assert!(matches!(
+            activity.verdict(t0 + s(500), &limits()),
+            Verdict::WaitUntil(_)
+        ));
+        activity.read(t0 + s(501));
+        activity.request_answered(t0 + s(502));
+        // Streaming the response keeps it busy; then the idle clock runs from the last write.
+        activity.wrote(t0 + s(530));
+        assert_eq!(
+            activity.verdict(t0 + s(531), &limits()),
+            Verdict::WaitUntil(t0 + s(590))
+        );
+        assert_eq!(activity.verdict(t0 + s(590), &limits()), Verdict::CloseIdle);
+    }
+}

@@ -1,0 +1,166 @@
+//! Issue 15, defect 3: a client that is slow or silent holds a connection for a bounded time —
+//! a request head gets `header_timeout` from its first byte (then 408), a body may pause for
+//! `body_timeout` (then 408), an idle keep-alive connection lives `idle_timeout` — and no more
+//! than `max_connections` are held at once. Raw TCP on 127.0.0.1, so nothing a client library
+//! does can hide what the server does. Bounds are generous above (a busy machine is slow) and
+//! strict below (the server must not close early).
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use msa_service_kit::config::{LimitArgs, ServeArgs};
+use msa_service_kit::extract::Json;
+use msa_service_kit::server::Ops;
+use msa_service_kit::testing::{read_until_closed, serve_args, spawn_with};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Header and body timeouts of 1 s, idle keep-alive `idle_seconds`, at most 2 connections.
+async fn server(idle_seconds: u64) -> String {
+    let args = ServeArgs {
+        limits: LimitArgs {
+            header_timeout_seconds: 1,
+            body_timeout_seconds: 1,
+            idle_timeout_seconds: idle_seconds,
+            max_connections: 2,
+        },
+        ..serve_args()
+    };
+    let api = Router::new().route(
+        "/echo",
+        post(|Json(body): Json<serde_json::Value>| async move { Json(body) }),
+    );
+    let ops = Ops::new("kit", "test", "kit-0".into(), None);
+    let (base, _) = spawn_with(api, ops, &args, std::future::pending()).await;
+    base.trim_start_matches("http://").to_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn a_head_sent_slowly_gets_408_when_its_time_is_up() {
+    // The idle limit is far away: the head's own clock must end it.
+    let address = server(60).await;
+    let stream = TcpStream::connect(&address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    writer
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n")
+        .await
+        .unwrap();
+    // One more header line every 200 ms for 6 s: always progressing, never finishing.
+    let trickle = tokio::spawn(async move {
+        for i in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let line = format!("x-{i}: y\r\n");
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (answer, closed) = read_until_closed(&mut reader, PATIENCE).await;
+    let waited = started.elapsed();
+    trickle.abort();
+    let answer = text(&answer);
+    assert!(closed, "the connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("request-timeout"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(6),
+        "closed after {waited:?}, not at the header timeout of 1 s"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_when_idle_too_long() {
+    let address = server(2).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    let (answer, closed) = read_until_closed(&mut stream, PATIENCE).await;
+    let waited = started.elapsed();
+    assert!(closed && answer.is_empty(), "{}", text(&answer));
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "closed early: {waited:?}"
+    );
+}
+
+/// The idle keep-alive limit (2 s) is its own: longer than the header timeout (1 s).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lives_its_idle_timeout() {
+    let address = server(2).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_millis(500)).await;
+    assert!(
+        !closed && text(&answer).starts_with("HTTP/1.1 200 "),
+        "{}",
+        text(&answer)
+    );
+    let answered = Instant::now();
+    let (more, closed) = read_until_closed(&mut stream, PATIENCE).await;
+    let idle = answered.elapsed();
+    assert!(closed && more.is_empty(), "{}", text(&more));
+    assert!(
+        idle >= Duration::from_millis(1400),
+        "closed after {idle:?}: the idle limit is 2 s, not the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408() {
+    let address = server(60).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\": 1,",
+        )
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut stream, PATIENCE).await;
+    let waited = started.elapsed();
+    let answer = text(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("request-timeout"), "{answer}");
+    assert!(
+        closed,
+        "a half-read body cannot be followed by another request"
+    );
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+}
+
+/// With room for 2, a third client waits until one of the first two goes (here: closed as idle
+/// after 2 s), instead of being served at once.
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let address = server(2).await;
+    let _first = TcpStream::connect(&address).await.unwrap();
+    let _second = TcpStream::connect(&address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut third, PATIENCE).await;
+    let waited = started.elapsed();
+    assert!(
+        text(&answer).starts_with("HTTP/1.1 200 "),
+        "{}",
+        text(&answer)
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "answered after {waited:?}, before a slot was free"
+    );
+}
