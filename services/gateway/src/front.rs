@@ -126,7 +126,7 @@ impl Inner {
         let span = info_span!(
             "request",
             method = %method,
-            path = %request.uri().path(),
+            path = request.uri().path(),
             request_id = request_id.to_str().unwrap_or_default()
         );
         let forwarded = forward_to(&route.upstream, self.body_limit, matched.client, request);
@@ -154,8 +154,10 @@ impl Inner {
     }
 }
 
-/// The request's `x-request-id`, generated (UUID v4) when the client sent none.
+/// The request's `x-request-id`, generated (UUID v4) when the client sent none or one that is
+/// not short visible ASCII; a malformed `traceparent` is dropped.
 fn request_id(request: &mut Request) -> HeaderValue {
+    msa_service_kit::context::drop_unacceptable(request.headers_mut());
     if let Some(id) = request.headers().get(&REQUEST_ID) {
         return id.clone();
     }

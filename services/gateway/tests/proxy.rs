@@ -426,6 +426,24 @@ async fn requests_are_forwarded_faithfully() {
         "a generated id reaches the service"
     );
 
+    // Issue 15, defect 7: an id that is too long or not visible ASCII is replaced, and a
+    // malformed traceparent is not passed on.
+    let hostile = client
+        .get(format!("{}/users/__echo/request", gw.base_url))
+        .header("x-request-id", "x".repeat(65))
+        .header("traceparent", "00-not-a-trace")
+        .send()
+        .await
+        .unwrap();
+    let replaced = hostile.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&replaced).is_ok(), "{replaced}");
+    let echo: Value = hostile.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], replaced.as_str());
+    assert!(echo["headers"].get("traceparent").is_none(), "{echo}");
+
     let missing = get(format!("{}/payments", gw.base_url)).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(

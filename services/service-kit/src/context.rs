@@ -44,9 +44,117 @@ impl RequestContext {
     }
 }
 
+/// Longest `x-request-id` kept from a caller.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// Whether a caller's `x-request-id` may be kept: 1 to [`MAX_REQUEST_ID`] visible ASCII
+/// characters (no spaces or control characters), so it cannot grow logs or forge log fields.
+/// Anything else is replaced by a fresh id.
+pub fn acceptable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=MAX_REQUEST_ID).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Whether a `traceparent` is well formed (W3C Trace Context: `00-<32 hex>-<16 hex>-<2 hex>`,
+/// lowercase, ids not all zero). A malformed one is dropped, which starts a new trace, as the
+/// specification asks.
+pub fn acceptable_traceparent(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        bytes[range.clone()]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            && bytes[range].iter().any(|b| *b != b'0')
+    };
+    bytes.len() == 55
+        && bytes[2] == b'-'
+        && bytes[35] == b'-'
+        && bytes[52] == b'-'
+        && &bytes[..2] == b"00"
+        && hex(3..35)
+        && hex(36..52)
+        && bytes[53..]
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Removes correlation headers a caller got wrong, so the request-id layer generates a new id
+/// and no malformed trace context is passed on.
+pub fn drop_unacceptable(headers: &mut HeaderMap) {
+    if headers
+        .get(&REQUEST_ID)
+        .is_some_and(|id| !acceptable_request_id(id))
+        || headers.get_all(&REQUEST_ID).iter().count() > 1
+    {
+        headers.remove(&REQUEST_ID);
+    }
+    if headers
+        .get(&TRACEPARENT)
+        .is_some_and(|parent| !acceptable_traceparent(parent))
+        || headers.get_all(&TRACEPARENT).iter().count() > 1
+    {
+        headers.remove(&TRACEPARENT);
+    }
+}
+
 /// Middleware: runs the rest of the stack inside the request's context. It sits inside the
 /// request-id layer, so `x-request-id` is always present here.
 pub async fn scope(request: Request, next: Next) -> Response {
     let context = RequestContext::from_headers(request.headers());
     CURRENT.scope(context, next.run(request)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn only_short_visible_request_ids_are_kept() {
+        let id = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(acceptable_request_id(&id("req-42")));
+        assert!(acceptable_request_id(&id(&"a".repeat(64))));
+        for bad in ["", "a b", "x\tforged", &"a".repeat(65)] {
+            assert!(!acceptable_request_id(&id(bad)), "{bad:?}");
+        }
+        let high = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        assert!(!acceptable_request_id(&high));
+    }
+
+    #[test]
+    fn traceparents_follow_the_w3c_shape() {
+        let parent = |s: &str| HeaderValue::from_str(s).unwrap();
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(acceptable_traceparent(&parent(good)));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert!(!acceptable_traceparent(&parent(bad)), "{bad}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, parent("has space"));
+        headers.insert(&TRACEPARENT, parent("garbage"));
+        drop_unacceptable(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn whatever_a_client_sends_a_kept_id_is_short_and_visible(raw in proptest::collection::vec(any::<u8>(), 0..100)) {
+            if let Ok(value) = HeaderValue::from_bytes(&raw) {
+                let mut headers = HeaderMap::new();
+                headers.insert(&REQUEST_ID, value);
+                drop_unacceptable(&mut headers);
+                if let Some(kept) = headers.get(&REQUEST_ID) {
+                    prop_assert!(kept.len() <= MAX_REQUEST_ID);
+                    prop_assert!(kept.to_str().unwrap().chars().all(|c| c.is_ascii_graphic()));
+                }
+            }
+        }
+    }
 }

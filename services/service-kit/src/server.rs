@@ -124,7 +124,9 @@ pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Res
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
                     let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    // Recorded as strings, not `%` Display: text logs quote and escape them (as
+                    // JSON logs do), so a client's id cannot forge a field.
+                    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
                 })
                 .on_response(|response: &Response, latency: Duration, _span: &Span| {
                     info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "handled");
@@ -133,7 +135,11 @@ pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Res
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(tower::util::MapRequestLayer::new(|mut request: Request| {
+            context::drop_unacceptable(request.headers_mut());
+            request
+        }));
     if let Some(cors) = args.cors()? {
         router = router.layer(cors);
     }
@@ -271,8 +277,10 @@ pub async fn shutdown_signal() {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "text" {
         builder.init();
