@@ -5,6 +5,7 @@
 
 pub mod forwarding;
 pub mod front;
+pub mod routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -65,8 +66,8 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
                 StatusCode::NOT_FOUND,
                 "no-route",
                 format!(
-                    "no route for {}; the gateway serves {} and everything under them",
-                    uri.path(),
+                    "no route for {:?}; the gateway serves {} and everything under them",
+                    uri.path().chars().take(100).collect::<String>(),
                     prefixes.join(", ")
                 ),
             )
@@ -112,6 +113,9 @@ pub(crate) async fn forward_to(
     };
     // (The client stack sends the URI in origin form, whatever form it arrived in.)
     forwarding::request_headers(&mut parts.headers, client);
+    parts
+        .extensions
+        .insert(routes::breaker_scope(&parts.method, parts.uri.path()));
     match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -135,6 +139,11 @@ fn failure(error: &CallError) -> Response {
         .retry_after(error.retry_after_secs());
     if let Some(upstream) = error.upstream() {
         problem = problem.with("upstream", upstream);
+    }
+    if let CallError::CircuitOpen { scope, .. } = error
+        && *scope != msa_upstream::BreakerScope::WHOLE
+    {
+        problem = problem.with("route", scope.to_string());
     }
     problem.into_response()
 }

@@ -28,8 +28,12 @@ impl Backend {
     }
 
     async fn start_at(addr: SocketAddr) -> Backend {
+        Self::start_with(addr, &[]).await
+    }
+
+    async fn start_with(addr: SocketAddr, flags: &[&str]) -> Backend {
         let mut command = std::process::Command::new(ECHO);
-        command.args(["--listen", &addr.to_string()]);
+        command.args(["--listen", &addr.to_string()]).args(flags);
         Backend {
             process: Some(ServiceProcess::launch(command, addr).await),
             addr,
@@ -694,6 +698,65 @@ async fn a_thousand_invented_methods_and_paths_add_no_metric_series() {
         second,
         "a thousand new methods and paths added {} series: a client controls label values",
         second - first
+    );
+}
+
+/// Issue 15, defect 9: a service failing one route (placing orders, while the product service
+/// is down) opens that route's breaker only; its reads keep being answered.
+#[tokio::test]
+async fn one_failing_route_opens_its_own_breaker_only() {
+    let orders = Backend::start_with(free_port("127.0.0.2"), &["--fail-method", "POST"]).await;
+    let gw = gateway(
+        &orders.addr.to_string(),
+        &orders.addr.to_string(),
+        &[
+            "--breaker-minimum-calls",
+            "5",
+            "--breaker-open-seconds",
+            "30",
+        ],
+    )
+    .await;
+    let client = loopback_client();
+    let mut opened = None;
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{}/orders", gw.base_url))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if body["type"] == "https://msa.dev/problems/circuit-open" {
+            opened = Some(body);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+    }
+    let opened = opened.expect("the POST /orders breaker opened");
+    assert_eq!(opened["route"], "POST /orders", "{opened}");
+    for path in ["/orders/7", "/orders/user/9", "/orders"] {
+        let response = get(format!("{}{path}", gw.base_url)).await;
+        assert_eq!(response.status(), 200, "{path} is still served");
+    }
+    let view = view(&gw.base_url, "order").await;
+    let state = |route: &str| {
+        view["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["route"] == route)
+            .map(|b| b["state"].clone())
+    };
+    assert_eq!(state("POST /orders"), Some(json!("open")), "{view}");
+    assert_eq!(state("GET /orders/{id}"), Some(json!("closed")), "{view}");
+    let metrics = metrics_text(&gw.base_url).await;
+    assert!(
+        metrics.contains(
+            r#"upstream_breaker_state{upstream="order",route="POST /orders",state="open"} 1"#
+        ),
+        "{metrics}"
     );
 }
 

@@ -31,9 +31,11 @@ use tracing::{info, warn};
 use crate::balance::XorShift;
 use crate::conns::{Connections, SendError};
 use crate::discovery::Discovery;
-use crate::metrics::{AttemptLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics};
+use crate::metrics::{
+    AttemptLabels, BreakerLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics,
+};
 use crate::outlier::Outcome;
-use crate::pool::{Change, Pool, PoolConfig, PoolView, Refusal};
+use crate::pool::{BreakerScope, Change, Pool, PoolConfig, PoolView, Refusal};
 
 /// Timeouts and retry limits of calls.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,11 +73,13 @@ pub struct RetrySafe;
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error(
-        "the {upstream} service is failing (its circuit breaker is open); retry in {}s",
+        "the {upstream} service is failing{} (its circuit breaker is open); retry in {}s",
+        on_route(scope),
         retry_after_secs(*retry_after)
     )]
     CircuitOpen {
         upstream: String,
+        scope: BreakerScope,
         retry_after: Duration,
     },
     #[error("no {upstream} endpoint is available ({source_name}); retry shortly")]
@@ -129,6 +133,15 @@ impl BodyFault {
         } else {
             BodyFault::Unreadable
         }
+    }
+}
+
+/// " on GET /orders/{id}" for a route's breaker, nothing for the whole upstream's.
+fn on_route(scope: &BreakerScope) -> String {
+    if *scope == BreakerScope::WHOLE {
+        String::new()
+    } else {
+        format!(" on {scope}")
     }
 }
 
@@ -286,7 +299,6 @@ impl Upstream {
             endpoints_changed: Notify::new(),
         });
         inner.count_endpoints();
-        inner.metrics.set_breaker(name, "closed");
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             while let Some(endpoints) = discovery.changed().await {
@@ -362,6 +374,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 struct InFlight<'a> {
     inner: &'a Inner,
     addr: SocketAddr,
+    scope: BreakerScope,
     open: bool,
 }
 
@@ -374,7 +387,9 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.inner.lock().finish_unjudged(self.addr, Instant::now());
+            self.inner
+                .lock()
+                .finish_unjudged(self.addr, Instant::now(), self.scope);
         }
     }
 }
@@ -459,6 +474,11 @@ impl Inner {
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, CallError> {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        let scope = parts
+            .extensions
+            .get::<BreakerScope>()
+            .copied()
+            .unwrap_or(BreakerScope::WHOLE);
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
         let mut parts = Some(parts);
@@ -478,13 +498,14 @@ impl Inner {
             let mut request = Some(Request::from_parts(head, body));
             let picked = tokio::select! {
                 biased;
-                picked = self.pick(previous, &mut request) => picked,
+                picked = self.pick(previous, scope, &mut request) => picked,
                 () = &mut timer => return Err(self.overall_timeout()),
             };
             let (addr, call) = picked?;
             let in_flight = InFlight {
                 inner: self,
                 addr,
+                scope,
                 open: true,
             };
             let started = Instant::now();
@@ -521,7 +542,7 @@ impl Inner {
             };
             in_flight.close();
             let latency = started.elapsed();
-            self.record(addr, latency, &ended);
+            self.record(addr, scope, latency, &ended);
             if matches!(ended, Attempt::TimedOut) && try_deadline == deadline {
                 return Err(self.overall_timeout());
             }
@@ -599,6 +620,7 @@ impl Inner {
     async fn pick<'a>(
         &'a self,
         exclude: Option<SocketAddr>,
+        scope: BreakerScope,
         request: &mut Option<Request<Body>>,
     ) -> Result<
         (
@@ -613,7 +635,7 @@ impl Inner {
         // before the pool is asked again, so a change in between is not missed.
         let mut changed = None;
         loop {
-            let outcome = self.lock().send(Instant::now(), exclude, |addr| {
+            let outcome = self.lock().send(Instant::now(), exclude, scope, |addr| {
                 let request = request.take().expect("sent once");
                 self.connections.send(addr, request)
             });
@@ -646,6 +668,7 @@ impl Inner {
                             self.refused("circuit_open");
                             return Err(CallError::CircuitOpen {
                                 upstream: self.name.clone(),
+                                scope,
                                 retry_after,
                             });
                         }
@@ -662,18 +685,21 @@ impl Inner {
         }
     }
 
-    fn record(&self, addr: SocketAddr, latency: Duration, ended: &Attempt) {
+    fn record(&self, addr: SocketAddr, scope: BreakerScope, latency: Duration, ended: &Attempt) {
         let failure = ended.failure();
         let changes = match (failure, ended) {
             // Not the endpoint's fault: neither a success nor a failure for its health.
             (_, Attempt::Closed { reused: true, .. }) => {
-                self.lock().finish_unjudged(addr, Instant::now());
+                self.lock().finish_unjudged(addr, Instant::now(), scope);
                 Vec::new()
             }
-            (None, _) => self
+            (None, _) => {
+                self.lock()
+                    .finish(addr, Instant::now(), scope, Outcome::Success { latency })
+            }
+            (Some(_), _) => self
                 .lock()
-                .finish(addr, Instant::now(), Outcome::Success { latency }),
-            (Some(_), _) => self.lock().finish(addr, Instant::now(), Outcome::Failure),
+                .finish(addr, Instant::now(), scope, Outcome::Failure),
         };
         let handles = self.endpoint_metrics(addr);
         handles.duration.observe(latency.as_secs_f64());
@@ -801,13 +827,15 @@ impl Inner {
                         .get_or_create(&UpstreamMetrics::endpoint(&self.name, endpoint))
                         .inc();
                 }
-                Change::Breaker { from, to } => {
-                    warn!(upstream = %self.name, from, to, "circuit breaker changed state");
-                    self.metrics.set_breaker(&self.name, to);
+                Change::Breaker { scope, from, to } => {
+                    let route = scope.to_string();
+                    warn!(upstream = %self.name, route, from, to, "circuit breaker changed state");
+                    self.metrics.set_breaker(&self.name, &route, to);
                     self.metrics
                         .breaker_transitions
-                        .get_or_create(&StateLabels {
+                        .get_or_create(&BreakerLabels {
                             upstream: self.name.clone(),
+                            route,
                             state: to,
                         })
                         .inc();

@@ -1,6 +1,6 @@
 //! The client stack the gateway and the order service call their peers through:
 //! discovery (EndpointSlices or a fixed list) → balancer (peak-EWMA P2C by default) →
-//! per-endpoint outlier ejection → per-service circuit breaker → retries within a budget →
+//! per-endpoint outlier ejection → circuit breakers per route (or per service) → retries within a budget →
 //! timeouts → pooled HTTP/1.1 connections.
 //!
 //! The decisions are plain state with an injected clock (`balance`, `outlier`, `breaker`,
@@ -23,4 +23,4 @@ pub mod window;
 pub use client::{CallConfig, CallError, RetrySafe, Upstream};
 pub use discovery::Discovery;
 pub use endpoint::Endpoint;
-pub use pool::PoolConfig;
+pub use pool::{BreakerScope, PoolConfig};

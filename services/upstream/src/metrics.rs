@@ -48,6 +48,14 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    pub upstream: String,
+    /// `GET /orders/{id}`, or `*` for a breaker over the whole upstream.
+    pub route: String,
+    pub state: &'static str,
+}
+
 /// Handles to every upstream metric; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct UpstreamMetrics {
@@ -56,8 +64,8 @@ pub struct UpstreamMetrics {
     pub endpoints: Family<StateLabels, Gauge>,
     pub ejections: Family<EjectionLabels, Counter>,
     pub readmissions: Family<EndpointLabels, Counter>,
-    pub breaker_state: Family<StateLabels, Gauge>,
-    pub breaker_transitions: Family<StateLabels, Counter>,
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    pub breaker_transitions: Family<BreakerLabels, Counter>,
     pub retries: Family<ReasonLabels, Counter>,
     pub retries_refused: Family<UpstreamLabel, Counter>,
     pub refused: Family<ReasonLabels, Counter>,
@@ -108,12 +116,12 @@ impl UpstreamMetrics {
         );
         r.register(
             "breaker_state",
-            "1 for the circuit breaker's current state (closed, half_open, open)",
+            "1 for a circuit breaker's current state (closed, half_open, open), by route",
             metrics.breaker_state.clone(),
         );
         r.register(
             "breaker_transitions",
-            "Circuit breaker state changes, by the state entered",
+            "Circuit breaker state changes, by route and the state entered",
             metrics.breaker_transitions.clone(),
         );
         r.register(
@@ -141,12 +149,14 @@ impl UpstreamMetrics {
         }
     }
 
-    /// Sets the breaker gauge: 1 for `current`, 0 for the other states.
-    pub fn set_breaker(&self, upstream: &str, current: &'static str) {
+    /// Sets a breaker's gauge: 1 for `current`, 0 for the other states. A route's series
+    /// appear when its breaker first changes state (the pool caps how many breakers exist).
+    pub fn set_breaker(&self, upstream: &str, route: &str, current: &'static str) {
         for state in ["closed", "half_open", "open"] {
             self.breaker_state
-                .get_or_create(&StateLabels {
+                .get_or_create(&BreakerLabels {
                     upstream: upstream.to_owned(),
+                    route: route.to_owned(),
                     state,
                 })
                 .set(i64::from(state == current));

@@ -116,6 +116,48 @@ pub enum Refusal {
     NoOtherEndpoint,
 }
 
+/// Which calls share a circuit breaker: one route of the upstream (the gateway passes the
+/// method and the route template, so one failing route cannot open the circuit of the others),
+/// or the whole upstream when the caller names none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BreakerScope {
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+impl BreakerScope {
+    pub const WHOLE: BreakerScope = BreakerScope {
+        method: "*",
+        route: "*",
+    };
+    /// Shared by every scope past [`MAX_SCOPES`], so no caller can grow the breakers (and their
+    /// metric series) without bound.
+    const OVERFLOW: BreakerScope = BreakerScope {
+        method: "OTHER",
+        route: "*",
+    };
+}
+
+impl std::fmt::Display for BreakerScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == BreakerScope::WHOLE {
+            f.write_str("*")
+        } else {
+            write!(f, "{} {}", self.method, self.route)
+        }
+    }
+}
+
+/// Most breakers one upstream keeps (the gateway has a few dozen method × route pairs).
+pub const MAX_SCOPES: usize = 64;
+
+struct ScopedBreaker {
+    scope: BreakerScope,
+    breaker: Breaker,
+    /// The state last reported, to notice changes.
+    reported: &'static str,
+}
+
 /// Something worth a log line and a metric.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -128,6 +170,7 @@ pub enum Change {
         endpoint: SocketAddr,
     },
     Breaker {
+        scope: BreakerScope,
         from: &'static str,
         to: &'static str,
     },
@@ -155,12 +198,24 @@ pub struct EndpointView {
     pub idle_connections: usize,
 }
 
+/// One breaker as the admin view shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BreakerView {
+    /// `GET /orders/{id}`, or `*` for the whole upstream.
+    pub route: String,
+    pub state: &'static str,
+    pub retry_after_ms: Option<u64>,
+}
+
 /// The whole pool as the admin view shows it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PoolView {
     pub strategy: &'static str,
+    /// The worst state of any breaker (open, half_open, closed), and the longest wait.
     pub breaker: &'static str,
     pub breaker_retry_after_ms: Option<u64>,
+    /// Each breaker, by route.
+    pub breakers: Vec<BreakerView>,
     pub endpoints: Vec<EndpointView>,
 }
 
@@ -169,8 +224,7 @@ pub struct Pool {
     slots: Vec<Slot>,
     balancer: Balancer,
     outliers: Outliers<SocketAddr>,
-    breaker: Breaker,
-    breaker_state: &'static str,
+    breakers: Vec<ScopedBreaker>,
     budget: RetryBudget,
     empty_since: Option<Instant>,
     rng: XorShift,
@@ -183,8 +237,7 @@ impl Pool {
         Pool {
             balancer: Balancer::new(config.strategy),
             outliers: Outliers::new(config.outliers.clone(), Box::new(move || jitter.next_f64())),
-            breaker: Breaker::new(config.breaker.clone(), now),
-            breaker_state: State::Closed.name(),
+            breakers: Vec::new(),
             budget: RetryBudget::new(
                 config.retry_budget_percent,
                 config.retry_min_per_second,
@@ -256,11 +309,33 @@ impl Pool {
         self.budget.try_withdraw(now)
     }
 
-    /// Chooses an endpoint for one attempt, never `exclude`, and starts tracking `call(addr)`.
+    /// The breaker of `scope`, created closed on first use.
+    fn breaker(&mut self, scope: BreakerScope, now: Instant) -> usize {
+        let scope = if self.breakers.len() >= MAX_SCOPES
+            && !self.breakers.iter().any(|b| b.scope == scope)
+        {
+            BreakerScope::OVERFLOW
+        } else {
+            scope
+        };
+        if let Some(i) = self.breakers.iter().position(|b| b.scope == scope) {
+            return i;
+        }
+        self.breakers.push(ScopedBreaker {
+            scope,
+            breaker: Breaker::new(self.config.breaker.clone(), now),
+            reported: State::Closed.name(),
+        });
+        self.breakers.len() - 1
+    }
+
+    /// Chooses an endpoint for one attempt of a call in `scope`, never `exclude`, and starts
+    /// tracking `call(addr)`.
     pub fn send<F, T, E>(
         &mut self,
         now: Instant,
         exclude: Option<SocketAddr>,
+        scope: BreakerScope,
         call: impl FnOnce(SocketAddr) -> F,
     ) -> Result<(SocketAddr, Tracked<F>), (Refusal, Vec<Change>)>
     where
@@ -281,8 +356,9 @@ impl Pool {
         if self.eligible.is_empty() {
             return Err((Refusal::NoOtherEndpoint, changes));
         }
-        let admitted = self.breaker.try_acquire(now);
-        self.note_breaker(now, &mut changes);
+        let b = self.breaker(scope, now);
+        let admitted = self.breakers[b].breaker.try_acquire(now);
+        self.note_breaker(b, now, &mut changes);
         if let Err(rejected) = admitted {
             return Err((
                 Refusal::CircuitOpen {
@@ -305,8 +381,14 @@ impl Pool {
         Ok((addr, tracked))
     }
 
-    /// An attempt sent to `addr` ended; returns what changed because of it.
-    pub fn finish(&mut self, addr: SocketAddr, now: Instant, outcome: Outcome) -> Vec<Change> {
+    /// An attempt in `scope` sent to `addr` ended; returns what changed because of it.
+    pub fn finish(
+        &mut self,
+        addr: SocketAddr,
+        now: Instant,
+        scope: BreakerScope,
+        outcome: Outcome,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
         let success = matches!(outcome, Outcome::Success { .. });
         if let Ok(i) = self.slots.binary_search_by_key(&addr, |s| s.endpoint.addr) {
@@ -331,42 +413,68 @@ impl Pool {
                 None => {}
             }
         }
-        self.breaker.record(now, success);
-        self.note_breaker(now, &mut changes);
+        let b = self.breaker(scope, now);
+        self.breakers[b].breaker.record(now, success);
+        self.note_breaker(b, now, &mut changes);
         changes
     }
 
     /// An attempt ended for a reason that says nothing about the endpoint (the caller's own
     /// request was bad): its in-flight count and any probe slot are given back, and the
     /// breaker counts it as a call the service did not fail.
-    pub fn finish_unjudged(&mut self, addr: SocketAddr, now: Instant) {
+    pub fn finish_unjudged(&mut self, addr: SocketAddr, now: Instant, scope: BreakerScope) {
         if let Ok(i) = self.slots.binary_search_by_key(&addr, |s| s.endpoint.addr) {
             self.slots[i].in_flight = self.slots[i].in_flight.saturating_sub(1);
         }
         self.outliers.cancel(&addr);
-        self.breaker.record(now, true);
+        let b = self.breaker(scope, now);
+        self.breakers[b].breaker.record(now, true);
     }
 
-    fn note_breaker(&mut self, now: Instant, changes: &mut Vec<Change>) {
-        let name = self.breaker.state(now).name();
-        if name != self.breaker_state {
+    fn note_breaker(&mut self, b: usize, now: Instant, changes: &mut Vec<Change>) {
+        let scoped = &mut self.breakers[b];
+        let name = scoped.breaker.state(now).name();
+        if name != scoped.reported {
             changes.push(Change::Breaker {
-                from: self.breaker_state,
+                scope: scoped.scope,
+                from: scoped.reported,
                 to: name,
             });
-            self.breaker_state = name;
+            scoped.reported = name;
         }
     }
 
-    /// Notes an open breaker's lapse into half-open that no call has noticed yet.
+    /// Notes open breakers' lapse into half-open that no call has noticed yet.
     pub fn note_breaker_lapse(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
-        self.note_breaker(now, &mut changes);
+        for b in 0..self.breakers.len() {
+            self.note_breaker(b, now, &mut changes);
+        }
         changes
     }
 
     pub fn view(&mut self, now: Instant) -> PoolView {
-        let state = self.breaker.state(now);
+        let breakers: Vec<BreakerView> = self
+            .breakers
+            .iter_mut()
+            .map(|b| {
+                let state = b.breaker.state(now);
+                BreakerView {
+                    route: b.scope.to_string(),
+                    state: state.name(),
+                    retry_after_ms: match state {
+                        State::Open { until } => {
+                            Some(until.saturating_duration_since(now).as_millis() as u64)
+                        }
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        let worst = ["open", "half_open"]
+            .into_iter()
+            .find(|state| breakers.iter().any(|b| b.state == *state))
+            .unwrap_or("closed");
         let eligible = self.outliers.eligible(now);
         let costs: Vec<_> = self.slots.iter().map(|s| s.load.load()).collect();
         let endpoints = self
@@ -397,13 +505,9 @@ impl Pool {
             .collect();
         PoolView {
             strategy: self.balancer.strategy().name(),
-            breaker: state.name(),
-            breaker_retry_after_ms: match state {
-                State::Open { until } => {
-                    Some(until.saturating_duration_since(now).as_millis() as u64)
-                }
-                _ => None,
-            },
+            breaker: worst,
+            breaker_retry_after_ms: breakers.iter().filter_map(|b| b.retry_after_ms).max(),
+            breakers,
             endpoints,
         }
     }
@@ -436,7 +540,7 @@ mod tests {
         let mut picks = std::collections::BTreeMap::<SocketAddr, u32>::new();
         for _ in 0..600 {
             let (picked, call) = pool
-                .send(Instant::now(), None, |a| {
+                .send(Instant::now(), None, BreakerScope::WHOLE, |a| {
                     let delay = if a == slow { 50 } else { 1 };
                     async move {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -446,7 +550,12 @@ mod tests {
                 .unwrap();
             call.await.unwrap();
             let latency = Duration::from_millis(if picked == slow { 50 } else { 1 });
-            pool.finish(picked, Instant::now(), Outcome::Success { latency });
+            pool.finish(
+                picked,
+                Instant::now(),
+                BreakerScope::WHOLE,
+                Outcome::Success { latency },
+            );
             *picks.entry(picked).or_default() += 1;
         }
         let to_slow = picks.get(&slow).copied().unwrap_or(0);
@@ -470,18 +579,23 @@ mod tests {
         );
         pool.sync(&endpoints(&ABC[..2]), now);
         for _ in 0..20 {
-            let (picked, _) = pool.send(now, Some(addr(ABC[0])), |_| ready()).unwrap();
+            let (picked, _) = pool
+                .send(now, Some(addr(ABC[0])), BreakerScope::WHOLE, |_| ready())
+                .unwrap();
             assert_eq!(picked, addr(ABC[1]));
             pool.finish(
                 picked,
                 now,
+                BreakerScope::WHOLE,
                 Outcome::Success {
                     latency: Duration::ZERO,
                 },
             );
         }
         pool.sync(&endpoints(&ABC[..1]), now);
-        let refused = pool.send(now, Some(addr(ABC[0])), |_| ready()).map(|_| ());
+        let refused = pool
+            .send(now, Some(addr(ABC[0])), BreakerScope::WHOLE, |_| ready())
+            .map(|_| ());
         assert_eq!(refused.unwrap_err().0, Refusal::NoOtherEndpoint);
     }
 
@@ -490,7 +604,9 @@ mod tests {
         let t0 = Instant::now();
         let mut pool = Pool::new(PoolConfig::default(), t0, 1);
         let t1 = t0 + Duration::from_secs(2);
-        let refused = pool.send(t1, None, |_| ready()).map(|_| ());
+        let refused = pool
+            .send(t1, None, BreakerScope::WHOLE, |_| ready())
+            .map(|_| ());
         assert_eq!(
             refused.unwrap_err().0,
             Refusal::NoEndpoints {
@@ -498,11 +614,19 @@ mod tests {
             }
         );
         pool.sync(&endpoints(&ABC), t1);
-        assert!(pool.send(t1, None, |_| ready()).is_ok());
+        assert!(
+            pool.send(t1, None, BreakerScope::WHOLE, |_| ready())
+                .is_ok()
+        );
         let t2 = t1 + Duration::from_secs(5);
         pool.sync(&[], t2);
         let refused = pool
-            .send(t2 + Duration::from_secs(1), None, |_| ready())
+            .send(
+                t2 + Duration::from_secs(1),
+                None,
+                BreakerScope::WHOLE,
+                |_| ready(),
+            )
             .map(|_| ());
         assert_eq!(
             refused.unwrap_err().0,
@@ -530,7 +654,7 @@ mod tests {
         pool.sync(&endpoints(&ABC), now);
         let a = addr(ABC[0]);
         let changes: Vec<Change> = (0..5)
-            .flat_map(|_| pool.finish(a, now, Outcome::Failure))
+            .flat_map(|_| pool.finish(a, now, BreakerScope::WHOLE, Outcome::Failure))
             .collect();
         assert!(
             matches!(changes.as_slice(), [Change::Ejected { endpoint, reason: "consecutive failures", .. }] if *endpoint == a),
@@ -539,11 +663,12 @@ mod tests {
         // b and c fail too (but are not ejected: that would pass the 50 % cap).
         let mut opened = None;
         for call in 0..20 {
-            match pool.send(now, None, |_| ready()) {
+            match pool.send(now, None, BreakerScope::WHOLE, |_| ready()) {
                 Ok((picked, _)) => {
                     assert_ne!(picked, a);
-                    let changes = pool.finish(picked, now, Outcome::Failure);
+                    let changes = pool.finish(picked, now, BreakerScope::WHOLE, Outcome::Failure);
                     if changes.contains(&Change::Breaker {
+                        scope: BreakerScope::WHOLE,
                         from: "closed",
                         to: "open",
                     }) {
@@ -565,13 +690,78 @@ mod tests {
         assert!(view.endpoints[0].ejected && !view.endpoints[0].eligible);
     }
 
+    /// Issue 15, defect 9: one route's failures open its breaker, not its neighbours'; and no
+    /// caller can make more than MAX_SCOPES (+1 shared) breakers.
+    #[test]
+    fn breakers_are_per_route_and_bounded() {
+        let now = Instant::now();
+        let config = PoolConfig {
+            breaker: BreakerConfig {
+                minimum_calls: 5,
+                ..BreakerConfig::default()
+            },
+            outliers: crate::outlier::OutlierConfig {
+                consecutive_failures: 1000,
+                ..Default::default()
+            },
+            ..PoolConfig::default()
+        };
+        let mut pool = Pool::new(config, now, 3);
+        pool.sync(&endpoints(&ABC), now);
+        let place = BreakerScope {
+            method: "POST",
+            route: "/orders",
+        };
+        let read = BreakerScope {
+            method: "GET",
+            route: "/orders/{id}",
+        };
+        for _ in 0..5 {
+            let (picked, _) = pool.send(now, None, place, |_| ready()).unwrap();
+            pool.finish(picked, now, place, Outcome::Failure);
+        }
+        assert!(matches!(
+            pool.send(now, None, place, |_| ready()).map(|_| ()),
+            Err((Refusal::CircuitOpen { .. }, _))
+        ));
+        assert!(
+            pool.send(now, None, read, |_| ready()).is_ok(),
+            "reads still go"
+        );
+        let view = pool.view(now);
+        assert_eq!(view.breaker, "open");
+        let states: Vec<(&str, &str)> = view
+            .breakers
+            .iter()
+            .map(|b| (b.route.as_str(), b.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("POST /orders", "open"), ("GET /orders/{id}", "closed")]
+        );
+
+        let invented: Vec<&'static str> = (0..200)
+            .map(|i| &*Box::leak(format!("/r{i}").into_boxed_str()))
+            .collect();
+        for route in invented {
+            let scope = BreakerScope {
+                method: "GET",
+                route,
+            };
+            let _ = pool.send(now, None, scope, |_| ready());
+        }
+        assert_eq!(pool.view(now).breakers.len(), MAX_SCOPES + 1);
+    }
+
     #[test]
     fn state_survives_a_resync_that_keeps_the_endpoint() {
         let now = Instant::now();
         let mut pool = Pool::new(PoolConfig::default(), now, 3);
         pool.sync(&endpoints(&ABC), now);
-        let (picked, _) = pool.send(now, None, |_| ready()).unwrap();
-        pool.finish(picked, now, Outcome::Failure);
+        let (picked, _) = pool
+            .send(now, None, BreakerScope::WHOLE, |_| ready())
+            .unwrap();
+        pool.finish(picked, now, BreakerScope::WHOLE, Outcome::Failure);
         pool.sync(
             &endpoints(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]),
             now,

@@ -9,6 +9,9 @@
 //! - `PUT` a path ending in `/__echo/delay?ms=N`: from now on answer every other request N ms
 //!   late
 //!
+//! - with `--fail-method M`: 503 to every request with method M (a service whose dependency is
+//!   down for one route, e.g. placing orders, while its reads keep working)
+//!
 //! (Suffixes, so the same calls work through the gateway's `/users/…` routes.)
 //! - `/readyz`, `/healthz`: 200
 
@@ -43,10 +46,14 @@ struct Flags {
     /// Initial delay before answering, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Answer 503 to every request with this method.
+    #[arg(long)]
+    fail_method: Option<Method>,
 }
 
 struct Backend {
     name: String,
+    fail_method: Option<Method>,
     delay_ms: AtomicU64,
     requests: Mutex<BTreeMap<String, u64>>,
 }
@@ -101,6 +108,12 @@ async fn handle(
         .expect("counts")
         .entry(request.method().to_string())
         .or_default() += 1;
+    if backend.fail_method.as_ref() == Some(request.method()) {
+        return Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"detail\":\"a dependency is down\"}".into(),
+        ));
+    }
     let delay = backend.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -143,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.listen))?;
         let backend = Arc::new(Backend {
             name: flags.name.unwrap_or_else(|| flags.listen.to_string()),
+            fail_method: flags.fail_method,
             delay_ms: AtomicU64::new(flags.delay_ms),
             requests: Mutex::default(),
         });

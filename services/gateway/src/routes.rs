@@ -1,0 +1,109 @@
+//! The route templates of the services behind the gateway (their OpenAPI paths), so calls can
+//! be told apart per route — each method × template has a circuit breaker of its own — without
+//! letting clients invent routes: a path that matches no template falls in its prefix's
+//! catch-all, so the number of routes stays what this table says.
+
+use http::Method;
+use msa_upstream::BreakerScope;
+
+/// Every route the services serve through the gateway.
+const TEMPLATES: &[&str] = &[
+    "/users",
+    "/users/{id}",
+    "/orders",
+    "/orders/{id}",
+    "/orders/{id}/status",
+    "/orders/user/{user_id}",
+    "/products",
+    "/products/{id}",
+    "/products/{id}/stock",
+];
+
+/// Catch-alls for paths under a prefix that match no template.
+const CATCH_ALLS: &[(&str, &str)] = &[
+    ("/users", "/users/{*rest}"),
+    ("/orders", "/orders/{*rest}"),
+    ("/products", "/products/{*rest}"),
+];
+
+/// The template `path` belongs to: the one with the most literal segments among those of the
+/// same shape, else its prefix's catch-all, else `"*"`.
+pub fn template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut best: Option<(&'static str, usize)> = None;
+    for candidate in TEMPLATES {
+        let parts: Vec<&str> = candidate.trim_start_matches('/').split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut literals = 0;
+        let fits = parts.iter().zip(&segments).all(|(part, segment)| {
+            if part.starts_with('{') {
+                !segment.is_empty()
+            } else {
+                literals += 1;
+                part == segment
+            }
+        });
+        if fits && best.is_none_or(|(_, most)| literals > most) {
+            best = Some((candidate, literals));
+        }
+    }
+    if let Some((template, _)) = best {
+        return template;
+    }
+    CATCH_ALLS
+        .iter()
+        .find(|(prefix, _)| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .map_or("*", |(_, catch_all)| catch_all)
+}
+
+/// The breaker a request to `path` with `method` counts against.
+pub fn breaker_scope(method: &Method, path: &str) -> BreakerScope {
+    BreakerScope {
+        method: msa_service_kit::metrics::method_label(method),
+        route: template(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths_map_to_their_service_routes() {
+        for (path, expected) in [
+            ("/users", "/users"),
+            ("/users/42", "/users/{id}"),
+            ("/orders/7", "/orders/{id}"),
+            ("/orders/7/status", "/orders/{id}/status"),
+            ("/orders/user/9", "/orders/user/{user_id}"),
+            ("/products/3/stock", "/products/{id}/stock"),
+            ("/orders/7/unknown", "/orders/{*rest}"),
+            ("/orders//status", "/orders/{*rest}"),
+            ("/products/a/b/c/d", "/products/{*rest}"),
+            ("/payments", "*"),
+        ] {
+            assert_eq!(template(path), expected, "{path}");
+        }
+        let scope = breaker_scope(&Method::from_bytes(b"BREW").unwrap(), "/orders/1");
+        assert_eq!((scope.method, scope.route), ("OTHER", "/orders/{id}"));
+    }
+
+    proptest! {
+        /// Whatever the path, its route is one of the table's: clients cannot add routes.
+        #[test]
+        fn every_path_lands_on_a_known_route(path in "(/[a-z0-9{}*]{0,6}){0,5}") {
+            let route = template(&path);
+            prop_assert!(
+                TEMPLATES.contains(&route)
+                    || CATCH_ALLS.iter().any(|(_, c)| *c == route)
+                    || route == "*"
+            );
+        }
+    }
+}
