@@ -4,6 +4,7 @@
 
 mod demo;
 mod plan;
+mod restart;
 mod run;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! `msa-local up`: start the plan's processes one by one, each once the ones it calls are ready;
-//! report where everything is; stop them all (callers first) on Ctrl-C or SIGTERM, or when one
-//! of them dies.
+//! report where everything is; restart a component that dies (with backoff, see
+//! [`crate::restart`]) while the rest keep serving; stop them all (callers first) on Ctrl-C,
+//! SIGTERM or SIGHUP (the terminal closing). Each component also watches this process and stops
+//! when it is gone (`MSA_EXIT_WITH_PARENT`), so not even a `kill -9` leaves one behind.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::plan::{Plan, Process, Replicas, plan};
+use crate::restart::Restarts;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -38,22 +41,26 @@ struct Running {
     process: Process,
     child: Child,
     log: PathBuf,
+    restarts: Restarts,
+    /// Dead, to be started again at this instant.
+    restart_at: Option<Instant>,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(crate::default_bin_dir);
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let logs = data_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("bad data folder {}", args.data_dir.display()))?;
     let replicas = Replicas {
         user: args.user_replicas,
         order: args.order_replicas,
         product: args.product_replicas,
     };
     let plan = plan(args.port, replicas, &data_dir).map_err(anyhow::Error::msg)?;
+    // Before anything is created: a refused start leaves nothing behind.
     preflight(&plan, &bin_dir)?;
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs)
+        .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
 
     let mut running: Vec<Running> = Vec::new();
     for process in &plan.processes {
@@ -72,7 +79,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     print_summary(&plan, &running);
 
-    let outcome = supervise(&mut running).await;
+    let outcome = supervise(&mut running, &bin_dir).await;
     eprintln!("\nstopping …");
     stop_all(&mut running);
     eprintln!("stopped; the data stays in {}", data_dir.display());
@@ -99,29 +106,16 @@ fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts `process` and waits (up to 30 s) until it is ready.
 async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result<Running> {
     let log = logs.join(format!("{}.log", process.instance));
-    let out = File::options().create(true).append(true).open(&log)?;
-    let child = Command::new(bin_dir.join(process.binary))
-        .args([
-            "--listen",
-            &process.listen.to_string(),
-            "--log-format",
-            "text",
-        ])
-        .args(&process.args)
-        .env("MSA_POD_NAME", &process.instance)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        // Its own process group: Ctrl-C reaches msa-local, which stops the components in order.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {}", process.binary))?;
+    let child = spawn(process, bin_dir, &log)?;
     let mut running = Running {
         process: process.clone(),
         child,
         log,
+        restarts: Restarts::new(Instant::now()),
+        restart_at: None,
     };
     let http = reqwest::Client::builder().no_proxy().build()?;
     let url = format!("http://{}/readyz", process.listen);
@@ -153,6 +147,28 @@ async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result
     }
 }
 
+/// Runs `process` with its output appended to `log`.
+fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child> {
+    let out = File::options().create(true).append(true).open(log)?;
+    Command::new(bin_dir.join(process.binary))
+        .args([
+            "--listen",
+            &process.listen.to_string(),
+            "--log-format",
+            "text",
+        ])
+        .args(&process.args)
+        .env("MSA_POD_NAME", &process.instance)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group: Ctrl-C reaches msa-local, which stops the components in order.
+        .process_group(0)
+        .env("MSA_EXIT_WITH_PARENT", "1")
+        .spawn()
+        .with_context(|| format!("cannot start {}", process.binary))
+}
+
 fn print_summary(plan: &Plan, running: &[Running]) {
     println!("\nmsa is running — gateway http://{}", plan.gateway);
     for r in running {
@@ -164,30 +180,60 @@ fn print_summary(plan: &Plan, running: &[Running]) {
     );
     println!("logs:       {}", plan.data_dir.join("logs").display());
     println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
-    println!(
-        "try:        make demo   (or: msa-local demo --gateway http://{})",
-        plan.gateway
-    );
+    let local = std::env::current_exe()
+        .map(|exe| exe.display().to_string())
+        .unwrap_or_else(|_| "msa-local".into());
+    println!("try:        {local} demo --gateway http://{}", plan.gateway);
     println!("Ctrl-C stops everything; the data stays.");
 }
 
-/// Until Ctrl-C or SIGTERM (Ok), or a component dying (Err).
-async fn supervise(running: &mut [Running]) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+/// Until Ctrl-C, SIGTERM or SIGHUP. A component that dies is reported and started again after
+/// its backoff; the others keep serving (the gateway steers around the missing replica).
+async fn supervise(running: &mut [Running], bin_dir: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = hangup.recv() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+        let now = Instant::now();
         for r in running.iter_mut() {
-            if let Some(status) = r.child.try_wait()? {
-                bail!(
-                    "{} exited unexpectedly ({status}); its log, {}:\n{}",
-                    r.process.instance,
-                    r.log.display(),
-                    tail(&r.log)
-                );
+            match r.restart_at {
+                None => {
+                    if let Some(status) = r.child.try_wait()? {
+                        let delay = r.restarts.died(now);
+                        eprintln!(
+                            "{} exited unexpectedly ({status}); restarting it in {} s. The rest keep serving. The end of its log, {}:\n{}",
+                            r.process.instance,
+                            delay.as_secs(),
+                            r.log.display(),
+                            tail(&r.log)
+                        );
+                        r.restart_at = Some(now + delay);
+                    }
+                }
+                Some(at) if now >= at => match spawn(&r.process, bin_dir, &r.log) {
+                    Ok(child) => {
+                        eprintln!("{} started again", r.process.instance);
+                        r.child = child;
+                        r.restarts.started(now);
+                        r.restart_at = None;
+                    }
+                    Err(error) => {
+                        let delay = r.restarts.died(now);
+                        eprintln!(
+                            "{} could not be started again ({error:#}); next try in {} s",
+                            r.process.instance,
+                            delay.as_secs()
+                        );
+                        r.restart_at = Some(now + delay);
+                    }
+                },
+                Some(_) => {}
             }
         }
     }

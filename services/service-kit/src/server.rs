@@ -260,17 +260,33 @@ where
     tower::ServiceExt::map_response(service, mark)
 }
 
-/// SIGTERM (Kubernetes) or Ctrl-C.
+/// SIGTERM (Kubernetes) or Ctrl-C; with `MSA_EXIT_WITH_PARENT=1` (set by `msa-local`) also the
+/// death of the process that started this one, so a supervisor killed outright leaves no
+/// component behind. (Polling the parent's pid needs no `unsafe`, unlike `PR_SET_PDEATHSIG`.)
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    let orphaned = async {
+        if std::env::var("MSA_EXIT_WITH_PARENT").as_deref() != Ok("1") {
+            return std::future::pending().await;
+        }
+        let parent = std::os::unix::process::parent_id();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if std::os::unix::process::parent_id() != parent {
+                warn!(
+                    parent,
+                    "the process that started this one is gone; stopping"
+                );
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+        () = orphaned => {},
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// JSON (default) or human-readable logs; `RUST_LOG` filters (default `info`).
