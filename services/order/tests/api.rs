@@ -2,6 +2,8 @@
 //! 127.0.0.1), each on SQLite and on PostgreSQL: the saga, its compensation, status changes,
 //! the concurrency guarantee, header propagation and restart durability.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
@@ -9,10 +11,9 @@ use msa_order::peers::Peers;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
-use msa_upstream::endpoint::parse_list;
-use msa_upstream::metrics::UpstreamMetrics;
-use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
 use serde_json::{Value, json};
+
+use common::peers;
 
 /// The user and product services the order service calls.
 struct Neighbours {
@@ -44,21 +45,6 @@ async fn start_neighbours(backend: TestBackend) -> Neighbours {
     )
     .await;
     Neighbours { users, products }
-}
-
-/// Peers at fixed addresses with the default call policy.
-fn peers(user_url: &str, product_url: &str) -> Peers {
-    let metrics = UpstreamMetrics::register(&mut Default::default());
-    let upstream = |name: &str, list: &str| {
-        Upstream::new(
-            name,
-            Discovery::fixed(parse_list(list).unwrap()),
-            PoolConfig::default(),
-            CallConfig::default(),
-            metrics.clone(),
-        )
-    };
-    Peers::new(upstream("user", user_url), upstream("product", product_url))
 }
 
 async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {

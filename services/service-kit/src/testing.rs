@@ -367,3 +367,331 @@ pub async fn migrate_concurrently(
         "{service}: each migration applied exactly once"
     );
 }
+
+/// A bounded random walk over a service's routes for robustness tests. `routes` are
+/// `"METHOD /path/{id}"`; each request takes one, mostly with its own method (else a random or
+/// invented one), fills its `{…}` parts from `ids` (existing records), fresh UUIDs or junk, and
+/// sends random headers and a random body: mostly a JSON object of `fields` with hostile values,
+/// else truncated JSON, raw bytes or nothing. After each request: no 5xx; and when the request was
+/// refused (4xx), the rows `snapshot` selects are unchanged. Deterministic per `seed`, which a
+/// failure prints.
+pub struct FuzzPlan<'a> {
+    pub routes: &'a [&'a str],
+    pub ids: &'a [String],
+    pub fields: &'a [&'a str],
+    /// Queries whose rows must not change when a request is refused.
+    pub snapshot: &'a [&'a str],
+    pub rounds: usize,
+    pub seed: u64,
+}
+
+pub async fn fuzz_routes(api: &TestClient, db: &crate::db::Database, plan: FuzzPlan<'_>) {
+    let FuzzPlan {
+        routes,
+        ids,
+        fields,
+        snapshot,
+        rounds,
+        seed,
+    } = plan;
+    // MSA_FUZZ_ROUNDS and MSA_FUZZ_SEED run it longer or elsewhere by hand.
+    let rounds = std::env::var("MSA_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
+    let seed = std::env::var("MSA_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(seed);
+    let mut rng = Fuzz(seed.max(1));
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut before = table_rows(db, snapshot).await;
+    for round in 0..rounds {
+        let (own_method, template) = rng_pick_str(&mut rng, routes)
+            .split_once(' ')
+            .expect("routes are \"METHOD /path\"");
+        let method = if rng.below(4) == 0 {
+            *rng.pick(&[
+                "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "BREW", "PROPFIND",
+            ])
+        } else {
+            own_method
+        };
+        let path = fill_path(&mut rng, template, ids);
+        let mut request = api.http.request(
+            method.parse().expect("a method token"),
+            format!("{}{path}", api.base),
+        );
+        match rng.below(8) {
+            0 => {}
+            1 => request = request.header("content-type", "text/plain"),
+            2 => request = request.header("content-type", "application/json; charset=utf-8"),
+            _ => request = request.header("content-type", "application/json"),
+        }
+        if rng.below(3) == 0 {
+            // Only what a header value can carry (no control characters besides tab).
+            let id: String = rng
+                .junk_text(80)
+                .chars()
+                .filter(|c| *c == '\t' || (' '..='~').contains(c))
+                .collect();
+            request = request.header("x-request-id", id);
+        }
+        let body = match rng.below(8) {
+            0 => Vec::new(),
+            1 => rng.junk_bytes(200),
+            2 => {
+                let json = rng.json_object(fields, 0).to_string().into_bytes();
+                json[..rng.below(json.len() as u64 + 1) as usize].to_vec()
+            }
+            3 => rng.json_object(fields, 0).to_string().into_bytes(),
+            _ => rng.plausible_object(fields, ids).to_string().into_bytes(),
+        };
+        let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed} round {round}: {method} {path}: {e}"));
+        let status = response.status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+        assert!(
+            status < 500,
+            "seed {seed} round {round}: {method} {path} {shown} → {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        let after = table_rows(db, snapshot).await;
+        if (400..500).contains(&status) {
+            assert_eq!(
+                before, after,
+                "seed {seed} round {round}: the refused {method} {path} {shown} ({status}) changed stored data"
+            );
+        }
+        before = after;
+    }
+    println!("seed {seed}, {rounds} requests, answers by status: {statuses:?}");
+}
+
+fn rng_pick_str<'a>(rng: &mut Fuzz, items: &[&'a str]) -> &'a str {
+    items[rng.below(items.len() as u64) as usize]
+}
+
+fn fill_path(rng: &mut Fuzz, template: &str, ids: &[String]) -> String {
+    let mut path = String::new();
+    for (i, segment) in template.split('/').enumerate() {
+        if i > 0 {
+            path.push('/');
+        }
+        if segment.starts_with('{') {
+            path.push_str(&match rng.below(4) {
+                0 | 1 if !ids.is_empty() => rng.pick(ids).clone(),
+                2 => uuid::Uuid::new_v4().to_string(),
+                _ => rng.junk_path_segment(),
+            });
+        } else {
+            path.push_str(segment);
+        }
+    }
+    if rng.below(6) == 0 {
+        path.push_str(&format!(
+            "?limit={}&offset={}",
+            rng.number_text(),
+            rng.number_text()
+        ));
+    }
+    path
+}
+
+/// Every row `queries` select, as text, for comparing before and after a request.
+async fn table_rows(db: &crate::db::Database, queries: &[&str]) -> Vec<Vec<String>> {
+    use sqlx::{Column, Row};
+    let mut rows = Vec::new();
+    for query in queries {
+        for row in sqlx::query(query)
+            .fetch_all(&db.pool)
+            .await
+            .expect("a snapshot query")
+        {
+            rows.push(
+                row.columns()
+                    .iter()
+                    .map(|column| {
+                        let i = column.ordinal();
+                        row.try_get::<Option<String>, _>(i)
+                            .map(|v| format!("{v:?}"))
+                            .or_else(|_| row.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
+                            .unwrap_or_else(|e| format!("unreadable: {e}"))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// xorshift64: reproducible without a dependency.
+struct Fuzz(u64);
+
+impl Fuzz {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    fn junk_bytes(&mut self, max: u64) -> Vec<u8> {
+        (0..self.below(max)).map(|_| self.next() as u8).collect()
+    }
+
+    /// Text with control, escape, quote, bidi and non-ASCII characters among plain ones.
+    fn junk_text(&mut self, max: u64) -> String {
+        const PARTS: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            " ",
+            "\"",
+            "\\",
+            "\0",
+            "\x1b[31m",
+            "\x07",
+            "\n",
+            "\u{202e}",
+            "é",
+            "e\u{301}",
+            "漢",
+            "%00",
+            "../",
+            "'; DROP TABLE x;--",
+            "@",
+            ".",
+            "{}",
+        ];
+        (0..self.below(max)).map(|_| *self.pick(PARTS)).collect()
+    }
+
+    fn junk_path_segment(&mut self) -> String {
+        const SEGMENTS: &[&str] = &[
+            "x",
+            "0",
+            "-1",
+            "%2e%2e",
+            "..",
+            "%00",
+            "00000000-0000-0000-0000-000000000000",
+            "ZZZZZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZZZZZZZZZZ",
+            "%F0%9F%92%A9",
+            "a%20b",
+        ];
+        (*self.pick(SEGMENTS)).to_owned()
+    }
+
+    fn number_text(&mut self) -> String {
+        const NUMBERS: &[&str] = &[
+            "0",
+            "1",
+            "-1",
+            "100",
+            "101",
+            "9223372036854775807",
+            "9223372036854775808",
+            "1e3",
+            "abc",
+            "",
+        ];
+        (*self.pick(NUMBERS)).to_owned()
+    }
+
+    fn json_value(&mut self, fields: &[&str], depth: u32) -> serde_json::Value {
+        use serde_json::json;
+        match self.below(if depth > 2 { 9 } else { 12 }) {
+            0 => json!(null),
+            1 => json!(self.below(2) == 1),
+            2 => json!(*self.pick(&[0i64, 1, -1, 5, 100, i64::MAX, i64::MIN, 1_000_000_001])),
+            3 => json!(*self.pick(&[0.5f64, 19.99, -0.01, 1e300, 9.007_199_254_740_993e15])),
+            4 => json!(*self.pick(&["1.5", "19.990000000000001", "-3", "999999999999.99", "0.10"])),
+            5 => json!(self.junk_text(30)),
+            6 => json!(uuid::Uuid::new_v4().to_string()),
+            7 => json!("x".repeat(self.below(3000) as usize)),
+            8 => json!(*self.pick(&["shipped", "cancelled", "delivered", "confirmed", "lost"])),
+            9 => json!(*self.pick(&[
+                "a@example.com",
+                "A@EXAMPLE.COM",
+                "ren\u{e9}@example.com",
+                "x@y"
+            ])),
+            10 => serde_json::Value::Array(
+                (0..self.below(4))
+                    .map(|_| self.json_object(fields, depth + 1))
+                    .collect(),
+            ),
+            _ => self.json_object(fields, depth + 1),
+        }
+    }
+
+    /// Each of `fields` at most once, with a value of a plausible kind for its name or a
+    /// hostile one: what reaches the handlers rather than the body parser.
+    fn plausible_object(&mut self, fields: &[&str], ids: &[String]) -> serde_json::Value {
+        use serde_json::json;
+        let mut object = serde_json::Map::new();
+        for field in fields {
+            if self.below(4) == 0 {
+                continue;
+            }
+            let value = if self.below(3) == 0 {
+                self.json_value(fields, 1)
+            } else {
+                match *field {
+                    "items" => serde_json::Value::Array(
+                        (0..self.below(4))
+                            .map(|_| {
+                                let product = if ids.is_empty() || self.below(4) == 0 {
+                                    uuid::Uuid::new_v4().to_string()
+                                } else {
+                                    self.pick(ids).clone()
+                                };
+                                let quantity =
+                                    *self.pick(&[1i64, 2, 0, -1, 1_000_000_000, i64::MAX]);
+                                json!({"product_id": product, "quantity": quantity})
+                            })
+                            .collect(),
+                    ),
+                    "id" | "user_id" | "product_id" if !ids.is_empty() => {
+                        json!(self.pick(ids).clone())
+                    }
+                    "id" | "user_id" | "product_id" => json!(uuid::Uuid::new_v4().to_string()),
+                    "price" => json!(*self.pick(&["1.00", "19.99", "0", "1000000000.00"])),
+                    "stock" | "quantity" => json!(*self.pick(&[0i64, 1, 7, 1_000_000_000])),
+                    "email" => json!(format!("u{}@example.com", self.below(1000))),
+                    "status" => json!(*self.pick(&["shipped", "cancelled", "delivered"])),
+                    _ => json!(format!("plain {}", self.below(1000))),
+                }
+            };
+            object.insert((*field).to_owned(), value);
+        }
+        serde_json::Value::Object(object)
+    }
+
+    fn json_object(&mut self, fields: &[&str], depth: u32) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        for _ in 0..self.below(fields.len() as u64 + 2) {
+            let key = if self.below(8) == 0 {
+                self.junk_text(6)
+            } else {
+                (*self.pick(fields)).to_owned()
+            };
+            let value = self.json_value(fields, depth);
+            object.insert(key, value);
+        }
+        serde_json::Value::Object(object)
+    }
+}
