@@ -9,6 +9,14 @@
 //! - `PUT` a path ending in `/__echo/delay?ms=N`: from now on answer every other request N ms
 //!   late
 //!
+//! - a path ending in `/__echo/status/<code>`: that status, with a small body (which hyper drops
+//!   where the status or a `HEAD` allows none)
+//! - a path ending in `/__echo/chunked`: 200 with a body of three chunks (no length)
+//! - a path ending in `/__echo/cut-body`: 200 announcing 100 bytes, sending 10, then closing
+//! - a path ending in `/__echo/no-answer`: the connection closes without a response
+//!
+//! The request echo also carries the HTTP version, the headers in order (repeats kept) and the
+//! body as text, so a conformance test can compare exactly what arrived.
 //! - with `--fail-method M`: 503 to every request with method M (a service whose dependency is
 //!   down for one route, e.g. placing orders, while its reads keep working)
 //!
@@ -16,7 +24,6 @@
 //! - `/readyz`, `/healthz`: 200
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +32,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -58,8 +67,8 @@ struct Backend {
     requests: Mutex<BTreeMap<String, u64>>,
 }
 
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn json(status: StatusCode, body: String) -> Answer {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -68,10 +77,13 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// A fixed body, or a streamed one (chunked, or cut off on purpose).
+type Answer = Response<Either<Full<Bytes>, BoxBody<Bytes, std::io::Error>>>;
+
 async fn handle(
     backend: Arc<Backend>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Answer, std::io::Error> {
     let path = request.uri().path().to_owned();
     let command = path.rsplit_once("/__echo/").map(|(_, c)| c);
     if path == "/readyz" || path == "/healthz" {
@@ -118,26 +130,72 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    if command == Some("request") {
-        let (parts, body) = request.into_parts();
-        let size = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
-        let headers: BTreeMap<String, String> = parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
-        let body = serde_json::json!({
-            "backend": backend.name,
-            "method": parts.method.as_str(),
-            "path": parts.uri.path_and_query().map(|pq| pq.as_str()),
-            "headers": headers,
-            "body_bytes": size,
-        });
-        return Ok(json(StatusCode::OK, body.to_string()));
+    match command {
+        Some("request") => {
+            let (parts, body) = request.into_parts();
+            let received = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let headers: BTreeMap<String, String> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let in_order: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let body = serde_json::json!({
+                "backend": backend.name,
+                "version": format!("{:?}", parts.version),
+                "method": parts.method.as_str(),
+                "path": parts.uri.path_and_query().map(|pq| pq.as_str()),
+                "headers": headers,
+                "header_list": in_order,
+                "body_bytes": received.len(),
+                "body": String::from_utf8_lossy(&received[..received.len().min(4096)]),
+            });
+            return Ok(json(StatusCode::OK, body.to_string()));
+        }
+        Some(status) if status.starts_with("status/") => {
+            let code = status["status/".len()..]
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok(json(code, "{\"body\":\"present\"}".into()));
+        }
+        Some("chunked") => {
+            let chunks = ["first,", "second,", "third"]
+                .map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(c.as_bytes()))));
+            let body = StreamBody::new(futures::stream::iter(chunks));
+            return Ok(Response::new(Either::Right(BodyExt::boxed(body))));
+        }
+        Some("cut-body") => {
+            // The pause lets the head and the first bytes go out before the break.
+            let frames = futures::stream::unfold(0, |sent| async move {
+                match sent {
+                    0 => Some((Ok(Frame::data(Bytes::from_static(b"0123456789"))), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("the backend stops mid-body")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let body = StreamBody::new(frames);
+            let mut response = Response::new(Either::Right(BodyExt::boxed(body)));
+            response.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static("100"),
+            );
+            return Ok(response);
+        }
+        Some("no-answer") => return Err(std::io::Error::other("no answer, on purpose")),
+        _ => {}
     }
     Ok(json(
         StatusCode::OK,
