@@ -29,15 +29,17 @@ const CATCH_ALLS: &[(&str, &str)] = &[
 /// The template `path` belongs to: the one with the most literal segments among those of the
 /// same shape, else its prefix's catch-all, else `"*"`.
 pub fn template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // On every proxied request: no allocation, one pass per template of the same length.
+    let segments = || path.trim_start_matches('/').split('/');
+    let count = segments().count();
     let mut best: Option<(&'static str, usize)> = None;
     for candidate in TEMPLATES {
-        let parts: Vec<&str> = candidate.trim_start_matches('/').split('/').collect();
-        if parts.len() != segments.len() {
+        let parts = || candidate.trim_start_matches('/').split('/');
+        if parts().count() != count {
             continue;
         }
         let mut literals = 0;
-        let fits = parts.iter().zip(&segments).all(|(part, segment)| {
+        let fits = parts().zip(segments()).all(|(part, segment)| {
             if part.starts_with('{') {
                 !segment.is_empty()
             } else {

@@ -9,6 +9,7 @@
 //! passed in; the accept loop and the per-connection task only feed it and act on its verdicts.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -57,16 +58,69 @@ impl Default for ConnectionLimits {
 }
 
 /// Whether `error` (a failed body read, wrapped any number of times) is the body timeout: the
-/// client paused longer than [`ConnectionLimits::body_timeout`].
+/// client paused longer than [`ConnectionLimits::body_timeout`]. It is an `io::Error` of kind
+/// `TimedOut`, so layers that do not know this crate (the upstream client) recognise it too.
 pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.is::<tower_http::timeout::TimeoutError>() {
+        if error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
             return true;
         }
         cause = error.source();
     }
     false
+}
+
+/// A request body that fails with a `TimedOut` error when the client pauses longer than
+/// `timeout`. Unlike tower-http's `TimeoutBody` it keeps the body's size hint (the gateway
+/// decides on it whether a request may be retried) and arms a timer only when the client is
+/// actually late, not for every request.
+struct StallTimeout {
+    inner: Incoming,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for StallTimeout {
+    type Data = axum::body::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the request body stopped arriving",
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What the connection should do now, by [`Activity::verdict`].
@@ -330,10 +384,11 @@ async fn connection<S>(
         with(&per_request, Activity::request_started);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
-        let body = Body::new(tower_http::timeout::TimeoutBody::new(
-            limits.body_timeout,
-            body,
-        ));
+        let body = Body::new(StallTimeout {
+            inner: body,
+            timeout: limits.body_timeout,
+            sleep: None,
+        });
         let answered = service.clone().oneshot(Request::from_parts(parts, body));
         let activity = per_request.clone();
         async move {

@@ -29,10 +29,18 @@ async fn server(idle_seconds: u64) -> String {
         },
         ..serve_args()
     };
-    let api = Router::new().route(
-        "/echo",
-        post(|Json(body): Json<serde_json::Value>| async move { Json(body) }),
-    );
+    let api = Router::new()
+        .route(
+            "/echo",
+            post(|Json(body): Json<serde_json::Value>| async move { Json(body) }),
+        )
+        .route(
+            "/hint",
+            post(|request: axum::extract::Request| async move {
+                use hyper::body::Body as _;
+                format!("{:?}", request.body().size_hint().exact())
+            }),
+        );
     let ops = Ops::new("kit", "test", "kit-0".into(), None);
     let (base, _) = spawn_with(api, ops, &args, std::future::pending()).await;
     base.trim_start_matches("http://").to_owned()
@@ -163,4 +171,18 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         waited >= Duration::from_millis(1500),
         "answered after {waited:?}, before a slot was free"
     );
+}
+
+/// The body timeout keeps what the body says about its size: the gateway decides on it whether
+/// a request can be kept for a retry (an unknown size cannot).
+#[tokio::test]
+async fn the_body_timeout_keeps_the_size_hint() {
+    let address = server(60).await;
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"POST /hint HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stream, PATIENCE).await;
+    assert!(text(&answer).ends_with("Some(5)"), "{}", text(&answer));
 }

@@ -128,7 +128,7 @@ impl BodyFault {
     fn of(error: &(dyn std::error::Error + 'static)) -> Self {
         if caused_by::<http_body_util::LengthLimitError>(error) {
             BodyFault::TooLarge
-        } else if caused_by::<tower_http::timeout::TimeoutError>(error) {
+        } else if timed_out(error) {
             BodyFault::Stalled
         } else {
             BodyFault::Unreadable
@@ -865,6 +865,21 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Whether a body error is a read that timed out: the server's body timeout (an `io::Error` of
+/// kind `TimedOut`, see msa-service-kit's `connections`).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
             return true;
         }
         current = e.source();
