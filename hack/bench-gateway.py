@@ -7,7 +7,12 @@ Fairness on a 2-core machine: the load generator (wrk, one thread) has CPU 0 to 
 proxy under test and the backends share CPU 1. Targets are interleaved over several rounds and
 medians are quoted. Not a pass/fail test: it prints figures (see BENCHMARKS.md).
 
-Usage: hack/bench-gateway.py [--rounds 5] [--seconds 3] [--connections 1,16]
+The closing table is the goal of issue 14: each proxy's CPU per request at 1 and 16
+connections and its added p50 at one connection, with the gateway's ratio to the lower of nginx's
+and HAProxy's (goal: at or below 1.00). With --syscalls it also counts each proxy's system calls
+per request under strace (a separate short run; strace slows it, the counts stay exact).
+
+Usage: hack/bench-gateway.py [--rounds 5] [--seconds 3] [--connections 1,16] [--syscalls]
 (`make bench-gateway` builds the release binaries and installs nginx, haproxy and wrk first.)
 """
 
@@ -140,6 +145,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", default="1,16")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="also count system calls per request with strace")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     for tool in ["wrk", "nginx", "haproxy", "taskset"]:
@@ -202,6 +209,10 @@ def main():
                     log(f"round {round_}/{args.rounds} c={c:<3} {target:<12} {rps:>9.0f} req/s  "
                         f"p50 {p50:>7.1f} µs  p99 {p99:>7.1f} µs  proxy CPU {user + system:>5.1f} "
                         f"µs/req (user {user:.1f}, sys {system:.1f}), backends {backend:.1f}")
+        syscalls = {}
+        if args.syscalls:
+            for target in targets[1:]:
+                syscalls[target] = count_syscalls(processes[target].pid, PORTS[target])
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
@@ -242,6 +253,56 @@ def main():
               f"and the backends' CPU ({gw[6]:.1f} µs) allow at most {ceiling:.2f}× HAProxy "
               f"(which spends {hap[3]:.1f} + {hap[6]:.1f} µs)")
         print()
+
+    # The goal of issue 14, with the ratios against the better of the two references.
+    medians = {key: [med([r[i] for r in rows]) for i in range(7)] for key, rows in results.items()}
+    print("goal: the gateway at or below the lower of nginx and HAProxy (ratio ≤ 1.00)\n")
+    print("| | " + " | ".join(f"proxy CPU µs/req, {c} conn{'s' if c > 1 else ''} (user + kernel)"
+                              for c in connections) + " | added p50 µs, 1 conn | req/s, "
+          f"{connections[-1]} conns |" + (" syscalls/req |" if syscalls else ""))
+    print("| --- |" + " ---: |" * (len(connections) + 2 + (1 if syscalls else 0)))
+    one = connections[0]
+    added = lambda t: medians[(t, one)][1] - medians[("direct", one)][1]
+    for target in targets[1:]:
+        cells = [f"{medians[(target, c)][3]:.1f} ({medians[(target, c)][4]:.1f} + "
+                 f"{medians[(target, c)][5]:.1f})" for c in connections]
+        cells += [f"+{added(target):.0f}", f"{medians[(target, connections[-1])][0]:.0f}"]
+        if syscalls:
+            cells.append(f"{syscalls[target]:.1f}")
+        print(f"| {target} | " + " | ".join(cells) + " |")
+    ratios = [("CPU/req", c, lambda t, c=c: medians[(t, c)][3]) for c in connections]
+    ratios.append(("added p50", one, added))
+    if syscalls:
+        ratios.append(("syscalls/req", connections[-1], lambda t: syscalls[t]))
+    print()
+    for label, c, figure in ratios:
+        best = min(("nginx", "haproxy"), key=figure)
+        ratio = figure("msa-gateway") / figure(best) if figure(best) else float("inf")
+        verdict = "met" if ratio <= 1.0 else "not met"
+        print(f"{label} at {c} conn{'s' if c > 1 else ''}: msa-gateway / {best} = {ratio:.2f}× ({verdict})")
+
+
+def count_syscalls(pid, port, seconds=2, connections=16):
+    """System calls per request of a proxy (its whole process tree) during a short wrk run."""
+    if not shutil.which("strace"):
+        raise SystemExit("strace is missing: apt-get install strace")
+    pids = [pid] + [int(p) for p in subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    out = os.path.join(WORK, f"strace-{port}.txt")
+    argv = ["strace", "-f", "-c", "-o", out]
+    for p in pids:
+        argv += ["-p", str(p)]
+    tracer = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    _, _, _, total = wrk(port, connections, seconds)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    with open(out) as f:
+        summary = f.read()
+    match = re.findall(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?total$", summary, re.M)
+    total_calls = int(match[-1]) if match else 0
+    log(f"strace on port {port}: {total_calls} calls for {total} requests")
+    return total_calls / total if total else 0.0
 
 
 if __name__ == "__main__":
