@@ -143,6 +143,8 @@ pub struct Activity {
     head_started: Option<Instant>,
     /// Since when nothing has happened (no request in flight, nothing read since).
     idle_since: Instant,
+    /// When the connection's task will next look at this (see [`Activity::read`]).
+    next_look: Option<Instant>,
 }
 
 impl Activity {
@@ -151,17 +153,26 @@ impl Activity {
             in_flight: 0,
             head_started: None,
             idle_since: now,
+            next_look: None,
         }
     }
 
-    /// Bytes arrived from the client; true when they start a request head (which brings the
-    /// next deadline forward).
-    pub fn read(&mut self, now: Instant) -> bool {
-        let starts_head = self.in_flight == 0 && self.head_started.is_none();
-        if starts_head {
-            self.head_started = Some(now);
+    /// Bytes arrived from the client. True when they start a request head whose deadline comes
+    /// before the task's next look, so the task must be woken to look sooner. On a busy
+    /// keep-alive connection that is about once per `header_timeout`, not once per request: the
+    /// look planned for the previous head comes first.
+    pub fn read(&mut self, now: Instant, header_timeout: Duration) -> bool {
+        if self.in_flight > 0 || self.head_started.is_some() {
+            return false;
         }
-        starts_head
+        self.head_started = Some(now);
+        let deadline = now + header_timeout;
+        self.next_look.is_none_or(|look| look > deadline)
+    }
+
+    /// The task will look again at `at`.
+    pub fn looking_at(&mut self, at: Instant) {
+        self.next_look = Some(at);
     }
 
     /// Bytes went out to the client (a response streaming keeps the connection busy).
@@ -232,6 +243,7 @@ content-type: application/problem+json\r\nconnection: close\r\ncontent-length: 1
 struct Watched {
     stream: TcpStream,
     activity: Shared,
+    header_timeout: Duration,
 }
 
 impl AsyncRead for Watched {
@@ -244,7 +256,9 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
-            && with(&self.activity, |a| a.read(Instant::now()))
+            && with(&self.activity, |a| {
+                a.read(Instant::now(), self.header_timeout)
+            })
         {
             self.activity.deadline_moved.notify_one();
         }
@@ -378,6 +392,7 @@ async fn connection<S>(
     let io = Watched {
         stream,
         activity: activity.clone(),
+        header_timeout: limits.header_timeout,
     };
     let per_request = activity.clone();
     let handler = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -405,7 +420,13 @@ async fn connection<S>(
     let mut http = std::pin::pin!(http);
     let mut stopping = false;
     loop {
-        let verdict = with(&activity, |a| a.verdict(Instant::now(), &limits));
+        let verdict = with(&activity, |a| {
+            let verdict = a.verdict(Instant::now(), &limits);
+            if let Verdict::WaitUntil(at) = verdict {
+                a.looking_at(at);
+            }
+            verdict
+        });
         let wake = match verdict {
             Verdict::WaitUntil(at) => at,
             Verdict::CloseIdle => {
@@ -461,8 +482,12 @@ mod tests {
         assert_eq!(activity.verdict(t0 + s(60), &limits()), Verdict::CloseIdle);
 
         // A first byte after 50 s idle: the head has 10 s from then, not what idle time is left.
-        activity.read(t0 + s(50));
-        activity.read(t0 + s(55));
+        activity.looking_at(t0 + s(110));
+        assert!(
+            activity.read(t0 + s(50), s(10)),
+            "the head's deadline is before the next look"
+        );
+        assert!(!activity.read(t0 + s(55), s(10)), "the same head");
         assert_eq!(
             activity.verdict(t0 + s(56), &limits()),
             Verdict::WaitUntil(t0 + s(60))
@@ -478,7 +503,7 @@ mod tests {
             activity.verdict(t0 + s(500), &limits()),
             Verdict::WaitUntil(_)
         ));
-        activity.read(t0 + s(501));
+        assert!(!activity.read(t0 + s(501), s(10)), "a body, not a head");
         activity.request_answered(t0 + s(502));
         // Streaming the response keeps it busy; then the idle clock runs from the last write.
         activity.wrote(t0 + s(530));
@@ -487,5 +512,31 @@ mod tests {
             Verdict::WaitUntil(t0 + s(590))
         );
         assert_eq!(activity.verdict(t0 + s(590), &limits()), Verdict::CloseIdle);
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+
+    /// On a busy keep-alive connection the task is woken about once per header timeout, not
+    /// once per request.
+    #[test]
+    fn back_to_back_requests_do_not_wake_the_task_each_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut activity = Activity::new(t0);
+        activity.looking_at(t0 + Duration::from_secs(60));
+        let mut wakes = 0;
+        for i in 0..1000 {
+            let now = t0 + ms(i);
+            if activity.read(now, Duration::from_secs(10)) {
+                wakes += 1;
+                activity.looking_at(now + Duration::from_secs(10));
+            }
+            activity.request_started();
+            activity.request_answered(now);
+        }
+        assert_eq!(wakes, 1);
     }
 }
