@@ -400,6 +400,24 @@ pub struct GatewaySpec {
     /// How long the gateway waits for an upstream.
     #[serde(default)]
     pub timeouts: TimeoutSpec,
+    /// Requests per client the gateway lets through (off when absent). Each gateway replica
+    /// counts on its own, so the app-wide limit is this times the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A token bucket per client address: `burst` requests at once, then `requestsPerSecond`.
+/// Past it the gateway answers 429 with `Retry-After` and `RateLimit`/`RateLimit-Policy`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Sustained requests per second per client.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: i32,
+    /// Requests a quiet client may send at once (default: requestsPerSecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<i32>,
 }
 
 /// Exposure of the gateway's Service.

@@ -266,10 +266,20 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
         "loadBalancing": {"strategy": "LeastRequest"},
         "circuitBreaker": {"failureRatePercent": 30},
         "timeouts": {"perTryMillis": 250, "requestMillis": 1000},
+        "rateLimit": {"requestsPerSecond": 50},
         "service": {"type": "NodePort", "nodePort": 30080, "port": 8000}
     }}})))
     .unwrap();
     let gateway = template(&children, Component::Gateway);
+    assert_eq!(
+        env_value(gateway, "MSA_RATE_LIMIT_PER_SECOND").unwrap()["value"],
+        "50"
+    );
+    assert_eq!(
+        env_value(gateway, "MSA_RATE_LIMIT_BURST").unwrap()["value"],
+        "50",
+        "the burst defaults to the rate"
+    );
     assert_eq!(
         env_value(gateway, "MSA_LB_STRATEGY").unwrap()["value"],
         "least-request"

@@ -209,6 +209,16 @@ fn gateway_policy(gateway: &GatewaySpec) -> Vec<EnvVar> {
         ("MSA_TIMEOUT_REQUEST_MS", to.request_millis.to_string()),
     ]
     .into_iter()
+    .chain(gateway.rate_limit.iter().flat_map(|limit| {
+        let burst = limit.burst.unwrap_or(limit.requests_per_second);
+        [
+            (
+                "MSA_RATE_LIMIT_PER_SECOND",
+                limit.requests_per_second.to_string(),
+            ),
+            ("MSA_RATE_LIMIT_BURST", burst.to_string()),
+        ]
+    }))
     .map(|(name, v)| value(name, &v))
     .collect()
 }

@@ -43,6 +43,7 @@ struct Inner {
     /// With CORS configured, requests with `Origin` go through the router's CORS layer.
     cors: bool,
     body_limit: usize,
+    rate_limit: Option<Arc<crate::rate_limit::ClientLimiter>>,
 }
 
 /// A request the fast path takes.
@@ -87,6 +88,7 @@ impl Front {
                 router,
                 cors: args.cors()?.is_some(),
                 body_limit: args.body_limit_bytes,
+                rate_limit: gateway.rate_limit.clone(),
             }),
         })
     }
@@ -129,7 +131,13 @@ impl Inner {
             path = request.uri().path(),
             request_id = request_id.to_str().unwrap_or_default()
         );
-        let forwarded = forward_to(&route.upstream, self.body_limit, matched.client, request);
+        let forwarded = forward_to(
+            &route.upstream,
+            self.body_limit,
+            self.rate_limit.as_deref(),
+            matched.client,
+            request,
+        );
         let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
             .catch_unwind()
             .await

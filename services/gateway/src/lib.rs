@@ -5,6 +5,7 @@
 
 pub mod forwarding;
 pub mod front;
+pub mod rate_limit;
 pub mod routes;
 
 use std::net::{IpAddr, SocketAddr};
@@ -31,15 +32,17 @@ pub struct Route {
     pub upstream: Upstream,
 }
 
-/// The gateway's routes, in the order they are shown.
+/// The gateway's routes, in the order they are shown, and its per-client rate limit (if any).
 pub struct Gateway {
     pub routes: Vec<Route>,
+    pub rate_limit: Option<Arc<rate_limit::ClientLimiter>>,
 }
 
 #[derive(Clone)]
 struct Proxy {
     upstream: Upstream,
     body_limit: usize,
+    rate_limit: Option<Arc<rate_limit::ClientLimiter>>,
 }
 
 /// Every route of the gateway with the layers all components share.
@@ -49,6 +52,7 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
         let proxy = Proxy {
             upstream: route.upstream.clone(),
             body_limit: args.body_limit_bytes,
+            rate_limit: gateway.rate_limit.clone(),
         };
         router = router.merge(
             Router::new()
@@ -81,7 +85,14 @@ async fn forward(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    forward_to(&proxy.upstream, proxy.body_limit, client.ip(), request).await
+    forward_to(
+        &proxy.upstream,
+        proxy.body_limit,
+        proxy.rate_limit.as_deref(),
+        client.ip(),
+        request,
+    )
+    .await
 }
 
 /// Passes the request on to `upstream` and its answer back: body limit, forwarding headers;
@@ -89,9 +100,13 @@ async fn forward(
 pub(crate) async fn forward_to(
     upstream: &Upstream,
     body_limit: usize,
+    rate_limit: Option<&rate_limit::ClientLimiter>,
     client: IpAddr,
     request: Request,
 ) -> Response {
+    if let Some(refusal) = rate_limit.and_then(|limiter| limiter.refusal(client)) {
+        return refusal;
+    }
     let (mut parts, body) = request.into_parts();
     let limit = body_limit as u64;
     let size = body.size_hint();

@@ -40,6 +40,17 @@ struct Flags {
     #[arg(long, env = "MSA_UPSTREAM_PRODUCT", default_value = "127.0.0.1:8083")]
     upstream_product: String,
 
+    /// Requests per second each client (its address) may make through this gateway replica;
+    /// more get 429. Off when not given.
+    #[arg(long, env = "MSA_RATE_LIMIT_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate_limit_per_second: Option<u32>,
+    /// Requests a quiet client may send at once (default: the per-second rate).
+    #[arg(long, env = "MSA_RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate_limit_burst: Option<u32>,
+    /// Most clients tracked at once; beyond, new clients share one bucket until old ones go quiet.
+    #[arg(long, env = "MSA_RATE_LIMIT_CLIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    rate_limit_clients: u64,
+
     /// Threads serving requests (default: one per CPU); 1 runs everything on one thread.
     #[arg(long, env = "MSA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
@@ -99,6 +110,22 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         );
         routes.push(Route { prefix, upstream });
     }
+    let rate_limit = flags.rate_limit_per_second.map(|rate| {
+        let config = msa_gateway::rate_limit::RateLimitConfig {
+            rate: f64::from(rate),
+            burst: flags.rate_limit_burst.unwrap_or(rate),
+            max_clients: usize::try_from(flags.rate_limit_clients).unwrap_or(usize::MAX),
+        };
+        info!(
+            per_second = rate,
+            burst = config.burst,
+            "rate limit per client address (per gateway replica)"
+        );
+        Arc::new(msa_gateway::rate_limit::ClientLimiter::new(
+            config,
+            &mut metrics.registry,
+        ))
+    });
     let ops = Ops::with_metrics(
         "gateway",
         env!("CARGO_PKG_VERSION"),
@@ -106,7 +133,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         None,
         metrics,
     );
-    let gateway = Arc::new(Gateway { routes });
+    let gateway = Arc::new(Gateway { routes, rate_limit });
     let router = msa_gateway::router(gateway.clone(), ops.clone(), &flags.serve)?;
     let app = msa_gateway::front::Front::new(&gateway, router, &ops, &flags.serve)?;
     let listener = tokio::net::TcpListener::bind(flags.serve.listen)

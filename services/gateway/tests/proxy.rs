@@ -799,3 +799,68 @@ async fn slow_clients_get_408_at_the_gateway_and_cost_the_backend_nothing() {
     assert_eq!(backend["failures"], 0, "{backend}");
     assert_eq!(get(format!("{}/users", gw.base_url)).await.status(), 200);
 }
+
+/// Issue 16 (rate limits): each client address gets `burst` requests at once and `rate` per
+/// second after; the rest are 429 with Retry-After and the RateLimit headers; another client is
+/// not affected; refusals are counted.
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_and_others_do_not() {
+    let a = Backend::start("127.0.0.2").await;
+    let gw = gateway(
+        &a.addr.to_string(),
+        &a.addr.to_string(),
+        &["--rate-limit-per-second", "2", "--rate-limit-burst", "5"],
+    )
+    .await;
+    let client = loopback_client();
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for _ in 0..12 {
+        let response = client
+            .get(format!("{}/users", gw.base_url))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && refusal.is_none() {
+            refusal = Some(response);
+        }
+    }
+    assert_eq!(&statuses[..5], [200; 5], "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 6, "{statuses:?}");
+    let refusal = refusal.unwrap();
+    let headers = refusal.headers().clone();
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry_after), "{headers:?}");
+    assert_eq!(headers["ratelimit-policy"], r#""per-client";q=5;w=3"#);
+    assert!(
+        headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(r#""per-client";r=0;t="#),
+        "{headers:?}"
+    );
+    let body: Value = refusal.json().await.unwrap();
+    assert_eq!(body["type"], "https://msa.dev/problems/rate-limited");
+
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.3".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let response = other
+        .get(format!("{}/users", gw.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "another client has its own bucket");
+    let metrics = metrics_text(&gw.base_url).await;
+    let counted: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("msa_gateway_rate_limited_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(counted, refused as u64);
+}
