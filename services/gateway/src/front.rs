@@ -42,8 +42,7 @@ struct Inner {
     router: Router,
     /// With CORS configured, requests with `Origin` go through the router's CORS layer.
     cors: bool,
-    body_limit: usize,
-    rate_limit: Option<Arc<crate::rate_limit::ClientLimiter>>,
+    policy: crate::Policy,
 }
 
 /// A request the fast path takes.
@@ -87,8 +86,7 @@ impl Front {
                 metrics: ops.metrics.clone(),
                 router,
                 cors: args.cors()?.is_some(),
-                body_limit: args.body_limit_bytes,
-                rate_limit: gateway.rate_limit.clone(),
+                policy: gateway.policy.clone(),
             }),
         })
     }
@@ -131,13 +129,7 @@ impl Inner {
             path = request.uri().path(),
             request_id = request_id.to_str().unwrap_or_default()
         );
-        let forwarded = forward_to(
-            &route.upstream,
-            self.body_limit,
-            self.rate_limit.as_deref(),
-            matched.client,
-            request,
-        );
+        let forwarded = forward_to(&route.upstream, &self.policy, matched.client, request);
         let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
             .catch_unwind()
             .await

@@ -3,6 +3,7 @@
 //! operational routes every component has, `/debug/endpoints` shows each upstream's endpoints
 //! with their load, latency, ejection and breaker state.
 
+pub mod auth;
 pub mod forwarding;
 pub mod front;
 pub mod rate_limit;
@@ -32,17 +33,25 @@ pub struct Route {
     pub upstream: Upstream,
 }
 
-/// The gateway's routes, in the order they are shown, and its per-client rate limit (if any).
+/// The gateway's routes, in the order they are shown, and what it checks before forwarding.
 pub struct Gateway {
     pub routes: Vec<Route>,
+    pub policy: Policy,
+}
+
+/// What the gateway checks before forwarding a request: its caller (when authentication is
+/// on), the caller's rate (when limited), its body's size.
+#[derive(Clone)]
+pub struct Policy {
+    pub body_limit: usize,
+    pub auth: Option<Arc<auth::Authenticator>>,
     pub rate_limit: Option<Arc<rate_limit::ClientLimiter>>,
 }
 
 #[derive(Clone)]
 struct Proxy {
     upstream: Upstream,
-    body_limit: usize,
-    rate_limit: Option<Arc<rate_limit::ClientLimiter>>,
+    policy: Policy,
 }
 
 /// Every route of the gateway with the layers all components share.
@@ -51,8 +60,7 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
     for route in &gateway.routes {
         let proxy = Proxy {
             upstream: route.upstream.clone(),
-            body_limit: args.body_limit_bytes,
-            rate_limit: gateway.rate_limit.clone(),
+            policy: gateway.policy.clone(),
         };
         router = router.merge(
             Router::new()
@@ -85,30 +93,41 @@ async fn forward(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    forward_to(
-        &proxy.upstream,
-        proxy.body_limit,
-        proxy.rate_limit.as_deref(),
-        client.ip(),
-        request,
-    )
-    .await
+    forward_to(&proxy.upstream, &proxy.policy, client.ip(), request).await
 }
 
 /// Passes the request on to `upstream` and its answer back: body limit, forwarding headers;
 /// hop-by-hop headers stripped from the answer; failures as problems.
 pub(crate) async fn forward_to(
     upstream: &Upstream,
-    body_limit: usize,
-    rate_limit: Option<&rate_limit::ClientLimiter>,
+    policy: &Policy,
     client: IpAddr,
     request: Request,
 ) -> Response {
-    if let Some(refusal) = rate_limit.and_then(|limiter| limiter.refusal(client)) {
-        return refusal;
-    }
     let (mut parts, body) = request.into_parts();
-    let limit = body_limit as u64;
+    let route = routes::template(parts.uri.path());
+    let identity = match &policy.auth {
+        Some(auth) => match auth.authenticate(&parts.method, route, &mut parts.headers) {
+            Ok(identity) => identity,
+            Err(refusal) => return auth::unauthorized(&refusal),
+        },
+        None => {
+            // Nobody may claim an identity the gateway did not verify.
+            parts.headers.remove(&auth::SUBJECT);
+            parts.headers.remove(&auth::ROLES);
+            None
+        }
+    };
+    if let Some(limiter) = &policy.rate_limit {
+        let caller = match identity {
+            Some(identity) => rate_limit::Client::Subject(identity.subject),
+            None => rate_limit::Client::Address(client),
+        };
+        if let Some(refusal) = limiter.refusal(&caller) {
+            return refusal;
+        }
+    }
+    let limit = policy.body_limit as u64;
     let size = body.size_hint();
     if size.lower() > limit {
         return Problem::new(
@@ -124,13 +143,14 @@ pub(crate) async fn forward_to(
     // A body of unknown length is cut off at the limit while it streams.
     let body = match size.upper() {
         Some(_) => body,
-        None => Body::new(http_body_util::Limited::new(body, body_limit)),
+        None => Body::new(http_body_util::Limited::new(body, policy.body_limit)),
     };
     // (The client stack sends the URI in origin form, whatever form it arrived in.)
     forwarding::request_headers(&mut parts.headers, client);
-    parts
-        .extensions
-        .insert(routes::breaker_scope(&parts.method, parts.uri.path()));
+    parts.extensions.insert(msa_upstream::BreakerScope {
+        method: msa_service_kit::metrics::method_label(&parts.method),
+        route,
+    });
     match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();

@@ -1,5 +1,5 @@
-//! Per-client rate limiting: a token bucket per client (its address; the authenticated subject
-//! once the gateway verifies tokens), refilled at `rate` per second up to `burst`. Plain state
+//! Per-client rate limiting: a token bucket per client (the verified subject, or the address of
+//! an anonymous client), refilled at `rate` per second up to `burst`. Plain state
 //! with the clock passed in; the gateway holds it behind a mutex and answers a refusal with 429,
 //! `Retry-After` and the `RateLimit`/`RateLimit-Policy` headers of the IETF draft.
 //!
@@ -117,9 +117,16 @@ fn take(bucket: &mut Bucket, config: RateLimitConfig, now: Instant) -> Decision 
     }
 }
 
+/// Whom a bucket counts: the verified subject, or the address of an anonymous client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    Subject(String),
+    Address(std::net::IpAddr),
+}
+
 /// The gateway's limiter: the buckets behind a lock, and the count of refusals.
 pub struct ClientLimiter {
-    buckets: std::sync::Mutex<RateLimiter<std::net::IpAddr>>,
+    buckets: std::sync::Mutex<RateLimiter<Client>>,
     refused: prometheus_client::metrics::counter::Counter,
 }
 
@@ -142,13 +149,13 @@ impl ClientLimiter {
     }
 
     /// `None` when `client` may go on; otherwise the 429 to answer.
-    pub fn refusal(&self, client: std::net::IpAddr) -> Option<axum::response::Response> {
+    pub fn refusal(&self, client: &Client) -> Option<axum::response::Response> {
         let (decision, config) = {
             let mut buckets = self
                 .buckets
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (buckets.check(&client, Instant::now()), buckets.config())
+            (buckets.check(client, Instant::now()), buckets.config())
         };
         if decision.allowed {
             return None;
@@ -168,7 +175,7 @@ fn too_many_requests(decision: Decision, config: RateLimitConfig) -> axum::respo
         http::StatusCode::TOO_MANY_REQUESTS,
         "rate-limited",
         format!(
-            "more than {} requests per second (bursts of {}) from this client; retry after the time in Retry-After",
+            "more than {} requests per second (bursts of {}) from this caller; retry after the time in Retry-After",
             config.rate, config.burst
         ),
     )

@@ -1,10 +1,8 @@
 //! The route templates of the services behind the gateway (their OpenAPI paths), so calls can
-//! be told apart per route — each method × template has a circuit breaker of its own — without
+//! be told apart per route — each method × template has a circuit breaker of its own, and
+//! authentication names its public routes by template — without
 //! letting clients invent routes: a path that matches no template falls in its prefix's
 //! catch-all, so the number of routes stays what this table says.
-
-use http::Method;
-use msa_upstream::BreakerScope;
 
 /// Every route the services serve through the gateway.
 const TEMPLATES: &[&str] = &[
@@ -63,14 +61,6 @@ pub fn template(path: &str) -> &'static str {
         .map_or("*", |(_, catch_all)| catch_all)
 }
 
-/// The breaker a request to `path` with `method` counts against.
-pub fn breaker_scope(method: &Method, path: &str) -> BreakerScope {
-    BreakerScope {
-        method: msa_service_kit::metrics::method_label(method),
-        route: template(path),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,8 +82,6 @@ mod tests {
         ] {
             assert_eq!(template(path), expected, "{path}");
         }
-        let scope = breaker_scope(&Method::from_bytes(b"BREW").unwrap(), "/orders/1");
-        assert_eq!((scope.method, scope.route), ("OTHER", "/orders/{id}"));
     }
 
     proptest! {

@@ -1,0 +1,300 @@
+//! Issue 16 (authentication at the gateway): real gateway and backend processes on 127.0.0.x,
+//! tokens made here with keys made here. Every way a token can be wrong is a 401 with an RFC
+//! 6750 challenge; a valid one reaches the service as `x-msa-subject`/`x-msa-roles`, which no
+//! client can set itself; a key added to the JWKS file is used at once.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use msa_service_kit::testing::{ServiceProcess, free_port, loopback_client};
+use ring::rand::SystemRandom;
+use ring::signature::{self, KeyPair};
+use serde_json::{Value, json};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_msa-gateway");
+const ECHO: &str = env!("CARGO_BIN_EXE_msa-echo");
+const ISSUER: &str = "https://issuer.test";
+
+struct Ed25519 {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+}
+
+fn ed25519() -> Ed25519 {
+    let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let pair = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    Ed25519 {
+        pkcs8: pkcs8.as_ref().to_vec(),
+        public: pair.public_key().as_ref().to_vec(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str, audience: &str, issuer: &str, exp: u64, nbf: u64) -> Value {
+    json!({"sub": sub, "aud": audience, "iss": issuer, "exp": exp, "nbf": nbf, "roles": ["customer"]})
+}
+
+fn sign(alg: Algorithm, kid: &str, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn jwks(keys: &[(&str, &Ed25519)], ec: Option<(&str, &[u8])>) -> String {
+    let mut list: Vec<Value> = keys
+        .iter()
+        .map(|(kid, key)| {
+            json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(&key.public), "kid": kid, "alg": "EdDSA", "use": "sig"})
+        })
+        .collect();
+    if let Some((kid, point)) = ec {
+        // An uncompressed P-256 point: 0x04, x (32 bytes), y (32 bytes).
+        list.push(json!({"kty": "EC", "crv": "P-256", "kid": kid,
+            "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])}));
+    }
+    json!({ "keys": list }).to_string()
+}
+
+/// Sends GET `path` with `token`; returns the status, the challenge and the body.
+async fn call(base: &str, path: &str, token: Option<&str>, spoof: bool) -> (u16, String, Value) {
+    let mut request = loopback_client().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if spoof {
+        request = request
+            .header("x-msa-subject", "mallory")
+            .header("x-msa-roles", "admin");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        challenge,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn only_valid_tokens_pass_and_their_identity_reaches_the_service() {
+    let dir = std::env::temp_dir().join(format!("msa-auth-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks_file = dir.join("jwks.json");
+    let signing = ed25519();
+    let ec_pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &SystemRandom::new(),
+    )
+    .unwrap();
+    let ec_pair = signature::EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        ec_pkcs8.as_ref(),
+        &SystemRandom::new(),
+    )
+    .unwrap();
+    let ec_point = ec_pair.public_key().as_ref().to_vec();
+    std::fs::write(
+        &jwks_file,
+        jwks(&[("ed-1", &signing)], Some(("ec-1", &ec_point))),
+    )
+    .unwrap();
+
+    let backend_addr = free_port("127.0.0.2");
+    let mut command = std::process::Command::new(ECHO);
+    command.args(["--listen", &backend_addr.to_string()]);
+    let _backend = ServiceProcess::launch(command, backend_addr).await;
+    let list = backend_addr.to_string();
+    let jwks_arg = jwks_file.display().to_string();
+    let gateway = ServiceProcess::start(
+        GATEWAY,
+        &[
+            "--upstream-user",
+            &list,
+            "--upstream-order",
+            &list,
+            "--upstream-product",
+            &list,
+            "--drain-delay-seconds",
+            "0",
+            "--auth-issuer",
+            ISSUER,
+            "--auth-audiences",
+            "shop",
+            "--auth-jwks-file",
+            &jwks_arg,
+            "--auth-public-routes",
+            "GET /products,GET /products/{id},GET /products/{*rest}",
+            "--auth-clock-skew-seconds",
+            "5",
+        ],
+        &[("RUST_LOG", "warn")],
+    )
+    .await;
+    let base = gateway.base_url.clone();
+    let ed_key = EncodingKey::from_ed_der(&signing.pkcs8);
+    let t = now();
+    let good = sign(
+        Algorithm::EdDSA,
+        "ed-1",
+        &claims("alice", "shop", ISSUER, t + 600, t - 10),
+        &ed_key,
+    );
+    let echo = "/users/__echo/request";
+
+    // No token: a plain challenge. A public route needs none, and a spoofed identity is dropped.
+    let (status, challenge, _) = call(&base, echo, None, false).await;
+    assert_eq!((status, challenge.as_str()), (401, "Bearer realm=\"msa\""));
+    let (status, _, body) = call(&base, "/products/__echo/request", None, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["headers"].get("x-msa-subject").is_none(), "{body}");
+    assert!(body["headers"].get("x-msa-roles").is_none(), "{body}");
+    let (status, _, body) = call(&base, "/products/7", None, false).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A valid token: the service learns who, and nobody else's claim survives.
+    let (status, _, body) = call(&base, echo, Some(&good), true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-msa-subject"], "alice");
+    assert_eq!(body["headers"]["x-msa-roles"], "customer");
+
+    // Every way to be wrong.
+    let other = ed25519();
+    let other_key = EncodingKey::from_ed_der(&other.pkcs8);
+    let mut no_sub = claims("x", "shop", ISSUER, t + 600, t - 10);
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let none = format!(
+        "{}.{}.",
+        B64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        B64.encode(claims("alice", "shop", ISSUER, t + 600, t - 10).to_string())
+    );
+    // Algorithm confusion: HS256 "signed" with the public key the gateway trusts.
+    let confused = sign(
+        Algorithm::HS256,
+        "ed-1",
+        &claims("alice", "shop", ISSUER, t + 600, t - 10),
+        &EncodingKey::from_secret(&signing.public),
+    );
+    let cases = [
+        (
+            "expired",
+            sign(
+                Algorithm::EdDSA,
+                "ed-1",
+                &claims("alice", "shop", ISSUER, t - 3600, t - 7200),
+                &ed_key,
+            ),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::EdDSA,
+                "ed-1",
+                &claims("alice", "shop", ISSUER, t + 7200, t + 3600),
+                &ed_key,
+            ),
+            "not valid yet",
+        ),
+        (
+            "another audience",
+            sign(
+                Algorithm::EdDSA,
+                "ed-1",
+                &claims("alice", "billing", ISSUER, t + 600, t - 10),
+                &ed_key,
+            ),
+            "audience",
+        ),
+        (
+            "another issuer",
+            sign(
+                Algorithm::EdDSA,
+                "ed-1",
+                &claims("alice", "shop", "https://evil.test", t + 600, t - 10),
+                &ed_key,
+            ),
+            "issuer",
+        ),
+        (
+            "another key",
+            sign(
+                Algorithm::EdDSA,
+                "ed-1",
+                &claims("alice", "shop", ISSUER, t + 600, t - 10),
+                &other_key,
+            ),
+            "signature",
+        ),
+        (
+            "no subject",
+            sign(Algorithm::EdDSA, "ed-1", &no_sub, &ed_key),
+            "claim",
+        ),
+        ("alg none", none, "algorithm"),
+        ("HS256 with the public key", confused, "no key"),
+        ("garbage", "not.a.token".to_owned(), "malformed"),
+    ];
+    for (case, token, says) in cases {
+        let (status, challenge, body) = call(&base, echo, Some(&token), false).await;
+        assert_eq!(status, 401, "{case}: {body}");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{case}: {challenge}"
+        );
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{case}: {detail}");
+        assert_eq!(
+            body["type"], "https://msa.dev/problems/unauthorized",
+            "{case}"
+        );
+    }
+
+    // ES256 from the same JWKS.
+    let ec_token = sign(
+        Algorithm::ES256,
+        "ec-1",
+        &claims("bob", "shop", ISSUER, t + 600, t - 10),
+        &EncodingKey::from_ec_der(ec_pkcs8.as_ref()),
+    );
+    let (status, _, body) = call(&base, echo, Some(&ec_token), false).await;
+    assert_eq!(
+        (status, body["headers"]["x-msa-subject"].as_str()),
+        (200, Some("bob"))
+    );
+
+    // Rotation: a new key in the JWKS works at once (an unknown kid makes the gateway read it).
+    let rotated = ed25519();
+    let rotated_token = sign(
+        Algorithm::EdDSA,
+        "ed-2",
+        &claims("carol", "shop", ISSUER, t + 600, t - 10),
+        &EncodingKey::from_ed_der(&rotated.pkcs8),
+    );
+    let (status, _, _) = call(&base, echo, Some(&rotated_token), false).await;
+    assert_eq!(status, 401, "not yet in the JWKS");
+    std::fs::write(
+        &jwks_file,
+        jwks(&[("ed-1", &signing), ("ed-2", &rotated)], None),
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _, body) = call(&base, echo, Some(&rotated_token), false).await;
+    assert_eq!(
+        (status, body["headers"]["x-msa-subject"].as_str()),
+        (200, Some("carol"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
