@@ -258,7 +258,8 @@ def main():
     medians = {key: [med([r[i] for r in rows]) for i in range(7)] for key, rows in results.items()}
     print("goal: the gateway at or below the lower of nginx and HAProxy (ratio ≤ 1.00)\n")
     print("| | " + " | ".join(f"proxy CPU µs/req, {c} conn{'s' if c > 1 else ''} (user + kernel)"
-                              for c in connections) + " | added p50 µs, 1 conn | req/s, "
+                              for c in connections)
+          + f" | added p50 µs, {connections[0]} conn{'s' if connections[0] > 1 else ''} | req/s, "
           f"{connections[-1]} conns |" + (" syscalls/req |" if syscalls else ""))
     print("| --- |" + " ---: |" * (len(connections) + 2 + (1 if syscalls else 0)))
     one = connections[0]
