@@ -49,6 +49,12 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
     ),
     printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gateway.url"),
     printcolumn(
+        name = "Auth",
+        type_ = "string",
+        json_path = ".spec.components.gateway.auth.issuer",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -404,6 +410,58 @@ pub struct GatewaySpec {
     /// counts on its own, so the app-wide limit is this times the replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Bearer tokens the gateway requires (off when absent: every route open, which the
+    /// gateway logs at start and `kubectl get msa -o wide` shows as an empty Auth column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<GatewayAuthSpec>,
+}
+
+/// JWT verification at the gateway; the keys come from Secrets mounted into its pods, so a
+/// rotated key reaches it without a restart.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+// The routes' form is checked by the operator (validate.rs): a CEL rule over a list of
+// unbounded strings would blow the API server's cost budget.
+#[x_kube(validation = Rule::new("has(self.jwks) || has(self.hmacSecret)")
+    .message("spec.components.gateway.auth needs jwks (a Secret key holding the issuer's JWKS) or hmacSecret"))]
+pub struct GatewayAuthSpec {
+    /// The tokens' issuer (`iss`).
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+    /// Audiences accepted (`aud`).
+    #[schemars(length(min = 1, max = 16))]
+    pub audiences: Vec<String>,
+    /// A Secret key holding the issuer's JWKS (RS256, ES256, EdDSA public keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<SecretKeySelectorSpec>,
+    /// A Secret key holding a shared HS256 secret (at least 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret: Option<SecretKeySelectorSpec>,
+    /// Routes open without a token, as `METHOD /template` (for example `POST /users`,
+    /// `GET /products`, `GET /products/{id}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub public_routes: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_clock_skew")]
+    #[schemars(range(min = 0, max = 300))]
+    pub clock_skew_seconds: i32,
+}
+
+fn default_clock_skew() -> i32 {
+    30
+}
+
+/// One key of a Secret in the app's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelectorSpec {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// A token bucket per client address: `burst` requests at once, then `requestsPerSecond`.

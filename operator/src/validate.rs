@@ -62,7 +62,37 @@ pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
     for component in Component::ALL {
         check_component(app, component, &mut found);
     }
+    if let Some(auth) = &app.spec.components.gateway.auth {
+        for (i, route) in auth.public_routes.iter().enumerate() {
+            if let Err(why) = check_public_route(route) {
+                found.push(problem(
+                    format!("spec.components.gateway.auth.publicRoutes[{i}]"),
+                    why,
+                ));
+            }
+        }
+    }
     found
+}
+
+/// `METHOD /template`: a standard method, a space, a path without spaces or commas.
+fn check_public_route(route: &str) -> Result<(), String> {
+    const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    let shown: String = route.chars().take(80).collect();
+    let fits = route.len() <= 300
+        && route.split_once(' ').is_some_and(|(method, path)| {
+            METHODS.contains(&method)
+                && path.starts_with('/')
+                && !path.contains([' ', ','])
+                && path.chars().all(|c| c.is_ascii_graphic())
+        });
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown:?} is not `METHOD /template` (for example `GET /products/{{id}}`); use GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS and a path without spaces or commas"
+        ))
+    }
 }
 
 fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<SpecProblem>) {

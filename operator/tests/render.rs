@@ -306,6 +306,61 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
     );
 }
 
+/// Issue 16: the gateway's token settings arrive as its flags' environment, the keys as files
+/// of a read-only projected volume of the named Secrets; without `auth` nothing of it appears.
+#[test]
+fn gateway_auth_reaches_the_gateway_as_environment_and_mounted_keys() {
+    let children = build::children(&app(json!({"components": {"gateway": {"auth": {
+        "issuer": "https://issuer.example",
+        "audiences": ["shop", "admin"],
+        "jwks": {"name": "shop-jwks", "key": "keys.json"},
+        "publicRoutes": ["POST /users", "GET /products"]
+    }}}})))
+    .unwrap();
+    let gateway = template(&children, Component::Gateway);
+    for (name, expected) in [
+        ("MSA_AUTH_ISSUER", "https://issuer.example"),
+        ("MSA_AUTH_AUDIENCES", "shop,admin"),
+        ("MSA_AUTH_PUBLIC_ROUTES", "POST /users,GET /products"),
+        ("MSA_AUTH_CLOCK_SKEW_SECONDS", "30"),
+        ("MSA_AUTH_JWKS_FILE", "/etc/msa/auth/jwks.json"),
+    ] {
+        assert_eq!(
+            env_value(gateway, name).unwrap()["value"],
+            expected,
+            "{name}"
+        );
+    }
+    assert_eq!(env_value(gateway, "MSA_AUTH_HMAC_SECRET_FILE"), None);
+    let pod = serde_json::to_value(pod_of(gateway)).unwrap();
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "auth-keys")
+        .expect("the keys' volume");
+    assert_eq!(
+        volume["projected"]["sources"][0]["secret"],
+        json!({"name": "shop-jwks", "items": [{"key": "keys.json", "path": "jwks.json"}], "optional": false})
+    );
+    let mount = serde_json::to_value(&container_of(gateway).volume_mounts).unwrap();
+    assert!(
+        mount
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "auth-keys" && m["readOnly"] == true),
+        "{mount}"
+    );
+    let user = serde_json::to_value(pod_of(template(&children, Component::User))).unwrap();
+    assert!(!user.to_string().contains("auth-keys"));
+    let open = build::children(&app(json!({}))).unwrap();
+    assert_eq!(
+        env_value(template(&open, Component::Gateway), "MSA_AUTH_ISSUER"),
+        None
+    );
+}
+
 #[test]
 fn user_env_replaces_operator_env_of_the_same_name_and_extra_labels_apply() {
     let children = build::children(&app(json!({"components": {"user": {

@@ -15,6 +15,13 @@ use crate::labels;
 /// Where the embedded SQLite database lives in a pod (the StatefulSet's volume).
 const DATA_DIR: &str = "/data";
 
+/// The gateway's token keys (a projected volume of the Secrets `spec.components.gateway.auth`
+/// names; kubelet updates the files when a Secret changes, and the gateway re-reads them).
+pub(super) const AUTH_VOLUME: &str = "auth-keys";
+const AUTH_DIR: &str = "/etc/msa/auth";
+pub(super) const JWKS_FILE: &str = "jwks.json";
+pub(super) const HMAC_FILE: &str = "hmac-secret";
+
 /// Name of the container port every component listens on; Services and EndpointSlice consumers
 /// refer to it by this name.
 pub const PORT_NAME: &str = "http";
@@ -30,6 +37,14 @@ pub(super) fn container(app: &MicroserviceApp, component: Component) -> Containe
         mounts.push(VolumeMount {
             name: DATA_VOLUME.to_owned(),
             mount_path: DATA_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
+    if component == Component::Gateway && app.spec.components.gateway.auth.is_some() {
+        mounts.push(VolumeMount {
+            name: AUTH_VOLUME.to_owned(),
+            mount_path: AUTH_DIR.to_owned(),
+            read_only: Some(true),
             ..VolumeMount::default()
         });
     }
@@ -123,6 +138,7 @@ fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
     }
     if component == Component::Gateway {
         env.extend(gateway_policy(&app.spec.components.gateway));
+        env.extend(gateway_auth(&app.spec.components.gateway));
     }
     for user_var in &component.spec(app).env {
         match env.iter_mut().find(|e| e.name == user_var.name) {
@@ -221,6 +237,40 @@ fn gateway_policy(gateway: &GatewaySpec) -> Vec<EnvVar> {
     }))
     .map(|(name, v)| value(name, &v))
     .collect()
+}
+
+/// What the gateway needs to verify tokens, when `auth` is set.
+fn gateway_auth(gateway: &GatewaySpec) -> Vec<EnvVar> {
+    let Some(auth) = &gateway.auth else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        value("MSA_AUTH_ISSUER", &auth.issuer),
+        value("MSA_AUTH_AUDIENCES", &auth.audiences.join(",")),
+        value(
+            "MSA_AUTH_CLOCK_SKEW_SECONDS",
+            &auth.clock_skew_seconds.to_string(),
+        ),
+    ];
+    if !auth.public_routes.is_empty() {
+        env.push(value(
+            "MSA_AUTH_PUBLIC_ROUTES",
+            &auth.public_routes.join(","),
+        ));
+    }
+    if auth.jwks.is_some() {
+        env.push(value(
+            "MSA_AUTH_JWKS_FILE",
+            &format!("{AUTH_DIR}/{JWKS_FILE}"),
+        ));
+    }
+    if auth.hmac_secret.is_some() {
+        env.push(value(
+            "MSA_AUTH_HMAC_SECRET_FILE",
+            &format!("{AUTH_DIR}/{HMAC_FILE}"),
+        ));
+    }
+    env
 }
 
 fn value(name: &str, value: &str) -> EnvVar {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, TopologySpreadConstraint,
-    Volume,
+    EmptyDirVolumeSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ProjectedVolumeSource, SecretProjection, TopologySpreadConstraint, Volume, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -88,7 +88,15 @@ fn pod_spec(
             ..PodSecurityContext::default()
         }),
         // The embedded database's volume comes from the StatefulSet's claim template.
-        volumes: Some(vec![empty_dir("tmp")]),
+        volumes: Some(
+            std::iter::once(empty_dir("tmp"))
+                .chain(
+                    (component == Component::Gateway)
+                        .then(|| auth_keys(app))
+                        .flatten(),
+                )
+                .collect(),
+        ),
         topology_spread_constraints: Some(vec![spread_across_nodes(
             &owner.name,
             component,
@@ -116,6 +124,41 @@ fn spread_across_nodes(
         match_label_keys: Some(vec![revision_label.to_owned()]),
         ..TopologySpreadConstraint::default()
     }
+}
+
+/// The Secrets holding the gateway's token keys, projected into one read-only folder.
+fn auth_keys(app: &MicroserviceApp) -> Option<Volume> {
+    let auth = app.spec.components.gateway.auth.as_ref()?;
+    let project = |selector: &crate::crd::SecretKeySelectorSpec, path: &str| VolumeProjection {
+        secret: Some(SecretProjection {
+            name: selector.name.clone(),
+            items: Some(vec![KeyToPath {
+                key: selector.key.clone(),
+                path: path.to_owned(),
+                mode: None,
+            }]),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    };
+    let sources: Vec<VolumeProjection> = auth
+        .jwks
+        .iter()
+        .map(|s| project(s, super::container::JWKS_FILE))
+        .chain(
+            auth.hmac_secret
+                .iter()
+                .map(|s| project(s, super::container::HMAC_FILE)),
+        )
+        .collect();
+    Some(Volume {
+        name: super::container::AUTH_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    })
 }
 
 fn empty_dir(name: &str) -> Volume {
