@@ -155,6 +155,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         metrics,
     );
     let auth = authenticator(&flags)?;
+    let ops = ops.with_info(
+        "authentication",
+        match &flags.auth_issuer {
+            Some(issuer) => serde_json::json!({"required": true, "issuer": issuer}),
+            None => serde_json::json!({"required": false, "note": "every route is open: set --auth-issuer (spec.components.gateway.auth) to require tokens"}),
+        },
+    );
     let policy = msa_gateway::Policy {
         body_limit: flags.serve.body_limit_bytes,
         auth,

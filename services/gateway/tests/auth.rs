@@ -154,6 +154,16 @@ async fn only_valid_tokens_pass_and_their_identity_reaches_the_service() {
     );
     let echo = "/users/__echo/request";
 
+    let info: Value = loopback_client()
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["authentication"]["required"], true, "{info}");
+
     // No token: a plain challenge. A public route needs none, and a spoofed identity is dropped.
     let (status, challenge, _) = call(&base, echo, None, false).await;
     assert_eq!((status, challenge.as_str()), (401, "Bearer realm=\"msa\""));

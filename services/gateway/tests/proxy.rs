@@ -448,6 +448,12 @@ async fn requests_are_forwarded_faithfully() {
     assert_eq!(echo["headers"]["x-request-id"], replaced.as_str());
     assert!(echo["headers"].get("traceparent").is_none(), "{echo}");
 
+    let info = get_json(format!("{}/info", gw.base_url)).await;
+    assert_eq!(
+        info["authentication"]["required"], false,
+        "an open gateway says so: {info}"
+    );
+
     let missing = get(format!("{}/payments", gw.base_url)).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(

@@ -32,6 +32,8 @@ pub struct Ops {
     pub instance: String,
     pub metrics: Arc<HttpMetrics>,
     pub database: Option<Database>,
+    /// More members of `/info` (the gateway's authentication, for example).
+    pub info: Arc<serde_json::Map<String, serde_json::Value>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -65,8 +67,15 @@ impl Ops {
             instance,
             metrics: Arc::new(metrics),
             database,
+            info: Arc::default(),
             draining: Arc::default(),
         }
+    }
+
+    /// Adds `key: value` to what `/info` reports.
+    pub fn with_info(mut self, key: &str, value: serde_json::Value) -> Self {
+        Arc::make_mut(&mut self.info).insert(key.to_owned(), value);
+        self
     }
 
     /// From now on `/readyz` fails, so load balancers stop sending new requests.
@@ -160,13 +169,16 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 }
 
 async fn info_route(State(ops): State<Ops>) -> Response {
-    axum::Json(json!({
+    let mut info = json!({
         "name": ops.name,
         "version": ops.version,
         "instance": ops.instance,
         "database": ops.database.as_ref().map(|d| format!("{:?}", d.backend).to_lowercase()),
-    }))
-    .into_response()
+    });
+    if let Some(members) = info.as_object_mut() {
+        members.extend(ops.info.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    axum::Json(info).into_response()
 }
 
 async fn metrics_route(State(ops): State<Ops>) -> Response {
