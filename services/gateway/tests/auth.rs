@@ -3,18 +3,18 @@
 //! 6750 challenge; a valid one reaches the service as `x-msa-subject`/`x-msa-roles`, which no
 //! client can set itself; a key added to the JWKS file is used at once.
 
+mod common;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use msa_service_kit::testing::{ServiceProcess, free_port, loopback_client};
+use msa_service_kit::testing::loopback_client;
 use ring::rand::SystemRandom;
 use ring::signature::{self, KeyPair};
 use serde_json::{Value, json};
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_msa-gateway");
-const ECHO: &str = env!("CARGO_BIN_EXE_msa-echo");
 const ISSUER: &str = "https://issuer.test";
 
 struct Ed25519 {
@@ -112,36 +112,19 @@ async fn only_valid_tokens_pass_and_their_identity_reaches_the_service() {
     )
     .unwrap();
 
-    let backend_addr = free_port("127.0.0.2");
-    let mut command = std::process::Command::new(ECHO);
-    command.args(["--listen", &backend_addr.to_string()]);
-    let _backend = ServiceProcess::launch(command, backend_addr).await;
-    let list = backend_addr.to_string();
     let jwks_arg = jwks_file.display().to_string();
-    let gateway = ServiceProcess::start(
-        GATEWAY,
-        &[
-            "--upstream-user",
-            &list,
-            "--upstream-order",
-            &list,
-            "--upstream-product",
-            &list,
-            "--drain-delay-seconds",
-            "0",
-            "--auth-issuer",
-            ISSUER,
-            "--auth-audiences",
-            "shop",
-            "--auth-jwks-file",
-            &jwks_arg,
-            "--auth-public-routes",
-            "GET /products,GET /products/{id},GET /products/{*rest}",
-            "--auth-clock-skew-seconds",
-            "5",
-        ],
-        &[("RUST_LOG", "warn")],
-    )
+    let (_backend, _, gateway) = common::echo_behind_gateway(&[
+        "--auth-issuer",
+        ISSUER,
+        "--auth-audiences",
+        "shop",
+        "--auth-jwks-file",
+        &jwks_arg,
+        "--auth-public-routes",
+        "GET /products,GET /products/{id},GET /products/{*rest}",
+        "--auth-clock-skew-seconds",
+        "5",
+    ])
     .await;
     let base = gateway.base_url.clone();
     let ed_key = EncodingKey::from_ed_der(&signing.pkcs8);

@@ -6,6 +6,8 @@
 //!
 //! Needs `nginx` on the PATH (`make unit` installs Debian's `nginx-light` when it is missing).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -14,9 +16,6 @@ use msa_service_kit::testing::{ServiceProcess, free_port, read_until_closed};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_msa-gateway");
-const ECHO: &str = env!("CARGO_BIN_EXE_msa-echo");
 
 /// nginx as a plain reverse proxy, killed on drop.
 struct Nginx {
@@ -214,26 +213,7 @@ struct Stage {
 
 impl Stage {
     async fn new() -> Stage {
-        let backend_addr = free_port("127.0.0.2");
-        let mut command = Command::new(ECHO);
-        command.args(["--listen", &backend_addr.to_string()]);
-        let backend = ServiceProcess::launch(command, backend_addr).await;
-        let list = backend_addr.to_string();
-        let gateway = ServiceProcess::start(
-            GATEWAY,
-            &[
-                "--upstream-user",
-                &list,
-                "--upstream-order",
-                &list,
-                "--upstream-product",
-                &list,
-                "--drain-delay-seconds",
-                "0",
-            ],
-            &[("RUST_LOG", "error")],
-        )
-        .await;
+        let (backend, backend_addr, gateway) = common::echo_behind_gateway(&[]).await;
         let nginx = nginx(backend_addr).await;
         Stage {
             gateway,

@@ -35,15 +35,7 @@ impl std::ops::Deref for Shop {
 }
 
 async fn start_neighbours(backend: TestBackend) -> Neighbours {
-    let (users, _) =
-        testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
-    let (products, _) = testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
-    .await;
+    let (users, products) = common::neighbours(backend).await;
     Neighbours { users, products }
 }
 

@@ -17,15 +17,7 @@ const SNAPSHOT: &[&str] = &[
 ];
 
 async fn random_requests_get_no_5xx_and_refusals_store_nothing(backend: TestBackend) {
-    let (users, _) =
-        testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
-    let (products, _) = testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
-    .await;
+    let (users, products) = common::neighbours(backend).await;
     let peers = common::peers(&users.base, &products.base);
     let (orders, db) = testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
         msa_order::router(db, peers)

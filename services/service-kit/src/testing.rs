@@ -407,7 +407,8 @@ pub async fn fuzz_routes(api: &TestClient, db: &crate::db::Database, plan: FuzzP
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut before = table_rows(db, snapshot).await;
     for round in 0..rounds {
-        let (own_method, template) = rng_pick_str(&mut rng, routes)
+        let (own_method, template) = rng
+            .pick(routes)
             .split_once(' ')
             .expect("routes are \"METHOD /path\"");
         let method = if rng.below(4) == 0 {
@@ -470,10 +471,6 @@ pub async fn fuzz_routes(api: &TestClient, db: &crate::db::Database, plan: FuzzP
         before = after;
     }
     println!("seed {seed}, {rounds} requests, answers by status: {statuses:?}");
-}
-
-fn rng_pick_str<'a>(rng: &mut Fuzz, items: &[&'a str]) -> &'a str {
-    items[rng.below(items.len() as u64) as usize]
 }
 
 fn fill_path(rng: &mut Fuzz, template: &str, ids: &[String]) -> String {
