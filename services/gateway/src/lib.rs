@@ -109,7 +109,15 @@ pub(crate) async fn forward_to(
     let identity = match &policy.auth {
         Some(auth) => match auth.authenticate(&parts.method, route, &mut parts.headers) {
             Ok(identity) => identity,
-            Err(refusal) => return auth::unauthorized(&refusal),
+            Err(refusal) => {
+                // Refused tokens count against the address: guessing is rate-limited too.
+                if let Some(limiter) = &policy.rate_limit
+                    && let Some(too_fast) = limiter.refusal(&rate_limit::Client::Address(client))
+                {
+                    return too_fast;
+                }
+                return auth::unauthorized(&refusal);
+            }
         },
         None => {
             // Nobody may claim an identity the gateway did not verify.

@@ -51,27 +51,10 @@ struct Flags {
     #[arg(long, env = "MSA_RATE_LIMIT_CLIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     rate_limit_clients: u64,
 
-    /// Issuer whose bearer tokens the gateway requires (`iss`); authentication is off without it.
-    #[arg(long, env = "MSA_AUTH_ISSUER")]
-    auth_issuer: Option<String>,
-    /// Audiences accepted (`aud`), comma-separated.
-    #[arg(long, env = "MSA_AUTH_AUDIENCES", value_delimiter = ',')]
-    auth_audiences: Vec<String>,
-    /// JWKS file with the issuer's public keys (RS256, ES256, EdDSA); re-read on an unknown
-    /// `kid` and every 30 s, so keys can rotate.
-    #[arg(long, env = "MSA_AUTH_JWKS_FILE")]
-    auth_jwks_file: Option<std::path::PathBuf>,
-    /// File with a shared HS256 secret (at least 32 bytes).
-    #[arg(long, env = "MSA_AUTH_HMAC_SECRET_FILE")]
-    auth_hmac_secret_file: Option<std::path::PathBuf>,
     /// Routes open without a token, comma-separated `METHOD /template` (for example
     /// `POST /users,GET /products,GET /products/{id}`).
     #[arg(long, env = "MSA_AUTH_PUBLIC_ROUTES", value_delimiter = ',')]
     auth_public_routes: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    #[arg(long, env = "MSA_AUTH_CLOCK_SKEW_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
-    auth_clock_skew_seconds: u64,
-
     /// Threads serving requests (default: one per CPU); 1 runs everything on one thread.
     #[arg(long, env = "MSA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
@@ -157,7 +140,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let auth = authenticator(&flags)?;
     let ops = ops.with_info(
         "authentication",
-        match &flags.auth_issuer {
+        match &flags.serve.auth.auth_issuer {
             Some(issuer) => serde_json::json!({"required": true, "issuer": issuer}),
             None => serde_json::json!({"required": false, "note": "every route is open: set --auth-issuer (spec.components.gateway.auth) to require tokens"}),
         },
@@ -187,15 +170,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
 /// The authenticator the flags describe, `None` (with a warning) when authentication is off.
 fn authenticator(flags: &Flags) -> anyhow::Result<Option<Arc<msa_gateway::auth::Authenticator>>> {
-    let Some(issuer) = flags.auth_issuer.clone() else {
+    let Some(verifier) = flags.serve.auth.verifier()? else {
         tracing::warn!(
             "authentication is OFF: every route is open to anyone who reaches the gateway (set --auth-issuer to require tokens)"
         );
         return Ok(None);
     };
-    if flags.auth_audiences.is_empty() {
-        anyhow::bail!("--auth-issuer needs --auth-audiences (the audiences tokens must be for)");
-    }
     let public_routes = flags
         .auth_public_routes
         .iter()
@@ -209,28 +189,12 @@ fn authenticator(flags: &Flags) -> anyhow::Result<Option<Arc<msa_gateway::auth::
                 })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let authenticator = Arc::new(msa_gateway::auth::Authenticator::new(
-        msa_gateway::auth::AuthConfig {
-            issuer,
-            audiences: flags.auth_audiences.clone(),
-            leeway: std::time::Duration::from_secs(flags.auth_clock_skew_seconds),
-            public_routes,
-            jwks_file: flags.auth_jwks_file.clone(),
-            hmac_secret_file: flags.auth_hmac_secret_file.clone(),
-        },
-    )?);
-    // Retired keys leave the JWKS; read it again now and then.
-    let weak = Arc::downgrade(&authenticator);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(authenticator) = weak.upgrade() else {
-                return;
-            };
-            authenticator.reload();
-        }
-    });
-    Ok(Some(authenticator))
+    info!(
+        ?public_routes,
+        "bearer tokens required except on the public routes"
+    );
+    Ok(Some(Arc::new(msa_gateway::auth::Authenticator::new(
+        verifier,
+        public_routes,
+    ))))
 }

@@ -1,5 +1,6 @@
 //! The order service binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,6 +33,12 @@ struct Flags {
     /// `--discovery kubernetes` its Service name.
     #[arg(long, env = "MSA_UPSTREAM_PRODUCT", default_value = "127.0.0.1:8083")]
     product_url: String,
+
+    /// This service's token for the product service's reservation routes (in a pod: a
+    /// projected ServiceAccount token for the product service's audience), read again as it
+    /// rotates.
+    #[arg(long, env = "MSA_SERVICE_TOKEN_FILE")]
+    service_token_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -48,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .discovery("product-url", &flags.product_url, client.as_ref())
         .map_err(anyhow::Error::msg)?;
     let calls = flags.policy.calls();
+    let service_token_file = flags.service_token_file.clone();
     msa_service_kit::server::run(
         "order",
         env!("CARGO_PKG_VERSION"),
@@ -59,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
             let peers = Peers::new(
                 Upstream::new("user", users, pool.clone(), calls.clone(), metrics.clone()),
                 Upstream::new("product", products, pool, calls, metrics),
+            )
+            .with_service_token(
+                service_token_file
+                    .map(|path| Arc::new(msa_service_kit::auth::TokenFile::new(path))),
             );
             tokio::spawn(msa_order::saga::release_pending_stock(
                 db.clone(),

@@ -1,6 +1,8 @@
 //! Orders, their lines, and the status machine (pure, unit-tested).
 
+use axum::http::StatusCode;
 use msa_service_kit::Problem;
+use msa_service_kit::caller::Caller;
 use msa_service_kit::money::{self, valid_line_count, valid_quantity};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,16 @@ pub struct Order {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    /// Whom the order is for. With authentication on it comes from the token: a user may leave
+    /// it out or name themselves; only an admin may name someone else.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub items: Vec<RequestedItem>,
+}
+
+/// A checked order request: canonical ids, and the user it is placed for.
+#[derive(Debug, PartialEq)]
+pub struct ValidOrder {
     pub user_id: String,
     pub items: Vec<RequestedItem>,
 }
@@ -122,9 +134,9 @@ pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i6
 }
 
 /// Checks the request — ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1 — and
-/// returns it with the ids in canonical form.
-pub fn validate(body: CreateOrder) -> Result<CreateOrder, Problem> {
-    let user_id = msa_service_kit::parse_id("user_id", &body.user_id)?.to_string();
+/// returns it with the ids in canonical form, placed for [`owner`].
+pub fn validate(body: CreateOrder, caller: &Caller) -> Result<ValidOrder, Problem> {
+    let user_id = owner(caller, body.user_id.as_deref())?;
     valid_line_count(body.items.len())?;
     let mut items = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.into_iter().enumerate() {
@@ -136,7 +148,42 @@ pub fn validate(body: CreateOrder) -> Result<CreateOrder, Problem> {
             quantity: item.quantity,
         });
     }
-    Ok(CreateOrder { user_id, items })
+    Ok(ValidOrder { user_id, items })
+}
+
+/// The user an order is placed for: the signed-in user; the one `requested` in the body when
+/// the caller is an admin or authentication is off.
+pub fn owner(caller: &Caller, requested: Option<&str>) -> Result<String, Problem> {
+    caller.require_user()?;
+    let requested = requested
+        .map(|id| msa_service_kit::parse_id("user_id", id))
+        .transpose()?
+        .map(|id| id.to_string());
+    match (caller.user(), requested) {
+        (_, Some(other)) if caller.is_admin() => Ok(other),
+        (Some(me), requested) => {
+            let me = uuid::Uuid::parse_str(me)
+                .map(|id| id.to_string())
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "your token's subject is not a user id of this shop; sign up first",
+                    )
+                })?;
+            match requested {
+                Some(other) if other != me => Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "orders are placed for the signed-in user: leave out user_id",
+                )
+                .with("field", "user_id")),
+                _ => Ok(me),
+            }
+        }
+        // (Authentication is off, and no user was named.)
+        (None, _) => Err(Problem::invalid("user_id", "user_id is required")),
+    }
 }
 
 #[cfg(test)]
@@ -189,9 +236,10 @@ mod tests {
         let user = uuid::Uuid::new_v4().to_string();
         let product = uuid::Uuid::new_v4().to_string();
         let order = |items: Vec<RequestedItem>| CreateOrder {
-            user_id: user.clone(),
+            user_id: Some(user.clone()),
             items,
         };
+        let validate = |body| validate(body, &Caller::unchecked());
         let canonical = validate(order(vec![RequestedItem {
             product_id: product.to_uppercase(),
             quantity: 1,
@@ -214,5 +262,42 @@ mod tests {
         }]))
         .unwrap_err();
         assert_eq!(bad_id.status, 400);
+    }
+
+    #[test]
+    fn orders_are_placed_for_the_signed_in_user() {
+        use msa_service_kit::auth::Identity;
+        use msa_service_kit::caller::Who;
+        let me = uuid::Uuid::new_v4().to_string();
+        let other = uuid::Uuid::new_v4().to_string();
+        let user = |subject: &str, roles: &[&str]| {
+            Caller::new(
+                Who::User(Identity {
+                    subject: subject.into(),
+                    roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                }),
+                true,
+            )
+        };
+        let alice = user(&me, &[]);
+        assert_eq!(owner(&alice, None).unwrap(), me);
+        assert_eq!(owner(&alice, Some(&me.to_uppercase())).unwrap(), me);
+        assert_eq!(owner(&alice, Some(&other)).unwrap_err().status, 403);
+        assert_eq!(
+            owner(&user("root", &["admin"]), Some(&other)).unwrap(),
+            other
+        );
+        assert_eq!(
+            owner(&user("not-a-uuid", &[]), None).unwrap_err().status,
+            403
+        );
+        assert_eq!(
+            owner(&Caller::new(Who::Anonymous, true), Some(&me))
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(owner(&Caller::unchecked(), None).unwrap_err().status, 422);
+        assert_eq!(owner(&Caller::unchecked(), Some(&other)).unwrap(), other);
     }
 }

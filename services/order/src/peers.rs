@@ -8,7 +8,10 @@
 
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
+use std::sync::Arc;
+
 use msa_service_kit::Problem;
+use msa_service_kit::auth::TokenFile;
 use msa_service_kit::context::RequestContext;
 use msa_upstream::client::read_body;
 use msa_upstream::{RetrySafe, Upstream};
@@ -25,6 +28,18 @@ const RESPONSE_LIMIT: usize = 1024 * 1024;
 pub struct Peers {
     users: Upstream,
     products: Upstream,
+    /// This service's own token, sent to the product service (whose reservation routes take
+    /// only the order service); `None` when service identities are off.
+    service_token: Option<Arc<TokenFile>>,
+}
+
+/// Whose credentials a call carries.
+#[derive(Clone, Copy)]
+enum Credentials {
+    /// The incoming request's token: the call is made on the user's behalf.
+    Caller,
+    /// This service's own token.
+    Service,
 }
 
 /// A line as the product service reserved it, at the price it charged.
@@ -63,12 +78,23 @@ impl Answer {
 
 impl Peers {
     pub fn new(users: Upstream, products: Upstream) -> Self {
-        Peers { users, products }
+        Peers {
+            users,
+            products,
+            service_token: None,
+        }
+    }
+
+    /// Calls to the product service carry this service's token from now on.
+    pub fn with_service_token(mut self, token: Option<Arc<TokenFile>>) -> Self {
+        self.service_token = token;
+        self
     }
 
     async fn call(
         &self,
         upstream: &Upstream,
+        credentials: Credentials,
         method: Method,
         path: &str,
         body: Option<Value>,
@@ -76,7 +102,15 @@ impl Peers {
         // Every call here is safe to deliver twice: reads, and writes keyed by the order id.
         let mut request = Request::builder().method(method).uri(path);
         if let Some(headers) = request.headers_mut() {
-            RequestContext::current().propagate_into(headers);
+            let context = RequestContext::current();
+            context.propagate_into(headers);
+            let authorization = match credentials {
+                Credentials::Caller => context.authorization,
+                Credentials::Service => self.service_token.as_ref().and_then(|t| t.authorization()),
+            };
+            if let Some(value) = authorization {
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
             if body.is_some() {
                 headers.insert(
                     http::header::CONTENT_TYPE,
@@ -111,7 +145,13 @@ impl Peers {
     /// Whether the user exists; 503 when the user service cannot say.
     pub async fn user_exists(&self, id: &str) -> Result<bool, Problem> {
         let answer = self
-            .call(&self.users, Method::GET, &format!("/users/{id}"), None)
+            .call(
+                &self.users,
+                Credentials::Caller,
+                Method::GET,
+                &format!("/users/{id}"),
+                None,
+            )
             .await
             .map_err(|e| Self::unavailable(&self.users, e))?;
         match answer.status {
@@ -130,6 +170,7 @@ impl Peers {
         let answer = self
             .call(
                 &self.products,
+                Credentials::Service,
                 Method::GET,
                 &format!("/products/{id}"),
                 None,
@@ -155,7 +196,13 @@ impl Peers {
     pub async fn reserve(&self, order_id: &str, items: &[RequestedItem]) -> ReserveOutcome {
         let body = json!({"id": order_id, "items": items});
         let answer = match self
-            .call(&self.products, Method::POST, "/reservations", Some(body))
+            .call(
+                &self.products,
+                Credentials::Service,
+                Method::POST,
+                "/reservations",
+                Some(body),
+            )
             .await
         {
             Ok(answer) => answer,
@@ -209,7 +256,15 @@ impl Peers {
     /// caller to read (except for `commit`, where it is an error).
     async fn reservation_action(&self, order_id: &str, action: &str) -> Result<Answer, String> {
         let path = format!("/reservations/{order_id}/{action}");
-        let answer = self.call(&self.products, Method::POST, &path, None).await?;
+        let answer = self
+            .call(
+                &self.products,
+                Credentials::Service,
+                Method::POST,
+                &path,
+                None,
+            )
+            .await?;
         if answer.status.is_success() || action != "commit" {
             Ok(answer)
         } else {

@@ -17,12 +17,13 @@ use axum::http::StatusCode;
 use msa_service_kit::db::Database;
 use msa_service_kit::{Problem, format_cents, now_rfc3339};
 
-use crate::model::{CreateOrder, Order, OrderLine, RequestedItem, Status, price_lines, validate};
+use crate::model::{Order, OrderLine, RequestedItem, Status, ValidOrder, price_lines};
 use crate::peers::{Peers, ReserveOutcome};
 use crate::store;
 
-pub async fn place(db: &Database, peers: &Peers, body: CreateOrder) -> Result<Order, Problem> {
-    let CreateOrder { user_id, items } = validate(body)?;
+/// Places a checked order (see [`crate::model::validate`]).
+pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Order, Problem> {
+    let ValidOrder { user_id, items } = order;
     if !peers.user_exists(&user_id).await? {
         return Err(Problem::invalid(
             "user_id",

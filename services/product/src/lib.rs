@@ -1,5 +1,9 @@
 //! The product service: the catalogue (`/products`) and stock reservations (`/reservations`),
 //! which the order service's saga uses to take and give back stock atomically. See the README.
+//!
+//! Reading the catalogue is open. With authentication on, creating products and setting stock
+//! need the admin role; with service identities on, the reservation routes answer only the
+//! services named trusted (the order service).
 
 pub mod model;
 pub mod store;
@@ -9,6 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
+use msa_service_kit::caller::Caller;
 use msa_service_kit::db::Database;
 use msa_service_kit::extract::{Json, Path, Query};
 use msa_service_kit::page::PageQuery;
@@ -39,8 +44,10 @@ pub fn router(db: Database) -> Router {
 
 async fn create_product(
     State(db): State<Database>,
+    caller: Caller,
     Json(body): Json<CreateProduct>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_admin("creating a product")?;
     let name = NAME.check(&body.name)?;
     let price_cents = parse_price("price", &body.price)?;
     let stock = valid_stock(body.stock)?;
@@ -84,9 +91,11 @@ async fn list_products(
 
 async fn set_stock(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<SetStock>,
 ) -> Result<Json<Product>, Problem> {
+    caller.require_admin("setting stock")?;
     let id = parse_id("id", &id)?.to_string();
     let stock = valid_stock(body.stock)?;
     store::set_stock(&db, &id, stock)
@@ -98,8 +107,10 @@ async fn set_stock(
 /// 201 when stock was taken now, 200 when this id was already reserved with the same lines.
 async fn reserve(
     State(db): State<Database>,
+    caller: Caller,
     Json(body): Json<CreateReservation>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_service()?;
     let id = parse_id("id", &body.id)?.to_string();
     let items = normalise_items(&body.items)?;
     Ok(match store::reserve(&db, &id, &items).await? {
@@ -110,8 +121,10 @@ async fn reserve(
 
 async fn get_reservation(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
     store::get_reservation(&db, &id)
         .await?
@@ -122,8 +135,10 @@ async fn get_reservation(
 /// The saga's last step: the order was confirmed, so the stock is sold (idempotent).
 async fn commit(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
     Ok(Json(store::commit(&db, &id).await?))
 }
@@ -132,8 +147,10 @@ async fn commit(
 /// it is committed, since then only the order's cancellation may give its stock back.
 async fn release(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
     Ok(Json(store::release(&db, &id).await?))
 }
@@ -141,8 +158,10 @@ async fn release(
 /// A confirmed order was cancelled: its committed stock comes back, exactly once.
 async fn return_stock(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
     Ok(Json(store::return_committed(&db, &id).await?))
 }

@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::{AuthConfig, Verifier};
+use crate::caller::{Gate, ServiceTrust};
 use crate::context::{REQUEST_ID, TRACEPARENT};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -48,6 +52,100 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub service_identity: ServiceIdentityArgs,
+}
+
+/// Users' bearer tokens: who issues them, for which audience, with which keys. Off (every
+/// route open, the demo) without `--auth-issuer`. The gateway and every service take the same
+/// flags, so each verifies the token itself.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AuthArgs {
+    /// Issuer whose bearer tokens are required (`iss`); authentication is off without it.
+    #[arg(long, env = "MSA_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// Audiences accepted (`aud`), comma-separated.
+    #[arg(long, env = "MSA_AUTH_AUDIENCES", value_delimiter = ',')]
+    pub auth_audiences: Vec<String>,
+    /// JWKS file with the issuer's public keys (RS256, ES256, EdDSA); re-read on an unknown
+    /// `kid` and every 30 s, so keys can rotate.
+    #[arg(long, env = "MSA_AUTH_JWKS_FILE")]
+    pub auth_jwks_file: Option<PathBuf>,
+    /// File with a shared HS256 secret (at least 32 bytes).
+    #[arg(long, env = "MSA_AUTH_HMAC_SECRET_FILE")]
+    pub auth_hmac_secret_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "MSA_AUTH_CLOCK_SKEW_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_clock_skew_seconds: u64,
+}
+
+impl AuthArgs {
+    /// The verifier of users' tokens; `None` when authentication is off.
+    pub fn verifier(&self) -> anyhow::Result<Option<Arc<Verifier>>> {
+        let Some(issuer) = self.auth_issuer.clone() else {
+            return Ok(None);
+        };
+        if self.auth_audiences.is_empty() {
+            anyhow::bail!(
+                "--auth-issuer needs --auth-audiences (the audiences tokens must be for)"
+            );
+        }
+        Verifier::start(AuthConfig {
+            issuer,
+            audiences: self.auth_audiences.clone(),
+            leeway: Duration::from_secs(self.auth_clock_skew_seconds),
+            jwks_file: self.auth_jwks_file.clone(),
+            hmac_secret_file: self.auth_hmac_secret_file.clone(),
+        })
+        .map(Some)
+    }
+}
+
+/// Services' own tokens, for internal routes (the product service's reservations): in a
+/// cluster, projected ServiceAccount tokens checked against the API server's keys; locally,
+/// tokens `msa-local` issues. Off without `--service-issuer`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServiceIdentityArgs {
+    /// Issuer of service tokens (the cluster's ServiceAccount issuer).
+    #[arg(long, env = "MSA_SERVICE_ISSUER")]
+    pub service_issuer: Option<String>,
+    /// JWKS file with the service issuer's public keys.
+    #[arg(long, env = "MSA_SERVICE_JWKS_FILE")]
+    pub service_jwks_file: Option<PathBuf>,
+    /// The audience service tokens sent to this service carry (its own name, for example
+    /// `msa-product`).
+    #[arg(long, env = "MSA_SERVICE_AUDIENCE")]
+    pub service_audience: Option<String>,
+    /// Subjects whose service tokens may call internal routes, comma-separated (for example
+    /// `system:serviceaccount:shop:shop-order`).
+    #[arg(long, env = "MSA_SERVICE_CALLERS", value_delimiter = ',')]
+    pub service_callers: Vec<String>,
+}
+
+impl ServiceIdentityArgs {
+    pub fn trust(&self) -> anyhow::Result<Option<ServiceTrust>> {
+        let Some(issuer) = self.service_issuer.clone() else {
+            return Ok(None);
+        };
+        let (Some(jwks), Some(audience)) = (&self.service_jwks_file, &self.service_audience) else {
+            anyhow::bail!("--service-issuer needs --service-jwks-file and --service-audience");
+        };
+        let verifier = Verifier::start(AuthConfig {
+            issuer,
+            audiences: vec![audience.clone()],
+            leeway: Duration::from_secs(30),
+            jwks_file: Some(jwks.clone()),
+            hmac_secret_file: None,
+        })?;
+        Ok(Some(ServiceTrust {
+            verifier,
+            callers: self.service_callers.clone(),
+        }))
+    }
 }
 
 /// How long the server waits for a client, and how many it holds (see
@@ -116,6 +214,20 @@ impl DatabaseArgs {
 }
 
 impl ServeArgs {
+    /// Whom this service accepts, as the auth flags say (reads the key files).
+    pub fn gate(&self) -> anyhow::Result<Gate> {
+        let gate = Gate {
+            users: self.auth.verifier()?,
+            services: self.service_identity.trust()?,
+        };
+        if gate.users.is_none() {
+            tracing::warn!(
+                "authentication is OFF: anyone who reaches this service may act as anyone (set --auth-issuer)"
+            );
+        }
+        Ok(gate)
+    }
+
     /// The drain on SIGTERM, with `default_delay_seconds` unless `--drain-delay-seconds` says.
     pub fn drain(&self, default_delay_seconds: u64) -> crate::server::Drain {
         crate::server::Drain {
@@ -175,8 +287,9 @@ impl ServeArgs {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             AllowOrigin::list(parsed)
         };
-        let headers: [HeaderName; 3] = [
+        let headers: [HeaderName; 4] = [
             http::header::CONTENT_TYPE,
+            http::header::AUTHORIZATION,
             REQUEST_ID.clone(),
             TRACEPARENT.clone(),
         ];

@@ -14,6 +14,9 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct RequestContext {
     pub request_id: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
+    /// The caller's `Authorization`, for a call made on the caller's behalf (marked sensitive,
+    /// so it never shows in debug output). Not propagated by [`RequestContext::propagate_into`].
+    pub authorization: Option<HeaderValue>,
 }
 
 tokio::task_local! {
@@ -25,6 +28,11 @@ impl RequestContext {
         RequestContext {
             request_id: headers.get(&REQUEST_ID).cloned(),
             traceparent: headers.get(&TRACEPARENT).cloned(),
+            authorization: headers.get(http::header::AUTHORIZATION).map(|value| {
+                let mut value = value.clone();
+                value.set_sensitive(true);
+                value
+            }),
         }
     }
 

@@ -3,6 +3,8 @@
 //! propagation, RED metrics, `/healthz` `/readyz` `/info` `/metrics`, storage on SQLite or
 //! PostgreSQL with migrations, pagination, and serving with a graceful drain.
 
+pub mod auth;
+pub mod caller;
 pub mod config;
 pub mod connections;
 pub mod context;
@@ -13,6 +15,7 @@ pub mod money;
 pub mod page;
 pub mod problem;
 pub mod server;
+pub mod signing;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;

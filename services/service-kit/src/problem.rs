@@ -121,6 +121,13 @@ impl IntoResponse for Problem {
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(header::WWW_AUTHENTICATE) {
+            // RFC 9110 §15.5.2: a 401 names the scheme that would work.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"msa\""),
+            );
+        }
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still come; the connection cannot be reused.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -17,6 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::{Span, info, warn};
 
+use crate::caller;
 use crate::config::ServeArgs;
 use crate::connections::{self, ConnectionLimits};
 use crate::context::{self, REQUEST_ID};
@@ -89,7 +90,9 @@ impl Ops {
 /// metrics, panic → 500 problem, body limit (enforced by the body extractors, so an oversized
 /// body is a 413 problem), CORS.
 pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
+    let gate = args.gate()?;
     let router = api
+        .layer(axum::middleware::from_fn_with_state(gate, caller::identify))
         .merge(operational_routes(ops.clone()))
         .fallback(|| async {
             Problem::new(

@@ -67,6 +67,8 @@ pub fn serve_args() -> ServeArgs {
         log_format: "text".into(),
         instance: Some("test".into()),
         limits: crate::config::LimitArgs::default(),
+        auth: crate::config::AuthArgs::default(),
+        service_identity: crate::config::ServiceIdentityArgs::default(),
     }
 }
 

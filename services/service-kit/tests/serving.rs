@@ -11,15 +11,11 @@ use msa_service_kit::testing::{loopback_client as client, spawn_with};
 
 fn args(origins: &[&str], credentials: bool) -> ServeArgs {
     ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
         cors_origins: origins.iter().map(|o| o.to_string()).collect(),
         cors_allow_credentials: credentials,
         body_limit_bytes: 1024,
-        shutdown_grace_seconds: 5,
-        drain_delay_seconds: None,
-        log_format: "text".into(),
         instance: None,
-        limits: Default::default(),
+        ..msa_service_kit::testing::serve_args()
     }
 }
 

@@ -1,5 +1,9 @@
 //! The user service: `POST /users`, `GET /users/{id}`, `GET /users`, `PUT /users/{id}`
 //! (partial), `DELETE /users/{id}`. See the README for the API.
+//!
+//! With authentication on, signing up is open, an account is seen, changed and deleted only by
+//! its user (the token's `sub`) or an admin (anyone else gets 404), and listing every user
+//! needs the admin role.
 
 pub mod model;
 pub mod store;
@@ -9,6 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use msa_service_kit::caller::Caller;
 use msa_service_kit::db::Database;
 use msa_service_kit::extract::{Json, Path, Query};
 use msa_service_kit::page::PageQuery;
@@ -48,9 +53,11 @@ async fn create_user(
 
 async fn get_user(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<User>, Problem> {
     let id = parse_id("id", &id)?.to_string();
+    caller.require_owner(&id, "user", &id)?;
     store::get(&db, &id)
         .await?
         .map(Json)
@@ -59,17 +66,21 @@ async fn get_user(
 
 async fn list_users(
     State(db): State<Database>,
+    caller: Caller,
     Query(query): Query<PageQuery>,
 ) -> Result<impl IntoResponse, Problem> {
+    caller.require_admin("listing every user")?;
     Ok(Json(store::list(&db, query.validate()?).await?))
 }
 
 async fn update_user(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, Problem> {
     let id = parse_id("id", &id)?.to_string();
+    caller.require_owner(&id, "user", &id)?;
     if body.name.is_none() && body.email.is_none() {
         return Err(Problem::invalid(
             "name",
@@ -97,9 +108,11 @@ async fn update_user(
 
 async fn delete_user(
     State(db): State<Database>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let id = parse_id("id", &id)?.to_string();
+    caller.require_owner(&id, "user", &id)?;
     if store::delete(&db, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
