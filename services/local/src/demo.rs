@@ -1,13 +1,22 @@
 //! `msa-local demo`: the shop's flow through the gateway, each request and answer printed, each
-//! answer checked — so it doubles as a smoke test of a running application.
+//! answer checked — so it doubles as a smoke test of a running application. When the gateway
+//! requires tokens (`up --auth`), the demo issues its own with the run's key, and also shows
+//! what a caller without one, a user reading another's order, and a too-fast caller get.
+
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::identity;
 use serde_json::{Value, json};
 
 struct Demo {
     http: reqwest::Client,
     base: String,
     step: u32,
+    /// Sent as the bearer token, when set.
+    token: Option<String>,
 }
 
 impl Demo {
@@ -27,6 +36,9 @@ impl Demo {
             None => println!("   → {method} {path}"),
         }
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = &body {
             request = request.json(body);
         }
@@ -58,20 +70,47 @@ fn check(what: &str, ok: bool, answer: &Value) -> anyhow::Result<()> {
     }
 }
 
-pub async fn run(gateway: &str) -> anyhow::Result<()> {
+pub async fn run(gateway: &str, data_dir: &Path) -> anyhow::Result<()> {
     let mut demo = Demo {
         http: reqwest::Client::builder().no_proxy().build()?,
         base: gateway.trim_end_matches('/').to_owned(),
         step: 0,
+        token: None,
     };
     use reqwest::Method;
     println!("msa demo through the gateway at {}", demo.base);
+    let info = demo
+        .call(
+            "Ask the gateway whether it requires tokens",
+            Method::GET,
+            "/info",
+            None,
+            200,
+        )
+        .await?;
+    let auth = info["authentication"]["required"] == true;
+    let token = |subject: &str, admin: bool| {
+        identity::user_token(data_dir, subject, admin, Duration::from_secs(600))
+            .context("the gateway requires tokens; pass the run's --data-dir")
+    };
+    let admin = if auth {
+        println!(
+            "   authentication is on: the demo issues tokens with the key in {}",
+            data_dir.display()
+        );
+        Some(token("msa-demo-admin", true)?)
+    } else {
+        println!(
+            "   authentication is off: anyone may act as anyone (`msa-local up --auth` turns it on)"
+        );
+        None
+    };
 
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let email = format!("ada.{tag}@example.com");
     let user = demo
         .call(
-            "Create a user",
+            "Sign up a user (open to anyone)",
             Method::POST,
             "/users",
             Some(json!({"name": "Ada Lovelace", "email": email})),
@@ -82,10 +121,20 @@ pub async fn run(gateway: &str) -> anyhow::Result<()> {
         .as_str()
         .context("the user has an id")?
         .to_owned();
+    let ada = if auth {
+        Some(token(&user_id, false)?)
+    } else {
+        None
+    };
 
+    demo.token.clone_from(&admin);
     let product = demo
         .call(
-            "Create a product: price 999.99, 10 in stock",
+            if auth {
+                "As an admin, create a product: price 999.99, 10 in stock"
+            } else {
+                "Create a product: price 999.99, 10 in stock"
+            },
             Method::POST,
             "/products",
             Some(json!({"name": "Laptop", "description": "14-inch, 32 GB", "price": "999.99", "stock": 10})),
@@ -102,12 +151,26 @@ pub async fn run(gateway: &str) -> anyhow::Result<()> {
         .context("the product has an id")?
         .to_owned();
 
+    // With tokens, the order's user is the token's; without, the body names it.
+    demo.token.clone_from(&ada);
+    let order_body = |quantity: u32| {
+        let items = json!([{"product_id": product_id, "quantity": quantity}]);
+        if auth {
+            json!({ "items": items })
+        } else {
+            json!({"user_id": user_id, "items": items})
+        }
+    };
     let order = demo
         .call(
-            "Order one laptop",
+            if auth {
+                "As Ada, order one laptop"
+            } else {
+                "Order one laptop"
+            },
             Method::POST,
             "/orders",
-            Some(json!({"user_id": user_id, "items": [{"product_id": product_id, "quantity": 1}]})),
+            Some(order_body(1)),
             201,
         )
         .await?;
@@ -151,9 +214,7 @@ pub async fn run(gateway: &str) -> anyhow::Result<()> {
             "Order 20 more laptops (only 9 left)",
             Method::POST,
             "/orders",
-            Some(
-                json!({"user_id": user_id, "items": [{"product_id": product_id, "quantity": 20}]}),
-            ),
+            Some(order_body(20)),
             409,
         )
         .await?;
@@ -178,8 +239,104 @@ pub async fn run(gateway: &str) -> anyhow::Result<()> {
         .await?;
     check("still 9 in stock", still["stock"] == 9, &still)?;
 
+    if auth {
+        show_refusals(&mut demo, &order_id, &token).await?;
+    }
+
     println!(
         "\ndemo finished: every answer was as expected (user {user_id}, product {product_id})"
     );
     Ok(())
+}
+
+/// With authentication on: no token is a 401, another user's order is a 404 (as if it did not
+/// exist), and a caller over the gateway's rate is a 429 with `Retry-After`.
+async fn show_refusals(
+    demo: &mut Demo,
+    order_id: &str,
+    token: &impl Fn(&str, bool) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    demo.token = None;
+    let refused = demo
+        .call(
+            "Without a token, read Ada's order",
+            Method::GET,
+            &format!("/orders/{order_id}"),
+            None,
+            401,
+        )
+        .await?;
+    check(
+        "401: sign in first",
+        refused["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/unauthorized")),
+        &refused,
+    )?;
+
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let mallory = demo
+        .call(
+            "Sign up a second user, Mallory",
+            Method::POST,
+            "/users",
+            Some(json!({"name": "Mallory", "email": format!("mallory.{tag}@example.com")})),
+            201,
+        )
+        .await?;
+    let mallory_id = mallory["id"].as_str().context("the user has an id")?;
+    demo.token = Some(token(mallory_id, false)?);
+    let hidden = demo
+        .call(
+            "As Mallory, read Ada's order",
+            Method::GET,
+            &format!("/orders/{order_id}"),
+            None,
+            404,
+        )
+        .await?;
+    check(
+        "404: another user's order looks like no order at all",
+        hidden["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/not-found")),
+        &hidden,
+    )?;
+
+    demo.step += 1;
+    println!(
+        "\n{}. As Mallory, list her orders as fast as possible (at most 200 requests)",
+        demo.step
+    );
+    let path = format!("{}/orders/user/{mallory_id}", demo.base);
+    for sent in 1..=200u32 {
+        let mut request = demo.http.get(&path);
+        if let Some(token) = &demo.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.context("no answer from the gateway")?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let policy = response
+                .headers()
+                .get("ratelimit-policy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            println!(
+                "   ← 429 after {sent} requests, Retry-After: {retry_after}, RateLimit-Policy: {policy}"
+            );
+            println!("   ✓ 429: too fast; each caller has its own limit");
+            return Ok(());
+        }
+    }
+    bail!(
+        "200 requests in a row were all answered: is the gateway's rate limit off? (`up --auth` sets one)"
+    )
 }

@@ -3,6 +3,7 @@
 //! until Ctrl-C. `msa-local demo` drives the shop's flow through the running gateway.
 
 mod demo;
+mod identity;
 mod plan;
 mod restart;
 mod run;
@@ -28,6 +29,24 @@ enum Command {
         /// The gateway of a running `msa-local up`.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         gateway: String,
+        /// That run's data folder, whose key issues the demo's tokens when auth is on.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Print a bearer token for a user of an `up --auth` run (signed with its key).
+    Token {
+        /// The user's id (the token's subject).
+        #[arg(long)]
+        user: String,
+        /// Give the token the admin role (ship orders, set stock, see every user).
+        #[arg(long)]
+        admin: bool,
+        /// The run's data folder.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
     },
 }
 
@@ -36,7 +55,19 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up(args) => run::up(args).await,
-        Command::Demo { gateway } => demo::run(&gateway).await,
+        Command::Demo { gateway, data_dir } => demo::run(&gateway, &data_dir).await,
+        Command::Token {
+            user,
+            admin,
+            data_dir,
+            minutes,
+        } => identity::user_token(
+            &data_dir,
+            &user,
+            admin,
+            std::time::Duration::from_secs(minutes * 60),
+        )
+        .map(|token| println!("{token}")),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::identity::{self, Issuer};
+
 /// One service of the application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
@@ -52,6 +54,16 @@ pub struct Process {
     pub args: Vec<String>,
 }
 
+/// Who may do what in a local run. Service identities are always on (the reservation routes
+/// take only the order service); users' tokens and the rate limit on request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Require users' tokens (`up --auth`).
+    pub auth: bool,
+    /// Requests per second per caller at the gateway.
+    pub rate_limit: Option<u32>,
+}
+
 /// Everything a local run starts, in start order (services before their callers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -62,7 +74,12 @@ pub struct Plan {
 
 /// The gateway on `port`; service replicas on the ports after it (users, then orders, then
 /// products); replicas of a service share its SQLite file under `data_dir`.
-pub fn plan(port: u16, replicas: Replicas, data_dir: &Path) -> Result<Plan, String> {
+pub fn plan(
+    port: u16,
+    replicas: Replicas,
+    data_dir: &Path,
+    security: Security,
+) -> Result<Plan, String> {
     let total: u16 = Service::ALL.iter().map(|s| replicas.of(*s)).sum();
     if port.checked_add(total).is_none() {
         return Err(format!(
@@ -93,6 +110,20 @@ pub fn plan(port: u16, replicas: Replicas, data_dir: &Path) -> Result<Plan, Stri
             .unwrap_or_default()
     };
     let data = data_dir.display().to_string();
+    let path = |p: PathBuf| p.display().to_string();
+    let users = Issuer::users(data_dir);
+    let auth: Vec<String> = if security.auth {
+        vec![
+            "--auth-issuer".into(),
+            identity::USER_ISSUER.into(),
+            "--auth-audiences".into(),
+            identity::USER_AUDIENCE.into(),
+            "--auth-jwks-file".into(),
+            path(users.jwks),
+        ]
+    } else {
+        vec![]
+    };
     let mut processes = Vec::new();
     // Order calls user and product, so those start first.
     for service in [Service::User, Service::Product, Service::Order] {
@@ -103,12 +134,27 @@ pub fn plan(port: u16, replicas: Replicas, data_dir: &Path) -> Result<Plan, Stri
             .1;
         for (i, listen) in listed.iter().enumerate() {
             let mut args = vec!["--data-dir".to_owned(), data.clone()];
+            args.extend(auth.iter().cloned());
             if service == Service::Order {
                 args.extend([
                     "--user-url".to_owned(),
                     list(Service::User),
                     "--product-url".to_owned(),
                     list(Service::Product),
+                    "--service-token-file".to_owned(),
+                    path(identity::order_token(data_dir)),
+                ]);
+            }
+            if service == Service::Product {
+                args.extend([
+                    "--service-issuer".to_owned(),
+                    identity::SERVICE_ISSUER.to_owned(),
+                    "--service-jwks-file".to_owned(),
+                    path(Issuer::services(data_dir).jwks),
+                    "--service-audience".to_owned(),
+                    identity::PRODUCT_AUDIENCE.to_owned(),
+                    "--service-callers".to_owned(),
+                    identity::ORDER_SUBJECT.to_owned(),
                 ]);
             }
             processes.push(Process {
@@ -124,21 +170,32 @@ pub fn plan(port: u16, replicas: Replicas, data_dir: &Path) -> Result<Plan, Stri
         }
     }
     let gateway = at(0);
+    let mut args = vec![
+        "--upstream-user".to_owned(),
+        list(Service::User),
+        "--upstream-order".to_owned(),
+        list(Service::Order),
+        "--upstream-product".to_owned(),
+        list(Service::Product),
+        // Local runs stop at once on Ctrl-C; there is no load balancer to tell.
+        "--drain-delay-seconds".to_owned(),
+        "0".to_owned(),
+    ];
+    if security.auth {
+        args.extend(auth);
+        args.extend([
+            "--auth-public-routes".to_owned(),
+            identity::PUBLIC_ROUTES.to_owned(),
+        ]);
+    }
+    if let Some(rate) = security.rate_limit {
+        args.extend(["--rate-limit-per-second".to_owned(), rate.to_string()]);
+    }
     processes.push(Process {
         instance: "gateway".to_owned(),
         binary: "msa-gateway",
         listen: gateway,
-        args: vec![
-            "--upstream-user".to_owned(),
-            list(Service::User),
-            "--upstream-order".to_owned(),
-            list(Service::Order),
-            "--upstream-product".to_owned(),
-            list(Service::Product),
-            // Local runs stop at once on Ctrl-C; there is no load balancer to tell.
-            "--drain-delay-seconds".to_owned(),
-            "0".to_owned(),
-        ],
+        args,
     });
     Ok(Plan {
         processes,
@@ -158,7 +215,7 @@ mod tests {
             order: 1,
             product: 2,
         };
-        let planned = plan(8080, replicas, Path::new("/tmp/d")).unwrap();
+        let planned = plan(8080, replicas, Path::new("/tmp/d"), Security::default()).unwrap();
         let order: Vec<(&str, u16)> = planned
             .processes
             .iter()
@@ -190,9 +247,51 @@ mod tests {
         );
         assert!(order.args.windows(2).any(|w| w == ["--data-dir", "/tmp/d"]));
         assert!(
-            plan(65534, replicas, Path::new("d"))
+            plan(65534, replicas, Path::new("d"), Security::default())
                 .unwrap_err()
                 .contains("--port")
         );
+    }
+
+    #[test]
+    fn reservations_take_the_order_service_only_and_auth_reaches_every_component() {
+        let replicas = Replicas {
+            user: 1,
+            order: 1,
+            product: 1,
+        };
+        let has =
+            |p: &Process, flag: &str, value: &str| p.args.windows(2).any(|w| w == [flag, value]);
+        let open = plan(8080, replicas, Path::new("/d"), Security::default()).unwrap();
+        let product = &open.processes[1];
+        assert!(has(product, "--service-callers", identity::ORDER_SUBJECT));
+        assert!(has(
+            &open.processes[2],
+            "--service-token-file",
+            "/d/identity/order.token"
+        ));
+        assert!(
+            open.processes
+                .iter()
+                .all(|p| !p.args.contains(&"--auth-issuer".to_owned()))
+        );
+        let closed = Security {
+            auth: true,
+            rate_limit: Some(20),
+        };
+        let closed = plan(8080, replicas, Path::new("/d"), closed).unwrap();
+        assert!(
+            closed
+                .processes
+                .iter()
+                .all(|p| has(p, "--auth-issuer", identity::USER_ISSUER))
+        );
+        let gateway = closed.processes.last().unwrap();
+        assert!(has(
+            gateway,
+            "--auth-public-routes",
+            identity::PUBLIC_ROUTES
+        ));
+        assert!(has(gateway, "--rate-limit-per-second", "20"));
     }
 }

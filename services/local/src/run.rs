@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::plan::{Plan, Process, Replicas, plan};
+use crate::identity;
+use crate::plan::{Plan, Process, Replicas, Security, plan};
 use crate::restart::Restarts;
 
 #[derive(clap::Args, Debug)]
@@ -35,7 +36,18 @@ pub struct UpArgs {
     /// Folder with msa-user, msa-order, msa-product and msa-gateway (default: beside msa-local).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Require bearer tokens (signing up and reading the catalogue stay open): makes a signing
+    /// key under the data folder; `msa-local token` issues tokens with it. Also limits each
+    /// caller to 20 requests per second unless --rate-limit-per-second says otherwise.
+    #[arg(long)]
+    auth: bool,
+    /// Requests per second each caller (token subject, else address) may make at the gateway.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate_limit_per_second: Option<u32>,
 }
+
+/// The rate limit `up --auth` sets when none is given.
+const AUTH_RATE_LIMIT: u32 = 20;
 
 struct Running {
     process: Process,
@@ -55,12 +67,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         order: args.order_replicas,
         product: args.product_replicas,
     };
-    let plan = plan(args.port, replicas, &data_dir).map_err(anyhow::Error::msg)?;
+    let security = Security {
+        auth: args.auth,
+        rate_limit: args
+            .rate_limit_per_second
+            .or(args.auth.then_some(AUTH_RATE_LIMIT)),
+    };
+    let plan = plan(args.port, replicas, &data_dir, security).map_err(anyhow::Error::msg)?;
     // Before anything is created: a refused start leaves nothing behind.
     preflight(&plan, &bin_dir)?;
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
+    identity::issue_order_token(&data_dir)?;
+    if args.auth {
+        identity::Issuer::users(&data_dir).key()?;
+    }
 
     let mut running: Vec<Running> = Vec::new();
     for process in &plan.processes {
@@ -77,9 +99,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    print_summary(&plan, &running);
+    print_summary(&plan, &running, security);
 
-    let outcome = supervise(&mut running, &bin_dir).await;
+    let outcome = supervise(&mut running, &bin_dir, &data_dir).await;
     eprintln!("\nstopping …");
     stop_all(&mut running);
     eprintln!("stopped; the data stays in {}", data_dir.display());
@@ -169,7 +191,7 @@ fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child>
         .with_context(|| format!("cannot start {}", process.binary))
 }
 
-fn print_summary(plan: &Plan, running: &[Running]) {
+fn print_summary(plan: &Plan, running: &[Running], security: Security) {
     println!("\nmsa is running — gateway http://{}", plan.gateway);
     for r in running {
         println!("  {:<10} http://{}", r.process.instance, r.process.listen);
@@ -183,17 +205,43 @@ fn print_summary(plan: &Plan, running: &[Running]) {
     let local = std::env::current_exe()
         .map(|exe| exe.display().to_string())
         .unwrap_or_else(|_| "msa-local".into());
-    println!("try:        {local} demo --gateway http://{}", plan.gateway);
+    let data = plan.data_dir.display();
+    if security.auth {
+        println!(
+            "auth:       on — tokens: {local} token --data-dir {data} --user <user id> [--admin]"
+        );
+        println!(
+            "            (open without one: POST /users, GET /products, GET /products/{{id}})"
+        );
+    } else {
+        println!("auth:       off — anyone may act as anyone; `up --auth` requires tokens");
+    }
+    if let Some(rate) = security.rate_limit {
+        println!("rate limit: {rate} requests/s per caller at the gateway");
+    }
+    println!(
+        "try:        {local} demo --gateway http://{} --data-dir {data}",
+        plan.gateway
+    );
     println!("Ctrl-C stops everything; the data stays.");
 }
 
 /// Until Ctrl-C, SIGTERM or SIGHUP. A component that dies is reported and started again after
 /// its backoff; the others keep serving (the gateway steers around the missing replica).
-async fn supervise(running: &mut [Running], bin_dir: &Path) -> anyhow::Result<()> {
+/// The order service's token is issued again well before it expires (as kubelet rotates a
+/// projected token).
+async fn supervise(running: &mut [Running], bin_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut token_issued = Instant::now();
     loop {
+        if token_issued.elapsed() >= identity::SERVICE_TOKEN_RENEWAL {
+            match identity::issue_order_token(data_dir) {
+                Ok(()) => token_issued = Instant::now(),
+                Err(error) => eprintln!("cannot renew the order service's token: {error:#}"),
+            }
+        }
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),

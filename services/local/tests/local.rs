@@ -2,113 +2,24 @@
 //! replicas), run the demo, check the admin view, stop with Ctrl-C, start again and find the
 //! data still there.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use msa_service_kit::testing::loopback_client;
 use serde_json::Value;
 
-const LOCAL: &str = env!("CARGO_BIN_EXE_msa-local");
+mod common;
 
-/// A base port with the five after it free.
-fn free_ports() -> u16 {
-    for _ in 0..50 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 60_000
-            && (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no six free ports in a row");
-}
+use common::{LOCAL, free_ports, interrupt, signal_and_wait};
 
-/// `msa-local up`, returned once it prints that it is running.
-fn up(port: u16, data: &PathBuf) -> Child {
+/// `msa-local up` with two product replicas, returned once it prints that it is running.
+fn up(port: u16, data: &Path) -> Child {
     up_with_output(port, data).0
 }
 
-/// `msa-local up` once it prints that it is running, with the lines it prints after that, and
-/// the file its standard error goes to.
-fn up_with_output(
-    port: u16,
-    data: &PathBuf,
-) -> (Child, std::sync::mpsc::Receiver<String>, PathBuf) {
-    let errors = std::env::temp_dir().join(format!(
-        "msa-local-stderr-{port}-{}.txt",
-        std::process::id()
-    ));
-    let mut child = Command::new(LOCAL)
-        .args([
-            "up",
-            "--port",
-            &port.to_string(),
-            "--product-replicas",
-            "2",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&errors).unwrap())
-        .spawn()
-        .expect("start msa-local");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("msa is running") => return (child, rx, errors),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill();
-                panic!("msa-local up did not report running within 90 s");
-            }
-        }
-    }
-}
-
-/// Ctrl-C, as a person would press it; the run must end cleanly and free every port.
-fn interrupt(child: Child, port: u16) {
-    signal_and_wait(child, "-INT", port);
-}
-
-/// Sends `signal` and checks that the run ends cleanly and every port is free.
-fn signal_and_wait(mut child: Child, signal: &str, port: u16) {
-    Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "msa-local did not stop on {signal}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "clean exit: {status}");
-    for i in 0..5 {
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok(),
-            "port {} freed",
-            port + i
-        );
-    }
+fn up_with_output(port: u16, data: &Path) -> (Child, std::sync::mpsc::Receiver<String>, PathBuf) {
+    common::up(port, data, &["--product-replicas", "2"])
 }
 
 async fn get(url: String) -> Value {
@@ -136,7 +47,7 @@ async fn up_demo_stop_and_up_again_keeps_the_data() {
         String::from_utf8_lossy(&demo.stderr)
     );
     for step in [
-        "Create a user",
+        "Sign up a user",
         "999.99",
         "stock went from 10 to 9",
         "insufficient-stock",

@@ -1,0 +1,99 @@
+//! What the tests of `msa-local` share: free ports, starting `up`, stopping it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LOCAL: &str = env!("CARGO_BIN_EXE_msa-local");
+
+/// A base port with the five after it free.
+pub fn free_ports() -> u16 {
+    for _ in 0..50 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base < 60_000
+            && (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no six free ports in a row");
+}
+
+/// `msa-local up` with `extra` flags once it prints that it is running, with the lines it
+/// prints after that, and the file its standard error goes to.
+pub fn up(
+    port: u16,
+    data: &Path,
+    extra: &[&str],
+) -> (Child, std::sync::mpsc::Receiver<String>, PathBuf) {
+    let errors = std::env::temp_dir().join(format!(
+        "msa-local-stderr-{port}-{}.txt",
+        std::process::id()
+    ));
+    let mut child = Command::new(LOCAL)
+        .args(["up", "--port", &port.to_string()])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .expect("start msa-local");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("msa is running") => return (child, rx, errors),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("msa-local up did not report running within 90 s");
+            }
+        }
+    }
+}
+
+/// Ctrl-C, as a person would press it; the run must end cleanly and free every port.
+pub fn interrupt(child: Child, port: u16) {
+    signal_and_wait(child, "-INT", port);
+}
+
+/// Sends `signal` and checks that the run ends cleanly and every port is free.
+pub fn signal_and_wait(mut child: Child, signal: &str, port: u16) {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "msa-local did not stop on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "clean exit: {status}");
+    for i in 0..5 {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok(),
+            "port {} freed",
+            port + i
+        );
+    }
+}
