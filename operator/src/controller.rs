@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
@@ -98,6 +99,7 @@ pub async fn run(
     let (service_accounts, service_account_events) = cached_watch::<ServiceAccount>(&client, ns);
     let (roles, role_events) = cached_watch::<Role>(&client, ns);
     let (role_bindings, role_binding_events) = cached_watch::<RoleBinding>(&client, ns);
+    let (network_policies, network_policy_events) = cached_watch::<NetworkPolicy>(&client, ns);
     let (endpoint_slices, slice_events) = cached_watch::<EndpointSlice>(&client, ns);
 
     let caches = Caches {
@@ -109,6 +111,7 @@ pub async fn run(
         service_accounts,
         roles,
         role_bindings,
+        network_policies,
         endpoint_slices,
     };
     let reporter = Reporter {
@@ -127,6 +130,7 @@ pub async fn run(
         .owns_stream(service_account_events)
         .owns_stream(role_events)
         .owns_stream(role_binding_events)
+        .owns_stream(network_policy_events)
         .watches_stream(slice_events, app_of_labelled)
         .watches_stream(claim_events, app_of_labelled)
         .graceful_shutdown_on(shutdown)

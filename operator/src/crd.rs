@@ -111,6 +111,48 @@ pub struct MicroserviceAppSpec {
     /// The volumes of the embedded databases (used only without `spec.database`).
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// Who may connect to whom, as NetworkPolicies (enforced only where the cluster's network
+    /// plugin enforces them).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// One NetworkPolicy per component, admitting only its callers: the order service only from
+/// the gateway; the user and product services only from the gateway and the order service;
+/// the gateway from anywhere, or from `gatewayFrom`. Egress is not restricted (the services
+/// reach PostgreSQL, the discovering ones the API server).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Render the policies (default). Turning it off deletes them.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Who may reach the gateway (for example an ingress controller's namespace); empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub gateway_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+
+    /// Namespace whose pods may scrape every component's metrics (on the component's port, where
+    /// `/metrics` is served); none when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub monitoring_namespace: Option<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            gateway_from: Vec::new(),
+            monitoring_namespace: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One PersistentVolumeClaim per stateful component, named `data-<app>-<component>-0`.

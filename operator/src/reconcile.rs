@@ -13,6 +13,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -54,6 +55,7 @@ pub struct Caches {
     pub service_accounts: Store<ServiceAccount>,
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
+    pub network_policies: Store<NetworkPolicy>,
     pub endpoint_slices: Store<EndpointSlice>,
 }
 
@@ -69,6 +71,7 @@ impl Caches {
             service_accounts,
             roles,
             role_bindings,
+            network_policies,
             endpoint_slices,
         } = self;
         tokio::try_join!(
@@ -80,6 +83,7 @@ impl Caches {
             service_accounts.wait_until_ready(),
             roles.wait_until_ready(),
             role_bindings.wait_until_ready(),
+            network_policies.wait_until_ready(),
             endpoint_slices.wait_until_ready(),
         )
         .map(|_| ())
@@ -316,6 +320,7 @@ async fn apply_children(
         service_account,
         role,
         role_binding,
+        network_policies,
     } = children;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
@@ -357,6 +362,15 @@ async fn apply_children(
     }
     for (_, budget) in budgets {
         apply_one(ctx, &caches.budgets, budget, &mut report).await?;
+    }
+    if network_policies.is_empty() {
+        for component in Component::ALL {
+            let name = labels::child_name(&app.name_any(), component);
+            delete_owned(ctx, app, &caches.network_policies, &name, &mut report).await?;
+        }
+    }
+    for policy in network_policies {
+        apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
     Ok(report)
 }

@@ -59,6 +59,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     let ns = "/api/v1/namespaces/demo";
     let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/demo";
     let apps = "/apis/apps/v1/namespaces/demo/deployments";
+    let net = "/apis/networking.k8s.io/v1/namespaces/demo/networkpolicies";
     assert_eq!(
         lines(&first),
         [
@@ -73,6 +74,10 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
             format!("PATCH {apps}/shop-order?{APPLY}"),
             format!("PATCH {apps}/shop-product?{APPLY}"),
             format!("PATCH {apps}/shop-gateway?{APPLY}"),
+            format!("PATCH {net}/shop-user?{APPLY}"),
+            format!("PATCH {net}/shop-order?{APPLY}"),
+            format!("PATCH {net}/shop-product?{APPLY}"),
+            format!("PATCH {net}/shop-gateway?{APPLY}"),
             "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
             format!(
                 "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
@@ -89,6 +94,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         service_account,
         role,
         role_binding,
+        network_policies,
     } = children.clone();
     assert!(
         budgets.is_empty(),
@@ -102,10 +108,15 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     ];
     expected.extend(services.iter().map(|s| serde_json::to_value(s).unwrap()));
     expected.extend(deployments.iter().map(|d| serde_json::to_value(d).unwrap()));
+    expected.extend(
+        network_policies
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap()),
+    );
     for (call, body) in first.iter().zip(&expected) {
         assert_eq!(&call.body, body, "{}", call.line());
     }
-    let event = &first[11].body;
+    let event = &first[15].body;
     assert_eq!(event["reason"], "Applied");
     assert_eq!(event["regarding"]["name"], "shop");
     assert!(
@@ -114,7 +125,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
             .unwrap()
             .starts_with("applied ServiceAccount/shop-discovery, Role/shop-discovery")
     );
-    let status_call = &first[12];
+    let status_call = &first[16];
     assert_eq!(status_call.body["apiVersion"], "msa.dev/v1alpha1");
     assert_eq!(status_call.body["kind"], "MicroserviceApp");
     assert_eq!(status_call.body["status"]["observedGeneration"], 1);

@@ -63,7 +63,7 @@ fn default_app_renders_the_snapshotted_objects() {
     let children = build::children(&app(json!({}))).unwrap();
     assert_eq!(
         children.count(),
-        11,
+        15,
         "one replica each: no PodDisruptionBudget"
     );
     insta::assert_json_snapshot!(
@@ -79,6 +79,7 @@ fn default_app_renders_the_snapshotted_objects() {
     insta::assert_json_snapshot!("service_account", children.service_account);
     insta::assert_json_snapshot!("role", children.role);
     insta::assert_json_snapshot!("role_binding", children.role_binding);
+    insta::assert_json_snapshot!("network_policy_user", children.network_policies[0]);
 }
 
 #[test]
@@ -92,6 +93,7 @@ fn every_child_has_the_recommended_labels_and_a_controller_owner_reference() {
             Workload::StatefulSet(s) => &s.metadata,
         })
         .chain(children.services.iter().map(|s| &s.metadata))
+        .chain(children.network_policies.iter().map(|p| &p.metadata))
         .chain([
             &children.service_account.metadata,
             &children.role.metadata,
@@ -306,10 +308,11 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
     );
 }
 
-/// Issue 16: the gateway's token settings arrive as its flags' environment, the keys as files
-/// of a read-only projected volume of the named Secrets; without `auth` nothing of it appears.
+/// Issue 16: the token settings arrive as the flags' environment of every component (each
+/// verifies tokens itself), the keys as files of a read-only projected volume of the named
+/// Secrets; only the gateway has public routes; without `auth` nothing of it appears.
 #[test]
-fn gateway_auth_reaches_the_gateway_as_environment_and_mounted_keys() {
+fn auth_reaches_every_component_as_environment_and_mounted_keys() {
     let children = build::children(&app(json!({"components": {"gateway": {"auth": {
         "issuer": "https://issuer.example",
         "audiences": ["shop", "admin"],
@@ -352,8 +355,21 @@ fn gateway_auth_reaches_the_gateway_as_environment_and_mounted_keys() {
             .any(|m| m["name"] == "auth-keys" && m["readOnly"] == true),
         "{mount}"
     );
-    let user = serde_json::to_value(pod_of(template(&children, Component::User))).unwrap();
-    assert!(!user.to_string().contains("auth-keys"));
+    for component in [Component::User, Component::Order, Component::Product] {
+        let workload = template(&children, component);
+        assert_eq!(
+            env_value(workload, "MSA_AUTH_JWKS_FILE").unwrap()["value"],
+            "/etc/msa/auth/jwks.json",
+            "{component:?}"
+        );
+        assert_eq!(
+            env_value(workload, "MSA_AUTH_PUBLIC_ROUTES"),
+            None,
+            "{component:?}"
+        );
+        let pod = serde_json::to_value(pod_of(workload)).unwrap();
+        assert!(pod.to_string().contains("auth-keys"), "{component:?}");
+    }
     let open = build::children(&app(json!({}))).unwrap();
     assert_eq!(
         env_value(template(&open, Component::Gateway), "MSA_AUTH_ISSUER"),
@@ -615,4 +631,70 @@ fn shutdown_timing_reaches_the_process_and_the_grace_period_covers_it() {
         user_spread.match_label_keys.as_deref(),
         Some(&["controller-revision-hash".to_owned()][..])
     );
+}
+
+/// Issue 16: a NetworkPolicy per component admits only its callers on its port — order from the
+/// gateway, user and product from the gateway and order, the gateway from anyone (or the
+/// configured peers) — plus the monitoring namespace when set; switched off, none is rendered.
+#[test]
+fn network_policies_admit_only_each_components_callers() {
+    let children = build::children(&app(json!({}))).unwrap();
+    let policies: Vec<serde_json::Value> = children
+        .network_policies
+        .iter()
+        .map(|p| serde_json::to_value(p).unwrap())
+        .collect();
+    assert_eq!(policies.len(), 4);
+    let sources = |name: &str| -> Vec<String> {
+        let policy = policies
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap();
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+            "shop"
+        );
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{policy}");
+        match rules[0]["from"].as_array() {
+            None => vec!["anyone".to_owned()],
+            Some(from) => from
+                .iter()
+                .map(|peer| {
+                    peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect(),
+        }
+    };
+    assert_eq!(sources("shop-gateway"), ["anyone"]);
+    assert_eq!(sources("shop-order"), ["gateway"]);
+    assert_eq!(sources("shop-user"), ["order", "gateway"]);
+    assert_eq!(sources("shop-product"), ["order", "gateway"]);
+    let order = &policies[1];
+    assert_eq!(
+        order["spec"]["ingress"][0]["ports"],
+        json!([{"port": 8080, "protocol": "TCP"}])
+    );
+
+    let configured = build::children(&app(json!({"networkPolicy": {
+        "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}],
+        "monitoringNamespace": "monitoring"
+    }})))
+    .unwrap();
+    let gateway = serde_json::to_value(&configured.network_policies[3]).unwrap();
+    let rules = &gateway["spec"]["ingress"];
+    assert_eq!(
+        rules[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress"
+    );
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let off = build::children(&app(json!({"networkPolicy": {"enabled": false}}))).unwrap();
+    assert!(off.network_policies.is_empty());
 }

@@ -582,7 +582,7 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
         .cluster
         .kubectl(&[
             "get",
-            "deployments,statefulsets,poddisruptionbudgets,services,serviceaccounts,roles,rolebindings",
+            "deployments,statefulsets,poddisruptionbudgets,services,serviceaccounts,roles,rolebindings,networkpolicies",
             "-n",
             &s.ns,
             "-l",
@@ -591,8 +591,9 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
             "name",
         ])
         .ok()?;
-    // A workload and a Service per component, the gateway's budget, the discovery identity.
-    assert_eq!(out.lines().count(), CHILD_WORKLOADS * 2 + 1 + 3, "{out}");
+    // A workload, a Service and a NetworkPolicy per component, the gateway's budget, the
+    // discovery identity.
+    assert_eq!(out.lines().count(), CHILD_WORKLOADS * 3 + 1 + 3, "{out}");
     let printed = s.cluster.kubectl(&["get", "msa", "-n", &s.ns]).ok()?;
     assert!(
         printed.contains("READY") && printed.contains("True"),

@@ -40,7 +40,8 @@ pub(super) fn container(app: &MicroserviceApp, component: Component) -> Containe
             ..VolumeMount::default()
         });
     }
-    if component == Component::Gateway && app.spec.components.gateway.auth.is_some() {
+    // Every component verifies users' tokens itself, so each mounts the keys.
+    if app.spec.components.gateway.auth.is_some() {
         mounts.push(VolumeMount {
             name: AUTH_VOLUME.to_owned(),
             mount_path: AUTH_DIR.to_owned(),
@@ -136,9 +137,9 @@ fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
             ));
         }
     }
+    env.extend(token_verification(component, &app.spec.components.gateway));
     if component == Component::Gateway {
         env.extend(gateway_policy(&app.spec.components.gateway));
-        env.extend(gateway_auth(&app.spec.components.gateway));
     }
     for user_var in &component.spec(app).env {
         match env.iter_mut().find(|e| e.name == user_var.name) {
@@ -239,8 +240,10 @@ fn gateway_policy(gateway: &GatewaySpec) -> Vec<EnvVar> {
     .collect()
 }
 
-/// What the gateway needs to verify tokens, when `auth` is set.
-fn gateway_auth(gateway: &GatewaySpec) -> Vec<EnvVar> {
+/// What a component needs to verify users' tokens, when `auth` is set: every component gets
+/// the issuer, audiences and keys (a request that reaches a service directly cannot act as
+/// anyone either); only the gateway lets some routes through without a token.
+fn token_verification(component: Component, gateway: &GatewaySpec) -> Vec<EnvVar> {
     let Some(auth) = &gateway.auth else {
         return Vec::new();
     };
@@ -252,7 +255,7 @@ fn gateway_auth(gateway: &GatewaySpec) -> Vec<EnvVar> {
             &auth.clock_skew_seconds.to_string(),
         ),
     ];
-    if !auth.public_routes.is_empty() {
+    if component == Component::Gateway && !auth.public_routes.is_empty() {
         env.push(value(
             "MSA_AUTH_PUBLIC_ROUTES",
             &auth.public_routes.join(","),

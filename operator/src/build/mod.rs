@@ -5,6 +5,7 @@ mod container;
 mod deployment;
 mod disruption;
 mod hash;
+mod network;
 mod pod;
 mod rbac;
 mod service;
@@ -12,6 +13,7 @@ mod statefulset;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -22,6 +24,7 @@ use crate::crd::MicroserviceApp;
 
 pub use disruption::needs_budget;
 pub use hash::{short_hash, stamp_rendered_hash};
+pub use network::callers;
 pub use pod::has_embedded_database;
 pub use statefulset::claim_name;
 
@@ -37,6 +40,9 @@ pub struct Children {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
+    /// One per component, in [`Component::ALL`] order; none when `spec.networkPolicy.enabled`
+    /// is false.
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 impl Children {
@@ -49,8 +55,9 @@ impl Children {
             service_account: _,
             role: _,
             role_binding: _,
+            network_policies,
         } = self;
-        workloads.len() + services.len() + budgets.len() + 3
+        workloads.len() + services.len() + budgets.len() + network_policies.len() + 3
     }
 }
 
@@ -147,6 +154,14 @@ pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
         service_account: stamp_rendered_hash(rbac::service_account(&owner)),
         role: stamp_rendered_hash(rbac::role(&owner)),
         role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),
+        network_policies: if app.spec.network_policy.enabled {
+            Component::ALL
+                .into_iter()
+                .map(|c| stamp_rendered_hash(network::policy(app, &owner, c)))
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

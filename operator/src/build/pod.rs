@@ -90,11 +90,7 @@ fn pod_spec(
         // The embedded database's volume comes from the StatefulSet's claim template.
         volumes: Some(
             std::iter::once(empty_dir("tmp"))
-                .chain(
-                    (component == Component::Gateway)
-                        .then(|| auth_keys(app))
-                        .flatten(),
-                )
+                .chain(auth_keys(app))
                 .collect(),
         ),
         topology_spread_constraints: Some(vec![spread_across_nodes(
@@ -126,7 +122,8 @@ fn spread_across_nodes(
     }
 }
 
-/// The Secrets holding the gateway's token keys, projected into one read-only folder.
+/// The Secrets holding the keys that verify users' tokens, projected into one read-only folder
+/// (every component verifies them).
 fn auth_keys(app: &MicroserviceApp) -> Option<Volume> {
     let auth = app.spec.components.gateway.auth.as_ref()?;
     let project = |selector: &crate::crd::SecretKeySelectorSpec, path: &str| VolumeProjection {

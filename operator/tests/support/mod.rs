@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -89,6 +90,7 @@ pub struct FakeCaches {
     pub service_accounts: Writer<ServiceAccount>,
     pub roles: Writer<Role>,
     pub role_bindings: Writer<RoleBinding>,
+    pub network_policies: Writer<NetworkPolicy>,
     pub endpoint_slices: Writer<EndpointSlice>,
 }
 
@@ -114,6 +116,7 @@ impl FakeCaches {
             service_accounts: ready_writer(),
             roles: ready_writer(),
             role_bindings: ready_writer(),
+            network_policies: ready_writer(),
             endpoint_slices: ready_writer(),
         }
     }
@@ -128,6 +131,7 @@ impl FakeCaches {
             service_accounts: self.service_accounts.as_reader(),
             roles: self.roles.as_reader(),
             role_bindings: self.role_bindings.as_reader(),
+            network_policies: self.network_policies.as_reader(),
             endpoint_slices: self.endpoint_slices.as_reader(),
         }
     }
@@ -141,6 +145,7 @@ impl FakeCaches {
             service_account,
             role,
             role_binding,
+            network_policies,
         } = children;
         for w in workloads {
             match w {
@@ -166,6 +171,10 @@ impl FakeCaches {
             .apply_watcher_event(&watcher::Event::Apply(as_stored(role)));
         self.role_bindings
             .apply_watcher_event(&watcher::Event::Apply(as_stored(role_binding)));
+        for p in network_policies {
+            self.network_policies
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(p)));
+        }
     }
 }
 
