@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::crd::MicroserviceApp;
 use crate::labels;
@@ -100,6 +100,7 @@ pub async fn run(
     let (roles, role_events) = cached_watch::<Role>(&client, ns);
     let (role_bindings, role_binding_events) = cached_watch::<RoleBinding>(&client, ns);
     let (network_policies, network_policy_events) = cached_watch::<NetworkPolicy>(&client, ns);
+    let (config_maps, config_map_events) = cached_watch::<ConfigMap>(&client, ns);
     let (endpoint_slices, slice_events) = cached_watch::<EndpointSlice>(&client, ns);
 
     let caches = Caches {
@@ -112,6 +113,7 @@ pub async fn run(
         roles,
         role_bindings,
         network_policies,
+        config_maps,
         endpoint_slices,
     };
     let reporter = Reporter {
@@ -120,6 +122,22 @@ pub async fn run(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
+    // Learn the ServiceAccount issuer before the first reconcile, so the product services
+    // start with the check instead of rolling once it is known.
+    match crate::issuer::discover(&client).await {
+        Ok(issuer) => {
+            info!(issuer = %issuer.issuer, "ServiceAccount issuer known: product services will check the order services' tokens");
+            context
+                .cluster
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .service_issuer = Some(issuer);
+        }
+        Err(error) => {
+            warn!(%error, "cannot read the cluster's ServiceAccount issuer yet; product services' reservation routes stay open until it can be read")
+        }
+    }
+    let refresher = tokio::spawn(crate::issuer::keep_current(client.clone(), context.clone()));
 
     Controller::new(api::<MicroserviceApp>(&client, ns), watcher::Config::default().any_semantic())
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -131,6 +149,7 @@ pub async fn run(
         .owns_stream(role_events)
         .owns_stream(role_binding_events)
         .owns_stream(network_policy_events)
+        .owns_stream(config_map_events)
         .watches_stream(slice_events, app_of_labelled)
         .watches_stream(claim_events, app_of_labelled)
         .graceful_shutdown_on(shutdown)
@@ -145,4 +164,5 @@ pub async fn run(
             }
         })
         .await;
+    refresher.abort();
 }

@@ -12,6 +12,7 @@ pub mod crd;
 pub mod drift;
 pub mod error;
 pub mod http;
+pub mod issuer;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

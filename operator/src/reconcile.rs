@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -56,6 +56,7 @@ pub struct Caches {
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
     pub network_policies: Store<NetworkPolicy>,
+    pub config_maps: Store<ConfigMap>,
     pub endpoint_slices: Store<EndpointSlice>,
 }
 
@@ -72,6 +73,7 @@ impl Caches {
             roles,
             role_bindings,
             network_policies,
+            config_maps,
             endpoint_slices,
         } = self;
         tokio::try_join!(
@@ -84,6 +86,7 @@ impl Caches {
             roles.wait_until_ready(),
             role_bindings.wait_until_ready(),
             network_policies.wait_until_ready(),
+            config_maps.wait_until_ready(),
             endpoint_slices.wait_until_ready(),
         )
         .map(|_| ())
@@ -101,6 +104,9 @@ pub struct Context {
     pub failures: Mutex<HashMap<ObjectRef<MicroserviceApp>, u32>>,
     /// The clock that stamps condition transitions (injected so tests are deterministic).
     pub now: Box<dyn Fn() -> Time + Send + Sync>,
+    /// What the cluster told the operator (its ServiceAccount issuer), kept by
+    /// [`crate::issuer::keep_current`].
+    pub cluster: std::sync::RwLock<build::ClusterFacts>,
 }
 
 impl Context {
@@ -112,6 +118,7 @@ impl Context {
             metrics,
             failures: Mutex::default(),
             now: Box::new(|| Time(jiff::Timestamp::now())),
+            cluster: std::sync::RwLock::default(),
         }
     }
 
@@ -176,7 +183,12 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
 
-    let children = build::children(app)?;
+    let cluster = ctx
+        .cluster
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let children = build::children_in(app, &cluster)?;
     let report = match apply_children(ctx, app, children).await {
         Ok(report) => report,
         // Missing permissions stop the reconcile where they struck (children are applied in
@@ -318,6 +330,8 @@ async fn apply_children(
         services,
         budgets,
         service_account,
+        order_service_account,
+        service_issuer,
         role,
         role_binding,
         network_policies,
@@ -327,6 +341,16 @@ async fn apply_children(
 
     // The identity first, so pods never start without their ServiceAccount.
     apply_one(ctx, &caches.service_accounts, service_account, &mut report).await?;
+    apply_one(
+        ctx,
+        &caches.service_accounts,
+        order_service_account,
+        &mut report,
+    )
+    .await?;
+    if let Some(config_map) = service_issuer {
+        apply_one(ctx, &caches.config_maps, config_map, &mut report).await?;
+    }
     apply_one(ctx, &caches.roles, role, &mut report).await?;
     apply_one(ctx, &caches.role_bindings, role_binding, &mut report).await?;
     for service in services {

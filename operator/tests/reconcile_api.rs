@@ -64,6 +64,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         lines(&first),
         [
             format!("PATCH {ns}/serviceaccounts/shop-discovery?{APPLY}"),
+            format!("PATCH {ns}/serviceaccounts/shop-order?{APPLY}"),
             format!("PATCH {rbac}/roles/shop-discovery?{APPLY}"),
             format!("PATCH {rbac}/rolebindings/shop-discovery?{APPLY}"),
             format!("PATCH {ns}/services/shop-user?{APPLY}"),
@@ -92,10 +93,16 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         services,
         budgets,
         service_account,
+        order_service_account,
+        service_issuer,
         role,
         role_binding,
         network_policies,
     } = children.clone();
+    assert_eq!(
+        service_issuer, None,
+        "the mocked API server has no issuer discovery"
+    );
     assert!(
         budgets.is_empty(),
         "one replica each: no PodDisruptionBudget"
@@ -103,6 +110,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     let deployments = deployments(&children);
     let mut expected: Vec<Value> = vec![
         serde_json::to_value(&service_account).unwrap(),
+        serde_json::to_value(&order_service_account).unwrap(),
         serde_json::to_value(&role).unwrap(),
         serde_json::to_value(&role_binding).unwrap(),
     ];
@@ -116,16 +124,13 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     for (call, body) in first.iter().zip(&expected) {
         assert_eq!(&call.body, body, "{}", call.line());
     }
-    let event = &first[15].body;
+    let event = &first[16].body;
     assert_eq!(event["reason"], "Applied");
     assert_eq!(event["regarding"]["name"], "shop");
-    assert!(
-        event["note"]
-            .as_str()
-            .unwrap()
-            .starts_with("applied ServiceAccount/shop-discovery, Role/shop-discovery")
-    );
-    let status_call = &first[16];
+    assert!(event["note"].as_str().unwrap().starts_with(
+        "applied ServiceAccount/shop-discovery, ServiceAccount/shop-order, Role/shop-discovery"
+    ));
+    let status_call = &first[17];
     assert_eq!(status_call.body["apiVersion"], "msa.dev/v1alpha1");
     assert_eq!(status_call.body["kind"], "MicroserviceApp");
     assert_eq!(status_call.body["status"]["observedGeneration"], 1);

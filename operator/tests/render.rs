@@ -63,7 +63,7 @@ fn default_app_renders_the_snapshotted_objects() {
     let children = build::children(&app(json!({}))).unwrap();
     assert_eq!(
         children.count(),
-        15,
+        16,
         "one replica each: no PodDisruptionBudget"
     );
     insta::assert_json_snapshot!(
@@ -138,10 +138,12 @@ fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
             pod.automount_service_account_token,
             Some(component.needs_discovery())
         );
-        assert_eq!(
-            pod.service_account_name.as_deref(),
-            component.needs_discovery().then_some("shop-discovery")
-        );
+        // The order service has its own account: its tokens prove who calls the product service.
+        let account = match component {
+            Component::Order => Some("shop-order"),
+            _ => component.needs_discovery().then_some("shop-discovery"),
+        };
+        assert_eq!(pod.service_account_name.as_deref(), account);
         let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
             p.as_ref()
                 .unwrap()
@@ -697,4 +699,80 @@ fn network_policies_admit_only_each_components_callers() {
     );
     let off = build::children(&app(json!({"networkPolicy": {"enabled": false}}))).unwrap();
     assert!(off.network_policies.is_empty());
+}
+
+/// Issue 16, service identity: the order service runs as its own ServiceAccount with a token
+/// projected for the product service's audience; once the operator knows the cluster's issuer,
+/// the product service gets its keys (a ConfigMap) and accepts only that account's tokens.
+#[test]
+fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token() {
+    let shop = app(json!({}));
+    let unknown = build::children(&shop).unwrap();
+    let order = template(&unknown, Component::Order);
+    assert_eq!(
+        env_value(order, "MSA_SERVICE_TOKEN_FILE").unwrap()["value"],
+        "/var/run/msa/service-token/token"
+    );
+    let pod = serde_json::to_value(pod_of(order)).unwrap();
+    let projected = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "service-token")
+        .unwrap();
+    assert_eq!(
+        projected["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "shop-product", "expirationSeconds": 3600, "path": "token"})
+    );
+    let binding = serde_json::to_value(&unknown.role_binding).unwrap();
+    assert_eq!(
+        binding["subjects"][1]["name"], "shop-order",
+        "the order account discovers too"
+    );
+    // Without the issuer the product service is told nothing (it warns that reservations are open).
+    let product = template(&unknown, Component::Product);
+    assert_eq!(env_value(product, "MSA_SERVICE_ISSUER"), None);
+    assert!(unknown.service_issuer.is_none());
+
+    let facts = build::ClusterFacts {
+        service_issuer: Some(build::ServiceIssuer {
+            issuer: "https://kubernetes.default.svc".into(),
+            jwks: r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB"}]}"#.into(),
+        }),
+    };
+    let known = build::children_in(&shop, &facts).unwrap();
+    let config_map = serde_json::to_value(known.service_issuer.as_ref().unwrap()).unwrap();
+    assert_eq!(config_map["metadata"]["name"], "shop-service-issuer");
+    assert!(
+        config_map["data"]["jwks.json"]
+            .as_str()
+            .unwrap()
+            .contains("RSA")
+    );
+    let product = template(&known, Component::Product);
+    for (name, expected) in [
+        ("MSA_SERVICE_ISSUER", "https://kubernetes.default.svc"),
+        ("MSA_SERVICE_JWKS_FILE", "/etc/msa/service-issuer/jwks.json"),
+        ("MSA_SERVICE_AUDIENCE", "shop-product"),
+        (
+            "MSA_SERVICE_CALLERS",
+            "system:serviceaccount:demo:shop-order",
+        ),
+    ] {
+        assert_eq!(
+            env_value(product, name).unwrap()["value"],
+            expected,
+            "{name}"
+        );
+    }
+    // The keys change without rolling anyone: only the ConfigMap carries them.
+    let rotated = build::ClusterFacts {
+        service_issuer: Some(build::ServiceIssuer {
+            issuer: "https://kubernetes.default.svc".into(),
+            jwks: r#"{"keys":[{"kty":"RSA","n":"y","e":"AQAB"}]}"#.into(),
+        }),
+    };
+    let after = build::children_in(&shop, &rotated).unwrap();
+    assert_eq!(after.workloads, known.workloads);
+    assert_ne!(after.service_issuer, known.service_issuer);
 }

@@ -53,6 +53,7 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     let pods = check_pods_match_status(&ctx, &ns).await?;
     check_discovery_from_inside_pods(&ctx, &pods).await?;
     check_demo_through_node_port(&ctx, &ns).await?;
+    check_reservations_take_only_the_order_service(&ctx, &pods).await?;
     check_gateway_at_pod_address(&ctx, &pods).await?;
     check_only_the_leader_reconciles(&ctx, &operators, &leader).await?;
     hand_over_and_reconcile(&ctx, &ns, &leader).await?;
@@ -356,6 +357,34 @@ async fn check_demo_through_node_port(ctx: &Ctx, ns: &str) -> anyhow::Result<()>
     println!(
         "msa-local demo through the NodePort {url}: passed in {:.2} s",
         took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Service identity on real pods: the demo's orders reserved stock, so the order pod's projected
+/// ServiceAccount token was accepted; the same routes called straight at the product pod
+/// without it, or with a token the cluster did not issue, are refused and move no stock.
+async fn check_reservations_take_only_the_order_service(
+    ctx: &Ctx,
+    pods: &BTreeMap<String, BTreeMap<String, String>>,
+) -> anyhow::Result<()> {
+    for ip in pods["product"].values() {
+        let base = guarded_url(ip, POD_PORT)?;
+        let body = serde_json::json!({"id": "00000000-0000-4000-8000-000000000016", "items": []});
+        for (credential, expected) in [(None, 401), (Some("e30.e30.c2ln"), 401)] {
+            let mut request = ctx.http.post(format!("{base}/reservations")).json(&body);
+            if let Some(token) = credential {
+                request = request.bearer_auth(token);
+            }
+            let status = request.send().await?.status().as_u16();
+            ensure!(
+                status == expected,
+                "POST {base}/reservations with {credential:?}: {status}, expected {expected}"
+            );
+        }
+    }
+    println!(
+        "the product pods took reservations only from the order pod's projected token (401 without it)"
     );
     Ok(())
 }

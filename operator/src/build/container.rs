@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::Owner;
+use super::identity;
 use super::pod::{DATA_VOLUME, has_embedded_database};
 use crate::component::Component;
 use crate::crd::{GatewaySpec, MicroserviceApp};
@@ -26,7 +28,7 @@ pub(super) const HMAC_FILE: &str = "hmac-secret";
 /// refer to it by this name.
 pub const PORT_NAME: &str = "http";
 
-pub(super) fn container(app: &MicroserviceApp, component: Component) -> Container {
+pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Component) -> Container {
     let spec = component.spec(app);
     let mut mounts = vec![VolumeMount {
         name: "tmp".to_owned(),
@@ -49,6 +51,7 @@ pub(super) fn container(app: &MicroserviceApp, component: Component) -> Containe
             ..VolumeMount::default()
         });
     }
+    mounts.extend(identity::mounts(owner, component));
     Container {
         name: component.name().to_owned(),
         image: Some(component.image(app)),
@@ -59,7 +62,7 @@ pub(super) fn container(app: &MicroserviceApp, component: Component) -> Containe
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        env: Some(env_for(app, component)),
+        env: Some(env_for(app, owner, component)),
         resources: spec.resources.clone(),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         // Every 2 s: a new pod counts as ready about a second after it listens (its first probe
@@ -107,7 +110,7 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
 /// The component's environment: what the operator sets, then the user's `env` entries, each
 /// replacing an operator-set variable of the same name (a list with one entry per name, as
 /// server-side apply requires).
-fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
+fn env_for(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<EnvVar> {
     let app_name = app.name_any();
     let mut env = vec![
         value("MSA_COMPONENT", component.name()),
@@ -138,6 +141,11 @@ fn env_for(app: &MicroserviceApp, component: Component) -> Vec<EnvVar> {
         }
     }
     env.extend(token_verification(component, &app.spec.components.gateway));
+    env.extend(
+        identity::env(owner, component)
+            .into_iter()
+            .map(|(name, v)| value(name, &v)),
+    );
     if component == Component::Gateway {
         env.extend(gateway_policy(&app.spec.components.gateway));
     }

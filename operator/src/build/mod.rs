@@ -5,6 +5,7 @@ mod container;
 mod deployment;
 mod disruption;
 mod hash;
+mod identity;
 mod network;
 mod pod;
 mod rbac;
@@ -12,7 +13,7 @@ mod service;
 mod statefulset;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,6 +25,9 @@ use crate::crd::MicroserviceApp;
 
 pub use disruption::needs_budget;
 pub use hash::{short_hash, stamp_rendered_hash};
+pub use identity::{
+    ClusterFacts, ServiceIssuer, issuer_config_map_name, order_account, product_audience,
+};
 pub use network::callers;
 pub use pod::has_embedded_database;
 pub use statefulset::claim_name;
@@ -37,7 +41,13 @@ pub struct Children {
     pub services: Vec<Service>,
     /// Only for components that can have more than one pod ([`needs_budget`]).
     pub budgets: Vec<(Component, PodDisruptionBudget)>,
+    /// The discovering components' identity (the gateway's).
     pub service_account: ServiceAccount,
+    /// The order service's own identity: it also discovers, and its tokens prove to the
+    /// product service that the caller is the order service.
+    pub order_service_account: ServiceAccount,
+    /// The ServiceAccount issuer's keys for the product service, once the operator knows them.
+    pub service_issuer: Option<ConfigMap>,
     pub role: Role,
     pub role_binding: RoleBinding,
     /// One per component, in [`Component::ALL`] order; none when `spec.networkPolicy.enabled`
@@ -53,11 +63,18 @@ impl Children {
             services,
             budgets,
             service_account: _,
+            order_service_account: _,
+            service_issuer,
             role: _,
             role_binding: _,
             network_policies,
         } = self;
-        workloads.len() + services.len() + budgets.len() + network_policies.len() + 3
+        workloads.len()
+            + services.len()
+            + budgets.len()
+            + network_policies.len()
+            + usize::from(service_issuer.is_some())
+            + 4
     }
 }
 
@@ -82,10 +99,12 @@ pub(crate) struct Owner {
     pub name: String,
     pub namespace: String,
     pub reference: OwnerReference,
+    /// What the cluster told the operator (rendering stays a pure function of it).
+    pub cluster: ClusterFacts,
 }
 
 impl Owner {
-    fn of(app: &MicroserviceApp) -> Result<Self, BuildError> {
+    fn of(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Self, BuildError> {
         let namespace = app
             .namespace()
             .ok_or(BuildError::MissingMetadata("namespace"))?;
@@ -96,6 +115,7 @@ impl Owner {
             name: app.name_any(),
             namespace,
             reference,
+            cluster: cluster.clone(),
         })
     }
 
@@ -134,9 +154,14 @@ impl Owner {
     }
 }
 
-/// Renders every child of the app.
+/// Renders every child of the app, as on a cluster whose ServiceAccount issuer is not known.
 pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
-    let owner = Owner::of(app)?;
+    children_in(app, &ClusterFacts::default())
+}
+
+/// Renders every child of the app for a cluster with these facts.
+pub fn children_in(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Children, BuildError> {
+    let owner = Owner::of(app, cluster)?;
     Ok(Children {
         workloads: Component::ALL
             .into_iter()
@@ -152,6 +177,8 @@ pub fn children(app: &MicroserviceApp) -> Result<Children, BuildError> {
             .map(|c| (c, stamp_rendered_hash(disruption::budget(app, &owner, c))))
             .collect(),
         service_account: stamp_rendered_hash(rbac::service_account(&owner)),
+        order_service_account: stamp_rendered_hash(rbac::order_service_account(&owner)),
+        service_issuer: identity::issuer_config_map(&owner).map(stamp_rendered_hash),
         role: stamp_rendered_hash(rbac::role(&owner)),
         role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),
         network_policies: if app.spec.network_policy.enabled {

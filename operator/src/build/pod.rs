@@ -64,10 +64,13 @@ fn pod_spec(
 ) -> PodSpec {
     let discovers = component.needs_discovery();
     PodSpec {
-        containers: vec![container(app, component)],
+        containers: vec![container(app, owner, component)],
         // Only components that watch EndpointSlices get an API token, and only for their own
         // ServiceAccount, whose Role allows exactly that.
-        service_account_name: discovers.then(|| labels::discovery_name(&owner.name)),
+        service_account_name: match component {
+            Component::Order => Some(super::identity::order_account(&owner.name)),
+            _ => discovers.then(|| labels::discovery_name(&owner.name)),
+        },
         automount_service_account_token: Some(discovers),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(
@@ -91,6 +94,7 @@ fn pod_spec(
         volumes: Some(
             std::iter::once(empty_dir("tmp"))
                 .chain(auth_keys(app))
+                .chain(super::identity::volumes(owner, component))
                 .collect(),
         ),
         topology_spread_constraints: Some(vec![spread_across_nodes(

@@ -1,5 +1,6 @@
-//! The identity of the components that discover peers: a ServiceAccount whose Role allows
-//! reading EndpointSlices in the app's namespace, and nothing else.
+//! The identity of the components that discover peers: ServiceAccounts (the gateway's, and the
+//! order service's own, see [`super::identity`]) whose Role allows reading EndpointSlices in
+//! the app's namespace, and nothing else.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -10,6 +11,15 @@ use crate::labels;
 pub(super) fn service_account(owner: &Owner) -> ServiceAccount {
     ServiceAccount {
         metadata: metadata(owner),
+        ..ServiceAccount::default()
+    }
+}
+
+pub(super) fn order_service_account(owner: &Owner) -> ServiceAccount {
+    let mut labels = labels::app_labels(&owner.name);
+    labels.insert(labels::COMPONENT.to_owned(), "order".to_owned());
+    ServiceAccount {
+        metadata: owner.metadata(super::identity::order_account(&owner.name), labels),
         ..ServiceAccount::default()
     }
 }
@@ -35,12 +45,17 @@ pub(super) fn role_binding(owner: &Owner) -> RoleBinding {
             kind: "Role".to_owned(),
             name: name.clone(),
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name,
-            namespace: Some(owner.namespace.clone()),
-            api_group: None,
-        }]),
+        subjects: Some(
+            [name, super::identity::order_account(&owner.name)]
+                .into_iter()
+                .map(|name| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name,
+                    namespace: Some(owner.namespace.clone()),
+                    api_group: None,
+                })
+                .collect(),
+        ),
     }
 }
 

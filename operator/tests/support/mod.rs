@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -91,6 +91,7 @@ pub struct FakeCaches {
     pub roles: Writer<Role>,
     pub role_bindings: Writer<RoleBinding>,
     pub network_policies: Writer<NetworkPolicy>,
+    pub config_maps: Writer<ConfigMap>,
     pub endpoint_slices: Writer<EndpointSlice>,
 }
 
@@ -117,6 +118,7 @@ impl FakeCaches {
             roles: ready_writer(),
             role_bindings: ready_writer(),
             network_policies: ready_writer(),
+            config_maps: ready_writer(),
             endpoint_slices: ready_writer(),
         }
     }
@@ -132,6 +134,7 @@ impl FakeCaches {
             roles: self.roles.as_reader(),
             role_bindings: self.role_bindings.as_reader(),
             network_policies: self.network_policies.as_reader(),
+            config_maps: self.config_maps.as_reader(),
             endpoint_slices: self.endpoint_slices.as_reader(),
         }
     }
@@ -143,6 +146,8 @@ impl FakeCaches {
             services,
             budgets,
             service_account,
+            order_service_account,
+            service_issuer,
             role,
             role_binding,
             network_policies,
@@ -165,8 +170,14 @@ impl FakeCaches {
             self.services
                 .apply_watcher_event(&watcher::Event::Apply(as_stored(s)));
         }
-        self.service_accounts
-            .apply_watcher_event(&watcher::Event::Apply(as_stored(service_account)));
+        for account in [service_account, order_service_account] {
+            self.service_accounts
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(account)));
+        }
+        if let Some(config_map) = service_issuer {
+            self.config_maps
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(config_map)));
+        }
         self.roles
             .apply_watcher_event(&watcher::Event::Apply(as_stored(role)));
         self.role_bindings
