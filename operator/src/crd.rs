@@ -296,8 +296,9 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 
-    /// Port the container listens on (named `http`). Must be 1024 or above: the containers run
-    /// as non-root without capabilities.
+    /// Port the container listens on (named `http`). Must be 1024 or above (the containers run
+    /// as non-root without capabilities) and not 9090 (the admin port, named `admin`, where
+    /// `/metrics`, `/info` and the probes are).
     #[serde(default = "default_container_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: i32,

@@ -99,6 +99,15 @@ fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<
     let spec = component.spec(app);
     let path = format!("spec.components.{component}");
 
+    if spec.port == crate::build::ADMIN_PORT {
+        found.push(problem(
+            format!("{path}.port"),
+            format!(
+                "is {}, the admin port every pod also opens (/metrics, /info, probes); choose another",
+                spec.port
+            ),
+        ));
+    }
     if component.image(app).trim().is_empty() {
         found.push(problem(
             format!("{path}.image"),

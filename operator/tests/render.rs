@@ -156,6 +156,28 @@ fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
         };
         assert_eq!(probe_path(&container.liveness_probe), "/healthz");
         assert_eq!(probe_path(&container.readiness_probe), "/readyz");
+        // Probes, /metrics and /info are on the admin port, which no Service exposes.
+        let probe = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("admin".into())
+        );
+        let ports = container.ports.as_ref().unwrap();
+        assert_eq!(
+            (ports[1].name.as_deref(), ports[1].container_port),
+            (Some("admin"), 9090)
+        );
+        assert_eq!(
+            env_value(template(&children, component), "MSA_ADMIN_LISTEN").unwrap()["value"],
+            "0.0.0.0:9090"
+        );
+    }
+    for service in &children.services {
+        let ports = service.spec.as_ref().unwrap().ports.as_ref().unwrap();
+        assert!(
+            ports.iter().all(|p| p.port != 9090),
+            "no Service exposes the admin port"
+        );
     }
     assert!(Component::Order.needs_discovery() && Component::Gateway.needs_discovery());
     let rules = children.role.rules.unwrap();
@@ -696,6 +718,11 @@ fn network_policies_admit_only_each_components_callers() {
     assert_eq!(
         rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "monitoring"
+    );
+    assert_eq!(
+        rules[1]["ports"],
+        json!([{"port": 9090, "protocol": "TCP"}]),
+        "monitoring reaches the admin port, where /metrics is"
     );
     let off = build::children(&app(json!({"networkPolicy": {"enabled": false}}))).unwrap();
     assert!(off.network_policies.is_empty());

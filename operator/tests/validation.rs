@@ -141,3 +141,17 @@ fn storage_size_and_class_cannot_change_once_the_volumes_exist() {
     let reclassed = check(json!({"storage": {"size": "1Gi", "storageClassName": "fast"}}));
     assert_eq!(reclassed.len(), 1, "{reclassed:?}");
 }
+
+/// The admin port (9090: `/metrics`, `/info`, probes) is on every pod; a component's own port
+/// may not take it.
+#[test]
+fn a_component_port_may_not_be_the_admin_port() {
+    let problems = validate::problems(&app(json!({"components": {"order": {"port": 9090}}})));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "spec.components.order.port");
+    assert!(
+        problems[0].message.contains("admin port"),
+        "{}",
+        problems[0]
+    );
+}

@@ -29,6 +29,8 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(180);
 /// Port the components and the operator listen on in their pods.
 const POD_PORT: u16 = 8080;
+/// Where `/metrics`, `/info` and `/debug/endpoints` are (in no Service).
+const ADMIN_PORT: u16 = 9090;
 /// A grace period no test could wait out: a pod that ignored SIGTERM would hold the test past WAIT.
 const LONG_GRACE: &str = "--grace-period=3600";
 
@@ -312,7 +314,7 @@ async fn check_discovery_from_inside_pods(
     pods: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> anyhow::Result<()> {
     for gateway_ip in pods["gateway"].values() {
-        let url = format!("{}/debug/endpoints", guarded_url(gateway_ip, POD_PORT)?);
+        let url = format!("{}/debug/endpoints", guarded_url(gateway_ip, ADMIN_PORT)?);
         for upstream in ["user", "order", "product"] {
             let expected: BTreeSet<String> = pods[upstream]
                 .values()
@@ -403,8 +405,21 @@ async fn check_gateway_at_pod_address(
             body.to_string().contains("999.99"),
             "GET {url} does not list the demo's product: {body}"
         );
+        // The admin routes are on the admin port only, which no Service exposes.
+        for (port, expected) in [(POD_PORT, 404), (ADMIN_PORT, 200)] {
+            for path in ["/metrics", "/info", "/debug/endpoints"] {
+                let url = format!("{}{path}", guarded_url(ip, port)?);
+                let status = ctx.http.get(&url).send().await?.status().as_u16();
+                ensure!(
+                    status == expected,
+                    "GET {url}: {status}, expected {expected}"
+                );
+            }
+        }
     }
-    println!("the gateway answers at each pod address");
+    println!(
+        "the gateway answers at each pod address; /metrics, /info and /debug/endpoints only on its admin port"
+    );
     Ok(())
 }
 

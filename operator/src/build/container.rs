@@ -28,6 +28,11 @@ pub(super) const HMAC_FILE: &str = "hmac-secret";
 /// refer to it by this name.
 pub const PORT_NAME: &str = "http";
 
+/// The admin port (`/info`, `/metrics`, the gateway's `/debug/endpoints`, and the probes): on
+/// every pod, in no Service, reachable only as NetworkPolicies allow.
+pub const ADMIN_PORT: i32 = 9090;
+pub const ADMIN_PORT_NAME: &str = "admin";
+
 pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Component) -> Container {
     let spec = component.spec(app);
     let mut mounts = vec![VolumeMount {
@@ -56,12 +61,20 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
         name: component.name().to_owned(),
         image: Some(component.image(app)),
         image_pull_policy: app.spec.image_pull_policy.map(|p| p.as_str().to_owned()),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.to_owned()),
-            container_port: spec.port,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(PORT_NAME.to_owned()),
+                container_port: spec.port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(ADMIN_PORT_NAME.to_owned()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         env: Some(env_for(app, owner, component)),
         resources: spec.resources.clone(),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
@@ -96,7 +109,7 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String(PORT_NAME.to_owned()),
+            port: IntOrString::String(ADMIN_PORT_NAME.to_owned()),
             scheme: Some("HTTP".to_owned()),
             ..HTTPGetAction::default()
         }),
@@ -119,6 +132,7 @@ fn env_for(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<En
             "MSA_LISTEN",
             &format!("0.0.0.0:{}", component.spec(app).port),
         ),
+        value("MSA_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
         field_ref("MSA_POD_NAME", "metadata.name"),
         field_ref("MSA_NAMESPACE", "metadata.namespace"),
         value(

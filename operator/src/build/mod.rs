@@ -23,6 +23,7 @@ use kube::{Resource, ResourceExt};
 use crate::component::Component;
 use crate::crd::MicroserviceApp;
 
+pub use container::{ADMIN_PORT, ADMIN_PORT_NAME};
 pub use disruption::needs_budget;
 pub use hash::{short_hash, stamp_rendered_hash};
 pub use identity::{

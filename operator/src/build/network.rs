@@ -45,8 +45,9 @@ pub(super) fn policy(app: &MicroserviceApp, owner: &Owner, component: Component)
     };
     let mut ingress = vec![NetworkPolicyIngressRule {
         from,
-        ports: Some(port.clone()),
+        ports: Some(port),
     }];
+    // Metrics and `/info` are on the admin port; only the monitoring namespace reaches it.
     if let Some(namespace) = &settings.monitoring_namespace {
         ingress.push(NetworkPolicyIngressRule {
             from: Some(vec![NetworkPolicyPeer {
@@ -58,7 +59,11 @@ pub(super) fn policy(app: &MicroserviceApp, owner: &Owner, component: Component)
                 }),
                 ..NetworkPolicyPeer::default()
             }]),
-            ports: Some(port),
+            ports: Some(vec![NetworkPolicyPort {
+                port: Some(IntOrString::Int(super::container::ADMIN_PORT)),
+                protocol: Some("TCP".to_owned()),
+                end_port: None,
+            }]),
         });
     }
     NetworkPolicy {

@@ -70,21 +70,31 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
         );
     }
     let prefixes: Vec<&'static str> = gateway.routes.iter().map(|r| r.prefix).collect();
-    let router = router
-        .route("/debug/endpoints", get(endpoints_view).with_state(gateway))
-        .merge(server::operational_routes(ops.clone()))
-        .fallback(move |uri: Uri| async move {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                format!(
-                    "no route for {:?}; the gateway serves {} and everything under them",
-                    uri.path().chars().take(100).collect::<String>(),
-                    prefixes.join(", ")
-                ),
-            )
-        });
+    // With an admin address, the API's port keeps only the probes.
+    let router = if args.admin_listen.is_some() {
+        router.merge(server::probe_routes(ops.clone()))
+    } else {
+        router
+            .merge(admin_routes(gateway))
+            .merge(server::operational_routes(ops.clone()))
+    };
+    let router = router.fallback(move |uri: Uri| async move {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!(
+                "no route for {:?}; the gateway serves {} and everything under them",
+                uri.path().chars().take(100).collect::<String>(),
+                prefixes.join(", ")
+            ),
+        )
+    });
     server::shared_layers(router, &ops, args)
+}
+
+/// The gateway's own admin routes (besides `/info` and `/metrics`): `/debug/endpoints`.
+pub fn admin_routes(gateway: Arc<Gateway>) -> Router {
+    Router::new().route("/debug/endpoints", get(endpoints_view).with_state(gateway))
 }
 
 /// The proxy routes' axum handler (the path taken when the fast path in [`front`] steps aside).

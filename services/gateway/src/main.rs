@@ -157,9 +157,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.serve.listen))?;
     info!(addr = %listener.local_addr()?, strategy = %flags.policy.lb_strategy, "gateway listening");
+    let admin = server::admin_listener(
+        &ops,
+        &flags.serve,
+        msa_gateway::admin_routes(gateway.clone()),
+    )
+    .await?;
     server::serve(
         listener,
         app,
+        admin,
         ops,
         flags.serve.drain(5),
         flags.serve.connection_limits(),

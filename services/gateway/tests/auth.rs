@@ -291,3 +291,34 @@ async fn only_valid_tokens_pass_and_their_identity_reaches_the_service() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 16, smaller surface: with `--admin-listen` the gateway's `/info`, `/metrics` and
+/// `/debug/endpoints` are on the admin address only; the proxy routes and probes stay.
+#[tokio::test]
+async fn admin_routes_leave_the_public_port() {
+    let admin = msa_service_kit::testing::free_port("127.0.0.1");
+    let (_backend, _, gateway) =
+        common::echo_behind_gateway(&["--admin-listen", &admin.to_string()]).await;
+    let public = &gateway.base_url;
+    let admin = format!("http://{admin}");
+    for (base, path, expected) in [
+        (public, "/users", 200),
+        (public, "/readyz", 200),
+        (public, "/metrics", 404),
+        (public, "/info", 404),
+        (public, "/debug/endpoints", 404),
+        (&admin, "/metrics", 200),
+        (&admin, "/info", 200),
+        (&admin, "/debug/endpoints", 200),
+        (&admin, "/users", 404),
+    ] {
+        let status = loopback_client()
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, expected, "{base}{path}");
+    }
+}

@@ -19,6 +19,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MSA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Where `/info` and `/metrics` (and the gateway's `/debug/endpoints`) are served, apart
+    /// from the API, so a Service exposing the API does not expose them (the operator passes
+    /// 0.0.0.0:9090). Unset: on the API's address. `/healthz` and `/readyz` are on both.
+    #[arg(long, env = "MSA_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Origins allowed by CORS, comma-separated, or `*` for any (not with credentials).
     /// Empty: no CORS headers at all, so browsers on other origins are refused.
     #[arg(long, env = "MSA_CORS_ORIGINS", value_delimiter = ',')]

@@ -85,7 +85,9 @@ impl Ops {
     }
 }
 
-/// The API plus `/healthz`, `/readyz`, `/info`, `/metrics`, a JSON 404, and the shared layers:
+/// The API plus `/healthz`, `/readyz`, `/info` and `/metrics` (only the probes when
+/// `--admin-listen` puts the rest on their own address, see [`admin_app`]), a JSON 404, and the
+/// shared layers:
 /// request id (generated or kept), correlation context, tracing span with the request id,
 /// metrics, panic → 500 problem, body limit (enforced by the body extractors, so an oversized
 /// body is a 413 problem), CORS.
@@ -93,7 +95,11 @@ pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
     let gate = args.gate()?;
     let router = api
         .layer(axum::middleware::from_fn_with_state(gate, caller::identify))
-        .merge(operational_routes(ops.clone()))
+        .merge(if args.admin_listen.is_some() {
+            probe_routes(ops.clone())
+        } else {
+            operational_routes(ops.clone())
+        })
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -115,12 +121,55 @@ pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
 
 /// `/healthz`, `/readyz`, `/info` and `/metrics`.
 pub fn operational_routes(ops: Ops) -> Router {
+    probe_routes(ops.clone()).merge(
+        Router::new()
+            .route("/info", get(info_route))
+            .route("/metrics", get(metrics_route))
+            .with_state(ops),
+    )
+}
+
+/// `/healthz` and `/readyz`, which a load balancer may need on the API's own port.
+pub fn probe_routes(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/info", get(info_route))
-        .route("/metrics", get(metrics_route))
         .with_state(ops)
+}
+
+/// The admin address's router (`--admin-listen`): the operational routes, `extra` (the
+/// gateway's `/debug/endpoints`), a JSON 404, and the shared layers.
+pub fn admin_app(ops: &Ops, args: &ServeArgs, extra: Router) -> anyhow::Result<Router> {
+    let router = operational_routes(ops.clone())
+        .merge(extra)
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "the admin address serves /healthz, /readyz, /info and /metrics",
+            )
+        });
+    let args = ServeArgs {
+        cors_origins: Vec::new(),
+        ..args.clone()
+    };
+    shared_layers(router, ops, &args)
+}
+
+/// The admin listener and its router, when `--admin-listen` is set.
+pub async fn admin_listener(
+    ops: &Ops,
+    args: &ServeArgs,
+    extra: Router,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, Router)>> {
+    let Some(address) = args.admin_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address} (--admin-listen): {e}"))?;
+    info!(addr = %listener.local_addr()?, "admin routes (/info, /metrics) listening");
+    Ok(Some((listener, admin_app(ops, args, extra)?)))
 }
 
 /// The layers every component puts around all its routes: metrics by route, panic → 500
@@ -207,6 +256,7 @@ pub struct Drain {
 pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     service: S,
+    admin: Option<(tokio::net::TcpListener, Router)>,
     ops: Ops,
     drain: Drain,
     limits: ConnectionLimits,
@@ -239,6 +289,20 @@ where
     };
     let service = close_connections_while_draining(service, ops.draining.clone());
     let mut stopped = stop_rx.clone();
+    // The admin address keeps answering (readiness fails) through the drain, and stops with
+    // the API.
+    let admin = admin.map(|(listener, router)| {
+        tokio::spawn(connections::serve(
+            listener,
+            router,
+            ConnectionLimits {
+                max_connections: 64,
+                ..limits
+            },
+            stop_rx.clone(),
+        ))
+    });
+    let _admin = AbortOnDrop(admin);
     let server = tokio::spawn(connections::serve(listener, service, limits, stop_rx));
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.
     let outcome = async move {
@@ -249,6 +313,17 @@ where
         done = server => { done?; info!("stopped"); Ok(()) }
         () = outcome => { warn!(grace_seconds = drain.grace.as_secs(), "in-flight requests outlived the grace period; exiting"); Ok(()) }
         () = graceful => unreachable!("the drain never ends on its own"),
+    }
+}
+
+/// Stops a spawned task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -345,9 +420,11 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", serve_args.listen))?;
     info!(addr = %listener.local_addr()?, service = name, version, "listening");
+    let admin = admin_listener(&ops, serve_args, Router::new()).await?;
     serve(
         listener,
         app,
+        admin,
         ops,
         serve_args.drain(0),
         serve_args.connection_limits(),

@@ -59,6 +59,7 @@ pub async fn fresh_database(backend: TestBackend, service: &str) -> String {
 pub fn serve_args() -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().expect("loopback"),
+        admin_listen: None,
         cors_origins: vec![],
         cors_allow_credentials: false,
         body_limit_bytes: 64 * 1024,
@@ -95,6 +96,7 @@ pub async fn spawn_with(
     let server = tokio::spawn(server::serve(
         listener,
         app,
+        None,
         ops,
         args.drain(0),
         args.connection_limits(),

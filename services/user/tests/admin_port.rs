@@ -1,0 +1,62 @@
+//! Issue 16, smaller surface: with `--admin-listen`, `/info` and `/metrics` leave the API's
+//! port (which a Service exposes) for the admin address; the probes answer on both; the admin
+//! address serves nothing of the API.
+
+use msa_service_kit::testing::{ServiceProcess, free_port, fresh_database, loopback_client};
+
+const USER: &str = env!("CARGO_BIN_EXE_msa-user");
+
+async fn status(url: String) -> u16 {
+    loopback_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn info_and_metrics_move_to_the_admin_address() {
+    let url = fresh_database(msa_service_kit::testing::TestBackend::Sqlite, "user").await;
+    let admin = free_port("127.0.0.1");
+    let service = ServiceProcess::start(
+        USER,
+        &["--database-url", &url, "--admin-listen", &admin.to_string()],
+        &[],
+    )
+    .await;
+    let api = &service.base_url;
+    let admin = format!("http://{admin}");
+    for (base, path, expected) in [
+        (api, "/users", 200),
+        (api, "/healthz", 200),
+        (api, "/readyz", 200),
+        (api, "/metrics", 404),
+        (api, "/info", 404),
+        (&admin, "/healthz", 200),
+        (&admin, "/readyz", 200),
+        (&admin, "/metrics", 200),
+        (&admin, "/info", 200),
+        (&admin, "/users", 404),
+    ] {
+        assert_eq!(
+            status(format!("{base}{path}")).await,
+            expected,
+            "{base}{path}"
+        );
+    }
+    let metrics = loopback_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("route=\"/users\""),
+        "the API's requests are counted:\n{metrics}"
+    );
+    assert!(service.stop(), "both listeners stop on SIGTERM");
+}
