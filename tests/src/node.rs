@@ -198,17 +198,31 @@ pub async fn wait_reachable(base: &str, timeout: Duration) -> anyhow::Result<Dur
 /// `msa-local demo --gateway <url>`: the README's demo, each step checked by the demo itself.
 /// Returns its wall time, or an error carrying everything it printed.
 pub async fn run_demo(gateway: &str) -> anyhow::Result<Duration> {
+    run_demo_in(gateway, None, &["insufficient-stock"]).await
+}
+
+/// `msa-local demo`, with `--data-dir` (whose key issues the demo's tokens when the gateway
+/// requires them) when given; every line of `expected` must be printed.
+pub async fn run_demo_in(
+    gateway: &str,
+    data_dir: Option<&std::path::Path>,
+    expected: &[&str],
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let output = tokio::process::Command::new(crate::workspace_binary("msa-local"))
-        .args(["demo", "--gateway", gateway])
+    let mut command = tokio::process::Command::new(crate::workspace_binary("msa-local"));
+    command.args(["demo", "--gateway", gateway]);
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    let output = command
         .output()
         .await
         .context("run msa-local demo (make e2e builds it)")?;
     let elapsed = started.elapsed();
     let printed = String::from_utf8_lossy(&output.stdout);
     ensure!(
-        output.status.success() && printed.contains("insufficient-stock"),
-        "msa-local demo --gateway {gateway} failed:\n{printed}\n{}",
+        output.status.success() && expected.iter().all(|line| printed.contains(line)),
+        "msa-local demo --gateway {gateway} failed or did not show {expected:?}:\n{printed}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(elapsed)
