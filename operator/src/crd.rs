@@ -459,14 +459,15 @@ pub struct GatewaySpec {
     pub auth: Option<GatewayAuthSpec>,
 }
 
-/// JWT verification at the gateway; the keys come from Secrets mounted into its pods, so a
-/// rotated key reaches it without a restart.
+/// JWT verification, by the gateway and again by every service; the keys come from Secrets
+/// mounted into the pods and/or the issuer's JWKS URL, so a rotated key is used without a
+/// restart.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 // The routes' form is checked by the operator (validate.rs): a CEL rule over a list of
 // unbounded strings would blow the API server's cost budget.
-#[x_kube(validation = Rule::new("has(self.jwks) || has(self.hmacSecret)")
-    .message("spec.components.gateway.auth needs jwks (a Secret key holding the issuer's JWKS) or hmacSecret"))]
+#[x_kube(validation = Rule::new("has(self.jwks) || has(self.jwksUri) || has(self.hmacSecret)")
+    .message("spec.components.gateway.auth needs jwks (a Secret key holding the issuer's JWKS), jwksUri or hmacSecret"))]
 pub struct GatewayAuthSpec {
     /// The tokens' issuer (`iss`).
     #[schemars(length(min = 1, max = 512))]
@@ -477,6 +478,11 @@ pub struct GatewayAuthSpec {
     /// A Secret key holding the issuer's JWKS (RS256, ES256, EdDSA public keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<SecretKeySelectorSpec>,
+    /// The issuer's JWKS URL (its `jwks_uri`, https), fetched by each pod at start, every 5
+    /// minutes and when a token names an unknown key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    pub jwks_uri: Option<String>,
     /// A Secret key holding a shared HS256 secret (at least 32 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<SecretKeySelectorSpec>,

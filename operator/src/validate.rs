@@ -63,6 +63,16 @@ pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
         check_component(app, component, &mut found);
     }
     if let Some(auth) = &app.spec.components.gateway.auth {
+        if let Some(uri) = &auth.jwks_uri
+            && !(uri.starts_with("https://")
+                && uri.len() > "https://".len()
+                && !uri.contains(char::is_whitespace))
+        {
+            found.push(problem(
+                "spec.components.gateway.auth.jwksUri",
+                "must be an https URL (the identity provider's jwks_uri): keys fetched in the clear could be swapped on the way",
+            ));
+        }
         for (i, route) in auth.public_routes.iter().enumerate() {
             if let Err(why) = check_public_route(route) {
                 found.push(problem(

@@ -803,3 +803,24 @@ fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token
     assert_eq!(after.workloads, known.workloads);
     assert_ne!(after.service_issuer, known.service_issuer);
 }
+
+/// Issue 16: keys from the issuer's URL reach every component as MSA_AUTH_JWKS_URL, with no
+/// volume to mount when no Secret is named.
+#[test]
+fn a_jwks_url_needs_no_volume() {
+    let children = build::children(&app(json!({"components": {"gateway": {"auth": {
+        "issuer": "https://issuer.example",
+        "audiences": ["shop"],
+        "jwksUri": "https://issuer.example/.well-known/jwks.json"
+    }}}})))
+    .unwrap();
+    for component in Component::ALL {
+        let workload = template(&children, component);
+        assert_eq!(
+            env_value(workload, "MSA_AUTH_JWKS_URL").unwrap()["value"],
+            "https://issuer.example/.well-known/jwks.json"
+        );
+        let pod = serde_json::to_value(pod_of(workload)).unwrap();
+        assert!(!pod.to_string().contains("auth-keys"), "{component:?}");
+    }
+}

@@ -155,3 +155,25 @@ fn a_component_port_may_not_be_the_admin_port() {
         problems[0]
     );
 }
+
+/// A JWKS URL must be https: keys fetched in the clear could be swapped on the way.
+#[test]
+fn a_jwks_url_must_be_https() {
+    let auth = |uri: &str| {
+        app(json!({"components": {"gateway": {"auth": {
+            "issuer": "i", "audiences": ["a"], "jwksUri": uri
+        }}}}))
+    };
+    assert!(validate::problems(&auth("https://idp.example/jwks")).is_empty());
+    for bad in ["http://idp.example/jwks", "https://", "https://a b"] {
+        let problems = validate::problems(&auth(bad));
+        assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+        assert_eq!(problems[0].field, "spec.components.gateway.auth.jwksUri");
+    }
+    assert!(
+        cel_errors(json!({"components": {"gateway": {"auth": {
+            "issuer": "i", "audiences": ["a"], "jwksUri": "https://idp.example/jwks"
+        }}}}))
+        .is_empty()
+    );
+}

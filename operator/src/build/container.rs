@@ -48,7 +48,14 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
         });
     }
     // Every component verifies users' tokens itself, so each mounts the keys.
-    if app.spec.components.gateway.auth.is_some() {
+    if app
+        .spec
+        .components
+        .gateway
+        .auth
+        .as_ref()
+        .is_some_and(|auth| auth.jwks.is_some() || auth.hmac_secret.is_some())
+    {
         mounts.push(VolumeMount {
             name: AUTH_VOLUME.to_owned(),
             mount_path: AUTH_DIR.to_owned(),
@@ -288,6 +295,9 @@ fn token_verification(component: Component, gateway: &GatewaySpec) -> Vec<EnvVar
             "MSA_AUTH_JWKS_FILE",
             &format!("{AUTH_DIR}/{JWKS_FILE}"),
         ));
+    }
+    if let Some(uri) = &auth.jwks_uri {
+        env.push(value("MSA_AUTH_JWKS_URL", uri));
     }
     if auth.hmac_secret.is_some() {
         env.push(value(

@@ -152,6 +152,10 @@ fn auth_keys(app: &MicroserviceApp) -> Option<Volume> {
                 .map(|s| project(s, super::container::HMAC_FILE)),
         )
         .collect();
+    if sources.is_empty() {
+        // Keys from the issuer's URL only: nothing to mount.
+        return None;
+    }
     Some(Volume {
         name: super::container::AUTH_VOLUME.to_owned(),
         projected: Some(ProjectedVolumeSource {

@@ -37,7 +37,7 @@ impl Authenticator {
     /// Removes client-supplied identity headers, then, unless the route is public and no token
     /// was sent, verifies the bearer token and sets the identity headers. `Err` is answered
     /// with [`unauthorized`].
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         method: &Method,
         route: &str,
@@ -57,7 +57,7 @@ impl Authenticator {
                 Err(Refusal::Missing)
             };
         };
-        let identity = self.verifier.verify(token)?;
+        let identity = self.verifier.verify(token).await?;
         if let Ok(subject) = HeaderValue::from_str(&identity.subject) {
             headers.insert(SUBJECT.clone(), subject);
         }

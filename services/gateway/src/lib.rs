@@ -117,7 +117,10 @@ pub(crate) async fn forward_to(
     let (mut parts, body) = request.into_parts();
     let route = routes::template(parts.uri.path());
     let identity = match &policy.auth {
-        Some(auth) => match auth.authenticate(&parts.method, route, &mut parts.headers) {
+        Some(auth) => match auth
+            .authenticate(&parts.method, route, &mut parts.headers)
+            .await
+        {
             Ok(identity) => identity,
             Err(refusal) => {
                 // Refused tokens count against the address: guessing is rate-limited too.

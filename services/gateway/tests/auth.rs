@@ -322,3 +322,80 @@ async fn admin_routes_leave_the_public_port() {
         assert_eq!(status, expected, "{base}{path}");
     }
 }
+
+/// Issue 16: keys from the issuer's JWKS URL (here a JWKS served on loopback by the test). A key
+/// the issuer adds is used at once (an unknown `kid` makes the gateway fetch again); a URL that
+/// is neither https nor loopback is refused at start.
+#[tokio::test]
+async fn keys_come_from_a_jwks_url_and_rotate_at_once() {
+    let served = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let first = ed25519();
+    *served.lock().unwrap() = jwks(&[("url-1", &first)], None);
+    let document = served.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let document = document.lock().unwrap().clone();
+                async move { document }
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
+    });
+    let url = format!("http://{address}/jwks");
+    let (_backend, _, gateway) = common::echo_behind_gateway(&[
+        "--auth-issuer",
+        ISSUER,
+        "--auth-audiences",
+        "shop",
+        "--auth-jwks-url",
+        &url,
+    ])
+    .await;
+    let base = gateway.base_url.clone();
+    let t = now();
+    let token = |kid: &str, key: &Ed25519| {
+        sign(
+            Algorithm::EdDSA,
+            kid,
+            &claims("alice", "shop", ISSUER, t + 600, t - 10),
+            &EncodingKey::from_ed_der(&key.pkcs8),
+        )
+    };
+    let echo = "/users/__echo/request";
+    let (status, _, body) = call(&base, echo, Some(&token("url-1", &first)), false).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The issuer rotates: a new key joins the set and signs from now on.
+    let second = ed25519();
+    *served.lock().unwrap() = jwks(&[("url-1", &first), ("url-2", &second)], None);
+    // (The URL is fetched at most once a second, and it was just fetched at start.)
+    let fresh = token("url-2", &second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let (status, _, body) = call(&base, echo, Some(&fresh), false).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key was not used within 3 s: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A key the issuer never published stays refused.
+    let (status, _, _) = call(&base, echo, Some(&token("url-3", &ed25519())), false).await;
+    assert_eq!(status, 401);
+
+    let refused = std::process::Command::new(common::GATEWAY)
+        .args(["--auth-issuer", ISSUER, "--auth-audiences", "shop"])
+        .args(["--auth-jwks-url", "http://198.18.0.1/jwks"])
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("must be https"), "{said}");
+}

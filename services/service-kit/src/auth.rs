@@ -36,6 +36,8 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's `jwks_uri`.
+    pub jwks_url: Option<String>,
     pub hmac_secret_file: Option<PathBuf>,
 }
 
@@ -66,6 +68,8 @@ pub enum Refusal {
     Invalid(&'static str),
     /// No key has this `kid` (reading the keys again may find it).
     UnknownKey,
+    /// No key has been read yet (the JWKS URL was not fetched yet).
+    NoKeyYet,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +132,7 @@ pub fn key_from_secret(secret: &[u8]) -> Result<VerifyKey, String> {
 }
 
 /// Verifies `token` against `keys` as `config` says.
-pub fn verify(token: &str, keys: &[VerifyKey], config: &AuthConfig) -> Result<Identity, Refusal> {
+pub fn verify(token: &str, keys: &[&VerifyKey], config: &AuthConfig) -> Result<Identity, Refusal> {
     if token.len() > MAX_TOKEN {
         return Err(Refusal::Invalid("the token is too long"));
     }
@@ -137,6 +141,7 @@ pub fn verify(token: &str, keys: &[VerifyKey], config: &AuthConfig) -> Result<Id
         .map_err(|_| Refusal::Invalid("the token is malformed or its algorithm is not accepted"))?;
     let candidates: Vec<&VerifyKey> = keys
         .iter()
+        .copied()
         .filter(|k| k.algorithm == header.alg)
         .filter(|k| match (&header.kid, &k.kid) {
             (Some(wanted), Some(kid)) => wanted == kid,
@@ -210,46 +215,72 @@ fn identity(claims: Claims) -> Result<Identity, Refusal> {
     })
 }
 
-/// One issuer's tokens and the keys that verify them, re-read when they rotate.
+/// Largest JWKS document fetched from a URL.
+const MAX_JWKS: usize = 64 * 1024;
+/// How often a JWKS URL is fetched again, and at most how often an unknown `kid` may make it.
+const URL_REFRESH: Duration = Duration::from_secs(300);
+const URL_MIN_INTERVAL: Duration = Duration::from_secs(1);
+const URL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One issuer's tokens and the keys that verify them, read again when they rotate: from files
+/// (a mounted Secret) and/or fetched from a JWKS URL (an identity provider's `jwks_uri`).
 pub struct Verifier {
     config: AuthConfig,
-    keys: RwLock<Vec<VerifyKey>>,
+    file_keys: RwLock<Vec<VerifyKey>>,
+    url_keys: RwLock<Vec<VerifyKey>>,
     last_read: Mutex<Instant>,
+    /// When the URL was last fetched; the async lock also makes concurrent refetches wait for
+    /// one fetch instead of each sending their own.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    http: reqwest::Client,
 }
 
 impl Verifier {
-    /// Reads the keys; fails when there are none. Re-reads them every 30 s (retired keys leave
-    /// the JWKS) while the returned `Arc` lives.
+    /// Reads the key files and starts fetching the URL; fails when there is no key source, or
+    /// only files without a usable key. Re-reads the files every 30 s and the URL every 5 min
+    /// (retired keys leave the JWKS) while the returned `Arc` lives.
     pub fn start(config: AuthConfig) -> anyhow::Result<Arc<Self>> {
         let keys = read_keys(&config).map_err(anyhow::Error::msg)?;
-        if keys.is_empty() {
+        if keys.is_empty() && config.jwks_url.is_none() {
             anyhow::bail!(
-                "no key was found for issuer {:?}: give a JWKS file with RS256, ES256 or EdDSA keys, or an HMAC secret file",
+                "no key was found for issuer {:?}: give a JWKS file or URL with RS256, ES256 or EdDSA keys, or an HMAC secret file",
                 config.issuer
             );
+        }
+        if let Some(url) = &config.jwks_url {
+            check_jwks_url(url).map_err(anyhow::Error::msg)?;
         }
         info!(
             issuer = %config.issuer,
             audiences = ?config.audiences,
             keys = keys.len(),
+            jwks_url = config.jwks_url.as_deref().unwrap_or(""),
             "verifying bearer tokens"
         );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(URL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let verifier = Arc::new(Verifier {
             config,
-            keys: RwLock::new(keys),
+            file_keys: RwLock::new(keys),
+            url_keys: RwLock::default(),
             last_read: Mutex::new(Instant::now()),
+            last_fetch: tokio::sync::Mutex::new(None),
+            http,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             let weak = Arc::downgrade(&verifier);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(30));
-                tick.tick().await;
                 loop {
                     tick.tick().await;
                     let Some(verifier) = weak.upgrade() else {
                         return;
                     };
                     verifier.reload();
+                    verifier.fetch_if_older_than(URL_REFRESH).await;
                 }
             });
         }
@@ -260,36 +291,82 @@ impl Verifier {
         &self.config.issuer
     }
 
-    /// Reads the keys again (rotation); keeps the old ones when the files cannot be read.
+    /// Reads the key files again (rotation); keeps the old keys when they cannot be read.
     pub fn reload(&self) {
         *self
             .last_read
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        if self.config.jwks_file.is_none() && self.config.hmac_secret_file.is_none() {
+            return;
+        }
         match read_keys(&self.config) {
             Ok(keys) if !keys.is_empty() => {
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+                *self
+                    .file_keys
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = keys;
             }
             Ok(_) => warn!("the key files hold no usable key now; keeping the previous keys"),
             Err(error) => warn!(%error, "cannot read the keys again; keeping the previous keys"),
         }
     }
 
-    /// Verifies `token`; an unknown `kid` makes it read the keys again first (at most once a
-    /// second), so a key added on rotation works at once.
-    pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
-        let verified = {
-            let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-            verify(token, &keys, &self.config)
+    /// Fetches the JWKS URL when it was not fetched within `age`; keeps the old keys when the
+    /// fetch fails.
+    async fn fetch_if_older_than(&self, age: Duration) {
+        let Some(url) = &self.config.jwks_url else {
+            return;
         };
-        match verified {
-            Err(Refusal::UnknownKey) if self.may_reread() => {
-                self.reload();
-                let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-                verify(token, &keys, &self.config)
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < age) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match fetch_jwks(&self.http, url)
+            .await
+            .and_then(|json| keys_from_jwks(&json))
+        {
+            Ok(keys) if !keys.is_empty() => {
+                *self
+                    .url_keys
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = keys;
+            }
+            Ok(_) => warn!(%url, "the JWKS URL holds no usable key; keeping the previous keys"),
+            Err(error) => warn!(%url, %error, "cannot fetch the JWKS; keeping the previous keys"),
+        }
+    }
+
+    /// Verifies `token`; an unknown `kid` (or no key yet) makes it read the files and fetch the
+    /// URL again first (each at most once a second), so a key added on rotation works at once.
+    pub async fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+        match self.verify_now(token) {
+            Err(Refusal::UnknownKey | Refusal::NoKeyYet) => {
+                if self.may_reread() {
+                    self.reload();
+                }
+                self.fetch_if_older_than(URL_MIN_INTERVAL).await;
+                self.verify_now(token).map_err(|refusal| match refusal {
+                    Refusal::NoKeyYet => Refusal::Invalid("no key is available yet; retry shortly"),
+                    other => other,
+                })
             }
             other => other,
         }
+    }
+
+    fn verify_now(&self, token: &str) -> Result<Identity, Refusal> {
+        let files = self
+            .file_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fetched = self.url_keys.read().unwrap_or_else(PoisonError::into_inner);
+        if files.is_empty() && fetched.is_empty() {
+            return Err(Refusal::NoKeyYet);
+        }
+        let keys: Vec<&VerifyKey> = files.iter().chain(fetched.iter()).collect();
+        verify(token, &keys, &self.config)
     }
 
     fn may_reread(&self) -> bool {
@@ -299,6 +376,40 @@ impl Verifier {
             .unwrap_or_else(PoisonError::into_inner);
         last.elapsed() >= Duration::from_secs(1)
     }
+}
+
+/// A JWKS URL must be https, except on a loopback address (tests, a local identity provider):
+/// keys fetched in the clear could be swapped by anyone on the path.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("the JWKS URL {url:?}: {e}"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "the JWKS URL {url:?} must be https (plain http only on a loopback address)"
+        )),
+    }
+}
+
+/// The JWKS document at `url`: a 200 of at most [`MAX_JWKS`] bytes.
+async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let mut response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_JWKS {
+            return Err(format!("the JWKS is larger than {MAX_JWKS} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "the JWKS is not UTF-8".to_owned())
 }
 
 fn read_keys(config: &AuthConfig) -> Result<Vec<VerifyKey>, String> {
@@ -380,7 +491,7 @@ pub fn unauthorized(refusal: &Refusal) -> Response {
             *why,
             format!("Bearer realm=\"msa\", error=\"invalid_token\", error_description=\"{why}\""),
         ),
-        Refusal::UnknownKey => (
+        Refusal::UnknownKey | Refusal::NoKeyYet => (
             "no key verifies this token",
             "Bearer realm=\"msa\", error=\"invalid_token\", error_description=\"no key verifies this token\"".to_owned(),
         ),
@@ -414,6 +525,16 @@ mod tests {
         assert!(keys_from_jwks("{").is_err());
         assert!(key_from_secret(b"short").is_err());
         assert!(key_from_secret(&[7u8; 32]).is_ok());
+    }
+
+    #[test]
+    fn jwks_urls_are_https_except_on_loopback() {
+        for ok in ["https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://[::1]/k"] {
+            assert!(check_jwks_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://idp.example/jwks", "http://198.18.0.1/jwks", "ftp://x/y", "jwks"] {
+            assert!(check_jwks_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub struct ServiceTrust {
 
 impl Gate {
     /// Who sent a request with these headers; `Err` for a token that does not verify.
-    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Caller, Refusal> {
+    pub async fn identify(&self, headers: &http::HeaderMap) -> Result<Caller, Refusal> {
         let services_verified = self.services.is_some();
         let caller = |who| Ok(Caller::new(who, services_verified));
         let Some(token) = bearer(headers) else {
@@ -178,7 +178,7 @@ impl Gate {
         if let Some(trust) = &self.services
             && issuer.as_deref() == Some(trust.verifier.issuer())
         {
-            let identity = trust.verifier.verify(token)?;
+            let identity = trust.verifier.verify(token).await?;
             let trusted = trust.callers.contains(&identity.subject);
             return caller(Who::Service {
                 subject: identity.subject,
@@ -186,7 +186,7 @@ impl Gate {
             });
         }
         match &self.users {
-            Some(users) => caller(Who::User(users.verify(token)?)),
+            Some(users) => caller(Who::User(users.verify(token).await?)),
             // Authentication is off: a token changes nothing (the demo's clients may send one).
             None => caller(Who::Unchecked),
         }
@@ -212,7 +212,7 @@ pub async fn identify(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match gate.identify(request.headers()) {
+    match gate.identify(request.headers()).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

@@ -81,6 +81,10 @@ pub struct AuthArgs {
     /// `kid` and every 30 s, so keys can rotate.
     #[arg(long, env = "MSA_AUTH_JWKS_FILE")]
     pub auth_jwks_file: Option<PathBuf>,
+    /// The issuer's JWKS URL (its `jwks_uri`; https, or http on a loopback address), fetched at
+    /// start, every 5 minutes, and on an unknown `kid` (at most once a second).
+    #[arg(long, env = "MSA_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
     /// File with a shared HS256 secret (at least 32 bytes).
     #[arg(long, env = "MSA_AUTH_HMAC_SECRET_FILE")]
     pub auth_hmac_secret_file: Option<PathBuf>,
@@ -105,6 +109,7 @@ impl AuthArgs {
             audiences: self.auth_audiences.clone(),
             leeway: Duration::from_secs(self.auth_clock_skew_seconds),
             jwks_file: self.auth_jwks_file.clone(),
+            jwks_url: self.auth_jwks_url.clone(),
             hmac_secret_file: self.auth_hmac_secret_file.clone(),
         })
         .map(Some)
@@ -145,6 +150,7 @@ impl ServiceIdentityArgs {
             audiences: vec![audience.clone()],
             leeway: Duration::from_secs(30),
             jwks_file: Some(jwks.clone()),
+            jwks_url: None,
             hmac_secret_file: None,
         })?;
         Ok(Some(ServiceTrust {

@@ -105,9 +105,11 @@ mod tests {
             audiences: vec!["msa".into()],
             leeway: Duration::ZERO,
             jwks_file: None,
+            jwks_url: None,
             hmac_secret_file: None,
         };
-        let identity = verify(&token, &keys_from_jwks(&key.jwks()).unwrap(), &config).unwrap();
+        let keys = keys_from_jwks(&key.jwks()).unwrap();
+        let identity = verify(&token, &keys.iter().collect::<Vec<_>>(), &config).unwrap();
         assert_eq!(identity.subject, "alice");
         assert!(identity.has_role("admin"));
     }
