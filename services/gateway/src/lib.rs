@@ -78,6 +78,12 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
             .merge(admin_routes(gateway))
             .merge(server::operational_routes(ops.clone()))
     };
+    let served: Vec<&'static str> = prefixes.clone();
+    let front_ops = ops.clone();
+    let router = router.route(
+        "/",
+        get(move || async move { axum::Json(front_page(&front_ops, &served)) }),
+    );
     let router = router.fallback(move |uri: Uri| async move {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -90,6 +96,19 @@ pub fn router(gateway: Arc<Gateway>, ops: Ops, args: &ServeArgs) -> anyhow::Resu
         )
     });
     server::shared_layers(router, &ops, args)
+}
+
+/// `GET /`: what this is, whether it is taking traffic, and the routes it serves (the
+/// application's first client starts here).
+fn front_page(ops: &Ops, prefixes: &[&str]) -> Value {
+    json!({
+        "name": "msa-gateway",
+        "version": ops.version,
+        "status": if ops.is_draining() { "draining" } else { "ok" },
+        // Each prefix and everything under it.
+        "routes": prefixes,
+        "health": "/health",
+    })
 }
 
 /// The gateway's own admin routes (besides `/info` and `/metrics`): `/debug/endpoints`.

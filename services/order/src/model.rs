@@ -93,6 +93,11 @@ pub struct CreateOrder {
     #[serde(default)]
     pub user_id: Option<String>,
     pub items: Vec<RequestedItem>,
+    /// The total the client expects (a number or decimal string, as it saw the prices). The
+    /// server prices the order itself; a `total` that differs is refused, so a client never
+    /// pays an amount it did not expect. Optional.
+    #[serde(default)]
+    pub total: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// A checked order request: canonical ids, and the user it is placed for.
@@ -100,6 +105,8 @@ pub struct CreateOrder {
 pub struct ValidOrder {
     pub user_id: String,
     pub items: Vec<RequestedItem>,
+    /// The client's expected total in cents, when it sent one.
+    pub expected_total_cents: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -148,7 +155,35 @@ pub fn validate(body: CreateOrder, caller: &Caller) -> Result<ValidOrder, Proble
             quantity: item.quantity,
         });
     }
-    Ok(ValidOrder { user_id, items })
+    let expected_total_cents = body
+        .total
+        .as_deref()
+        .map(|raw| money::parse_amount("total", raw, money::MAX_EXACT))
+        .transpose()?;
+    Ok(ValidOrder {
+        user_id,
+        items,
+        expected_total_cents,
+    })
+}
+
+/// 422 when the client's expected total is not the server's.
+pub fn check_expected_total(expected: Option<i64>, computed: i64) -> Result<(), Problem> {
+    match expected {
+        Some(expected) if expected != computed => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "total-mismatch",
+            format!(
+                "the order's total is {} at today's prices, not {}; send that total or none",
+                money::format_cents(computed),
+                money::format_cents(expected)
+            ),
+        )
+        .with("field", "total")
+        .with("computed_total", money::format_cents(computed))
+        .with("computed_total_cents", computed)),
+        _ => Ok(()),
+    }
 }
 
 /// The user an order is placed for: the signed-in user; the one `requested` in the body when
@@ -238,6 +273,7 @@ mod tests {
         let order = |items: Vec<RequestedItem>| CreateOrder {
             user_id: Some(user.clone()),
             items,
+            total: None,
         };
         let validate = |body| validate(body, &Caller::unchecked());
         let canonical = validate(order(vec![RequestedItem {
@@ -262,6 +298,16 @@ mod tests {
         }]))
         .unwrap_err();
         assert_eq!(bad_id.status, 400);
+    }
+
+    #[test]
+    fn a_clients_total_must_be_the_servers() {
+        assert!(check_expected_total(None, 99_999).is_ok());
+        assert!(check_expected_total(Some(99_999), 99_999).is_ok());
+        let refused = check_expected_total(Some(100_000), 99_999).unwrap_err();
+        assert_eq!(refused.status, 422);
+        assert!(refused.kind.ends_with("/total-mismatch"));
+        assert_eq!(refused.extra["computed_total"], "999.99");
     }
 
     #[test]

@@ -17,13 +17,19 @@ use axum::http::StatusCode;
 use msa_service_kit::db::Database;
 use msa_service_kit::{Problem, format_cents, now_rfc3339};
 
-use crate::model::{Order, OrderLine, RequestedItem, Status, ValidOrder, price_lines};
+use crate::model::{
+    Order, OrderLine, RequestedItem, Status, ValidOrder, check_expected_total, price_lines,
+};
 use crate::peers::{Peers, ReserveOutcome};
 use crate::store;
 
 /// Places a checked order (see [`crate::model::validate`]).
 pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Order, Problem> {
-    let ValidOrder { user_id, items } = order;
+    let ValidOrder {
+        user_id,
+        items,
+        expected_total_cents,
+    } = order;
     if !peers.user_exists(&user_id).await? {
         return Err(Problem::invalid(
             "user_id",
@@ -47,6 +53,7 @@ pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Or
         prices.insert(item.product_id.clone(), price);
     }
     let (lines, total_cents) = reprice(&items, &prices)?;
+    check_expected_total(expected_total_cents, total_cents)?;
     let now = now_rfc3339();
     let order = Order {
         id: uuid::Uuid::new_v4().to_string(),

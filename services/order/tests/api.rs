@@ -209,13 +209,21 @@ async fn bad_orders_are_refused_before_anything_is_recorded(backend: TestBackend
         400,
     )
     .await;
+    // A client's total is its expectation: one that is not the server's is refused.
     let with_total =
         json!({"user_id": user, "items": [{"product_id": laptop, "quantity": 1}], "total": 0.01});
-    expect_problem(
+    let mismatch = expect_problem(
         shop.orders.send("POST", "/orders", Some(with_total)).await,
-        400,
+        422,
     )
     .await;
+    assert!(
+        mismatch["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/total-mismatch"),
+        "{mismatch}"
+    );
 
     assert_eq!(
         shop.orders

@@ -529,10 +529,19 @@ mod tests {
 
     #[test]
     fn jwks_urls_are_https_except_on_loopback() {
-        for ok in ["https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://[::1]/k"] {
+        for ok in [
+            "https://idp.example/jwks",
+            "http://127.0.0.1:9/jwks",
+            "http://[::1]/k",
+        ] {
             assert!(check_jwks_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://idp.example/jwks", "http://198.18.0.1/jwks", "ftp://x/y", "jwks"] {
+        for bad in [
+            "http://idp.example/jwks",
+            "http://198.18.0.1/jwks",
+            "ftp://x/y",
+            "jwks",
+        ] {
             assert!(check_jwks_url(bad).is_err(), "{bad}");
         }
     }

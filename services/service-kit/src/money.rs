@@ -30,6 +30,12 @@ pub fn format_cents(cents: i64) -> String {
 /// at most two decimal places, 0 to [`MAX_PRICE_CENTS`]. The digits are read as written, so
 /// `19.990000000000001` is refused whichever way it is spelled (a float would round it to 19.99).
 pub fn parse_price(field: &str, raw: &RawValue) -> Result<i64, Problem> {
+    parse_amount(field, raw, MAX_PRICE_CENTS)
+}
+
+/// An amount in cents read like [`parse_price`], 0 to `max_cents` (a client's expected order
+/// total may reach [`MAX_EXACT`]).
+pub fn parse_amount(field: &str, raw: &RawValue, max_cents: i64) -> Result<i64, Problem> {
     let json = raw.get().trim();
     let text = if json.starts_with('"') {
         serde_json::from_str::<String>(json)
@@ -61,8 +67,9 @@ pub fn parse_price(field: &str, raw: &RawValue) -> Result<i64, Problem> {
         return Err(invalid("at most two decimal places (cents)"));
     }
     let units = units.trim_start_matches('0');
-    let too_large = || invalid("at most 1000000000.00");
-    if units.len() > 12 {
+    let limit = format_cents(max_cents);
+    let too_large = || invalid(&format!("at most {limit}"));
+    if units.len() > 16 {
         return Err(too_large());
     }
     let units: i64 = if units.is_empty() {
@@ -74,7 +81,7 @@ pub fn parse_price(field: &str, raw: &RawValue) -> Result<i64, Problem> {
     units
         .checked_mul(100)
         .and_then(|u| u.checked_add(cents))
-        .filter(|c| *c <= MAX_PRICE_CENTS)
+        .filter(|c| *c <= max_cents)
         .ok_or_else(too_large)
 }
 

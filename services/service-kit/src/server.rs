@@ -129,11 +129,13 @@ pub fn operational_routes(ops: Ops) -> Router {
     )
 }
 
-/// `/healthz` and `/readyz`, which a load balancer may need on the API's own port.
+/// `/healthz`, `/readyz` and `/health` (the JSON form the application's first clients read),
+/// which a load balancer or an old client may need on the API's own port.
 pub fn probe_routes(ops: Ops) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/health", get(health))
         .with_state(ops)
 }
 
@@ -208,16 +210,45 @@ pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Res
 }
 
 async fn readyz(State(ops): State<Ops>) -> Response {
-    if ops.draining.load(Ordering::Relaxed) {
-        return Problem::unavailable("shutting down", 1).into_response();
+    match ops.unready().await {
+        Some(why) => Problem::unavailable(why, 1).into_response(),
+        None => "ready".into_response(),
     }
-    if let Some(database) = &ops.database
-        && let Err(error) = database.ping().await
-    {
-        warn!(%error, "readiness: database unreachable");
-        return Problem::unavailable("the database is unreachable", 1).into_response();
+}
+
+/// `/health` as the application's first clients read it: `{"status": "healthy", "service":
+/// ...}`, 503 with `"unhealthy"` and the reason when `/readyz` would fail.
+async fn health(State(ops): State<Ops>) -> Response {
+    let (code, status, reason) = match ops.unready().await {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", Some(why)),
+        None => (StatusCode::OK, "healthy", None),
+    };
+    let mut body = json!({"status": status, "service": ops.name, "version": ops.version});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
     }
-    "ready".into_response()
+    (code, axum::Json(body)).into_response()
+}
+
+impl Ops {
+    /// Why the service should not take traffic now, `None` when it may.
+    async fn unready(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            return Some("shutting down");
+        }
+        if let Some(database) = &self.database
+            && let Err(error) = database.ping().await
+        {
+            warn!(%error, "readiness: database unreachable");
+            return Some("the database is unreachable");
+        }
+        None
+    }
+
+    /// Whether SIGTERM started the drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 async fn info_route(State(ops): State<Ops>) -> Response {
