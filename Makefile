@@ -39,6 +39,8 @@ unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback P
 	$(CARGO) build --workspace --bins   # the local-run test starts every component binary
 	@command -v nginx >/dev/null || { echo ">> installing Debian's nginx-light (the conformance suite runs it beside the gateway)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light; }
+	@command -v promtool >/dev/null || { echo ">> installing Debian's prometheus (promtool lints every component's /metrics)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 	url="$$(hack/postgres.sh up)"; trap 'hack/postgres.sh down' EXIT; \
 	  MSA_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace
 

@@ -395,3 +395,22 @@ mod claims {
         assert!(check(&scaled_down, &sets, &[], 100).stuck.is_empty());
     }
 }
+
+/// Issue 17: the operator's `/metrics`, as anything but Prometheus reads it, passes
+/// `promtool check metrics` (counters with help, nothing out of place).
+#[test]
+fn the_operators_metrics_pass_promtool() {
+    let metrics = msa_operator::metrics::Metrics::default();
+    metrics.observe_reconcile(std::time::Duration::from_millis(3), None);
+    metrics.observe_reconcile(std::time::Duration::from_millis(5), Some("forbidden"));
+    metrics.count_write("Deployment");
+    metrics.leader.set(1);
+    let classic = msa_exposition::to_classic(&metrics.render());
+    if let Err(said) = msa_exposition::promtool::check_metrics(&classic) {
+        panic!("promtool check metrics:\n{said}\n---\n{classic}");
+    }
+    // The check can fail: the OpenMetrics document read as classic text is what promtool
+    // complained about before the endpoints negotiated.
+    let said = msa_exposition::promtool::check_metrics(&metrics.render()).unwrap_err();
+    assert!(said.contains("no help text"), "{said}");
+}

@@ -264,11 +264,17 @@ async fn info_route(State(ops): State<Ops>) -> Response {
     axum::Json(info).into_response()
 }
 
-async fn metrics_route(State(ops): State<Ops>) -> Response {
-    let mut response = ops.metrics.encode().into_response();
+/// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format
+/// otherwise (promtool, curl): see `msa-exposition`.
+async fn metrics_route(State(ops): State<Ops>, headers: http::HeaderMap) -> Response {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = msa_exposition::negotiate(accept, ops.metrics.encode());
+    let mut response = body.into_response();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }
