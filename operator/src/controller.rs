@@ -139,7 +139,12 @@ pub async fn run(
     }
     let refresher = tokio::spawn(crate::issuer::keep_current(client.clone(), context.clone()));
 
-    Controller::new(api::<MicroserviceApp>(&client, ns), watcher::Config::default().any_semantic())
+    let controller = Controller::new(
+        api::<MicroserviceApp>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let counter = tokio::spawn(count_apps(controller.store(), context.metrics.clone()));
+    controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .owns_stream(deployment_events)
         .owns_stream(stateful_set_events)
@@ -165,4 +170,14 @@ pub async fn run(
         })
         .await;
     refresher.abort();
+    counter.abort();
+}
+
+/// Keeps `msa_operator_apps{ready}` current from the controller's cache of apps.
+async fn count_apps(apps: Store<MicroserviceApp>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        metrics.count_apps(apps.state().iter().map(|app| crate::status::is_ready(app)));
+    }
 }

@@ -20,9 +20,18 @@ pub struct WriteLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// `true` or `false`: the app's Ready condition.
+    pub ready: &'static str,
+}
+
 /// Every metric the operator exports, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
+    /// Apps by readiness (two series whatever the number of apps, so an alert can say "some app
+    /// is not Ready" without a series per app).
+    pub apps: Family<ReadyLabels, Gauge>,
     pub reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
@@ -38,6 +47,12 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let apps = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "apps",
+            "MicroserviceApps this operator reconciles, by whether their Ready condition is True",
+            apps.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -61,6 +76,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            apps,
             reconciles,
             errors,
             duration,
@@ -89,6 +105,23 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Sets the apps gauge from the apps' Ready conditions.
+    pub fn count_apps(&self, ready: impl IntoIterator<Item = bool>) {
+        let (mut yes, mut no) = (0, 0);
+        for is_ready in ready {
+            if is_ready {
+                yes += 1;
+            } else {
+                no += 1;
+            }
+        }
+        for (label, count) in [("true", yes), ("false", no)] {
+            self.apps
+                .get_or_create(&ReadyLabels { ready: label })
+                .set(count);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

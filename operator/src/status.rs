@@ -373,3 +373,13 @@ pub fn ready_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) 
     }
     i32::try_from(seen.len()).unwrap_or(i32::MAX)
 }
+
+/// Whether the app's Ready condition is True.
+pub fn is_ready(app: &MicroserviceApp) -> bool {
+    app.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::conditions::READY && c.status == "True")
+    })
+}

@@ -414,3 +414,29 @@ fn the_operators_metrics_pass_promtool() {
     let said = msa_exposition::promtool::check_metrics(&metrics.render()).unwrap_err();
     assert!(said.contains("no help text"), "{said}");
 }
+
+/// `msa_operator_apps{ready}` counts apps by their Ready condition (the MsaAppNotReady alert).
+#[test]
+fn apps_are_counted_by_readiness() {
+    let metrics = msa_operator::metrics::Metrics::default();
+    metrics.count_apps([true, false, false]);
+    let text = metrics.render();
+    assert!(
+        text.contains("msa_operator_apps{ready=\"true\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("msa_operator_apps{ready=\"false\"} 2"),
+        "{text}"
+    );
+    let mut app = support::app(serde_json::json!({}));
+    assert!(!msa_operator::status::is_ready(&app));
+    app.status = Some(
+        serde_json::from_value(serde_json::json!({"conditions": [
+            {"type": "Ready", "status": "True", "reason": "AllComponentsReady", "message": "",
+             "lastTransitionTime": "2026-11-30T10:00:00Z", "observedGeneration": 1}
+        ]}))
+        .unwrap(),
+    );
+    assert!(msa_operator::status::is_ready(&app));
+}
