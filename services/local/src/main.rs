@@ -4,6 +4,7 @@
 
 mod demo;
 mod identity;
+mod logs;
 mod plan;
 mod restart;
 mod run;
@@ -33,6 +34,9 @@ enum Command {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Print the components' logs merged in time order (`-f` follows them; `--request-id`
+    /// follows one request across every component).
+    Logs(logs::LogsArgs),
     /// Print a bearer token for a user of an `up --auth` run (signed with its key).
     Token {
         /// The user's id (the token's subject).
@@ -56,6 +60,7 @@ async fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Up(args) => run::up(args).await,
         Command::Demo { gateway, data_dir } => demo::run(&gateway, &data_dir).await,
+        Command::Logs(args) => logs::run(args),
         Command::Token {
             user,
             admin,

@@ -44,6 +44,9 @@ pub struct UpArgs {
     /// Requests per second each caller (token subject, else address) may make at the gateway.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rate_limit_per_second: Option<u32>,
+    /// Format of the components' log files (`msa-local logs` reads both).
+    #[arg(long, default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
 }
 
 /// The rate limit `up --auth` sets when none is given.
@@ -73,7 +76,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .rate_limit_per_second
             .or(args.auth.then_some(AUTH_RATE_LIMIT)),
     };
-    let plan = plan(args.port, replicas, &data_dir, security).map_err(anyhow::Error::msg)?;
+    let mut plan = plan(args.port, replicas, &data_dir, security).map_err(anyhow::Error::msg)?;
+    for process in &mut plan.processes {
+        process
+            .args
+            .extend(["--log-format".to_owned(), args.log_format.clone()]);
+    }
     // Before anything is created: a refused start leaves nothing behind.
     preflight(&plan, &bin_dir)?;
     let logs = data_dir.join("logs");
@@ -173,12 +181,7 @@ async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result
 fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
     Command::new(bin_dir.join(process.binary))
-        .args([
-            "--listen",
-            &process.listen.to_string(),
-            "--log-format",
-            "text",
-        ])
+        .args(["--listen", &process.listen.to_string()])
         .args(&process.args)
         .env("MSA_POD_NAME", &process.instance)
         .stdin(Stdio::null())
@@ -200,12 +203,15 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
         "data:       {} (user.db, order.db, product.db)",
         plan.data_dir.display()
     );
-    println!("logs:       {}", plan.data_dir.join("logs").display());
-    println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
     let local = std::env::current_exe()
         .map(|exe| exe.display().to_string())
         .unwrap_or_else(|_| "msa-local".into());
     let data = plan.data_dir.display();
+    println!(
+        "logs:       {} (merged: {local} logs --data-dir {data} -f)",
+        plan.data_dir.join("logs").display()
+    );
+    println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
     if security.auth {
         println!(
             "auth:       on — tokens: {local} token --data-dir {data} --user <user id> [--admin]"
