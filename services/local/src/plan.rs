@@ -204,6 +204,29 @@ pub fn plan(
     })
 }
 
+impl Plan {
+    /// A Prometheus configuration that scrapes every process of the run (`msa-local up` writes
+    /// it as `prometheus.yml` in the data folder), each target labelled with its component and
+    /// instance, as a pod's would be.
+    pub fn scrape_config(&self) -> String {
+        let mut out = String::from(
+            "# Written by msa-local up: prometheus --config.file=<this file> scrapes the whole run.\n\
+             global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: msa\n    static_configs:\n",
+        );
+        for process in &self.processes {
+            let component = process
+                .instance
+                .rsplit_once('-')
+                .map_or(process.instance.as_str(), |(name, _)| name);
+            out.push_str(&format!(
+                "      - targets: ['{}']\n        labels: {{component: {component}, pod: {}}}\n",
+                process.listen, process.instance
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +274,26 @@ mod tests {
                 .unwrap_err()
                 .contains("--port")
         );
+    }
+
+    #[test]
+    fn the_scrape_config_lists_every_process_with_its_component() {
+        let replicas = Replicas {
+            user: 1,
+            order: 1,
+            product: 2,
+        };
+        let config = plan(8080, replicas, Path::new("/d"), Security::default())
+            .unwrap()
+            .scrape_config();
+        assert!(config.contains("- targets: ['127.0.0.1:8084']\n        labels: {component: product, pod: product-1}"), "{config}");
+        assert!(
+            config.contains(
+                "- targets: ['127.0.0.1:8080']\n        labels: {component: gateway, pod: gateway}"
+            ),
+            "{config}"
+        );
+        assert_eq!(config.matches("- targets").count(), 5);
     }
 
     #[test]

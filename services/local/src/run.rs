@@ -107,6 +107,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let scrape_config = data_dir.join("prometheus.yml");
+    std::fs::write(&scrape_config, plan.scrape_config())
+        .with_context(|| format!("cannot write {}", scrape_config.display()))?;
     print_summary(&plan, &running, security);
 
     let outcome = supervise(&mut running, &bin_dir, &data_dir).await;
@@ -212,6 +215,10 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
         plan.data_dir.join("logs").display()
     );
     println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
+    println!(
+        "prometheus: prometheus --config.file={}/prometheus.yml scrapes every component",
+        data
+    );
     if security.auth {
         println!(
             "auth:       on — tokens: {local} token --data-dir {data} --user <user id> [--admin]"

@@ -1,0 +1,112 @@
+//! Issue 17, part 3: a real Prometheus (Debian's package, which `make unit` installs) scrapes a
+//! local run with the configuration `msa-local up` writes: every component is up, and a query
+//! over the gateway's RED metrics returns data.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_ports, interrupt};
+use serde_json::Value;
+
+/// Stops Prometheus when the test ends, whatever happens.
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn query(client: &reqwest::Client, base: &str, promql: &str) -> Vec<Value> {
+    let answer: Value = match client
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", promql)])
+        .send()
+        .await
+    {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_every_component_of_a_local_run() {
+    let data = std::env::temp_dir().join(format!("msa-local-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let port = free_ports();
+    let (run, _lines, _errors) = common::up(port, &data, &[]);
+    // The written configuration, scraping every second instead of every five.
+    let config = std::fs::read_to_string(data.join("prometheus.yml"))
+        .unwrap()
+        .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    std::fs::write(data.join("prometheus-test.yml"), config).unwrap();
+    let web = msa_service_kit::testing::free_port("127.0.0.1");
+    let prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            data.join("prometheus-test.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            data.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(data.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; make unit installs it)");
+    let _stop = Stop(prometheus);
+    let base = format!("http://{web}");
+    let client = msa_service_kit::testing::loopback_client();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    let (up, rates) = loop {
+        round += 1;
+        for path in ["/products", "/users"] {
+            client
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .unwrap();
+        }
+        let up = query(&client, &base, "up == 1").await;
+        let rates = query(
+            &client,
+            &base,
+            "sum by (route) (rate(msa_gateway_http_requests_total{route=\"/products\"}[10s]))",
+        )
+        .await;
+        if up.len() == 4 && !rates.is_empty() {
+            break (up, rates);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {round} rounds: up {up:?}, rates {rates:?}; prometheus said:\n{}",
+            std::fs::read_to_string(data.join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let components: std::collections::BTreeSet<&str> = up
+        .iter()
+        .filter_map(|s| s["metric"]["component"].as_str())
+        .collect();
+    assert_eq!(
+        components,
+        ["gateway", "order", "product", "user"]
+            .into_iter()
+            .collect()
+    );
+    let rate: f64 = rates[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(rate > 0.0, "{rates:?}");
+    drop(_stop);
+    interrupt(run, port);
+    let _ = std::fs::remove_dir_all(&data);
+}
