@@ -3,7 +3,7 @@
 //! data still there.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use msa_service_kit::testing::loopback_client;
@@ -11,14 +11,14 @@ use serde_json::Value;
 
 mod common;
 
-use common::{LOCAL, free_ports, interrupt, signal_and_wait};
+use common::{LOCAL, Run, free_ports, interrupt, signal_and_wait};
 
 /// `msa-local up` with two product replicas, returned once it prints that it is running.
-fn up(port: u16, data: &Path) -> Child {
+fn up(port: u16, data: &Path) -> Run {
     up_with_output(port, data).0
 }
 
-fn up_with_output(port: u16, data: &Path) -> (Child, std::sync::mpsc::Receiver<String>, PathBuf) {
+fn up_with_output(port: u16, data: &Path) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
     common::up(port, data, &["--product-replicas", "2"])
 }
 
@@ -185,7 +185,7 @@ async fn no_component_outlives_msa_local() {
     );
     signal_and_wait(run, "-HUP", port);
 
-    let mut run = up(port, &data);
+    let mut run = up(port, &data).take();
     run.kill().unwrap();
     run.wait().unwrap();
     wait_until("every component stopped", Duration::from_secs(30), || {

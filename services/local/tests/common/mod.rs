@@ -25,13 +25,40 @@ pub fn free_ports() -> u16 {
     panic!("no six free ports in a row");
 }
 
+/// A running `msa-local up`. A test that fails before stopping it still does not leave it (and
+/// its components, which follow it) behind: dropping it interrupts it.
+pub struct Run(Option<Child>);
+
+impl Run {
+    /// The process, no longer stopped on drop (the test stops it itself).
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `msa-local up` with `extra` flags once it prints that it is running, with the lines it
 /// prints after that, and the file its standard error goes to.
 pub fn up(
     port: u16,
     data: &Path,
     extra: &[&str],
-) -> (Child, std::sync::mpsc::Receiver<String>, PathBuf) {
+) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
     let errors = std::env::temp_dir().join(format!(
         "msa-local-stderr-{port}-{}.txt",
         std::process::id()
@@ -56,7 +83,9 @@ pub fn up(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("msa is running") => return (child, rx, errors),
+            Ok(line) if line.starts_with("msa is running") => {
+                return (Run(Some(child)), rx, errors);
+            }
             Ok(_) => {}
             Err(_) => {
                 let _ = child.kill();
@@ -67,12 +96,13 @@ pub fn up(
 }
 
 /// Ctrl-C, as a person would press it; the run must end cleanly and free every port.
-pub fn interrupt(child: Child, port: u16) {
-    signal_and_wait(child, "-INT", port);
+pub fn interrupt(run: Run, port: u16) {
+    signal_and_wait(run, "-INT", port);
 }
 
 /// Sends `signal` and checks that the run ends cleanly and every port is free.
-pub fn signal_and_wait(mut child: Child, signal: &str, port: u16) {
+pub fn signal_and_wait(run: Run, signal: &str, port: u16) {
+    let mut child = run.take();
     Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
