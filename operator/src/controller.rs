@@ -22,6 +22,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
+use crate::build::ClusterFacts;
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -124,20 +125,21 @@ pub async fn run(
     let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
     // Learn the ServiceAccount issuer before the first reconcile, so the product services
     // start with the check instead of rolling once it is known.
-    match crate::issuer::discover(&client).await {
-        Ok(issuer) => {
-            info!(issuer = %issuer.issuer, "ServiceAccount issuer known: product services will check the order services' tokens");
-            context
-                .cluster
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .service_issuer = Some(issuer);
-        }
-        Err(error) => {
-            warn!(%error, "cannot read the cluster's ServiceAccount issuer yet; product services' reservation routes stay open until it can be read")
-        }
-    }
-    let refresher = tokio::spawn(crate::issuer::keep_current(client.clone(), context.clone()));
+    let facts = crate::facts::discover(&client, &ClusterFacts::default()).await;
+    info!(
+        issuer = facts
+            .service_issuer
+            .as_ref()
+            .map(|i| i.issuer.as_str())
+            .unwrap_or("unknown"),
+        pod_monitors = facts.pod_monitors,
+        "what the cluster offers: the ServiceAccount issuer (product services check the order services' tokens when known), the PodMonitor API"
+    );
+    *context
+        .cluster
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = facts;
+    let refresher = tokio::spawn(crate::facts::keep_current(client.clone(), context.clone()));
 
     let controller = Controller::new(
         api::<MicroserviceApp>(&client, ns),

@@ -116,6 +116,48 @@ pub struct MicroserviceAppSpec {
     /// plugin enforces them).
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+
+    /// How Prometheus finds the app's pods.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// A PodMonitor (Prometheus Operator) scraping every pod's admin port.
+    #[serde(default)]
+    pub pod_monitor: PodMonitorSpec,
+}
+
+/// Rendered only where the `monitoring.coreos.com` API exists; elsewhere `status.monitoring`
+/// says so and nothing fails.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Scrape interval (a Prometheus duration such as `30s` or `1m`).
+    #[serde(default = "default_scrape_interval")]
+    #[schemars(length(min = 2, max = 8), regex(pattern = r"^[1-9][0-9]{0,4}(s|m)$"))]
+    pub interval: String,
+    /// Labels of the PodMonitor (for the Prometheus that selects PodMonitors by label).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for PodMonitorSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: default_scrape_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_scrape_interval() -> String {
+    "30s".to_owned()
 }
 
 /// One NetworkPolicy per component, admitting only its callers: the order service only from
@@ -900,6 +942,9 @@ pub struct MicroserviceAppStatus {
     /// Where the gateway is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayStatus>,
+    /// How the app is scraped, or why `spec.monitoring.podMonitor` could not be honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<String>,
 }
 
 /// Counts of one component.

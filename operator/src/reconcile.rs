@@ -107,6 +107,8 @@ pub struct Context {
     /// What the cluster told the operator (its ServiceAccount issuer), kept by
     /// [`crate::issuer::keep_current`].
     pub cluster: std::sync::RwLock<build::ClusterFacts>,
+    /// The rendered hash of each app's PodMonitor as this process last applied it.
+    pub applied_pod_monitors: Mutex<HashMap<ObjectRef<MicroserviceApp>, String>>,
 }
 
 impl Context {
@@ -119,6 +121,7 @@ impl Context {
             failures: Mutex::default(),
             now: Box::new(|| Time(jiff::Timestamp::now())),
             cluster: std::sync::RwLock::default(),
+            applied_pod_monitors: Mutex::default(),
         }
     }
 
@@ -235,6 +238,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
             )
         }),
         blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
+        monitoring: build::monitoring_note(app, cluster.pod_monitors),
     };
     write_status(app, ctx, &observed).await?;
 
@@ -335,6 +339,7 @@ async fn apply_children(
         role,
         role_binding,
         network_policies,
+        pod_monitor,
     } = children;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
@@ -396,6 +401,7 @@ async fn apply_children(
     for policy in network_policies {
         apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
+    apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
     Ok(report)
 }
 
@@ -498,6 +504,81 @@ where
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// Applies the app's PodMonitor when it changed since this process last applied it (it is not
+/// watched: the Prometheus Operator's API may be absent), or deletes one this app had before
+/// and no longer asks for.
+async fn apply_pod_monitor(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    desired: Option<kube::api::DynamicObject>,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let resource = build::pod_monitor_resource();
+    let namespace = app.namespace().unwrap_or_default();
+    let key = ObjectRef::from_obj(app);
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+    let name = app.name_any();
+    let Some(desired) = desired else {
+        let had_one = app
+            .status
+            .as_ref()
+            .and_then(|s| s.monitoring.as_deref())
+            .is_some_and(|note| note.starts_with("PodMonitor "));
+        let api_present = ctx
+            .cluster
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pod_monitors;
+        if had_one && api_present {
+            ctx.metrics.count_write("PodMonitor");
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => report.changed.push(format!("PodMonitor/{name} (deleted)")),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        lock(&ctx.applied_pod_monitors).remove(&key);
+        return Ok(());
+    };
+    let hash = desired
+        .annotations()
+        .get(crate::labels::RENDERED_HASH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    if lock(&ctx.applied_pod_monitors).get(&key) == Some(&hash) {
+        return Ok(());
+    }
+    ctx.metrics.count_write("PodMonitor");
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+    {
+        Ok(_) => {
+            report.changed.push(format!("PodMonitor/{name}"));
+            lock(&ctx.applied_pod_monitors).insert(key, hash);
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 404 | 422) => {
+            report
+                .failed
+                .push((format!("PodMonitor/{name}"), status.message.clone()));
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Ready endpoints of each component's Service, from one pass over the slice cache (slices

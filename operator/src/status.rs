@@ -48,6 +48,8 @@ pub struct Observed {
     /// Why claims of the embedded databases are not bound (see [`crate::storage`]).
     pub storage_problem: Option<String>,
     pub blocker: Option<Blocker>,
+    /// `status.monitoring` (see [`crate::build::monitoring_note`]).
+    pub monitoring: Option<String>,
 }
 
 /// What status reads from a component's Deployment or StatefulSet.
@@ -217,6 +219,7 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
             .map(|r| (r.component.name().to_owned(), r.counts))
             .collect(),
         gateway: crate::build::gateway_url(app).map(|url| GatewayStatus { url }),
+        monitoring: observed.monitoring.clone(),
     }
 }
 

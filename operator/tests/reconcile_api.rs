@@ -98,7 +98,9 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         role,
         role_binding,
         network_policies,
+        pod_monitor,
     } = children.clone();
+    assert_eq!(pod_monitor, None, "off unless asked for");
     assert_eq!(
         service_issuer, None,
         "the mocked API server has no issuer discovery"

@@ -766,6 +766,7 @@ fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token
             issuer: "https://kubernetes.default.svc".into(),
             jwks: r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB"}]}"#.into(),
         }),
+        pod_monitors: false,
     };
     let known = build::children_in(&shop, &facts).unwrap();
     let config_map = serde_json::to_value(known.service_issuer.as_ref().unwrap()).unwrap();
@@ -798,6 +799,7 @@ fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token
             issuer: "https://kubernetes.default.svc".into(),
             jwks: r#"{"keys":[{"kty":"RSA","n":"y","e":"AQAB"}]}"#.into(),
         }),
+        pod_monitors: false,
     };
     let after = build::children_in(&shop, &rotated).unwrap();
     assert_eq!(after.workloads, known.workloads);
@@ -823,4 +825,53 @@ fn a_jwks_url_needs_no_volume() {
         let pod = serde_json::to_value(pod_of(workload)).unwrap();
         assert!(!pod.to_string().contains("auth-keys"), "{component:?}");
     }
+}
+
+/// Issue 17: `spec.monitoring.podMonitor` renders a PodMonitor scraping every pod's admin port
+/// where the Prometheus Operator's API exists; where it does not, nothing is rendered and the
+/// status says why.
+#[test]
+fn a_pod_monitor_where_the_api_exists_and_a_note_where_it_does_not() {
+    let shop = app(
+        json!({"monitoring": {"podMonitor": {"enabled": true, "interval": "15s",
+        "labels": {"release": "kube-prometheus"}}}}),
+    );
+    let with_api = build::ClusterFacts {
+        pod_monitors: true,
+        ..Default::default()
+    };
+    let children = build::children_in(&shop, &with_api).unwrap();
+    let monitor = serde_json::to_value(children.pod_monitor.as_ref().unwrap()).unwrap();
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "PodMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus");
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"],
+        json!([{"port": "admin", "path": "/metrics", "interval": "15s"}])
+    );
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "shop"
+    );
+    assert!(
+        build::monitoring_note(&shop, true)
+            .unwrap()
+            .starts_with("PodMonitor shop")
+    );
+
+    let without_api = build::children(&shop).unwrap();
+    assert!(without_api.pod_monitor.is_none());
+    assert!(
+        build::monitoring_note(&shop, false)
+            .unwrap()
+            .contains("Prometheus Operator) is not installed")
+    );
+    let off = app(json!({}));
+    assert!(
+        build::children_in(&off, &with_api)
+            .unwrap()
+            .pod_monitor
+            .is_none()
+    );
+    assert_eq!(build::monitoring_note(&off, true), None);
 }

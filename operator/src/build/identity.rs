@@ -28,6 +28,8 @@ const TOKEN_SECONDS: i64 = 3600;
 pub struct ClusterFacts {
     /// The API server's ServiceAccount token issuer, when its discovery endpoints answered.
     pub service_issuer: Option<ServiceIssuer>,
+    /// Whether the Prometheus Operator's PodMonitor API is installed.
+    pub pod_monitors: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

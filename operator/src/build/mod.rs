@@ -6,6 +6,7 @@ mod deployment;
 mod disruption;
 mod hash;
 mod identity;
+mod monitoring;
 mod network;
 mod pod;
 mod rbac;
@@ -29,6 +30,7 @@ pub use hash::{short_hash, stamp_rendered_hash};
 pub use identity::{
     ClusterFacts, ServiceIssuer, issuer_config_map_name, order_account, product_audience,
 };
+pub use monitoring::{pod_monitor_resource, status_note as monitoring_note};
 pub use network::callers;
 pub use pod::has_embedded_database;
 pub use statefulset::claim_name;
@@ -54,6 +56,8 @@ pub struct Children {
     /// One per component, in [`Component::ALL`] order; none when `spec.networkPolicy.enabled`
     /// is false.
     pub network_policies: Vec<NetworkPolicy>,
+    /// When `spec.monitoring.podMonitor.enabled` and the cluster has the API.
+    pub pod_monitor: Option<kube::api::DynamicObject>,
 }
 
 impl Children {
@@ -69,12 +73,14 @@ impl Children {
             role: _,
             role_binding: _,
             network_policies,
+            pod_monitor,
         } = self;
         workloads.len()
             + services.len()
             + budgets.len()
             + network_policies.len()
             + usize::from(service_issuer.is_some())
+            + usize::from(pod_monitor.is_some())
             + 4
     }
 }
@@ -182,6 +188,7 @@ pub fn children_in(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Chil
         service_issuer: identity::issuer_config_map(&owner).map(stamp_rendered_hash),
         role: stamp_rendered_hash(rbac::role(&owner)),
         role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),
+        pod_monitor: monitoring::pod_monitor(app, &owner).map(stamp_rendered_hash),
         network_policies: if app.spec.network_policy.enabled {
             Component::ALL
                 .into_iter()

@@ -151,6 +151,7 @@ impl FakeCaches {
             role,
             role_binding,
             network_policies,
+            pod_monitor: _,
         } = children;
         for w in workloads {
             match w {
