@@ -20,9 +20,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::build::ClusterFacts;
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -125,20 +124,7 @@ pub async fn run(
     let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
     // Learn the ServiceAccount issuer before the first reconcile, so the product services
     // start with the check instead of rolling once it is known.
-    let facts = crate::facts::discover(&client, &ClusterFacts::default()).await;
-    info!(
-        issuer = facts
-            .service_issuer
-            .as_ref()
-            .map(|i| i.issuer.as_str())
-            .unwrap_or("unknown"),
-        pod_monitors = facts.pod_monitors,
-        "what the cluster offers: the ServiceAccount issuer (product services check the order services' tokens when known), the PodMonitor API"
-    );
-    *context
-        .cluster
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = facts;
+    crate::facts::learn(&client, &context).await;
     let refresher = tokio::spawn(crate::facts::keep_current(client.clone(), context.clone()));
 
     let controller = Controller::new(

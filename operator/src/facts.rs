@@ -98,38 +98,45 @@ fn check_jwks(jwks: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the facts again now and then for as long as the operator runs (every 10 minutes, every
-/// minute while the issuer is unknown), keeping the last good answers: a failed read never
-/// takes the check away from running apps.
+/// Reads the facts and keeps them in `context` (the last good answers where a read fails),
+/// saying what changed.
+pub async fn learn(client: &Client, context: &Context) {
+    let known = context
+        .cluster
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let facts = discover(client, &known).await;
+    if facts != known {
+        info!(
+            issuer = facts
+                .service_issuer
+                .as_ref()
+                .map(|i| i.issuer.as_str())
+                .unwrap_or("unknown"),
+            pod_monitors = facts.pod_monitors,
+            "what the cluster offers: the ServiceAccount issuer (product services check the order services' tokens when known), the PodMonitor API; apps are rendered for it from their next reconcile"
+        );
+        *context
+            .cluster
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = facts;
+    }
+}
+
+/// Learns the facts again now and then for as long as the operator runs (every 10 minutes,
+/// every minute while the issuer is unknown): a failed read never takes the check away from
+/// running apps.
 pub async fn keep_current(client: Client, context: Arc<Context>) {
     loop {
-        let known = context
+        let issuer_known = context
             .cluster
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let wait = if known.service_issuer.is_some() {
-            REFRESH
-        } else {
-            RETRY
-        };
-        tokio::time::sleep(wait).await;
-        let facts = discover(&client, &known).await;
-        if facts != known {
-            info!(
-                issuer = facts
-                    .service_issuer
-                    .as_ref()
-                    .map(|i| i.issuer.as_str())
-                    .unwrap_or(""),
-                pod_monitors = facts.pod_monitors,
-                "what the cluster offers changed; apps are rendered for it from their next reconcile"
-            );
-            *context
-                .cluster
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = facts;
-        }
+            .service_issuer
+            .is_some();
+        tokio::time::sleep(if issuer_known { REFRESH } else { RETRY }).await;
+        learn(&client, &context).await;
     }
 }
 

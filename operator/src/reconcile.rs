@@ -476,26 +476,46 @@ where
     }
     let kind = K::kind(&());
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    ctx.metrics.count_write(&kind);
+    let verb = if cached.is_some() {
+        "corrected"
+    } else {
+        "created"
+    };
+    Ok(apply_patch(ctx, &api, &kind, &desired, verb, report)
+        .await?
+        .map(Arc::new))
+}
+
+/// One server-side apply of `desired`, counted and reported; a refusal (400, 422, or 404 where
+/// the kind does not exist) is reported and `None`, anything else an error.
+async fn apply_patch<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    kind: &str,
+    desired: &K,
+    verb: &str,
+    report: &mut ApplyReport,
+) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    ctx.metrics.count_write(kind);
     match api
         .patch(
             &name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&desired),
+            &Patch::Apply(desired),
         )
         .await
     {
         Ok(applied) => {
-            let verb = if cached.is_some() {
-                "corrected"
-            } else {
-                "created"
-            };
             info!(%kind, %name, %namespace, verb, "applied child");
             report.changed.push(format!("{kind}/{name}"));
-            Ok(Some(Arc::new(applied)))
+            Ok(Some(applied))
         }
-        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 404 | 422) => {
             warn!(%kind, %name, %namespace, message = %status.message, "API server refused child");
             report
                 .failed
@@ -551,28 +571,13 @@ async fn apply_pod_monitor(
     if lock(&ctx.applied_pod_monitors).get(&key) == Some(&hash) {
         return Ok(());
     }
-    ctx.metrics.count_write("PodMonitor");
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
+    if apply_patch(ctx, &api, "PodMonitor", &desired, "applied", report)
+        .await?
+        .is_some()
     {
-        Ok(_) => {
-            report.changed.push(format!("PodMonitor/{name}"));
-            lock(&ctx.applied_pod_monitors).insert(key, hash);
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 404 | 422) => {
-            report
-                .failed
-                .push((format!("PodMonitor/{name}"), status.message.clone()));
-            Ok(())
-        }
-        Err(other) => Err(other.into()),
+        lock(&ctx.applied_pod_monitors).insert(key, hash);
     }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

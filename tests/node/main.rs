@@ -75,15 +75,21 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     Ok(())
 }
 
-/// After every shop pod was deleted (the last step of the hand-over), the replacements open the
-/// same volumes: the demo's product is still there, with the stock the demo left.
-async fn check_data_survived_pod_loss(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+/// msa/shop Ready again, and its gateway's NodePort URL once it answers.
+async fn ready_gateway(ctx: &Ctx, ns: &str) -> anyhow::Result<String> {
     wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
     let url = ctx
         .node
         .node_port_url(&ctx.admin, ns, "shop-gateway")
         .await?;
     wait_reachable(&url, WAIT).await?;
+    Ok(url)
+}
+
+/// After every shop pod was deleted (the last step of the hand-over), the replacements open the
+/// same volumes: the demo's product is still there, with the stock the demo left.
+async fn check_data_survived_pod_loss(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let url = ready_gateway(ctx, ns).await?;
     let products: Value = wait_until("the gateway to list products again", WAIT, || async {
         let answer = ctx.http.get(format!("{url}/products")).send().await?;
         Ok(if answer.status() == 200 {
@@ -460,12 +466,7 @@ async fn check_auth_on_real_pods(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
         )
         .await?;
     let started = Instant::now();
-    wait_app_ready(&ctx.admin, ns, "shop", WAIT).await?;
-    let url = ctx
-        .node
-        .node_port_url(&ctx.admin, ns, "shop-gateway")
-        .await?;
-    wait_reachable(&url, WAIT).await?;
+    let url = ready_gateway(ctx, ns).await?;
     println!(
         "auth switched on: every pod rolled with the keys mounted in {:.1} s",
         started.elapsed().as_secs_f64()

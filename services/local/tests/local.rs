@@ -36,25 +36,17 @@ async fn up_demo_stop_and_up_again_keeps_the_data() {
     let gateway = format!("http://127.0.0.1:{port}");
 
     let run = up(port, &data);
-    let demo = Command::new(LOCAL)
-        .args(["demo", "--gateway", &gateway])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&demo.stdout);
-    assert!(
-        demo.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&demo.stderr)
+    common::demo(
+        &gateway,
+        None,
+        &[
+            "Sign up a user",
+            "999.99",
+            "stock went from 10 to 9",
+            "insufficient-stock",
+            "demo finished",
+        ],
     );
-    for step in [
-        "Sign up a user",
-        "999.99",
-        "stock went from 10 to 9",
-        "insufficient-stock",
-        "demo finished",
-    ] {
-        assert!(printed.contains(step), "{step} in:\n{printed}");
-    }
     let view = get(format!("{gateway}/debug/endpoints")).await;
     let products = view["upstreams"]
         .as_array()

@@ -151,6 +151,7 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
     .await;
     assert_eq!(status, 201, "{product}");
     let product_id = product["id"].as_str().unwrap().to_owned();
+    let product_path = format!("/products/{product_id}");
     for base in [&gateway, &product_svc] {
         let stock = format!("/products/{product_id}/stock");
         assert_eq!(
@@ -390,14 +391,7 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
             );
         }
     }
-    let (_, product_now) = send(
-        &product_svc,
-        "GET",
-        &format!("/products/{product_id}"),
-        None,
-        None,
-    )
-    .await;
+    let product_now = send(&product_svc, "GET", &product_path, None, None).await.1;
     assert_eq!(
         product_now["stock"], 4,
         "refused reservation calls moved no stock: {product_now}"
@@ -416,14 +410,7 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
         (200, Some("cancelled")),
         "{cancelled}"
     );
-    let (_, product_now) = send(
-        &product_svc,
-        "GET",
-        &format!("/products/{product_id}"),
-        None,
-        None,
-    )
-    .await;
+    let product_now = send(&product_svc, "GET", &product_path, None, None).await.1;
     assert_eq!(
         product_now["stock"], 5,
         "the order service gave the stock back with its own token"
@@ -453,32 +440,18 @@ async fn the_demo_shows_a_401_a_cross_user_404_and_a_429_with_auth_on() {
     let _ = std::fs::remove_dir_all(&data);
     let port = free_ports();
     let (run, _lines, _errors) = common::up(port, &data, &["--auth"]);
-    let demo = Command::new(LOCAL)
-        .args([
-            "demo",
-            "--gateway",
-            &format!("http://127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&demo.stdout);
-    assert!(
-        demo.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&demo.stderr)
+    common::demo(
+        &format!("http://127.0.0.1:{port}"),
+        Some(&data),
+        &[
+            "authentication is on",
+            "401: sign in first",
+            "404: another user's order",
+            "429",
+            "Retry-After",
+            "demo finished",
+        ],
     );
-    for step in [
-        "authentication is on",
-        "401: sign in first",
-        "404: another user's order",
-        "429",
-        "Retry-After",
-        "demo finished",
-    ] {
-        assert!(printed.contains(step), "{step} in:\n{printed}");
-    }
     interrupt(run, port);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -127,3 +127,24 @@ pub fn signal_and_wait(run: Run, signal: &str, port: u16) {
         );
     }
 }
+
+/// `msa-local demo` against `gateway` (with `--data-dir` when given); it must succeed and print
+/// every one of `steps`. Returns what it printed.
+pub fn demo(gateway: &str, data_dir: Option<&Path>, steps: &[&str]) -> String {
+    let mut command = Command::new(LOCAL);
+    command.args(["demo", "--gateway", gateway]);
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    let output = command.output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in steps {
+        assert!(printed.contains(step), "{step} in:\n{printed}");
+    }
+    printed
+}
