@@ -62,6 +62,7 @@ struct Running {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut stop = StopSignals::catch()?;
     let bin_dir = args.bin_dir.clone().unwrap_or_else(crate::default_bin_dir);
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("bad data folder {}", args.data_dir.display()))?;
@@ -112,7 +113,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", scrape_config.display()))?;
     print_summary(&plan, &running, security);
 
-    let outcome = supervise(&mut running, &bin_dir, &data_dir).await;
+    let outcome = supervise(&mut running, &bin_dir, &data_dir, &mut stop).await;
     eprintln!("\nstopping …");
     stop_all(&mut running);
     eprintln!("stopped; the data stays in {}", data_dir.display());
@@ -239,14 +240,36 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
     println!("Ctrl-C stops everything; the data stays.");
 }
 
+/// Ctrl-C, SIGTERM and SIGHUP, caught from the moment `up` starts: a signal that came before
+/// its handler would kill msa-local without stopping the components in order — or, where the
+/// shell ignores SIGHUP (`nohup`), be lost, leaving everything running.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn catch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Until Ctrl-C, SIGTERM or SIGHUP. A component that dies is reported and started again after
 /// its backoff; the others keep serving (the gateway steers around the missing replica).
 /// The order service's token is issued again well before it expires (as kubelet rotates a
 /// projected token).
-async fn supervise(running: &mut [Running], bin_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+async fn supervise(
+    running: &mut [Running],
+    bin_dir: &Path,
+    data_dir: &Path,
+    stop: &mut StopSignals,
+) -> anyhow::Result<()> {
     let mut token_issued = Instant::now();
     loop {
         if token_issued.elapsed() >= identity::SERVICE_TOKEN_RENEWAL {
@@ -256,9 +279,9 @@ async fn supervise(running: &mut [Running], bin_dir: &Path, data_dir: &Path) -> 
             }
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            _ = hangup.recv() => return Ok(()),
+            _ = stop.interrupt.recv() => return Ok(()),
+            _ = stop.terminate.recv() => return Ok(()),
+            _ = stop.hangup.recv() => return Ok(()),
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let now = Instant::now();

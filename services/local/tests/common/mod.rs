@@ -59,9 +59,12 @@ pub fn up(
     data: &Path,
     extra: &[&str],
 ) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
+    // One file per run, even when a test starts two on the same port.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let errors = std::env::temp_dir().join(format!(
-        "msa-local-stderr-{port}-{}.txt",
-        std::process::id()
+        "msa-local-stderr-{port}-{}-{}.txt",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut child = Command::new(LOCAL)
         .args(["up", "--port", &port.to_string()])
