@@ -70,17 +70,27 @@ pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Or
 
     match peers.reserve(&order.id, &items).await {
         ReserveOutcome::Reserved(reservation) => {
-            if let Err(why) = peers.commit(&order.id).await {
-                return Err(abandon(db, peers, &order.id, "committed", &why).await);
-            }
             // The reservation's prices are the ones charged: they were read in the same
-            // transaction that took the stock.
+            // transaction that took the stock. A price that moved since the lookup above must
+            // not charge a client who named the total it expected: the stock goes back.
             let charged: BTreeMap<String, i64> = reservation
                 .items
                 .iter()
                 .map(|l| (l.product_id.clone(), l.unit_price_cents))
                 .collect();
-            let (lines, total_cents) = reprice(&items, &charged)?;
+            let (lines, total_cents) = match reprice(&items, &charged).and_then(|priced| {
+                check_expected_total(expected_total_cents, priced.1).map(|()| priced)
+            }) {
+                Ok(priced) => priced,
+                Err(problem) => {
+                    let given_back = peers.give_back(&order.id).await;
+                    store::fail(db, &order.id, &problem.detail, given_back.is_err()).await?;
+                    return Err(problem.with("order_id", order.id));
+                }
+            };
+            if let Err(why) = peers.commit(&order.id).await {
+                return Err(abandon(db, peers, &order.id, "committed", &why).await);
+            }
             store::confirm(db, &order.id, &lines, total_cents).await?;
             store::get(db, &order.id)
                 .await?

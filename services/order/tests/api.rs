@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use msa_order::peers::Peers;
 use msa_service_kit::testing::{
@@ -342,8 +343,20 @@ enum CommitFault {
     AnswerLost,
 }
 
-/// The product service behind a proxy that breaks the commit step; its base URL.
-async fn product_with_broken_commit(products: &TestClient, fault: CommitFault) -> String {
+/// A status and body the proxy answers.
+type Answer = (StatusCode, Vec<u8>);
+
+/// What a proxy in front of the product service does with one exchange.
+enum Tamper {
+    /// Answer this instead of passing the request on.
+    Answer(StatusCode, Vec<u8>),
+    /// Pass it on, then let `after` change the answer.
+    PassOn(fn(&str, StatusCode, Vec<u8>) -> Answer),
+}
+
+/// The product service behind a proxy that tampers with exchanges as `tamper` decides from
+/// the path; its base URL.
+async fn product_behind(products: &TestClient, tamper: fn(&str) -> Tamper) -> String {
     let target = products.base.clone();
     let http = testing::loopback_client();
     let proxy = axum::Router::new().fallback(move |request: axum::extract::Request| {
@@ -351,10 +364,11 @@ async fn product_with_broken_commit(products: &TestClient, fault: CommitFault) -
         async move {
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-            let commit = parts.uri.path().ends_with("/commit");
-            if commit && matches!(fault, CommitFault::Lost) {
-                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
-            }
+            let path = parts.uri.path().to_owned();
+            let after = match tamper(&path) {
+                Tamper::Answer(status, bytes) => return (status, bytes),
+                Tamper::PassOn(after) => after,
+            };
             let answer = http
                 .request(parts.method, format!("{target}{}", parts.uri))
                 .header("content-type", "application/json")
@@ -364,16 +378,86 @@ async fn product_with_broken_commit(products: &TestClient, fault: CommitFault) -
                 .unwrap();
             let status = answer.status();
             let bytes = answer.bytes().await.unwrap().to_vec();
-            if commit {
-                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
-            }
-            (status, bytes)
+            after(&path, status, bytes)
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, proxy).await });
     url
+}
+
+/// The product service behind a proxy that breaks the commit step; its base URL.
+async fn product_with_broken_commit(products: &TestClient, fault: CommitFault) -> String {
+    fn unchanged(_: &str, status: StatusCode, bytes: Vec<u8>) -> Answer {
+        (status, bytes)
+    }
+    fn commit_answer_lost(path: &str, status: StatusCode, bytes: Vec<u8>) -> Answer {
+        if path.ends_with("/commit") {
+            (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
+        } else {
+            (status, bytes)
+        }
+    }
+    match fault {
+        CommitFault::Lost => {
+            product_behind(products, |path| {
+                if path.ends_with("/commit") {
+                    Tamper::Answer(StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
+                } else {
+                    Tamper::PassOn(unchanged)
+                }
+            })
+            .await
+        }
+        CommitFault::AnswerLost => {
+            product_behind(products, |_| Tamper::PassOn(commit_answer_lost)).await
+        }
+    }
+}
+
+/// A price that moved between the order service's lookup and the reservation: a client who
+/// named the total it expected is not charged the new one — 422 `total-mismatch` with the
+/// charged total, the order `failed`, the stock given back.
+async fn a_price_change_during_the_order_is_not_charged(backend: TestBackend) {
+    let neighbours = start_neighbours(backend).await;
+    // The lookup sees 2.00; the reservation charges the catalogue's 3.00.
+    let product_url = product_behind(&neighbours.products, |_| {
+        Tamper::PassOn(|path, status, bytes| {
+            if !path.starts_with("/products/") {
+                return (status, bytes);
+            }
+            let mut product: Value = serde_json::from_slice(&bytes).unwrap();
+            product["price_cents"] = json!(200);
+            (status, serde_json::to_vec(&product).unwrap())
+        })
+    })
+    .await;
+    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let user = neighbours.user().await;
+    let product = neighbours.product(json!("3.00"), 4).await;
+    let mut body = order_body(&user, &[(&product, 1)]);
+    body["total"] = json!("2.00");
+    let problem = expect_problem(orders.send("POST", "/orders", Some(body)).await, 422).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/total-mismatch"),
+        "{problem}"
+    );
+    assert_eq!(problem["computed_total"], "3.00");
+    let order = problem["order_id"].as_str().unwrap();
+    let failed = orders
+        .expect("GET", &format!("/orders/{order}"), None, 200)
+        .await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(neighbours.stock(&product).await, 4);
+    let reservation = neighbours
+        .products
+        .expect("GET", &format!("/reservations/{order}"), None, 200)
+        .await;
+    assert_eq!(reservation["state"], "released");
 }
 
 /// When the commit fails — before or after the product service applied it — the order is
@@ -574,4 +658,5 @@ msa_service_kit::on_both_backends!(
     orders_survive_a_restart,
     a_confirmed_orders_stock_is_given_back_only_by_its_cancellation,
     a_failed_commit_gives_the_stock_back,
+    a_price_change_during_the_order_is_not_charged,
 );
