@@ -456,7 +456,7 @@ async fn check_auth_on_real_pods(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
             "jwks": {"name": "shop-auth", "key": "jwks.json"},
             "publicRoutes": ["POST /users", "GET /products", "GET /products/{id}"]
         },
-        "rateLimit": {"requestsPerSecond": 20}
+        "rateLimit": {"requestsPerSecond": 10}
     }}}});
     Api::<MicroserviceApp>::namespaced(ctx.admin.clone(), ns)
         .patch(
