@@ -488,6 +488,9 @@ async fn check_auth_on_real_pods(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // Those anonymous 401s counted against this address's bucket (10/s): let it refill before
+    // the demo's own anonymous steps.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let took = run_demo_in(
         &url,
         Some(&data),
