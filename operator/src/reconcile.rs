@@ -108,7 +108,8 @@ pub struct Context {
     /// [`crate::issuer::keep_current`].
     pub cluster: std::sync::RwLock<build::ClusterFacts>,
     /// The rendered hash of each app's PodMonitor as this process last applied it.
-    pub applied_pod_monitors: Mutex<HashMap<ObjectRef<MicroserviceApp>, String>>,
+    /// Keyed by the app's uid: an app deleted and created again under its name has none yet.
+    pub applied_pod_monitors: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -537,16 +538,12 @@ async fn apply_pod_monitor(
 ) -> Result<(), Error> {
     let resource = build::pod_monitor_resource();
     let namespace = app.namespace().unwrap_or_default();
-    let key = ObjectRef::from_obj(app);
+    let key = app.uid().unwrap_or_default();
     let api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
     let name = app.name_any();
     let Some(desired) = desired else {
-        let had_one = app
-            .status
-            .as_ref()
-            .and_then(|s| s.monitoring.as_deref())
-            .is_some_and(|note| note.starts_with("PodMonitor "));
+        let had_one = build::had_pod_monitor(app);
         let api_present = ctx
             .cluster
             .read()

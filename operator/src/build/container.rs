@@ -47,15 +47,9 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
             ..VolumeMount::default()
         });
     }
-    // Every component verifies users' tokens itself, so each mounts the keys.
-    if app
-        .spec
-        .components
-        .gateway
-        .auth
-        .as_ref()
-        .is_some_and(|auth| auth.jwks.is_some() || auth.hmac_secret.is_some())
-    {
+    // Every component verifies users' tokens itself, so each mounts the keys (when a Secret
+    // holds them rather than only the issuer's URL).
+    if super::pod::auth_keys(app).is_some() {
         mounts.push(VolumeMount {
             name: AUTH_VOLUME.to_owned(),
             mount_path: AUTH_DIR.to_owned(),

@@ -30,7 +30,7 @@ pub use hash::{short_hash, stamp_rendered_hash};
 pub use identity::{
     ClusterFacts, ServiceIssuer, issuer_config_map_name, order_account, product_audience,
 };
-pub use monitoring::{pod_monitor_resource, status_note as monitoring_note};
+pub use monitoring::{had_pod_monitor, pod_monitor_resource, status_note as monitoring_note};
 pub use network::callers;
 pub use pod::has_embedded_database;
 pub use statefulset::claim_name;

@@ -17,6 +17,17 @@ pub fn pod_monitor_resource() -> ApiResource {
     )
 }
 
+/// The start of `status.monitoring` while the app has a PodMonitor.
+const CREATED: &str = "PodMonitor ";
+
+/// Whether `status.monitoring` (as [`status_note`] wrote it) says the app had a PodMonitor.
+pub fn had_pod_monitor(app: &MicroserviceApp) -> bool {
+    app.status
+        .as_ref()
+        .and_then(|s| s.monitoring.as_deref())
+        .is_some_and(|note| note.starts_with(CREATED))
+}
+
 /// What `status.monitoring` says.
 pub fn status_note(app: &MicroserviceApp, api_present: bool) -> Option<String> {
     if !app.spec.monitoring.pod_monitor.enabled {
@@ -24,7 +35,7 @@ pub fn status_note(app: &MicroserviceApp, api_present: bool) -> Option<String> {
     }
     Some(if api_present {
         format!(
-            "PodMonitor {} scrapes every pod's admin port (/metrics on 9090)",
+            "{CREATED}{} scrapes every pod's admin port (/metrics on 9090)",
             kube::ResourceExt::name_any(app)
         )
     } else {

@@ -128,7 +128,7 @@ fn spread_across_nodes(
 
 /// The Secrets holding the keys that verify users' tokens, projected into one read-only folder
 /// (every component verifies them).
-fn auth_keys(app: &MicroserviceApp) -> Option<Volume> {
+pub(super) fn auth_keys(app: &MicroserviceApp) -> Option<Volume> {
     let auth = app.spec.components.gateway.auth.as_ref()?;
     let project = |selector: &crate::crd::SecretKeySelectorSpec, path: &str| VolumeProjection {
         secret: Some(SecretProjection {

@@ -48,7 +48,8 @@ impl Issuer {
         }
     }
 
-    /// The key, made (with its JWKS) when there is none yet.
+    /// The key, made when there is none yet; its JWKS is written when missing (issuing a token
+    /// rewrites nothing the components read).
     pub fn key(&self) -> anyhow::Result<SigningKey> {
         let kid = self
             .key
@@ -56,15 +57,20 @@ impl Issuer {
             .and_then(|s| s.to_str())
             .unwrap_or("key")
             .to_owned();
-        if let Ok(pkcs8) = std::fs::read(&self.key) {
-            let key = SigningKey::from_pkcs8(&pkcs8, &kid)
-                .with_context(|| format!("{} is not a key msa-local made", self.key.display()))?;
+        let key = match std::fs::read(&self.key) {
+            Ok(pkcs8) => SigningKey::from_pkcs8(&pkcs8, &kid)
+                .with_context(|| format!("{} is not a key msa-local made", self.key.display()))?,
+            Err(_) => {
+                let key = SigningKey::generate(&kid)?;
+                write_atomically(&self.key, key.pkcs8(), true)?;
+                // A new key replaces any JWKS an older one left.
+                write_atomically(&self.jwks, key.jwks().as_bytes(), false)?;
+                key
+            }
+        };
+        if !self.jwks.is_file() {
             write_atomically(&self.jwks, key.jwks().as_bytes(), false)?;
-            return Ok(key);
         }
-        let key = SigningKey::generate(&kid)?;
-        write_atomically(&self.key, key.pkcs8(), true)?;
-        write_atomically(&self.jwks, key.jwks().as_bytes(), false)?;
         Ok(key)
     }
 

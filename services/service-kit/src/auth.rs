@@ -7,7 +7,8 @@
 //! confusion (an HS256 token "signed" with a public key) find no key. `iss`, `aud`, `exp`, `nbf`
 //! and `sub` are required and checked with a bounded clock skew. A token whose `kid` is unknown
 //! makes the verifier read the JWKS again (at most once a second), so a rotated key works at
-//! once; a periodic re-read drops retired keys.
+//! once; a periodic re-read drops retired keys. Keys may also be fetched from the issuer's JWKS
+//! URL, in the same way.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 use crate::problem::Problem;
 
 /// Longest bearer token read (bigger ones are refused before any parsing).
-const MAX_TOKEN: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN: usize = 8 * 1024;
 /// Most roles taken from a token, and their longest name.
 const MAX_ROLES: usize = 32;
 const MAX_ROLE: usize = 64;
@@ -132,7 +133,11 @@ pub fn key_from_secret(secret: &[u8]) -> Result<VerifyKey, String> {
 }
 
 /// Verifies `token` against `keys` as `config` says.
-pub fn verify(token: &str, keys: &[&VerifyKey], config: &AuthConfig) -> Result<Identity, Refusal> {
+pub fn verify<'k>(
+    token: &str,
+    keys: impl IntoIterator<Item = &'k VerifyKey>,
+    config: &AuthConfig,
+) -> Result<Identity, Refusal> {
     if token.len() > MAX_TOKEN {
         return Err(Refusal::Invalid("the token is too long"));
     }
@@ -140,8 +145,7 @@ pub fn verify(token: &str, keys: &[&VerifyKey], config: &AuthConfig) -> Result<I
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| Refusal::Invalid("the token is malformed or its algorithm is not accepted"))?;
     let candidates: Vec<&VerifyKey> = keys
-        .iter()
-        .copied()
+        .into_iter()
         .filter(|k| k.algorithm == header.alg)
         .filter(|k| match (&header.kid, &k.kid) {
             (Some(wanted), Some(kid)) => wanted == kid,
@@ -365,8 +369,7 @@ impl Verifier {
         if files.is_empty() && fetched.is_empty() {
             return Err(Refusal::NoKeyYet);
         }
-        let keys: Vec<&VerifyKey> = files.iter().chain(fetched.iter()).collect();
-        verify(token, &keys, &self.config)
+        verify(token, files.iter().chain(fetched.iter()), &self.config)
     }
 
     fn may_reread(&self) -> bool {

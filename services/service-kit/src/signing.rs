@@ -109,7 +109,7 @@ mod tests {
             hmac_secret_file: None,
         };
         let keys = keys_from_jwks(&key.jwks()).unwrap();
-        let identity = verify(&token, &keys.iter().collect::<Vec<_>>(), &config).unwrap();
+        let identity = verify(&token, &keys, &config).unwrap();
         assert_eq!(identity.subject, "alice");
         assert!(identity.has_role("admin"));
     }
