@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{LOCAL, free_ports, interrupt};
+use common::{LOCAL, Local};
 
 fn logs(args: &[&str], data: &std::path::Path) -> Vec<String> {
     let output = Command::new(LOCAL)
@@ -30,10 +30,8 @@ fn logs(args: &[&str], data: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn one_request_is_followed_across_every_component() {
-    let data = std::env::temp_dir().join(format!("msa-local-logs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) = common::up(port, &data, &[]);
+    let local = Local::start("logs", &[]);
+    let (port, data) = (local.port, local.data.clone());
     let id = format!("follow-me-{}", std::process::id());
     let answer = msa_service_kit::testing::loopback_client()
         .post(format!("http://127.0.0.1:{port}/orders"))
@@ -85,6 +83,5 @@ async fn one_request_is_followed_across_every_component() {
         only_order.iter().all(|l| l.starts_with("order-0 ")),
         "{only_order:#?}"
     );
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }

@@ -3,16 +3,14 @@
 
 mod common;
 
-use common::{free_ports, interrupt};
+use common::Local;
 
 #[tokio::test]
 async fn every_components_metrics_pass_promtool() {
-    let data = std::env::temp_dir().join(format!("msa-local-metrics-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) = common::up(port, &data, &[]);
+    let local = Local::start("metrics", &[]);
+    let port = local.port;
     let client = msa_service_kit::testing::loopback_client();
-    let gateway = format!("http://127.0.0.1:{port}");
+    let gateway = local.gateway();
     // Traffic through every route kind: reads, a write, a 404, a failed order.
     for path in [
         "/products",
@@ -62,6 +60,5 @@ async fn every_components_metrics_pass_promtool() {
             "{component}"
         );
     }
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }

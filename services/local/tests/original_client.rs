@@ -8,7 +8,7 @@ mod common;
 
 use serde_json::{Value, json};
 
-use common::{free_ports, interrupt};
+use common::Local;
 
 async fn call(method: &str, url: String, body: Option<Value>) -> (u16, Value) {
     let client = msa_service_kit::testing::loopback_client();
@@ -23,11 +23,9 @@ async fn call(method: &str, url: String, body: Option<Value>) -> (u16, Value) {
 
 #[tokio::test]
 async fn the_original_client_works_unchanged() {
-    let data = std::env::temp_dir().join(format!("msa-local-client-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) = common::up(port, &data, &[]);
-    let gateway = format!("http://127.0.0.1:{port}");
+    let local = Local::start("client", &[]);
+    let port = local.port;
+    let gateway = local.gateway();
 
     let (status, front) = call("GET", format!("{gateway}/"), None).await;
     assert_eq!(status, 200, "{front}");
@@ -108,6 +106,5 @@ async fn the_original_client_works_unchanged() {
         stock["stock"], 9,
         "only the accepted order took stock: {stock}"
     );
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }

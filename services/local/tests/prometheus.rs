@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, interrupt};
+use common::Local;
 use serde_json::Value;
 
 /// Stops Prometheus when the test ends, whatever happens.
@@ -38,10 +38,8 @@ async fn query(client: &reqwest::Client, base: &str, promql: &str) -> Vec<Value>
 
 #[tokio::test]
 async fn prometheus_scrapes_every_component_of_a_local_run() {
-    let data = std::env::temp_dir().join(format!("msa-local-prom-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) = common::up(port, &data, &[]);
+    let local = Local::start("prom", &[]);
+    let (port, data) = (local.port, local.data.clone());
     // The written configuration, scraping every second instead of every five.
     let config = std::fs::read_to_string(data.join("prometheus.yml"))
         .unwrap()
@@ -107,6 +105,5 @@ async fn prometheus_scrapes_every_component_of_a_local_run() {
     let rate: f64 = rates[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(rate > 0.0, "{rates:?}");
     drop(_stop);
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }

@@ -17,7 +17,7 @@ use msa_service_kit::signing::{Grant, SigningKey};
 use msa_service_kit::testing::loopback_client;
 use serde_json::{Value, json};
 
-use common::{LOCAL, free_ports, interrupt};
+use common::{LOCAL, Local};
 
 /// `msa-local token`, as a user would run it.
 fn token(data: &Path, user: &str, admin: bool) -> String {
@@ -86,11 +86,8 @@ fn forged(header: Value, claims: &Value, secret: Option<&[u8]>) -> String {
 
 #[tokio::test]
 async fn with_auth_on_no_one_acts_as_anyone_else() {
-    let data = std::env::temp_dir().join(format!("msa-local-auth-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) =
-        common::up(port, &data, &["--auth", "--rate-limit-per-second", "1000"]);
+    let local = Local::start("auth", &["--auth", "--rate-limit-per-second", "1000"]);
+    let (port, data) = (local.port, local.data.clone());
     let gateway = format!("http://127.0.0.1:{port}");
     let [user_svc, order_svc, product_svc] =
         [1, 2, 3].map(|i| format!("http://127.0.0.1:{}", port + i));
@@ -415,8 +412,7 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
         product_now["stock"], 5,
         "the order service gave the stock back with its own token"
     );
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }
 
 /// A token signed with the run's own `issuer` key (`users` or `services`) but with other claims.
@@ -436,13 +432,10 @@ fn token_with(data: &Path, issuer: &str, iss: &str, audience: &str, subject: &st
 
 #[tokio::test]
 async fn the_demo_shows_a_401_a_cross_user_404_and_a_429_with_auth_on() {
-    let data = std::env::temp_dir().join(format!("msa-local-auth-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let port = free_ports();
-    let (run, _lines, _errors) = common::up(port, &data, &["--auth"]);
+    let local = Local::start("auth-demo", &["--auth"]);
     common::demo(
-        &format!("http://127.0.0.1:{port}"),
-        Some(&data),
+        &local.gateway(),
+        Some(&local.data),
         &[
             "authentication is on",
             "401: sign in first",
@@ -452,6 +445,5 @@ async fn the_demo_shows_a_401_a_cross_user_404_and_a_429_with_auth_on() {
             "demo finished",
         ],
     );
-    interrupt(run, port);
-    let _ = std::fs::remove_dir_all(&data);
+    local.stop();
 }

@@ -83,6 +83,29 @@ impl Neighbours {
             .to_owned()
     }
 
+    /// The order a refusal names is `failed`, `product` is back to `stock`, and the order's
+    /// reservation is released; returns the order.
+    async fn assert_failed_and_given_back(
+        &self,
+        orders: &TestClient,
+        problem: &Value,
+        product: &str,
+        stock: i64,
+    ) -> Value {
+        let order = problem["order_id"].as_str().unwrap();
+        let failed = orders
+            .expect("GET", &format!("/orders/{order}"), None, 200)
+            .await;
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(self.stock(product).await, stock);
+        let reservation = self
+            .products
+            .expect("GET", &format!("/reservations/{order}"), None, 200)
+            .await;
+        assert_eq!(reservation["state"], "released");
+        failed
+    }
+
     async fn stock(&self, product: &str) -> i64 {
         self.products
             .expect("GET", &format!("/products/{product}"), None, 200)
@@ -447,17 +470,9 @@ async fn a_price_change_during_the_order_is_not_charged(backend: TestBackend) {
         "{problem}"
     );
     assert_eq!(problem["computed_total"], "3.00");
-    let order = problem["order_id"].as_str().unwrap();
-    let failed = orders
-        .expect("GET", &format!("/orders/{order}"), None, 200)
+    neighbours
+        .assert_failed_and_given_back(&orders, &problem, &product, 4)
         .await;
-    assert_eq!(failed["status"], "failed");
-    assert_eq!(neighbours.stock(&product).await, 4);
-    let reservation = neighbours
-        .products
-        .expect("GET", &format!("/reservations/{order}"), None, 200)
-        .await;
-    assert_eq!(reservation["state"], "released");
 }
 
 /// When the commit fails — before or after the product service applied it — the order is
@@ -475,23 +490,15 @@ async fn a_failed_commit_gives_the_stock_back(backend: TestBackend) {
         let problem = expect_problem(response, 503).await;
         let detail = problem["detail"].as_str().unwrap();
         assert!(!detail.contains("127.0.0.1"), "{detail}");
-        let order = problem["order_id"].as_str().unwrap();
-        let failed = orders
-            .expect("GET", &format!("/orders/{order}"), None, 200)
+        let failed = neighbours
+            .assert_failed_and_given_back(&orders, &problem, &product, 4)
             .await;
-        assert_eq!(failed["status"], "failed");
         assert!(
             !failed["failure_reason"]
                 .as_str()
                 .unwrap()
                 .contains("127.0.0.1")
         );
-        assert_eq!(neighbours.stock(&product).await, 4);
-        let reservation = neighbours
-            .products
-            .expect("GET", &format!("/reservations/{order}"), None, 200)
-            .await;
-        assert_eq!(reservation["state"], "released");
     }
 }
 

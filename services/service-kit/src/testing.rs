@@ -141,6 +141,23 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Sends `GET url` for each `(base, path, status)` and insists on that status (which routes an
+/// address serves, and which it refuses).
+pub async fn expect_statuses(cases: &[(&str, &str, u16)]) {
+    let client = loopback_client();
+    for (base, path, expected) in cases {
+        let url = format!("{base}{path}");
+        let status = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .status()
+            .as_u16();
+        assert_eq!(status, *expected, "GET {url}");
+    }
+}
+
 /// An HTTP client for tests: talks to the loopback address it is given, never through a proxy
 /// from the environment.
 pub fn loopback_client() -> reqwest::Client {

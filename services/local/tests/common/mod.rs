@@ -151,3 +151,43 @@ pub fn demo(gateway: &str, data_dir: Option<&Path>, steps: &[&str]) -> String {
     }
     printed
 }
+
+/// One test's local run: a fresh data folder, free ports, `msa-local up` with `extra`. Dropped,
+/// it stops the run (if the test did not) and removes the data folder, also after a failure.
+pub struct Local {
+    pub port: u16,
+    pub data: PathBuf,
+    run: Option<Run>,
+}
+
+impl Local {
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        let data = std::env::temp_dir().join(format!("msa-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let port = free_ports();
+        let (run, _lines, _errors) = up(port, &data, extra);
+        Local {
+            port,
+            data,
+            run: Some(run),
+        }
+    }
+
+    pub fn gateway(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Ctrl-C: the run must end cleanly and free every port.
+    pub fn stop(mut self) {
+        if let Some(run) = self.run.take() {
+            interrupt(run, self.port);
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        drop(self.run.take());
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
