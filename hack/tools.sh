@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a tool the build and tests use from the Go module proxy, cached by version under
 # ~/.cache/msa/tools/<tool>-<version>/, and prints the binary's path.
-#   hack/tools.sh helm|kwok|provisioner
-# provisioner is this repository's hack/provisioner (the test cluster's storage), cached by the
-# hash of its sources.
+#   hack/tools.sh helm|kwok|provisioner|jaeger
+# provisioner (the test cluster's storage) and jaeger (the trace tests' OTLP receiver) are Go
+# modules in this repository (hack/<tool>), cached by the hash of their go.mod, go.sum and
+# sources.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
@@ -12,25 +13,34 @@ source "$here/versions.env"
 source "$here/lib.sh"
 cache="${MSA_CACHE:-$HOME/.cache/msa}/tools"
 
-tool="${1:?usage: $0 helm|kwok|provisioner}"
+# Builds package $2 of the module hack/$1 into the cache; prints the binary's path.
+build_local_module() {
+  local tool="$1" package="$2" what="$3" src="$here/$1" version dir start
+  version="$(find "$src" -maxdepth 1 -name '*.go' -print0 | LC_ALL=C sort -z \
+    | xargs -0 cat "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-12)"
+  dir="$cache/$tool-$version"
+  if [[ ! -x "$dir/$tool" ]]; then
+    log "building $what (first run only, about 1-6 min)"
+    start=$SECONDS
+    mkdir -p "$dir"
+    (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/$tool.tmp" "$package" >&2) \
+      && mv "$dir/$tool.tmp" "$dir/$tool"
+    log "$tool built in $((SECONDS - start)) s"
+    record_build_time "$tool" cold "$((SECONDS - start))"
+  fi
+  echo "$dir/$tool"
+}
+
+tool="${1:?usage: $0 helm|kwok|provisioner|jaeger}"
 case "$tool" in
   helm) version="$HELM_VERSION" module="helm.sh/helm/v3/cmd/helm" ;;
   kwok) version="$KWOK_VERSION" module="sigs.k8s.io/kwok/cmd/kwok" ;;
-  provisioner)
-    src="$here/provisioner"
-    version="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-12)"
-    dir="$cache/$tool-$version"
-    if [[ ! -x "$dir/$tool" ]]; then
-      log "building the test cluster's storage provisioner (first run only, about 1-2 min)"
-      start=$SECONDS
-      mkdir -p "$dir"
-      (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/$tool.tmp" . >&2) \
-        && mv "$dir/$tool.tmp" "$dir/$tool"
-      record_build_time "$tool" cold "$((SECONDS - start))"
-    fi
-    echo "$dir/$tool"
+  provisioner) build_local_module provisioner . "the test cluster's storage provisioner"; exit 0 ;;
+  jaeger)
+    build_local_module jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
+      "Jaeger, the trace tests' OTLP receiver, from its Go module"
     exit 0 ;;
-  *) echo "unknown tool $tool (known: helm, kwok, provisioner)" >&2; exit 2 ;;
+  *) echo "unknown tool $tool (known: helm, kwok, provisioner, jaeger)" >&2; exit 2 ;;
 esac
 dir="$cache/$tool-$version"
 if [[ ! -x "$dir/$tool" ]]; then

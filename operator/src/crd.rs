@@ -120,6 +120,34 @@ pub struct MicroserviceAppSpec {
     /// How Prometheus finds the app's pods.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+
+    /// Traces: every component exports OpenTelemetry spans to this OTLP receiver. Absent:
+    /// no component traces (nor spends anything on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+/// Where the components send spans, and how many traces they start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// An OTLP/HTTP receiver (`http://`, usually port 4318), for example
+    /// `http://otel-collector.monitoring:4318`; spans go to `<endpoint>/v1/traces`. TLS is not
+    /// supported: run the collector in the cluster.
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^http://[^\s/]+(/\S*)?$")
+    )]
+    pub endpoint: String,
+    /// The share of new traces recorded, from 0 to 1 (default 1). A request that arrives with
+    /// a recorded trace is always recorded (parent-based sampling), so traces stay whole.
+    #[serde(default = "default_sampling_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: f64,
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -55,7 +55,15 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    init_logging(&flags.log_format);
+    // Logs, and traces of every reconcile when the OTEL_* variables configure an exporter.
+    let _telemetry = msa_telemetry::init(
+        &flags.log_format,
+        "info,kube=warn",
+        &msa_telemetry::Identity {
+            service: "msa-operator",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    )?;
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health {
@@ -150,21 +158,6 @@ async fn check_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "msa-operator".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

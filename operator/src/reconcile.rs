@@ -24,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::build::{self, Children, Workload};
 use crate::component::Component;
@@ -143,7 +143,24 @@ impl Context {
 /// Reconciles one app; the controller calls this.
 pub async fn reconcile(app: Arc<MicroserviceApp>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = converge(&app, &ctx).await;
+    // One span per reconcile: the log lines inside name the app, and with tracing on it is a
+    // trace with the API requests the reconcile made.
+    let name = app.name_any();
+    let namespace = app.namespace().unwrap_or_default();
+    let span = info_span!(
+        "reconcile",
+        otel.name = %format_args!("reconcile {namespace}/{name}"),
+        app = %name,
+        namespace = %namespace,
+        generation = app.metadata.generation.unwrap_or_default(),
+        otel.status_code = tracing::field::Empty,
+        error.category = tracing::field::Empty,
+    );
+    let result = converge(&app, &ctx).instrument(span.clone()).await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.category", error.category());
+    }
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(Error::category),

@@ -62,6 +62,9 @@ pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
     for component in Component::ALL {
         check_component(app, component, &mut found);
     }
+    if let Some(why) = crate::build::telemetry::problem(app) {
+        found.push(problem("spec.tracing", why));
+    }
     if let Some(auth) = &app.spec.components.gateway.auth {
         if let Some(uri) = &auth.jwks_uri
             && !(uri.starts_with("https://")

@@ -332,6 +332,48 @@ fn gateway_policy_reaches_the_gateway_as_environment() {
     );
 }
 
+/// Issue 17: `spec.tracing` reaches every component as the standard OpenTelemetry variables,
+/// each under its own service name, after the pod name it refers to; without it none appear.
+#[test]
+fn tracing_reaches_every_component_as_otel_environment() {
+    let children = build::children(&app(json!({"tracing": {
+        "endpoint": "http://otel-collector.monitoring:4318",
+        "samplingRatio": 0.1
+    }})))
+    .unwrap();
+    for component in Component::ALL {
+        let t = template(&children, component);
+        assert_eq!(
+            env_value(t, "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap()["value"],
+            "http://otel-collector.monitoring:4318"
+        );
+        assert_eq!(
+            env_value(t, "OTEL_SERVICE_NAME").unwrap()["value"],
+            format!("shop-{}", component.name())
+        );
+        assert_eq!(
+            env_value(t, "OTEL_TRACES_SAMPLER_ARG").unwrap()["value"],
+            "0.1"
+        );
+        let names: Vec<&str> = container_of(t)
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        let position = |name| names.iter().position(|n| *n == name).unwrap();
+        assert!(position("MSA_POD_NAME") < position("OTEL_RESOURCE_ATTRIBUTES"));
+    }
+    let plain = build::children(&app(json!({}))).unwrap();
+    assert_eq!(
+        env_value(
+            template(&plain, Component::Gateway),
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        None
+    );
+}
+
 /// Issue 16: the token settings arrive as the flags' environment of every component (each
 /// verifies tokens itself), the keys as files of a read-only projected volume of the named
 /// Secrets; only the gateway has public routes; without `auth` nothing of it appears.

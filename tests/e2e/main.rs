@@ -721,3 +721,43 @@ spec:
     }
     Ok(())
 }
+
+/// Issue 17: with the `OTEL_*` variables set, the operator traces each reconcile, and the
+/// Kubernetes API requests the reconcile made are its children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn the_operator_traces_each_reconcile_with_its_api_requests() -> anyhow::Result<()> {
+    let jaeger = msa_telemetry::jaeger::Jaeger::start("operator").await;
+    let s = Setup::new("traces").await?;
+    let _operator = s.start_operator_with_env(
+        "traces",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )?;
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    let operation = format!("reconcile {}/shop", s.ns);
+    let traces = jaeger.traces_of("msa-operator", &operation).await;
+    assert!(!traces.is_empty(), "no trace of {operation}");
+    let applied = traces.iter().any(|spans| {
+        let root = msa_telemetry::jaeger::one(spans, "msa-operator", &operation);
+        assert_eq!(root.tags["app"], "shop");
+        assert_eq!(root.tags["namespace"], s.ns.as_str());
+        // Server-side apply of the children: PATCH requests under the reconcile.
+        spans.iter().any(|span| {
+            span.parent.as_deref() == Some(root.id.as_str())
+                && span
+                    .tags
+                    .get("span.kind")
+                    .is_some_and(|kind| kind == "client")
+                && span.tags.get("http.method").is_some_and(|m| m == "PATCH")
+        })
+    });
+    assert!(
+        applied,
+        "a reconcile trace with the children's apply requests as its children: {traces:#?}"
+    );
+    Ok(())
+}

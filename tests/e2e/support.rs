@@ -84,11 +84,23 @@ impl Setup {
 
     /// The operator as the chart's ServiceAccount, watching this test's namespace.
     pub fn start_operator(&self, identity: &str) -> anyhow::Result<Operator> {
-        let options = OperatorOptions::new(
-            self.operator_kubeconfig()?,
-            format!("{}-{identity}", self.ns),
-        )
-        .watching(&self.ns);
+        self.start_operator_with_env(identity, &[])
+    }
+
+    /// [`Setup::start_operator`] with more environment variables.
+    pub fn start_operator_with_env(
+        &self,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Operator> {
+        let options = env.iter().fold(
+            OperatorOptions::new(
+                self.operator_kubeconfig()?,
+                format!("{}-{identity}", self.ns),
+            )
+            .watching(&self.ns),
+            |options, (name, value)| options.env(name, value),
+        );
         Operator::start(&self.cluster, &options)
     }
 

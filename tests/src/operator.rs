@@ -24,6 +24,8 @@ pub struct OperatorOptions {
     /// `--identity`, which also names the log file.
     pub identity: String,
     pub concurrency: u16,
+    /// More environment (the process otherwise starts with only `KUBECONFIG` and `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl OperatorOptions {
@@ -35,6 +37,7 @@ impl OperatorOptions {
             lease_name: None,
             identity: identity.into(),
             concurrency: 4,
+            env: Vec::new(),
         }
     }
 
@@ -47,6 +50,12 @@ impl OperatorOptions {
     pub fn leader_election(mut self, namespace: &str, name: &str) -> Self {
         self.lease_namespace = Some(namespace.to_owned());
         self.lease_name = Some(name.to_owned());
+        self
+    }
+
+    /// Sets `name=value` in the operator's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -88,6 +97,7 @@ impl Operator {
             .env_clear()
             .env("KUBECONFIG", &options.kubeconfig)
             .env("RUST_LOG", "info")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .args(["--metrics-addr", &metrics_addr.to_string()])
             .args(["--identity", &options.identity])
             .args(["--concurrency", &options.concurrency.to_string()])

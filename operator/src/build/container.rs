@@ -164,6 +164,11 @@ fn env_for(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<En
     if component == Component::Gateway {
         env.extend(gateway_policy(&app.spec.components.gateway));
     }
+    env.extend(
+        super::telemetry::env(app, component)
+            .into_iter()
+            .map(|(name, v)| value(name, &v)),
+    );
     for user_var in &component.spec(app).env {
         match env.iter_mut().find(|e| e.name == user_var.name) {
             Some(existing) => *existing = user_var.clone(),

@@ -12,6 +12,7 @@ mod pod;
 mod rbac;
 mod service;
 mod statefulset;
+pub mod telemetry;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};

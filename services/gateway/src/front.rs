@@ -26,7 +26,7 @@ use msa_service_kit::metrics::HttpMetrics;
 use msa_service_kit::server::Ops;
 use msa_upstream::Upstream;
 use tower::{Service, ServiceExt};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info};
 
 use crate::{Gateway, forward_to};
 
@@ -123,12 +123,13 @@ impl Inner {
         let in_flight = self.metrics.start();
         let request_id = request_id(&mut request);
         let method = request.method().clone();
-        let span = info_span!(
-            "request",
-            method = %method,
-            path = request.uri().path(),
-            request_id = request_id.to_str().unwrap_or_default()
+        let span = msa_telemetry::server_span(
+            &method,
+            request.uri().path(),
+            Some(template),
+            request_id.to_str().unwrap_or_default(),
         );
+        msa_telemetry::continue_trace(&span, request.headers());
         let forwarded = forward_to(&route.upstream, &self.policy, matched.client, request);
         let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
             .catch_unwind()
@@ -143,6 +144,7 @@ impl Inner {
         let latency = started.elapsed();
         let status = response.status().as_u16();
         in_flight.finish(&method, template, status, latency);
+        msa_telemetry::finish_server_span(&span, status);
         span.in_scope(|| {
             info!(
                 status,

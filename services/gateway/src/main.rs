@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    server::init_logging(&flags.serve.log_format);
+    let _telemetry = server::init_telemetry(
+        &flags.serve.log_format,
+        "gateway",
+        env!("CARGO_PKG_VERSION"),
+    )?;
     let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
     let calls = flags.policy.calls();
     let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;

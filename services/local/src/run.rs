@@ -188,6 +188,9 @@ fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child>
         .args(["--listen", &process.listen.to_string()])
         .args(&process.args)
         .env("MSA_POD_NAME", &process.instance)
+        // Each component names itself in traces (msa-gateway, msa-order, ...); the rest of the
+        // OTEL_* variables are inherited, so one exporter setting traces the whole run.
+        .env_remove("OTEL_SERVICE_NAME")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

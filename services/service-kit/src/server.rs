@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -179,20 +179,41 @@ pub async fn admin_listener(
 /// itself (kept from the caller or generated, and returned), CORS when configured.
 pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Result<Router> {
     let mut router = router
-        .layer(axum::middleware::from_fn_with_state(ops.metrics.clone(), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            ops.metrics.clone(),
+            metrics::track,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::internal(&"a handler panicked").into_response()
         }))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
-                    let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    // Recorded as strings, not `%` Display: text logs quote and escape them (as
-                    // JSON logs do), so a client's id cannot forge a field.
-                    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
+                    let id = request
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(MatchedPath::as_str);
+                    let span = msa_telemetry::server_span(
+                        request.method(),
+                        request.uri().path(),
+                        route,
+                        id,
+                    );
+                    msa_telemetry::continue_trace(&span, request.headers());
+                    span
                 })
-                .on_response(|response: &Response, latency: Duration, _span: &Span| {
-                    info!(status = response.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "handled");
+                .on_response(|response: &Response, latency: Duration, span: &Span| {
+                    msa_telemetry::finish_server_span(span, response.status().as_u16());
+                    info!(
+                        status = response.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "handled"
+                    );
                 })
                 // A 5xx answer is logged where it is decided, with its cause; not again here.
                 .on_failure(()),
@@ -416,24 +437,23 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// JSON (default) or human-readable logs; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: a log file or collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    }
+/// JSON (default) or human-readable logs, `RUST_LOG` filters (default `info`), and traces over
+/// OTLP when the `OTEL_*` variables ask for them (see `msa_telemetry`). The service is known as
+/// `msa-<name>` in traces unless `OTEL_SERVICE_NAME` says otherwise. Keep the guard for the
+/// life of `main`: dropping it flushes the last spans.
+pub fn init_telemetry(
+    format: &str,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<msa_telemetry::Telemetry> {
+    msa_telemetry::init(
+        format,
+        "info",
+        &msa_telemetry::Identity {
+            service: &format!("msa-{name}"),
+            version,
+        },
+    )
 }
 
 /// The whole life of a service binary: logging, the database (connected and migrated), the
@@ -447,7 +467,7 @@ pub async fn run(
     migrator: &'static sqlx::migrate::Migrator,
     api: impl FnOnce(Database, &mut prometheus_client::registry::Registry) -> Router,
 ) -> anyhow::Result<()> {
-    init_logging(&serve_args.log_format);
+    let _telemetry = init_telemetry(&serve_args.log_format, name, version)?;
     let db = Database::connect(&database_args.url_for(name), migrator).await?;
     let mut metrics = HttpMetrics::for_component(name);
     let api = api(db.clone(), &mut metrics.registry);

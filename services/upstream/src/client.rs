@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::balance::XorShift;
 use crate::conns::{Connections, SendError};
@@ -425,6 +425,16 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// The endpoint's answer, when it gave one.
+    fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Answered(response) | Attempt::FailedStatus(response) => {
+                Some(response.status().as_u16())
+            }
+            _ => None,
+        }
+    }
+
     /// What failed (the metric and log label), `None` for an answer that counts as success.
     fn failure(&self) -> Option<&'static str> {
         match self {
@@ -495,13 +505,20 @@ impl Inner {
                 Payload::Replayable(bytes) => Body::from(bytes.clone()),
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
             };
+            // One client span per attempt; the next hop's parent is this attempt.
+            let span =
+                msa_telemetry::client_span(&head.method, &self.name, head.uri.path(), attempt);
             let mut request = Some(Request::from_parts(head, body));
+            if let Some(request) = &mut request {
+                msa_telemetry::inject(&span, request.headers_mut());
+            }
             let picked = tokio::select! {
                 biased;
                 picked = self.pick(previous, scope, &mut request) => picked,
                 () = &mut timer => return Err(self.overall_timeout()),
             };
             let (addr, call) = picked?;
+            msa_telemetry::client_endpoint(&span, addr);
             let in_flight = InFlight {
                 inner: self,
                 addr,
@@ -515,7 +532,7 @@ impl Inner {
             timer.as_mut().reset(try_deadline);
             let ended = tokio::select! {
                 biased;
-                sent = call => match sent {
+                sent = call.instrument(span.clone()) => match sent {
                     Ok(response) if is_failure_status(response.status()) => {
                         Attempt::FailedStatus(response)
                     }
@@ -541,6 +558,7 @@ impl Inner {
                 () = &mut timer => Attempt::TimedOut,
             };
             in_flight.close();
+            msa_telemetry::finish_client_span(&span, ended.status(), ended.failure());
             let latency = started.elapsed();
             self.record(addr, scope, latency, &ended);
             if matches!(ended, Attempt::TimedOut) && try_deadline == deadline {

@@ -59,6 +59,16 @@ pub fn up(
     data: &Path,
     extra: &[&str],
 ) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
+    up_with_env(port, data, extra, &[])
+}
+
+/// [`up`] with more environment variables (the `OTEL_*` ones, for example).
+pub fn up_with_env(
+    port: u16,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
     // One file per run, even when a test starts two on the same port.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let errors = std::env::temp_dir().join(format!(
@@ -71,6 +81,7 @@ pub fn up(
         .args(extra)
         .arg("--data-dir")
         .arg(data)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
@@ -162,10 +173,15 @@ pub struct Local {
 
 impl Local {
     pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(name, extra, &[])
+    }
+
+    /// [`Local::start`] with more environment variables for `msa-local up` and its components.
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data = std::env::temp_dir().join(format!("msa-local-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         let port = free_ports();
-        let (run, _lines, _errors) = up(port, &data, extra);
+        let (run, _lines, _errors) = up_with_env(port, &data, extra, env);
         Local {
             port,
             data,
