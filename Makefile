@@ -35,12 +35,13 @@ fmt-check:
 clippy: ## Lint (warnings are errors)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback PostgreSQL it starts), the gateway's HTTP/1.1 conformance beside nginx
+unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback PostgreSQL it starts), the gateway's HTTP/1.1 conformance beside nginx, traces into Jaeger
 	$(CARGO) build --workspace --bins   # the local-run test starts every component binary
 	@command -v nginx >/dev/null || { echo ">> installing Debian's nginx-light (the conformance suite runs it beside the gateway)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light; }
 	@command -v promtool >/dev/null || { echo ">> installing Debian's prometheus (promtool lints every component's /metrics)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+	hack/tools.sh jaeger >/dev/null   # the trace tests' OTLP receiver (built once, cached)
 	url="$$(hack/postgres.sh up)"; trap 'hack/postgres.sh down' EXIT; \
 	  MSA_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace
 
