@@ -3,7 +3,8 @@
 # binaries (~/.cache/msa/node-<containerd version>/):
 #   containerd, containerd-shim-runc-v2, ctr   built from github.com/containerd/containerd/v2
 #   kubelet, kube-proxy                          built by hack/build-k8s.sh (same cache as the control plane)
-#   runc, CNI plugins, nft, conntrack            Debian's packages (installed when missing)
+#   kube-router (NetworkPolicy controller)       built by hack/tools.sh from hack/kube-router
+#   runc, CNI plugins, nft, conntrack, ipset     Debian's packages (installed when missing)
 # Debian 12's containerd (1.6) is too old for kubelet 1.36, hence the Go build.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,6 +24,7 @@ ensure_debian_packages() {
   command -v nft >/dev/null || missing+=(nftables)
   command -v conntrack >/dev/null || missing+=(conntrack)
   command -v iptables >/dev/null || missing+=(iptables)
+  command -v ipset >/dev/null || missing+=(ipset)   # kube-router's policy controller
   [[ ${#missing[@]} -eq 0 ]] && return
   log "installing Debian packages: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 \
@@ -53,4 +55,5 @@ fi
 k8s="$("$here/build-k8s.sh" kubelet kube-proxy)"
 ln -sf "$k8s/kubelet" "$out/kubelet"
 ln -sf "$k8s/kube-proxy" "$out/kube-proxy"
+ln -sf "$("$here/tools.sh" kube-router)" "$out/kube-router"
 echo "$out"

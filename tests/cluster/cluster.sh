@@ -11,6 +11,8 @@
 #   tests/cluster/cluster.sh restart-node
 #                                   power-cycle the real node: its processes and its pods' end at
 #                                   once, then containerd, kubelet and kube-proxy start again
+#   tests/cluster/cluster.sh enforce-policies
+#                                   start kube-router's NetworkPolicy controller on the real node
 #
 # MSA_CLUSTER_NODES=real,kwok (default) starts both nodes; the kwok node is then tainted, and a
 # namespace opts into it with the PodNodeSelector and PodTolerationRestriction annotations that
@@ -166,12 +168,15 @@ up() {
   mkdir -p "$state/pki" "$state/node"
   local pki="$state/pki" api_url="https://$api_ip:$api_port"
   make_pki "$pki" "$api_ip"
-  local token kubelet_token proxy_token
+  local token kubelet_token proxy_token policy_token
   token="$(openssl rand -hex 16)" kubelet_token="$(openssl rand -hex 16)" proxy_token="$(openssl rand -hex 16)"
+  policy_token="$(openssl rand -hex 16)"
   {
     echo "$token,admin,admin,system:masters"
     echo "$kubelet_token,system:node:$node_name,$node_name,system:nodes"
     echo "$proxy_token,system:kube-proxy,kube-proxy"
+    # kube-router's policy controller (enforce-policies); its read-only role is granted then.
+    echo "$policy_token,system:kube-router,kube-router"
   } >"$pki/tokens.csv"
   # Every write is audited (metadata only), so a test can count what the operator wrote.
   cat >"$state/audit-policy.yaml" <<'YAML'
@@ -281,7 +286,7 @@ YAML
   local node_env=""
   if has_real_node; then
     local started=$SECONDS
-    node_up "$kubelet_token" "$proxy_token" "${tarballs[@]}"
+    node_up "$kubelet_token" "$proxy_token" "$policy_token" "${tarballs[@]}"
     wait_for kubelet 120 \
       "${kubectl[@]}" wait --for=condition=Ready "node/$node_name" --timeout=1s
     log "node $node_name Ready $((SECONDS - started)) s after containerd started"
@@ -320,8 +325,46 @@ restart_node() {
   log "node $node_name restarted: kubelet healthy in $((SECONDS - started)) s"
 }
 
+# Starts kube-router's network policy controller on the real node, so the NetworkPolicies the
+# operator renders are enforced there (until `down`). Separate from `up`: the node test first
+# checks what the pods refuse on their own, then turns enforcement on.
+enforce_policies() {
+  [[ -f "$state/env" ]] && has_real_node && [[ -e "/run/netns/$node_ns" ]] || {
+    echo "no real node running (state $state)" >&2; exit 1; }
+  node_bin="$("$root/hack/build-node.sh")"
+  local bin kubectl
+  bin="$("$root/hack/build-k8s.sh" kubectl)"
+  kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfig")
+  "${kubectl[@]}" apply -f - >/dev/null <<'YAML'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "msa-e2e:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes, services, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "msa-e2e:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "msa-e2e:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}]
+YAML
+  start_policy_controller
+  # Ready once its first full sync wrote the chain every pod's traffic passes.
+  wait_for kube-router 60 node_exec iptables -w -S KUBE-ROUTER-FORWARD
+  log "kube-router enforces NetworkPolicies on $node_name"
+}
+
 case "${1:-}" in
   restart-node) restart_node ;;
+  enforce-policies) enforce_policies ;;
   up)
     # A start that fails or is interrupted part-way leaves nothing behind either.
     trap 'exit 130' INT TERM
@@ -329,5 +372,5 @@ case "${1:-}" in
     up ;;
   down) down ;;
   env) [[ -f "$state/env" ]] && echo "$state/env" || { echo "no cluster running (state $state)" >&2; exit 1; } ;;
-  *) echo "usage: $0 up|down|env|restart-node" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|restart-node|enforce-policies" >&2; exit 2 ;;
 esac

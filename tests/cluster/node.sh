@@ -254,15 +254,16 @@ current-context: msa-e2e
 YAML
 }
 
-# node_up <kubelet token> <kube-proxy token> <image tarball>...
+# node_up <kubelet token> <kube-proxy token> <kube-router token> <image tarball>...
 node_up() {
-  local kubelet_token="$1" proxy_token="$2"; shift 2
+  local kubelet_token="$1" proxy_token="$2" policy_token="$3"; shift 3
   local d; d="$(node_dir)"
   save_host_paths
   touch "$d/started"
   write_node_configs
   kubeconfig_for "$d/kubelet.kubeconfig" "$kubelet_token"
   kubeconfig_for "$d/kube-proxy.kubeconfig" "$proxy_token"
+  kubeconfig_for "$d/kube-router.kubeconfig" "$policy_token"
   start_containerd
   local tarball started=$SECONDS
   for tarball in "$@"; do
@@ -289,6 +290,19 @@ start_kubelet_and_proxy() {
     --cert-dir "$d/kubelet-pki" --hostname-override "$node_name" --node-ip "$node_ip" \
     --node-labels "msa.dev/node=real"
   start kube-proxy nsenter --net="/run/netns/$node_ns" -- "$node_bin/kube-proxy" --config "$d/kube-proxy.yaml"
+}
+
+# kube-router as a NetworkPolicy controller only (no routing, no service proxy: the bridge and
+# kube-proxy do those): iptables rules and ipsets in the node's namespace, which go with it.
+# Every listener off: health and metrics ports 0.
+start_policy_controller() {
+  local d; d="$(node_dir)"
+  log "starting kube-router (NetworkPolicy controller) in $node_ns"
+  PATH="$node_bin:$PATH" start kube-router nsenter --net="/run/netns/$node_ns" -- "$node_bin/kube-router" \
+    --kubeconfig "$d/kube-router.kubeconfig" --hostname-override "$node_name" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --service-cluster-ip-range "$service_cidr" --health-port 0 --metrics-port 0 \
+    --iptables-sync-period 5s --v 1
 }
 
 # The node loses power and comes back: every process of the node and its pods ends at once (no
@@ -322,6 +336,7 @@ node_down() {
 node_processes_down() {
   local d pid cg n=0
   d="$(node_dir)"
+  stop_component kube-router
   stop_component kubelet
   stop_component kube-proxy
   # Containers outlive the kubelet (their shims hold them): end every process in the pods' cgroups.

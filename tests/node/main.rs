@@ -19,8 +19,8 @@ use kube::api::{Api, ListParams};
 use msa_e2e::cluster::INSTALL_NAMESPACE;
 use msa_e2e::durability;
 use msa_e2e::node::{
-    OnNode, guarded_url, install_operator_chart, run_demo, run_demo_in, wait_app_ready,
-    wait_reachable,
+    OnNode, cluster_script, guarded_url, install_operator_chart, run_demo, run_demo_in,
+    wait_app_ready, wait_reachable,
 };
 use msa_e2e::{TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
@@ -70,6 +70,9 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     durability::embedded_default(&ctx, &ns, &gateway, &mut rows).await?;
     durability::replicated_on_postgres(&ctx, &mut rows).await?;
     durability::print_table(&rows);
+    // From here on kube-router enforces the NetworkPolicies: the steps above reached pods
+    // straight from the host, which the policies refuse.
+    check_network_policies_enforced(&ctx, &ns).await?;
     // Last: it turns authentication on for the shop the steps above use openly.
     check_auth_on_real_pods(&ctx, &ns).await?;
     Ok(())
@@ -432,6 +435,95 @@ async fn check_gateway_at_pod_address(
     Ok(())
 }
 
+/// `kubectl patch msa/shop --type=merge -p <patch>`, as a user changes the app.
+fn patch_shop(ctx: &Ctx, ns: &str, patch: &str) -> anyhow::Result<()> {
+    ctx.cluster
+        .kubectl(&["patch", "msa/shop", "-n", ns, "--type=merge", "-p", patch])
+        .ok()
+        .map(drop)
+}
+
+/// Whether an HTTP request from the host to `ip:port`, on a new connection, gets any answer
+/// within two seconds. A new connection each time: the policies judge connections as they open
+/// (conntrack lets established ones be), so a pooled one would outlive a policy applied since.
+async fn answers(ip: &str, port: u16, path: &str) -> anyhow::Result<bool> {
+    let url = format!("{}{path}", guarded_url(ip, port)?);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    Ok(client.get(url).send().await.is_ok())
+}
+
+/// Issue 16, on the real node: kube-router's policy controller enforces the NetworkPolicies the
+/// operator rendered. From the host — outside every namespace — the gateway's API port answers,
+/// while the order, user and product pods and every admin port do not; the demo through the
+/// NodePort still passes (the policies admit gateway → order → user and product). With
+/// `spec.networkPolicy.enabled: false` the same product pod answers again, so the policies, and
+/// nothing else, did the refusing; switched back on, it is refused again.
+async fn check_network_policies_enforced(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    cluster_script(&ctx.cluster, "enforce-policies").await?;
+    let pods = check_pods_match_status(ctx, ns).await?;
+    let product = pods["product"]
+        .values()
+        .next()
+        .context("no product pod")?
+        .clone();
+    wait_until(
+        "the policies to refuse the host at a product pod",
+        WAIT,
+        || async { Ok((!answers(&product, POD_PORT, "/healthz").await?).then_some(())) },
+    )
+    .await?;
+    println!(
+        "kube-router enforcing NetworkPolicies {:.1} s after it was started",
+        started.elapsed().as_secs_f64()
+    );
+    for component in ["user", "order", "product"] {
+        for ip in pods[component].values() {
+            for port in [POD_PORT, ADMIN_PORT] {
+                ensure!(
+                    !answers(ip, port, "/healthz").await?,
+                    "{component} pod {ip}:{port} answered the host, which no policy admits"
+                );
+            }
+        }
+    }
+    for ip in pods["gateway"].values() {
+        ensure!(
+            answers(ip, POD_PORT, "/healthz").await?,
+            "the gateway pod {ip}:{POD_PORT} did not answer: its policy admits anyone"
+        );
+        ensure!(
+            !answers(ip, ADMIN_PORT, "/metrics").await?,
+            "the gateway's admin port {ip}:{ADMIN_PORT} answered the host, outside the monitoring namespace"
+        );
+    }
+    println!(
+        "from the host: the gateway's API port answers; user, order, product and every admin port are refused"
+    );
+    check_demo_through_node_port(ctx, ns).await?;
+
+    for (enabled, refused) in [(false, false), (true, true)] {
+        patch_shop(
+            ctx,
+            ns,
+            &format!(r#"{{"spec":{{"networkPolicy":{{"enabled":{enabled}}}}}}}"#),
+        )?;
+        let what = format!(
+            "with networkPolicy.enabled={enabled}, the host refused at {product}: {refused}"
+        );
+        wait_until(&what, WAIT, || async {
+            let answered = answers(&product, POD_PORT, "/healthz").await?;
+            Ok((answered != refused).then_some(()))
+        })
+        .await?;
+        println!("{what}");
+    }
+    Ok(())
+}
+
 /// Authentication and authorization on real pods: the app is switched to require tokens (keys
 /// in a Secret, a rate limit), its pods roll with the keys mounted, and the demo through the
 /// NodePort shows the whole flow with tokens, a 401, a cross-user 404 and a 429.
@@ -538,17 +630,11 @@ async fn hand_over_and_reconcile(ctx: &Ctx, ns: &str, leader: &str) -> anyhow::R
     .await?;
     println!("the Lease moved to {new_leader}");
 
-    ctx.cluster
-        .kubectl(&[
-            "patch",
-            "msa/shop",
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"components":{"gateway":{"replicas":3}}}}"#,
-        ])
-        .ok()?;
+    patch_shop(
+        ctx,
+        ns,
+        r#"{"spec":{"components":{"gateway":{"replicas":3}}}}"#,
+    )?;
     let deployments = Api::<Deployment>::namespaced(ctx.admin.clone(), ns);
     wait_until(
         "the new leader to scale shop-gateway to 3 ready pods",

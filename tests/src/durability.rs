@@ -250,26 +250,7 @@ pub async fn embedded_default(
 
 /// `tests/cluster/cluster.sh restart-node` on the running cluster.
 async fn restart_node(ctx: &Ctx) -> anyhow::Result<()> {
-    let script = ctx.cluster.repo_path("tests/cluster/cluster.sh");
-    let mut command = tokio::process::Command::new("bash");
-    command.arg(script).arg("restart-node");
-    for (from, to) in [
-        ("MSA_E2E_STATE", "MSA_CLUSTER_STATE"),
-        ("MSA_E2E_NODES", "MSA_CLUSTER_NODES"),
-    ] {
-        if let Ok(value) = std::env::var(from) {
-            command.env(to, value);
-        }
-    }
-    let output = tokio::time::timeout(WAIT, command.output())
-        .await
-        .context("cluster.sh restart-node did not finish in time")??;
-    ensure!(
-        output.status.success(),
-        "cluster.sh restart-node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    crate::node::cluster_script(&ctx.cluster, "restart-node").await
 }
 
 /// Until every pod of the shop has restarted its container once more and is Ready.

@@ -228,6 +228,34 @@ pub async fn run_demo_in(
     Ok(elapsed)
 }
 
+/// `tests/cluster/cluster.sh <subcommand>` on the running cluster (`restart-node`,
+/// `enforce-policies`), within the tests' usual wait.
+pub async fn cluster_script(cluster: &Cluster, subcommand: &str) -> anyhow::Result<()> {
+    let script = cluster.repo_path("tests/cluster/cluster.sh");
+    let mut command = tokio::process::Command::new("bash");
+    command.arg(script).arg(subcommand);
+    for (from, to) in [
+        ("MSA_E2E_STATE", "MSA_CLUSTER_STATE"),
+        ("MSA_E2E_NODES", "MSA_CLUSTER_NODES"),
+    ] {
+        if let Ok(value) = std::env::var(from) {
+            command.env(to, value);
+        }
+    }
+    let output = tokio::time::timeout(SCRIPT_WAIT, command.output())
+        .await
+        .with_context(|| format!("cluster.sh {subcommand} did not finish in time"))??;
+    anyhow::ensure!(
+        output.status.success(),
+        "cluster.sh {subcommand} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// How long a cluster script may take.
+pub const SCRIPT_WAIT: Duration = Duration::from_secs(300);
+
 #[cfg(test)]
 mod tests {
     use super::*;
