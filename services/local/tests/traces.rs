@@ -180,6 +180,8 @@ async fn a_retried_call_shows_as_two_attempts() {
         .args(["--upstream-product", &backend.to_string()])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        // Quiet logs (as the benchmarks run it) must not switch the request spans off.
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -64,9 +64,10 @@ pub struct Identity<'a> {
     pub version: &'a str,
 }
 
-/// Installs the global subscriber: `RUST_LOG` (else `default_filter`) filters, logs go to
-/// stderr as JSON unless `log_format` is `text` (colour only on a terminal), and spans go to an
-/// OTLP collector when the `OTEL_*` variables configure one. Refuses variables it cannot honour
+/// Installs the global subscriber: logs go to stderr as JSON unless `log_format` is `text`
+/// (colour only on a terminal), filtered by `RUST_LOG` (else `default_filter`), and spans at
+/// `default_filter` go to an OTLP collector when the `OTEL_*` variables configure one —
+/// `RUST_LOG=warn` quiets the logs without losing the traces. Refuses variables it cannot honour
 /// (a gRPC or https endpoint, an unknown sampler) instead of silently tracing nothing.
 pub fn init(
     log_format: &str,
@@ -98,7 +99,8 @@ pub fn init(
                 .with_location(false)
                 .with_threads(false)
                 .with_target(false)
-                .with_filter(filter().or(filter_fn(is_api_request)));
+                // The binary's default level, not RUST_LOG: quieter logs keep the traces.
+                .with_filter(EnvFilter::new(default_filter).or(filter_fn(is_api_request)));
             (Some(provider), Some(layer))
         }
     };
