@@ -106,57 +106,50 @@ exporters:
     /// The spans of trace `id` once `ready` accepts them (the exporters batch; Jaeger stores
     /// what arrives), or what had arrived after 30 s.
     pub async fn trace(&self, id: &str, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let spans = match client
-                .get(format!("{}/api/traces/{id}", self.query))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-            {
-                Ok(answer) => spans(&answer.json().await.unwrap_or(Value::Null)),
-                Err(_) => Vec::new(),
-            };
-            if ready(&spans) || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        self.poll(&format!("/api/traces/{id}"), &[], |traces| {
+            traces.first().is_some_and(|spans| ready(spans))
+        })
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_default()
     }
-}
 
-impl Jaeger {
     /// The traces (each as its spans) that have a span of `service` named `operation`, once
     /// there is at least one, or none after 30 s.
     pub async fn traces_of(&self, service: &str, operation: &str) -> Vec<Vec<Span>> {
+        let query = [
+            ("service", service),
+            ("operation", operation),
+            ("limit", "20"),
+        ];
+        self.poll("/api/traces", &query, |traces| !traces.is_empty())
+            .await
+    }
+
+    /// Asks the query API at `path` every 250 ms until `ready` accepts the traces it answers,
+    /// for at most 30 s; returns the last answer.
+    async fn poll(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        ready: impl Fn(&[Vec<Span>]) -> bool,
+    ) -> Vec<Vec<Span>> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let found: Vec<Vec<Span>> = match client
-                .get(format!("{}/api/traces", self.query))
-                .query(&[
-                    ("service", service),
-                    ("operation", operation),
-                    ("limit", "20"),
-                ])
+            let traces = match client
+                .get(format!("{}{path}", self.query))
+                .query(query)
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await
             {
-                Ok(answer) => {
-                    let answer: Value = answer.json().await.unwrap_or(Value::Null);
-                    answer["data"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|trace| spans(&serde_json::json!({ "data": [trace] })))
-                        .collect()
-                }
+                Ok(answer) => traces(&answer.json().await.unwrap_or(Value::Null)),
                 Err(_) => Vec::new(),
             };
-            if !found.is_empty() || Instant::now() > deadline {
-                return found;
+            if ready(&traces) || Instant::now() > deadline {
+                return traces;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -182,11 +175,18 @@ pub struct Span {
     pub tags: HashMap<String, Value>,
 }
 
-/// Jaeger's JSON (`/api/traces/{id}`) → spans.
-pub fn spans(answer: &Value) -> Vec<Span> {
-    let Some(trace) = answer["data"].get(0) else {
-        return Vec::new();
-    };
+/// An answer of Jaeger's query API (`{"data": [trace, ...]}`) → each trace's spans.
+fn traces(answer: &Value) -> Vec<Vec<Span>> {
+    answer["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(spans)
+        .collect()
+}
+
+/// One trace of Jaeger's JSON → its spans.
+fn spans(trace: &Value) -> Vec<Span> {
     let services = &trace["processes"];
     trace["spans"]
         .as_array()

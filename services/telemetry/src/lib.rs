@@ -7,7 +7,7 @@
 //!
 //! While tracing is on, a server span per request continues the caller's W3C trace
 //! ([`continue_trace`]), a client span per upstream attempt ([`client_span`]) is what the next
-//! hop sees as its parent ([`inject`]), and every log line inside them carries `trace_id` and
+//! hop sees as its parent, and every log line inside them carries `trace_id` and
 //! `span_id` among the span's fields.
 
 #[cfg(feature = "jaeger")]
@@ -76,17 +76,17 @@ pub fn init(
 ) -> anyhow::Result<Telemetry> {
     let export = settings(|name| std::env::var(name).ok())?;
     let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let logs = if log_format == "text" {
-        logs.with_filter(filter()).boxed()
+        logs.with_filter(filter).boxed()
     } else {
         logs.json()
             .with_current_span(true)
             .with_span_list(false)
-            .with_filter(filter())
+            .with_filter(filter)
             .boxed()
     };
     let (provider, traces) = match &export {
@@ -201,8 +201,16 @@ pub fn finish_server_span(span: &Span, status: u16) {
 }
 
 /// A client span for one attempt at an upstream call (a retry is another attempt, and another
-/// span), a child of the current span. A disabled span when tracing is off.
-pub fn client_span(method: &Method, upstream: &str, path: &str, attempt: u32) -> Span {
+/// span), a child of the current span, written into the outgoing request's `traceparent` (and
+/// `tracestate`), replacing what the caller sent: the next hop's parent is this attempt. A
+/// disabled span, and `headers` untouched, when tracing is off.
+pub fn client_span(
+    method: &Method,
+    upstream: &str,
+    path: &str,
+    attempt: u32,
+    headers: &mut HeaderMap,
+) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -221,7 +229,8 @@ pub fn client_span(method: &Method, upstream: &str, path: &str, attempt: u32) ->
         trace_id = Empty,
         span_id = Empty,
     );
-    record_ids(&span);
+    let context = record_ids(&span);
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
     span
 }
 
@@ -248,22 +257,14 @@ pub fn finish_client_span(span: &Span, status: Option<u16>, failure: Option<&'st
     }
 }
 
-/// Writes `span`'s context into an outgoing request's `traceparent` (and `tracestate`),
-/// replacing what the caller sent: the next hop's parent is this attempt.
-pub fn inject(span: &Span, headers: &mut HeaderMap) {
-    if !enabled() || span.is_disabled() {
-        return;
-    }
+/// Records the span's trace and span ids as its fields (for the log lines inside it); returns
+/// its context.
+fn record_ids(span: &Span) -> opentelemetry::Context {
     let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
-}
-
-fn record_ids(span: &Span) {
-    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(span);
-    let reference = context.span();
-    let ids = reference.span_context();
+    let ids = context.span().span_context().clone();
     if ids.is_valid() {
         span.record("trace_id", tracing::field::display(ids.trace_id()));
         span.record("span_id", tracing::field::display(ids.span_id()));
     }
+    context
 }

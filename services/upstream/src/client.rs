@@ -495,7 +495,7 @@ impl Inner {
         loop {
             let replayable = matches!(payload, Payload::Replayable(_));
             // The head is copied only while another attempt may still need it.
-            let head = if replayable && attempt < self.config.max_retries {
+            let mut head = if replayable && attempt < self.config.max_retries {
                 parts.clone()
             } else {
                 parts.take()
@@ -506,12 +506,14 @@ impl Inner {
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
             };
             // One client span per attempt; the next hop's parent is this attempt.
-            let span =
-                msa_telemetry::client_span(&head.method, &self.name, head.uri.path(), attempt);
+            let span = msa_telemetry::client_span(
+                &head.method,
+                &self.name,
+                head.uri.path(),
+                attempt,
+                &mut head.headers,
+            );
             let mut request = Some(Request::from_parts(head, body));
-            if let Some(request) = &mut request {
-                msa_telemetry::inject(&span, request.headers_mut());
-            }
             let picked = tokio::select! {
                 biased;
                 picked = self.pick(previous, scope, &mut request) => picked,
