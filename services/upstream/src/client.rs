@@ -24,12 +24,12 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tokio::sync::Notify;
 use tracing::{Instrument, info, warn};
 
 use crate::balance::XorShift;
-use crate::conns::{Connections, SendError};
+use crate::conns::{Connections, SendError, UpstreamBody};
 use crate::discovery::Discovery;
 use crate::metrics::{
     AttemptLabels, BreakerLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics,
@@ -350,7 +350,7 @@ impl Upstream {
 
     /// Sends `request` (its URI is the path and query; scheme and authority are the chosen
     /// endpoint's) and returns the response head with its streaming body.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, CallError> {
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<UpstreamBody>, CallError> {
         let inner = &self.inner;
         let (mut parts, body) = request.into_parts();
         parts.version = http::Version::HTTP_11;
@@ -412,8 +412,8 @@ fn is_failure_status(status: StatusCode) -> bool {
 
 /// How one attempt ended.
 enum Attempt {
-    Answered(Response<Incoming>),
-    FailedStatus(Response<Incoming>),
+    Answered(Response<UpstreamBody>),
+    FailedStatus(Response<UpstreamBody>),
     ConnectFailed(String),
     Broken(String),
     /// The connection closed before the response began (see `SendError::Closed`).
@@ -482,7 +482,7 @@ impl Inner {
         mut payload: Payload,
         retry_safe: bool,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Incoming>, CallError> {
+    ) -> Result<Response<UpstreamBody>, CallError> {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         let scope = parts
             .extensions
@@ -540,20 +540,20 @@ impl Inner {
                     }
                     Ok(response) => Attempt::Answered(response),
                     Err(SendError::Exchange(error))
-                        if BodyFault::of(&error) != BodyFault::Unreadable =>
+                        if BodyFault::of(&*error) != BodyFault::Unreadable =>
                     {
                         // The caller's body outgrew the limit or stalled while streaming: not
                         // the endpoint's fault, so nothing is recorded against it (`in_flight`
                         // gives the attempt back when dropped).
                         return Err(CallError::RequestBody {
-                            fault: BodyFault::of(&error),
-                            detail: error_chain(&error),
+                            fault: BodyFault::of(&*error),
+                            detail: error_chain(&*error),
                         });
                     }
                     Err(SendError::Connect(detail)) => Attempt::ConnectFailed(detail),
-                    Err(SendError::Exchange(error)) => Attempt::Broken(error_chain(&error)),
+                    Err(SendError::Exchange(error)) => Attempt::Broken(error_chain(&*error)),
                     Err(SendError::Closed { error, reused }) => Attempt::Closed {
-                        detail: error_chain(&error),
+                        detail: error_chain(&*error),
                         reused,
                     },
                 },
@@ -646,7 +646,7 @@ impl Inner {
         (
             SocketAddr,
             crate::pool::Tracked<
-                impl Future<Output = Result<Response<Incoming>, SendError>> + use<'a>,
+                impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a>,
             >,
         ),
         CallError,
@@ -921,7 +921,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Reads a whole response body (for callers that want JSON, like the order service).
 pub async fn read_body(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     limit: usize,
 ) -> Result<(StatusCode, Bytes), String> {
     let status = response.status();

@@ -14,6 +14,7 @@ pub mod config;
 mod conns;
 pub mod discovery;
 pub mod endpoint;
+mod h1;
 pub mod metrics;
 pub mod outlier;
 pub mod pool;
@@ -21,6 +22,7 @@ pub mod slices;
 pub mod window;
 
 pub use client::{CallConfig, CallError, RetrySafe, Upstream};
+pub use conns::UpstreamBody;
 pub use discovery::Discovery;
 pub use endpoint::Endpoint;
 pub use pool::{BreakerScope, PoolConfig};

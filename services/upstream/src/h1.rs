@@ -1,0 +1,656 @@
+//! The HTTP/1.1 a client speaks to an upstream, as plain functions over bytes: a request head
+//! written straight from the request's parts, a response head parsed with `httparse` (the
+//! parser hyper itself uses), and the response body's framing (RFC 9112 §6) decoded step by
+//! step from a buffer. No I/O here: [`crate::conns`] owns the sockets and calls these, so each
+//! rule is unit-tested on bytes.
+//!
+//! Why not hyper's client connection: it runs each connection in a task of its own and hands
+//! requests and responses over channels, so every request crosses tasks three times (request
+//! in, response head out, body out). Owning the socket in the caller's task — the gateway's
+//! client connection task — keeps a proxied exchange in one task, as nginx and HAProxy keep it
+//! in one event loop iteration.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, StatusCode, Version};
+
+/// The longest response head accepted (hyper's default read buffer limit is ~400 kB; services
+/// answer with a few hundred bytes).
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most headers in a response.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// The longest chunk-size line and the most trailer bytes accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// How the request's body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestFraming {
+    /// No body and no `Content-Length` (a GET, say).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl RequestFraming {
+    /// The framing for a body of `size` (`None`: unknown until it ends). An empty body gets
+    /// `Content-Length: 0` where a body is expected (POST, PUT, PATCH) or the caller sent one.
+    pub(crate) fn of(method: &Method, size: Option<u64>, had_length: bool) -> Self {
+        match size {
+            Some(0)
+                if !had_length
+                    && !matches!(*method, Method::POST | Method::PUT | Method::PATCH) =>
+            {
+                RequestFraming::None
+            }
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        }
+    }
+}
+
+/// Writes the request line and headers: origin-form target, the parts' headers without any
+/// framing of their own (the body's framing is `framing`), and `Host` when missing.
+pub(crate) fn write_request_head(
+    parts: &Parts,
+    host: SocketAddr,
+    framing: RequestFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "host: {host}\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        RequestFraming::Chunked => header_line(out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk of a chunked request body.
+pub(crate) fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked request body (no trailers).
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// What is wrong with an upstream's answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum ResponseError {
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("unrequested protocol switch (101)")]
+    UnrequestedUpgrade,
+    #[error("invalid Content-Length")]
+    BadLength,
+    #[error("malformed chunked body: {0}")]
+    BadChunk(&'static str),
+}
+
+/// A parsed response head, and how its body is framed.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: BodyDecoder,
+    /// The connection may carry another request once the body has ended.
+    pub reusable: bool,
+}
+
+/// Parses a response head from the front of `buf`, consuming it (and any interim 1xx
+/// responses before it). `Ok(None)`: more bytes are needed.
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    request_method: &Method,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let consumed = match response.parse(buf) {
+            Ok(httparse::Status::Complete(consumed)) => consumed,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+                return Err(ResponseError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
+            Err(_) => {
+                return Err(ResponseError::Malformed(
+                    "not an HTTP/1.x status line and headers",
+                ));
+            }
+        };
+        let code = response.code.unwrap_or_default();
+        let status =
+            StatusCode::from_u16(code).map_err(|_| ResponseError::Malformed("status code"))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ResponseError::UnrequestedUpgrade);
+        }
+        if status.is_informational() {
+            // 100 Continue, 103 Early Hints: interim, the final answer follows.
+            buf.advance(consumed);
+            continue;
+        }
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ResponseError::Malformed("header name"))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| ResponseError::Malformed("header value"))?;
+            headers.append(name, value);
+        }
+        buf.advance(consumed);
+        let (body, framing_reusable) = framing(status, request_method, &mut headers)?;
+        let reusable = framing_reusable && version == Version::HTTP_11 && !asks_close(&headers);
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            body,
+            reusable,
+        }));
+    }
+}
+
+/// The body's framing by RFC 9112 §6.3, and whether it leaves the connection reusable. A
+/// `Transfer-Encoding` overrides `Content-Length` (which is then removed, and the connection
+/// not reused); differing lengths are refused.
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    headers: &mut HeaderMap,
+) -> Result<(BodyDecoder, bool), ResponseError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((BodyDecoder::Length(0), true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .next_back()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(if chunked_last {
+            (BodyDecoder::chunked(), !had_length)
+        } else {
+            (BodyDecoder::UntilClose, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return Err(ResponseError::BadLength);
+            }
+            let n: u64 = std::str::from_utf8(item)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ResponseError::BadLength)?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(ResponseError::BadLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (BodyDecoder::Length(n), true),
+        None => (BodyDecoder::UntilClose, false),
+    })
+}
+
+/// Whether `Connection` lists `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Where a response body stands, decoded from the bytes read so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BodyDecoder {
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the connection closes (HTTP/1.0 style).
+    UntilClose,
+    Done,
+}
+
+/// The chunked decoder's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many data bytes of the current chunk still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one (trailers are dropped); the
+    /// bytes of trailers seen so far.
+    Trailers(usize),
+}
+
+/// One step of decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Data(Bytes),
+    /// Nothing more can be decoded until more bytes arrive.
+    NeedMore,
+    /// The body ended.
+    Done,
+}
+
+impl BodyDecoder {
+    fn chunked() -> Self {
+        BodyDecoder::Chunked(Chunk::Size)
+    }
+
+    /// Decodes what it can from the front of `buf`, consuming it.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, ResponseError> {
+        loop {
+            match self {
+                BodyDecoder::Done | BodyDecoder::Length(0) => {
+                    *self = BodyDecoder::Done;
+                    return Ok(Step::Done);
+                }
+                BodyDecoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                    *left -= take as u64;
+                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                }
+                BodyDecoder::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                BodyDecoder::Chunked(chunk) => match chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            buf.advance(used);
+                            *chunk = Chunk::Trailers(0);
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *chunk = Chunk::Data(size);
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                            return Err(ResponseError::BadChunk("chunk-size line too long"));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Step::NeedMore),
+                        Err(_) => return Err(ResponseError::BadChunk("chunk size")),
+                    },
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Step::NeedMore);
+                        }
+                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                        *left -= take as u64;
+                        if *left == 0 {
+                            *chunk = Chunk::DataEnd;
+                        }
+                        return Ok(Step::Data(buf.split_to(take).freeze()));
+                    }
+                    Chunk::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Step::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(ResponseError::BadChunk("no CRLF after chunk data"));
+                        }
+                        buf.advance(2);
+                        *chunk = Chunk::Size;
+                    }
+                    Chunk::Trailers(seen) => {
+                        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                            if *seen + buf.len() > MAX_TRAILERS {
+                                return Err(ResponseError::BadChunk("trailers too large"));
+                            }
+                            return Ok(Step::NeedMore);
+                        };
+                        buf.advance(end + 2);
+                        if end == 0 {
+                            *self = BodyDecoder::Done;
+                        } else {
+                            *seen += end + 2;
+                            if *seen > MAX_TRAILERS {
+                                return Err(ResponseError::BadChunk("trailers too large"));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection closed: fine for a close-delimited body, a cut otherwise.
+    pub(crate) fn at_eof(&mut self) -> Result<(), ResponseError> {
+        match self {
+            BodyDecoder::UntilClose | BodyDecoder::Done | BodyDecoder::Length(0) => {
+                *self = BodyDecoder::Done;
+                Ok(())
+            }
+            BodyDecoder::Length(_) => Err(ResponseError::BadChunk("connection closed mid-body")),
+            BodyDecoder::Chunked(_) => Err(ResponseError::BadChunk("connection closed mid-body")),
+        }
+    }
+
+    /// Bytes still to come, when the framing says.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length(n) => Some(*n),
+            BodyDecoder::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: &Method) -> Result<Option<ResponseHead>, ResponseError> {
+        parse_response_head(&mut BytesMut::from(text), method)
+    }
+
+    /// Decodes `wire` fed in pieces of `piece` bytes; the data and whether it ended.
+    fn decode(
+        mut decoder: BodyDecoder,
+        wire: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, bool), ResponseError> {
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        for part in wire.chunks(piece.max(1)) {
+            buf.extend_from_slice(part);
+            loop {
+                match decoder.step(&mut buf)? {
+                    Step::Data(bytes) => data.extend_from_slice(&bytes),
+                    Step::NeedMore => break,
+                    Step::Done => return Ok((data, true)),
+                }
+            }
+        }
+        Ok((data, false))
+    }
+
+    #[test]
+    fn request_heads_carry_origin_form_host_and_one_framing() {
+        let (parts, ()) = http::Request::post("http://example.test/orders?x=1")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .header("x-request-id", "abc")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        write_request_head(
+            &parts,
+            "127.0.0.1:9".parse().unwrap(),
+            RequestFraming::Length(5),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /orders?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n"
+        );
+
+        let (parts, ()) = http::Request::get("/users")
+            .header("host", "shop.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        write_request_head(
+            &parts,
+            "127.0.0.1:9".parse().unwrap(),
+            RequestFraming::None,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /users HTTP/1.1\r\nhost: shop.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn empty_bodies_get_a_zero_length_only_where_a_body_is_expected() {
+        assert_eq!(
+            RequestFraming::of(&Method::GET, Some(0), false),
+            RequestFraming::None
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::GET, Some(0), true),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::POST, Some(0), false),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::PUT, Some(3), false),
+            RequestFraming::Length(3)
+        );
+        assert_eq!(
+            RequestFraming::of(&Method::POST, None, false),
+            RequestFraming::Chunked
+        );
+    }
+
+    #[test]
+    fn chunks_are_framed_in_hex() {
+        let mut out = Vec::new();
+        write_chunk(&[b'x'; 26], &mut out);
+        assert!(out.starts_with(b"1a\r\nxxxx"));
+        assert!(out.ends_with(b"x\r\n"));
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_after_interim_answers() {
+        let parsed = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nok",
+            &Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(parsed.status, StatusCode::CREATED);
+        assert_eq!(parsed.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(parsed.body, BodyDecoder::Length(2));
+        assert!(parsed.reusable);
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_or_malformed_ones_are_refused() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-le", &Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nx: {}",
+            "a".repeat(MAX_RESPONSE_HEAD + 1)
+        );
+        assert_eq!(
+            head(&huge, &Method::GET).unwrap_err(),
+            ResponseError::HeadTooLarge
+        );
+        assert!(matches!(
+            head("SSH-2.0-OpenSSH\r\n\r\n", &Method::GET),
+            Err(ResponseError::Malformed(_))
+        ));
+        assert_eq!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET).unwrap_err(),
+            ResponseError::UnrequestedUpgrade
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framed = |text: &str, method: Method| {
+            head(text, &method).map(|h| h.map(|h| (h.body, h.reusable, h.headers)))
+        };
+        // No body after HEAD, 204 and 304, whatever the headers say.
+        for (text, method) in [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+                Method::HEAD,
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Method::GET),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+                Method::GET,
+            ),
+        ] {
+            assert_eq!(
+                framed(text, method).unwrap().unwrap().0,
+                BodyDecoder::Length(0),
+                "{text}"
+            );
+        }
+        // Transfer-Encoding wins over Content-Length, which is dropped; the connection is not reused.
+        let (body, reusable, headers) = framed(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(body, BodyDecoder::Chunked(Chunk::Size));
+        assert!(!reusable);
+        assert!(!headers.contains_key("content-length"));
+        // Repeated equal lengths are one length; differing or malformed ones are refused.
+        assert_eq!(
+            framed(
+                "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\n",
+                Method::GET
+            )
+            .unwrap()
+            .unwrap()
+            .0,
+            BodyDecoder::Length(3)
+        );
+        for bad in ["3, 4", "-1", "+3", "0x10", "", "99999999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert_eq!(
+                framed(&text, Method::GET).unwrap_err(),
+                ResponseError::BadLength,
+                "{bad}"
+            );
+        }
+        // Neither: the body runs until the connection closes.
+        let (body, reusable, _) = framed("HTTP/1.1 200 OK\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, BodyDecoder::UntilClose);
+        assert!(!reusable);
+        // Only HTTP/1.1 without `Connection: close` is kept.
+        for text in [
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            assert!(!framed(text, Method::GET).unwrap().unwrap().1, "{text}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_pieces_they_arrive_in() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: x\r\n\r\n";
+        for piece in [1, 2, 3, 7, wire.len()] {
+            assert_eq!(
+                decode(BodyDecoder::chunked(), wire, piece).unwrap(),
+                (b"hello world".to_vec(), true),
+                "pieces of {piece}"
+            );
+        }
+        // Bytes after the body's end are left in the buffer.
+        let mut buf = BytesMut::from(&b"0\r\n\r\nHTTP/1.1"[..]);
+        assert_eq!(BodyDecoder::chunked().step(&mut buf).unwrap(), Step::Done);
+        assert_eq!(&buf[..], b"HTTP/1.1");
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for wire in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffffff\r\n"] {
+            assert!(
+                decode(BodyDecoder::chunked(), wire, wire.len()).is_err(),
+                "{wire:?}"
+            );
+        }
+        let long_line = vec![b'1'; MAX_CHUNK_LINE + 2];
+        assert!(decode(BodyDecoder::chunked(), &long_line, long_line.len()).is_err());
+        let mut endless_trailers = b"0\r\n".to_vec();
+        endless_trailers.extend(std::iter::repeat_n(b"x: y\r\n".to_vec(), 4000).flatten());
+        assert!(decode(BodyDecoder::chunked(), &endless_trailers, 4096).is_err());
+    }
+
+    #[test]
+    fn length_bodies_end_at_their_length_and_a_close_cuts_them() {
+        assert_eq!(
+            decode(BodyDecoder::Length(5), b"helloEXTRA", 3).unwrap(),
+            (b"hello".to_vec(), true)
+        );
+        let mut short = BodyDecoder::Length(5);
+        assert_eq!(
+            short.step(&mut BytesMut::from(&b"hel"[..])).unwrap(),
+            Step::Data(Bytes::from_static(b"hel"))
+        );
+        assert!(short.at_eof().is_err());
+        let mut until_close = BodyDecoder::UntilClose;
+        assert_eq!(
+            until_close.step(&mut BytesMut::from(&b"all"[..])).unwrap(),
+            Step::Data(Bytes::from_static(b"all"))
+        );
+        assert!(until_close.at_eof().is_ok());
+        assert_eq!(until_close.step(&mut BytesMut::new()).unwrap(), Step::Done);
+    }
+}
