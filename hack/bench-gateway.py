@@ -31,7 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 BACKENDS = [("127.0.0.1", 27101), ("127.0.0.1", 27102)]
-PORTS = {"direct": 27101, "msa-gateway": 27180, "nginx": 27181, "haproxy": 27182}
+PORTS = {"direct": 27101, "msa-gateway": 27180, "nginx": 27181, "haproxy": 27182,
+         "baseline": 27183}
 LOAD_CPU, SERVER_CPU = "0", "1"
 PATH = "/users/1"
 
@@ -147,6 +148,9 @@ def main():
     parser.add_argument("--connections", default="1,16")
     parser.add_argument("--syscalls", action="store_true",
                         help="also count system calls per request with strace")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="also measure this msa-gateway build (say, one of an earlier commit) "
+                             "as the target `baseline`, to see a change's effect in one run")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     for tool in ["wrk", "nginx", "haproxy", "taskset"]:
@@ -159,11 +163,15 @@ def main():
             processes[f"echo{i}"] = start(f"echo{i}", [
                 os.path.join(RELEASE, "msa-echo"), "--listen", f"{host}:{port}"], port)
         upstreams = ",".join(f"{h}:{p}" for h, p in BACKENDS)
-        processes["msa-gateway"] = start("msa-gateway", [
-            os.path.join(RELEASE, "msa-gateway"), "--listen", f"127.0.0.1:{PORTS['msa-gateway']}",
-            "--upstream-user", upstreams, "--upstream-order", upstreams,
-            "--upstream-product", upstreams, "--worker-threads", "1",
-            "--drain-delay-seconds", "0"], PORTS["msa-gateway"], env={"RUST_LOG": "warn"})
+        gateways = {"msa-gateway": os.path.join(RELEASE, "msa-gateway")}
+        if args.baseline:
+            gateways["baseline"] = args.baseline
+        for name, binary in gateways.items():
+            processes[name] = start(name, [
+                binary, "--listen", f"127.0.0.1:{PORTS[name]}",
+                "--upstream-user", upstreams, "--upstream-order", upstreams,
+                "--upstream-product", upstreams, "--worker-threads", "1",
+                "--drain-delay-seconds", "0"], PORTS[name], env={"RUST_LOG": "warn"})
         with open(os.path.join(WORK, "nginx.conf"), "w") as f:
             f.write(nginx_config())
         processes["nginx"] = start("nginx", [
@@ -173,7 +181,7 @@ def main():
         processes["haproxy"] = start("haproxy", [
             "haproxy", "-db", "-f", os.path.join(WORK, "haproxy.cfg")], PORTS["haproxy"])
 
-        targets = ["direct", "msa-gateway", "nginx", "haproxy"]
+        targets = ["direct", "msa-gateway", "nginx", "haproxy"] + list(gateways)[1:]
         # nginx's master forks the worker that does the work; count the whole process tree.
         def tree_cpu(names):
             """(user, system) CPU seconds of the named processes and their children."""

@@ -43,6 +43,7 @@ struct Inner {
     /// With CORS configured, requests with `Origin` go through the router's CORS layer.
     cors: bool,
     policy: crate::Policy,
+    ops: Ops,
 }
 
 /// A request the fast path takes.
@@ -87,12 +88,57 @@ impl Front {
                 router,
                 cors: args.cors()?.is_some(),
                 policy: gateway.policy.clone(),
+                ops: ops.clone(),
             }),
         })
     }
 }
 
+impl Front {
+    /// The proxy route `path` (without its query) belongs to, and whether it is the prefix
+    /// itself.
+    pub(crate) fn route_of(&self, path: &str) -> Option<(usize, bool)> {
+        self.inner.route_of(path)
+    }
+
+    /// Requests with `Origin` go through the router's CORS layer.
+    pub(crate) fn cors(&self) -> bool {
+        self.inner.cors
+    }
+
+    pub(crate) fn body_limit(&self) -> usize {
+        self.inner.policy.body_limit
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.ops.is_draining()
+    }
+
+    /// Serves `request` on proxy route `index` (see [`Front::route_of`]) for `client`.
+    pub(crate) async fn proxy(
+        &self,
+        (index, exact): (usize, bool),
+        client: IpAddr,
+        request: Request,
+    ) -> Response {
+        let matched = FastMatch {
+            index,
+            exact,
+            client,
+        };
+        self.inner.clone().proxy(matched, request).await
+    }
+}
+
 impl Inner {
+    fn route_of(&self, path: &str) -> Option<(usize, bool)> {
+        self.routes.iter().enumerate().find_map(|(index, route)| {
+            let rest = path.strip_prefix(route.prefix)?;
+            let exact = rest.is_empty();
+            (exact || (rest.len() > 1 && rest.starts_with('/'))).then_some((index, exact))
+        })
+    }
+
     /// When the fast path may take `request`: its route, whether its path is the prefix
     /// itself, and the client's address.
     fn fast_route(&self, request: &Request) -> Option<FastMatch> {
@@ -100,15 +146,11 @@ impl Inner {
             return None;
         }
         let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
-        let path = request.uri().path();
-        self.routes.iter().enumerate().find_map(|(index, route)| {
-            let rest = path.strip_prefix(route.prefix)?;
-            let exact = rest.is_empty();
-            (exact || (rest.len() > 1 && rest.starts_with('/'))).then_some(FastMatch {
-                index,
-                exact,
-                client: peer.ip(),
-            })
+        let (index, exact) = self.route_of(request.uri().path())?;
+        Some(FastMatch {
+            index,
+            exact,
+            client: peer.ip(),
         })
     }
 

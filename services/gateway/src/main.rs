@@ -167,13 +167,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         msa_gateway::admin_routes(gateway.clone()),
     )
     .await?;
-    server::serve(
-        listener,
-        app,
+    let limits = flags.serve.connection_limits();
+    let front_ops = ops.clone();
+    server::serve_api(
+        move |stop| async move {
+            msa_gateway::engine::serve(listener, app, &front_ops, limits, stop).await;
+        },
         admin,
         ops,
         flags.serve.drain(5),
-        flags.serve.connection_limits(),
+        limits,
         server::shutdown_signal(),
     )
     .await

@@ -24,34 +24,50 @@ const CATCH_ALLS: &[(&str, &str)] = &[
     ("/products", "/products/{*rest}"),
 ];
 
+/// The most segments a template has; longer paths can only fall in a catch-all.
+const MAX_SEGMENTS: usize = 3;
+
 /// The template `path` belongs to: the one with the most literal segments among those of the
 /// same shape, else its prefix's catch-all, else `"*"`.
 pub fn template(path: &str) -> &'static str {
-    // On every proxied request: no allocation, one pass per template of the same length.
-    let segments = || path.trim_start_matches('/').split('/');
-    let count = segments().count();
+    // On every proxied request: no allocation, the path split once.
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+        if count == MAX_SEGMENTS {
+            return catch_all(path);
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    let segments = &segments[..count];
     let mut best: Option<(&'static str, usize)> = None;
     for candidate in TEMPLATES {
-        let parts = || candidate.trim_start_matches('/').split('/');
+        let parts = || candidate[1..].split('/');
         if parts().count() != count {
             continue;
         }
         let mut literals = 0;
-        let fits = parts().zip(segments()).all(|(part, segment)| {
+        let fits = parts().zip(segments).all(|(part, segment)| {
             if part.starts_with('{') {
                 !segment.is_empty()
             } else {
                 literals += 1;
-                part == segment
+                part == *segment
             }
         });
         if fits && best.is_none_or(|(_, most)| literals > most) {
             best = Some((candidate, literals));
         }
     }
-    if let Some((template, _)) = best {
-        return template;
+    match best {
+        Some((template, _)) => template,
+        None => catch_all(path),
     }
+}
+
+/// The catch-all of the prefix `path` is under, else `"*"`.
+fn catch_all(path: &str) -> &'static str {
     CATCH_ALLS
         .iter()
         .find(|(prefix, _)| {
@@ -65,6 +81,15 @@ pub fn template(path: &str) -> &'static str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn no_template_is_longer_than_the_longest_path_looked_at() {
+        assert!(
+            TEMPLATES
+                .iter()
+                .all(|t| t[1..].split('/').count() <= MAX_SEGMENTS)
+        );
+    }
 
     #[test]
     fn paths_map_to_their_service_routes() {

@@ -234,14 +234,16 @@ fn with<T>(shared: &Shared, f: impl FnOnce(&mut Activity) -> T) -> T {
         .unwrap_or_else(PoisonError::into_inner))
 }
 
-/// The answer to a request head that did not arrive in time (hyper has not written a byte).
-const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+/// The answer to a request head that did not arrive in time (nothing else was written).
+pub const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/problem+json\r\nconnection: close\r\ncontent-length: 186\r\n\r\n\
 {\"type\":\"https://msa.dev/problems/request-timeout\",\"title\":\"Request Timeout\",\"status\":408,\"detail\":\"the request head did not arrive in time; send a request at once\"}";
 
 /// The TCP stream as hyper sees it, reporting reads and writes to the connection's [`Activity`].
 struct Watched {
     stream: TcpStream,
+    /// Bytes already read off the stream by someone else (the gateway's own front), read first.
+    read_already: axum::body::Bytes,
     activity: Shared,
     header_timeout: Duration,
 }
@@ -253,7 +255,13 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let polled = if self.read_already.is_empty() {
+            Pin::new(&mut self.stream).poll_read(cx, buf)
+        } else {
+            let n = buf.remaining().min(self.read_already.len());
+            buf.put_slice(&self.read_already.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if matches!(polled, Poll::Ready(Ok(())))
             && buf.filled().len() > before
             && with(&self.activity, |a| {
@@ -320,7 +328,7 @@ pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: ConnectionLimits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     S: tower::Service<Request, Response = Response, Error = Infallible>
         + Clone
@@ -328,6 +336,31 @@ pub async fn serve<S>(
         + Sync
         + 'static,
     S::Future: Send,
+{
+    accept(listener, limits, stop, move |stream, peer, stop| {
+        connection(
+            stream,
+            axum::body::Bytes::new(),
+            peer,
+            service.clone(),
+            limits,
+            stop,
+        )
+    })
+    .await;
+}
+
+/// The accept loop: at most `limits.max_connections` connections at once, each handled by
+/// `handle` in a task of its own, until `stop` turns true; then returns when every connection
+/// has ended.
+pub async fn accept<H, F>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut warned_full = false;
@@ -356,10 +389,9 @@ pub async fn serve<S>(
             () = stopped(&mut stop) => break,
         };
         warned_full = false;
-        let service = service.clone();
-        let stop = stop.clone();
+        let served = handle(stream, peer, stop.clone());
         tokio::spawn(async move {
-            connection(stream, peer, service, limits, stop).await;
+            served.await;
             drop(permit);
         });
     }
@@ -373,8 +405,11 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-async fn connection<S>(
+/// Serves one connection with hyper, `read_already` being bytes of it already read (a front
+/// that read a request head and left it to hyper).
+pub async fn connection<S>(
     stream: TcpStream,
+    read_already: axum::body::Bytes,
     peer: SocketAddr,
     service: S,
     limits: ConnectionLimits,
@@ -391,6 +426,7 @@ async fn connection<S>(
     });
     let io = Watched {
         stream,
+        read_already,
         activity: activity.clone(),
         header_timeout: limits.header_timeout,
     };

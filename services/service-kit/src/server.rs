@@ -328,6 +328,33 @@ where
         + 'static,
     S::Future: Send,
 {
+    let service = close_connections_while_draining(service, &ops);
+    serve_api(
+        move |stop| connections::serve(listener, service, limits, stop),
+        admin,
+        ops,
+        drain,
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Like [`serve`], with the API's server given as a function of the stop signal (the gateway
+/// serves its API with its own front, see msa-gateway's `engine`). It must mark answers
+/// `Connection: close` while [`Ops::is_draining`], as [`serve`] does.
+pub async fn serve_api<A, F>(
+    api: A,
+    admin: Option<(tokio::net::TcpListener, Router)>,
+    ops: Ops,
+    drain: Drain,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    A: FnOnce(tokio::sync::watch::Receiver<bool>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_ops = ops.clone();
     let graceful = async move {
@@ -345,7 +372,6 @@ where
         // Keeps the sender (and so the receivers' view) alive until the server is done.
         std::future::pending::<()>().await;
     };
-    let service = close_connections_while_draining(service, ops.draining.clone());
     let mut stopped = stop_rx.clone();
     // The admin address keeps answering (readiness fails) through the drain, and stops with
     // the API.
@@ -361,7 +387,7 @@ where
         ))
     });
     let _admin = AbortOnDrop(admin);
-    let server = tokio::spawn(connections::serve(listener, service, limits, stop_rx));
+    let server = tokio::spawn(api(stop_rx));
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.
     let outcome = async move {
         connections::stopped(&mut stopped).await;
@@ -389,13 +415,14 @@ impl Drop for AbortOnDrop {
 /// next request on a new connection, which kube-proxy and balancers send to a pod that is not
 /// stopping. Without it, a client reusing an idle connection at the moment the server closes it
 /// loses that request (a POST cannot be resent safely).
-fn close_connections_while_draining<S>(
+pub fn close_connections_while_draining<S>(
     service: S,
-    draining: Arc<AtomicBool>,
-) -> tower::util::MapResponse<S, impl Fn(Response) -> Response + Clone>
+    ops: &Ops,
+) -> tower::util::MapResponse<S, impl Fn(Response) -> Response + Clone + use<S>>
 where
     S: tower::Service<Request, Response = Response>,
 {
+    let draining = ops.draining.clone();
     // Bound first: passed inline, the closure would be inferred as the FnOnce map_response asks.
     let mark = move |mut response: Response| {
         if draining.load(Ordering::Relaxed) {

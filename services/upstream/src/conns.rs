@@ -31,8 +31,6 @@ use crate::h1::{self, BodyDecoder, RequestFraming, ResponseHead, Step};
 
 /// Idle connections kept per endpoint; more are closed when handed back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 16 * 1024;
 /// Request bytes gathered before a write when the body streams in quickly.
 const WRITE_SIZE: usize = 64 * 1024;
 
@@ -55,6 +53,8 @@ pub(crate) enum SendError {
 
 struct Idle {
     stream: TcpStream,
+    /// Its read buffer, empty, kept for the next exchange.
+    buf: BytesMut,
     since: Instant,
 }
 
@@ -73,23 +73,24 @@ impl IdleSet {
     }
 
     /// The most recently used open connection (the others age out), or none.
-    fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn checkout(&self, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
         let mut idle = self.lock();
         let queue = idle.get_mut(&addr)?;
         while let Some(candidate) = queue.pop() {
             if still_open(&candidate.stream) {
-                return Some(candidate.stream);
+                return Some((candidate.stream, candidate.buf));
             }
         }
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, stream: TcpStream) {
+    fn checkin(&self, addr: SocketAddr, stream: TcpStream, buf: BytesMut) {
         let mut idle = self.lock();
         let queue = idle.entry(addr).or_default();
         if queue.len() < MAX_IDLE_PER_ENDPOINT {
             queue.push(Idle {
                 stream,
+                buf,
                 since: Instant::now(),
             });
         }
@@ -137,11 +138,14 @@ impl Connections {
         request: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let (parts, body) = request.into_parts();
-        let (mut stream, reused) = match self.idle.checkout(addr) {
-            Some(stream) => (stream, true),
-            None => (self.connect(addr).await?, false),
+        let (mut stream, mut buf, reused) = match self.idle.checkout(addr) {
+            Some((stream, buf)) => (stream, buf, true),
+            None => (
+                self.connect(addr).await?,
+                BytesMut::with_capacity(h1::READ_SIZE),
+                false,
+            ),
         };
-        let mut buf = BytesMut::new();
         let head = match exchange(&mut stream, addr, &parts, body, &mut buf).await {
             Ok(head) => head,
             Err(Failure::Body(error) | Failure::Answer(error)) => {
@@ -240,7 +244,6 @@ async fn exchange(
                 Err(error) => return Err(Failure::Answer(error.into())),
             }
         }
-        buf.reserve(READ_SIZE);
         match std::future::poll_fn(|cx| poll_read(stream, cx, buf)).await {
             Ok(0) if answered => {
                 return Err(Failure::Answer("the connection closed mid-head".into()));
@@ -325,6 +328,7 @@ fn poll_read(
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
+    h1::reserve_read_space(buf);
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
@@ -353,7 +357,7 @@ impl UpstreamBody {
             && live.reusable
             && live.buf.is_empty()
         {
-            live.home.checkin(live.addr, live.stream);
+            live.home.checkin(live.addr, live.stream, live.buf);
         }
     }
 
@@ -394,7 +398,6 @@ impl hyper::body::Body for UpstreamBody {
                 Ok(Step::NeedMore) => {}
                 Err(error) => return this.fail(error),
             }
-            live.buf.reserve(READ_SIZE);
             match ready!(poll_read(&mut live.stream, cx, &mut live.buf)) {
                 Ok(0) => {
                     live.reusable = false;

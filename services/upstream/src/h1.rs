@@ -27,6 +27,17 @@ const MAX_RESPONSE_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// Bytes asked of a socket per read.
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// Makes room for a read into `buf`, growing it (or reclaiming its consumed front) only when
+/// little room is left, so a connection's buffer is reused from exchange to exchange.
+pub fn reserve_read_space(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
 /// How the request's body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RequestFraming {
@@ -98,15 +109,15 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A chunk of a chunked request body.
-pub(crate) fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
+/// A chunk of a chunked body.
+pub fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
     let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
-/// The end of a chunked request body (no trailers).
-pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// What is wrong with an upstream's answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -278,6 +289,21 @@ pub(crate) enum Chunk {
     Trailers(usize),
 }
 
+/// Pieces up to this size are copied out of the read buffer, which then stays the
+/// connection's own for its next exchange; larger ones are handed over without a copy.
+const COPY_AT_MOST: usize = 8 * 1024;
+
+/// The first `n` bytes of `buf`, taken off it.
+fn take_front(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_AT_MOST {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 /// One step of decoding.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -307,13 +333,13 @@ impl BodyDecoder {
                     }
                     let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
                     *left -= take as u64;
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                    return Ok(Step::Data(take_front(buf, take)));
                 }
                 BodyDecoder::UntilClose => {
                     if buf.is_empty() {
                         return Ok(Step::NeedMore);
                     }
-                    return Ok(Step::Data(buf.split().freeze()));
+                    return Ok(Step::Data(take_front(buf, buf.len())));
                 }
                 BodyDecoder::Chunked(chunk) => match chunk {
                     Chunk::Size => match httparse::parse_chunk_size(buf) {
@@ -340,7 +366,7 @@ impl BodyDecoder {
                         if *left == 0 {
                             *chunk = Chunk::DataEnd;
                         }
-                        return Ok(Step::Data(buf.split_to(take).freeze()));
+                        return Ok(Step::Data(take_front(buf, take)));
                     }
                     Chunk::DataEnd => {
                         if buf.len() < 2 {

@@ -14,7 +14,7 @@ pub mod config;
 mod conns;
 pub mod discovery;
 pub mod endpoint;
-mod h1;
+pub mod h1;
 pub mod metrics;
 pub mod outlier;
 pub mod pool;
