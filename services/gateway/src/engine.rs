@@ -165,7 +165,8 @@ impl ProxyHead {
     /// The request, its header values sharing `head`'s bytes; `None` when a name or value is
     /// not one `http` accepts (hyper answers it instead).
     fn request(&self, head: &Bytes, body: Body) -> Option<Request> {
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        // Room for the headers the gateway adds (request id, X-Forwarded-*), so none grows it.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 6);
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
@@ -216,14 +217,11 @@ pub(crate) fn write_response_head(
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    use std::io::Write as _;
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         if framing != Framing::Bodyless
             && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING)
@@ -249,7 +247,9 @@ pub(crate) fn write_response_head(
     match framing {
         Framing::Bodyless => {}
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -364,7 +364,7 @@ async fn connection<S>(
     let mut buf = BytesMut::with_capacity(msa_upstream::h1::READ_SIZE);
     let mut out = Vec::with_capacity(msa_upstream::h1::READ_SIZE);
     let mut timer = Deadline::new(&limits);
-    let client = peer.ip();
+    let client = crate::forwarding::ClientAddr::new(peer.ip());
     loop {
         // A head: the idle clock runs until its first byte, the head's own clock from then.
         let mut idle_since = None;
@@ -456,7 +456,7 @@ async fn connection<S>(
             connections::connection(stream, all.freeze(), peer, fallback, limits, stop).await;
             return;
         };
-        let response = front.proxy(head.route, client, request).await;
+        let response = front.proxy(head.route, &client, request).await;
         let close = front.is_draining() || *stop.borrow();
         if answer(&mut stream, &mut out, &head.method, response, close)
             .await

@@ -47,17 +47,33 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The address a request came from, with its text for `X-Forwarded-For` written once (per
+/// connection, not per request).
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    header: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        let header =
+            HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+        ClientAddr { ip, header }
+    }
+}
+
 /// Prepares a request's headers for the upstream: hop-by-hop headers removed; the client's
 /// address appended to `X-Forwarded-For`; `X-Forwarded-Proto` and `X-Forwarded-Host` kept when
 /// a proxy in front already set them (it saw the original), else `http` and the `Host` header;
 /// `Host` removed so the upstream sees its own address.
-pub fn request_headers(headers: &mut HeaderMap, client: IpAddr) {
+pub fn request_headers(headers: &mut HeaderMap, client: &ClientAddr) {
     remove_hop_by_hop(headers);
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.to_string(),
+        Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.ip)).ok(),
+        None => Some(client.header.clone()),
     };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -109,9 +125,9 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append_the_client_and_keep_what_a_front_proxy_saw() {
-        let client: IpAddr = "127.0.0.9".parse().unwrap();
+        let client = ClientAddr::new("127.0.0.9".parse().unwrap());
         let mut direct = headers(&[("host", "shop.example:8080")]);
-        request_headers(&mut direct, client);
+        request_headers(&mut direct, &client);
         assert_eq!(direct["x-forwarded-for"], "127.0.0.9");
         assert_eq!(direct["x-forwarded-proto"], "http");
         assert_eq!(direct["x-forwarded-host"], "shop.example:8080");
@@ -123,7 +139,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "shop.example"),
         ]);
-        request_headers(&mut behind, client);
+        request_headers(&mut behind, &client);
         assert_eq!(behind["x-forwarded-for"], "203.0.113.7, 127.0.0.9");
         assert_eq!(behind["x-forwarded-proto"], "https");
         assert_eq!(behind["x-forwarded-host"], "shop.example");

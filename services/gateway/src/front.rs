@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use msa_upstream::Upstream;
 use tower::{Service, ServiceExt};
 use tracing::{Instrument, info};
 
+use crate::forwarding::ClientAddr;
 use crate::{Gateway, forward_to};
 
 /// The service the gateway serves: the proxy fast path in front of the full router.
@@ -51,7 +52,7 @@ struct FastMatch {
     index: usize,
     /// The path is the prefix itself (route `/users`, not `/users/{*rest}`).
     exact: bool,
-    client: IpAddr,
+    client: ClientAddr,
 }
 
 struct FastRoute {
@@ -118,13 +119,13 @@ impl Front {
     pub(crate) async fn proxy(
         &self,
         (index, exact): (usize, bool),
-        client: IpAddr,
+        client: &ClientAddr,
         request: Request,
     ) -> Response {
         let matched = FastMatch {
             index,
             exact,
-            client,
+            client: client.clone(),
         };
         self.inner.clone().proxy(matched, request).await
     }
@@ -150,7 +151,7 @@ impl Inner {
         Some(FastMatch {
             index,
             exact,
-            client: peer.ip(),
+            client: ClientAddr::new(peer.ip()),
         })
     }
 
@@ -172,7 +173,13 @@ impl Inner {
             request_id.to_str().unwrap_or_default(),
         );
         msa_telemetry::continue_trace(&span, request.headers());
-        let forwarded = forward_to(&route.upstream, &self.policy, matched.client, request);
+        // Boxed once: the wrappers below then move a pointer, not the whole exchange's state.
+        let forwarded = Box::pin(forward_to(
+            &route.upstream,
+            &self.policy,
+            &matched.client,
+            request,
+        ));
         let mut response = AssertUnwindSafe(forwarded.instrument(span.clone()))
             .catch_unwind()
             .await

@@ -10,7 +10,7 @@ pub mod front;
 pub mod rate_limit;
 pub mod routes;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -123,7 +123,8 @@ async fn forward(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    forward_to(&proxy.upstream, &proxy.policy, client.ip(), request).await
+    let client = forwarding::ClientAddr::new(client.ip());
+    forward_to(&proxy.upstream, &proxy.policy, &client, request).await
 }
 
 /// Passes the request on to `upstream` and its answer back: body limit, forwarding headers;
@@ -131,7 +132,7 @@ async fn forward(
 pub(crate) async fn forward_to(
     upstream: &Upstream,
     policy: &Policy,
-    client: IpAddr,
+    client: &forwarding::ClientAddr,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -145,7 +146,7 @@ pub(crate) async fn forward_to(
             Err(refusal) => {
                 // Refused tokens count against the address: guessing is rate-limited too.
                 if let Some(limiter) = &policy.rate_limit
-                    && let Some(too_fast) = limiter.refusal(&rate_limit::Client::Address(client))
+                    && let Some(too_fast) = limiter.refusal(&rate_limit::Client::Address(client.ip))
                 {
                     return too_fast;
                 }
@@ -162,7 +163,7 @@ pub(crate) async fn forward_to(
     if let Some(limiter) = &policy.rate_limit {
         let caller = match identity {
             Some(identity) => rate_limit::Client::Subject(identity.subject),
-            None => rate_limit::Client::Address(client),
+            None => rate_limit::Client::Address(client.ip),
         };
         if let Some(refusal) = limiter.refusal(&caller) {
             return refusal;

@@ -42,18 +42,17 @@ pub fn template(path: &str) -> &'static str {
     }
     let segments = &segments[..count];
     let mut best: Option<(&'static str, usize)> = None;
-    for candidate in TEMPLATES {
-        let parts = || candidate[1..].split('/');
-        if parts().count() != count {
+    for (candidate, parts) in split_templates() {
+        if parts.len() != count {
             continue;
         }
         let mut literals = 0;
-        let fits = parts().zip(segments).all(|(part, segment)| {
+        let fits = parts.iter().zip(segments).all(|(part, segment)| {
             if part.starts_with('{') {
                 !segment.is_empty()
             } else {
                 literals += 1;
-                part == *segment
+                part == segment
             }
         });
         if fits && best.is_none_or(|(_, most)| literals > most) {
@@ -64,6 +63,18 @@ pub fn template(path: &str) -> &'static str {
         Some((template, _)) => template,
         None => catch_all(path),
     }
+}
+
+/// Every template with its segments, split once.
+fn split_templates() -> &'static [(&'static str, Vec<&'static str>)] {
+    static SPLIT: std::sync::LazyLock<Vec<(&'static str, Vec<&'static str>)>> =
+        std::sync::LazyLock::new(|| {
+            TEMPLATES
+                .iter()
+                .map(|t| (*t, t[1..].split('/').collect()))
+                .collect()
+        });
+    &SPLIT
 }
 
 /// The catch-all of the prefix `path` is under, else `"*"`.

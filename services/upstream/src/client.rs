@@ -491,32 +491,25 @@ impl Inner {
             .unwrap_or(BreakerScope::WHOLE);
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
-        let mut parts = Some(parts);
+        let mut parts = parts;
         loop {
             let replayable = matches!(payload, Payload::Replayable(_));
-            // The head is copied only while another attempt may still need it.
-            let mut head = if replayable && attempt < self.config.max_retries {
-                parts.clone()
-            } else {
-                parts.take()
-            }
-            .expect("the head is kept until the last attempt");
             let body = match &mut payload {
                 Payload::Replayable(bytes) => Body::from(bytes.clone()),
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
             };
             // One client span per attempt; the next hop's parent is this attempt.
             let span = msa_telemetry::client_span(
-                &head.method,
+                &parts.method,
                 &self.name,
-                head.uri.path(),
+                parts.uri.path(),
                 attempt,
-                &mut head.headers,
+                &mut parts.headers,
             );
-            let mut request = Some(Request::from_parts(head, body));
+            let mut body = Some(body);
             let picked = tokio::select! {
                 biased;
-                picked = self.pick(previous, scope, &mut request) => picked,
+                picked = self.pick(previous, scope, &parts, &mut body) => picked,
                 () = &mut timer => return Err(self.overall_timeout()),
             };
             let (addr, call) = picked?;
@@ -636,17 +629,18 @@ impl Inner {
 
     /// Asks the pool for an endpoint other than `exclude`, waiting up to the pool's
     /// `unavailable_after` for discovery to produce a first one; the returned future sends
-    /// `request` to it.
-    async fn pick<'a>(
+    /// `head` and `body` to it.
+    async fn pick<'a, 'h>(
         &'a self,
         exclude: Option<SocketAddr>,
         scope: BreakerScope,
-        request: &mut Option<Request<Body>>,
+        head: &'h Parts,
+        body: &mut Option<Body>,
     ) -> Result<
         (
             SocketAddr,
             crate::pool::Tracked<
-                impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a>,
+                impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a, 'h>,
             >,
         ),
         CallError,
@@ -656,8 +650,9 @@ impl Inner {
         let mut changed = None;
         loop {
             let outcome = self.lock().send(Instant::now(), exclude, scope, |addr| {
-                let request = request.take().expect("sent once");
-                self.connections.send(addr, request)
+                let body = body.take().expect("sent once");
+                // Boxed: the pool, the span and the select move a pointer, not the exchange.
+                Box::pin(self.connections.send(addr, head, body))
             });
             match outcome {
                 Ok(picked) => return Ok(picked),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{Request, Response, header};
+use http::{Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -62,33 +62,48 @@ struct Idle {
 /// hand their connection back.
 #[derive(Default)]
 struct IdleSet {
-    by_endpoint: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    by_endpoint: Mutex<HashMap<SocketAddr, Endpoint>>,
+}
+
+struct Endpoint {
+    idle: Vec<Idle>,
+    /// Its address as a `Host` header value, written once.
+    host: Bytes,
 }
 
 impl IdleSet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
         self.by_endpoint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used open connection (the others age out), or none.
-    fn checkout(&self, addr: SocketAddr) -> Option<(TcpStream, BytesMut)> {
+    /// The endpoint's `Host` value and its most recently used open connection (the others age
+    /// out), if any.
+    fn checkout(&self, addr: SocketAddr) -> (Bytes, Option<(TcpStream, BytesMut)>) {
         let mut idle = self.lock();
-        let queue = idle.get_mut(&addr)?;
-        while let Some(candidate) = queue.pop() {
+        let endpoint = idle.entry(addr).or_insert_with(|| Endpoint {
+            idle: Vec::new(),
+            host: Bytes::from(addr.to_string()),
+        });
+        while let Some(candidate) = endpoint.idle.pop() {
             if still_open(&candidate.stream) {
-                return Some((candidate.stream, candidate.buf));
+                return (
+                    endpoint.host.clone(),
+                    Some((candidate.stream, candidate.buf)),
+                );
             }
         }
-        None
+        (endpoint.host.clone(), None)
     }
 
     fn checkin(&self, addr: SocketAddr, stream: TcpStream, buf: BytesMut) {
         let mut idle = self.lock();
-        let queue = idle.entry(addr).or_default();
-        if queue.len() < MAX_IDLE_PER_ENDPOINT {
-            queue.push(Idle {
+        // An endpoint pruned while this connection was out is not brought back.
+        if let Some(endpoint) = idle.get_mut(&addr)
+            && endpoint.idle.len() < MAX_IDLE_PER_ENDPOINT
+        {
+            endpoint.idle.push(Idle {
                 stream,
                 buf,
                 since: Instant::now(),
@@ -130,15 +145,17 @@ impl Connections {
         }
     }
 
-    /// Sends `request` to `addr` on an idle connection, or on a new one when none is open. The
-    /// URI is sent in origin form; a missing `Host` becomes the endpoint's address.
+    /// Sends a request (`parts` and `body`) to `addr` on an idle connection, or on a new one
+    /// when none is open. The URI is sent in origin form; a missing `Host` becomes the
+    /// endpoint's address.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        request: Request<Body>,
+        parts: &Parts,
+        body: Body,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (parts, body) = request.into_parts();
-        let (mut stream, mut buf, reused) = match self.idle.checkout(addr) {
+        let (host, idle) = self.idle.checkout(addr);
+        let (mut stream, mut buf, reused) = match idle {
             Some((stream, buf)) => (stream, buf, true),
             None => (
                 self.connect(addr).await?,
@@ -146,7 +163,7 @@ impl Connections {
                 false,
             ),
         };
-        let head = match exchange(&mut stream, addr, &parts, body, &mut buf).await {
+        let head = match exchange(&mut stream, &host, parts, body, &mut buf).await {
             Ok(head) => head,
             Err(Failure::Body(error) | Failure::Answer(error)) => {
                 return Err(SendError::Exchange(error));
@@ -195,8 +212,8 @@ impl Connections {
         if let Some(present) = present {
             idle.retain(|addr, _| present.iter().any(|e| e.addr == *addr));
         }
-        for connections in idle.values_mut() {
-            connections.retain(|c| {
+        for endpoint in idle.values_mut() {
+            endpoint.idle.retain(|c| {
                 now.duration_since(c.since) < self.idle_timeout && still_open(&c.stream)
             });
         }
@@ -204,7 +221,7 @@ impl Connections {
 
     /// Idle connections per endpoint (for tests and the admin view).
     pub(crate) fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.lock().get(&addr).map_or(0, Vec::len)
+        self.idle.lock().get(&addr).map_or(0, |e| e.idle.len())
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, SendError> {
@@ -228,12 +245,12 @@ impl Connections {
 /// Writes the request and reads the response head; bytes read past the head stay in `buf`.
 async fn exchange(
     stream: &mut TcpStream,
-    addr: SocketAddr,
+    host: &[u8],
     parts: &Parts,
     body: Body,
     buf: &mut BytesMut,
 ) -> Result<ResponseHead, Failure> {
-    write_request(stream, addr, parts, body).await?;
+    write_request(stream, host, parts, body).await?;
     let mut answered = false;
     loop {
         if !buf.is_empty() {
@@ -264,7 +281,7 @@ async fn exchange(
 /// Writes the request head and body; a small body goes out with the head in one write.
 async fn write_request(
     stream: &mut TcpStream,
-    addr: SocketAddr,
+    host: &[u8],
     parts: &Parts,
     mut body: Body,
 ) -> Result<(), Failure> {
@@ -274,7 +291,7 @@ async fn write_request(
         parts.headers.contains_key(header::CONTENT_LENGTH),
     );
     let mut out = Vec::with_capacity(512);
-    h1::write_request_head(parts, addr, framing, &mut out);
+    h1::write_request_head(parts, host, framing, &mut out);
     let mut sent: u64 = 0;
     if framing != RequestFraming::None {
         while let Some(frame) = body.frame().await {
@@ -436,7 +453,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::HeaderValue;
+    use http::{HeaderValue, Request};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -473,8 +490,8 @@ mod tests {
     }
 
     async fn get(connections: &Connections, addr: SocketAddr, path: &str) -> String {
-        let request = Request::get(path).body(Body::empty()).unwrap();
-        let response = connections.send(addr, request).await.unwrap();
+        let (head, ()) = Request::get(path).body(()).unwrap().into_parts();
+        let response = connections.send(addr, &head, Body::empty()).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -537,8 +554,11 @@ mod tests {
         let (addr, accepted) = silent_closer().await;
         let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
         for _ in 0..3 {
-            let request = Request::post("/orders").body(Body::from("{}")).unwrap();
-            let response = connections.send(addr, request).await.unwrap();
+            let (head, ()) = Request::post("/orders").body(()).unwrap().into_parts();
+            let response = connections
+                .send(addr, &head, Body::from("{}"))
+                .await
+                .unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
             // The endpoint's FIN arrives while the connection is idle.
@@ -565,8 +585,8 @@ mod tests {
                 .await;
         });
         let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
-        let request = Request::get("/").body(Body::empty()).unwrap();
-        let response = connections.send(addr, request).await.unwrap();
+        let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
+        let response = connections.send(addr, &head, Body::empty()).await.unwrap();
         assert!(response.into_body().collect().await.is_err());
         assert_eq!(connections.idle_count(addr), 0);
     }
@@ -592,9 +612,9 @@ mod tests {
         let addr = unused.local_addr().unwrap();
         drop(unused);
         let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
-        let request = Request::get("/").body(Body::empty()).unwrap();
+        let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
         assert!(matches!(
-            connections.send(addr, request).await,
+            connections.send(addr, &head, Body::empty()).await,
             Err(SendError::Connect(_))
         ));
     }

@@ -11,7 +11,6 @@
 //! in one event loop iteration.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -68,7 +67,7 @@ impl RequestFraming {
 /// framing of their own (the body's framing is `framing`), and `Host` when missing.
 pub(crate) fn write_request_head(
     parts: &Parts,
-    host: SocketAddr,
+    host: &[u8],
     framing: RequestFraming,
     out: &mut Vec<u8>,
 ) {
@@ -83,8 +82,7 @@ pub(crate) fn write_request_head(
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "host: {host}\r\n");
+        header_line(out, b"host", host);
     }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -95,7 +93,11 @@ pub(crate) fn write_request_head(
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            header_line(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
         }
         RequestFraming::Chunked => header_line(out, b"transfer-encoding", b"chunked"),
     }
@@ -111,6 +113,7 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A chunk of a chunked body.
 pub fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
     let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
@@ -183,11 +186,16 @@ pub(crate) fn parse_response_head(
         } else {
             Version::HTTP_11
         };
+        // One copy of the head; the header values are slices of it (one allocation, not one
+        // per header).
+        let head = Bytes::copy_from_slice(&buf[..consumed]);
+        let base = buf.as_ptr() as usize;
         let mut headers = HeaderMap::with_capacity(response.headers.len());
         for h in response.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ResponseError::Malformed("header name"))?;
-            let value = HeaderValue::from_bytes(h.value)
+            let start = h.value.as_ptr() as usize - base;
+            let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
                 .map_err(|_| ResponseError::Malformed("header value"))?;
             headers.append(name, value);
         }
@@ -461,12 +469,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        write_request_head(
-            &parts,
-            "127.0.0.1:9".parse().unwrap(),
-            RequestFraming::Length(5),
-            &mut out,
-        );
+        write_request_head(&parts, b"127.0.0.1:9", RequestFraming::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /orders?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n"
@@ -478,12 +481,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        write_request_head(
-            &parts,
-            "127.0.0.1:9".parse().unwrap(),
-            RequestFraming::None,
-            &mut out,
-        );
+        write_request_head(&parts, b"127.0.0.1:9", RequestFraming::None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /users HTTP/1.1\r\nhost: shop.example\r\n\r\n"
