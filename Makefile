@@ -90,7 +90,7 @@ bench-node: images ## Real-node figures: image sizes, build times, apply→Ready
 	tests/cluster/run.sh target/debug/node-bench
 
 bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables
-	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v strace >/dev/null \
-	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy wrk strace
+	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v strace >/dev/null && command -v valgrind >/dev/null \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy wrk strace valgrind
 	$(CARGO) build --release -p msa-gateway --bins
-	hack/bench-gateway.py --syscalls $(BENCH_ARGS)
+	hack/bench-gateway.py --syscalls --instructions $(BENCH_ARGS)

@@ -10,10 +10,15 @@ medians are quoted. Not a pass/fail test: it prints figures (see BENCHMARKS.md).
 The closing table is the goal of issue 14: each proxy's CPU per request at 1 and 16
 connections and its added p50 at one connection, with the gateway's ratio to the lower of nginx's
 and HAProxy's (goal: at or below 1.00). With --syscalls it also counts each proxy's system calls
-per request under strace (a separate short run; strace slows it, the counts stay exact).
+per request under strace (a separate short run; strace slows it, the counts stay exact). With
+--instructions it counts each proxy's user-space instructions per request under valgrind's
+callgrind (16 connections): unlike CPU time on a shared virtual machine, that figure does not
+drift from run to run, so it shows changes of a few percent.
 
 Usage: hack/bench-gateway.py [--rounds 5] [--seconds 3] [--connections 1,16] [--syscalls]
-(`make bench-gateway` builds the release binaries and installs nginx, haproxy and wrk first.)
+       [--instructions] [--baseline BINARY]
+(`make bench-gateway` builds the release binaries and installs nginx, haproxy, wrk, strace and
+valgrind first.)
 """
 
 import argparse
@@ -93,10 +98,11 @@ def wrk(port, connections, seconds):
     return rps, p50, p99, total
 
 
-def nginx_config():
+def nginx_config(master=True):
     servers = "".join(f"    server {h}:{p};\n" for h, p in BACKENDS)
     return f"""worker_processes 1;
 daemon off;
+master_process {"on" if master else "off"};
 pid {WORK}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 1024; }}
@@ -148,6 +154,8 @@ def main():
     parser.add_argument("--connections", default="1,16")
     parser.add_argument("--syscalls", action="store_true",
                         help="also count system calls per request with strace")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count user-space instructions per request under callgrind")
     parser.add_argument("--baseline", metavar="BINARY",
                         help="also measure this msa-gateway build (say, one of an earlier commit) "
                              "as the target `baseline`, to see a change's effect in one run")
@@ -166,20 +174,23 @@ def main():
         gateways = {"msa-gateway": os.path.join(RELEASE, "msa-gateway")}
         if args.baseline:
             gateways["baseline"] = args.baseline
+        # Each proxy's command line and environment.
+        commands = {}
         for name, binary in gateways.items():
-            processes[name] = start(name, [
+            commands[name] = ([
                 binary, "--listen", f"127.0.0.1:{PORTS[name]}",
                 "--upstream-user", upstreams, "--upstream-order", upstreams,
                 "--upstream-product", upstreams, "--worker-threads", "1",
-                "--drain-delay-seconds", "0"], PORTS[name], env={"RUST_LOG": "warn"})
-        with open(os.path.join(WORK, "nginx.conf"), "w") as f:
-            f.write(nginx_config())
-        processes["nginx"] = start("nginx", [
-            "nginx", "-c", os.path.join(WORK, "nginx.conf"), "-p", WORK], PORTS["nginx"])
+                "--drain-delay-seconds", "0"], {"RUST_LOG": "warn"})
+        for master in (True, False):
+            with open(os.path.join(WORK, f"nginx-{'master' if master else 'single'}.conf"), "w") as f:
+                f.write(nginx_config(master))
+        commands["nginx"] = (["nginx", "-c", os.path.join(WORK, "nginx-master.conf"), "-p", WORK], {})
         with open(os.path.join(WORK, "haproxy.cfg"), "w") as f:
             f.write(haproxy_config())
-        processes["haproxy"] = start("haproxy", [
-            "haproxy", "-db", "-f", os.path.join(WORK, "haproxy.cfg")], PORTS["haproxy"])
+        commands["haproxy"] = (["haproxy", "-db", "-f", os.path.join(WORK, "haproxy.cfg")], {})
+        for name, (argv, env) in commands.items():
+            processes[name] = start(name, argv, PORTS[name], env=env)
 
         targets = ["direct", "msa-gateway", "nginx", "haproxy"] + list(gateways)[1:]
         # nginx's master forks the worker that does the work; count the whole process tree.
@@ -221,14 +232,21 @@ def main():
         if args.syscalls:
             for target in targets[1:]:
                 syscalls[target] = count_syscalls(processes[target].pid, PORTS[target])
+        instructions = {}
+        if args.instructions:
+            for target in targets[1:]:
+                # The same proxy again, under callgrind; nginx as a single process (no master
+                # forking the worker that does the work).
+                stop(processes.pop(target))
+                argv, env = commands[target]
+                if target == "nginx":
+                    argv = ["nginx", "-c", os.path.join(WORK, "nginx-single.conf"), "-p", WORK]
+                instructions[target] = count_instructions(target, argv, env, PORTS[target])
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
         for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
 
     med = lambda xs: statistics.median(xs)
     print(f"\nmedians of {args.rounds} rounds × {args.seconds} s, GET {PATH}, wrk -t1 on CPU {LOAD_CPU}; "
@@ -268,8 +286,10 @@ def main():
     print("| | " + " | ".join(f"proxy CPU µs/req, {c} conn{'s' if c > 1 else ''} (user + kernel)"
                               for c in connections)
           + f" | added p50 µs, {connections[0]} conn{'s' if connections[0] > 1 else ''} | req/s, "
-          f"{connections[-1]} conns |" + (" syscalls/req |" if syscalls else ""))
-    print("| --- |" + " ---: |" * (len(connections) + 2 + (1 if syscalls else 0)))
+          f"{connections[-1]} conns |" + (" syscalls/req |" if syscalls else "")
+          + (" user instructions/req |" if instructions else ""))
+    print("| --- |" + " ---: |" * (len(connections) + 2 + (1 if syscalls else 0)
+                                   + (1 if instructions else 0)))
     one = connections[0]
     added = lambda t: medians[(t, one)][1] - medians[("direct", one)][1]
     for target in targets[1:]:
@@ -278,11 +298,15 @@ def main():
         cells += [f"+{added(target):.0f}", f"{medians[(target, connections[-1])][0]:.0f}"]
         if syscalls:
             cells.append(f"{syscalls[target]:.1f}")
+        if instructions:
+            cells.append(f"{instructions[target]:,.0f}")
         print(f"| {target} | " + " | ".join(cells) + " |")
     ratios = [("CPU/req", c, lambda t, c=c: medians[(t, c)][3]) for c in connections]
     ratios.append(("added p50", one, added))
     if syscalls:
         ratios.append(("syscalls/req", connections[-1], lambda t: syscalls[t]))
+    if instructions:
+        ratios.append(("user instructions/req", 16, lambda t: instructions[t]))
     print()
     for label, c, figure in ratios:
         best = min(("nginx", "haproxy"), key=figure)
@@ -312,6 +336,46 @@ def count_syscalls(pid, port, seconds=2, connections=16):
     total_calls = int(match[-1]) if match else 0
     log(f"strace on port {port}: {total_calls} calls for {total} requests")
     return total_calls / total if total else 0.0
+
+
+def stop(process):
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def count_instructions(name, argv, env, port, seconds=4, connections=16):
+    """User-space instructions per request of a proxy run under callgrind: instrumentation is
+    switched on after a warm-up, for one wrk run, and the counts dumped."""
+    for tool in ["valgrind", "callgrind_control"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install valgrind")
+    out = os.path.join(WORK, f"callgrind-{name}.out")
+    process = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", "--instr-atstart=no",
+         f"--callgrind-out-file={out}"] + argv,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(WORK, f"{name}-callgrind.log"), "w"),
+        env={**os.environ, **env},
+    )
+    try:
+        wait_port(port, timeout=60)
+        wrk(port, connections, 1)
+        control = lambda *a: subprocess.run(["callgrind_control", *a, str(process.pid)],
+                                            capture_output=True, check=True, timeout=60)
+        control("-i", "on")
+        _, _, _, total = wrk(port, connections, seconds)
+        control("-i", "off")
+        control("-d")
+    finally:
+        stop(process)
+    with open(out + ".1") as f:
+        counted = max(int(n) for n in re.findall(r"^(?:totals|summary):\s+(\d+)", f.read(), re.M))
+    log(f"callgrind {name}: {counted} instructions for {total} requests")
+    return counted / total if total else 0.0
 
 
 if __name__ == "__main__":
