@@ -569,12 +569,36 @@ async fn sigterm_fails_readiness_but_keeps_serving_during_the_drain_delay() {
         &[("RUST_LOG", "warn")],
     )
     .await;
+    // A keep-alive connection opened before the signal, served by the gateway's own loop.
+    let addr = gw.base_url.trim_start_matches("http://").to_owned();
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = b"GET /users/1 HTTP/1.1\r\nhost: t\r\n\r\n";
+    kept.write_all(request).await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = kept.read(&mut first).await.unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).to_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+
     gw.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = get(format!("{}/readyz", gw.base_url)).await;
     assert_eq!(ready.status(), 503);
     let served = get(format!("{}/users", gw.base_url)).await;
     assert_eq!(served.status(), 200, "still serving while draining");
+    assert_eq!(
+        served.headers()["connection"],
+        "close",
+        "new connections are told to go"
+    );
+    // The kept connection's next answer says so too, and the gateway closes it.
+    kept.write_all(request).await.unwrap();
+    let (answer, closed) =
+        msa_service_kit::testing::read_until_closed(&mut kept, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(closed, "closed after the answer while draining");
     assert!(gw.stop(), "exits cleanly after the drain");
 }
 
