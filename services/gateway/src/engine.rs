@@ -1,6 +1,6 @@
 //! The gateway's own HTTP/1.1 server loop for its API port. Proxy traffic is nearly all the
 //! gateway does, and for it this loop reads the request head with `httparse`, builds the request
-//! around the head's own bytes (header values are slices of them, not copies), calls
+//! on one copy of the head (header values are slices of it, not one allocation each), calls
 //! [`Front::proxy`] and writes the answer — head and a small body in one write — on the same
 //! task that reads the upstream's answer (see msa-upstream's `conns`). One task and no channel
 //! per exchange, as nginx and HAProxy handle one in one event-loop turn.
@@ -29,11 +29,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use msa_service_kit::Problem;
 use msa_service_kit::connections::{self, ConnectionLimits, REQUEST_TIMEOUT};
 use msa_service_kit::server::{Ops, close_connections_while_draining};
+use msa_upstream::h1::{Framing, write_message};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -45,8 +45,6 @@ use crate::front::Front;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most headers a request may have here (hyper's limit too); more go to hyper.
 const MAX_HEADERS: usize = 100;
-/// Answer bytes gathered before a write while the body streams in quickly.
-const WRITE_SIZE: usize = 64 * 1024;
 
 /// Serves the gateway's API on `listener` until `stop` turns true (see [`connections::accept`]
 /// for the connection limit and the drain).
@@ -182,31 +180,6 @@ impl ProxyHead {
     }
 }
 
-/// How an answer's body is framed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Framing {
-    /// No body may follow (HEAD, 1xx, 204, 304): the headers are passed as they are.
-    Bodyless,
-    Length(u64),
-    Chunked,
-}
-
-impl Framing {
-    pub(crate) fn of(method: &Method, status: StatusCode, size: Option<u64>) -> Self {
-        if *method == Method::HEAD
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Framing::Bodyless;
-        }
-        match size {
-            Some(n) => Framing::Length(n),
-            None => Framing::Chunked,
-        }
-    }
-}
-
 /// Writes a response head: the status line, the headers (without framing headers of their
 /// own, unless bodyless), `Date` when missing, `Connection: close` when `close`, then the
 /// body's framing.
@@ -223,7 +196,7 @@ pub(crate) fn write_response_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if framing != Framing::Bodyless
+        if framing != Framing::None
             && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING)
         {
             continue;
@@ -245,7 +218,7 @@ pub(crate) fn write_response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     match framing {
-        Framing::Bodyless => {}
+        Framing::None => {}
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -428,7 +401,7 @@ async fn connection<S>(
                     let _ = answer(
                         &mut stream,
                         &mut out,
-                        &Method::POST,
+                        &head.method,
                         stalled.into_response(),
                         true,
                     )
@@ -481,37 +454,13 @@ async fn answer(
     response: Response,
     close: bool,
 ) -> Result<(), Cut> {
-    let (parts, mut body) = response.into_parts();
-    let framing = Framing::of(method, parts.status, body.size_hint().exact());
+    let (parts, body) = response.into_parts();
+    let framing = Framing::of_response(method, parts.status, body.size_hint().exact());
     out.clear();
     write_response_head(parts.status, &parts.headers, framing, close, out);
-    let mut sent: u64 = 0;
-    if framing != Framing::Bodyless {
-        while !body.is_end_stream() {
-            let Some(frame) = body.frame().await else {
-                break;
-            };
-            let Ok(data) = frame.map_err(|_| Cut)?.into_data() else {
-                continue; // trailers are not passed on
-            };
-            sent = sent.saturating_add(data.len() as u64);
-            match framing {
-                Framing::Length(n) if sent > n => return Err(Cut),
-                Framing::Chunked if !data.is_empty() => msa_upstream::h1::write_chunk(&data, out),
-                _ => out.extend_from_slice(&data),
-            }
-            if !body.is_end_stream() || out.len() >= WRITE_SIZE {
-                stream.write_all(out).await.map_err(|_| Cut)?;
-                out.clear();
-            }
-        }
-        match framing {
-            Framing::Length(n) if sent != n => return Err(Cut),
-            Framing::Chunked => out.extend_from_slice(msa_upstream::h1::LAST_CHUNK),
-            _ => {}
-        }
-    }
-    stream.write_all(out).await.map_err(|_| Cut)
+    write_message(stream, out, body, framing)
+        .await
+        .map_err(|_| Cut)
 }
 
 #[cfg(test)]
@@ -607,18 +556,6 @@ mod tests {
                 .ends_with("connection: close\r\ntransfer-encoding: chunked\r\n\r\n")
         );
         // A HEAD answer keeps the length the upstream announced.
-        assert!(head(Framing::Bodyless, false).contains("content-length: 99\r\n"));
-        assert_eq!(
-            Framing::of(&Method::HEAD, StatusCode::OK, Some(0)),
-            Framing::Bodyless
-        );
-        assert_eq!(
-            Framing::of(&Method::GET, StatusCode::NOT_MODIFIED, None),
-            Framing::Bodyless
-        );
-        assert_eq!(
-            Framing::of(&Method::GET, StatusCode::OK, None),
-            Framing::Chunked
-        );
+        assert!(head(Framing::None, false).contains("content-length: 99\r\n"));
     }
 }

@@ -93,9 +93,7 @@ impl Front {
             }),
         })
     }
-}
 
-impl Front {
     /// The proxy route `path` (without its query) belongs to, and whether it is the prefix
     /// itself.
     pub(crate) fn route_of(&self, path: &str) -> Option<(usize, bool)> {

@@ -478,7 +478,7 @@ impl Inner {
 
     async fn attempts(
         &self,
-        parts: Parts,
+        mut parts: Parts,
         mut payload: Payload,
         retry_safe: bool,
         deadline: tokio::time::Instant,
@@ -491,13 +491,12 @@ impl Inner {
             .unwrap_or(BreakerScope::WHOLE);
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
-        let mut parts = parts;
         loop {
             let replayable = matches!(payload, Payload::Replayable(_));
-            let body = match &mut payload {
+            let mut body = Some(match &mut payload {
                 Payload::Replayable(bytes) => Body::from(bytes.clone()),
                 Payload::Streaming(body) => body.take().unwrap_or_else(Body::empty),
-            };
+            });
             // One client span per attempt; the next hop's parent is this attempt.
             let span = msa_telemetry::client_span(
                 &parts.method,
@@ -506,7 +505,6 @@ impl Inner {
                 attempt,
                 &mut parts.headers,
             );
-            let mut body = Some(body);
             let picked = tokio::select! {
                 biased;
                 picked = self.pick(previous, scope, &parts, &mut body) => picked,

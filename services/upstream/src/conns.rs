@@ -22,17 +22,13 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{Response, header};
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::h1::{self, BodyDecoder, RequestFraming, ResponseHead, Step};
+use crate::h1::{self, BodyDecoder, Framing, ResponseHead, Step, WriteError};
 
 /// Idle connections kept per endpoint; more are closed when handed back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
-/// Request bytes gathered before a write when the body streams in quickly.
-const WRITE_SIZE: usize = 64 * 1024;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -128,12 +124,11 @@ pub(crate) struct Connections {
 
 /// How an exchange failed, before it is judged reused or not.
 enum Failure {
-    /// The caller's body failed while it was being sent.
-    Body(BoxError),
     /// The endpoint closed or reset the connection before any byte of an answer.
     Unanswered(io::Error),
-    /// The endpoint answered badly or stopped mid-head.
-    Answer(BoxError),
+    /// The caller's body failed while it was sent, or the endpoint answered badly or stopped
+    /// mid-head.
+    Broken(BoxError),
 }
 
 impl Connections {
@@ -165,9 +160,7 @@ impl Connections {
         };
         let head = match exchange(&mut stream, &host, parts, body, &mut buf).await {
             Ok(head) => head,
-            Err(Failure::Body(error) | Failure::Answer(error)) => {
-                return Err(SendError::Exchange(error));
-            }
+            Err(Failure::Broken(error)) => return Err(SendError::Exchange(error)),
             Err(Failure::Unanswered(error)) => {
                 return Err(SendError::Closed {
                     error: error.into(),
@@ -193,11 +186,8 @@ impl Connections {
             live: Some(live),
             decoder: body,
         };
-        if body.decoder.remaining() == Some(0) {
-            // Nothing follows the head: the connection is free now.
-            body.decoder = BodyDecoder::Done;
-            body.release();
-        }
+        // Nothing may follow the head: the connection is free now.
+        body.release_when_complete();
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -258,12 +248,12 @@ async fn exchange(
             match h1::parse_response_head(buf, &parts.method) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
-                Err(error) => return Err(Failure::Answer(error.into())),
+                Err(error) => return Err(Failure::Broken(error.into())),
             }
         }
         match std::future::poll_fn(|cx| poll_read(stream, cx, buf)).await {
             Ok(0) if answered => {
-                return Err(Failure::Answer("the connection closed mid-head".into()));
+                return Err(Failure::Broken("the connection closed mid-head".into()));
             }
             Ok(0) => {
                 return Err(Failure::Unanswered(io::Error::new(
@@ -272,7 +262,7 @@ async fn exchange(
                 )));
             }
             Ok(_) => {}
-            Err(error) if answered => return Err(Failure::Answer(error.into())),
+            Err(error) if answered => return Err(Failure::Broken(error.into())),
             Err(error) => return Err(Failure::Unanswered(error)),
         }
     }
@@ -283,58 +273,24 @@ async fn write_request(
     stream: &mut TcpStream,
     host: &[u8],
     parts: &Parts,
-    mut body: Body,
+    body: Body,
 ) -> Result<(), Failure> {
-    let framing = RequestFraming::of(
+    let framing = Framing::of_request(
         &parts.method,
         body.size_hint().exact(),
         parts.headers.contains_key(header::CONTENT_LENGTH),
     );
     let mut out = Vec::with_capacity(512);
     h1::write_request_head(parts, host, framing, &mut out);
-    let mut sent: u64 = 0;
-    if framing != RequestFraming::None {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Failure::Body(e.into()))?;
-            // Trailers of a chunked request are not passed on.
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            sent = sent.saturating_add(data.len() as u64);
-            match framing {
-                RequestFraming::Chunked if !data.is_empty() => h1::write_chunk(&data, &mut out),
-                RequestFraming::Length(length) if sent > length => {
-                    return Err(Failure::Body(
-                        "the request body is longer than its length".into(),
-                    ));
-                }
-                _ => out.extend_from_slice(&data),
-            }
-            // A body still arriving is passed on as it comes, not held back.
-            if !body.is_end_stream() || out.len() >= WRITE_SIZE {
-                write(stream, &out).await?;
-                out.clear();
-            }
-        }
-        match framing {
-            RequestFraming::Length(length) if sent != length => {
-                return Err(Failure::Body(
-                    "the request body is shorter than its length".into(),
-                ));
-            }
-            RequestFraming::Chunked => out.extend_from_slice(h1::LAST_CHUNK),
-            _ => {}
-        }
-    }
-    write(stream, &out).await
-}
-
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Failure> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    // A write fails only when the endpoint is gone (reset, broken pipe): nothing was answered.
-    stream.write_all(bytes).await.map_err(Failure::Unanswered)
+    h1::write_message(stream, &mut out, body, framing)
+        .await
+        .map_err(|error| match error {
+            WriteError::Body(error) => Failure::Broken(error.into()),
+            WriteError::Length(what) => Failure::Broken(what.into()),
+            // A write fails only when the endpoint is gone (reset, broken pipe): nothing was
+            // answered.
+            WriteError::Io(error) => Failure::Unanswered(error),
+        })
 }
 
 /// Reads what the socket has into `buf` (0: the endpoint closed it). Through `AsyncRead`, not
@@ -369,7 +325,13 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn release(&mut self) {
+    /// Once the body's last byte is read, the connection goes back to the idle set (or closes,
+    /// when it cannot carry another exchange).
+    fn release_when_complete(&mut self) {
+        if self.decoder.remaining() != Some(0) {
+            return;
+        }
+        self.decoder = BodyDecoder::Done;
         if let Some(live) = self.live.take()
             && live.reusable
             && live.buf.is_empty()
@@ -400,16 +362,13 @@ impl hyper::body::Body for UpstreamBody {
             };
             match this.decoder.step(&mut live.buf) {
                 Ok(Step::Data(data)) => {
-                    // A reader that knows the length (hyper's server) stops polling at its
-                    // last byte, so the connection is freed with it.
-                    if this.decoder.remaining() == Some(0) {
-                        this.decoder = BodyDecoder::Done;
-                        this.release();
-                    }
+                    // A reader that knows the length stops polling at its last byte, so the
+                    // connection is freed with it.
+                    this.release_when_complete();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Step::Done) => {
-                    this.release();
+                    this.release_when_complete();
                     return Poll::Ready(None);
                 }
                 Ok(Step::NeedMore) => {}
@@ -454,6 +413,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::{HeaderValue, Request};
+    use http_body_util::BodyExt;
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;

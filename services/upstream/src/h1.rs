@@ -1,8 +1,9 @@
 //! The HTTP/1.1 a client speaks to an upstream, as plain functions over bytes: a request head
 //! written straight from the request's parts, a response head parsed with `httparse` (the
 //! parser hyper itself uses), and the response body's framing (RFC 9112 §6) decoded step by
-//! step from a buffer. No I/O here: [`crate::conns`] owns the sockets and calls these, so each
-//! rule is unit-tested on bytes.
+//! step from a buffer. [`crate::conns`] owns the sockets and calls these, so each rule is
+//! unit-tested on bytes. The one piece of I/O, [`write_message`], streams a body onto a socket
+//! in its framing; the gateway's own server loop writes its answers with it too.
 //!
 //! Why not hyper's client connection: it runs each connection in a task of its own and hands
 //! requests and responses over channels, so every request crosses tasks three times (request
@@ -37,40 +38,112 @@ pub fn reserve_read_space(buf: &mut BytesMut) {
     }
 }
 
-/// How the request's body is framed on the wire.
+/// How a message's body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RequestFraming {
-    /// No body and no `Content-Length` (a GET, say).
+pub enum Framing {
+    /// No body and no framing header of its own (a GET; an answer to HEAD, a 1xx, 204 or 304,
+    /// whose headers are passed as they are).
     None,
     Length(u64),
     Chunked,
 }
 
-impl RequestFraming {
-    /// The framing for a body of `size` (`None`: unknown until it ends). An empty body gets
+impl Framing {
+    /// A request's, for a body of `size` (`None`: unknown until it ends). An empty body gets
     /// `Content-Length: 0` where a body is expected (POST, PUT, PATCH) or the caller sent one.
-    pub(crate) fn of(method: &Method, size: Option<u64>, had_length: bool) -> Self {
+    pub(crate) fn of_request(method: &Method, size: Option<u64>, had_length: bool) -> Self {
         match size {
             Some(0)
                 if !had_length
                     && !matches!(*method, Method::POST | Method::PUT | Method::PATCH) =>
             {
-                RequestFraming::None
+                Framing::None
             }
-            Some(n) => RequestFraming::Length(n),
-            None => RequestFraming::Chunked,
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    }
+
+    /// An answer's to a `method` request: none where no body may follow, else by `size`.
+    pub fn of_response(method: &Method, status: StatusCode, size: Option<u64>) -> Self {
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Framing::None;
+        }
+        match size {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
         }
     }
 }
 
+/// Bytes gathered before a write while a body streams in quickly.
+const WRITE_SIZE: usize = 64 * 1024;
+
+/// Why a message could not be written whole.
+#[derive(Debug)]
+pub enum WriteError<E> {
+    /// The body failed.
+    Body(E),
+    /// The body was longer or shorter than its `Content-Length`.
+    Length(&'static str),
+    /// The socket failed (the peer is gone).
+    Io(std::io::Error),
+}
+
+/// Writes `out` (a head already in it) and then `body` in `framing` to `stream`: what of the
+/// body is ready goes out with the head in one write, the rest as it arrives, not held back.
+pub async fn write_message<B>(
+    stream: &mut tokio::net::TcpStream,
+    out: &mut Vec<u8>,
+    mut body: B,
+    framing: Framing,
+) -> Result<(), WriteError<B::Error>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let mut sent: u64 = 0;
+    if framing != Framing::None {
+        while !body.is_end_stream() {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
+            // Trailers are not passed on.
+            let Ok(data) = frame.map_err(WriteError::Body)?.into_data() else {
+                continue;
+            };
+            sent = sent.saturating_add(data.len() as u64);
+            match framing {
+                Framing::Length(n) if sent > n => {
+                    return Err(WriteError::Length("the body is longer than its length"));
+                }
+                Framing::Chunked if !data.is_empty() => write_chunk(&data, out),
+                _ => out.extend_from_slice(&data),
+            }
+            if !body.is_end_stream() || out.len() >= WRITE_SIZE {
+                stream.write_all(out).await.map_err(WriteError::Io)?;
+                out.clear();
+            }
+        }
+        match framing {
+            Framing::Length(n) if sent != n => {
+                return Err(WriteError::Length("the body is shorter than its length"));
+            }
+            Framing::Chunked => out.extend_from_slice(LAST_CHUNK),
+            _ => {}
+        }
+    }
+    stream.write_all(out).await.map_err(WriteError::Io)
+}
+
 /// Writes the request line and headers: origin-form target, the parts' headers without any
 /// framing of their own (the body's framing is `framing`), and `Host` when missing.
-pub(crate) fn write_request_head(
-    parts: &Parts,
-    host: &[u8],
-    framing: RequestFraming,
-    out: &mut Vec<u8>,
-) {
+pub(crate) fn write_request_head(parts: &Parts, host: &[u8], framing: Framing, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -91,15 +164,15 @@ pub(crate) fn write_request_head(
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        RequestFraming::None => {}
-        RequestFraming::Length(n) => {
+        Framing::None => {}
+        Framing::Length(n) => {
             header_line(
                 out,
                 b"content-length",
                 itoa::Buffer::new().format(n).as_bytes(),
             );
         }
-        RequestFraming::Chunked => header_line(out, b"transfer-encoding", b"chunked"),
+        Framing::Chunked => header_line(out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -112,7 +185,7 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// A chunk of a chunked body.
-pub fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
+fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
@@ -120,7 +193,7 @@ pub fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// The end of a chunked body (no trailers).
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// What is wrong with an upstream's answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -135,6 +208,8 @@ pub(crate) enum ResponseError {
     BadLength,
     #[error("malformed chunked body: {0}")]
     BadChunk(&'static str),
+    #[error("the connection closed mid-body")]
+    Cut,
 }
 
 /// A parsed response head, and how its body is framed.
@@ -415,8 +490,7 @@ impl BodyDecoder {
                 *self = BodyDecoder::Done;
                 Ok(())
             }
-            BodyDecoder::Length(_) => Err(ResponseError::BadChunk("connection closed mid-body")),
-            BodyDecoder::Chunked(_) => Err(ResponseError::BadChunk("connection closed mid-body")),
+            BodyDecoder::Length(_) | BodyDecoder::Chunked(_) => Err(ResponseError::Cut),
         }
     }
 
@@ -469,7 +543,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        write_request_head(&parts, b"127.0.0.1:9", RequestFraming::Length(5), &mut out);
+        write_request_head(&parts, b"127.0.0.1:9", Framing::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /orders?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n"
@@ -481,7 +555,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        write_request_head(&parts, b"127.0.0.1:9", RequestFraming::None, &mut out);
+        write_request_head(&parts, b"127.0.0.1:9", Framing::None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /users HTTP/1.1\r\nhost: shop.example\r\n\r\n"
@@ -491,24 +565,47 @@ mod tests {
     #[test]
     fn empty_bodies_get_a_zero_length_only_where_a_body_is_expected() {
         assert_eq!(
-            RequestFraming::of(&Method::GET, Some(0), false),
-            RequestFraming::None
+            Framing::of_request(&Method::GET, Some(0), false),
+            Framing::None
         );
         assert_eq!(
-            RequestFraming::of(&Method::GET, Some(0), true),
-            RequestFraming::Length(0)
+            Framing::of_request(&Method::GET, Some(0), true),
+            Framing::Length(0)
         );
         assert_eq!(
-            RequestFraming::of(&Method::POST, Some(0), false),
-            RequestFraming::Length(0)
+            Framing::of_request(&Method::POST, Some(0), false),
+            Framing::Length(0)
         );
         assert_eq!(
-            RequestFraming::of(&Method::PUT, Some(3), false),
-            RequestFraming::Length(3)
+            Framing::of_request(&Method::PUT, Some(3), false),
+            Framing::Length(3)
         );
         assert_eq!(
-            RequestFraming::of(&Method::POST, None, false),
-            RequestFraming::Chunked
+            Framing::of_request(&Method::POST, None, false),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn answers_have_no_body_after_head_and_for_1xx_204_and_304() {
+        for (method, status) in [
+            (Method::HEAD, StatusCode::OK),
+            (Method::GET, StatusCode::CONTINUE),
+            (Method::GET, StatusCode::NO_CONTENT),
+            (Method::GET, StatusCode::NOT_MODIFIED),
+        ] {
+            assert_eq!(
+                Framing::of_response(&method, status, Some(5)),
+                Framing::None
+            );
+        }
+        assert_eq!(
+            Framing::of_response(&Method::GET, StatusCode::OK, Some(5)),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            Framing::of_response(&Method::POST, StatusCode::CREATED, None),
+            Framing::Chunked
         );
     }
 
