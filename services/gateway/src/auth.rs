@@ -16,6 +16,16 @@ pub use msa_service_kit::auth::unauthorized;
 pub static SUBJECT: HeaderName = HeaderName::from_static("x-msa-subject");
 pub static ROLES: HeaderName = HeaderName::from_static("x-msa-roles");
 
+/// Removes the identity headers a client may have sent: nobody may claim an identity the
+/// gateway did not verify. Usually there are none, and one pass over the few headers present
+/// is cheaper than hashing both names.
+pub fn remove_identity(headers: &mut HeaderMap) {
+    if headers.keys().any(|name| name == SUBJECT || name == ROLES) {
+        headers.remove(&SUBJECT);
+        headers.remove(&ROLES);
+    }
+}
+
 pub struct Authenticator {
     verifier: Arc<Verifier>,
     /// `GET /products`-style routes (method and route template) open without a token.
@@ -43,8 +53,7 @@ impl Authenticator {
         route: &str,
         headers: &mut HeaderMap,
     ) -> Result<Option<Identity>, Refusal> {
-        headers.remove(&SUBJECT);
-        headers.remove(&ROLES);
+        remove_identity(headers);
         let token = bearer(headers);
         let public = self
             .public_routes

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -12,7 +12,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Headers that describe one connection, never forwarded (plus any the `Connection` header
 /// names).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// (A `static`: a `const` array of names is built and dropped at every use.)
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -69,20 +70,27 @@ impl ClientAddr {
 /// `Host` removed so the upstream sees its own address.
 pub fn request_headers(headers: &mut HeaderMap, client: &ClientAddr) {
     remove_hop_by_hop(headers);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::try_from(format!("{previous}, {}", client.ip)).ok(),
-        None => Some(client.header.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    // One hashed lookup per name (`entry`), not a lookup and then an insert.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut previous) => {
+            let appended = previous.get().to_str().ok().and_then(|previous| {
+                HeaderValue::try_from(format!("{previous}, {}", client.ip)).ok()
+            });
+            if let Some(value) = appended {
+                previous.insert(value);
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(client.header.clone());
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    headers
+        .entry(&X_FORWARDED_PROTO)
+        .or_insert_with(|| HeaderValue::from_static("http"));
     if let Some(host) = headers.remove(header::HOST)
-        && !headers.contains_key(&X_FORWARDED_HOST)
+        && let Entry::Vacant(slot) = headers.entry(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        slot.insert(host);
     }
 }
 

@@ -210,11 +210,19 @@ fn request_id(request: &mut Request) -> HeaderValue {
     if let Some(id) = request.headers().get(&REQUEST_ID) {
         return id.clone();
     }
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
-        .expect("a UUID is a valid header value");
+    let id = new_request_id();
     request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     id
+}
+
+/// A fresh UUID v4 for a request. A request id correlates logs and traces; it is not a secret,
+/// so its 122 random bits come from `fastrand` (wyrand, seeded per thread from the OS) rather
+/// than a cryptographic generator, which cost 5 % of the gateway's instructions per request.
+fn new_request_id() -> HeaderValue {
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut text))
+        .expect("a UUID is a valid header value")
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -233,6 +241,24 @@ impl Service<Request> for Front {
             Box::pin(self.inner.clone().proxy(matched, request).map(Ok))
         } else {
             Box::pin(self.inner.router.clone().oneshot(request))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_distinct_uuid_v4s() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000, "every generated id is new");
+        for id in ids.iter().take(100) {
+            let uuid = uuid::Uuid::parse_str(id).expect("a hyphenated UUID");
+            assert_eq!(uuid.get_version_num(), 4);
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
         }
     }
 }

@@ -154,9 +154,7 @@ pub(crate) async fn forward_to(
             }
         },
         None => {
-            // Nobody may claim an identity the gateway did not verify.
-            parts.headers.remove(&auth::SUBJECT);
-            parts.headers.remove(&auth::ROLES);
+            auth::remove_identity(&mut parts.headers);
             None
         }
     };

@@ -263,7 +263,7 @@ struct EndpointHandles {
 struct Inner {
     /// With no endpoint for this long, calls fail at once (the pool's setting).
     unavailable_after: Duration,
-    endpoint_metrics: Mutex<std::collections::HashMap<SocketAddr, EndpointHandles>>,
+    endpoint_metrics: Mutex<crate::endpoint::ByAddress<EndpointHandles>>,
     name: String,
     source: String,
     pool: Mutex<Pool>,

@@ -10,7 +10,6 @@
 //! the socket is marked readable does a read confirm (EOF or stray bytes: it is dropped, and
 //! nothing was sent on it).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +24,7 @@ use http::{Response, header};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 
+use crate::endpoint::ByAddress;
 use crate::h1::{self, BodyDecoder, Framing, ResponseHead, Step, WriteError};
 
 /// Idle connections kept per endpoint; more are closed when handed back.
@@ -58,7 +58,7 @@ struct Idle {
 /// hand their connection back.
 #[derive(Default)]
 struct IdleSet {
-    by_endpoint: Mutex<HashMap<SocketAddr, Endpoint>>,
+    by_endpoint: Mutex<ByAddress<Endpoint>>,
 }
 
 struct Endpoint {
@@ -68,7 +68,7 @@ struct Endpoint {
 }
 
 impl IdleSet {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByAddress<Endpoint>> {
         self.by_endpoint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -4,6 +4,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+/// A map keyed by endpoint address. Addresses come from discovery, not from clients, so the
+/// keys need no DoS-resistant hasher: foldhash costs a fraction of SipHash on the per-request
+/// lookups (idle connections, endpoint metrics).
+pub type ByAddress<V> = std::collections::HashMap<SocketAddr, V, foldhash::fast::RandomState>;
+
 /// Heaviest weight accepted; weights are relative, so this only bounds mistakes.
 pub const MAX_WEIGHT: u32 = 1000;
 

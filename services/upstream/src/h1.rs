@@ -265,7 +265,9 @@ pub(crate) fn parse_response_head(
         // per header).
         let head = Bytes::copy_from_slice(&buf[..consumed]);
         let base = buf.as_ptr() as usize;
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        // Room for a few headers the caller adds (the gateway's `x-request-id`), so the map
+        // is not grown and rehashed for them.
+        let mut headers = HeaderMap::with_capacity(response.headers.len() + 2);
         for h in response.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ResponseError::Malformed("header name"))?;
