@@ -187,11 +187,14 @@ pub(crate) async fn forward_to(
     };
     // (The client stack sends the URI in origin form, whatever form it arrived in.)
     forwarding::request_headers(&mut parts.headers, client);
-    parts.extensions.insert(msa_upstream::BreakerScope {
+    let scope = msa_upstream::BreakerScope {
         method: msa_service_kit::metrics::method_label(&parts.method),
         route,
-    });
-    match upstream.send(Request::from_parts(parts, body)).await {
+    };
+    match upstream
+        .send_scoped(Request::from_parts(parts, body), scope)
+        .await
+    {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             forwarding::remove_hop_by_hop(&mut parts.headers);

@@ -89,18 +89,23 @@ pub fn acceptable_traceparent(value: &HeaderValue) -> bool {
 /// Removes correlation headers a caller got wrong, so the request-id layer generates a new id
 /// and no malformed trace context is passed on.
 pub fn drop_unacceptable(headers: &mut HeaderMap) {
-    if headers
-        .get(&REQUEST_ID)
-        .is_some_and(|id| !acceptable_request_id(id))
-        || headers.get_all(&REQUEST_ID).iter().count() > 1
-    {
+    // Usually neither header is there, or once: one pass over the few headers present is
+    // cheaper than four hashed lookups.
+    let (mut ids, mut parents) = (0u32, 0u32);
+    let (mut bad_id, mut bad_parent) = (false, false);
+    for (name, value) in headers.iter() {
+        if *name == REQUEST_ID {
+            ids += 1;
+            bad_id |= !acceptable_request_id(value);
+        } else if *name == TRACEPARENT {
+            parents += 1;
+            bad_parent |= !acceptable_traceparent(value);
+        }
+    }
+    if bad_id || ids > 1 {
         headers.remove(&REQUEST_ID);
     }
-    if headers
-        .get(&TRACEPARENT)
-        .is_some_and(|parent| !acceptable_traceparent(parent))
-        || headers.get_all(&TRACEPARENT).iter().count() > 1
-    {
+    if bad_parent || parents > 1 {
         headers.remove(&TRACEPARENT);
     }
 }
@@ -149,6 +154,17 @@ mod tests {
         headers.insert(&TRACEPARENT, parent("garbage"));
         drop_unacceptable(&mut headers);
         assert!(headers.is_empty());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, parent("req-1"));
+        headers.insert(&TRACEPARENT, parent(good));
+        headers.insert("x-other", parent("kept"));
+        drop_unacceptable(&mut headers);
+        assert_eq!(headers.len(), 3, "good ones are kept: {headers:?}");
+        headers.append(&REQUEST_ID, parent("req-2"));
+        headers.append(&TRACEPARENT, parent(good));
+        drop_unacceptable(&mut headers);
+        assert_eq!(headers.len(), 1, "repeated ones are dropped: {headers:?}");
     }
 
     proptest! {

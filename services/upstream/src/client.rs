@@ -254,7 +254,6 @@ pub struct Upstream {
 }
 
 /// Metric handles of one endpoint, cloned out of their families once.
-#[derive(Clone)]
 struct EndpointHandles {
     successes: prometheus_client::metrics::counter::Counter,
     duration: prometheus_client::metrics::histogram::Histogram,
@@ -349,8 +348,20 @@ impl Upstream {
     }
 
     /// Sends `request` (its URI is the path and query; scheme and authority are the chosen
-    /// endpoint's) and returns the response head with its streaming body.
+    /// endpoint's) and returns the response head with its streaming body. Its calls share the
+    /// upstream's whole-service circuit breaker.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<UpstreamBody>, CallError> {
+        self.send_scoped(request, BreakerScope::WHOLE).await
+    }
+
+    /// [`Upstream::send`], with `scope` naming the circuit breaker the call counts under (the
+    /// gateway passes each request's route). A parameter, not a request extension: an
+    /// extension map costs two allocations per request.
+    pub async fn send_scoped(
+        &self,
+        request: Request<Body>,
+        scope: BreakerScope,
+    ) -> Result<Response<UpstreamBody>, CallError> {
         let inner = &self.inner;
         let (mut parts, body) = request.into_parts();
         parts.version = http::Version::HTTP_11;
@@ -360,7 +371,9 @@ impl Upstream {
         let started = Instant::now();
         inner.lock().request_started(started);
         let deadline = tokio::time::Instant::from_std(started + inner.config.request_timeout);
-        inner.attempts(parts, payload, retry_safe, deadline).await
+        inner
+            .attempts(parts, payload, retry_safe, scope, deadline)
+            .await
     }
 }
 
@@ -481,14 +494,10 @@ impl Inner {
         mut parts: Parts,
         mut payload: Payload,
         retry_safe: bool,
+        scope: BreakerScope,
         deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody>, CallError> {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
-        let scope = parts
-            .extensions
-            .get::<BreakerScope>()
-            .copied()
-            .unwrap_or(BreakerScope::WHOLE);
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
         loop {
@@ -714,8 +723,12 @@ impl Inner {
                 .lock()
                 .finish(addr, Instant::now(), scope, Outcome::Failure),
         };
-        let handles = self.endpoint_metrics(addr);
-        handles.duration.observe(latency.as_secs_f64());
+        self.with_endpoint_metrics(addr, |handles| {
+            handles.duration.observe(latency.as_secs_f64());
+            if failure.is_none() {
+                handles.successes.inc();
+            }
+        });
         if let Some(label) = failure {
             self.metrics
                 .attempts
@@ -725,8 +738,6 @@ impl Inner {
                     outcome: label,
                 })
                 .inc();
-        } else {
-            handles.successes.inc();
         }
         self.report(changes);
     }
@@ -752,31 +763,30 @@ impl Inner {
         });
     }
 
-    /// The per-endpoint metric handles of the hot path, looked up by label once per endpoint.
-    fn endpoint_metrics(&self, addr: SocketAddr) -> EndpointHandles {
+    /// Runs `update` on the endpoint's metric handles of the hot path (looked up by label once
+    /// per endpoint), under the cache's lock rather than on clones of them.
+    fn with_endpoint_metrics(&self, addr: SocketAddr, update: impl FnOnce(&EndpointHandles)) {
         let mut cache = self
             .endpoint_metrics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
-            .entry(addr)
-            .or_insert_with(|| EndpointHandles {
-                successes: self
-                    .metrics
-                    .attempts
-                    .get_or_create(&AttemptLabels {
-                        upstream: self.name.clone(),
-                        endpoint: addr.to_string(),
-                        outcome: "success",
-                    })
-                    .clone(),
-                duration: self
-                    .metrics
-                    .attempt_duration
-                    .get_or_create(&UpstreamMetrics::endpoint(&self.name, addr))
-                    .clone(),
-            })
-            .clone()
+        let handles = cache.entry(addr).or_insert_with(|| EndpointHandles {
+            successes: self
+                .metrics
+                .attempts
+                .get_or_create(&AttemptLabels {
+                    upstream: self.name.clone(),
+                    endpoint: addr.to_string(),
+                    outcome: "success",
+                })
+                .clone(),
+            duration: self
+                .metrics
+                .attempt_duration
+                .get_or_create(&UpstreamMetrics::endpoint(&self.name, addr))
+                .clone(),
+        });
+        update(handles);
     }
 
     fn retry_allowed(&self, reason: &'static str, failed: SocketAddr) -> bool {

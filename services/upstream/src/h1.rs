@@ -12,6 +12,7 @@
 //! in one event loop iteration.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -230,9 +231,14 @@ pub(crate) fn parse_response_head(
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, ResponseError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let consumed = match response.parse(buf) {
+        // Uninitialised slots: filling 100 empty headers first cost more than parsing.
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let consumed = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(consumed)) => consumed,
             Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
                 return Err(ResponseError::HeadTooLarge);
