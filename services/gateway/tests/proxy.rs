@@ -376,6 +376,8 @@ async fn a_dead_service_trips_its_breaker_into_fast_503s_with_retry_after() {
     assert!((1..=30).contains(&seconds));
     assert_eq!(body["type"], "https://msa.dev/problems/circuit-open");
     assert_eq!(body["upstream"], "product");
+    // The breaker is the route's own: the gateway names its scope.
+    assert_eq!(body["route"], "GET /products/{id}");
     assert_eq!(view(&gw.base_url, "product").await["breaker"], "open");
     // Other routes are unaffected.
     let users = get(format!("{}/users", gw.base_url)).await;
