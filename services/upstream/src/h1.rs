@@ -274,17 +274,21 @@ pub(crate) fn parse_response_head(
         // Room for a few headers the caller adds (the gateway's `x-request-id`), so the map
         // is not grown and rehashed for them.
         let mut headers = HeaderMap::with_capacity(response.headers.len() + 2);
+        let mut present = FramingHeaders::default();
         for h in response.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ResponseError::Malformed("header name"))?;
+            present.note(&name);
             let start = h.value.as_ptr() as usize - base;
             let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
                 .map_err(|_| ResponseError::Malformed("header value"))?;
             headers.append(name, value);
         }
         buf.advance(consumed);
-        let (body, framing_reusable) = framing(status, request_method, &mut headers)?;
-        let reusable = framing_reusable && version == Version::HTTP_11 && !asks_close(&headers);
+        let (body, framing_reusable) = framing(status, request_method, &mut headers, present)?;
+        let reusable = framing_reusable
+            && version == Version::HTTP_11
+            && !(present.connection && asks_close(&headers));
         return Ok(Some(ResponseHead {
             status,
             version,
@@ -295,6 +299,27 @@ pub(crate) fn parse_response_head(
     }
 }
 
+/// Which of the headers that frame a message a head carries, noted while the head is read, so
+/// that the common answer (a `Content-Length`, nothing else) costs one hashed lookup, not four.
+#[derive(Clone, Copy, Default)]
+struct FramingHeaders {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl FramingHeaders {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
 /// The body's framing by RFC 9112 §6.3, and whether it leaves the connection reusable. A
 /// `Transfer-Encoding` overrides `Content-Length` (which is then removed, and the connection
 /// not reused); differing lengths are refused.
@@ -302,6 +327,7 @@ fn framing(
     status: StatusCode,
     method: &Method,
     headers: &mut HeaderMap,
+    present: FramingHeaders,
 ) -> Result<(BodyDecoder, bool), ResponseError> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -309,7 +335,7 @@ fn framing(
     {
         return Ok((BodyDecoder::Length(0), true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present.transfer_encoding {
         let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
         let chunked_last = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -322,6 +348,9 @@ fn framing(
         } else {
             (BodyDecoder::UntilClose, false)
         });
+    }
+    if !present.content_length {
+        return Ok((BodyDecoder::UntilClose, false));
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
