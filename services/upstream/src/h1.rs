@@ -67,11 +67,7 @@ impl Framing {
 
     /// An answer's to a `method` request: none where no body may follow, else by `size`.
     pub fn of_response(method: &Method, status: StatusCode, size: Option<u64>) -> Self {
-        if *method == Method::HEAD
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        if answer_is_bodyless(method, status) {
             return Framing::None;
         }
         match size {
@@ -79,6 +75,15 @@ impl Framing {
             None => Framing::Chunked,
         }
     }
+}
+
+/// Whether an answer to a `method` request carries no body whatever its headers say (RFC 9112
+/// §6.3): one to HEAD, a 1xx, 204 or 304.
+fn answer_is_bodyless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Bytes gathered before a write while a body streams in quickly.
@@ -329,10 +334,7 @@ fn framing(
     headers: &mut HeaderMap,
     present: FramingHeaders,
 ) -> Result<(BodyDecoder, bool), ResponseError> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if answer_is_bodyless(method, status) {
         return Ok((BodyDecoder::Length(0), true));
     }
     if present.transfer_encoding {
