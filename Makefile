@@ -93,4 +93,6 @@ bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, hapro
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v strace >/dev/null && command -v valgrind >/dev/null \
 	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy wrk strace valgrind
 	$(CARGO) build --release -p msa-gateway --bins
-	hack/bench-gateway.py --syscalls --instructions $(BENCH_ARGS)
+	# The gateway as its image ships it (profile-guided); the plain release build as `baseline`.
+	gateway="$$(CARGO="$(CARGO)" hack/pgo-gateway.sh)"; \
+	  hack/bench-gateway.py --syscalls --instructions --gateway "$$gateway" --baseline target/release/msa-gateway $(BENCH_ARGS)

@@ -16,9 +16,10 @@ callgrind (16 connections): unlike CPU time on a shared virtual machine, that fi
 drift from run to run, so it shows changes of a few percent.
 
 Usage: hack/bench-gateway.py [--rounds 5] [--seconds 3] [--connections 1,16] [--syscalls]
-       [--instructions] [--baseline BINARY]
-(`make bench-gateway` builds the release binaries and installs nginx, haproxy, wrk, strace and
-valgrind first.)
+       [--instructions] [--gateway BINARY] [--baseline BINARY]
+(`make bench-gateway` builds the gateway as its image ships it, with profile-guided optimisation
+(hack/pgo-gateway.sh), and the plain release build as the baseline, and installs nginx, haproxy,
+wrk, strace and valgrind first.)
 """
 
 import argparse
@@ -156,6 +157,9 @@ def main():
                         help="also count system calls per request with strace")
     parser.add_argument("--instructions", action="store_true",
                         help="also count user-space instructions per request under callgrind")
+    parser.add_argument("--gateway", metavar="BINARY", default=os.path.join(RELEASE, "msa-gateway"),
+                        help="the msa-gateway build to measure (`make bench-gateway` passes the "
+                             "image's, built with its profile by hack/pgo-gateway.sh)")
     parser.add_argument("--baseline", metavar="BINARY",
                         help="also measure this msa-gateway build (say, one of an earlier commit) "
                              "as the target `baseline`, to see a change's effect in one run")
@@ -171,7 +175,7 @@ def main():
             processes[f"echo{i}"] = start(f"echo{i}", [
                 os.path.join(RELEASE, "msa-echo"), "--listen", f"{host}:{port}"], port)
         upstreams = ",".join(f"{h}:{p}" for h, p in BACKENDS)
-        gateways = {"msa-gateway": os.path.join(RELEASE, "msa-gateway")}
+        gateways = {"msa-gateway": args.gateway}
         if args.baseline:
             gateways["baseline"] = args.baseline
         # Each proxy's command line and environment.

@@ -37,22 +37,18 @@ if [[ ! -x "$tool" ]]; then
   record_build_time imagetool cold "$((SECONDS - tool_start))"
 fi
 
-# The static release build runs in a copy of the sources at a fixed place under the cache, with a
-# target folder of its own there. Cargo rebuilds a workspace crate whenever its folder moves, and
-# CI builds in a fresh clone every time; the copy is refreshed by content (rsync --checksum,
-# without --times), so unchanged files keep their timestamps and only crates that really changed
-# are rebuilt.
+# The static release builds run in a copy of the sources at a fixed place under the cache (see
+# sync_build_source), each with a target folder of its own there.
 build_src="$cache/images-src"
 target_dir="$cache/cargo-target-images"
-command -v rsync >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync >&2
-mkdir -p "$build_src"
-rsync -r --checksum --delete --exclude /target --exclude /.git "$root/" "$build_src/"
+sync_build_source "$root" "$build_src"
 start=$SECONDS
 kind=warm
 [[ -x "$target_dir/$target/release/msa-operator" ]] || kind=cold
-log "building static release binaries: ${binaries[*]} (cold: about 10 minutes on 2 cores)"
 packages=()
-for b in "${binaries[@]}"; do packages+=(-p "$b" --bin "$b"); done
+# The gateway is built apart, with its profile (hack/pgo-gateway.sh).
+for b in "${binaries[@]}"; do [[ $b == msa-gateway ]] || packages+=(-p "$b" --bin "$b"); done
+log "building static release binaries: ${packages[*]} (cold: about 10 minutes on 2 cores)"
 # crt-static links glibc statically (static-pie): the binaries run FROM scratch. The flag reaches
 # only the target's code, not build scripts or proc macros.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
@@ -61,6 +57,8 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
 log "binaries built in $((SECONDS - start)) s"
 record_build_time "static release binaries (cargo)" "$kind" "$((SECONDS - start))"
 bin_dir="$target_dir/$target/release"
+gateway="$("$here/pgo-gateway.sh")"
+cp --remove-destination "$gateway" "$bin_dir/msa-gateway"
 
 gcc -static -Os -s -o "$bin_dir/msa-pause" "$here/pause.c"
 
