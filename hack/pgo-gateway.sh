@@ -33,7 +33,16 @@ host="$(rustc -vV | sed -n 's/^host: //p')"
 profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 if [[ ! -x "$profdata" ]]; then
   log "installing rustup's llvm-tools (llvm-profdata for the gateway's profile)"
-  rustup component add llvm-tools >&2
+  rustup component add llvm-tools >&2 || true
+fi
+if [[ ! -x "$profdata" ]]; then
+  # A toolchain without rustup: the same gateway, without the profile's speed-up.
+  log "WARNING: no llvm-profdata for this toolchain; building msa-gateway without a profile"
+  RUSTFLAGS="${RUSTFLAGS:-} $static" \
+    "$cargo" build --manifest-path "$build_src/Cargo.toml" --release --locked --target "$target" \
+      --target-dir "$cache/cargo-target-pgo" -p msa-gateway --bin msa-gateway
+  echo "$cache/cargo-target-pgo/$target/release/msa-gateway"
+  exit 0
 fi
 
 # What the profile depends on: every source the gateway is built from, and how it is trained.
