@@ -4,17 +4,24 @@ backends and an instrumented msa-gateway on loopback, sends them a bounded mix o
 gateway meets, stops the gateway so it writes its profile, and checks that it did.
 
 The mix weights what the profile should make fast: keep-alive proxy requests on one and on many
-connections (GET, and POST with a body), request ids and trace context from the client. The
-rarer paths (HTTP/1.0, `Connection: close`, chunked bodies, unknown routes, bad heads) get a
-few requests each, so they are measured as rare rather than never seen.
+connections (GET, and POST with a body), request ids and trace context from the client, on a
+gateway with the default policy (one thread, as the benchmark runs it, and one per CPU) and on
+one that requires bearer tokens (HS256, as `spec.auth` configures it). The rarer paths
+(HTTP/1.0, `Connection: close`, chunked bodies, unknown routes, bad heads, refused tokens) get
+a few requests each, so they are measured as rare rather than never seen.
 
 Every connection goes to 127.0.0.1; every loop is bounded in count, every wait in time.
 
 Usage: hack/pgo-train.py GATEWAY ECHO PROFILE_DIR
 """
 
+import base64
+import hashlib
+import hmac
 import http.client
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +122,45 @@ def traffic(port):
                   "Content-Length: 3\r\n\r\n")
 
 
+def token(secret, issuer, audience):
+    """An HS256 bearer token for user `pgo-training`, valid for an hour."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"iss": issuer, "aud": audience, "sub": "pgo-training",
+                             "roles": ["customer"], "exp": int(time.time()) + 3600}).encode())
+    signature = b64(hmac.new(secret, header + b"." + claims, hashlib.sha256).digest())
+    return (header + b"." + claims + b"." + signature).decode()
+
+
+def authenticated_traffic(port, bearer):
+    log("bearer tokens: one connection, 3000 GETs; 16 connections, 16 x 200")
+    keep_alive(port, [f"/users/{i % 50}" for i in range(3000)],
+               headers={"authorization": f"Bearer {bearer}"})
+    failures = []
+
+    def worker(n):
+        try:
+            keep_alive(port, [f"/orders/{(n + i) % 50}" for i in range(200)],
+                       headers={"authorization": f"Bearer {bearer}"})
+        except BaseException as e:  # reported below, after every worker is joined
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, DEADLINE - time.monotonic()))
+    if failures or any(t.is_alive() for t in threads):
+        raise SystemExit(f"keep-alive workers failed: {failures[:1]}")
+    log("public routes without a token: 500; refused tokens: 40 each")
+    keep_alive(port, [f"/products/{i % 50}" for i in range(500)])
+    for i in range(40):
+        raw(port, f"GET /users/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        raw(port, f"GET /users/{i} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bearer[:-4]}AAAA"
+                  "\r\nConnection: close\r\n\r\n")
+
+
 def stop(process, sig=signal.SIGTERM, timeout=30):
     if process.poll() is None:
         process.send_signal(sig)
@@ -142,22 +188,30 @@ def main():
             wait_port(port, p)
             backends.append(f"{HOST}:{port}")
         upstreams = ",".join(backends)
+        secret = os.urandom(32)
+        with open(os.path.join(scratch, "secret"), "wb") as f:
+            f.write(secret)
+        authenticated = ["--auth-issuer", "pgo-training", "--auth-audiences", "shop",
+                         "--auth-hmac-secret-file", os.path.join(scratch, "secret"),
+                         "--auth-public-routes", "GET /products,GET /products/{id}"]
         # Both runtimes the gateway has: one thread (as the benchmark runs it) and one per CPU
-        # (the default in a pod).
-        for threads in (["--worker-threads", "1"], []):
+        # (the default in a pod); then bearer tokens required.
+        for flags, send in ((["--worker-threads", "1"], traffic), ([], traffic),
+                            (authenticated, lambda port: authenticated_traffic(
+                                port, token(secret, "pgo-training", "shop")))):
             port = free_port()
             gateway_env = {**os.environ, "RUST_LOG": "warn",
                            "LLVM_PROFILE_FILE": os.path.join(profile_dir, "gateway-%p.profraw")}
             gw = subprocess.Popen([gateway, "--listen", f"{HOST}:{port}",
                                    "--upstream-user", upstreams, "--upstream-order", upstreams,
                                    "--upstream-product", upstreams, "--drain-delay-seconds", "0"]
-                                  + threads, env=gateway_env, stdout=subprocess.DEVNULL,
+                                  + flags, env=gateway_env, stdout=subprocess.DEVNULL,
                                   stderr=open(os.path.join(scratch, "gateway.log"), "a"))
             processes.append(gw)
             wait_port(port, gw)
             started = time.monotonic()
-            log(f"gateway {' '.join(threads) or '(a thread per CPU)'}")
-            traffic(port)
+            log(f"gateway {' '.join(flags) or '(a thread per CPU)'}")
+            send(port)
             log(f"traffic sent in {time.monotonic() - started:.1f} s; stopping the gateway")
             stop(gw)
             if gw.returncode != 0:
@@ -165,6 +219,9 @@ def main():
     finally:
         for p in processes:
             stop(p, timeout=10)
+    # Reached only on success: the scratch folder (secret, backends' counts, log) goes; after a
+    # failure it stays, for the gateway's log.
+    shutil.rmtree(scratch, ignore_errors=True)
     written = [f for f in os.listdir(profile_dir) if f.endswith(".profraw")]
     if not written:
         raise SystemExit(f"the gateway wrote no profile into {profile_dir}")
