@@ -46,10 +46,10 @@ if [[ ! -x "$profdata" ]]; then
 fi
 
 # What the profile depends on: every source the gateway is built from, the toolchain and flags,
-# and how it is trained.
+# and how it is trained (contents only: CI builds from a fresh clone at another path each time).
 key="$( (rustc -vV; echo "$target ${RUSTFLAGS:-} $static"; cd "$build_src" && find Cargo.toml \
           Cargo.lock services -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum;
-         sha256sum "$here/pgo-train.py") | sha256sum | cut -c1-16)"
+         sha256sum <"$here/pgo-train.py") | sha256sum | cut -c1-16)"
 profile="$pgo/gateway.profdata"
 mkdir -p "$pgo"
 if [[ "$(cat "$pgo/key" 2>/dev/null)" != "$key" || ! -s "$profile" ]]; then
