@@ -28,38 +28,34 @@ static="-C target-feature=+crt-static"
 
 sync_build_source "$root" "$build_src"
 
-# rustc's own LLVM reads the profile, so the merge must be done by the same LLVM version.
-host="$(rustc -vV | sed -n 's/^host: //p')"
-profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
-if [[ ! -x "$profdata" ]]; then
-  log "installing rustup's llvm-tools (llvm-profdata for the gateway's profile)"
-  rustup component add llvm-tools >&2 || true
-fi
-if [[ ! -x "$profdata" ]]; then
-  # A toolchain without rustup: the same gateway, without the profile's speed-up.
-  log "WARNING: no llvm-profdata for this toolchain; building msa-gateway without a profile"
-  RUSTFLAGS="${RUSTFLAGS:-} $static" \
+# build_gateway <what> <target-dir> <rustflags> <cargo args...>: a static release build of the
+# gateway's package from the synced sources, its time recorded.
+build_gateway() {
+  local what="$1" dir="$2" flags="$3" start=$SECONDS kind=warm
+  shift 3
+  [[ -d "$dir" ]] || kind=cold
+  RUSTFLAGS="${RUSTFLAGS:-} $static $flags" \
     "$cargo" build --manifest-path "$build_src/Cargo.toml" --release --locked --target "$target" \
-      --target-dir "$cache/cargo-target-pgo" -p msa-gateway --bin msa-gateway
-  echo "$cache/cargo-target-pgo/$target/release/msa-gateway"
-  exit 0
-fi
+      --target-dir "$dir" -p msa-gateway "$@"
+  record_build_time "$what" "$kind" "$((SECONDS - start))"
+}
 
-# What the profile depends on: every source the gateway is built from, the toolchain and flags,
-# and how it is trained (contents only: CI builds from a fresh clone at another path each time).
-key="$( (rustc -vV; echo "$target ${RUSTFLAGS:-} $static"; cd "$build_src" && find Cargo.toml \
-          Cargo.lock services -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum;
-         sha256sum <"$here/pgo-train.py") | sha256sum | cut -c1-16)"
-profile="$pgo/gateway.profdata"
-mkdir -p "$pgo"
-if [[ "$(cat "$pgo/key" 2>/dev/null)" != "$key" || ! -s "$profile" ]]; then
-  start=$SECONDS
-  kind=warm
-  [[ -d "$cache/cargo-target-pgo-generate" ]] || kind=cold
-  log "gateway profile 1/3: instrumented build (cold: about 7 minutes on 2 cores)"
-  RUSTFLAGS="${RUSTFLAGS:-} $static -Cprofile-generate=$pgo/raw" \
-    "$cargo" build --manifest-path "$build_src/Cargo.toml" --release --locked --target "$target" \
-      --target-dir "$cache/cargo-target-pgo-generate" -p msa-gateway --bin msa-gateway --bin msa-echo
+# make_profile <profile>: steps 1-3, unless the cached profile was made from the same inputs.
+make_profile() {
+  local profile="$1" key instrumented
+  # What the profile depends on: every source the gateway is built from, the toolchain and
+  # flags, and how it is trained (contents only: CI builds from a fresh clone at another path
+  # each time).
+  key="$( (rustc -vV; echo "$target ${RUSTFLAGS:-} $static"; cd "$build_src" && find Cargo.toml \
+            Cargo.lock services -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum;
+           sha256sum <"$here/pgo-train.py") | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$pgo/key" 2>/dev/null)" == "$key" && -s "$profile" ]]; then
+    log "gateway profile: cached (sources unchanged)"
+    return
+  fi
+  log "gateway profile 1/3: instrumented build (cold: about 6 minutes on 2 cores)"
+  build_gateway "msa-gateway instrumented (cargo)" "$cache/cargo-target-pgo-generate" \
+    "-Cprofile-generate=$pgo/raw" --bin msa-gateway --bin msa-echo
   log "gateway profile 2/3: training on loopback"
   rm -rf "$pgo/raw"
   instrumented="$cache/cargo-target-pgo-generate/$target/release"
@@ -69,17 +65,24 @@ if [[ "$(cat "$pgo/key" 2>/dev/null)" != "$key" || ! -s "$profile" ]]; then
   mv "$profile.new" "$profile"
   rm -rf "$pgo/raw"
   echo "$key" >"$pgo/key"
-  record_build_time "gateway profile (instrumented build, training)" "$kind" "$((SECONDS - start))"
-else
-  log "gateway profile: cached (sources unchanged)"
-fi
+}
 
-start=$SECONDS
-kind=warm
-[[ -d "$cache/cargo-target-pgo" ]] || kind=cold
-log "building the static msa-gateway with its profile"
-RUSTFLAGS="${RUSTFLAGS:-} $static -Cprofile-use=$profile" \
-  "$cargo" build --manifest-path "$build_src/Cargo.toml" --release --locked --target "$target" \
-    --target-dir "$cache/cargo-target-pgo" -p msa-gateway --bin msa-gateway
-record_build_time "msa-gateway with profile (cargo)" "$kind" "$((SECONDS - start))"
+# rustc's own LLVM reads the profile, so the merge must be done by the same LLVM version.
+host="$(rustc -vV | sed -n 's/^host: //p')"
+profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+if [[ ! -x "$profdata" ]]; then
+  log "installing rustup's llvm-tools (llvm-profdata for the gateway's profile)"
+  rustup component add llvm-tools >&2 || true
+fi
+mkdir -p "$pgo"
+if [[ -x "$profdata" ]]; then
+  make_profile "$pgo/gateway.profdata"
+  use="-Cprofile-use=$pgo/gateway.profdata"
+  log "building the static msa-gateway with its profile"
+else
+  # A toolchain without rustup: the same gateway, without the profile's speed-up.
+  use=""
+  log "WARNING: no llvm-profdata for this toolchain; building msa-gateway without a profile"
+fi
+build_gateway "msa-gateway with profile (cargo)" "$cache/cargo-target-pgo" "$use" --bin msa-gateway
 echo "$cache/cargo-target-pgo/$target/release/msa-gateway"

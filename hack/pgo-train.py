@@ -73,6 +73,25 @@ def keep_alive(port, requests, method="GET", body=None, headers=None):
         connection.close()
 
 
+def concurrently(port, paths_of, headers=None, connections=16):
+    """`keep_alive` on `connections` connections at once, connection n sending `paths_of(n)`."""
+    failures = []
+
+    def worker(n):
+        try:
+            keep_alive(port, paths_of(n), headers=headers)
+        except BaseException as e:  # reported below, after every worker is joined
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, DEADLINE - time.monotonic()))
+    if failures or any(t.is_alive() for t in threads):
+        raise SystemExit(f"keep-alive workers failed: {failures[:1]}")
+
+
 def raw(port, text):
     """One request written as bytes on its own connection; the answer is read until close."""
     with socket.create_connection((HOST, port), timeout=10) as s:
@@ -88,21 +107,7 @@ def traffic(port):
     log("one connection: 6000 GETs")
     keep_alive(port, [paths[i % len(paths)] for i in range(6000)])
     log("16 connections: 16 x 500 GETs")
-    failures = []
-
-    def worker(n):
-        try:
-            keep_alive(port, [paths[(n * 37 + i) % len(paths)] for i in range(500)])
-        except BaseException as e:  # reported below, after every worker is joined
-            failures.append(e)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(1.0, DEADLINE - time.monotonic()))
-    if failures or any(t.is_alive() for t in threads):
-        raise SystemExit(f"keep-alive workers failed: {failures[:1]}")
+    concurrently(port, lambda n: [paths[(n * 37 + i) % len(paths)] for i in range(500)])
     log("POST with bodies, client request ids and trace context: 1500")
     body = b'{"user_id":7,"items":[{"product_id":3,"quantity":2}],"note":"' + b"x" * 120 + b'"}'
     keep_alive(port, ["/orders"] * 1000, "POST", body, {"content-type": "application/json"})
@@ -137,22 +142,8 @@ def authenticated_traffic(port, bearer):
     log("bearer tokens: one connection, 3000 GETs; 16 connections, 16 x 200")
     keep_alive(port, [f"/users/{i % 50}" for i in range(3000)],
                headers={"authorization": f"Bearer {bearer}"})
-    failures = []
-
-    def worker(n):
-        try:
-            keep_alive(port, [f"/orders/{(n + i) % 50}" for i in range(200)],
-                       headers={"authorization": f"Bearer {bearer}"})
-        except BaseException as e:  # reported below, after every worker is joined
-            failures.append(e)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(1.0, DEADLINE - time.monotonic()))
-    if failures or any(t.is_alive() for t in threads):
-        raise SystemExit(f"keep-alive workers failed: {failures[:1]}")
+    concurrently(port, lambda n: [f"/orders/{(n + i) % 50}" for i in range(200)],
+                 {"authorization": f"Bearer {bearer}"})
     log("public routes without a token: 500; refused tokens: 40 each")
     keep_alive(port, [f"/products/{i % 50}" for i in range(500)])
     for i in range(40):
