@@ -14,6 +14,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -25,7 +26,10 @@ use tracing::{debug, warn};
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
-use crate::reconcile::{Caches, Context, error_policy, reconcile};
+use crate::reconcile::{Caches, Context, error_policy_object, reconcile_object};
+
+/// An app as the controller watches it: readable, or its metadata and why it is not.
+type WatchedApp = DeserializeGuard<MicroserviceApp>;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -78,7 +82,7 @@ where
 
 /// The app an object reports on, by its instance label: EndpointSlices copy their Service's
 /// labels, claims their StatefulSet's claim template's.
-fn app_of_labelled<K: Resource>(object: K) -> Option<ObjectRef<MicroserviceApp>> {
+fn app_of_labelled<K: Resource>(object: K) -> Option<ObjectRef<WatchedApp>> {
     let app = object.labels().get(labels::INSTANCE)?.clone();
     Some(ObjectRef::new(&app).within(&object.namespace()?))
 }
@@ -127,8 +131,10 @@ pub async fn run(
     crate::facts::learn(&client, &context).await;
     let refresher = tokio::spawn(crate::facts::keep_current(client.clone(), context.clone()));
 
+    // Apps are read through DeserializeGuard: one the types cannot read is reported and skipped
+    // instead of failing the list of every app (see crate::unreadable).
     let controller = Controller::new(
-        api::<MicroserviceApp>(&client, ns),
+        api::<WatchedApp>(&client, ns),
         watcher::Config::default().any_semantic(),
     );
     let counter = tokio::spawn(count_apps(controller.store(), context.metrics.clone()));
@@ -146,7 +152,7 @@ pub async fn run(
         .watches_stream(slice_events, app_of_labelled)
         .watches_stream(claim_events, app_of_labelled)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .run(reconcile_object, error_policy_object, context)
         .for_each(|result| async move {
             match result {
                 Ok((app, _)) => debug!(app = %app.name, namespace = app.namespace.as_deref().unwrap_or_default(), "reconciled"),
@@ -161,11 +167,16 @@ pub async fn run(
     counter.abort();
 }
 
-/// Keeps `msa_operator_apps{ready}` current from the controller's cache of apps.
-async fn count_apps(apps: Store<MicroserviceApp>, metrics: Arc<Metrics>) {
+/// Keeps `msa_operator_apps{ready}` and `msa_operator_unreadable_apps` current from the
+/// controller's cache of apps.
+async fn count_apps(apps: Store<WatchedApp>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tick.tick().await;
-        metrics.count_apps(apps.state().iter().map(|app| crate::status::is_ready(app)));
+        metrics.count_app_health(
+            apps.state()
+                .iter()
+                .map(|app| crate::unreadable::health(app)),
+        );
     }
 }

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -997,11 +1000,53 @@ pub struct GatewayStatus {
     pub url: String,
 }
 
-/// The CRD as committed under `crds/` and the chart's `crds/`: a header, then the YAML generated
-/// from these types.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+/// The CustomResourceDefinition to install: the one kube derives from these types, except that
+/// no field with a default is `nullable`.
+///
+/// kube marks every optional int-or-string field (`rollout.maxSurge`, `rollout.maxUnavailable`,
+/// `storage.size`) `nullable: true`. The API server keeps a null written into a nullable field
+/// instead of applying its default, and these fields are not `Option`s: one such object would
+/// be unreadable. Without `nullable`, the API server drops the null and applies the default.
+/// Fields that are `Option`s have no default, so they keep `nullable` (a null reads as `None`).
+/// Install this, never `MicroserviceApp::crd()`.
+pub fn definition() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&MicroserviceApp::crd())?;
+    let mut crd = MicroserviceApp::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            never_null_where_defaulted(schema);
+        }
+    }
+    crd
+}
+
+fn never_null_where_defaulted(schema: &mut JSONSchemaProps) {
+    if schema.default.is_some() {
+        schema.nullable = None;
+    }
+    for property in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        never_null_where_defaulted(property);
+    }
+    match &mut schema.items {
+        Some(JSONSchemaPropsOrArray::Schema(items)) => never_null_where_defaulted(items),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(never_null_where_defaulted);
+        }
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        never_null_where_defaulted(values);
+    }
+}
+
+/// The CRD as committed under `crds/` and the chart's `crds/`: a header, then the YAML of
+/// [`definition`].
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&definition())?;
     Ok(format!(
         "# Generated from operator/src/crd.rs by `make crds` (cargo run --bin crdgen); do not edit.\n{body}"
     ))

@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod reconcile;
 pub mod status;
 pub mod storage;
+pub mod unreadable;
 pub mod validate;

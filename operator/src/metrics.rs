@@ -26,12 +26,24 @@ pub struct ReadyLabels {
     pub ready: &'static str,
 }
 
+/// How an app counts in `msa_operator_apps` and `msa_operator_unreadable_apps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppHealth {
+    /// Its Ready condition is True.
+    Ready,
+    NotReady,
+    /// The operator cannot read it (see [`crate::unreadable`]).
+    Unreadable,
+}
+
 /// Every metric the operator exports, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
     /// Apps by readiness (two series whatever the number of apps, so an alert can say "some app
     /// is not Ready" without a series per app).
     pub apps: Family<ReadyLabels, Gauge>,
+    /// Apps the operator cannot read (see [`crate::unreadable`]); they count as not Ready too.
+    pub unreadable_apps: Gauge,
     pub reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
@@ -48,10 +60,16 @@ impl Default for Metrics {
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         let apps = Family::<ReadyLabels, Gauge>::default();
+        let unreadable_apps = Gauge::default();
         registry.register(
             "apps",
             "MicroserviceApps this operator reconciles, by whether their Ready condition is True",
             apps.clone(),
+        );
+        registry.register(
+            "unreadable_apps",
+            "MicroserviceApps the operator cannot read (a field its types do not accept): skipped, with a Warning Event on each",
+            unreadable_apps.clone(),
         );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
@@ -77,6 +95,7 @@ impl Default for Metrics {
         Self {
             registry,
             apps,
+            unreadable_apps,
             reconciles,
             errors,
             duration,
@@ -107,14 +126,28 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the apps gauge from the apps' Ready conditions.
+    /// Sets the apps gauge from the apps' Ready conditions (every app readable).
     pub fn count_apps(&self, ready: impl IntoIterator<Item = bool>) {
-        let (mut yes, mut no) = (0, 0);
-        for is_ready in ready {
-            if is_ready {
-                yes += 1;
+        self.count_app_health(ready.into_iter().map(|ready| {
+            if ready {
+                AppHealth::Ready
             } else {
-                no += 1;
+                AppHealth::NotReady
+            }
+        }));
+    }
+
+    /// Sets the apps gauges from each app's health.
+    pub fn count_app_health(&self, apps: impl IntoIterator<Item = AppHealth>) {
+        let (mut yes, mut no, mut unreadable) = (0, 0, 0);
+        for health in apps {
+            match health {
+                AppHealth::Ready => yes += 1,
+                AppHealth::NotReady => no += 1,
+                AppHealth::Unreadable => {
+                    no += 1;
+                    unreadable += 1;
+                }
             }
         }
         for (label, count) in [("true", yes), ("false", no)] {
@@ -122,6 +155,7 @@ impl Metrics {
                 .get_or_create(&ReadyLabels { ready: label })
                 .set(count);
         }
+        self.unreadable_apps.set(unreadable);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -34,7 +37,7 @@ use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
 use crate::status::{self, Blocker, Observed, WorkloadState};
-use crate::{drift, storage, validate};
+use crate::{drift, storage, unreadable, validate};
 
 /// How often a converged app is looked at again even if nothing announced a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -126,12 +129,12 @@ impl Context {
         }
     }
 
-    fn record_outcome(&self, app: &MicroserviceApp, failed: bool) {
+    fn record_outcome(&self, key: &ObjectRef<MicroserviceApp>, failed: bool) {
         let mut failures = self
             .failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let key = ObjectRef::from_obj(app);
+        let key = key.clone();
         if failed {
             *failures.entry(key).or_insert(0) += 1;
         } else {
@@ -140,8 +143,27 @@ impl Context {
     }
 }
 
-/// Reconciles one app; the controller calls this.
+/// Reconciles one watched object; the controller calls this. An app the operator cannot read
+/// is reported and left alone until it changes (see [`crate::unreadable`]).
+pub async fn reconcile_object(
+    object: Arc<DeserializeGuard<MicroserviceApp>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    match &object.0 {
+        Ok(app) => reconcile_app(app, &ctx).await,
+        Err(invalid) => {
+            report_unreadable(&ctx, invalid).await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Reconciles one app.
 pub async fn reconcile(app: Arc<MicroserviceApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_app(&app, &ctx).await
+}
+
+async fn reconcile_app(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
     // One span per reconcile: the log lines inside name the app, and with tracing on it is a
     // trace with the API requests the reconcile made.
@@ -156,7 +178,7 @@ pub async fn reconcile(app: Arc<MicroserviceApp>, ctx: Arc<Context>) -> Result<A
         otel.status_code = tracing::field::Empty,
         error.category = tracing::field::Empty,
     );
-    let result = converge(&app, &ctx).instrument(span.clone()).await;
+    let result = converge(app, ctx).instrument(span.clone()).await;
     if let Err(error) = &result {
         span.record("otel.status_code", "ERROR");
         span.record("error.category", error.category());
@@ -165,22 +187,63 @@ pub async fn reconcile(app: Arc<MicroserviceApp>, ctx: Arc<Context>) -> Result<A
         started.elapsed(),
         result.as_ref().err().map(Error::category),
     );
-    ctx.record_outcome(&app, result.is_err());
+    ctx.record_outcome(&app_key(&app.metadata), result.is_err());
     result
+}
+
+/// Logs an app the operator cannot read, counts it, and publishes a Warning Event on it.
+async fn report_unreadable(ctx: &Context, invalid: &InvalidObject) {
+    let decided = unreadable::decide(invalid);
+    warn!(app = %decided.key, error = %invalid.error, "cannot read this MicroserviceApp; skipping it until it changes");
+    ctx.metrics
+        .observe_reconcile(Duration::ZERO, Some(unreadable::CATEGORY));
+    if let Some(regarding) = &decided.regarding {
+        publish_on(
+            ctx,
+            regarding,
+            EventType::Warning,
+            unreadable::REASON,
+            "Read",
+            decided.note,
+        )
+        .await;
+    }
+}
+
+/// The key of an app in the per-app failure counts.
+fn app_key(meta: &ObjectMeta) -> ObjectRef<MicroserviceApp> {
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(namespace) => ObjectRef::new(name).within(namespace),
+        None => ObjectRef::new(name),
+    }
 }
 
 /// Decides when to retry a failed app: exponential backoff per app, so one broken app neither
 /// spins nor delays the others.
 pub fn error_policy(app: Arc<MicroserviceApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    retry_after(&app.metadata, error, &ctx)
+}
+
+/// [`error_policy`] for the watched objects (the controller calls this).
+pub fn error_policy_object(
+    object: Arc<DeserializeGuard<MicroserviceApp>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    retry_after(object.meta(), error, &ctx)
+}
+
+fn retry_after(meta: &ObjectMeta, error: &Error, ctx: &Context) -> Action {
     let attempts = ctx
         .failures
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(&ObjectRef::from_obj(&*app))
+        .get(&app_key(meta))
         .copied()
         .unwrap_or(1);
     let delay = backoff(attempts);
-    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category = error.category(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
+    warn!(app = %meta.name.as_deref().unwrap_or_default(), namespace = meta.namespace.as_deref().unwrap_or_default(), category = error.category(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -698,6 +761,17 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_on(ctx, &app.object_ref(&()), type_, reason, action, note).await;
+}
+
+async fn publish_on(
+    ctx: &Context,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -706,7 +780,7 @@ async fn publish(
         secondary: None,
     };
     ctx.metrics.count_write("Event");
-    if let Err(error) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+    if let Err(error) = ctx.recorder.publish(&event, regarding).await {
         // Events are best effort: failing to record one must not fail the reconcile.
         warn!(%error, reason, "could not publish Event");
     }

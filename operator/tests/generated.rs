@@ -73,3 +73,89 @@ fn image_names_agree_with_what_make_images_builds() {
         "hack/images.sh no longer names images ghcr.io/msa-dev/<binary>:<version>"
     );
 }
+
+/// Every `nullable` field of the served schema, as a path of property names (`[]` for an array's
+/// items, `{}` for a map's values).
+fn nullable_paths(schema: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+    if schema["nullable"] == true {
+        found.push(path.to_owned());
+    }
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, property) in properties {
+            nullable_paths(property, &format!("{path}.{name}"), found);
+        }
+    }
+    if schema["items"].is_object() {
+        nullable_paths(&schema["items"], &format!("{path}[]"), found);
+    }
+    if schema["additionalProperties"].is_object() {
+        nullable_paths(
+            &schema["additionalProperties"],
+            &format!("{path}{{}}"),
+            found,
+        );
+    }
+}
+
+/// An app with `null` at `path` (objects created on the way).
+fn app_with_null_at(path: &str) -> serde_json::Value {
+    let mut app = serde_json::json!({
+        "apiVersion": "msa.dev/v1alpha1", "kind": "MicroserviceApp",
+        "metadata": {"name": "shop", "namespace": "demo"}, "spec": {},
+    });
+    let mut at = &mut app;
+    let names: Vec<&str> = path.trim_start_matches('.').split('.').collect();
+    for (i, name) in names.iter().enumerate() {
+        if i + 1 == names.len() {
+            at[*name] = serde_json::Value::Null;
+        } else {
+            if at[*name].is_null() {
+                at[*name] = serde_json::json!({});
+            }
+            at = &mut at[*name];
+        }
+    }
+    app
+}
+
+/// The API server keeps a null only in a `nullable` field (elsewhere it drops it and applies the
+/// default), so every nullable field must read a null; one the types cannot read would make the
+/// app unreadable (issue 28, H1: `rollout.maxSurge: null` stopped every app).
+#[test]
+fn every_nullable_field_of_the_schema_reads_a_null() {
+    let crd = serde_json::to_value(msa_operator::crd::definition()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut nullable = Vec::new();
+    nullable_paths(schema, "", &mut nullable);
+    assert!(
+        nullable.contains(&".spec.database".to_owned()),
+        "the walk finds Option fields: {nullable:?}"
+    );
+    for path in &nullable {
+        // Inside arrays and maps are Kubernetes' own types (an env var's `divisor`), Options.
+        if path.contains("[]") || path.contains("{}") {
+            continue;
+        }
+        let app = app_with_null_at(path);
+        if let Err(error) = serde_json::from_value::<msa_operator::crd::MicroserviceApp>(app) {
+            assert!(
+                !error.to_string().contains("null"),
+                "{path} is nullable in the schema but a null there cannot be read: {error}"
+            );
+        }
+    }
+    for defaulted in [
+        ".spec.storage.size",
+        ".spec.components.user.rollout.maxSurge",
+        ".spec.components.gateway.rollout.maxUnavailable",
+    ] {
+        assert!(
+            !nullable.contains(&defaulted.to_owned()),
+            "{defaulted} has a default: a null there must be dropped and defaulted, not kept"
+        );
+    }
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["storage"]["properties"]["size"]["default"],
+        "1Gi"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use msa_operator::build;
@@ -532,4 +533,83 @@ async fn an_embedded_app_runs_stateful_sets_and_switching_to_postgresql_replaces
         ],
         "the gateway's Deployment is unchanged"
     );
+}
+
+/// Issue 28, H1: an app the types cannot read (here a null the API server kept in a field an
+/// older CRD marked nullable) arrives through the guard as its metadata and the error; it gets a
+/// Warning Event and nothing else, while the app listed with it converges.
+#[tokio::test]
+async fn one_unreadable_app_is_reported_and_skipped_while_the_others_converge() {
+    let good = pg_app(json!({}));
+    let mut bad = serde_json::to_value(pg_app(json!({}))).unwrap();
+    bad["metadata"]["name"] = json!("broken");
+    bad["metadata"]["uid"] = json!("1b2c3d4e-0000-4000-8000-0000000000bb");
+    bad["spec"]["components"]["gateway"]["rollout"] = json!({"maxSurge": null});
+    let page = json!({
+        "apiVersion": "msa.dev/v1alpha1", "kind": "MicroserviceAppList",
+        "metadata": {"resourceVersion": "300"},
+        "items": [bad, serde_json::to_value(&good).unwrap()],
+    });
+    // Read without the guard, the one bad item fails the whole page (every app stops).
+    let unguarded = serde_json::from_value::<kube::core::ObjectList<MicroserviceApp>>(page.clone());
+    assert!(unguarded.unwrap_err().to_string().contains("null"));
+    let listed: kube::core::ObjectList<DeserializeGuard<MicroserviceApp>> =
+        serde_json::from_value(page).unwrap();
+    assert_eq!(listed.items.len(), 2);
+
+    let (client, recorded) = mocked_client(healthy_api(&good));
+    let caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+    let metrics = &ctx.metrics;
+    metrics.count_app_health(listed.items.iter().map(msa_operator::unreadable::health));
+    for object in listed.items {
+        let action = reconcile::reconcile_object(Arc::new(object), ctx.clone())
+            .await
+            .unwrap();
+        assert!(
+            action == Action::requeue(RESYNC) || action == Action::await_change(),
+            "{action:?}"
+        );
+    }
+
+    let all = calls(&recorded);
+    let about_broken: Vec<&Call> = all
+        .iter()
+        .filter(|c| c.path.contains("broken") || c.body["regarding"]["name"] == "broken")
+        .collect();
+    assert_eq!(
+        about_broken.iter().map(|c| c.line()).collect::<Vec<_>>(),
+        ["POST /apis/events.k8s.io/v1/namespaces/demo/events"],
+        "the unreadable app gets one Event and no write"
+    );
+    let event = &about_broken[0].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "Unreadable");
+    assert_eq!(event["regarding"]["kind"], "MicroserviceApp");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl edit msa broken -n demo"),
+        "{event}"
+    );
+    assert!(
+        all.iter().any(|c| c.line()
+            == format!("PATCH /apis/apps/v1/namespaces/demo/deployments/shop-gateway?{APPLY}")),
+        "the readable app is applied: {:?}",
+        lines(&all)
+    );
+    assert!(
+        all.iter()
+            .any(|c| c.path.ends_with("/microserviceapps/shop/status")),
+        "and its status written"
+    );
+    let text = metrics.render();
+    for line in [
+        "msa_operator_reconcile_errors_total{category=\"unreadable\"} 1",
+        "msa_operator_unreadable_apps 1",
+        "msa_operator_apps{ready=\"false\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 }
