@@ -167,9 +167,8 @@ pub fn loopback_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A service binary run as a real process on a free loopback port, for restart and shutdown
-/// tests. Stopped with SIGTERM (as Kubernetes does) by [`ServiceProcess::stop`], killed on drop.
-/// A port nobody listens on at `host` right now (for a process about to bind it).
+/// A port nobody listens on at `host` right now. Probing: another process may take it before
+/// it is used. Kept only until its last callers move to port 0 ([`ServiceProcess::start`]).
 pub fn free_port(host: &str) -> SocketAddr {
     std::net::TcpListener::bind((host, 0))
         .expect("a free port")
@@ -177,19 +176,181 @@ pub fn free_port(host: &str) -> SocketAddr {
         .expect("its address")
 }
 
-pub struct ServiceProcess {
-    child: std::process::Child,
-    pub base_url: String,
+/// The TCP addresses process `pid` listens on, as the kernel lists them: its socket
+/// descriptors (`/proc/<pid>/fd`) matched against the listening sockets of its network namespace
+/// (`/proc/<pid>/net/tcp` and `tcp6`). This is how a test learns the port the OS gave a child
+/// started on port 0, whatever the child logs (or does not: `RUST_LOG=warn`, nginx, Prometheus).
+/// Linux only.
+pub fn listening_addresses(pid: u32) -> std::io::Result<Vec<SocketAddr>> {
+    let mut sockets = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        // A descriptor closed while we look is simply not there any more.
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            sockets.insert(inode);
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            Ok(text) => found.extend(listening_in_table(&text, &sockets)),
+            // No IPv6 in this kernel.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && table == "tcp6" => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(found)
 }
 
-impl ServiceProcess {
-    /// Starts `binary` with `args` and `env` on a free loopback port, and waits (up to 30 s)
-    /// until `/readyz` answers 200.
-    pub async fn start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_at(binary, free_port("127.0.0.1"), args, env).await
+/// The local addresses of the listening sockets (state `0A`) among `sockets` (inodes) in one
+/// `/proc/net/tcp` or `tcp6` table.
+fn listening_in_table(table: &str, sockets: &std::collections::HashSet<u64>) -> Vec<SocketAddr> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != LISTEN || !sockets.contains(&inode.parse().ok()?) {
+                return None;
+            }
+            proc_net_address(local)
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` (or 32 hex digits for IPv6) → `127.0.0.1:8080`. The kernel prints each
+/// 32-bit word of the address as a native-endian number, and the port in host order.
+fn proc_net_address(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in ip.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An address on `host` that refuses connections for as long as the returned socket lives: the
+/// socket holds the port (bound, never listening), so no other process can take it meanwhile.
+pub fn refusing_address(host: &str) -> (tokio::net::TcpSocket, SocketAddr) {
+    let ip: std::net::IpAddr = host.parse().expect("an IP address");
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .expect("a socket");
+    socket
+        .bind(SocketAddr::new(ip, 0))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("its address");
+    (socket, addr)
+}
+
+/// What a child process writes to its standard error, kept for the test (and forwarded to the
+/// test's own output, which the harness shows when the test fails).
+#[derive(Clone, Default)]
+struct Captured {
+    state: std::sync::Arc<std::sync::Mutex<CapturedState>>,
+}
+
+#[derive(Default)]
+struct CapturedState {
+    lines: std::collections::VecDeque<String>,
+    closed: bool,
+}
+
+impl Captured {
+    /// Lines kept, the oldest dropped first.
+    const KEPT: usize = 20_000;
+
+    fn follow(stream: impl std::io::Read + Send + 'static, name: String) -> Self {
+        let captured = Captured::default();
+        let state = captured.state.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[{name}] {line}");
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.lines.len() == Self::KEPT {
+                    state.lines.pop_front();
+                }
+                state.lines.push_back(line);
+            }
+            state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        });
+        captured
     }
 
-    /// Like `start`, listening on `listen` (for example to restart on the same address).
+    fn text(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = Vec::from_iter(state.lines.iter().map(String::as_str)).join("\n");
+        text.push('\n');
+        text
+    }
+
+    /// The last `n` lines, once the writer has closed its end (it exited; waits up to 2 s).
+    fn tail_after_exit(&self, n: usize) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !self.state.lock().unwrap_or_else(|e| e.into_inner()).closed
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.tail(n)
+    }
+
+    /// The last `n` lines so far.
+    fn tail(&self, n: usize) -> String {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = state.lines.len().saturating_sub(n);
+        Vec::from_iter(state.lines.iter().skip(skip).map(String::as_str)).join("\n")
+    }
+}
+
+/// A binary run as a real process on loopback, for restart, shutdown and proxy tests. It binds
+/// the address it is given, port 0 by default: the OS chooses the port, and the test learns it
+/// from the kernel ([`listening_addresses`]), never by probing for a free one. A process that
+/// exits before it listens fails the test with its exit status and the end of its log. Stopped
+/// with SIGTERM (as Kubernetes does) by [`ServiceProcess::stop`], killed on drop.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// `http://` and [`Self::addr`].
+    pub base_url: String,
+    stderr: Captured,
+}
+
+/// How long a process may take to listen and become ready.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl ServiceProcess {
+    /// Starts `binary` with `args` and `env` on a port of 127.0.0.1 the OS chooses, and waits
+    /// (up to 30 s) until `/readyz` answers 200.
+    pub async fn start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_at(binary, SocketAddr::from(([127, 0, 0, 1], 0)), args, env).await
+    }
+
+    /// Like `start`, listening on `listen` (port 0: a port the OS chooses on that address).
     pub async fn start_at(
         binary: &str,
         listen: SocketAddr,
@@ -204,15 +365,63 @@ impl ServiceProcess {
         Self::launch(command, listen).await
     }
 
-    /// Runs `command`, which must serve `/readyz` on `listen`, and waits until it is ready.
-    pub async fn launch(mut command: std::process::Command, listen: SocketAddr) -> Self {
-        let child = command.spawn().expect("start the binary");
-        let process = ServiceProcess {
+    /// Runs `command`, which must listen on `listen` and serve `/readyz` there, and waits until
+    /// it is ready. With port 0 in `listen` the process must listen on exactly one port of that
+    /// IP (put any other listener of it on another loopback address). Readiness is asked only
+    /// once the kernel shows this very process listening, so no other process can answer for
+    /// it. Its standard error is kept (see [`Self::stop_with_log`]).
+    pub async fn launch(command: std::process::Command, listen: SocketAddr) -> Self {
+        Self::try_launch(command, listen)
+            .await
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// [`Self::launch`], with a process that exits early or is not ready within 30 s as an
+    /// error (what happened, and the end of its log) instead of a failed test: for a test that
+    /// starts something again on a fixed address and retries if it is taken.
+    pub async fn try_launch(
+        mut command: std::process::Command,
+        listen: SocketAddr,
+    ) -> Result<Self, String> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let name = std::path::Path::new(&program)
+            .file_name()
+            .map_or(program.clone(), |n| n.to_string_lossy().into_owned());
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let stderr = Captured::follow(child.stderr.take().expect("piped"), name);
+        let mut process = ServiceProcess {
             child,
-            base_url: format!("http://{listen}"),
+            addr: listen,
+            base_url: String::new(),
+            stderr,
         };
+        let deadline = std::time::Instant::now() + READY_WITHIN;
+        process.addr = loop {
+            process.exited(&program, &format!("listening on {listen}"))?;
+            let found = process.listening_on(listen);
+            match found.as_slice() {
+                [addr] => break *addr,
+                [] => {}
+                several => {
+                    return Err(format!(
+                        "{program} listens on several ports of {}: {several:?}; give the others another loopback address",
+                        listen.ip()
+                    ));
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{program} did not listen on {listen} within {READY_WITHIN:?}; its log:\n{}",
+                    process.stderr.tail(40)
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        process.base_url = format!("http://{}", process.addr);
         let client = loopback_client();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(response) = client
                 .get(format!("{}/readyz", process.base_url))
@@ -220,14 +429,42 @@ impl ServiceProcess {
                 .await
                 && response.status().is_success()
             {
-                return process;
+                return Ok(process);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{command:?} did not become ready on {listen}"
-            );
+            process.exited(&program, "becoming ready")?;
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{program} listened on {} but was not ready within {READY_WITHIN:?}; its log:\n{}",
+                    process.addr,
+                    process.stderr.tail(40)
+                ));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// Its listening addresses that match `listen` (any port of its IP when the port is 0).
+    fn listening_on(&self, listen: SocketAddr) -> Vec<SocketAddr> {
+        let all = listening_addresses(self.child.id()).unwrap_or_default();
+        all.into_iter()
+            .filter(|a| a.ip() == listen.ip() && (listen.port() == 0 || a.port() == listen.port()))
+            .collect()
+    }
+
+    /// An error naming its exit status and the end of its log, if it has exited.
+    fn exited(&mut self, program: &str, before: &str) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!(
+                "{program} exited with {status} before {before}; its log:\n{}",
+                self.stderr.tail_after_exit(40)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every address it listens on now (its API's, and its admin address if it has one).
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        listening_addresses(self.child.id()).unwrap_or_default()
     }
 
     /// Sends SIGTERM and returns at once (the process drains on its own).
@@ -237,11 +474,31 @@ impl ServiceProcess {
             .status();
     }
 
-    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
-    pub fn stop(mut self) -> bool {
+    /// SIGTERM, then waits (up to a minute) for the process to exit; returns whether it exited
+    /// cleanly (a process still running after a minute is killed, and did not).
+    pub fn stop(self) -> bool {
+        self.stop_with_log().0
+    }
+
+    /// [`Self::stop`], and everything it wrote to its standard error, to the end.
+    pub fn stop_with_log(mut self) -> (bool, String) {
+        let clean = self.wait_after_terminate();
+        let _ = self.stderr.tail_after_exit(0);
+        (clean, self.stderr.text())
+    }
+
+    fn wait_after_terminate(&mut self) -> bool {
         self.terminate();
-        let status = self.child.wait().expect("wait for the service");
-        status.success()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return false,
+            }
+        }
     }
 }
 
@@ -711,5 +968,62 @@ impl Fuzz {
             object.insert(key, value);
         }
         serde_json::Value::Object(object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_read_from_the_kernels_table() {
+        // Two lines of a real /proc/net/tcp: a listener on 127.0.0.1:8080 (inode 111) and an
+        // established connection from it (inode 222); and one of /proc/net/tcp6 ([::1]:443).
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
+";
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0
+";
+        let ours: std::collections::HashSet<u64> = [111, 222, 333].into();
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                listening_in_table(tcp, &ours),
+                ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+            );
+            assert_eq!(
+                listening_in_table(tcp6, &ours),
+                ["[::1]:443".parse::<SocketAddr>().unwrap()]
+            );
+        }
+        assert!(
+            listening_in_table(tcp, &[222].into()).is_empty(),
+            "not a listener"
+        );
+        assert!(
+            listening_in_table(tcp, &[999].into()).is_empty(),
+            "another process's socket"
+        );
+    }
+
+    #[test]
+    fn a_process_sees_the_port_the_os_gave_its_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_held, refusing) = refusing_address("127.0.0.1");
+        let found = listening_addresses(std::process::id()).unwrap();
+        assert!(found.contains(&addr), "{addr} in {found:?}");
+        assert!(
+            !found.contains(&refusing),
+            "a bound socket that does not listen is not listed"
+        );
+        assert!(
+            std::net::TcpStream::connect(refusing).is_err(),
+            "nothing answers at {refusing}"
+        );
+        drop(listener);
+        let found = listening_addresses(std::process::id()).unwrap();
+        assert!(!found.contains(&addr), "closed: {found:?}");
     }
 }

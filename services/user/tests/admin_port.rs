@@ -2,22 +2,25 @@
 //! port (which a Service exposes) for the admin address; the probes answer on both; the admin
 //! address serves nothing of the API.
 
-use msa_service_kit::testing::{
-    ServiceProcess, expect_statuses, free_port, fresh_database, loopback_client,
-};
+use msa_service_kit::testing::{ServiceProcess, expect_statuses, fresh_database, loopback_client};
 
 const USER: &str = env!("CARGO_BIN_EXE_msa-user");
 
 #[tokio::test]
 async fn info_and_metrics_move_to_the_admin_address() {
     let url = fresh_database(msa_service_kit::testing::TestBackend::Sqlite, "user").await;
-    let admin = free_port("127.0.0.1");
+    // The admin address on a loopback address of its own, where the OS chooses its port too.
     let service = ServiceProcess::start(
         USER,
-        &["--database-url", &url, "--admin-listen", &admin.to_string()],
+        &["--database-url", &url, "--admin-listen", "127.0.0.2:0"],
         &[],
     )
     .await;
+    let admin = service
+        .listening()
+        .into_iter()
+        .find(|a| a.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2))
+        .expect("the admin address is listening once the service is ready");
     let api = service.base_url.as_str();
     let admin = &format!("http://{admin}");
     expect_statuses(&[

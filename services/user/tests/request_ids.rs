@@ -2,7 +2,7 @@
 //! whatever it contains cannot forge a log field — the real binary, its JSON and text logs read
 //! back from a file.
 
-use msa_service_kit::testing::{ServiceProcess, free_port, fresh_database, loopback_client};
+use msa_service_kit::testing::{ServiceProcess, fresh_database, loopback_client};
 
 const USER: &str = env!("CARGO_BIN_EXE_msa-user");
 
@@ -24,17 +24,16 @@ async fn echoed(base: &str, id: &str) -> String {
 /// The service's log after one request with a hostile but acceptable id.
 async fn log_of(format: &str, forged: &str) -> String {
     let url = fresh_database(msa_service_kit::testing::TestBackend::Sqlite, "user").await;
-    let log = std::env::temp_dir().join(format!("msa-user-log-{}.txt", uuid::Uuid::new_v4()));
-    let listen = free_port("127.0.0.1");
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut command = std::process::Command::new(USER);
     command
         .args(["--listen", &listen.to_string(), "--log-format", format])
-        .args(["--database-url", &url])
-        .stderr(std::fs::File::create(&log).unwrap());
+        .args(["--database-url", &url]);
     let service = ServiceProcess::launch(command, listen).await;
     assert_eq!(echoed(&service.base_url, forged).await, forged);
-    assert!(service.stop());
-    std::fs::read_to_string(&log).unwrap()
+    let (clean, log) = service.stop_with_log();
+    assert!(clean, "clean exit on SIGTERM:\n{log}");
+    log
 }
 
 #[tokio::test]
