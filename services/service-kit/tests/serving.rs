@@ -1,13 +1,16 @@
 //! The shared serving behaviour, end to end on 127.0.0.1: a drain that finishes in-flight
 //! requests and fails readiness, and the CORS policy.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use msa_service_kit::config::ServeArgs;
-use msa_service_kit::server::Ops;
+use msa_service_kit::server::{Ops, shutdown_signal};
 use msa_service_kit::testing::{loopback_client as client, spawn_with};
+use tokio::sync::Notify;
 
 fn args(origins: &[&str], credentials: bool) -> ServeArgs {
     ServeArgs {
@@ -29,48 +32,93 @@ fn slow_api() -> Router {
     )
 }
 
+/// A route that tells `started` when its request arrives and answers only once `release` is
+/// notified: a request held in flight for exactly as long as the test needs.
+fn held_api(started: Arc<Notify>, release: Arc<Notify>) -> Router {
+    Router::new().route(
+        "/held",
+        get(move || async move {
+            started.notify_one();
+            release.notified().await;
+            "done"
+        }),
+    )
+}
+
+async fn readiness(http: &reqwest::Client, base: &str) -> u16 {
+    http.get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("accepting during the drain delay")
+        .status()
+        .as_u16()
+}
+
+/// A real SIGTERM, to this test process, caught by the services' own [`shutdown_signal`]: the
+/// server's readiness fails while it keeps serving (the drain delay), the request in flight
+/// when the signal came is answered in full, and then the server stops accepting.
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_fails_readiness() {
+    // The handler is installed by the future's first poll; once installed (for the life of the
+    // process) a SIGTERM no longer ends the test binary.
+    let mut shutdown = Box::pin(shutdown_signal());
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(shutdown.as_mut().poll(noop).is_pending());
+
     let ops = Ops::new("kit", "test", "kit-0".into(), None);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (base, server) = spawn_with(slow_api(), ops, &args(&[], false), async {
-        let _ = stopped.await;
-    })
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let serve_args = ServeArgs {
+        // The window in which readiness is asked; the test waits it out.
+        drain_delay_seconds: Some(5),
+        ..args(&[], false)
+    };
+    let (base, server) = spawn_with(
+        held_api(started.clone(), release.clone()),
+        ops,
+        &serve_args,
+        shutdown,
+    )
     .await;
     let http = client();
-    assert_eq!(
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(readiness(&http, &base).await, 200);
 
     let in_flight = tokio::spawn({
         let (http, base) = (http.clone(), base.clone());
-        async move {
-            http.get(format!("{base}/slow"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        async move { http.get(format!("{base}/held")).send().await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the request reached its handler");
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &std::process::id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(signalled.success());
 
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while readiness(&http, &base).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness still passes after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!in_flight.is_finished(), "still held in its handler");
+    release.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the in-flight request is answered")
+        .unwrap()
+        .expect("answered, not cut off");
+    assert_eq!(answer.status(), 200);
     assert_eq!(
-        in_flight.await.unwrap(),
+        answer.text().await.unwrap(),
         "done",
         "the in-flight request finished"
     );
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(Duration::from_secs(30), server)
         .await
-        .unwrap()
+        .expect("the server stops after the drain")
         .unwrap()
         .unwrap();
     assert!(
