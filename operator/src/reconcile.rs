@@ -113,6 +113,10 @@ pub struct Context {
     /// The rendered hash of each app's PodMonitor as this process last applied it.
     /// Keyed by the app's uid: an app deleted and created again under its name has none yet.
     pub applied_pod_monitors: Mutex<HashMap<String, String>>,
+    /// Kubernetes' explanation of each stuck claim as last read, by (namespace, kind, name) of
+    /// the object the Events are about: read when a claim turns stuck, then at most every
+    /// [`storage::EXPLANATION_TTL`], not on every reconcile.
+    pub explanations: Mutex<HashMap<(String, &'static str, String), storage::Explanation>>,
 }
 
 impl Context {
@@ -126,6 +130,7 @@ impl Context {
             now: Box::new(|| Time(jiff::Timestamp::now())),
             cluster: std::sync::RwLock::default(),
             applied_pod_monitors: Mutex::default(),
+            explanations: Mutex::default(),
         }
     }
 
@@ -303,11 +308,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
 
     let now = (ctx.now)();
     let findings = check_storage(app, ctx, &now);
-    let mut described = Vec::with_capacity(findings.stuck.len());
-    for stuck in &findings.stuck {
-        let reported = latest_warning(ctx, app, &stuck.explained_by).await;
-        described.push(stuck.describe(reported.as_deref()));
-    }
+    let described = explain(ctx, app, &findings, &now).await;
     let observed = Observed {
         workloads: report.workloads,
         endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
@@ -363,6 +364,50 @@ fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::F
         &claims.iter().map(|c| (c.name_any(), c.as_ref())).collect(),
         now,
     )
+}
+
+/// Describes each stuck claim with Kubernetes' explanation: remembered while fresh, read again
+/// otherwise; the explanations of this app's claims that are no longer stuck are forgotten.
+async fn explain(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    findings: &storage::Findings,
+    now: &Time,
+) -> Vec<String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let key = |(kind, name): &(&'static str, String)| (namespace.clone(), *kind, name.clone());
+    let mut described = Vec::with_capacity(findings.stuck.len());
+    for stuck in &findings.stuck {
+        let remembered = lock(&ctx.explanations)
+            .get(&key(&stuck.explained_by))
+            .filter(|e| e.is_fresh(now))
+            .cloned();
+        let reported = match remembered {
+            Some(explanation) => explanation.reported,
+            None => {
+                let reported = latest_warning(ctx, app, &stuck.explained_by).await;
+                let mut explanations = lock(&ctx.explanations);
+                // Entries of apps deleted while stuck go once they are stale.
+                explanations.retain(|_, e| e.is_fresh(now));
+                explanations.insert(
+                    key(&stuck.explained_by),
+                    storage::Explanation {
+                        reported: reported.clone(),
+                        read_at: now.clone(),
+                    },
+                );
+                reported
+            }
+        };
+        described.push(stuck.describe(reported.as_deref()));
+    }
+    let mut explanations = lock(&ctx.explanations);
+    for explainer in storage::explainers(app) {
+        if !findings.stuck.iter().any(|s| s.explained_by == explainer) {
+            explanations.remove(&key(&explainer));
+        }
+    }
+    described
 }
 
 /// The message of the latest Warning event about an object (why a claim is not bound, why a

@@ -4,6 +4,11 @@
 //! A claim is normally Pending for a moment (with `WaitForFirstConsumer` until its pod is
 //! scheduled, then while the provisioner works), so only a claim Pending, or never created, for
 //! longer than [`PATIENCE`] counts. Pure: the caller passes the clock.
+//!
+//! The message says nothing that changes with time (the Degraded condition's
+//! `lastTransitionTime` says since when), so a stuck claim writes status once, not on every
+//! reconcile; and Kubernetes' own explanation, which costs an Event LIST, is read when a claim
+//! turns stuck and then at most every [`EXPLANATION_TTL`] ([`Explanation::is_fresh`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,8 +31,6 @@ pub struct StuckClaim {
     pub claim: String,
     /// Whether the claim exists (Pending) or was never created (refused, e.g. by a quota).
     pub exists: bool,
-    /// Seconds since the claim (or its StatefulSet) was created.
-    pub waited_seconds: u64,
     pub storage_class: Option<String>,
     /// `Kind/name` of the object whose Warning events explain why.
     pub explained_by: (&'static str, String),
@@ -41,10 +44,11 @@ impl StuckClaim {
             Some(class) => format!("StorageClass {class:?}"),
             None => "no StorageClass (the cluster has no default one)".to_owned(),
         };
+        let patience = PATIENCE.as_secs();
         let state = if self.exists {
-            format!("has been Pending for {} s", self.waited_seconds)
+            format!("has been Pending for more than {patience} s")
         } else {
-            format!("was not created after {} s", self.waited_seconds)
+            format!("was not created within {patience} s")
         };
         let said = reported
             .map(|r| format!(" (Kubernetes reports: {r})"))
@@ -104,7 +108,6 @@ pub fn check(
         findings.stuck.push(StuckClaim {
             claim: name.clone(),
             exists: claim.is_some(),
-            waited_seconds: waited.as_secs(),
             storage_class: claim
                 .and_then(|c| c.spec.as_ref()?.storage_class_name.clone())
                 .or_else(|| app.spec.storage.storage_class_name.clone()),
@@ -115,6 +118,41 @@ pub fn check(
         });
     }
     findings
+}
+
+/// How long Kubernetes' explanation of a stuck claim is used before it is read again.
+pub const EXPLANATION_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Kubernetes' explanation of why a claim is stuck (the latest Warning Event about it), as read
+/// at `read_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The Event's message; None when Kubernetes had recorded none.
+    pub reported: Option<String>,
+    pub read_at: Time,
+}
+
+impl Explanation {
+    /// Whether it may still be used at `now` instead of listing Events again.
+    pub fn is_fresh(&self, now: &Time) -> bool {
+        elapsed(&self.read_at, now) < EXPLANATION_TTL && self.read_at.0 <= now.0
+    }
+}
+
+/// The objects whose Events may explain a stuck claim of this app (each stateful component's
+/// claim and StatefulSet), so their remembered explanations can be dropped once not stuck.
+pub fn explainers(app: &MicroserviceApp) -> Vec<(&'static str, String)> {
+    let app_name = app.name_any();
+    Component::ALL
+        .into_iter()
+        .filter(|c| c.is_stateful())
+        .flat_map(|c| {
+            [
+                ("PersistentVolumeClaim", claim_name(&app_name, c, 0)),
+                ("StatefulSet", crate::labels::child_name(&app_name, c)),
+            ]
+        })
+        .collect()
 }
 
 fn phase(claim: &PersistentVolumeClaim) -> Option<&str> {

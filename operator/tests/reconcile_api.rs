@@ -613,3 +613,75 @@ async fn one_unreadable_app_is_reported_and_skipped_while_the_others_converge() 
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
 }
+
+/// Issue 28, H4 (the review's probe): an embedded app whose claims are never created (no
+/// StorageClass) reconciled at 40, 41 and 42 s with nothing else changing writes its status
+/// once, and lists each stuck claim's Events once.
+#[tokio::test]
+async fn a_stuck_claim_writes_status_once_and_reads_its_events_once() {
+    let shop = app(json!({}));
+    let healthy = healthy_api(&shop);
+    let respond: support::Responder = Arc::new(move |call: &Call| {
+        if call.method == "GET" && call.path.ends_with("/events") {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
+                    "metadata": {"name": "e1", "namespace": "demo"},
+                    "involvedObject": {"kind": "StatefulSet", "name": "shop-user"},
+                    "type": "Warning", "reason": "FailedCreate",
+                    "message": "create Claim data-shop-user-0 failed: exceeded quota",
+                    "lastTimestamp": "2026-09-22T10:00:00Z"
+                }]}),
+            )
+        } else {
+            healthy(call)
+        }
+    });
+    let (client, recorded) = mocked_client(respond);
+    let mut caches = FakeCaches::listed();
+    caches.store(&build::children(&shop).unwrap());
+    for set in support::stateful_sets(&build::children(&shop).unwrap()) {
+        let mut stored = as_stored(&set);
+        stored.metadata.creation_timestamp = Some(support::fixed_time(0));
+        caches
+            .stateful_sets
+            .apply_watcher_event(&watcher::Event::Apply(stored));
+    }
+    let (ctx, clock) = support::clocked_context(client, caches.readers());
+
+    let mut current = shop.clone();
+    for second in [40, 41, 42] {
+        clock.store(second, std::sync::atomic::Ordering::SeqCst);
+        reconcile::reconcile(Arc::new(current.clone()), ctx.clone())
+            .await
+            .unwrap();
+        // The watch delivers the status just written, as it would.
+        if let Some(status) = calls(&recorded)
+            .iter()
+            .rev()
+            .find(|c| c.path.ends_with("/status"))
+        {
+            current = with_status_of(&shop, status);
+        }
+    }
+    let all = calls(&recorded);
+    let status_writes: Vec<&Call> = all.iter().filter(|c| c.path.ends_with("/status")).collect();
+    let event_lists = all
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/events"))
+        .count();
+    assert_eq!(status_writes.len(), 1, "{:?}", lines(&all));
+    assert_eq!(event_lists, 3, "one per stuck claim: {:?}", lines(&all));
+    let degraded = &status_writes[0].body["status"]["conditions"][2];
+    assert_eq!(degraded["reason"], "StorageUnavailable");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("claim data-shop-user-0 was not created within 30 s")
+            && message.contains("exceeded quota"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("40"),
+        "no clock in the message: {message}"
+    );
+}

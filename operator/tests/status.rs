@@ -354,11 +354,10 @@ mod claims {
         let pending = &found.stuck[0];
         assert_eq!(pending.claim, "data-shop-user-0");
         assert!(pending.exists);
-        assert_eq!(pending.waited_seconds, 45);
         let described = pending.describe(Some("storageclass \"missing\" not found"));
         assert_eq!(
             described,
-            "claim data-shop-user-0 has been Pending for 45 s with StorageClass \"missing\" \
+            "claim data-shop-user-0 has been Pending for more than 30 s with StorageClass \"missing\" \
              (Kubernetes reports: storageclass \"missing\" not found)"
         );
         let message = storage::message(&[described], &pending.claim, "demo");
@@ -381,8 +380,40 @@ mod claims {
         assert!(
             missing
                 .describe(None)
-                .contains("was not created after 45 s")
+                .contains("was not created within 30 s")
         );
+    }
+
+    /// Issue 28, H4: the description is the same whenever it is made, so status does not
+    /// change (and is not written) on every reconcile while a claim stays stuck.
+    #[test]
+    fn a_stuck_claims_description_carries_no_clock() {
+        let sets: Vec<_> = STATEFUL.iter().map(|c| stateful_set(*c, 0)).collect();
+        let claims = vec![claim(Component::User, 0, "Pending")];
+        let at = |now| {
+            check(&app(json!({})), &sets, &claims, now)
+                .stuck
+                .iter()
+                .map(|s| s.describe(Some("no storage class")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(40).len(), 3);
+        assert_eq!(at(40), at(41));
+        assert_eq!(at(40), at(4000));
+    }
+
+    #[test]
+    fn an_explanation_is_reused_for_its_time_to_live_only() {
+        let read = storage::Explanation {
+            reported: None,
+            read_at: fixed_time(100),
+        };
+        assert!(read.is_fresh(&fixed_time(100)));
+        let ttl = i64::try_from(storage::EXPLANATION_TTL.as_secs()).unwrap();
+        assert!(read.is_fresh(&fixed_time(100 + ttl - 1)));
+        assert!(!read.is_fresh(&fixed_time(100 + ttl)));
+        // A clock that went backwards does not keep an explanation for ever.
+        assert!(!read.is_fresh(&fixed_time(99)));
     }
 
     #[test]

@@ -326,6 +326,25 @@ pub fn context(client: Client, caches: Caches) -> Arc<Context> {
     Arc::new(context)
 }
 
+/// [`context`] with a clock the test moves: seconds after [`fixed_time`]'s origin.
+pub fn clocked_context(
+    client: Client,
+    caches: Caches,
+) -> (Arc<Context>, Arc<std::sync::atomic::AtomicI64>) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "msa-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let clock = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut context = Context::new(client, caches, recorder, Arc::new(Metrics::default()));
+    let read = clock.clone();
+    context.now = Box::new(move || fixed_time(read.load(std::sync::atomic::Ordering::SeqCst)));
+    (Arc::new(context), clock)
+}
+
 /// The Kubernetes API error body for a refused request.
 pub fn api_error(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
