@@ -4,6 +4,7 @@
 
 mod demo;
 mod identity;
+mod listening;
 mod logs;
 mod plan;
 mod restart;

@@ -49,9 +49,16 @@ impl Replicas {
 pub struct Process {
     /// `user-0`, …, `gateway`: the instance name it reports and its log file's name.
     pub instance: String,
+    /// The service it is a replica of (`None`: the gateway).
+    pub service: Option<Service>,
     pub binary: &'static str,
+    /// Where it listens: the planned address, or port 0 (the OS chooses) until the address it
+    /// bound is known ([`Plan::bound`]).
     pub listen: SocketAddr,
+    /// Its own flags; [`Plan::command_args`] adds the addresses of the services it calls.
     pub args: Vec<String>,
+    /// Flags that name every replica of a service (`--product-url`, `--upstream-user`, …).
+    peers: Vec<(&'static str, Service)>,
 }
 
 /// Who may do what in a local run. Service identities are always on (the reservation routes
@@ -68,12 +75,12 @@ pub struct Security {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub processes: Vec<Process>,
-    pub gateway: SocketAddr,
     pub data_dir: PathBuf,
 }
 
 /// The gateway on `port`; service replicas on the ports after it (users, then orders, then
-/// products); replicas of a service share its SQLite file under `data_dir`.
+/// products); replicas of a service share its SQLite file under `data_dir`. Port 0 puts every
+/// process on a port the OS chooses when it binds.
 pub fn plan(
     port: u16,
     replicas: Replicas,
@@ -86,7 +93,12 @@ pub fn plan(
             "--port {port} leaves no room for {total} services above it"
         ));
     }
-    let at = |offset: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port + offset));
+    let at = |offset: u16| {
+        SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            if port == 0 { 0 } else { port + offset },
+        ))
+    };
     let mut next = 1;
     let mut addresses = Vec::new();
     for service in Service::ALL {
@@ -97,18 +109,6 @@ pub fn plan(
         }
         addresses.push((service, list));
     }
-    let list = |service: Service| -> String {
-        addresses
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map(|(_, l)| {
-                l.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    };
     let data = data_dir.display().to_string();
     let path = |p: PathBuf| p.display().to_string();
     let users = Issuer::users(data_dir);
@@ -135,12 +135,13 @@ pub fn plan(
         for (i, listen) in listed.iter().enumerate() {
             let mut args = vec!["--data-dir".to_owned(), data.clone()];
             args.extend(auth.iter().cloned());
+            let mut peers = Vec::new();
             if service == Service::Order {
+                peers = vec![
+                    ("--user-url", Service::User),
+                    ("--product-url", Service::Product),
+                ];
                 args.extend([
-                    "--user-url".to_owned(),
-                    list(Service::User),
-                    "--product-url".to_owned(),
-                    list(Service::Product),
                     "--service-token-file".to_owned(),
                     path(identity::order_token(data_dir)),
                 ]);
@@ -159,6 +160,7 @@ pub fn plan(
             }
             processes.push(Process {
                 instance: format!("{}-{i}", service.name()),
+                service: Some(service),
                 binary: match service {
                     Service::User => "msa-user",
                     Service::Order => "msa-order",
@@ -166,17 +168,11 @@ pub fn plan(
                 },
                 listen: *listen,
                 args,
+                peers,
             });
         }
     }
-    let gateway = at(0);
     let mut args = vec![
-        "--upstream-user".to_owned(),
-        list(Service::User),
-        "--upstream-order".to_owned(),
-        list(Service::Order),
-        "--upstream-product".to_owned(),
-        list(Service::Product),
         // Local runs stop at once on Ctrl-C; there is no load balancer to tell.
         "--drain-delay-seconds".to_owned(),
         "0".to_owned(),
@@ -193,18 +189,61 @@ pub fn plan(
     }
     processes.push(Process {
         instance: "gateway".to_owned(),
+        service: None,
         binary: "msa-gateway",
-        listen: gateway,
+        listen: at(0),
         args,
+        peers: vec![
+            ("--upstream-user", Service::User),
+            ("--upstream-order", Service::Order),
+            ("--upstream-product", Service::Product),
+        ],
     });
     Ok(Plan {
         processes,
-        gateway,
         data_dir: data_dir.to_path_buf(),
     })
 }
 
 impl Plan {
+    /// The gateway's address (port 0 until it is bound).
+    pub fn gateway(&self) -> SocketAddr {
+        self.processes
+            .iter()
+            .find(|p| p.service.is_none())
+            .map(|p| p.listen)
+            .expect("a plan has a gateway")
+    }
+
+    /// Records where process `index` listens, once it has bound.
+    pub fn bound(&mut self, index: usize, address: SocketAddr) {
+        self.processes[index].listen = address;
+    }
+
+    /// The flags process `index` starts with: its own, then the addresses of every replica of
+    /// each service it calls. Those must be known by then (the plan starts services before
+    /// their callers).
+    pub fn command_args(&self, index: usize) -> Result<Vec<String>, String> {
+        let process = &self.processes[index];
+        let mut args = process.args.clone();
+        for (flag, service) in &process.peers {
+            let replicas: Vec<&Process> = self
+                .processes
+                .iter()
+                .filter(|p| p.service == Some(*service))
+                .collect();
+            if let Some(unknown) = replicas.iter().find(|p| p.listen.port() == 0) {
+                return Err(format!(
+                    "{}'s address is not known yet, and {} needs it: start {} first",
+                    unknown.instance, process.instance, unknown.instance
+                ));
+            }
+            let list: Vec<String> = replicas.iter().map(|p| p.listen.to_string()).collect();
+            args.extend([(*flag).to_owned(), list.join(",")]);
+        }
+        Ok(args)
+    }
+
     /// A Prometheus configuration that scrapes every process of the run (`msa-local up` writes
     /// it as `prometheus.yml` in the data folder), each target labelled with its component and
     /// instance, as a pod's would be.
@@ -254,26 +293,73 @@ mod tests {
                 ("gateway", 8080)
             ]
         );
-        let gateway = planned.processes.last().unwrap();
+        assert_eq!(planned.gateway().port(), 8080);
+        let gateway = planned.command_args(4).unwrap();
         assert!(
             gateway
-                .args
                 .windows(2)
                 .any(|w| w == ["--upstream-product", "127.0.0.1:8083,127.0.0.1:8084"])
         );
-        let order = &planned.processes[3];
+        let order = planned.command_args(3).unwrap();
         assert!(
             order
-                .args
                 .windows(2)
                 .any(|w| w == ["--product-url", "127.0.0.1:8083,127.0.0.1:8084"])
         );
-        assert!(order.args.windows(2).any(|w| w == ["--data-dir", "/tmp/d"]));
+        assert!(order.windows(2).any(|w| w == ["--data-dir", "/tmp/d"]));
         assert!(
             plan(65534, replicas, Path::new("d"), Security::default())
                 .unwrap_err()
                 .contains("--port")
         );
+    }
+
+    #[test]
+    fn on_port_0_callers_are_given_the_addresses_their_services_bound() {
+        let replicas = Replicas {
+            user: 1,
+            order: 1,
+            product: 2,
+        };
+        let mut planned = plan(0, replicas, Path::new("/d"), Security::default()).unwrap();
+        assert!(planned.processes.iter().all(|p| p.listen.port() == 0));
+        // Start order: user-0, product-0, product-1, order-0, gateway.
+        let refused = planned.command_args(3).unwrap_err();
+        assert!(
+            refused.contains("user-0's address is not known"),
+            "{refused}"
+        );
+        assert!(
+            planned.command_args(0).is_ok(),
+            "the user service calls no one"
+        );
+        for (index, port) in [(0, 40001), (1, 40003), (2, 40005)] {
+            planned.bound(index, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        }
+        let order = planned.command_args(3).unwrap();
+        assert!(
+            order
+                .windows(2)
+                .any(|w| w == ["--product-url", "127.0.0.1:40003,127.0.0.1:40005"]),
+            "{order:?}"
+        );
+        assert!(
+            order
+                .windows(2)
+                .any(|w| w == ["--user-url", "127.0.0.1:40001"])
+        );
+        let refused = planned.command_args(4).unwrap_err();
+        assert!(refused.contains("order-0"), "{refused}");
+        planned.bound(3, SocketAddr::from((Ipv4Addr::LOCALHOST, 40007)));
+        let gateway = planned.command_args(4).unwrap();
+        assert!(
+            gateway
+                .windows(2)
+                .any(|w| w == ["--upstream-order", "127.0.0.1:40007"])
+        );
+        assert_eq!(planned.gateway().port(), 0, "not bound yet");
+        planned.bound(4, SocketAddr::from((Ipv4Addr::LOCALHOST, 40009)));
+        assert_eq!(planned.gateway().port(), 40009);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! when it is gone (`MSA_EXIT_WITH_PARENT`), so not even a `kill -9` leaves one behind.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +19,8 @@ use crate::restart::Restarts;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
-    /// Port of the gateway; the services take the ports right after it.
+    /// Port of the gateway; the services take the ports right after it. 0: every component on
+    /// a port the OS chooses (printed once all are ready; a restarted component keeps its own).
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Folder of the SQLite files (kept between runs) and the components' logs.
@@ -53,7 +55,10 @@ pub struct UpArgs {
 const AUTH_RATE_LIMIT: u32 = 20;
 
 struct Running {
+    /// With the address it bound.
     process: Process,
+    /// Its flags, with the addresses of the services it calls.
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
     restarts: Restarts,
@@ -94,11 +99,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let mut running: Vec<Running> = Vec::new();
-    for process in &plan.processes {
-        eprint!("starting {:<10} on {} … ", process.instance, process.listen);
-        match start(process, &bin_dir, &logs).await {
+    for index in 0..plan.processes.len() {
+        let process = &plan.processes[index];
+        eprint!("starting {:<10} … ", process.instance);
+        let started = match plan.command_args(index) {
+            Ok(args) => start(process, args, &bin_dir, &logs).await,
+            Err(error) => Err(anyhow::anyhow!(error)),
+        };
+        match started {
             Ok(started) => {
-                eprintln!("ready");
+                eprintln!("ready on {}", started.process.listen);
+                plan.bound(index, started.process.listen);
                 running.push(started);
             }
             Err(error) => {
@@ -120,7 +131,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Every binary present and every port free, before anything starts.
+/// Every binary present and every planned port free, before anything starts.
 fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
     for process in &plan.processes {
         let binary = bin_dir.join(process.binary);
@@ -130,7 +141,7 @@ fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
                 binary.display()
             );
         }
-        if std::net::TcpListener::bind(process.listen).is_err() {
+        if process.listen.port() != 0 && std::net::TcpListener::bind(process.listen).is_err() {
             bail!(
                 "{} is already in use (another `msa-local up`?); stop it or choose other ports with --port",
                 process.listen
@@ -140,39 +151,85 @@ fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `process` and waits (up to 30 s) until it is ready.
-async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result<Running> {
+/// Starts `process` with `args`, learns where it listens, and waits (30 s in all) until it is
+/// ready there. One that exits first is reported with its status and the end of its log.
+async fn start(
+    process: &Process,
+    args: Vec<String>,
+    bin_dir: &Path,
+    logs: &Path,
+) -> anyhow::Result<Running> {
     let log = logs.join(format!("{}.log", process.instance));
-    let child = spawn(process, bin_dir, &log)?;
+    let child = spawn(process, &args, bin_dir, &log)?;
     let mut running = Running {
         process: process.clone(),
+        args,
         child,
         log,
         restarts: Restarts::new(Instant::now()),
         restart_at: None,
     };
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let url = format!("http://{}/readyz", process.listen);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let result = async {
+        running.process.listen = listening(&mut running, deadline).await?;
+        ready(&mut running, deadline).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = running.child.kill();
+        let _ = running.child.wait();
+    }
+    result.map(|()| running)
+}
+
+/// The address the process bound, as the kernel lists its sockets: the planned one, or with
+/// port 0 whichever the OS gave it. (Where /proc is missing, a planned port is taken on trust.)
+async fn listening(running: &mut Running, deadline: Instant) -> anyhow::Result<SocketAddr> {
+    let planned = running.process.listen;
     loop {
-        if let Some(status) = running.child.try_wait()? {
+        exited_before(running, "listening")?;
+        let bound = match crate::listening::addresses(running.child.id()) {
+            Ok(bound) => bound,
+            Err(_) if Path::new("/proc/self/net/tcp").exists() => Vec::new(), // exiting: see above
+            Err(_) if planned.port() != 0 => return Ok(planned),
+            Err(error) => bail!(
+                "cannot see which port {} was given ({error}); --port 0 needs Linux's /proc, give a port instead",
+                running.process.instance
+            ),
+        };
+        if let Some(address) = bound
+            .into_iter()
+            .find(|a| a.ip() == planned.ip() && (planned.port() == 0 || a.port() == planned.port()))
+        {
+            return Ok(address);
+        }
+        if Instant::now() > deadline {
             bail!(
-                "{} exited ({status}) before becoming ready; its log, {}:\n{}",
-                process.instance,
+                "{} did not listen on {planned} within 30 s; its log, {}:\n{}",
+                running.process.instance,
                 running.log.display(),
                 tail(&running.log)
             );
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/readyz` answers 200 at the address the process listens on.
+async fn ready(running: &mut Running, deadline: Instant) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let url = format!("http://{}/readyz", running.process.listen);
+    loop {
         if let Ok(response) = http.get(&url).send().await
             && response.status().is_success()
         {
-            return Ok(running);
+            return Ok(());
         }
+        exited_before(running, "becoming ready")?;
         if Instant::now() > deadline {
-            let _ = running.child.kill();
             bail!(
                 "{} was not ready after 30 s; its log, {}:\n{}",
-                process.instance,
+                running.process.instance,
                 running.log.display(),
                 tail(&running.log)
             );
@@ -181,12 +238,25 @@ async fn start(process: &Process, bin_dir: &Path, logs: &Path) -> anyhow::Result
     }
 }
 
-/// Runs `process` with its output appended to `log`.
-fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child> {
+/// An error with its exit status and the end of its log, if the process has exited.
+fn exited_before(running: &mut Running, what: &str) -> anyhow::Result<()> {
+    if let Some(status) = running.child.try_wait()? {
+        bail!(
+            "{} exited ({status}) before {what}; its log, {}:\n{}",
+            running.process.instance,
+            running.log.display(),
+            tail(&running.log)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `process` with `args` and its output appended to `log`.
+fn spawn(process: &Process, args: &[String], bin_dir: &Path, log: &Path) -> anyhow::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
     Command::new(bin_dir.join(process.binary))
         .args(["--listen", &process.listen.to_string()])
-        .args(&process.args)
+        .args(args)
         .env("MSA_POD_NAME", &process.instance)
         // Each component names itself in traces (msa-gateway, msa-order, ...); the rest of the
         // OTEL_* variables are inherited, so one exporter setting traces the whole run.
@@ -202,7 +272,7 @@ fn spawn(process: &Process, bin_dir: &Path, log: &Path) -> anyhow::Result<Child>
 }
 
 fn print_summary(plan: &Plan, running: &[Running], security: Security) {
-    println!("\nmsa is running — gateway http://{}", plan.gateway);
+    println!("\nmsa is running — gateway http://{}", plan.gateway());
     for r in running {
         println!("  {:<10} http://{}", r.process.instance, r.process.listen);
     }
@@ -218,7 +288,7 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
         "logs:       {} (merged: {local} logs --data-dir {data} -f)",
         plan.data_dir.join("logs").display()
     );
-    println!("endpoints:  http://{}/debug/endpoints", plan.gateway);
+    println!("endpoints:  http://{}/debug/endpoints", plan.gateway());
     println!(
         "prometheus: prometheus --config.file={}/prometheus.yml scrapes every component",
         data
@@ -238,7 +308,7 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
     }
     println!(
         "try:        {local} demo --gateway http://{} --data-dir {data}",
-        plan.gateway
+        plan.gateway()
     );
     println!("Ctrl-C stops everything; the data stays.");
 }
@@ -303,7 +373,8 @@ async fn supervise(
                         r.restart_at = Some(now + delay);
                     }
                 }
-                Some(at) if now >= at => match spawn(&r.process, bin_dir, &r.log) {
+                // On the address it had: the gateway's list and its callers' name it.
+                Some(at) if now >= at => match spawn(&r.process, &r.args, bin_dir, &r.log) {
                     Ok(child) => {
                         eprintln!("{} started again", r.process.instance);
                         r.child = child;

@@ -31,10 +31,10 @@ fn logs(args: &[&str], data: &std::path::Path) -> Vec<String> {
 #[tokio::test]
 async fn one_request_is_followed_across_every_component() {
     let local = Local::start("logs", &[]);
-    let (port, data) = (local.port, local.data.clone());
+    let data = local.data.clone();
     let id = format!("follow-me-{}", std::process::id());
     let answer = msa_service_kit::testing::loopback_client()
-        .post(format!("http://127.0.0.1:{port}/orders"))
+        .post(format!("{}/orders", local.gateway()))
         .header("x-request-id", &id)
         .json(
             &serde_json::json!({"user_id": "00000000-0000-4000-8000-000000000000",
@@ -44,8 +44,29 @@ async fn one_request_is_followed_across_every_component() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 422, "no such user");
-    // The services log after answering; give their writes a moment to land.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Each component logs a request once it has answered it: followed until all three have.
+    let components = |followed: &[String]| -> Vec<String> {
+        followed
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let followed = loop {
+        let followed = logs(&["--request-id", &id], &data);
+        let seen = components(&followed);
+        if ["gateway", "order-0", "user-0"]
+            .iter()
+            .all(|c| seen.iter().any(|s| s == c))
+        {
+            break followed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway, order-0 and user-0 within 10 s: {followed:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
 
     for file in std::fs::read_dir(data.join("logs")).unwrap() {
         let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
@@ -53,17 +74,6 @@ async fn one_request_is_followed_across_every_component() {
         for line in text.lines() {
             serde_json::from_str::<serde_json::Value>(line).expect("every line is one JSON object");
         }
-    }
-    let followed = logs(&["--request-id", &id], &data);
-    let components: Vec<&str> = followed
-        .iter()
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
-    for component in ["gateway", "order-0", "user-0"] {
-        assert!(
-            components.contains(&component),
-            "{component} in {followed:#?}"
-        );
     }
     assert!(followed.iter().all(|l| l.contains(&id)), "{followed:#?}");
     let times: Vec<String> = followed

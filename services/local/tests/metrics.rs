@@ -8,7 +8,6 @@ use common::Local;
 #[tokio::test]
 async fn every_components_metrics_pass_promtool() {
     let local = Local::start("metrics", &[]);
-    let port = local.port;
     let client = msa_service_kit::testing::loopback_client();
     let gateway = local.gateway();
     // Traffic through every route kind: reads, a write, a 404, a failed order.
@@ -25,8 +24,13 @@ async fn every_components_metrics_pass_promtool() {
         .send()
         .await
         .unwrap();
-    for (offset, component) in [(0, "gateway"), (1, "user"), (2, "order"), (3, "product")] {
-        let url = format!("http://127.0.0.1:{}/metrics", port + offset);
+    for (instance, component) in [
+        ("gateway", "gateway"),
+        ("user-0", "user"),
+        ("order-0", "order"),
+        ("product-0", "product"),
+    ] {
+        let url = format!("{}/metrics", local.url(instance));
         let classic = client.get(&url).send().await.unwrap();
         assert!(
             classic.headers()["content-type"]

@@ -24,7 +24,6 @@ async fn call(method: &str, url: String, body: Option<Value>) -> (u16, Value) {
 #[tokio::test]
 async fn the_original_client_works_unchanged() {
     let local = Local::start("client", &[]);
-    let port = local.port;
     let gateway = local.gateway();
 
     let (status, front) = call("GET", format!("{gateway}/"), None).await;
@@ -32,8 +31,8 @@ async fn the_original_client_works_unchanged() {
     assert_eq!(front["name"], "msa-gateway");
     assert_eq!(front["status"], "ok");
     assert_eq!(front["routes"], json!(["/users", "/orders", "/products"]));
-    for (offset, service) in [(1, "user"), (2, "order"), (3, "product")] {
-        let base = format!("http://127.0.0.1:{}", port + offset);
+    for service in ["user", "order", "product"] {
+        let base = local.url(&format!("{service}-0"));
         let (status, health) = call("GET", format!("{base}/health"), None).await;
         assert_eq!(status, 200, "{service}: {health}");
         assert_eq!(

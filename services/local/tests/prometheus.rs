@@ -39,13 +39,13 @@ async fn query(client: &reqwest::Client, base: &str, promql: &str) -> Vec<Value>
 #[tokio::test]
 async fn prometheus_scrapes_every_component_of_a_local_run() {
     let local = Local::start("prom", &[]);
-    let (port, data) = (local.port, local.data.clone());
+    let (gateway, data) = (local.gateway(), local.data.clone());
     // The written configuration, scraping every second instead of every five.
     let config = std::fs::read_to_string(data.join("prometheus.yml"))
         .unwrap()
         .replace("scrape_interval: 5s", "scrape_interval: 1s");
     std::fs::write(data.join("prometheus-test.yml"), config).unwrap();
-    let web = msa_service_kit::testing::free_port("127.0.0.1");
+    // Prometheus binds a port the OS chooses; the test reads which from the kernel.
     let prometheus = Command::new("prometheus")
         .arg(format!(
             "--config.file={}",
@@ -55,12 +55,33 @@ async fn prometheus_scrapes_every_component_of_a_local_run() {
             "--storage.tsdb.path={}",
             data.join("tsdb").display()
         ))
-        .arg(format!("--web.listen-address={web}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(data.join("prometheus.log")).unwrap())
         .spawn()
         .expect("prometheus (Debian's prometheus package; make unit installs it)");
-    let _stop = Stop(prometheus);
+    let mut prometheus = Stop(prometheus);
+    let log = || std::fs::read_to_string(data.join("prometheus.log")).unwrap_or_default();
+    let started = Instant::now();
+    let web = loop {
+        if let Some(status) = prometheus.0.try_wait().unwrap() {
+            panic!(
+                "prometheus exited with {status} before listening:\n{}",
+                log()
+            );
+        }
+        let listening =
+            msa_service_kit::testing::listening_addresses(prometheus.0.id()).unwrap_or_default();
+        if let [web] = listening.as_slice() {
+            break *web;
+        }
+        assert!(
+            listening.is_empty() && started.elapsed() < Duration::from_secs(60),
+            "prometheus did not listen on one address within 60 s ({listening:?}):\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let base = format!("http://{web}");
     let client = msa_service_kit::testing::loopback_client();
 
@@ -69,11 +90,7 @@ async fn prometheus_scrapes_every_component_of_a_local_run() {
     let (up, rates) = loop {
         round += 1;
         for path in ["/products", "/users"] {
-            client
-                .get(format!("http://127.0.0.1:{port}{path}"))
-                .send()
-                .await
-                .unwrap();
+            client.get(format!("{gateway}{path}")).send().await.unwrap();
         }
         let up = query(&client, &base, "up == 1").await;
         let rates = query(
@@ -88,7 +105,7 @@ async fn prometheus_scrapes_every_component_of_a_local_run() {
         assert!(
             Instant::now() < deadline,
             "after {round} rounds: up {up:?}, rates {rates:?}; prometheus said:\n{}",
-            std::fs::read_to_string(data.join("prometheus.log")).unwrap_or_default()
+            log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -104,6 +121,6 @@ async fn prometheus_scrapes_every_component_of_a_local_run() {
     );
     let rate: f64 = rates[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(rate > 0.0, "{rates:?}");
-    drop(_stop);
+    drop(prometheus);
     local.stop();
 }

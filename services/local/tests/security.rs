@@ -87,10 +87,10 @@ fn forged(header: Value, claims: &Value, secret: Option<&[u8]>) -> String {
 #[tokio::test]
 async fn with_auth_on_no_one_acts_as_anyone_else() {
     let local = Local::start("auth", &["--auth", "--rate-limit-per-second", "1000"]);
-    let (port, data) = (local.port, local.data.clone());
-    let gateway = format!("http://127.0.0.1:{port}");
+    let data = local.data.clone();
+    let gateway = local.gateway();
     let [user_svc, order_svc, product_svc] =
-        [1, 2, 3].map(|i| format!("http://127.0.0.1:{}", port + i));
+        ["user-0", "order-0", "product-0"].map(|instance| local.url(instance));
     let info = send(&gateway, "GET", "/info", None, None).await.1;
     assert_eq!(info["authentication"]["required"], true, "{info}");
 

@@ -8,11 +8,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Local;
-use msa_service_kit::testing::free_port;
+use msa_service_kit::testing::{ServiceProcess, loopback_client};
 use msa_telemetry::jaeger::{Jaeger, Span, assert_child, one};
 use serde_json::{Value, json};
 
@@ -48,7 +47,7 @@ async fn one_order_is_one_trace_across_every_component() {
         ],
     );
     let gateway = local.gateway();
-    let client = reqwest::Client::new();
+    let client = loopback_client();
     let setup = format!("00-{}-{}-01", random_hex(16), random_hex(8));
     let user = post(
         &client,
@@ -173,42 +172,31 @@ fn flaky_backend() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
 async fn a_retried_call_shows_as_two_attempts() {
     let jaeger = Jaeger::start("retry").await;
     let (backend, backend_thread) = flaky_backend();
-    let listen = free_port("127.0.0.1");
     let gateway_binary = Path::new(common::LOCAL).with_file_name("msa-gateway");
-    let mut gateway = Command::new(gateway_binary)
-        .args(["--listen", &listen.to_string()])
-        .args(["--upstream-product", &backend.to_string()])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        // Quiet logs (as the benchmarks run it) must not switch the request spans off.
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
+    // Killed when dropped, also when the test fails first.
+    let gateway = ServiceProcess::start(
+        gateway_binary.to_str().unwrap(),
+        &["--upstream-product", &backend.to_string()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // Quiet logs (as the benchmarks run it) must not switch the request spans off.
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
     let trace_id = random_hex(16);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let answer = loop {
-        match client
-            .get(format!("http://{listen}/products"))
-            .header("traceparent", format!("00-{trace_id}-{}-01", random_hex(8)))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-        {
-            Ok(answer) => break answer,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the gateway did not answer: {error}"),
-        }
-    };
+    let answer = loopback_client()
+        .get(format!("{}/products", gateway.base_url))
+        .header("traceparent", format!("00-{trace_id}-{}-01", random_hex(8)))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("the gateway answers");
     assert_eq!(answer.status(), 200);
     backend_thread.join().unwrap();
     let spans = jaeger.trace(&trace_id, |spans| spans.len() >= 3).await;
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
     let server = one(&spans, "msa-gateway", "GET /products");
     let mut attempts: Vec<&Span> = spans
         .iter()

@@ -1,44 +1,83 @@
-//! What the tests of `msa-local` share: free ports, starting `up`, stopping it.
+//! What the tests of `msa-local` share: starting `up` with every component on a port the OS
+//! chooses (`--port 0`), finding its components, stopping it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 pub const LOCAL: &str = env!("CARGO_BIN_EXE_msa-local");
 
-/// A base port with the five after it free.
-pub fn free_ports() -> u16 {
-    for _ in 0..50 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 60_000
-            && (0..6).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no six free ports in a row");
-}
-
 /// A running `msa-local up`. A test that fails before stopping it still does not leave it (and
 /// its components, which follow it) behind: dropping it interrupts it.
-pub struct Run(Option<Child>);
+pub struct Run {
+    child: Option<Child>,
+    /// Each component's address as `up` printed it: `gateway`, `user-0`, `product-1`, …
+    pub addresses: BTreeMap<String, SocketAddr>,
+    /// The lines it printed after its list of components.
+    pub lines: Receiver<String>,
+    /// The file its standard error goes to.
+    pub errors: PathBuf,
+}
 
 impl Run {
+    pub fn gateway(&self) -> String {
+        self.url("gateway")
+    }
+
+    /// `http://` and the address of component `instance`.
+    pub fn url(&self, instance: &str) -> String {
+        let address = self
+            .addresses
+            .get(instance)
+            .unwrap_or_else(|| panic!("no {instance} in {:?}", self.addresses));
+        format!("http://{address}")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// What it has written to its standard error so far.
+    pub fn said(&self) -> String {
+        std::fs::read_to_string(&self.errors).unwrap_or_default()
+    }
+
+    /// Its components now running, by instance name: its child processes, each named by the
+    /// `MSA_POD_NAME` it was started with.
+    pub fn components(&self) -> BTreeMap<String, Component> {
+        let parent = self.pid();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return BTreeMap::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let component = Component::of(pid)?;
+                (component.parent == parent).then_some(())?;
+                let environ = std::fs::read(entry.path().join("environ")).ok()?;
+                let name = environ
+                    .split(|b| *b == 0)
+                    .find_map(|v| v.strip_prefix(b"MSA_POD_NAME="))?;
+                Some((String::from_utf8_lossy(name).into_owned(), component))
+            })
+            .collect()
+    }
+
     /// The process, no longer stopped on drop (the test stops it itself).
     pub fn take(mut self) -> Child {
-        self.0.take().expect("taken once")
+        self.child.take().expect("taken once")
     }
 }
 
 impl Drop for Run {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-INT", &child.id().to_string()])
                 .status();
@@ -52,32 +91,55 @@ impl Drop for Run {
     }
 }
 
-/// `msa-local up` with `extra` flags once it prints that it is running, with the lines it
-/// prints after that, and the file its standard error goes to.
-pub fn up(
-    port: u16,
-    data: &Path,
-    extra: &[&str],
-) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
-    up_with_env(port, data, extra, &[])
+/// One process, told apart from a later one with the same pid by its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Component {
+    pub pid: u32,
+    parent: u32,
+    /// Clock ticks after boot (`/proc/<pid>/stat`, field 22).
+    started: u64,
 }
 
-/// [`up`] with more environment variables (the `OTEL_*` ones, for example).
-pub fn up_with_env(
-    port: u16,
-    data: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> (Run, std::sync::mpsc::Receiver<String>, PathBuf) {
-    // One file per run, even when a test starts two on the same port.
+impl Component {
+    fn of(pid: u32) -> Option<Component> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (name) state ppid …`: the name may hold spaces and parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if *fields.first()? == "Z" {
+            return None; // exited, not yet reaped
+        }
+        Some(Component {
+            pid,
+            parent: fields.get(1)?.parse().ok()?,
+            started: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// Whether this very process is still running.
+    pub fn is_running(&self) -> bool {
+        Component::of(self.pid).is_some_and(|now| now.started == self.started)
+    }
+
+    /// The addresses it listens on.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        msa_service_kit::testing::listening_addresses(self.pid).unwrap_or_default()
+    }
+}
+
+/// `msa-local up --port 0` with `extra` flags (and `env`), once it prints that it is running,
+/// with the address of each component it printed then. If it exits first, or is not running
+/// within 90 s, the test fails with what it said (which names the component that failed and
+/// ends with that component's log).
+pub fn up(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    // One file per run, even when a test starts two.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let errors = std::env::temp_dir().join(format!(
-        "msa-local-stderr-{port}-{}-{}.txt",
+        "msa-local-stderr-{}-{}.txt",
         std::process::id(),
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut child = Command::new(LOCAL)
-        .args(["up", "--port", &port.to_string()])
+        .args(["up", "--port", "0"])
         .args(extra)
         .arg("--data-dir")
         .arg(data)
@@ -87,35 +149,85 @@ pub fn up_with_env(
         .spawn()
         .expect("start msa-local");
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
+    let said = || std::fs::read_to_string(&errors).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut addresses = BTreeMap::new();
+    let mut listed = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("msa is running") => {
-                return (Run(Some(child)), rx, errors);
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("msa is running") => listed = true,
+            // The list ends where the data folder is named.
+            Ok(line) if listed && line.starts_with("data:") => {
+                assert!(addresses.contains_key("gateway"), "{addresses:?}");
+                return Run {
+                    child: Some(child),
+                    addresses,
+                    lines,
+                    errors,
+                };
+            }
+            // `  user-0     http://127.0.0.1:43567`
+            Ok(line) if listed => {
+                let mut words = line.split_whitespace();
+                if let (Some(name), Some(url)) = (words.next(), words.next())
+                    && let Some(address) = url.strip_prefix("http://")
+                {
+                    let address = address.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+                    addresses.insert(name.to_owned(), address);
+                }
             }
             Ok(_) => {}
-            Err(_) => {
+            Err(RecvTimeoutError::Disconnected) => {
+                // Its output closed: it is exiting.
+                let exit = Instant::now() + Duration::from_secs(30);
+                let status = loop {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        break status.to_string();
+                    }
+                    if Instant::now() > exit {
+                        let _ = child.kill();
+                        break "no exit status (killed)".to_owned();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                panic!(
+                    "msa-local up exited ({status}) before it was running; it said:\n{}",
+                    said()
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                panic!("msa-local up did not report running within 90 s");
+                let _ = child.wait();
+                panic!(
+                    "msa-local up did not report running within 90 s; it said:\n{}",
+                    said()
+                );
             }
         }
     }
 }
 
-/// Ctrl-C, as a person would press it; the run must end cleanly and free every port.
-pub fn interrupt(run: Run, port: u16) {
-    signal_and_wait(run, "-INT", port);
+/// Ctrl-C, as a person would press it; the run must end cleanly and stop every component.
+pub fn interrupt(run: Run) {
+    signal_and_wait(run, "-INT");
 }
 
-/// Sends `signal` and checks that the run ends cleanly and every port is free.
-pub fn signal_and_wait(run: Run, signal: &str, port: u16) {
+/// Sends `signal` and checks that the run ends cleanly with none of its components left.
+pub fn signal_and_wait(run: Run, signal: &str) {
+    let components = run.components();
+    assert_eq!(
+        components.keys().collect::<Vec<_>>(),
+        run.addresses.keys().collect::<Vec<_>>(),
+        "every component found running before the {signal}"
+    );
+    let said = run.errors.clone();
     let mut child = run.take();
     Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -126,20 +238,26 @@ pub fn signal_and_wait(run: Run, signal: &str, port: u16) {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "msa-local did not stop on {signal}"
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "msa-local did not stop within 60 s of {signal}; it said:\n{}",
+                std::fs::read_to_string(&said).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "clean exit: {status}");
-    for i in 0..5 {
-        assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok(),
-            "port {} freed",
-            port + i
-        );
-    }
+    assert!(
+        status.success(),
+        "clean exit: {status}; it said:\n{}",
+        std::fs::read_to_string(&said).unwrap_or_default()
+    );
+    let left: Vec<&String> = components
+        .iter()
+        .filter(|(_, c)| c.is_running())
+        .map(|(name, _)| name)
+        .collect();
+    assert!(left.is_empty(), "still running after msa-local: {left:?}");
 }
 
 /// `msa-local demo` against `gateway` (with `--data-dir` when given); it must succeed and print
@@ -163,12 +281,29 @@ pub fn demo(gateway: &str, data_dir: Option<&Path>, steps: &[&str]) -> String {
     printed
 }
 
-/// One test's local run: a fresh data folder, free ports, `msa-local up` with `extra`. Dropped,
-/// it stops the run (if the test did not) and removes the data folder, also after a failure.
+/// A fresh data folder for test `name`, removed when dropped (also after a failure).
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(name: &str) -> Self {
+        let data = std::env::temp_dir().join(format!("msa-local-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        DataDir(data)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One test's local run: a fresh data folder, `msa-local up --port 0` with `extra`. Dropped, it
+/// stops the run (if the test did not) and removes the data folder, also after a failure.
 pub struct Local {
-    pub port: u16,
     pub data: PathBuf,
     run: Option<Run>,
+    _dir: DataDir,
 }
 
 impl Local {
@@ -178,32 +313,39 @@ impl Local {
 
     /// [`Local::start`] with more environment variables for `msa-local up` and its components.
     pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let data = std::env::temp_dir().join(format!("msa-local-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let port = free_ports();
-        let (run, _lines, _errors) = up_with_env(port, &data, extra, env);
+        let dir = DataDir::new(name);
+        let run = up(&dir.0, extra, env);
         Local {
-            port,
-            data,
+            data: dir.0.clone(),
             run: Some(run),
+            _dir: dir,
         }
     }
 
-    pub fn gateway(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    pub fn run(&self) -> &Run {
+        self.run.as_ref().expect("running")
     }
 
-    /// Ctrl-C: the run must end cleanly and free every port.
+    pub fn gateway(&self) -> String {
+        self.run().gateway()
+    }
+
+    /// `http://` and the address of component `instance` (`user-0`, `order-0`, …).
+    pub fn url(&self, instance: &str) -> String {
+        self.run().url(instance)
+    }
+
+    /// Ctrl-C: the run must end cleanly and stop every component.
     pub fn stop(mut self) {
         if let Some(run) = self.run.take() {
-            interrupt(run, self.port);
+            interrupt(run);
         }
     }
 }
 
 impl Drop for Local {
     fn drop(&mut self) {
+        // The run first: its components hold files in the data folder.
         drop(self.run.take());
-        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
