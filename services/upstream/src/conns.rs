@@ -568,9 +568,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = unused.local_addr().unwrap();
-        drop(unused);
+        // Bound but never listening, and held: the port refuses, and nothing else can take it.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = held.local_addr().unwrap();
         let connections = Connections::new(Duration::from_secs(1), Duration::from_secs(30));
         let (head, ()) = Request::get("/").body(()).unwrap().into_parts();
         assert!(matches!(
