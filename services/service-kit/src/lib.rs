@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod context;
 pub mod db;
+pub mod deadline;
 pub mod extract;
 pub mod metrics;
 pub mod money;
