@@ -5,6 +5,7 @@
 //! need the admin role; with service identities on, the reservation routes answer only the
 //! services named trusted (the order service).
 
+pub mod expiry;
 pub mod model;
 pub mod store;
 
@@ -21,14 +22,33 @@ use msa_service_kit::{Problem, now_rfc3339, parse_id};
 
 use msa_service_kit::money::{parse_price, valid_stock};
 
+use crate::expiry::ProductMetrics;
 use crate::model::{
     CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, normalise_items,
 };
-use crate::store::Reserved;
+use crate::store::{GivenBack, Reserved};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The service's shared state.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub metrics: ProductMetrics,
+}
+
+impl axum::extract::FromRef<AppState> for Database {
+    fn from_ref(state: &AppState) -> Database {
+        state.db.clone()
+    }
+}
+
+/// The API, with metrics nobody reads (route tests).
 pub fn router(db: Database) -> Router {
+    router_with(db, ProductMetrics::default())
+}
+
+pub fn router_with(db: Database, metrics: ProductMetrics) -> Router {
     Router::new()
         .route("/products", get(list_products).post(create_product))
         .route("/products/{id}", get(get_product))
@@ -39,7 +59,7 @@ pub fn router(db: Database) -> Router {
         .route("/reservations/{id}/release", post(release))
         .route("/reservations/{id}/return", post(return_stock))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(db)
+        .with_state(AppState { db, metrics })
 }
 
 async fn create_product(
@@ -146,24 +166,36 @@ async fn commit(
 /// The saga's compensation: 200 with the reservation, now `released` (idempotent); 409 once
 /// it is committed, since then only the order's cancellation may give its stock back.
 async fn release(
-    State(db): State<Database>,
+    State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
-    Ok(Json(store::release(&db, &id).await?))
+    Ok(Json(given_back(
+        &state,
+        store::release(&state.db, &id).await?,
+    )))
 }
 
-/// A confirmed order was cancelled: its committed stock comes back, exactly once.
+/// A confirmed order was cancelled (or failed after its commit): its committed stock comes
+/// back, exactly once.
 async fn return_stock(
-    State(db): State<Database>,
+    State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
-    Ok(Json(store::return_committed(&db, &id).await?))
+    Ok(Json(given_back(
+        &state,
+        store::return_committed(&state.db, &id).await?,
+    )))
+}
+
+fn given_back(state: &AppState, given: GivenBack) -> model::Reservation {
+    state.metrics.clamped(&given.clamped);
+    given.reservation
 }
 
 /// The OpenAPI 3.1 description served at `/openapi.json`.

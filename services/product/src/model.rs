@@ -65,7 +65,7 @@ pub struct ReservedItem {
 pub struct Reservation {
     pub id: String,
     /// `reserved` (stock held for a pending order), `committed` (sold: the order was confirmed)
-    /// or `released` (stock given back, or released before it arrived).
+    /// or `released` (stock given back, expired, or released before it arrived).
     pub state: String,
     pub items: Vec<ReservedItem>,
     pub total_cents: i64,
@@ -117,6 +117,20 @@ pub fn normalise_items(items: &[ReservationItem]) -> Result<Vec<ReservationItem>
 /// What a reservation's lines cost; `None` past [`money::MAX_EXACT`].
 pub fn reservation_total(items: &[ReservedItem]) -> Option<i64> {
     money::total(items.iter().map(|i| (i.quantity, i.unit_price_cents)))
+}
+
+/// The stock after `quantity` units come back (a release, a return, an expiry), and the units
+/// dropped: stock never passes [`money::MAX_STOCK`], the most a client may set, because an
+/// admin may have set it to the maximum while the units were out. A stock already above it (a
+/// database from before the bound) is left as it is and the units are dropped.
+pub fn returned_stock(stock: i64, quantity: i64) -> (i64, i64) {
+    let quantity = quantity.max(0);
+    if stock >= money::MAX_STOCK {
+        return (stock, quantity);
+    }
+    let room = money::MAX_STOCK - stock.max(0);
+    let added = quantity.min(room);
+    (stock.max(0) + added, quantity - added)
 }
 
 #[cfg(test)]
@@ -174,6 +188,36 @@ mod tests {
                 normalise_items(&[line.clone(), line]).unwrap_err().status,
                 422
             );
+        }
+    }
+
+    /// Issue 27: stock given back never passes the maximum a client may set; what did not fit
+    /// is reported.
+    #[test]
+    fn stock_given_back_stays_within_its_maximum() {
+        assert_eq!(returned_stock(5, 3), (8, 0));
+        assert_eq!(
+            returned_stock(money::MAX_STOCK - 1, 3),
+            (money::MAX_STOCK, 2)
+        );
+        assert_eq!(returned_stock(money::MAX_STOCK, 3), (money::MAX_STOCK, 3));
+        assert_eq!(returned_stock(money::MAX_EXACT, 3), (money::MAX_EXACT, 3));
+        assert_eq!(
+            returned_stock(0, money::MAX_QUANTITY),
+            (money::MAX_STOCK, 0)
+        );
+        for stock in [
+            0,
+            1,
+            money::MAX_STOCK / 2,
+            money::MAX_STOCK - 1,
+            money::MAX_STOCK,
+        ] {
+            for quantity in [1, 2, money::MAX_QUANTITY] {
+                let (after, dropped) = returned_stock(stock, quantity);
+                assert!(after <= money::MAX_STOCK && after >= stock);
+                assert_eq!(after - stock + dropped, quantity, "every unit is counted");
+            }
         }
     }
 

@@ -10,7 +10,9 @@ use sqlx::{AnyConnection, Row};
 
 use crate::model::{
     Product, Reservation, ReservationItem, ReservedItem, format_cents, reservation_total,
+    returned_stock,
 };
+use msa_service_kit::db::is_unique_violation;
 
 const COLUMNS: &str = "id, name, description, price_cents, stock, created_at, updated_at";
 
@@ -94,6 +96,15 @@ pub enum Reserved {
     Existing(Reservation),
 }
 
+/// Milliseconds since the Unix epoch (when a reservation was taken, for its expiry).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Reserves every line or none. `items` must be normalised (merged, sorted, quantities ≥ 1).
 pub async fn reserve(
     db: &Database,
@@ -106,11 +117,24 @@ pub async fn reserve(
         return same_request(existing, items).map(Reserved::Existing);
     }
     let now = now_rfc3339();
-    sqlx::query("INSERT INTO reservations (id, state, created_at, updated_at) VALUES ($1, 'reserved', $2, $2)")
+    let inserted = sqlx::query("INSERT INTO reservations (id, state, created_at, updated_at, held_since_ms) VALUES ($1, 'reserved', $2, $2, $3)")
         .bind(id)
         .bind(&now)
+        .bind(now_ms())
         .execute(&mut *tx)
-        .await?;
+        .await;
+    if let Err(error) = inserted {
+        tx.rollback().await?;
+        // On PostgreSQL a concurrent request under the same id (a retry, or a release that
+        // got there first) inserted it meanwhile: answer as for a repeat.
+        if is_unique_violation(&error) {
+            let existing = get_reservation(db, id)
+                .await?
+                .ok_or_else(|| Problem::from(error))?;
+            return same_request(existing, items).map(Reserved::Existing);
+        }
+        return Err(error.into());
+    }
     for (i, item) in items.iter().enumerate() {
         let taken = sqlx::query(
             "UPDATE products SET stock = stock - $1, updated_at = $2 WHERE id = $3 AND stock >= $1",
@@ -165,13 +189,7 @@ pub async fn reserve(
 /// A retry must ask for the same lines; anything else is a client bug worth a 409.
 fn same_request(existing: Reservation, items: &[ReservationItem]) -> Result<Reservation, Problem> {
     if existing.state == "released" {
-        return Err(Problem::conflict(
-            "reservation-released",
-            format!(
-                "reservation {} was released; reserve under a new id",
-                existing.id
-            ),
-        ));
+        return Err(released(&existing.id));
     }
     let lines: Vec<(&str, i64)> = existing
         .items
@@ -191,95 +209,222 @@ fn same_request(existing: Reservation, items: &[ReservationItem]) -> Result<Rese
     Ok(existing)
 }
 
-/// The saga's last step: reserved → committed. From then on only [`return_committed`] (the
-/// order's cancellation) gives the stock back; a release is refused.
+fn released(id: &str) -> Problem {
+    Problem::conflict(
+        "reservation-released",
+        format!(
+            "reservation {id} was released (given back or expired); its stock is no longer held: reserve under a new id"
+        ),
+    )
+}
+
+/// Moves reservation `id` from state `from` to `to` if it is in `from` now (and, for expiry,
+/// held since `held_before_ms` or earlier): one conditional UPDATE, so of two transactions
+/// racing for the same move (two replicas, a release and an expiry) exactly one wins, on
+/// SQLite and on PostgreSQL alike. True when this one did.
+async fn move_state(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: &str,
+    to: &str,
+    held_before_ms: i64,
+) -> Result<bool, Problem> {
+    let done = sqlx::query(
+        "UPDATE reservations SET state = $1, updated_at = $2 \
+         WHERE id = $3 AND state = $4 AND held_since_ms <= $5",
+    )
+    .bind(to)
+    .bind(now_rfc3339())
+    .bind(id)
+    .bind(from)
+    .bind(held_before_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The saga's last step: reserved → committed. From then on only [`return_committed`] (for a
+/// cancelled or failed order) gives the stock back; a release is refused.
 pub async fn commit(db: &Database, id: &str) -> Result<Reservation, Problem> {
     let mut tx = db.begin_write().await?;
-    let existing = load_reservation(&mut tx, id)
-        .await?
-        .ok_or_else(|| Problem::not_found("reservation", id))?;
-    match existing.state.as_str() {
-        "committed" => {}
-        "reserved" => set_state(&mut tx, id, "committed").await?,
-        _ => {
-            return Err(Problem::conflict(
-                "reservation-released",
-                format!("reservation {id} was released; its stock is no longer held"),
-            ));
+    if !move_state(&mut tx, id, "reserved", "committed", i64::MAX).await? {
+        let existing = load_reservation(&mut tx, id)
+            .await?
+            .ok_or_else(|| Problem::not_found("reservation", id))?;
+        if existing.state != "committed" {
+            return Err(released(id));
         }
     }
     finish(tx, id).await
+}
+
+/// Stock given back by a release or a return: the reservation, and the units that did not fit
+/// under the stock's maximum.
+pub struct GivenBack {
+    pub reservation: Reservation,
+    pub clamped: Vec<Clamped>,
+}
+
+/// Units of one product a give-back could not add (see [`returned_stock`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clamped {
+    pub product_id: String,
+    pub units: i64,
 }
 
 /// The saga's compensation: gives a held reservation's stock back once. Releasing an id never
 /// reserved records it as released, so a reservation that arrives late (after its order gave
 /// up) is refused instead of leaking stock. A committed reservation is sold: 409.
-pub async fn release(db: &Database, id: &str) -> Result<Reservation, Problem> {
+pub async fn release(db: &Database, id: &str) -> Result<GivenBack, Problem> {
     let mut tx = db.begin_write().await?;
+    if move_state(&mut tx, id, "reserved", "released", i64::MAX).await? {
+        let clamped = give_back(&mut tx, id).await?;
+        let reservation = finish(tx, id).await?;
+        return Ok(GivenBack {
+            reservation,
+            clamped,
+        });
+    }
     match load_reservation(&mut tx, id).await? {
-        Some(existing) if existing.state == "released" => {}
-        Some(existing) if existing.state == "committed" => {
-            return Err(Problem::conflict(
-                "reservation-committed",
-                format!(
-                    "reservation {id} belongs to a confirmed order; cancel the order to give its stock back"
-                ),
-            ));
-        }
-        Some(existing) => give_back(&mut tx, &existing).await?,
+        Some(existing) if existing.state == "committed" => Err(Problem::conflict(
+            "reservation-committed",
+            format!(
+                "reservation {id} belongs to a confirmed order; cancel the order to give its stock back"
+            ),
+        )),
+        Some(_) => Ok(GivenBack {
+            reservation: finish(tx, id).await?,
+            clamped: Vec::new(),
+        }),
         None => {
-            sqlx::query("INSERT INTO reservations (id, state, created_at, updated_at) VALUES ($1, 'released', $2, $2)")
+            let inserted = sqlx::query("INSERT INTO reservations (id, state, created_at, updated_at, held_since_ms) VALUES ($1, 'released', $2, $2, $3)")
                 .bind(id)
                 .bind(now_rfc3339())
+                .bind(now_ms())
                 .execute(&mut *tx)
-                .await?;
+                .await;
+            match inserted {
+                Ok(_) => Ok(GivenBack {
+                    reservation: finish(tx, id).await?,
+                    clamped: Vec::new(),
+                }),
+                // A reservation under this id arrived meanwhile (PostgreSQL): release that.
+                Err(error) if is_unique_violation(&error) => {
+                    tx.rollback().await?;
+                    Box::pin(release(db, id)).await
+                }
+                Err(error) => Err(error.into()),
+            }
         }
     }
-    finish(tx, id).await
 }
 
-/// A confirmed order was cancelled: its committed stock comes back, exactly once (repeating it
-/// changes nothing). A reservation still held must be released instead.
-pub async fn return_committed(db: &Database, id: &str) -> Result<Reservation, Problem> {
+/// The order was cancelled or failed after its stock was committed: the stock comes back,
+/// exactly once (repeating it changes nothing). A reservation still held must be released
+/// instead.
+pub async fn return_committed(db: &Database, id: &str) -> Result<GivenBack, Problem> {
     let mut tx = db.begin_write().await?;
+    if move_state(&mut tx, id, "committed", "released", i64::MAX).await? {
+        let clamped = give_back(&mut tx, id).await?;
+        let reservation = finish(tx, id).await?;
+        return Ok(GivenBack {
+            reservation,
+            clamped,
+        });
+    }
     let existing = load_reservation(&mut tx, id)
         .await?
         .ok_or_else(|| Problem::not_found("reservation", id))?;
-    match existing.state.as_str() {
-        "released" => {}
-        "committed" => give_back(&mut tx, &existing).await?,
-        _ => {
-            return Err(Problem::conflict(
-                "reservation-not-committed",
-                format!("reservation {id} is not committed; release it instead"),
-            ));
-        }
+    if existing.state != "released" {
+        return Err(Problem::conflict(
+            "reservation-not-committed",
+            format!("reservation {id} is not committed; release it instead"),
+        ));
     }
-    finish(tx, id).await
+    Ok(GivenBack {
+        reservation: finish(tx, id).await?,
+        clamped: Vec::new(),
+    })
 }
 
-/// Adds a reservation's quantities back to stock and marks it released.
-async fn give_back(conn: &mut AnyConnection, reservation: &Reservation) -> Result<(), Problem> {
+/// What one expiry sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub reservations: u64,
+    pub clamped: Vec<Clamped>,
+}
+
+/// Releases every reservation held (neither committed nor released) since `cutoff_ms` or
+/// earlier, giving its stock back in the same transaction as the state change. A reservation
+/// taken before held times were recorded (0) is stamped `now_ms` first, so it gets a full TTL
+/// from the upgrade. Safe on several replicas at once: each release is conditional.
+pub async fn expire(db: &Database, now_ms: i64, cutoff_ms: i64) -> Result<Expired, Problem> {
+    sqlx::query(
+        "UPDATE reservations SET held_since_ms = $1 WHERE state = 'reserved' AND held_since_ms = 0",
+    )
+    .bind(now_ms)
+    .execute(&db.pool)
+    .await?;
+    let ids: Vec<String> = sqlx::query(
+        "SELECT id FROM reservations WHERE state = 'reserved' AND held_since_ms <= $1 \
+         ORDER BY held_since_ms, id LIMIT 1000",
+    )
+    .bind(cutoff_ms)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|row| row.try_get("id"))
+    .collect::<Result<_, _>>()?;
+    let mut expired = Expired::default();
+    for id in ids {
+        let mut tx = db.begin_write().await?;
+        if move_state(&mut tx, &id, "reserved", "released", cutoff_ms).await? {
+            expired.clamped.extend(give_back(&mut tx, &id).await?);
+            tx.commit().await?;
+            expired.reservations += 1;
+            tracing::info!(reservation = %id, "reservation expired; its stock is back");
+        } else {
+            tx.rollback().await?;
+        }
+    }
+    Ok(expired)
+}
+
+/// Adds reservation `id`'s quantities back to stock, each bounded by the stock's maximum
+/// ([`returned_stock`]); returns what did not fit. Each product row is locked (a no-op
+/// write) before it is read, so the sum is exact under concurrent reservations on PostgreSQL.
+async fn give_back(conn: &mut AnyConnection, id: &str) -> Result<Vec<Clamped>, Problem> {
+    let reservation = load_reservation(conn, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("reservation", id))?;
     let now = now_rfc3339();
+    let mut clamped = Vec::new();
     for item in &reservation.items {
-        sqlx::query("UPDATE products SET stock = stock + $1, updated_at = $2 WHERE id = $3")
-            .bind(item.quantity)
+        sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
             .bind(&now)
             .bind(&item.product_id)
             .execute(&mut *conn)
             .await?;
+        let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
+            .bind(&item.product_id)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("stock")?;
+        let (stock, dropped) = returned_stock(stock, item.quantity);
+        sqlx::query("UPDATE products SET stock = $1 WHERE id = $2")
+            .bind(stock)
+            .bind(&item.product_id)
+            .execute(&mut *conn)
+            .await?;
+        if dropped > 0 {
+            tracing::warn!(reservation = id, product = %item.product_id, units = dropped, "stock given back past its maximum; the excess was dropped");
+            clamped.push(Clamped {
+                product_id: item.product_id.clone(),
+                units: dropped,
+            });
+        }
     }
-    set_state(conn, &reservation.id, "released").await
-}
-
-async fn set_state(conn: &mut AnyConnection, id: &str, state: &str) -> Result<(), Problem> {
-    sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE id = $3")
-        .bind(state)
-        .bind(now_rfc3339())
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    Ok(clamped)
 }
 
 /// Reads the reservation as the transaction left it, then commits.

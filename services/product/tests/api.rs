@@ -245,7 +245,10 @@ async fn reservation_input_errors(backend: TestBackend) {
     assert_eq!(stock_of(&api, &a).await, 5);
 }
 
-/// Stock 10, 50 concurrent reservations of 1: exactly 10 succeed, stock ends at 0.
+/// Stock 10, 50 concurrent reservations of 1: exactly 10 succeed, stock ends at 0. A 5xx (a
+/// busy database on a loaded machine) is retried under the same id, which the product service
+/// treats as the same reservation, so the counts stay exact without requiring that nothing
+/// times out.
 async fn concurrent_reservations_never_oversell(backend: TestBackend) {
     let api = start(backend).await;
     let a = id(&create(&api, "A", json!(1), 10).await);
@@ -253,10 +256,17 @@ async fn concurrent_reservations_never_oversell(backend: TestBackend) {
         let api = api.clone();
         let body = json!({"id": uuid::Uuid::new_v4(), "items": [{"product_id": a, "quantity": 1}]});
         tokio::spawn(async move {
-            api.send("POST", "/reservations", Some(body))
-                .await
-                .status()
-                .as_u16()
+            for _ in 0..5 {
+                let status = api
+                    .send("POST", "/reservations", Some(body.clone()))
+                    .await
+                    .status()
+                    .as_u16();
+                if status < 500 {
+                    return status;
+                }
+            }
+            panic!("5 attempts answered 5xx");
         })
     });
     let mut statuses = Vec::new();
@@ -264,7 +274,7 @@ async fn concurrent_reservations_never_oversell(backend: TestBackend) {
         statuses.push(attempt.await.unwrap());
     }
     assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
+        statuses.iter().filter(|s| matches!(**s, 200 | 201)).count(),
         10,
         "{statuses:?}"
     );
@@ -274,6 +284,221 @@ async fn concurrent_reservations_never_oversell(backend: TestBackend) {
         "{statuses:?}"
     );
     assert_eq!(stock_of(&api, &a).await, 0);
+}
+
+/// Issue 27: releases and returns racing for one reservation give its stock back exactly once
+/// (the state change is one conditional UPDATE; before, two transactions on PostgreSQL could
+/// both read `reserved` and both add the stock back).
+async fn concurrent_give_backs_return_the_stock_once(backend: TestBackend) {
+    let api = start(backend).await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    for committed in [false, true] {
+        let order = uuid::Uuid::new_v4();
+        let body = json!({"id": order, "items": [{"product_id": a, "quantity": 3}]});
+        api.expect("POST", "/reservations", Some(body), 201).await;
+        let action = if committed {
+            api.expect("POST", &format!("/reservations/{order}/commit"), None, 200)
+                .await;
+            "return"
+        } else {
+            "release"
+        };
+        let racing: Vec<_> = (0..8)
+            .map(|_| {
+                let api = api.clone();
+                let path = format!("/reservations/{order}/{action}");
+                tokio::spawn(async move { api.send("POST", &path, None).await.status().as_u16() })
+            })
+            .collect();
+        for answer in racing {
+            assert_eq!(answer.await.unwrap(), 200);
+        }
+        assert_eq!(stock_of(&api, &a).await, 10, "{action}: given back once");
+    }
+    // A commit racing releases: the stock is sold or back, never both.
+    let order = uuid::Uuid::new_v4();
+    let body = json!({"id": order, "items": [{"product_id": a, "quantity": 4}]});
+    api.expect("POST", "/reservations", Some(body), 201).await;
+    let racing: Vec<_> = ["commit", "release", "release", "commit", "release"]
+        .iter()
+        .map(|action| {
+            let api = api.clone();
+            let path = format!("/reservations/{order}/{action}");
+            tokio::spawn(async move { api.send("POST", &path, None).await.status().as_u16() })
+        })
+        .collect();
+    for answer in racing {
+        assert!(matches!(answer.await.unwrap(), 200 | 409));
+    }
+    let state = api
+        .expect("GET", &format!("/reservations/{order}"), None, 200)
+        .await["state"]
+        .clone();
+    let expected = if state == "committed" { 6 } else { 10 };
+    assert_eq!(stock_of(&api, &a).await, expected, "state {state}");
+}
+
+/// Issue 27: a reservation neither committed nor released within the TTL is released by the
+/// service itself, its stock given back; a late commit is refused; a committed reservation
+/// never expires.
+async fn a_reservation_nobody_finishes_expires(backend: TestBackend) {
+    use msa_product::expiry::{self, ExpirySettings, ProductMetrics};
+    let metrics = ProductMetrics::default();
+    let (api, db) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+        msa_product::router_with(db, metrics.clone())
+    })
+    .await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let (held, sold) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for order in [held, sold] {
+        let body = json!({"id": order, "items": [{"product_id": a, "quantity": 2}]});
+        api.expect("POST", "/reservations", Some(body), 201).await;
+    }
+    api.expect("POST", &format!("/reservations/{sold}/commit"), None, 200)
+        .await;
+    assert_eq!(stock_of(&api, &a).await, 6);
+    let sweeper = tokio::spawn(expiry::run(
+        db,
+        ExpirySettings {
+            ttl: std::time::Duration::from_millis(200),
+            every: std::time::Duration::from_millis(50),
+        },
+        metrics.clone(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = api
+            .expect("GET", &format!("/reservations/{held}"), None, 200)
+            .await["state"]
+            .clone();
+        if state == "released" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired: {state}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sweeper.abort();
+    assert_eq!(stock_of(&api, &a).await, 8, "the held 2 are back");
+    assert_eq!(metrics.expired.get(), 1);
+    let late = expect_problem(
+        api.send("POST", &format!("/reservations/{held}/commit"), None)
+            .await,
+        409,
+    )
+    .await;
+    assert_eq!(
+        late["type"],
+        "https://msa.dev/problems/reservation-released"
+    );
+    assert_eq!(
+        api.expect("GET", &format!("/reservations/{sold}"), None, 200)
+            .await["state"],
+        "committed"
+    );
+}
+
+/// The sweep with its clock injected: nothing younger than the cutoff goes; two sweeps at once
+/// (two replicas) give the stock back once; a reservation from before held times were stored
+/// gets a full TTL from the first sweep.
+async fn expiry_follows_its_clock_and_gives_back_once(backend: TestBackend) {
+    use msa_product::store::{self, Expired};
+    let (api, db) = testing::start_service(
+        backend,
+        "product",
+        &msa_product::MIGRATOR,
+        msa_product::router,
+    )
+    .await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let order = uuid::Uuid::new_v4().to_string();
+    let body = json!({"id": order, "items": [{"product_id": a, "quantity": 4}]});
+    api.expect("POST", "/reservations", Some(body), 201).await;
+    let now = store::now_ms();
+    let ttl = 60_000;
+    assert_eq!(
+        store::expire(&db, now, now - ttl).await.unwrap(),
+        Expired::default(),
+        "younger than the TTL"
+    );
+    let later = now + ttl + 1;
+    let (one, two) = tokio::join!(
+        store::expire(&db, later, later - ttl),
+        store::expire(&db, later, later - ttl)
+    );
+    assert_eq!(
+        one.unwrap().reservations + two.unwrap().reservations,
+        1,
+        "released by exactly one sweep"
+    );
+    assert_eq!(stock_of(&api, &a).await, 10);
+
+    let legacy = uuid::Uuid::new_v4().to_string();
+    let body = json!({"id": legacy, "items": [{"product_id": a, "quantity": 1}]});
+    api.expect("POST", "/reservations", Some(body), 201).await;
+    sqlx::query("UPDATE reservations SET held_since_ms = 0 WHERE id = $1")
+        .bind(&legacy)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let far = later + 10 * ttl;
+    assert_eq!(
+        store::expire(&db, far, far - ttl)
+            .await
+            .unwrap()
+            .reservations,
+        0,
+        "stamped now, not expired"
+    );
+    let after = far + ttl + 1;
+    assert_eq!(
+        store::expire(&db, after, after - ttl)
+            .await
+            .unwrap()
+            .reservations,
+        1
+    );
+    assert_eq!(stock_of(&api, &a).await, 10);
+}
+
+/// Issue 27: stock given back (a release, a return) never passes the maximum a client may set:
+/// what does not fit is dropped and counted, instead of a stock no client could have set.
+async fn stock_given_back_stays_within_its_maximum(backend: TestBackend) {
+    use msa_product::expiry::ProductMetrics;
+    use msa_service_kit::money::MAX_STOCK;
+    let metrics = ProductMetrics::default();
+    let (api, _) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+        msa_product::router_with(db, metrics.clone())
+    })
+    .await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let (held, sold) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (order, quantity) in [(held, 5), (sold, 3)] {
+        let body = json!({"id": order, "items": [{"product_id": a, "quantity": quantity}]});
+        api.expect("POST", "/reservations", Some(body), 201).await;
+    }
+    api.expect("POST", &format!("/reservations/{sold}/commit"), None, 200)
+        .await;
+    let set = |stock: i64| {
+        let api = api.clone();
+        let path = format!("/products/{a}/stock");
+        async move {
+            api.expect("PUT", &path, Some(json!({"stock": stock})), 200)
+                .await;
+        }
+    };
+    set(MAX_STOCK).await;
+    api.expect("POST", &format!("/reservations/{held}/release"), None, 200)
+        .await;
+    assert_eq!(stock_of(&api, &a).await, MAX_STOCK);
+    set(MAX_STOCK - 1).await;
+    api.expect("POST", &format!("/reservations/{sold}/return"), None, 200)
+        .await;
+    assert_eq!(stock_of(&api, &a).await, MAX_STOCK);
+    assert_eq!(
+        metrics.clamped_units.get(),
+        5 + 2,
+        "every dropped unit counted"
+    );
 }
 
 /// Issue 15, defects 1 and 2: numbers near the 64-bit limits are refused at the API, and the
@@ -464,4 +689,8 @@ msa_service_kit::on_both_backends!(
     a_price_is_read_from_its_json_text,
     control_characters_are_refused,
     a_committed_reservation_returns_its_stock_once,
+    concurrent_give_backs_return_the_stock_once,
+    a_reservation_nobody_finishes_expires,
+    expiry_follows_its_clock_and_gives_back_once,
+    stock_given_back_stays_within_its_maximum,
 );
