@@ -23,7 +23,7 @@ use hyper::body::Body as _;
 use msa_service_kit::Problem;
 use msa_service_kit::config::ServeArgs;
 use msa_service_kit::server::{self, Ops};
-use msa_upstream::{CallError, Upstream};
+use msa_upstream::{CallError, Upstream, deadline};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -128,7 +128,9 @@ async fn forward(
 }
 
 /// Passes the request on to `upstream` and its answer back: body limit, forwarding headers;
-/// hop-by-hop headers stripped from the answer; failures as problems.
+/// hop-by-hop headers stripped from the answer; failures as problems. A client's
+/// `x-msa-timeout-ms` (a trusted internal caller's remaining time) can only shorten the call:
+/// the upstream is sent the gateway's own value in its place.
 pub(crate) async fn forward_to(
     upstream: &Upstream,
     policy: &Policy,
@@ -136,6 +138,22 @@ pub(crate) async fn forward_to(
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
+    let deadline = match parts
+        .headers
+        .get(&deadline::TIMEOUT_HEADER)
+        .map(deadline::parse)
+    {
+        None => None,
+        Some(Ok(wait)) => Some(std::time::Instant::now() + wait),
+        Some(Err(invalid)) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-timeout",
+                invalid.to_string(),
+            )
+            .into_response();
+        }
+    };
     let route = routes::template(parts.uri.path());
     let identity = match &policy.auth {
         Some(auth) => match auth
@@ -192,7 +210,7 @@ pub(crate) async fn forward_to(
         route,
     };
     match upstream
-        .send_scoped(Request::from_parts(parts, body), scope)
+        .send_scoped(Request::from_parts(parts, body), scope, deadline)
         .await
     {
         Ok(response) => {

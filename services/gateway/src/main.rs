@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use msa_gateway::{Gateway, Route};
 use msa_service_kit::config::ServeArgs;
 use msa_service_kit::metrics::HttpMetrics;
@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The msa API gateway: routes /users, /orders and /products to their services, balancing
 /// across each service's endpoints, ejecting failing ones and breaking circuits client-side.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(version)]
 struct Flags {
     #[command(flatten)]
@@ -61,7 +61,9 @@ struct Flags {
 }
 
 fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
+    // The gateway is the outer hop: its timeouts are longer than a service's own calls.
+    let matches = msa_upstream::config::with_gateway_defaults(Flags::command()).get_matches();
+    let flags = Flags::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let runtime = match flags.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

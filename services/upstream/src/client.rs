@@ -4,7 +4,13 @@
 //! another endpoint when that is safe and the budget allows — all under an overall deadline.
 //!
 //! One timer serves a whole call: it is reset to each attempt's deadline (the per-try timeout,
-//! capped by the overall one). A housekeeping tick each second closes idle connections; it also
+//! capped by the overall one). The overall deadline is the call's own timeout, cut to the
+//! caller's [`Deadline`] when it has one; each attempt tells the endpoint how long it will wait
+//! for it in `x-msa-timeout-ms` (see [`crate::deadline`]), so the next hop can keep inside it.
+//!
+//! A call that meets a half-open circuit breaker whose probes are all out waits for their
+//! verdict (bounded by its deadline) instead of being turned away: the probes succeed and it
+//! goes, or one fails and it gets the open circuit's 503. A housekeeping tick each second closes idle connections; it also
 //! keeps tokio's timer wheel armed, so arming a request's timer never has to wake the driver
 //! (an `eventfd` write per request on an otherwise idle runtime).
 //!
@@ -30,6 +36,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::balance::XorShift;
 use crate::conns::{Connections, SendError, UpstreamBody};
+use crate::deadline::{self, Deadline, TIMEOUT_HEADER};
 use crate::discovery::Discovery;
 use crate::metrics::{
     AttemptLabels, BreakerLabels, ReasonLabels, StateLabels, UpstreamLabel, UpstreamMetrics,
@@ -52,14 +59,26 @@ pub struct CallConfig {
 }
 
 impl Default for CallConfig {
+    /// A service's calls to its peers (the inner hop; see [`crate::config::INNER_PER_TRY_MS`]).
     fn default() -> Self {
         CallConfig {
             connect_timeout: Duration::from_secs(1),
-            per_try_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(15),
+            per_try_timeout: Duration::from_millis(crate::config::INNER_PER_TRY_MS),
+            request_timeout: Duration::from_millis(crate::config::INNER_REQUEST_MS),
             max_retries: 1,
             retry_body_limit: 64 * 1024,
             retry_backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+impl CallConfig {
+    /// The gateway's calls (the outer hop): longer than a service's own calls to its peers.
+    pub fn gateway() -> Self {
+        CallConfig {
+            per_try_timeout: Duration::from_millis(crate::config::GATEWAY_PER_TRY_MS),
+            request_timeout: Duration::from_millis(crate::config::GATEWAY_REQUEST_MS),
+            ..CallConfig::default()
         }
     }
 }
@@ -270,6 +289,11 @@ struct Inner {
     config: CallConfig,
     metrics: UpstreamMetrics,
     endpoints_changed: Notify,
+    /// Woken when a breaker changes state or gives back a probe slot (calls awaiting the
+    /// probes' verdict ask again).
+    breaker_changed: Notify,
+    /// `x-msa-timeout-ms` for an attempt that has its whole per-try time, made once.
+    per_try_header: http::HeaderValue,
 }
 
 impl Upstream {
@@ -286,6 +310,7 @@ impl Upstream {
         let unavailable_after = pool.unavailable_after;
         let mut state = Pool::new(pool, now, XorShift::from_clock().next_u64());
         state.sync(&discovery.current(), now);
+        let per_try_header = deadline::header_value(config.per_try_timeout);
         let inner = Arc::new(Inner {
             unavailable_after,
             endpoint_metrics: Mutex::default(),
@@ -296,6 +321,8 @@ impl Upstream {
             config,
             metrics,
             endpoints_changed: Notify::new(),
+            breaker_changed: Notify::new(),
+            per_try_header,
         });
         inner.count_endpoints();
         let weak = Arc::downgrade(&inner);
@@ -349,18 +376,22 @@ impl Upstream {
 
     /// Sends `request` (its URI is the path and query; scheme and authority are the chosen
     /// endpoint's) and returns the response head with its streaming body. Its calls share the
-    /// upstream's whole-service circuit breaker.
+    /// upstream's whole-service circuit breaker. A [`Deadline`] request extension cuts the
+    /// call's timeouts to it (a service passes on the deadline its own caller gave it).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<UpstreamBody>, CallError> {
-        self.send_scoped(request, BreakerScope::WHOLE).await
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        self.send_scoped(request, BreakerScope::WHOLE, deadline)
+            .await
     }
 
     /// [`Upstream::send`], with `scope` naming the circuit breaker the call counts under (the
-    /// gateway passes each request's route). A parameter, not a request extension: an
-    /// extension map costs two allocations per request.
+    /// gateway passes each request's route) and `deadline` the caller's own, if any. Parameters,
+    /// not request extensions: an extension map costs two allocations per request.
     pub async fn send_scoped(
         &self,
         request: Request<Body>,
         scope: BreakerScope,
+        deadline: Option<Instant>,
     ) -> Result<Response<UpstreamBody>, CallError> {
         let inner = &self.inner;
         let (mut parts, body) = request.into_parts();
@@ -370,9 +401,14 @@ impl Upstream {
         let payload = inner.prepare(body).await?;
         let started = Instant::now();
         inner.lock().request_started(started);
-        let deadline = tokio::time::Instant::from_std(started + inner.config.request_timeout);
+        let own = started + inner.config.request_timeout;
+        let deadline = deadline.map_or(own, |caller| caller.min(own));
+        let call = CallTime {
+            deadline,
+            budget: deadline.saturating_duration_since(started),
+        };
         inner
-            .attempts(parts, payload, retry_safe, scope, deadline)
+            .attempts(parts, payload, retry_safe, scope, call)
             .await
     }
 }
@@ -381,6 +417,24 @@ impl Upstream {
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle connections are looked over (see the module doc for the other reason).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a whole call must end, and how long that gave it (for the timeout's message).
+#[derive(Clone, Copy)]
+struct CallTime {
+    deadline: Instant,
+    budget: Duration,
+}
+
+/// What asking the pool for an endpoint gave.
+enum Picked<F> {
+    /// The attempt is on its way (once polled) to this endpoint.
+    Sent(SocketAddr, crate::pool::Tracked<F>),
+    /// Discovery lists no endpoint, and has for this long.
+    NoEndpoints(Duration),
+    /// The breaker is half-open and its probes are all out.
+    AwaitingProbes,
+    Refused(CallError),
+}
 
 /// An attempt the pool counts as in flight. Dropped unfinished — the caller went away — it is
 /// given back unjudged, so in-flight counts and half-open probe slots cannot leak.
@@ -400,9 +454,7 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.inner
-                .lock()
-                .finish_unjudged(self.addr, Instant::now(), self.scope);
+            self.inner.finish_unjudged(self.addr, self.scope);
         }
     }
 }
@@ -495,8 +547,9 @@ impl Inner {
         mut payload: Payload,
         retry_safe: bool,
         scope: BreakerScope,
-        deadline: tokio::time::Instant,
+        call_time: CallTime,
     ) -> Result<Response<UpstreamBody>, CallError> {
+        let deadline = tokio::time::Instant::from_std(call_time.deadline);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         let mut previous: Option<SocketAddr> = None;
         let mut attempt = 0;
@@ -514,12 +567,68 @@ impl Inner {
                 attempt,
                 &mut parts.headers,
             );
-            let picked = tokio::select! {
-                biased;
-                picked = self.pick(previous, scope, &parts, &mut body) => picked,
-                () = &mut timer => return Err(self.overall_timeout()),
+            // Registered before the pool is asked again, so a change in between is not missed;
+            // only once the pool has said to wait (a lock per request otherwise).
+            let mut endpoints_changed = None;
+            let mut breaker_changed = None;
+            let (addr, call, started, try_time) = loop {
+                // The attempt's time runs from here (the pool's choice takes microseconds), and
+                // the endpoint is told it.
+                let now = Instant::now();
+                let Some(try_time) =
+                    deadline::attempt_budget(now, self.config.per_try_timeout, call_time.deadline)
+                else {
+                    return Err(self.overall_timeout(call_time));
+                };
+                let told = if try_time == self.config.per_try_timeout {
+                    self.per_try_header.clone()
+                } else {
+                    deadline::header_value(try_time)
+                };
+                parts.headers.insert(&TIMEOUT_HEADER, told);
+                match self.pick(now, previous, scope, &parts, &mut body) {
+                    Picked::Sent(addr, call) => break (addr, call, now, try_time),
+                    Picked::Refused(error) => return Err(error),
+                    Picked::NoEndpoints(for_at_least) => {
+                        let Some(waiting) = &mut endpoints_changed else {
+                            endpoints_changed = Some(enabled(&self.endpoints_changed));
+                            continue;
+                        };
+                        let left = self.unavailable_after.saturating_sub(for_at_least);
+                        if !left.is_zero() {
+                            tokio::select! {
+                                biased;
+                                () = waiting.as_mut() => {
+                                    endpoints_changed = None;
+                                    continue;
+                                }
+                                () = tokio::time::sleep(left) => {}
+                                () = &mut timer => return Err(self.overall_timeout(call_time)),
+                            }
+                        }
+                        self.refused("no_endpoints");
+                        return Err(CallError::NoEndpoints {
+                            upstream: self.name.clone(),
+                            source_name: self.source.clone(),
+                        });
+                    }
+                    Picked::AwaitingProbes => {
+                        let Some(waiting) = &mut breaker_changed else {
+                            breaker_changed = Some(enabled(&self.breaker_changed));
+                            continue;
+                        };
+                        // A probe's verdict comes within its per-try time; ask again then at
+                        // the latest.
+                        tokio::select! {
+                            biased;
+                            () = waiting.as_mut() => {}
+                            () = tokio::time::sleep(self.config.per_try_timeout) => {}
+                            () = &mut timer => return Err(self.overall_timeout(call_time)),
+                        }
+                        breaker_changed = None;
+                    }
+                }
             };
-            let (addr, call) = picked?;
             msa_telemetry::client_endpoint(&span, addr);
             let in_flight = InFlight {
                 inner: self,
@@ -527,11 +636,8 @@ impl Inner {
                 scope,
                 open: true,
             };
-            let started = Instant::now();
-            let try_deadline = (tokio::time::Instant::from_std(started)
-                + self.config.per_try_timeout)
-                .min(deadline);
-            timer.as_mut().reset(try_deadline);
+            let try_deadline = tokio::time::Instant::from_std(started) + try_time;
+            timer.as_mut().reset(try_deadline.min(deadline));
             let ended = tokio::select! {
                 biased;
                 sent = call.instrument(span.clone()) => match sent {
@@ -563,8 +669,8 @@ impl Inner {
             msa_telemetry::finish_client_span(&span, ended.status(), ended.failure());
             let latency = started.elapsed();
             self.record(addr, scope, latency, &ended);
-            if matches!(ended, Attempt::TimedOut) && try_deadline == deadline {
-                return Err(self.overall_timeout());
+            if matches!(ended, Attempt::TimedOut) && try_deadline >= deadline {
+                return Err(self.overall_timeout(call_time));
             }
             // A refused connection carried no byte of the request, so any method may go again.
             let safe = replayable && (retry_safe || matches!(ended, Attempt::ConnectFailed(_)));
@@ -589,7 +695,7 @@ impl Inner {
                 let jitter = 0.5 + XorShift::from_clock().next_f64();
                 let pause = tokio::time::Instant::now() + self.config.retry_backoff.mul_f64(jitter);
                 if pause >= deadline {
-                    return Err(self.overall_timeout());
+                    return Err(self.overall_timeout(call_time));
                 }
                 timer.as_mut().reset(pause);
                 (&mut timer).await;
@@ -620,90 +726,66 @@ impl Inner {
                 }
                 Attempt::TimedOut => Err(CallError::Timeout {
                     upstream: self.name.clone(),
-                    after: self.config.per_try_timeout,
+                    after: try_time,
                 }),
             };
         }
     }
 
     /// The call ran out of its overall time.
-    fn overall_timeout(&self) -> CallError {
+    fn overall_timeout(&self, call_time: CallTime) -> CallError {
         CallError::Timeout {
             upstream: self.name.clone(),
-            after: self.config.request_timeout,
+            after: call_time.budget,
         }
     }
 
-    /// Asks the pool for an endpoint other than `exclude`, waiting up to the pool's
-    /// `unavailable_after` for discovery to produce a first one; the returned future sends
-    /// `head` and `body` to it.
-    async fn pick<'a, 'h>(
+    /// Asks the pool for an endpoint other than `exclude`; when it gives one, the returned
+    /// future sends `head` and `body` there.
+    fn pick<'a, 'h>(
         &'a self,
+        now: Instant,
         exclude: Option<SocketAddr>,
         scope: BreakerScope,
         head: &'h Parts,
         body: &mut Option<Body>,
-    ) -> Result<
-        (
-            SocketAddr,
-            crate::pool::Tracked<
-                impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a, 'h>,
-            >,
-        ),
-        CallError,
-    > {
-        // Registered only once the pool has no endpoint (a lock per request otherwise), and
-        // before the pool is asked again, so a change in between is not missed.
-        let mut changed = None;
-        loop {
-            let outcome = self.lock().send(Instant::now(), exclude, scope, |addr| {
-                let body = body.take().expect("sent once");
-                // Boxed: the pool, the span and the select move a pointer, not the exchange.
-                Box::pin(self.connections.send(addr, head, body))
-            });
-            match outcome {
-                Ok(picked) => return Ok(picked),
-                Err((refusal, changes)) => {
-                    self.report(changes);
-                    match refusal {
-                        Refusal::NoEndpoints { for_at_least } => {
-                            let Some(waiting) = &mut changed else {
-                                let mut notified = Box::pin(self.endpoints_changed.notified());
-                                notified.as_mut().enable();
-                                changed = Some(notified);
-                                continue;
-                            };
-                            if let Some(left) = self.unavailable_after.checked_sub(for_at_least)
-                                && !left.is_zero()
-                                && tokio::time::timeout(left, waiting.as_mut()).await.is_ok()
-                            {
-                                changed = None;
-                                continue;
-                            }
-                            self.refused("no_endpoints");
-                            return Err(CallError::NoEndpoints {
-                                upstream: self.name.clone(),
-                                source_name: self.source.clone(),
-                            });
-                        }
-                        Refusal::CircuitOpen { retry_after } => {
-                            self.refused("circuit_open");
-                            return Err(CallError::CircuitOpen {
-                                upstream: self.name.clone(),
-                                scope,
-                                retry_after,
-                            });
-                        }
-                        Refusal::NoOtherEndpoint => {
-                            self.refused("no_endpoints");
-                            return Err(CallError::NoEndpoints {
-                                upstream: self.name.clone(),
-                                source_name: self.source.clone(),
-                            });
-                        }
-                    }
-                }
+    ) -> Picked<impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a, 'h>> {
+        let outcome = self.lock().send(now, exclude, scope, |addr| {
+            let body = body.take().expect("sent once");
+            // Boxed: the pool, the span and the select move a pointer, not the exchange.
+            Box::pin(self.connections.send(addr, head, body))
+        });
+        let (refusal, changes) = match outcome {
+            Ok((addr, call)) => return Picked::Sent(addr, call),
+            Err(refused) => refused,
+        };
+        self.report(changes);
+        match refusal {
+            Refusal::NoEndpoints { for_at_least } => Picked::NoEndpoints(for_at_least),
+            Refusal::AwaitingProbes { .. } => Picked::AwaitingProbes,
+            Refusal::CircuitOpen { retry_after } => {
+                self.refused("circuit_open");
+                Picked::Refused(CallError::CircuitOpen {
+                    upstream: self.name.clone(),
+                    scope,
+                    retry_after,
+                })
             }
+            Refusal::NoOtherEndpoint => {
+                self.refused("no_endpoints");
+                Picked::Refused(CallError::NoEndpoints {
+                    upstream: self.name.clone(),
+                    source_name: self.source.clone(),
+                })
+            }
+        }
+    }
+
+    /// An attempt ended without a verdict on the endpoint; a probe slot it held goes to a call
+    /// awaiting the probes.
+    fn finish_unjudged(&self, addr: SocketAddr, scope: BreakerScope) {
+        if self.lock().finish_unjudged(addr, Instant::now(), scope) {
+            self.breaker_changed.notify_waiters();
         }
     }
 
@@ -712,7 +794,7 @@ impl Inner {
         let changes = match (failure, ended) {
             // Not the endpoint's fault: neither a success nor a failure for its health.
             (_, Attempt::Closed { reused: true, .. }) => {
-                self.lock().finish_unjudged(addr, Instant::now(), scope);
+                self.finish_unjudged(addr, scope);
                 Vec::new()
             }
             (None, _) => {
@@ -826,6 +908,12 @@ impl Inner {
         if changes.is_empty() {
             return;
         }
+        if changes
+            .iter()
+            .any(|change| matches!(change, Change::Breaker { .. }))
+        {
+            self.breaker_changed.notify_waiters();
+        }
         for change in changes {
             match change {
                 Change::Ejected {
@@ -883,6 +971,13 @@ impl Inner {
     }
 }
 
+/// A notification of `notify`'s next `notify_waiters`, registered now.
+fn enabled(notify: &Notify) -> std::pin::Pin<Box<tokio::sync::futures::Notified<'_>>> {
+    let mut notified = Box::pin(notify.notified());
+    notified.as_mut().enable();
+    notified
+}
+
 /// Whether `E` is somewhere in the error's chain of causes.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
@@ -933,4 +1028,265 @@ pub async fn read_body(
         .await
         .map_err(|e| format!("unreadable response body: {e}"))?;
     Ok((status, body.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use http::HeaderValue;
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::endpoint::Endpoint;
+    use crate::outlier::OutlierConfig;
+
+    /// An HTTP/1.1 endpoint on 127.0.0.1: answers 200, or 503 while `failing`, once `gate` is
+    /// open; notes every `x-msa-timeout-ms` it is sent.
+    struct Backend {
+        failing: AtomicBool,
+        requests: AtomicUsize,
+        told: Mutex<Vec<Vec<HeaderValue>>>,
+        gate: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Default for Backend {
+        fn default() -> Self {
+            Backend {
+                failing: AtomicBool::default(),
+                requests: AtomicUsize::default(),
+                told: Mutex::default(),
+                gate: tokio::sync::watch::Sender::new(true),
+            }
+        }
+    }
+
+    async fn backend(state: Arc<Backend>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            state.requests.fetch_add(1, Ordering::SeqCst);
+                            let told = request
+                                .headers()
+                                .get_all(&TIMEOUT_HEADER)
+                                .iter()
+                                .cloned()
+                                .collect();
+                            state.told.lock().unwrap().push(told);
+                            let _ = state.gate.subscribe().wait_for(|open| *open).await;
+                            let mut response = Response::new(Body::empty());
+                            if state.failing.load(Ordering::SeqCst) {
+                                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn upstream(addr: SocketAddr, breaker: BreakerConfig, calls: CallConfig) -> Upstream {
+        let pool = PoolConfig {
+            breaker,
+            // One endpoint, never ejected: only the breaker decides.
+            outliers: OutlierConfig {
+                consecutive_failures: 1_000_000,
+                latency_factor: 0.0,
+                ..OutlierConfig::default()
+            },
+            ..PoolConfig::default()
+        };
+        Upstream::new(
+            "test",
+            Discovery::fixed(vec![Endpoint::new(addr)]),
+            pool,
+            calls,
+            UpstreamMetrics::register(&mut Default::default()),
+        )
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("/x").body(Body::empty()).unwrap()
+    }
+
+    /// The one `x-msa-timeout-ms` value of the last request, in milliseconds.
+    fn last_told(state: &Backend) -> u64 {
+        let told = state.told.lock().unwrap();
+        let values = told.last().expect("a request arrived");
+        assert_eq!(values.len(), 1, "exactly one value: {values:?}");
+        values[0].to_str().unwrap().parse().unwrap()
+    }
+
+    /// Issue 27: each attempt tells the endpoint how long it will wait — its per-try timeout,
+    /// or less when the caller's deadline is nearer — and replaces any value the caller set.
+    #[tokio::test]
+    async fn every_attempt_tells_the_endpoint_how_long_it_will_wait() {
+        let state = Arc::new(Backend::default());
+        let addr = backend(state.clone()).await;
+        let calls = CallConfig {
+            per_try_timeout: Duration::from_millis(800),
+            request_timeout: Duration::from_millis(2_000),
+            ..CallConfig::default()
+        };
+        let upstream = upstream(addr, BreakerConfig::default(), calls);
+
+        upstream.send(get()).await.unwrap();
+        let told = last_told(&state);
+        assert!((1..=800).contains(&told), "told {told} ms");
+
+        let mut near = get();
+        near.extensions_mut()
+            .insert(Deadline(Instant::now() + Duration::from_millis(300)));
+        upstream.send(near).await.unwrap();
+        let told = last_told(&state);
+        assert!((1..=300).contains(&told), "told {told} ms");
+
+        let mut claims_more = get();
+        claims_more
+            .headers_mut()
+            .insert(&TIMEOUT_HEADER, HeaderValue::from_static("99999"));
+        upstream.send(claims_more).await.unwrap();
+        let told = last_told(&state);
+        assert!(
+            (1..=800).contains(&told),
+            "told {told} ms, never lengthened"
+        );
+
+        let before = state.requests.load(Ordering::SeqCst);
+        let mut spent = get();
+        spent.extensions_mut().insert(Deadline(Instant::now()));
+        let error = upstream.send(spent).await.unwrap_err();
+        assert!(matches!(error, CallError::Timeout { .. }), "{error}");
+        assert_eq!(
+            state.requests.load(Ordering::SeqCst),
+            before,
+            "a call with no time left is not sent"
+        );
+    }
+
+    fn quick_breaker(open_for: Duration) -> BreakerConfig {
+        BreakerConfig {
+            failure_rate_percent: 50,
+            minimum_calls: 4,
+            window: Duration::from_secs(60),
+            open_for,
+            half_open_probes: 3,
+        }
+    }
+
+    fn no_retries() -> CallConfig {
+        CallConfig {
+            max_retries: 0,
+            ..CallConfig::default()
+        }
+    }
+
+    /// Fails 4 calls so the breaker opens, then waits (polling) until it reads half-open.
+    async fn open_then_lapse(upstream: &Upstream, state: &Backend) {
+        state.failing.store(true, Ordering::SeqCst);
+        for _ in 0..4 {
+            let answer = upstream.send(get()).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(upstream.view().breaker, "open");
+        let patience = Instant::now() + Duration::from_secs(30);
+        while upstream.view().breaker != "half_open" {
+            assert!(Instant::now() < patience, "the breaker never lapsed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a burst of 80 calls (each its own task) while the endpoint holds its answers, waits
+    /// until the probes have reached it, then lets it answer; returns the calls' outcomes.
+    /// On the single-threaded test runtime every call has asked the breaker by then: the tasks
+    /// run in the order spawned, before the endpoint's connections are even accepted.
+    async fn burst(upstream: &Upstream, state: &Backend) -> Vec<Result<StatusCode, CallError>> {
+        let before = state.requests.load(Ordering::SeqCst);
+        state.gate.send_replace(false);
+        let calls: Vec<_> = (0..80)
+            .map(|_| {
+                let upstream = upstream.clone();
+                tokio::spawn(async move { upstream.send(get()).await.map(|r| r.status()) })
+            })
+            .collect();
+        let patience = Instant::now() + Duration::from_secs(30);
+        while state.requests.load(Ordering::SeqCst) - before < 3 {
+            assert!(Instant::now() < patience, "the probes never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state.gate.send_replace(true);
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap());
+        }
+        outcomes
+    }
+
+    /// Issue 27: after a quiet period a half-open breaker turned away 77 of 80 orders to a
+    /// healthy service. Now the calls beyond the probes wait for their verdict and go.
+    #[tokio::test]
+    async fn a_burst_meeting_a_lapsed_breaker_waits_for_the_probes_and_goes() {
+        let state = Arc::new(Backend::default());
+        let addr = backend(state.clone()).await;
+        let upstream = upstream(
+            addr,
+            quick_breaker(Duration::from_millis(200)),
+            no_retries(),
+        );
+        open_then_lapse(&upstream, &state).await;
+        state.failing.store(false, Ordering::SeqCst);
+
+        let outcomes = burst(&upstream, &state).await;
+        let refused: Vec<String> = outcomes
+            .iter()
+            .filter_map(|answer| answer.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{} turned away: {refused:?}",
+            refused.len()
+        );
+        assert!(
+            outcomes
+                .iter()
+                .all(|s| *s.as_ref().unwrap() == StatusCode::OK)
+        );
+        assert_eq!(upstream.view().breaker, "closed");
+    }
+
+    /// While the service still fails, a burst meeting the half-open breaker sends it only the
+    /// probes; the rest get the open circuit's refusal.
+    #[tokio::test]
+    async fn a_failing_service_meets_only_the_probes() {
+        let state = Arc::new(Backend::default());
+        let addr = backend(state.clone()).await;
+        // Long enough that the burst is over before the circuit lapses again.
+        let upstream = upstream(addr, quick_breaker(Duration::from_secs(2)), no_retries());
+        open_then_lapse(&upstream, &state).await;
+
+        let before = state.requests.load(Ordering::SeqCst);
+        let outcomes = burst(&upstream, &state).await;
+        let reached = state.requests.load(Ordering::SeqCst) - before;
+        let refused = outcomes
+            .iter()
+            .filter(|answer| matches!(answer, Err(CallError::CircuitOpen { .. })))
+            .count();
+        assert_eq!(reached, 3, "only the probes reached the failing service");
+        assert_eq!(refused, 77, "the others are refused, not sent");
+        assert_eq!(upstream.view().breaker, "open");
+    }
 }

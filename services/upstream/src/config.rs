@@ -64,12 +64,31 @@ pub struct PolicyArgs {
     /// Connect timeout.
     #[arg(long, env = "MSA_TIMEOUT_CONNECT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_connect_ms: u64,
-    /// Timeout of one attempt (until the response head).
-    #[arg(long, env = "MSA_TIMEOUT_PER_TRY_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Timeout of one attempt (until the response head); the peer is told it in
+    /// `x-msa-timeout-ms`. An inner hop's timeouts must be shorter than the outer hop's (the
+    /// defaults: a service's calls 2 s per try, 4 s in all; the gateway's 5 s per try).
+    #[arg(long, env = "MSA_TIMEOUT_PER_TRY_MS", default_value_t = INNER_PER_TRY_MS, value_parser = clap::value_parser!(u64).range(1..=crate::deadline::MAX_TIMEOUT_MS))]
     pub timeout_per_try_ms: u64,
-    /// Timeout of a whole call, retries included.
-    #[arg(long, env = "MSA_TIMEOUT_REQUEST_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Timeout of a whole call, retries included (cut further to the caller's own deadline).
+    #[arg(long, env = "MSA_TIMEOUT_REQUEST_MS", default_value_t = INNER_REQUEST_MS, value_parser = clap::value_parser!(u64).range(1..=crate::deadline::MAX_TIMEOUT_MS))]
     pub timeout_request_ms: u64,
+}
+
+/// A service's calls to its peers (the inner hop): 2 s per try, 4 s in all, so a call with its
+/// retry ends before the gateway's 5 s try of the service that makes it.
+pub const INNER_PER_TRY_MS: u64 = 2_000;
+pub const INNER_REQUEST_MS: u64 = 4_000;
+/// The gateway's calls (the outer hop; the MicroserviceApp's `timeouts` defaults).
+pub const GATEWAY_PER_TRY_MS: u64 = 5_000;
+pub const GATEWAY_REQUEST_MS: u64 = 15_000;
+
+/// `command` (whose flags include [`PolicyArgs`]) with the gateway's timeout defaults instead
+/// of an inner hop's (written out: clap keeps a default as `'static` text; a test checks they
+/// are the constants above).
+pub fn with_gateway_defaults(command: clap::Command) -> clap::Command {
+    command
+        .mut_arg("timeout_per_try_ms", |arg| arg.default_value("5000"))
+        .mut_arg("timeout_request_ms", |arg| arg.default_value("15000"))
 }
 
 impl PolicyArgs {
@@ -202,6 +221,42 @@ mod tests {
             policy: PolicyArgs,
         }
         <Only as clap::Parser>::parse_from(["defaults"]).policy
+    }
+
+    /// Issue 27: the gateway's try of a service outlasts that service's whole call to its own
+    /// peer, retry included, so the outer hop never gives up first.
+    #[test]
+    fn an_inner_hop_gives_up_before_the_outer_one() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            policy: PolicyArgs,
+        }
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = with_gateway_defaults(Only::command()).get_matches_from(["gateway"]);
+        let gateway = Only::from_arg_matches(&matches).unwrap().policy.calls();
+        let inner = defaults().calls();
+        assert_eq!(gateway, CallConfig::gateway());
+        assert_eq!(inner, CallConfig::default());
+        assert!(
+            inner.request_timeout < gateway.per_try_timeout,
+            "a service's call ({:?}, retry included) ends before the gateway's try ({:?})",
+            inner.request_timeout,
+            gateway.per_try_timeout
+        );
+        let flags = with_gateway_defaults(Only::command()).get_matches_from([
+            "gateway",
+            "--timeout-per-try-ms",
+            "800",
+        ]);
+        assert_eq!(
+            Only::from_arg_matches(&flags)
+                .unwrap()
+                .policy
+                .timeout_per_try_ms,
+            800,
+            "a flag still wins over the gateway's default"
+        );
     }
 
     #[test]

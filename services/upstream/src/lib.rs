@@ -12,6 +12,7 @@ pub mod budget;
 pub mod client;
 pub mod config;
 mod conns;
+pub mod deadline;
 pub mod discovery;
 pub mod endpoint;
 pub mod h1;
@@ -23,6 +24,7 @@ pub mod window;
 
 pub use client::{CallConfig, CallError, RetrySafe, Upstream};
 pub use conns::UpstreamBody;
+pub use deadline::Deadline;
 pub use discovery::Discovery;
 pub use endpoint::Endpoint;
 pub use pool::{BreakerScope, PoolConfig};

@@ -108,8 +108,11 @@ impl Loads for Slots<'_> {
 /// Why no endpoint was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The service's circuit is open (or half-open with its probes taken).
+    /// The service's circuit is open.
     CircuitOpen { retry_after: Duration },
+    /// The circuit is half-open and every probe is out: their verdict (a breaker change, or a
+    /// probe slot given back) decides, so the caller may wait for it and ask again.
+    AwaitingProbes { retry_after: Duration },
     /// Discovery lists no endpoint, and has for `for_at_least`.
     NoEndpoints { for_at_least: Duration },
     /// A retry found no endpoint other than the one that just failed.
@@ -360,12 +363,13 @@ impl Pool {
         let admitted = self.breakers[b].breaker.try_acquire(now);
         self.note_breaker(b, now, &mut changes);
         if let Err(rejected) = admitted {
-            return Err((
-                Refusal::CircuitOpen {
-                    retry_after: rejected.retry_after,
-                },
-                changes,
-            ));
+            let retry_after = rejected.retry_after;
+            let refusal = if rejected.awaiting_probes {
+                Refusal::AwaitingProbes { retry_after }
+            } else {
+                Refusal::CircuitOpen { retry_after }
+            };
+            return Err((refusal, changes));
         }
         let rng = &mut self.rng;
         let index = self
@@ -420,15 +424,16 @@ impl Pool {
     }
 
     /// An attempt ended for a reason that says nothing about the endpoint (the caller's own
-    /// request was bad): its in-flight count and any probe slot are given back, and the
-    /// breaker counts it as a call the service did not fail.
-    pub fn finish_unjudged(&mut self, addr: SocketAddr, now: Instant, scope: BreakerScope) {
+    /// request was bad, or the caller went away): its in-flight count is given back, and the
+    /// breaker releases it ([`Breaker::release`]). True when that freed a half-open probe slot
+    /// (a call awaiting the probes may take it).
+    pub fn finish_unjudged(&mut self, addr: SocketAddr, now: Instant, scope: BreakerScope) -> bool {
         if let Ok(i) = self.slots.binary_search_by_key(&addr, |s| s.endpoint.addr) {
             self.slots[i].in_flight = self.slots[i].in_flight.saturating_sub(1);
         }
         self.outliers.cancel(&addr);
         let b = self.breaker(scope, now);
-        self.breakers[b].breaker.record(now, true);
+        self.breakers[b].breaker.release(now)
     }
 
     fn note_breaker(&mut self, b: usize, now: Instant, changes: &mut Vec<Change>) {
