@@ -15,6 +15,7 @@ pub mod facts;
 pub mod http;
 pub mod labels;
 pub mod leader;
+pub mod lease;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
