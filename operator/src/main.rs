@@ -1,19 +1,40 @@
-//! The msa-operator binary: flags, logging, the CRD check, leader election, then the controller.
+//! The msa-operator binary: flags, logging, API clients with timeouts, the CRD check, leader
+//! election, then the controller.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use http::{HeaderValue, header};
 use kube::Client;
 use kube::api::{Api, ListParams};
+use kube::client::ClientBuilder;
 use msa_operator::controller::{self, Settings};
 use msa_operator::crd::MicroserviceApp;
-use msa_operator::http::{self, Health};
-use msa_operator::leader::Election;
+use msa_operator::http::{self as endpoints, Health};
+use msa_operator::leader::{self, Election};
+use msa_operator::lease::{Elector, Timing};
 use msa_operator::metrics::Metrics;
 use tracing::{error, info};
+
+/// Connecting to the API server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sending a request (a write that cannot progress means a dead connection).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest silence while reading one response. Watches are streamed responses that may be
+/// quiet until kube-runtime's watcher ends them (a 290 s server-side timeout, and its own idle
+/// limit of 295 s), so this must be longer, or a quiet, healthy watch would be cut.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest wait for a response's head, for every request: the API server sends a watch's
+/// head at once and gives up on any other request after its own 60 s request timeout, so a
+/// little more never cuts a request the server is still working on, and ends one stuck on a
+/// dead connection.
+const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(65);
+/// The start-up check that the CRD is installed.
+const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs MicroserviceApps: one Deployment and Service per component, kept converged.
 #[derive(Parser, Debug)]
@@ -47,14 +68,41 @@ struct Flags {
     #[arg(long, env = "MSA_POD_NAME")]
     identity: Option<String>,
 
+    /// Seconds a Lease lasts after its holder's last renewal, counted by each standby on its own
+    /// clock from when it saw that renewal.
+    #[arg(long, env = "MSA_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_seconds: u64,
+
+    /// A leader that has not renewed the Lease within this many seconds of its last successful
+    /// renewal stops reconciling and exits; less than the lease duration.
+    #[arg(long, env = "MSA_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_renew_deadline_seconds: u64,
+
+    /// Seconds between two renewals by the leader, and two reads of the Lease by a standby;
+    /// less than the renew deadline.
+    #[arg(long, env = "MSA_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_retry_period_seconds: u64,
+
     /// Log format: json (default) or text.
     #[arg(long, env = "MSA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
 }
 
+impl Flags {
+    fn timing(&self) -> anyhow::Result<Timing> {
+        Timing::new(
+            Duration::from_secs(self.lease_duration_seconds),
+            Duration::from_secs(self.lease_renew_deadline_seconds),
+            Duration::from_secs(self.lease_retry_period_seconds),
+        )
+        .context("invalid leader election timing (--lease-duration-seconds, --lease-renew-deadline-seconds, --lease-retry-period-seconds)")
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let timing = flags.timing()?;
     // Logs, and traces of every reconcile when the OTEL_* variables configure an exporter.
     let _telemetry = msa_telemetry::init(
         &flags.log_format,
@@ -70,14 +118,24 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: false.into(),
     });
-    let server = tokio::spawn(http::serve(flags.metrics_addr, health.clone()));
-
-    let client = Client::try_default()
-        .await
-        .context("cannot reach Kubernetes: no in-cluster service account and no usable kubeconfig (set KUBECONFIG)")?;
-    check_crd_installed(&client, flags.watch_namespace.as_deref()).await?;
+    let server = tokio::spawn(endpoints::serve(flags.metrics_addr, health.clone()));
 
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
+    let config = kube::Config::infer()
+        .await
+        .context("cannot reach Kubernetes: no in-cluster service account and no usable kubeconfig (set KUBECONFIG)")?;
+    let client = controller_client(config.clone(), &identity)?;
+    tokio::time::timeout(
+        STARTUP_CHECK_TIMEOUT,
+        check_crd_installed(&client, flags.watch_namespace.as_deref()),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the Kubernetes API server did not answer within {STARTUP_CHECK_TIMEOUT:?}; check that the cluster is up and KUBECONFIG points at it"
+        )
+    })??;
+
     let settings = Settings {
         namespace: flags.watch_namespace.clone(),
         concurrency: flags.concurrency,
@@ -89,21 +147,23 @@ async fn main() -> anyhow::Result<()> {
         let namespace = flags
             .lease_namespace
             .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        let mut started = Election::start(client.clone(), &namespace, &flags.lease_name, &identity)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot use the leader Lease {namespace}/{}",
-                    flags.lease_name
-                )
-            })?;
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let leases = Api::namespaced(lease_client(config, &identity, timing)?, &namespace);
+        let elector = Elector::new(
+            identity.clone(),
+            namespace.clone(),
+            flags.lease_name.clone(),
+            timing,
+        );
+        let mut started = Election::start(leases, elector);
         health.ready.store(true, Ordering::Relaxed);
         info!(lease = %flags.lease_name, %namespace, %identity, "waiting to lead");
         tokio::select! {
             acquired = started.acquired() => if !acquired { bail!("leader election stopped before this process led") },
             () = shutdown_signal() => { started.release().await; return Ok(()) }
         }
+        leader::spawn_watchdog(started.term_end(), timing.watchdog_grace())
+            .context("cannot start the leader term watchdog thread")?;
         info!(%identity, "leading");
         election = Some(started);
     }
@@ -111,10 +171,14 @@ async fn main() -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     let run = controller::run(client, settings, metrics.clone(), shutdown_signal());
+    // When the term ends, `select!` drops the controller, which aborts every reconcile in flight,
+    // before anything else happens.
     let outcome = match election.as_mut() {
         Some(election) => tokio::select! {
             () = run => Ok(()),
-            () = election.lost() => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader writes")),
+            () = election.lost() => Err(anyhow::anyhow!(
+                "lost the leader Lease (not renewed within the renew deadline, or another replica holds it); stopped reconciling and exiting so that only the new leader writes"
+            )),
         },
         None => {
             run.await;
@@ -122,7 +186,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     metrics.leader.set(0);
-    if let Some(election) = election {
+    // Released only after a graceful stop (nothing reconciles any more); a lost Lease is not ours.
+    if let (Ok(()), Some(election)) = (&outcome, election) {
         election.release().await;
     }
     server.abort();
@@ -131,6 +196,51 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     outcome
+}
+
+/// The client of the controller's watches and reconciles: connect, write and read timeouts on
+/// the connection, and a deadline on every response's head.
+fn controller_client(mut config: kube::Config, identity: &str) -> anyhow::Result<Client> {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.write_timeout = Some(WRITE_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    // Count the read timeout from when a request is sent, not from when its pooled connection
+    // went idle.
+    config.reset_reader_on_write = true;
+    name_requests(&mut config, identity);
+    let builder = ClientBuilder::try_from(config).context("cannot build the Kubernetes client")?;
+    Ok(builder
+        .with_layer(&tower::timeout::TimeoutLayer::new(RESPONSE_HEAD_TIMEOUT))
+        .build())
+}
+
+/// The leader election's own client: its own connections (a renewal never waits behind the
+/// controller's requests on a connection gone bad), every timeout the per-call deadline.
+fn lease_client(
+    mut config: kube::Config,
+    identity: &str,
+    timing: Timing,
+) -> anyhow::Result<Client> {
+    let call = timing.call_timeout();
+    config.connect_timeout = Some(call);
+    config.write_timeout = Some(call);
+    config.read_timeout = Some(call);
+    config.reset_reader_on_write = true;
+    name_requests(&mut config, identity);
+    let builder = ClientBuilder::try_from(config).context("cannot build the Kubernetes client")?;
+    Ok(builder
+        .with_layer(&tower::timeout::TimeoutLayer::new(call))
+        .build())
+}
+
+/// Names this process in every request's User-Agent, so the API server's audit log tells the
+/// replicas apart (they share one ServiceAccount).
+fn name_requests(config: &mut kube::Config, identity: &str) {
+    let agent = format!("msa-operator/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    let agent = HeaderValue::from_str(&agent).unwrap_or_else(|_| {
+        HeaderValue::from_static(concat!("msa-operator/", env!("CARGO_PKG_VERSION")))
+    });
+    config.headers.push((header::USER_AGENT, agent));
 }
 
 /// Fails with instructions when the CRD is missing, instead of retrying watches forever.
