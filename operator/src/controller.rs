@@ -6,7 +6,9 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use std::hash::{Hash, Hasher};
+
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -18,18 +20,19 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
+use crate::app_index::{IndexedStore, IndexedWriter};
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::reconcile::{Caches, Context, error_policy_object, reconcile_object};
 
 /// An app as the controller watches it: readable, or its metadata and why it is not.
-type WatchedApp = DeserializeGuard<MicroserviceApp>;
+pub type WatchedApp = DeserializeGuard<MicroserviceApp>;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -80,6 +83,53 @@ where
     (store, stream)
 }
 
+/// A cached watch like [`cached_watch`], indexed by app (see [`crate::app_index`]).
+fn indexed_watch<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    IndexedStore<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut writer = IndexedWriter::default();
+    let store = writer.as_reader();
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&labels::managed_selector());
+    let stream = watcher(api::<K>(client, namespace), config)
+        .default_backoff()
+        .map_ok(move |event| {
+            writer.apply_watcher_event(&event);
+            event
+        })
+        .touched_objects();
+    (store, stream)
+}
+
+/// What a reconcile reads from the app itself besides its status: the spec (whose changes
+/// bump `metadata.generation`) and whether it is being deleted. Changes to anything else —
+/// above all the status the operator itself writes — do not trigger a reconcile, or every
+/// status write would cause the next reconcile. An app the operator cannot read triggers on any
+/// change (its resourceVersion), so a fix is seen at once.
+pub fn reconcile_inputs(object: &WatchedApp) -> Option<u64> {
+    let meta = object.meta();
+    let mut hasher = std::hash::DefaultHasher::new();
+    match &object.0 {
+        Ok(_) => (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher),
+        Err(_) => meta.resource_version.hash(&mut hasher),
+    }
+    Some(hasher.finish())
+}
+
 /// The app an object reports on, by its instance label: EndpointSlices copy their Service's
 /// labels, claims their StatefulSet's claim template's.
 fn app_of_labelled<K: Resource>(object: K) -> Option<ObjectRef<WatchedApp>> {
@@ -105,7 +155,7 @@ pub async fn run(
     let (role_bindings, role_binding_events) = cached_watch::<RoleBinding>(&client, ns);
     let (network_policies, network_policy_events) = cached_watch::<NetworkPolicy>(&client, ns);
     let (config_maps, config_map_events) = cached_watch::<ConfigMap>(&client, ns);
-    let (endpoint_slices, slice_events) = cached_watch::<EndpointSlice>(&client, ns);
+    let (endpoint_slices, slice_events) = indexed_watch::<EndpointSlice>(&client, ns);
 
     let caches = Caches {
         deployments,
@@ -132,11 +182,18 @@ pub async fn run(
     let refresher = tokio::spawn(crate::facts::keep_current(client.clone(), context.clone()));
 
     // Apps are read through DeserializeGuard: one the types cannot read is reported and skipped
-    // instead of failing the list of every app (see crate::unreadable).
-    let controller = Controller::new(
+    // instead of failing the list of every app (see crate::unreadable). The cache holds every
+    // change; only changes of what a reconcile reads trigger one.
+    let (apps, app_writer) = reflector::store();
+    let app_changes = watcher(
         api::<WatchedApp>(&client, ns),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .default_backoff()
+    .reflect(app_writer)
+    .applied_objects()
+    .predicate_filter(reconcile_inputs, PredicateConfig::default());
+    let controller = Controller::for_stream(app_changes, apps);
     let counter = tokio::spawn(count_apps(controller.store(), context.metrics.clone()));
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
@@ -178,5 +235,65 @@ async fn count_apps(apps: Store<WatchedApp>, metrics: Arc<Metrics>) {
                 .iter()
                 .map(|app| crate::unreadable::health(app)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn watched(changes: serde_json::Value) -> WatchedApp {
+        let mut app = json!({
+            "apiVersion": "msa.dev/v1alpha1", "kind": "MicroserviceApp",
+            "metadata": {"name": "shop", "namespace": "demo", "uid": "u", "generation": 1,
+                         "resourceVersion": "10"},
+            "spec": {},
+        });
+        merge(&mut app, changes);
+        serde_json::from_value(app).unwrap()
+    }
+
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(into), serde_json::Value::Object(from)) => {
+                for (key, value) in from {
+                    merge(into.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (into, from) => *into = from,
+        }
+    }
+
+    /// Issue 28, L3: the operator's own status write (a new resourceVersion, the same
+    /// generation) does not trigger the next reconcile; a spec change or a deletion does.
+    #[test]
+    fn only_changes_a_reconcile_reads_trigger_one() {
+        let base = reconcile_inputs(&watched(json!({})));
+        let status_written = watched(json!({
+            "metadata": {"resourceVersion": "11", "managedFields": [{"manager": "msa-operator"}]},
+            "status": {"observedGeneration": 1},
+        }));
+        let relabelled = watched(json!({"metadata": {"labels": {"team": "a"}}}));
+        assert_eq!(reconcile_inputs(&status_written), base);
+        assert_eq!(reconcile_inputs(&relabelled), base);
+        let edited =
+            watched(json!({"metadata": {"generation": 2}, "spec": {"image": "x:{component}"}}));
+        let deleting = watched(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert_ne!(reconcile_inputs(&edited), base);
+        assert_ne!(reconcile_inputs(&deleting), base);
+    }
+
+    #[test]
+    fn an_unreadable_app_triggers_on_any_change() {
+        let bad = |version: &str| {
+            watched(json!({
+                "metadata": {"resourceVersion": version},
+                "spec": {"storage": {"size": null}},
+            }))
+        };
+        assert!(bad("10").0.is_err());
+        assert_ne!(reconcile_inputs(&bad("10")), reconcile_inputs(&bad("11")));
     }
 }

@@ -4,6 +4,7 @@
 //! those that [`drift`] says differ from the cache, then compute and write [`status`] only when
 //! it changed. Only [`reconcile`] holds a client.
 
+pub mod app_index;
 pub mod build;
 pub mod component;
 pub mod conditions;

@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::app_index::IndexedStore;
 use crate::build::{self, Children, Workload};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
@@ -60,7 +61,8 @@ pub struct Caches {
     pub role_bindings: Store<RoleBinding>,
     pub network_policies: Store<NetworkPolicy>,
     pub config_maps: Store<ConfigMap>,
-    pub endpoint_slices: Store<EndpointSlice>,
+    /// Indexed by app: their names are Kubernetes' choice.
+    pub endpoint_slices: IndexedStore<EndpointSlice>,
 }
 
 impl Caches {
@@ -90,7 +92,7 @@ impl Caches {
             role_bindings.wait_until_ready(),
             network_policies.wait_until_ready(),
             config_maps.wait_until_ready(),
-            endpoint_slices.wait_until_ready(),
+            endpoint_slices.store().wait_until_ready(),
         )
         .map(|_| ())
         .map_err(|_| Error::CacheStopped)
@@ -336,7 +338,8 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     }
 }
 
-/// The storage check over the cached StatefulSets and claims of this app.
+/// The storage check over the cached StatefulSets and claims of this app (each looked up by
+/// its name, never by scanning the cache).
 fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::Findings {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
@@ -351,10 +354,15 @@ fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::F
             Some((c, found))
         })
         .collect();
-    let claims = ctx.caches.claims.state_filter(|claim| {
-        claim.namespace().as_deref() == Some(namespace.as_str())
-            && claim.labels().get(labels::INSTANCE) == Some(&app_name)
-    });
+    let claims: Vec<Arc<PersistentVolumeClaim>> = stateful_sets
+        .iter()
+        .filter_map(|(c, _)| {
+            let name = build::claim_name(&app_name, *c, 0);
+            ctx.caches
+                .claims
+                .get(&ObjectRef::new(&name).within(&namespace))
+        })
+        .collect();
     storage::check(
         app,
         &stateful_sets
@@ -708,17 +716,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Ready endpoints of each component's Service, from one pass over the slice cache (slices
-/// copy their Service's labels, so the app's are found by its instance label).
+/// Ready endpoints of each component's Service, from the app's own slices (slices copy their
+/// Service's labels, so they are indexed by the app's instance label).
 fn ready_endpoints_by_component(
-    slices: &Store<EndpointSlice>,
+    slices: &IndexedStore<EndpointSlice>,
     app: &MicroserviceApp,
 ) -> BTreeMap<Component, i32> {
-    let namespace = app.namespace();
     let app_name = app.name_any();
-    let of_app = slices.state_filter(|slice| {
-        slice.namespace() == namespace && slice.labels().get(labels::INSTANCE) == Some(&app_name)
-    });
+    let of_app = slices.of_app(&app.namespace().unwrap_or_default(), &app_name);
     Component::ALL
         .into_iter()
         .map(|component| {

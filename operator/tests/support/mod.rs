@@ -18,6 +18,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
+use msa_operator::app_index::IndexedWriter;
 use msa_operator::build::{Children, Workload};
 use msa_operator::crd::MicroserviceApp;
 use msa_operator::metrics::Metrics;
@@ -92,7 +93,7 @@ pub struct FakeCaches {
     pub role_bindings: Writer<RoleBinding>,
     pub network_policies: Writer<NetworkPolicy>,
     pub config_maps: Writer<ConfigMap>,
-    pub endpoint_slices: Writer<EndpointSlice>,
+    pub endpoint_slices: IndexedWriter<EndpointSlice>,
 }
 
 fn ready_writer<K>() -> Writer<K>
@@ -119,7 +120,12 @@ impl FakeCaches {
             role_bindings: ready_writer(),
             network_policies: ready_writer(),
             config_maps: ready_writer(),
-            endpoint_slices: ready_writer(),
+            endpoint_slices: {
+                let mut writer = IndexedWriter::default();
+                writer.apply_watcher_event(&watcher::Event::Init);
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                writer
+            },
         }
     }
 
