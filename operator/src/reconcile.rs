@@ -38,10 +38,13 @@ use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
 use crate::status::{self, Blocker, Observed, WorkloadState};
-use crate::{drift, storage, unreadable, validate};
+use crate::{drift, facts, storage, unreadable, validate};
 
 /// How often a converged app is looked at again even if nothing announced a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// How soon an app waiting for a fact about the cluster is looked at again.
+pub const FACTS_WAIT: Duration = Duration::from_secs(10);
 
 /// Per-app retry delays after failures: doubling from the first to the cap.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
@@ -109,9 +112,9 @@ pub struct Context {
     pub failures: Mutex<HashMap<ObjectRef<MicroserviceApp>, u32>>,
     /// The clock that stamps condition transitions (injected so tests are deterministic).
     pub now: Box<dyn Fn() -> Time + Send + Sync>,
-    /// What the cluster told the operator (its ServiceAccount issuer), kept by
-    /// [`crate::issuer::keep_current`].
-    pub cluster: std::sync::RwLock<build::ClusterFacts>,
+    /// What the cluster told the operator (its ServiceAccount issuer, the PodMonitor API), kept
+    /// by [`facts::keep_current`]; unknown until first read.
+    pub cluster: std::sync::RwLock<facts::Learned>,
     /// The rendered hash of each app's PodMonitor as this process last applied it.
     /// Keyed by the app's uid: an app deleted and created again under its name has none yet.
     pub applied_pod_monitors: Mutex<HashMap<String, String>>,
@@ -274,13 +277,25 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
 
-    let cluster = ctx
+    let learned = ctx
         .cluster
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let children = build::children_in(app, &cluster)?;
-    let report = match apply_children(ctx, app, children).await {
+    let resolved = match facts::resolve(&learned, &live_facts(ctx, app)) {
+        Ok(resolved) => resolved,
+        // Rendering from a guess could roll a running app without its service identity: apply
+        // nothing, say what is waited for, look again soon.
+        Err(waiting_for) => {
+            info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), %waiting_for, "not rendering the app until a fact about the cluster is known");
+            let (mut observed, _) = observe(ctx, app).await;
+            observed.waiting = Some(waiting_for);
+            write_status(app, ctx, &observed).await?;
+            return Ok(Action::requeue(FACTS_WAIT));
+        }
+    };
+    let children = build::children_in(app, &resolved.facts)?;
+    let report = match apply_children(ctx, app, children, resolved.pod_monitors_known).await {
         Ok(report) => report,
         // Missing permissions stop the reconcile where they struck (children are applied in
         // order), but a person reading the app's status must see why, not only the logs.
@@ -308,22 +323,14 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         .await;
     }
 
-    let now = (ctx.now)();
-    let findings = check_storage(app, ctx, &now);
-    let described = explain(ctx, app, &findings, &now).await;
-    let observed = Observed {
-        workloads: report.workloads,
-        endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
-        storage_problem: findings.stuck.first().map(|first| {
-            storage::message(
-                &described,
-                &first.claim,
-                &app.namespace().unwrap_or_default(),
-            )
-        }),
-        blocker: (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone())),
-        monitoring: build::monitoring_note(app, cluster.pod_monitors),
-    };
+    let (mut observed, recheck_in) = observe(ctx, app).await;
+    // What the applies returned is newer than the caches.
+    observed.workloads.extend(report.workloads);
+    observed.blocker =
+        (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone()));
+    if resolved.pod_monitors_known {
+        observed.monitoring = build::monitoring_note(app, resolved.facts.pod_monitors);
+    }
     write_status(app, ctx, &observed).await?;
 
     match report.failed.first() {
@@ -333,8 +340,90 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         }),
         // A claim that may still turn out stuck is looked at again when its patience ends.
         None => Ok(Action::requeue(
-            findings.recheck_in.map_or(RESYNC, |r| r.min(RESYNC)),
+            recheck_in.map_or(RESYNC, |r| r.min(RESYNC)),
         )),
+    }
+}
+
+/// What the caches show of the app: each component's workload, its ready endpoints, claims that
+/// are stuck, and `status.monitoring` as it stands; plus when to look at the claims again.
+async fn observe(ctx: &Context, app: &MicroserviceApp) -> (Observed, Option<Duration>) {
+    let now = (ctx.now)();
+    let findings = check_storage(app, ctx, &now);
+    let described = explain(ctx, app, &findings, &now).await;
+    let observed = Observed {
+        workloads: cached_workloads(ctx, app),
+        endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
+        storage_problem: findings.stuck.first().map(|first| {
+            storage::message(
+                &described,
+                &first.claim,
+                &app.namespace().unwrap_or_default(),
+            )
+        }),
+        monitoring: app.status.as_ref().and_then(|s| s.monitoring.clone()),
+        ..Observed::default()
+    };
+    (observed, findings.recheck_in)
+}
+
+/// Each component's workload as cached: of the kind its spec asks for, else of the other kind
+/// (while a component switches between the two, or when the spec cannot be rendered).
+fn cached_workloads(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component, WorkloadState> {
+    let namespace = app.namespace().unwrap_or_default();
+    let app_name = app.name_any();
+    Component::ALL
+        .into_iter()
+        .filter_map(|component| {
+            let name = labels::child_name(&app_name, component);
+            let deployment = || {
+                ctx.caches
+                    .deployments
+                    .get(&ObjectRef::new(&name).within(&namespace))
+                    .map(|d| WorkloadState::from(d.as_ref()))
+            };
+            let stateful_set = || {
+                ctx.caches
+                    .stateful_sets
+                    .get(&ObjectRef::new(&name).within(&namespace))
+                    .map(|s| WorkloadState::from(s.as_ref()))
+            };
+            let state = if build::has_embedded_database(app, component) {
+                stateful_set().or_else(deployment)
+            } else {
+                deployment().or_else(stateful_set)
+            };
+            state.map(|state| (component, state))
+        })
+        .collect()
+}
+
+/// What the app's live objects say about the facts they were rendered with (see
+/// [`facts::resolve`]).
+fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
+    let namespace = app.namespace().unwrap_or_default();
+    let app_name = app.name_any();
+    let product = labels::child_name(&app_name, Component::Product);
+    let template = ctx
+        .caches
+        .deployments
+        .get(&ObjectRef::new(&product).within(&namespace))
+        .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
+        .or_else(|| {
+            ctx.caches
+                .stateful_sets
+                .get(&ObjectRef::new(&product).within(&namespace))
+                .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
+        });
+    let keys = ObjectRef::new(&build::issuer_config_map_name(&app_name)).within(&namespace);
+    facts::LiveFacts {
+        product_issuer: template.as_ref().map(build::rendered_issuer),
+        issuer_keys: ctx
+            .caches
+            .config_maps
+            .get(&keys)
+            .and_then(|c| build::published_keys(&c)),
+        had_pod_monitor: build::had_pod_monitor(app),
     }
 }
 
@@ -461,6 +550,7 @@ async fn apply_children(
     ctx: &Context,
     app: &MicroserviceApp,
     children: Children,
+    pod_monitors_known: bool,
 ) -> Result<ApplyReport, Error> {
     // Exhaustive on purpose: a new kind of child must be applied here or the build fails.
     let Children {
@@ -535,7 +625,10 @@ async fn apply_children(
     for policy in network_policies {
         apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
-    apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
+    // While the API's presence is not known, the PodMonitor is left as it is.
+    if pod_monitors_known {
+        apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -681,7 +774,8 @@ async fn apply_pod_monitor(
             .cluster
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pod_monitors;
+            .pod_monitors
+            == facts::Known::Is(true);
         if had_one && api_present {
             ctx.metrics.count_write("PodMonitor");
             match api.delete(&name, &Default::default()).await {

@@ -24,6 +24,7 @@ pub mod reason {
     pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
+    pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
 }
 
 /// What stopped the operator from converging the app this time round.
@@ -48,6 +49,8 @@ pub struct Observed {
     /// Why claims of the embedded databases are not bound (see [`crate::storage`]).
     pub storage_problem: Option<String>,
     pub blocker: Option<Blocker>,
+    /// A fact about the cluster the operator waits for before rendering (nothing was applied).
+    pub waiting: Option<String>,
     /// `status.monitoring` (see [`crate::build::monitoring_note`]).
     pub monitoring: Option<String>,
 }
@@ -197,11 +200,22 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
         })
         .collect();
 
-    let (ready, progressing, degraded) = conditions(
+    let (ready, mut progressing, degraded) = conditions(
         &rollouts,
         observed.storage_problem.as_deref(),
         observed.blocker.as_ref(),
     );
+    if let Some(waiting_for) = &observed.waiting {
+        progressing = Computed::new(
+            PROGRESSING,
+            true,
+            reason::WAITING_FOR_CLUSTER,
+            format!(
+                "nothing is applied until the operator knows {waiting_for}; running pods are \
+                 left as they are"
+            ),
+        );
+    }
     let previous = app
         .status
         .as_ref()

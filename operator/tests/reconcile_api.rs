@@ -685,3 +685,75 @@ async fn a_stuck_claim_writes_status_once_and_reads_its_events_once() {
         "no clock in the message: {message}"
     );
 }
+
+/// Issue 28, H5 (the review's probe): a product Deployment rendered while the issuer was known,
+/// reconciled by a process that could not read it (a start or failover while the discovery
+/// endpoint fails): nothing is applied, so no pod rolls without its service identity.
+#[tokio::test]
+async fn an_unknown_issuer_never_rolls_a_running_app() {
+    let shop = pg_app(json!({}));
+    let issuer = build::ServiceIssuer {
+        issuer: "https://kubernetes.default.svc.cluster.local".to_owned(),
+        jwks: r#"{"keys": [{"kty": "RSA", "kid": "k1"}]}"#.to_owned(),
+    };
+    let rendered = build::children_in(
+        &shop,
+        &build::ClusterFacts {
+            service_issuer: Some(issuer),
+            pod_monitors: false,
+        },
+    )
+    .unwrap();
+    let product = &deployments(&rendered)[2];
+    assert!(
+        serde_json::to_string(product)
+            .unwrap()
+            .contains("MSA_SERVICE_ISSUER")
+    );
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::listed();
+    caches.store(&rendered);
+    let ctx = support::context_knowing_nothing(client, caches.readers());
+
+    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let writes: Vec<String> = calls(&recorded)
+        .iter()
+        .filter(|c| c.is_write() && !c.path.ends_with("/status") && !c.path.ends_with("/events"))
+        .map(Call::line)
+        .collect();
+    assert_eq!(
+        writes,
+        Vec::<String>::new(),
+        "rendered with the issuer and keys the app runs with: nothing to apply"
+    );
+}
+
+/// A new app while the issuer is unknown waits, says why, and looks again soon; nothing of it
+/// is created without the check.
+#[tokio::test]
+async fn a_new_app_waits_for_an_unknown_issuer_and_says_so() {
+    let shop = pg_app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let caches = FakeCaches::listed();
+    let ctx = support::context_knowing_nothing(client, caches.readers());
+    let action = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(reconcile::FACTS_WAIT));
+    let all = calls(&recorded);
+    assert_eq!(
+        lines(&all),
+        [format!(
+            "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
+        )]
+    );
+    let progressing = &all[0].body["status"]["conditions"][1];
+    assert_eq!(progressing["type"], "Progressing");
+    assert_eq!(progressing["status"], "True");
+    assert_eq!(progressing["reason"], "WaitingForCluster");
+    assert!(
+        progressing["message"]
+            .as_str()
+            .unwrap()
+            .contains("ServiceAccount issuer"),
+        "{progressing}"
+    );
+}

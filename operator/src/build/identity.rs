@@ -7,8 +7,8 @@
 //! so at start-up).
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    ConfigMap, ConfigMapVolumeSource, PodTemplateSpec, ProjectedVolumeSource,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 
 use super::Owner;
@@ -20,6 +20,8 @@ const TOKEN_DIR: &str = "/var/run/msa/service-token";
 const ISSUER_VOLUME: &str = "service-issuer";
 const ISSUER_DIR: &str = "/etc/msa/service-issuer";
 const JWKS_KEY: &str = "jwks.json";
+/// The product service's variable naming the issuer it checks tokens against.
+const ISSUER_ENV: &str = "MSA_SERVICE_ISSUER";
 /// Lifetime asked for the order service's token; kubelet renews it at 80 %.
 const TOKEN_SECONDS: i64 = 3600;
 
@@ -75,6 +77,24 @@ pub fn issuer_config_map_name(app: &str) -> String {
     format!("{app}-service-issuer")
 }
 
+/// The issuer a (live) product pod template was rendered with; None when it runs without the
+/// check. The inverse of what rendering puts there, so a running app's facts can be read back.
+pub fn rendered_issuer(template: &PodTemplateSpec) -> Option<String> {
+    template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == ISSUER_ENV)
+        .and_then(|e| e.value.clone())
+}
+
+/// The keys held by a (live) issuer ConfigMap.
+pub fn published_keys(config_map: &ConfigMap) -> Option<String> {
+    config_map.data.as_ref()?.get(JWKS_KEY).cloned()
+}
+
 pub(super) fn volumes(owner: &Owner, component: Component) -> Vec<Volume> {
     match component {
         Component::Order => vec![Volume {
@@ -127,7 +147,7 @@ pub(super) fn env(owner: &Owner, component: Component) -> Vec<(&'static str, Str
     match (component, &owner.cluster.service_issuer) {
         (Component::Order, _) => vec![("MSA_SERVICE_TOKEN_FILE", format!("{TOKEN_DIR}/token"))],
         (Component::Product, Some(issuer)) => vec![
-            ("MSA_SERVICE_ISSUER", issuer.issuer.clone()),
+            (ISSUER_ENV, issuer.issuer.clone()),
             ("MSA_SERVICE_JWKS_FILE", format!("{ISSUER_DIR}/{JWKS_KEY}")),
             ("MSA_SERVICE_AUDIENCE", product_audience(&owner.name)),
             ("MSA_SERVICE_CALLERS", order_subject(owner)),

@@ -30,6 +30,7 @@ pub use disruption::needs_budget;
 pub use hash::{short_hash, stamp_rendered_hash};
 pub use identity::{
     ClusterFacts, ServiceIssuer, issuer_config_map_name, order_account, product_audience,
+    published_keys, rendered_issuer,
 };
 pub use monitoring::{had_pod_monitor, pod_monitor_resource, status_note as monitoring_note};
 pub use network::callers;

@@ -329,6 +329,28 @@ pub fn context(client: Client, caches: Caches) -> Arc<Context> {
     );
     let mut context = Context::new(client, caches, recorder, Arc::new(Metrics::default()));
     context.now = Box::new(|| fixed_time(0));
+    known_cluster(&context);
+    Arc::new(context)
+}
+
+/// The mocked API server offers no issuer discovery and no PodMonitor API, and the context
+/// knows it (as the operator does once it asked).
+fn known_cluster(context: &Context) {
+    *context.cluster.write().unwrap() =
+        msa_operator::facts::Learned::known(msa_operator::build::ClusterFacts::default());
+}
+
+/// A context that has not learned anything about the cluster yet (a start whose reads failed).
+pub fn context_knowing_nothing(client: Client, caches: Caches) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "msa-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let mut context = Context::new(client, caches, recorder, Arc::new(Metrics::default()));
+    context.now = Box::new(|| fixed_time(0));
     Arc::new(context)
 }
 
@@ -348,6 +370,7 @@ pub fn clocked_context(
     let mut context = Context::new(client, caches, recorder, Arc::new(Metrics::default()));
     let read = clock.clone();
     context.now = Box::new(move || fixed_time(read.load(std::sync::atomic::Ordering::SeqCst)));
+    known_cluster(&context);
     (Arc::new(context), clock)
 }
 
