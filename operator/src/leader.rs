@@ -6,7 +6,9 @@
 //! reconcile keeps writing.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,6 +17,7 @@ use kube::api::PostParams;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tower::{BoxError, Layer, Service};
 use tracing::{debug, error, info, warn};
 
 pub use crate::lease::Role;
@@ -25,18 +28,17 @@ pub struct Election {
     role: watch::Receiver<Role>,
     release: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    term_end: TermEnd,
     liveness: Liveness,
     call_timeout: Duration,
 }
 
 impl Election {
     /// Starts competing for the Lease the elector names, through `api` (a client of its own, so
-    /// renewals never queue behind the controller's requests on a stuck connection).
-    pub fn start(api: Api<Lease>, elector: Elector) -> Self {
+    /// renewals never queue behind the controller's requests on a stuck connection). `term_end`
+    /// follows the term; give its [`TermEnd::fence`] to the client that writes for the leader.
+    pub fn start(api: Api<Lease>, elector: Elector, term_end: TermEnd) -> Self {
         let (role_tx, role) = watch::channel(Role::Standby);
         let (release_tx, release_rx) = oneshot::channel();
-        let term_end = TermEnd::default();
         let timing = elector.timing();
         let liveness = Liveness {
             last_step: Arc::new(Mutex::new(Instant::now())),
@@ -54,7 +56,6 @@ impl Election {
             role,
             release: Some(release_tx),
             task,
-            term_end,
             liveness,
             call_timeout: timing.call_timeout(),
         }
@@ -62,11 +63,6 @@ impl Election {
 
     pub fn role(&self) -> Role {
         *self.role.borrow()
-    }
-
-    /// When the current term ends unless renewed, readable from a plain thread (the watchdog).
-    pub fn term_end(&self) -> TermEnd {
-        self.term_end.clone()
     }
 
     /// Whether the election task still makes progress (for a liveness probe).
@@ -107,17 +103,102 @@ impl Election {
     }
 }
 
-/// The end of this process's term, shared with the watchdog thread.
+/// This process's term, shared by the election task, the fence on the controller's writes and
+/// the watchdog thread.
 #[derive(Clone, Debug, Default)]
-pub struct TermEnd(Arc<Mutex<Option<std::time::Instant>>>);
+pub struct TermEnd(Arc<Mutex<Term>>);
 
-impl TermEnd {
-    fn set(&self, end: Option<Instant>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = end.map(Instant::into_std);
+/// What the fence and the watchdog know of the term.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Term {
+    /// When the term ends unless renewed; None before the first claim and after a release.
+    pub end: Option<Instant>,
+    /// The elector stepped down or released: no write any more, whatever `end` says.
+    pub over: bool,
+}
+
+impl Term {
+    /// Whether a write may be sent at `now`: only inside a term that is not over. A process that
+    /// was paused (SIGSTOP, a frozen VM) past its term finds it ended when it resumes, before its
+    /// elector has run.
+    pub fn permits_writes(&self, now: Instant) -> bool {
+        !self.over && self.end.is_some_and(|end| now < end)
     }
 
-    pub fn get(&self) -> Option<std::time::Instant> {
+    /// Whether a process still running at `now` has outlived its term by more than `grace`.
+    pub fn overdue(&self, now: Instant, grace: Duration) -> bool {
+        self.end
+            .is_some_and(|end| now.saturating_duration_since(end) > grace)
+    }
+}
+
+impl TermEnd {
+    pub fn get(&self) -> Term {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Term)) {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A tower layer refusing every write request made outside the term.
+    pub fn fence(&self) -> FenceLayer {
+        FenceLayer(self.clone())
+    }
+}
+
+/// See [`TermEnd::fence`].
+#[derive(Clone, Debug)]
+pub struct FenceLayer(TermEnd);
+
+impl<S> Layer<S> for FenceLayer {
+    type Service = Fence<S>;
+
+    fn layer(&self, inner: S) -> Fence<S> {
+        Fence {
+            inner,
+            term: self.0.clone(),
+        }
+    }
+}
+
+/// Sends a write request (any method but GET, HEAD and OPTIONS) only while this process's term
+/// lasts; outside it the request fails with [`NotLeading`] and never leaves the process. Reads,
+/// lists and watches pass. Placed inside the client's retry layer, it checks every attempt.
+#[derive(Clone, Debug)]
+pub struct Fence<S> {
+    inner: S,
+    term: TermEnd,
+}
+
+/// The error of a write refused by the [`Fence`].
+#[derive(Debug, thiserror::Error)]
+#[error("this process no longer leads (its leader term ended), so it sends no more writes")]
+pub struct NotLeading;
+
+impl<S, B> Service<http::Request<B>> for Fence<S>
+where
+    S: Service<http::Request<B>>,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+        if !reads.contains(request.method()) && !self.term.get().permits_writes(Instant::now()) {
+            warn!(method = %request.method(), path = request.uri().path(), "write refused: the leader term has ended");
+            return Box::pin(std::future::ready(Err(NotLeading.into())));
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move { response.await.map_err(Into::into) })
     }
 }
 
@@ -147,11 +228,6 @@ impl Liveness {
     }
 }
 
-/// Whether a process whose term ends at `end` has outlived it by more than `grace`.
-pub fn overdue(end: Option<std::time::Instant>, now: std::time::Instant, grace: Duration) -> bool {
-    end.is_some_and(|end| now.saturating_duration_since(end) > grace)
-}
-
 /// How often the watchdog looks.
 const WATCHDOG_TICK: Duration = Duration::from_millis(200);
 
@@ -164,7 +240,7 @@ pub fn spawn_watchdog(term_end: TermEnd, grace: Duration) -> std::io::Result<()>
         .spawn(move || {
             loop {
                 std::thread::sleep(WATCHDOG_TICK);
-                if overdue(term_end.get(), std::time::Instant::now(), grace) {
+                if term_end.get().overdue(Instant::now(), grace) {
                     error!("the leader term ended and the process is still running; exiting now");
                     eprintln!("msa-operator: the leader term ended and the process is still running; exiting now");
                     std::process::exit(1);
@@ -204,8 +280,10 @@ async fn campaign(
                     asked = &mut release => {
                         if asked.is_ok() {
                             give_up(&api, &mut elector, &params).await;
-                            term_end.set(None);
                         }
+                        // Released (or the process is ending): no more writes, and the watchdog
+                        // stands down.
+                        term_end.update(|term| *term = Term { end: None, over: true });
                         role.send_replace(Role::SteppedDown);
                         return;
                     }
@@ -310,8 +388,13 @@ async fn give_up(api: &Api<Lease>, elector: &mut Elector, params: &PostParams) {
 /// Publishes the elector's role (logging transitions) and the end of its term.
 fn publish(role: &watch::Sender<Role>, elector: &Elector, term_end: &TermEnd) {
     let now = elector.role();
-    if now == Role::Leading {
-        term_end.set(elector.term_deadline());
+    // Before the role is published, so the controller starts inside the term, and the fence
+    // closes before anyone hears of the step-down. After a step-down the last end stays for the
+    // watchdog.
+    match now {
+        Role::Leading => term_end.update(|term| term.end = elector.term_deadline()),
+        Role::SteppedDown => term_end.update(|term| term.over = true),
+        Role::Standby => {}
     }
     role.send_if_modified(|before| {
         if *before == now {
@@ -336,19 +419,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn writes_are_permitted_only_inside_a_term_that_is_not_over() {
+        let now = Instant::now();
+        let ends_soon = Term {
+            end: Some(now + Duration::from_secs(3)),
+            over: false,
+        };
+        assert!(ends_soon.permits_writes(now));
+        // A process resuming from a pause past its term.
+        assert!(!ends_soon.permits_writes(now + Duration::from_secs(3)));
+        assert!(!Term::default().permits_writes(now), "never led");
+        let stepped_down = Term {
+            over: true,
+            ..ends_soon
+        };
+        assert!(!stepped_down.permits_writes(now), "over before its end");
+    }
+
+    #[test]
     fn the_watchdog_fires_only_past_the_end_of_a_term_and_its_grace() {
-        let end = std::time::Instant::now();
+        let end = Instant::now() + Duration::from_secs(10);
         let grace = Duration::from_secs(1);
+        let term = Term {
+            end: Some(end),
+            over: true,
+        };
         assert!(
-            !overdue(None, end + Duration::from_secs(60), grace),
+            !Term::default().overdue(end + Duration::from_secs(60), grace),
             "no term"
         );
-        assert!(!overdue(Some(end), end - Duration::from_secs(5), grace));
-        assert!(!overdue(Some(end), end + grace, grace));
-        assert!(overdue(
-            Some(end),
-            end + grace + Duration::from_millis(1),
-            grace
-        ));
+        assert!(!term.overdue(end - Duration::from_secs(5), grace));
+        assert!(!term.overdue(end + grace, grace));
+        assert!(term.overdue(end + grace + Duration::from_millis(1), grace));
     }
 }

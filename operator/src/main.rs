@@ -12,10 +12,11 @@ use http::{HeaderValue, header};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::client::ClientBuilder;
+use kube::client::retry::RetryPolicy;
 use msa_operator::controller::{self, Settings};
 use msa_operator::crd::MicroserviceApp;
 use msa_operator::http::{self as endpoints, Health};
-use msa_operator::leader::{self, Election};
+use msa_operator::leader::{self, Election, FenceLayer, TermEnd};
 use msa_operator::lease::{Elector, Timing};
 use msa_operator::metrics::Metrics;
 use tracing::{error, info};
@@ -124,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("cannot reach Kubernetes: no in-cluster service account and no usable kubeconfig (set KUBECONFIG)")?;
-    let client = controller_client(config.clone(), &identity)?;
+    // With leader election, the controller's writes pass a fence that closes when the term ends.
+    let term = flags.leader_election.then(TermEnd::default);
+    let client = controller_client(config.clone(), &identity, term.as_ref().map(TermEnd::fence))?;
     tokio::time::timeout(
         STARTUP_CHECK_TIMEOUT,
         check_crd_installed(&client, flags.watch_namespace.as_deref()),
@@ -143,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut election = None;
-    if flags.leader_election {
+    if let Some(term) = term {
         let namespace = flags
             .lease_namespace
             .clone()
@@ -155,14 +158,14 @@ async fn main() -> anyhow::Result<()> {
             flags.lease_name.clone(),
             timing,
         );
-        let mut started = Election::start(leases, elector);
+        let mut started = Election::start(leases, elector, term.clone());
         health.ready.store(true, Ordering::Relaxed);
         info!(lease = %flags.lease_name, %namespace, %identity, "waiting to lead");
         tokio::select! {
             acquired = started.acquired() => if !acquired { bail!("leader election stopped before this process led") },
             () = shutdown_signal() => { started.release().await; return Ok(()) }
         }
-        leader::spawn_watchdog(started.term_end(), timing.watchdog_grace())
+        leader::spawn_watchdog(term, timing.watchdog_grace())
             .context("cannot start the leader term watchdog thread")?;
         info!(%identity, "leading");
         election = Some(started);
@@ -199,19 +202,32 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The client of the controller's watches and reconciles: connect, write and read timeouts on
-/// the connection, and a deadline on every response's head.
-fn controller_client(mut config: kube::Config, identity: &str) -> anyhow::Result<Client> {
+/// the connection, a deadline on every response's head, kube's retry of 429/503/504 answers,
+/// and, with leader election, the fence refusing writes outside the leader's term. The retry
+/// wraps the fence, so a write retried after a backoff is checked again.
+fn controller_client(
+    mut config: kube::Config,
+    identity: &str,
+    fence: Option<FenceLayer>,
+) -> anyhow::Result<Client> {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.write_timeout = Some(WRITE_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     // Count the read timeout from when a request is sent, not from when its pooled connection
     // went idle.
     config.reset_reader_on_write = true;
+    // Retried below, outside the fence.
+    config.default_retry = false;
     name_requests(&mut config, identity);
     let builder = ClientBuilder::try_from(config).context("cannot build the Kubernetes client")?;
-    Ok(builder
-        .with_layer(&tower::timeout::TimeoutLayer::new(RESPONSE_HEAD_TIMEOUT))
-        .build())
+    let layers = tower::ServiceBuilder::new()
+        .layer(tower::timeout::TimeoutLayer::new(RESPONSE_HEAD_TIMEOUT))
+        .layer(tower::retry::RetryLayer::new(RetryPolicy::server_retry()))
+        // The retry needs a service it can clone.
+        .layer(tower::buffer::BufferLayer::new(1024))
+        .option_layer(fence)
+        .into_inner();
+    Ok(builder.with_layer(&layers).build())
 }
 
 /// The leader election's own client: its own connections (a renewal never waits behind the

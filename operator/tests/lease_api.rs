@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::client::Body;
 use kube::{Api, Client};
-use msa_operator::leader::{Election, Role};
+use msa_operator::leader::{Election, NotLeading, Role, TermEnd};
 use msa_operator::lease::{Elector, Timing};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -165,6 +165,7 @@ fn start(server: &Arc<Mutex<Server>>, identity: &str) -> Election {
     Election::start(
         leases,
         Elector::new(identity, NAMESPACE, NAME, Timing::DEFAULT),
+        TermEnd::default(),
     )
 }
 
@@ -436,4 +437,67 @@ async fn the_election_counts_as_alive_while_it_steps_and_not_once_it_has_ended()
     assert!(liveness.is_alive());
     tokio::time::sleep(Timing::DEFAULT.lease_duration() * 2 + Duration::from_secs(1)).await;
     assert!(!liveness.is_alive());
+}
+
+type ClientStandIn = tower::util::BoxService<Request<String>, Response<String>, tower::BoxError>;
+
+/// A service standing for the controller's client behind the fence of `term`: returns it and the
+/// requests that got through.
+fn fenced(term: &TermEnd) -> (ClientStandIn, Arc<Mutex<Vec<Method>>>) {
+    let passed = Arc::new(Mutex::new(Vec::new()));
+    let seen = passed.clone();
+    let inner = tower::service_fn(move |request: Request<String>| {
+        seen.lock().unwrap().push(request.method().clone());
+        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+            String::new(),
+        )))
+    });
+    let service = tower::ServiceBuilder::new()
+        .layer(term.fence())
+        .service(inner);
+    (tower::util::BoxService::new(service), passed)
+}
+
+async fn send(service: &mut ClientStandIn, method: Method) -> Result<(), tower::BoxError> {
+    use tower::{Service, ServiceExt};
+    let request = Request::builder()
+        .method(method)
+        .uri("/apis/apps/v1/namespaces/demo/deployments/shop-user")
+        .body(String::new())
+        .unwrap();
+    service.ready().await?.call(request).await.map(drop)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fence_passes_writes_only_while_this_process_leads() {
+    let server = free_lease_at_version_5();
+    let term = TermEnd::default();
+    let (mut client, passed) = fenced(&term);
+    // Standing by: reads pass, writes are refused without leaving the process.
+    send(&mut client, Method::GET).await.unwrap();
+    let refused = send(&mut client, Method::PATCH).await.unwrap_err();
+    assert!(refused.is::<NotLeading>(), "{refused}");
+
+    let leases: Api<Lease> = Api::namespaced(self::client(server.clone()), NAMESPACE);
+    let mut election = Election::start(
+        leases,
+        Elector::new("operator-a", NAMESPACE, NAME, Timing::DEFAULT),
+        term.clone(),
+    );
+    assert!(within(MINUTE, "leading", election.acquired()).await);
+    send(&mut client, Method::PATCH).await.unwrap();
+    send(&mut client, Method::DELETE).await.unwrap();
+
+    // The API server goes silent; the leader steps down; from then on no write gets through.
+    server.lock().unwrap().silent = true;
+    within(MINUTE, "stepping down", election.lost()).await;
+    for method in [Method::PATCH, Method::POST, Method::PUT, Method::DELETE] {
+        let refused = send(&mut client, method).await.unwrap_err();
+        assert!(refused.is::<NotLeading>(), "{refused}");
+    }
+    send(&mut client, Method::GET).await.unwrap();
+    assert_eq!(
+        *passed.lock().unwrap(),
+        [Method::GET, Method::PATCH, Method::DELETE, Method::GET]
+    );
 }
