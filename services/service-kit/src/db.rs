@@ -4,13 +4,27 @@
 //! Queries and migrations are written once, in SQL both backends accept: `$1` placeholders, TEXT,
 //! BIGINT, CHECK and UNIQUE constraints; ids and times are stored as text (UUID, RFC 3339) and
 //! money as integer cents, which both store exactly.
+//!
+//! Two guards sit around the pool: [`hygiene`] never hands out a connection left inside a
+//! transaction, and [`readiness`] tells `/readyz` whether a write can begin now.
+
+pub mod hygiene;
+pub mod readiness;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use self::hygiene::Discarded;
+use self::readiness::WriteProbe;
+
+/// SQLite's wait for the write lock (`PRAGMA busy_timeout`) on every pooled connection: writers
+/// queue this long behind each other before a write fails.
+pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -22,6 +36,8 @@ pub enum Backend {
 pub struct Database {
     pub pool: AnyPool,
     pub backend: Backend,
+    discarded: Discarded,
+    probe: Arc<WriteProbe>,
 }
 
 impl Database {
@@ -49,9 +65,8 @@ impl Database {
                     sqlx::query("PRAGMA journal_mode = WAL")
                         .execute(&mut *conn)
                         .await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
+                    let busy = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
+                    conn.execute(busy.as_str()).await?;
                     sqlx::query("PRAGMA foreign_keys = ON")
                         .execute(&mut *conn)
                         .await?;
@@ -59,7 +74,8 @@ impl Database {
                 })
             });
         }
-        let pool = pool
+        let discarded = Discarded::default();
+        let pool = hygiene::checked(pool, backend, discarded.clone())
             .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&url)))?;
@@ -67,7 +83,12 @@ impl Database {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("cannot migrate the database {}: {e}", redact(&url)))?;
-        Ok(Database { pool, backend })
+        Ok(Database {
+            pool,
+            backend,
+            discarded,
+            probe: Arc::default(),
+        })
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so
@@ -79,9 +100,15 @@ impl Database {
         }
     }
 
-    /// For `/readyz`.
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    /// Whether a write can begin now (for `/readyz`): `Err` says why not. Bounded by
+    /// [`readiness::WAIT`], and cheap to ask often; see [`readiness`].
+    pub async fn writable(&self) -> readiness::Outcome {
+        self.probe.writable(&self.pool, self.backend).await
+    }
+
+    /// Adds this database's metrics (connections discarded by [`hygiene`]) to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.discarded.register(registry);
     }
 }
 

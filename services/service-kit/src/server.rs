@@ -1,6 +1,8 @@
 //! Turns a service's API router into the full HTTP service: the operational routes, the
 //! middleware every service shares, and serving with a graceful drain on SIGTERM.
 
+pub mod detach;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,6 +27,8 @@ use crate::db::Database;
 use crate::metrics::{self, HttpMetrics};
 use crate::problem::Problem;
 
+use self::detach::{DetachLayer, Work};
+
 /// What the operational routes report about the service.
 #[derive(Clone)]
 pub struct Ops {
@@ -36,6 +40,8 @@ pub struct Ops {
     /// More members of `/info` (the gateway's authentication, for example).
     pub info: Arc<serde_json::Map<String, serde_json::Value>>,
     draining: Arc<AtomicBool>,
+    /// Requests whose work is still running, answered or not (see [`detach`]).
+    pub work: Arc<Work>,
 }
 
 impl Ops {
@@ -54,14 +60,18 @@ impl Ops {
         )
     }
 
-    /// Like `new`, with a metrics registry the caller has added its own metrics to.
+    /// Like `new`, with a metrics registry the caller has added its own metrics to. The
+    /// database's own metrics are added to it here.
     pub fn with_metrics(
         name: &'static str,
         version: &'static str,
         instance: String,
         database: Option<Database>,
-        metrics: HttpMetrics,
+        mut metrics: HttpMetrics,
     ) -> Self {
+        if let Some(database) = &database {
+            database.register_metrics(&mut metrics.registry);
+        }
         Ops {
             name,
             version,
@@ -70,6 +80,7 @@ impl Ops {
             database,
             info: Arc::default(),
             draining: Arc::default(),
+            work: Arc::default(),
         }
     }
 
@@ -90,7 +101,8 @@ impl Ops {
 /// shared layers:
 /// request id (generated or kept), correlation context, tracing span with the request id,
 /// metrics, panic → 500 problem, body limit (enforced by the body extractors, so an oversized
-/// body is a 413 problem), CORS.
+/// body is a 413 problem), CORS; and around them all, a task of its own for each request, so a
+/// client that hangs up never cuts its work short (see [`detach`]).
 pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
     let gate = args.gate()?;
     let router = api
@@ -116,7 +128,7 @@ pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
         })
         .layer(axum::middleware::from_fn(context::scope))
         .layer(DefaultBodyLimit::max(args.body_limit_bytes));
-    shared_layers(router, &ops, args)
+    Ok(shared_layers(router, &ops, args)?.layer(DetachLayer::new(ops.work.clone())))
 }
 
 /// `/healthz`, `/readyz`, `/info` and `/metrics`.
@@ -230,9 +242,12 @@ pub fn shared_layers(router: Router, ops: &Ops, args: &ServeArgs) -> anyhow::Res
     Ok(router)
 }
 
+/// 200 `ready`, or a 503 problem whose `reason` is `draining` or `database-unwritable`.
 async fn readyz(State(ops): State<Ops>) -> Response {
     match ops.unready().await {
-        Some(why) => Problem::unavailable(why, 1).into_response(),
+        Some(why) => Problem::unavailable(why.detail, 1)
+            .with("reason", why.reason)
+            .into_response(),
         None => "ready".into_response(),
     }
 }
@@ -241,7 +256,11 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 /// ...}`, 503 with `"unhealthy"` and the reason when `/readyz` would fail.
 async fn health(State(ops): State<Ops>) -> Response {
     let (code, status, reason) = match ops.unready().await {
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", Some(why)),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            Some(why.detail),
+        ),
         None => (StatusCode::OK, "healthy", None),
     };
     let mut body = json!({"status": status, "service": ops.name, "version": ops.version});
@@ -251,17 +270,31 @@ async fn health(State(ops): State<Ops>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+/// Why a service should not take traffic now.
+struct Unready {
+    /// A stable token for machines.
+    reason: &'static str,
+    /// For people; never the database's own error text.
+    detail: &'static str,
+}
+
 impl Ops {
-    /// Why the service should not take traffic now, `None` when it may.
-    async fn unready(&self) -> Option<&'static str> {
+    /// Why the service should not take traffic now, `None` when it may: it is draining, or it
+    /// cannot begin a write (a bounded probe, see [`crate::db::readiness`], which logs why).
+    async fn unready(&self) -> Option<Unready> {
         if self.is_draining() {
-            return Some("shutting down");
+            return Some(Unready {
+                reason: "draining",
+                detail: "shutting down",
+            });
         }
         if let Some(database) = &self.database
-            && let Err(error) = database.ping().await
+            && database.writable().await.is_err()
         {
-            warn!(%error, "readiness: database unreachable");
-            return Some("the database is unreachable");
+            return Some(Unready {
+                reason: "database-unwritable",
+                detail: "the database cannot take a write now",
+            });
         }
         None
     }
@@ -388,6 +421,19 @@ where
     });
     let _admin = AbortOnDrop(admin);
     let server = tokio::spawn(api(stop_rx));
+    // Requests whose client hung up are still at work (see `detach`): they get the same grace.
+    let work = ops.work.clone();
+    let server = async move {
+        server.await?;
+        if work.running() > 0 {
+            info!(
+                requests = work.running(),
+                "draining: finishing work whose clients hung up"
+            );
+            work.finished().await;
+        }
+        anyhow::Ok(())
+    };
     // Once shutdown began, give in-flight requests `grace`, then stop regardless.
     let outcome = async move {
         connections::stopped(&mut stopped).await;
