@@ -168,9 +168,24 @@ pub struct LimitArgs {
     #[arg(long, env = "MSA_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_seconds: u64,
 
-    /// Longest pause while a request body arrives; then 408 and close.
+    /// Longest pause while a request body arrives; then 408 and close (nginx's
+    /// `client_body_timeout`, 60 s there).
     #[arg(long, env = "MSA_BODY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_seconds: u64,
+
+    /// Longest a whole request body may take, however it is paced; then 408 and close (nginx
+    /// and HAProxy have no such total by default).
+    #[arg(long, env = "MSA_BODY_DEADLINE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_deadline_seconds: u64,
+
+    /// Slowest average a request body may arrive at once --body-rate-grace-seconds have passed,
+    /// in bytes per second (0: no minimum); slower gets 408 and close (Apache's `MinRate`).
+    #[arg(long, env = "MSA_BODY_MIN_RATE_BYTES", default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1_000_000_000))]
+    pub body_min_rate_bytes: u32,
+
+    /// How long a request body may arrive at any rate before the minimum rate applies.
+    #[arg(long, env = "MSA_BODY_RATE_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub body_rate_grace_seconds: u64,
 
     /// How long an idle keep-alive connection is kept open.
     #[arg(long, env = "MSA_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -187,6 +202,9 @@ impl Default for LimitArgs {
         LimitArgs {
             header_timeout_seconds: limits.header_timeout.as_secs(),
             body_timeout_seconds: limits.body_timeout.as_secs(),
+            body_deadline_seconds: limits.body_deadline.as_secs(),
+            body_min_rate_bytes: limits.body_min_rate,
+            body_rate_grace_seconds: limits.body_rate_grace.as_secs(),
             idle_timeout_seconds: limits.idle_timeout.as_secs(),
             max_connections: limits.max_connections as u64,
         }
@@ -255,6 +273,9 @@ impl ServeArgs {
         crate::connections::ConnectionLimits {
             header_timeout: std::time::Duration::from_secs(limits.header_timeout_seconds),
             body_timeout: std::time::Duration::from_secs(limits.body_timeout_seconds),
+            body_deadline: std::time::Duration::from_secs(limits.body_deadline_seconds),
+            body_min_rate: limits.body_min_rate_bytes,
+            body_rate_grace: std::time::Duration::from_secs(limits.body_rate_grace_seconds),
             idle_timeout: std::time::Duration::from_secs(limits.idle_timeout_seconds),
             max_connections: usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
         }
@@ -313,5 +334,27 @@ impl ServeArgs {
                 .expose_headers([REQUEST_ID.clone()])
                 .allow_credentials(self.cors_allow_credentials),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults are the library's (the documented ones), whichever way a service
+    /// is started.
+    #[test]
+    fn limit_flags_default_to_the_connection_limits() {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let serve = <Only as clap::Parser>::parse_from(["defaults"]).serve;
+        assert_eq!(serve.limits, LimitArgs::default());
+        assert_eq!(
+            serve.connection_limits(),
+            crate::connections::ConnectionLimits::default()
+        );
     }
 }

@@ -4,9 +4,18 @@
 //! hyper serves the HTTP/1.1 on each connection; this module owns the accept loop around it and
 //! adds what hyper leaves to the server (and axum's `serve` does not set): a connection limit,
 //! a time limit for a request head (answered with 408 when it runs out), an idle keep-alive
-//! limit, and a time limit between the bytes of a request body (the body readers turn it into a
-//! 408, see [`body_timed_out`]). The bookkeeping is [`Activity`], a plain struct with the clock
-//! passed in; the accept loop and the per-connection task only feed it and act on its verdicts.
+//! limit, and limits on a request body — a pause between its bytes, a deadline for the whole
+//! of it, and a minimum average rate — that the body readers turn into a 408 (see
+//! [`body_timed_out`] and [`ConnectionLimits::body_due`]). The bookkeeping is [`Activity`], a
+//! plain struct with the clock passed in; the accept loop and the per-connection task only feed
+//! it and act on its verdicts.
+//!
+//! Beside the usual proxies' defaults: nginx times a body only between two reads
+//! (`client_body_timeout`, 60 s) with no total, so one byte every 59 s holds a connection for
+//! as long as the body is long; HAProxy's `timeout http-request` covers only the head unless
+//! `option http-buffer-request` is set, and `timeout client` is again an inactivity timeout.
+//! Apache's `mod_reqtimeout` (`body=20,MinRate=500`) is the model for the minimum rate here:
+//! after a grace, the body must have averaged at least that many bytes a second.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +46,12 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Longest pause between two reads of a request body.
     pub body_timeout: Duration,
+    /// Longest a whole request body may take, from when the server first waits for it.
+    pub body_deadline: Duration,
+    /// Slowest average a request body may arrive at once `body_rate_grace` has passed, in bytes
+    /// per second (0: no minimum).
+    pub body_min_rate: u32,
+    pub body_rate_grace: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
     /// Connections open at once; more wait in the kernel's accept queue.
@@ -44,15 +59,43 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// HAProxy's advice for `timeout http-request` (10 s) for heads and body pauses; an idle
-    /// keep-alive connection lives 60 s, longer than the 30 s the msa client pools keep one, so
-    /// a pool never reuses a connection the server is about to close.
+    /// HAProxy's advice for `timeout http-request` (10 s) for heads and body pauses; a whole
+    /// body within 30 s, averaging at least 500 bytes a second after its first 10 s (Apache's
+    /// `MinRate`; a 64 KiB body, the default limit, needs 130 s at that rate, so the rate only
+    /// catches trickles, the deadline everything else); an idle keep-alive connection lives
+    /// 60 s, longer than the 30 s the msa client pools keep one, so a pool never reuses a
+    /// connection the server is about to close.
     fn default() -> Self {
         ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            body_deadline: Duration::from_secs(30),
+            body_min_rate: 500,
+            body_rate_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// When a request body that began at `started`, last made progress at `last_read` and has
+    /// `received` bytes so far is too slow, unless more arrives first: the earliest of its
+    /// pause limit, its whole deadline, and the moment its average since `started` falls under
+    /// the minimum rate after the grace (each byte buys `1 / body_min_rate` s more, as in
+    /// Apache's `MinRate`).
+    pub fn body_due(&self, started: Instant, last_read: Instant, received: u64) -> Instant {
+        let paused = last_read + self.body_timeout;
+        let due = paused.min(started + self.body_deadline);
+        if self.body_min_rate == 0 {
+            return due;
+        }
+        let earned = Duration::from_nanos(
+            received.saturating_mul(1_000_000_000) / u64::from(self.body_min_rate),
+        );
+        match (started + self.body_rate_grace).checked_add(earned) {
+            Some(slow) => due.min(slow),
+            None => due,
         }
     }
 }
@@ -74,17 +117,20 @@ pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A request body that fails with a `TimedOut` error when the client pauses longer than
-/// `timeout`. Unlike tower-http's `TimeoutBody` it keeps the body's size hint (the gateway
-/// decides on it whether a request may be retried) and arms a timer only when the client is
-/// actually late, not for every request.
-struct StallTimeout {
+/// A request body that fails with a `TimedOut` error when the client is too slow (see
+/// [`ConnectionLimits::body_due`]). Unlike tower-http's `TimeoutBody` it keeps the body's size
+/// hint (the gateway decides on it whether a request may be retried) and reads the clock and
+/// arms a timer only when it has to wait for the client, not for a body that is already in.
+struct BodyTimeout {
     inner: Incoming,
-    timeout: Duration,
+    limits: ConnectionLimits,
+    /// When the body was first waited for.
+    started: Option<Instant>,
+    received: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl hyper::body::Body for StallTimeout {
+impl hyper::body::Body for BodyTimeout {
     type Data = axum::body::Bytes;
     type Error = io::Error;
 
@@ -96,17 +142,25 @@ impl hyper::body::Body for StallTimeout {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.sleep = None;
+                if let Some(Ok(frame)) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.received = this.received.saturating_add(data.len() as u64);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
             }
             Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let sleep = this.sleep.get_or_insert_with(|| {
+                    // The first wait after progress: the pause runs from here.
+                    let now = Instant::now();
+                    let started = *this.started.get_or_insert(now);
+                    let due = this.limits.body_due(started, now, this.received);
+                    Box::pin(tokio::time::sleep_until(due))
+                });
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the request body stopped arriving",
+                        "the request body arrived too slowly",
                     )))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -435,9 +489,11 @@ pub async fn connection<S>(
         with(&per_request, Activity::request_started);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
-        let body = Body::new(StallTimeout {
+        let body = Body::new(BodyTimeout {
             inner: body,
-            timeout: limits.body_timeout,
+            limits,
+            started: None,
+            received: 0,
             sleep: None,
         });
         let answered = service.clone().oneshot(Request::from_parts(parts, body));
@@ -503,7 +559,57 @@ mod tests {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1,
+            ..ConnectionLimits::default()
         }
+    }
+
+    /// Issue 27: one byte every 5 s never hit the 10 s pause limit, so a trickled body held its
+    /// connection for as long as it was long. The minimum rate ends it after the grace, and
+    /// the deadline ends any body, however it is paced.
+    #[test]
+    fn a_trickled_body_is_due_after_the_grace_and_any_body_by_the_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let limits = ConnectionLimits::default();
+        // One byte every 5 s: each read is within the pause limit, yet at 10 s it is due.
+        let mut received = 0;
+        let mut last_read = t0;
+        for i in 1..=2 {
+            let now = t0 + s(5 * i);
+            assert!(now < limits.body_due(t0, last_read, received), "{i}");
+            received += 1;
+            last_read = now;
+        }
+        let due = limits.body_due(t0, last_read, received);
+        assert!(due > t0 + s(10) && due < t0 + s(11), "{:?}", due - t0);
+
+        // Fast enough (1 kB/s) but never finishing: the deadline at 30 s.
+        let due = limits.body_due(t0, t0 + s(29), 29_000);
+        assert_eq!(due, t0 + s(30));
+
+        // A silent body: the pause limit (10 s), not the grace.
+        let quiet = ConnectionLimits {
+            body_timeout: s(3),
+            ..limits
+        };
+        assert_eq!(quiet.body_due(t0, t0, 0), t0 + s(3));
+
+        // No minimum rate: only the pause limit and the deadline (the old behaviour had only
+        // the pause).
+        let no_rate = ConnectionLimits {
+            body_min_rate: 0,
+            ..limits
+        };
+        assert_eq!(no_rate.body_due(t0, t0 + s(15), 3), t0 + s(25));
+        assert_eq!(
+            ConnectionLimits {
+                body_min_rate: 1,
+                ..limits
+            }
+            .body_due(t0, t0, u64::MAX),
+            t0 + s(10),
+            "a huge count cannot overflow"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Issue 15, defect 3: a client that is slow or silent holds a connection for a bounded time —
-//! a request head gets `header_timeout` from its first byte (then 408), a body may pause for
-//! `body_timeout` (then 408), an idle keep-alive connection lives `idle_timeout` — and no more
+//! Issue 15, defect 3, and issue 27: a client that is slow or silent holds a connection for a
+//! bounded time — a request head gets `header_timeout` from its first byte (then 408), a body
+//! may pause for `body_timeout`, must average `body_min_rate` after a grace and end within
+//! `body_deadline` (else 408), an idle keep-alive connection lives `idle_timeout` — and no more
 //! than `max_connections` are held at once. Raw TCP on 127.0.0.1, so nothing a client library
-//! does can hide what the server does. Bounds are generous above (a busy machine is slow) and
-//! strict below (the server must not close early).
+//! does can hide what the server does. Bounds are strict below (the server must not close
+//! early); above there are only generous functional ones (the trickle would have gone on far
+//! longer).
 
 use std::time::{Duration, Instant};
 
@@ -13,20 +15,29 @@ use msa_service_kit::config::{LimitArgs, ServeArgs};
 use msa_service_kit::extract::Json;
 use msa_service_kit::server::Ops;
 use msa_service_kit::testing::{read_until_closed, serve_args, spawn_with};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// Header and body timeouts of 1 s, idle keep-alive `idle_seconds`, at most 2 connections.
+/// Header and body timeouts of 1 s, idle keep-alive `idle_seconds`, at most 2 connections; no
+/// minimum body rate and a long body deadline, so the pause limit is the one that ends a body.
 async fn server(idle_seconds: u64) -> String {
+    server_with(LimitArgs {
+        header_timeout_seconds: 1,
+        body_timeout_seconds: 1,
+        body_deadline_seconds: 3600,
+        body_min_rate_bytes: 0,
+        idle_timeout_seconds: idle_seconds,
+        max_connections: 2,
+        ..LimitArgs::default()
+    })
+    .await
+}
+
+async fn server_with(limits: LimitArgs) -> String {
     let args = ServeArgs {
-        limits: LimitArgs {
-            header_timeout_seconds: 1,
-            body_timeout_seconds: 1,
-            idle_timeout_seconds: idle_seconds,
-            max_connections: 2,
-        },
+        limits,
         ..serve_args()
     };
     let api = Router::new()
@@ -48,6 +59,61 @@ async fn server(idle_seconds: u64) -> String {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Reads one whole response (head and `content-length` body) within [`PATIENCE`]; what was
+/// read when the stream closed or time ran out otherwise.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let answer = text(&received);
+        if let Some((head, body)) = answer.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return answer;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
+            _ => return text(&received),
+        }
+    }
+}
+
+/// Sends `head`, then `body` one byte every `pace` (in a task of its own), and returns the
+/// server's answer, whether it closed, and how long after the head that took. The trickle
+/// stops when the server closes.
+async fn trickle(
+    address: &str,
+    head: &str,
+    body_length: usize,
+    pace: Duration,
+) -> (String, bool, Duration) {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..body_length {
+            tokio::time::sleep(pace).await;
+            if writer.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let (answer, closed) = read_until_closed(&mut reader, PATIENCE).await;
+    let waited = started.elapsed();
+    trickle.abort();
+    (text(&answer), closed, waited)
 }
 
 #[tokio::test]
@@ -107,12 +173,10 @@ async fn an_idle_keep_alive_connection_lives_its_idle_timeout() {
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
         .unwrap();
-    let (answer, closed) = read_until_closed(&mut stream, Duration::from_millis(500)).await;
-    assert!(
-        !closed && text(&answer).starts_with("HTTP/1.1 200 "),
-        "{}",
-        text(&answer)
-    );
+    // The whole answer, however long a busy machine takes to give it; the idle clock starts
+    // once it is in.
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let answered = Instant::now();
     let (more, closed) = read_until_closed(&mut stream, PATIENCE).await;
     let idle = answered.elapsed();
@@ -185,4 +249,50 @@ async fn the_body_timeout_keeps_the_size_hint() {
         .unwrap();
     let (answer, _) = read_until_closed(&mut stream, PATIENCE).await;
     assert!(text(&answer).ends_with("Some(5)"), "{}", text(&answer));
+}
+
+/// Issue 27: one byte every 5 s never hit the 10 s pause limit. Paced under the pause limit
+/// (here 300 ms against 10 s), a body that averages less than the minimum rate (100 bytes/s)
+/// after the grace (1 s) gets 408 and the connection closes.
+#[tokio::test]
+async fn a_trickled_body_under_the_minimum_rate_gets_408() {
+    let address = server_with(LimitArgs {
+        body_timeout_seconds: 10,
+        body_deadline_seconds: 3600,
+        body_min_rate_bytes: 100,
+        body_rate_grace_seconds: 1,
+        ..LimitArgs::default()
+    })
+    .await;
+    let head = "POST /echo HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n";
+    // 200 bytes at 300 ms each would take a minute.
+    let (answer, closed, waited) = trickle(&address, head, 200, Duration::from_millis(300)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("request-timeout"), "{answer}");
+    assert!(closed, "the connection is closed");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "408 after {waited:?}, inside the grace"
+    );
+}
+
+/// However it is paced, a whole body gets `body_deadline` (2 s here): 10 bytes a second with no
+/// minimum rate and no pause over 100 ms still ends in 408.
+#[tokio::test]
+async fn a_body_that_never_ends_gets_408_at_its_deadline() {
+    let address = server_with(LimitArgs {
+        body_timeout_seconds: 10,
+        body_deadline_seconds: 2,
+        body_min_rate_bytes: 0,
+        ..LimitArgs::default()
+    })
+    .await;
+    let head = "POST /echo HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+    let (answer, closed, waited) = trickle(&address, head, 1000, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(closed, "the connection is closed");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "408 after {waited:?}, before the deadline"
+    );
 }
