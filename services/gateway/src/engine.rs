@@ -14,14 +14,17 @@
 //!
 //! Timeouts are those of msa-service-kit's `connections`: a head must arrive within
 //! `header_timeout` of its first byte (else 408), an idle connection closes after
-//! `idle_timeout`, a body may pause at most `body_timeout` (else 408). One timer per
+//! `idle_timeout`, a body may pause at most `body_timeout`, must average the minimum rate after
+//! its grace and end by its deadline (else 408: [`ConnectionLimits::body_due`]). One timer per
 //! connection serves them all and is moved only when a deadline comes earlier than the one it
 //! is set for, so a busy connection touches it about once per timeout, not once per request.
+//! A body that came with its head costs no clock read at all.
 
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -40,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::client_connections::{self, ClientConnections};
 use crate::front::Front;
 
 /// A head this size without its end goes to hyper, which answers 414 or 431.
@@ -48,17 +52,28 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
 /// Serves the gateway's API on `listener` until `stop` turns true (see [`connections::accept`]
-/// for the connection limit and the drain).
+/// for the connection limit and the drain); a client address holding as many connections as
+/// `per_client` allows has the next one refused ([`client_connections::refuse`]).
 pub async fn serve(
     listener: TcpListener,
     front: Front,
     ops: &Ops,
     limits: ConnectionLimits,
+    per_client: Arc<ClientConnections>,
     stop: watch::Receiver<bool>,
 ) {
     let fallback = close_connections_while_draining(front.clone(), ops);
     connections::accept(listener, limits, stop, move |stream, peer, stop| {
-        connection(stream, peer, front.clone(), fallback.clone(), limits, stop)
+        // Counted here, in the accept loop, so connections are admitted in the order accepted.
+        let slot = per_client.admit(peer.ip());
+        let (front, fallback) = (front.clone(), fallback.clone());
+        async move {
+            let Some(_slot) = slot else {
+                client_connections::refuse(stream);
+                return;
+            };
+            connection(stream, peer, front, fallback, limits, stop).await;
+        }
     })
     .await;
 }
@@ -379,10 +394,14 @@ async fn connection<S>(
                 Waited::TimedOut | Waited::Gone | Waited::Stopping => return,
             }
         };
-        // Its body, each pause at most `body_timeout`.
-        let mut since = None;
+        // The rest of its body, within the body limits.
+        let mut body_started = None;
+        let mut last_read = None;
         while buf.len() < head.len + head.body {
-            let deadline = *since.get_or_insert_with(Instant::now) + limits.body_timeout;
+            let now = Instant::now();
+            let started = *body_started.get_or_insert(now);
+            let received = (buf.len() - head.len) as u64;
+            let deadline = limits.body_due(started, *last_read.get_or_insert(now), received);
             match read_more(
                 &mut stream,
                 &mut buf,
@@ -393,12 +412,12 @@ async fn connection<S>(
             )
             .await
             {
-                Waited::Read => since = None,
+                Waited::Read => last_read = None,
                 Waited::TimedOut => {
                     let stalled = Problem::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "request-timeout",
-                        "the request body stopped arriving; send the whole request at once",
+                        "the request body arrived too slowly or stopped; send the whole request at once",
                     );
                     let _ = answer(
                         &mut stream,

@@ -4,6 +4,7 @@
 //! with their load, latency, ejection and breaker state.
 
 pub mod auth;
+pub mod client_connections;
 pub mod engine;
 pub mod forwarding;
 pub mod front;

@@ -51,6 +51,12 @@ struct Flags {
     #[arg(long, env = "MSA_RATE_LIMIT_CLIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     rate_limit_clients: u64,
 
+    /// Connections one client address (an IPv6 client: its /64) may hold open at once; the
+    /// next get 503 and are closed, so one client cannot take every slot of --max-connections
+    /// (nginx's `limit_conn`, off there by default).
+    #[arg(long, env = "MSA_MAX_CONNECTIONS_PER_CLIENT", default_value_t = msa_gateway::client_connections::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_client: u32,
+
     /// Routes open without a token, comma-separated `METHOD /template` (for example
     /// `POST /users,GET /products,GET /products/{id}`).
     #[arg(long, env = "MSA_AUTH_PUBLIC_ROUTES", value_delimiter = ',')]
@@ -136,6 +142,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             &mut metrics.registry,
         ))
     });
+    let per_client = msa_gateway::client_connections::ClientConnections::new(
+        flags.max_connections_per_client,
+        &mut metrics.registry,
+    );
     let ops = Ops::with_metrics(
         "gateway",
         env!("CARGO_PKG_VERSION"),
@@ -173,7 +183,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let front_ops = ops.clone();
     server::serve_api(
         move |stop| async move {
-            msa_gateway::engine::serve(listener, app, &front_ops, limits, stop).await;
+            msa_gateway::engine::serve(listener, app, &front_ops, limits, per_client, stop).await;
         },
         admin,
         ops,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use msa_service_kit::testing::{ServiceProcess, free_port, read_until_closed};
+use msa_service_kit::testing::{ServiceProcess, read_until_closed};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 struct Nginx {
     child: Child,
     addr: SocketAddr,
-    _dir: TempDir,
+    _dir: std::sync::Arc<TempDir>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -39,6 +39,34 @@ impl Drop for Nginx {
     }
 }
 
+/// A port for nginx, which cannot bind port 0 and report it ("invalid port"): outside the
+/// kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), where neither an
+/// outgoing connection nor anyone's `bind(0)` takes it, and below the ports this project fixes
+/// (PostgreSQL's 25432, the test cluster's 26400–26459). Another program may hold it anyway:
+/// nginx then exits and [`nginx`] starts it again on another.
+fn port_outside_the_ephemeral_range() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("the ephemeral port range (Linux)");
+    let (low, high) = range
+        .split_once(char::is_whitespace)
+        .map(|(l, h)| (l.trim().parse::<u16>(), h.trim().parse::<u16>()))
+        .and_then(|(l, h)| Some((l.ok()?, h.ok()?)))
+        .unwrap_or_else(|| panic!("cannot read the ephemeral port range {range:?}"));
+    let (first, last) = if low > 20_000 {
+        (20_000, low.min(25_000) - 1)
+    } else if high < 65_000 {
+        (high + 1, 65_535)
+    } else {
+        panic!("the ephemeral range {low}-{high} leaves no port for nginx")
+    };
+    let spread = u128::from(last - first) + 1;
+    let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % spread).expect("within the range");
+    first + offset
+}
+
+/// nginx in front of `backend`, on a loopback port where the kernel shows nginx itself
+/// listening (so nothing else answers for it). A start that finds its port taken is made again
+/// on another port; any other early exit fails with nginx's log.
 async fn nginx(backend: SocketAddr) -> Nginx {
     let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
@@ -46,35 +74,57 @@ async fn nginx(backend: SocketAddr) -> Nginx {
         .expect("nginx is not installed: `make unit` installs Debian's nginx-light, or apt-get install nginx-light");
     let dir = std::env::temp_dir().join(format!("msa-conformance-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addr = free_port("127.0.0.1");
-    let d = dir.display();
-    let config = format!(
-        "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         upstream backend {{ server {backend}; keepalive 8; }}\n\
-         server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
-    );
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config).unwrap();
-    let child = Command::new(binary)
-        .args(["-c", &conf.display().to_string(), "-p", &d.to_string()])
-        .spawn()
-        .expect("start nginx");
-    let nginx = Nginx {
-        child,
-        addr,
-        _dir: TempDir(dir),
-    };
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return nginx;
+    let dir = std::sync::Arc::new(TempDir(dir));
+    for _attempt in 0..10 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port_outside_the_ephemeral_range()));
+        let d = dir.0.display();
+        let config = format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream backend {{ server {backend}; keepalive 8; }}\n\
+             server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://backend;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+        );
+        let conf = dir.0.join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = dir.0.join("error.log");
+        let _ = std::fs::remove_file(&log);
+        let child = Command::new(binary)
+            .args(["-c", &conf.display().to_string(), "-p", &d.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut nginx = Nginx {
+            child,
+            addr,
+            _dir: dir.clone(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = nginx.child.try_wait().unwrap() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    said.contains("Address already in use"),
+                    "nginx exited with {status} before listening on {addr}:\n{said}"
+                );
+                break; // taken: another port
+            }
+            let listening =
+                msa_service_kit::testing::listening_addresses(nginx.child.id()).unwrap_or_default();
+            if listening.contains(&addr) {
+                return nginx;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not listen on {addr} within 30 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("nginx did not listen on {addr}");
+    panic!("nginx found ten ports in a row taken");
 }
 
 /// One response as a client reads it off the wire.
@@ -222,18 +272,10 @@ impl Stage {
         }
     }
 
-    fn gateway_addr(&self) -> SocketAddr {
-        self.gateway
-            .base_url
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap()
-    }
-
     /// The same request through both; prints a line comparing them.
     async fn both(&self, case: &str, pieces: &[&[u8]], head: bool) -> (Exchange, Exchange) {
         let wait = Duration::from_secs(3);
-        let gateway = exchange(self.gateway_addr(), pieces, wait, head).await;
+        let gateway = exchange(self.gateway.addr, pieces, wait, head).await;
         let nginx = exchange(self.nginx.addr, pieces, wait, head).await;
         let summary = |e: &Exchange| {
             let statuses: Vec<String> = e

@@ -1,20 +1,26 @@
-//! What the gateway's process tests share.
+//! What the gateway's process tests share (each test binary uses part of it).
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 
-use msa_service_kit::testing::{ServiceProcess, free_port};
+use msa_service_kit::testing::ServiceProcess;
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_msa-gateway");
 pub const ECHO: &str = env!("CARGO_BIN_EXE_msa-echo");
 
+/// An `msa-echo` backend on a port of `host` the OS chooses.
+pub async fn echo(host: [u8; 4], flags: &[&str]) -> ServiceProcess {
+    let listen = SocketAddr::from((host, 0));
+    let mut command = std::process::Command::new(ECHO);
+    command.args(["--listen", &listen.to_string()]).args(flags);
+    ServiceProcess::launch(command, listen).await
+}
+
 /// One `msa-echo` backend on 127.0.0.2 and a gateway sending every route to it, started with
 /// `extra` flags; the backend's address comes back too.
 pub async fn echo_behind_gateway(extra: &[&str]) -> (ServiceProcess, SocketAddr, ServiceProcess) {
-    let backend_addr = free_port("127.0.0.2");
-    let mut command = std::process::Command::new(ECHO);
-    command.args(["--listen", &backend_addr.to_string()]);
-    let backend = ServiceProcess::launch(command, backend_addr).await;
-    let list = backend_addr.to_string();
+    let backend = echo([127, 0, 0, 2], &[]).await;
+    let list = backend.addr.to_string();
     let mut args = vec![
         "--upstream-user",
         &list,
@@ -27,5 +33,6 @@ pub async fn echo_behind_gateway(extra: &[&str]) -> (ServiceProcess, SocketAddr,
     ];
     args.extend_from_slice(extra);
     let gateway = ServiceProcess::start(GATEWAY, &args, &[("RUST_LOG", "warn")]).await;
+    let backend_addr = backend.addr;
     (backend, backend_addr, gateway)
 }
