@@ -1,55 +1,123 @@
 //! The order service: `POST /orders` (a saga over the user and product services),
-//! `GET /orders/{id}`, `GET /orders/user/{user_id}`, `PUT /orders/{id}/status`.
+//! `GET /orders/{id}`, `GET /orders/user/{user_id}`, `PUT /orders/{id}/status`, and the
+//! recoverer that finishes every order a crash or a silent peer left pending.
 
+pub mod lease;
 pub mod model;
 pub mod peers;
+pub mod recovery;
 pub mod saga;
+pub mod steps;
 pub mod store;
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use msa_service_kit::caller::Caller;
+use msa_service_kit::context::RequestContext;
 use msa_service_kit::db::Database;
+use msa_service_kit::deadline::Deadline;
 use msa_service_kit::extract::{Json, Path, Query};
 use msa_service_kit::page::PageQuery;
 use msa_service_kit::{Problem, parse_id};
+use tokio::time::Instant;
 
 use crate::model::{CreateOrder, Order, SetStatus, Status};
 use crate::peers::Peers;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long `POST /orders` waits for its saga, and when orders count as stranded.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// The longest `POST /orders` waits for its saga before answering 202 with the pending
+    /// order; shorter when the caller's `x-msa-timeout-ms` says it waits less.
+    pub wait_max: Duration,
+    /// An order pending longer than this is the recoverer's; the saga gives up on the product
+    /// service at half of it ([`recovery::saga_limit`]).
+    pub recover_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            wait_max: Duration::from_secs(4),
+            recover_after: Duration::from_secs(120),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: Database,
     pub peers: Peers,
+    pub settings: Settings,
 }
 
+/// The API with the default [`Settings`].
 pub fn router(db: Database, peers: Peers) -> Router {
+    router_with(db, peers, Settings::default())
+}
+
+pub fn router_with(db: Database, peers: Peers, settings: Settings) -> Router {
     Router::new()
         .route("/orders", post(create_order))
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/status", put(set_status))
         .route("/orders/user/{user_id}", get(list_for_user))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(AppState { db, peers })
+        .with_state(AppState {
+            db,
+            peers,
+            settings,
+        })
 }
 
+/// 201 confirmed; 202 with the pending order when its saga has not finished by the time the
+/// caller (`x-msa-timeout-ms`, less a margin) or this service (`wait_max`) stops waiting; the
+/// saga's failure otherwise. The saga runs in its own task: a client that goes stops nothing.
 async fn create_order(
     State(state): State<AppState>,
     caller: Caller,
+    deadline: Deadline,
     Json(body): Json<CreateOrder>,
-) -> Result<impl IntoResponse, Problem> {
-    let order = model::validate(body, &caller)?;
-    let order = saga::place(&state.db, &state.peers, order).await?;
+) -> Result<Response, Problem> {
+    let valid = model::validate(body, &caller)?;
+    let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));
+    // Only reads so far: abandoning them at the deadline leaves nothing behind.
+    let order = tokio::time::timeout_at(answer_by, saga::price(&state.peers, &valid))
+        .await
+        .map_err(|_| {
+            Problem::unavailable(
+                "the order could not be checked in the time the request allows; nothing was placed, retry",
+                1,
+            )
+        })??;
+    let give_up_at = Instant::now() + recovery::saga_limit(state.settings.recover_after);
+    let started = saga::start(
+        state.db.clone(),
+        state.peers.in_context(RequestContext::current()),
+        order.clone(),
+        valid.expected_total_cents,
+        give_up_at,
+    );
+    started
+        .recorded
+        .await
+        .map_err(|_| Problem::internal(&"the saga's task ended before recording the order"))??;
+    let (status, order) = match tokio::time::timeout_at(answer_by, started.finished).await {
+        Ok(joined) => saga::answer(joined.map_err(|e| Problem::internal(&e))??)?,
+        Err(_) => (StatusCode::ACCEPTED, order),
+    };
     let location = [(
         axum::http::header::LOCATION,
         format!("/orders/{}", order.id),
     )];
-    Ok((StatusCode::CREATED, location, Json(order)))
+    Ok((status, location, Json(order)).into_response())
 }
 
 async fn get_order(
@@ -85,10 +153,12 @@ async fn list_for_user(
     ))
 }
 
-/// The owner (or an admin) may cancel; shipping and delivering need the admin role.
+/// The owner (or an admin) may cancel (a pending or confirmed order); shipping and delivering
+/// need the admin role. The change runs in its own task, so a client that goes cuts no write off.
 async fn set_status(
     State(state): State<AppState>,
     caller: Caller,
+    deadline: Deadline,
     Path(id): Path<String>,
     Json(body): Json<SetStatus>,
 ) -> Result<impl IntoResponse, Problem> {
@@ -98,7 +168,12 @@ async fn set_status(
     if next != Status::Cancelled {
         caller.require_admin(&format!("marking an order {}", next.as_str()))?;
     }
-    let (status, order) = saga::change_status(&state.db, &state.peers, &id, next).await?;
+    let give_up_at = Instant::from_std(deadline.answer_by(saga::CANCEL_WAIT));
+    let peers = state.peers.in_context(RequestContext::current());
+    let (status, order) = saga::detached(async move {
+        saga::change_status(&state.db, &peers, &id, next, give_up_at).await
+    })
+    .await?;
     Ok((status, Json(order)))
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use msa_order::peers::Peers;
+use msa_order::recovery::{RecoveryMetrics, RecoverySettings};
 use msa_service_kit::config::{DatabaseArgs, ServeArgs};
 use msa_upstream::Upstream;
 use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
@@ -39,6 +40,25 @@ struct Flags {
     /// rotates.
     #[arg(long, env = "MSA_SERVICE_TOKEN_FILE")]
     service_token_file: Option<std::path::PathBuf>,
+
+    /// The longest `POST /orders` waits for its saga before answering 202 Accepted with the
+    /// pending order (less when the caller's `x-msa-timeout-ms` says it waits less).
+    #[arg(long, env = "MSA_ORDER_WAIT_MAX_MS", default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    order_wait_max_ms: u64,
+
+    /// An order pending longer than this is finished by the recoverer (the saga gives up on the
+    /// product service at half of it). Keep it below the product service's reservation TTL.
+    #[arg(long, env = "MSA_RECOVER_AFTER_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(200..=86_400_000))]
+    recover_after_ms: u64,
+
+    /// Time between recovery rounds (one also runs at start).
+    #[arg(long, env = "MSA_RECOVERY_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
+    recovery_interval_ms: u64,
+
+    /// How long a replica holds the recovery lease without renewing it; after a crash, another
+    /// replica (or the restarted one) takes over once it expires.
+    #[arg(long, env = "MSA_RECOVERY_LEASE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(200..=3_600_000))]
+    recovery_lease_ms: u64,
 }
 
 #[tokio::main]
@@ -56,6 +76,15 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let calls = flags.policy.calls();
     let service_token_file = flags.service_token_file.clone();
+    let settings = msa_order::Settings {
+        wait_max: Duration::from_millis(flags.order_wait_max_ms),
+        recover_after: Duration::from_millis(flags.recover_after_ms),
+    };
+    let recovery = RecoverySettings {
+        after: settings.recover_after,
+        every: Duration::from_millis(flags.recovery_interval_ms),
+        lease: Duration::from_millis(flags.recovery_lease_ms),
+    };
     msa_service_kit::server::run(
         "order",
         env!("CARGO_PKG_VERSION"),
@@ -72,12 +101,13 @@ async fn main() -> anyhow::Result<()> {
                 service_token_file
                     .map(|path| Arc::new(msa_service_kit::auth::TokenFile::new(path))),
             );
-            tokio::spawn(msa_order::saga::release_pending_stock(
+            tokio::spawn(msa_order::recovery::run(
                 db.clone(),
                 peers.clone(),
-                Duration::from_secs(5),
+                recovery,
+                RecoveryMetrics::register(registry),
             ));
-            msa_order::router(db, peers)
+            msa_order::router_with(db, peers, settings)
         },
     )
     .await

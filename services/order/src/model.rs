@@ -9,15 +9,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    /// Recorded; stock not yet reserved (the saga is running).
+    /// Recorded; the saga is running (or the recoverer will finish it).
     Pending,
-    /// Stock reserved and the order accepted.
+    /// Stock sold to the order (its reservation committed).
     Confirmed,
     Shipped,
     Delivered,
-    /// Cancelled after confirmation; its stock was given back.
+    /// Cancelled while pending or confirmed; its stock is given back.
     Cancelled,
-    /// The saga could not complete (for example insufficient stock); nothing is held.
+    /// The saga could not complete (for example insufficient stock); its stock is given back.
     Failed,
 }
 
@@ -51,13 +51,14 @@ impl Status {
     }
 
     /// Whether `PUT /orders/{id}/status` may move an order from `self` to `next`. Pending,
-    /// confirmed and failed are set by the saga only; cancelling gives stock back.
+    /// confirmed and failed are set by the saga only; cancelling (a pending or a confirmed
+    /// order) gives stock back.
     pub fn may_become(self, next: Status) -> bool {
         matches!(
             (self, next),
             (Status::Confirmed, Status::Shipped)
                 | (Status::Shipped, Status::Delivered)
-                | (Status::Confirmed, Status::Cancelled)
+                | (Status::Confirmed | Status::Pending, Status::Cancelled)
         )
     }
 }
@@ -140,18 +141,36 @@ pub fn price_lines(items: &[(RequestedItem, i64)]) -> Option<(Vec<OrderLine>, i6
     Some((lines, total))
 }
 
-/// Checks the request — ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1 — and
-/// returns it with the ids in canonical form, placed for [`owner`].
+/// Checks the request — ids are UUIDs (400 otherwise), at least one line, quantities ≥ 1, and
+/// the lines for one product together within [`money::MAX_QUANTITY`], as the product service
+/// merges them — and returns it with the ids in canonical form, placed for [`owner`]. The lines
+/// are kept as sent.
 pub fn validate(body: CreateOrder, caller: &Caller) -> Result<ValidOrder, Problem> {
     let user_id = owner(caller, body.user_id.as_deref())?;
     valid_line_count(body.items.len())?;
     let mut items = Vec::with_capacity(body.items.len());
+    let mut per_product: std::collections::HashMap<String, i64> = Default::default();
     for (i, item) in body.items.into_iter().enumerate() {
+        let field = format!("items[{i}].quantity");
         let product_id =
-            msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?;
-        valid_quantity(&format!("items[{i}].quantity"), item.quantity)?;
+            msa_service_kit::parse_id(&format!("items[{i}].product_id"), &item.product_id)?
+                .to_string();
+        valid_quantity(&field, item.quantity)?;
+        let merged = per_product.entry(product_id.clone()).or_default();
+        *merged = merged
+            .checked_add(item.quantity)
+            .filter(|q| *q <= money::MAX_QUANTITY)
+            .ok_or_else(|| {
+                Problem::invalid(
+                    &field,
+                    format!(
+                        "the lines for product {product_id} add up to more than {}; order at most that many of one product",
+                        money::MAX_QUANTITY
+                    ),
+                )
+            })?;
         items.push(RequestedItem {
-            product_id: product_id.to_string(),
+            product_id,
             quantity: item.quantity,
         });
     }
@@ -237,6 +256,7 @@ mod tests {
         assert_eq!(
             allowed,
             [
+                (Pending, Cancelled),
                 (Confirmed, Shipped),
                 (Confirmed, Cancelled),
                 (Shipped, Delivered)
@@ -287,7 +307,7 @@ mod tests {
         );
         assert_eq!(validate(order(vec![])).unwrap_err().status, 422);
         let zero = validate(order(vec![RequestedItem {
-            product_id: product,
+            product_id: product.clone(),
             quantity: 0,
         }]))
         .unwrap_err();
@@ -298,6 +318,19 @@ mod tests {
         }]))
         .unwrap_err();
         assert_eq!(bad_id.status, 400);
+        // Issue 27: two lines within the bound, together past it (the product service merges
+        // them): refused here, before anything is recorded.
+        let line = |quantity| RequestedItem {
+            product_id: product.clone(),
+            quantity,
+        };
+        let merged = validate(order(vec![line(600_000_000), line(600_000_000)])).unwrap_err();
+        assert_eq!(
+            (merged.status, merged.extra["field"].as_str()),
+            (422, Some("items[1].quantity"))
+        );
+        let at_the_bound = validate(order(vec![line(600_000_000), line(400_000_000)])).unwrap();
+        assert_eq!(at_the_bound.items.len(), 2, "lines are kept as sent");
     }
 
     #[test]

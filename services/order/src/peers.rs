@@ -9,6 +9,7 @@
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use std::sync::Arc;
+use std::time::Duration;
 
 use msa_service_kit::Problem;
 use msa_service_kit::auth::TokenFile;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::model::RequestedItem;
+use crate::steps::{Ask, Held, Known, Reservation};
 
 /// Largest peer response read.
 const RESPONSE_LIMIT: usize = 1024 * 1024;
@@ -31,6 +33,9 @@ pub struct Peers {
     /// This service's own token, sent to the product service (whose reservation routes take
     /// only the order service); `None` when service identities are off.
     service_token: Option<Arc<TokenFile>>,
+    /// The correlation headers to send, when the calls run apart from the request that caused
+    /// them (the saga's task, the recoverer); `None`: the current request's.
+    context: Option<RequestContext>,
 }
 
 /// Whose credentials a call carries.
@@ -40,28 +45,6 @@ enum Credentials {
     Caller,
     /// This service's own token.
     Service,
-}
-
-/// A line as the product service reserved it, at the price it charged.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ReservedLine {
-    pub product_id: String,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Reservation {
-    pub items: Vec<ReservedLine>,
-}
-
-/// What became of a reservation request.
-pub enum ReserveOutcome {
-    Reserved(Reservation),
-    /// The product service said no (insufficient stock, unknown product): nothing is held.
-    Refused(Problem),
-    /// No answer, or an error: stock may or may not be held, so it must be released.
-    Unknown(String),
 }
 
 /// A peer's answer: its status and body.
@@ -82,6 +65,16 @@ impl Peers {
             users,
             products,
             service_token: None,
+            context: None,
+        }
+    }
+
+    /// These peers, sending `context`'s correlation headers on every call (for work that runs
+    /// in its own task, where there is no current request).
+    pub fn in_context(&self, context: RequestContext) -> Self {
+        Peers {
+            context: Some(context),
+            ..self.clone()
         }
     }
 
@@ -102,7 +95,7 @@ impl Peers {
         // Every call here is safe to deliver twice: reads, and writes keyed by the order id.
         let mut request = Request::builder().method(method).uri(path);
         if let Some(headers) = request.headers_mut() {
-            let context = RequestContext::current();
+            let context = self.context.clone().unwrap_or_else(RequestContext::current);
             context.propagate_into(headers);
             let authorization = match credentials {
                 Credentials::Caller => context.authorization,
@@ -192,84 +185,92 @@ impl Peers {
         }
     }
 
-    /// Reserves every line under the order's id (idempotent at the product service).
-    pub async fn reserve(&self, order_id: &str, items: &[RequestedItem]) -> ReserveOutcome {
-        let body = json!({"id": order_id, "items": items});
-        let answer = match self
-            .call(
-                &self.products,
-                Credentials::Service,
+    /// Asks the product service about the order's reservation and says what the answer means;
+    /// no answer within `within` (or an error, or an answer that cannot be read) is
+    /// [`Known::NoAnswer`]. Every request is safe to repeat: the reservation's id is the
+    /// order's, and the product service's transitions are conditional on its state.
+    pub async fn ask(
+        &self,
+        ask: Ask,
+        order_id: &str,
+        items: &[RequestedItem],
+        within: Duration,
+    ) -> Known {
+        let (method, path, body) = match ask {
+            Ask::Reserve => (
                 Method::POST,
-                "/reservations",
-                Some(body),
-            )
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => return ReserveOutcome::Unknown(e),
+                "/reservations".to_owned(),
+                Some(json!({"id": order_id, "items": items})),
+            ),
+            Ask::Look => (Method::GET, format!("/reservations/{order_id}"), None),
+            Ask::Commit => (
+                Method::POST,
+                format!("/reservations/{order_id}/commit"),
+                None,
+            ),
+            Ask::Release => (
+                Method::POST,
+                format!("/reservations/{order_id}/release"),
+                None,
+            ),
+            Ask::Return => (
+                Method::POST,
+                format!("/reservations/{order_id}/return"),
+                None,
+            ),
         };
-        match answer.status {
-            StatusCode::OK | StatusCode::CREATED => match answer.json::<Reservation>() {
-                Ok(reservation) => ReserveOutcome::Reserved(reservation),
-                Err(e) => ReserveOutcome::Unknown(format!("unreadable reservation: {e}")),
-            },
-            StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => {
-                let body: Value = answer.json().unwrap_or_default();
-                ReserveOutcome::Refused(relay(answer.status, &body))
-            }
-            other => ReserveOutcome::Unknown(format!("the product service answered {other}")),
+        let call = self.call(&self.products, Credentials::Service, method, &path, body);
+        let answer = match tokio::time::timeout(within, call).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) => return no_answer(ask, order_id, &why),
+            Err(_) => return no_answer(ask, order_id, &"no answer in the time left"),
+        };
+        match meaning(ask, &answer) {
+            Some(known) => known,
+            None => no_answer(ask, order_id, &format!("answered {}", answer.status)),
         }
     }
+}
 
-    /// The saga's last step: the order is confirmed, so its reservation is sold. After this the
-    /// product service refuses a release; only [`Peers::give_back`] returns the stock.
-    pub async fn commit(&self, order_id: &str) -> Result<(), String> {
-        self.reservation_action(order_id, "commit").await.map(drop)
-    }
+fn no_answer(ask: Ask, order_id: &str, why: &dyn std::fmt::Display) -> Known {
+    tracing::warn!(order = order_id, step = ?ask, error = %why, "the product service did not answer");
+    Known::NoAnswer(ask)
+}
 
-    /// Gives whatever the order holds back, exactly once (each step is idempotent at the product
-    /// service): a held reservation is released; a committed one (the order was confirmed, now
-    /// cancelled or abandoned) is returned.
-    pub async fn give_back(&self, order_id: &str) -> Result<(), String> {
-        let answer = self.reservation_action(order_id, "release").await?;
-        if answer.status.is_success() {
-            return Ok(());
-        }
-        let committed = answer.status == StatusCode::CONFLICT
-            && answer.json::<Value>().is_ok_and(|p| {
+/// What the product service's answer to `ask` says about the reservation; `None` when it says
+/// nothing (a 5xx, an unexpected status, an unreadable body).
+fn meaning(ask: Ask, answer: &Answer) -> Option<Known> {
+    let problem_type = || {
+        answer
+            .json::<Value>()
+            .ok()
+            .and_then(|p| {
                 p["type"]
                     .as_str()
-                    .is_some_and(|t| t.ends_with("/reservation-committed"))
-            });
-        if !committed {
-            return Err(format!("the product service answered {}", answer.status));
+                    .map(|t| t.rsplit('/').next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_default()
+    };
+    match (ask, answer.status) {
+        (_, StatusCode::OK | StatusCode::CREATED) => {
+            answer.json::<Reservation>().ok().map(Known::Reservation)
         }
-        let answer = self.reservation_action(order_id, "return").await?;
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the product service answered {}", answer.status))
-        }
-    }
-
-    /// `POST /reservations/{id}/{action}`; a 2xx is `Ok`, any other answer is returned for the
-    /// caller to read (except for `commit`, where it is an error).
-    async fn reservation_action(&self, order_id: &str, action: &str) -> Result<Answer, String> {
-        let path = format!("/reservations/{order_id}/{action}");
-        let answer = self
-            .call(
-                &self.products,
-                Credentials::Service,
-                Method::POST,
-                &path,
-                None,
-            )
-            .await?;
-        if answer.status.is_success() || action != "commit" {
-            Ok(answer)
-        } else {
-            Err(format!("the product service answered {}", answer.status))
-        }
+        (Ask::Look | Ask::Commit | Ask::Return, StatusCode::NOT_FOUND) => Some(Known::Absent),
+        (_, StatusCode::CONFLICT) => match (ask, problem_type().as_str()) {
+            (_, "reservation-released") => Some(Known::State(Held::Released)),
+            (Ask::Release, "reservation-committed") => Some(Known::State(Held::Committed)),
+            (Ask::Return, "reservation-not-committed") => Some(Known::State(Held::Reserved)),
+            (Ask::Reserve, _) => Some(Known::Refused(relay(
+                answer.status,
+                &answer.json().unwrap_or_default(),
+            ))),
+            _ => None,
+        },
+        (Ask::Reserve, StatusCode::UNPROCESSABLE_ENTITY) => Some(Known::Refused(relay(
+            answer.status,
+            &answer.json().unwrap_or_default(),
+        ))),
+        _ => None,
     }
 }
 
@@ -296,6 +297,66 @@ fn relay(status: StatusCode, body: &Value) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, body: Value) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            body: body.to_string().into(),
+        }
+    }
+
+    fn problem(kind: &str) -> Value {
+        json!({"type": format!("https://msa.dev/problems/{kind}"), "title": "Conflict", "status": 409, "detail": "d"})
+    }
+
+    #[test]
+    fn each_answer_says_what_became_of_the_reservation() {
+        let held = json!({"id": "r", "state": "committed", "total_cents": 300, "created_at": "", "updated_at": "",
+            "items": [{"product_id": "p", "quantity": 3, "unit_price_cents": 100}]});
+        let Some(Known::Reservation(reservation)) = meaning(Ask::Commit, &answer(200, held)) else {
+            panic!("a reservation");
+        };
+        assert_eq!(
+            (reservation.state, reservation.total_cents),
+            (Held::Committed, 300)
+        );
+        let cases = [
+            (Ask::Look, answer(404, json!({})), Some(Known::Absent)),
+            (Ask::Commit, answer(404, json!({})), Some(Known::Absent)),
+            (Ask::Release, answer(404, json!({})), None),
+            (
+                Ask::Commit,
+                answer(409, problem("reservation-released")),
+                Some(Known::State(Held::Released)),
+            ),
+            (
+                Ask::Reserve,
+                answer(409, problem("reservation-released")),
+                Some(Known::State(Held::Released)),
+            ),
+            (
+                Ask::Release,
+                answer(409, problem("reservation-committed")),
+                Some(Known::State(Held::Committed)),
+            ),
+            (
+                Ask::Return,
+                answer(409, problem("reservation-not-committed")),
+                Some(Known::State(Held::Reserved)),
+            ),
+            (Ask::Commit, answer(409, problem("other")), None),
+            (Ask::Look, answer(500, json!({})), None),
+            (Ask::Look, answer(401, json!({})), None),
+            (Ask::Look, answer(200, json!({"unreadable": true})), None),
+        ];
+        for (ask, answer, known) in cases {
+            assert_eq!(meaning(ask, &answer), known, "{ask:?} {}", answer.status);
+        }
+        let refused = meaning(Ask::Reserve, &answer(409, problem("insufficient-stock")));
+        assert!(
+            matches!(refused, Some(Known::Refused(p)) if p.kind.ends_with("/insufficient-stock"))
+        );
+    }
 
     #[test]
     fn refusals_keep_their_type_and_details() {

@@ -1,43 +1,69 @@
-//! Placing and changing orders across services.
+//! Placing and changing orders across services: the shell around [`crate::steps`].
 //!
 //! Placing: validate → the user exists → every product exists (its price) → record the order
-//! `pending` → reserve stock for all lines at once at the product service, under the order's id →
-//! commit the reservation (the stock is sold: from now on only this order's cancellation can give
-//! it back) → `confirmed` at the prices the reservation charged. Requests that fail before the
-//! order is recorded (bad input, unknown user or product, a peer down) leave nothing behind. Once
-//! recorded, a failure is kept as a `failed` order with its reason, so the client and support can
-//! see it: a refusal (insufficient stock) holds nothing; a reservation or commit whose outcome is
-//! unknown (timeout, 5xx) is given back at once, and if even that fails, the order is marked
-//! `release_pending` and [`release_pending_stock`] retries until the product service confirms.
+//! `pending` → run the saga in a task of its own (reserve, commit, confirm; see
+//! [`crate::steps`]). Requests that fail before the order is recorded (bad input, unknown user
+//! or product, a peer down) leave nothing behind. From the moment the order is recorded its
+//! progress is in the database and every step is decided again from it, so the request that
+//! started the saga can go (a client hanging up cancels nothing), and whatever a crash cuts
+//! short, the recoverer ([`crate::recovery`]) finishes by the same rules.
+//!
+//! The executor here reads the order, asks the pure core for the next step, performs it, and
+//! repeats. Writes to the order are conditional on its status (`WHERE status = 'pending'`), so
+//! the saga, a cancellation and the recoverer may run at once and only one change wins; a step
+//! that lost re-reads the order and continues from there.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use msa_service_kit::db::Database;
 use msa_service_kit::{Problem, format_cents, now_rfc3339};
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::model::{
     Order, OrderLine, RequestedItem, Status, ValidOrder, check_expected_total, price_lines,
 };
-use crate::peers::{Peers, ReserveOutcome};
+use crate::peers::Peers;
+use crate::steps::{self, Driver, Failure, OrderView, Progress, Step};
 use crate::store;
 
-/// Places a checked order (see [`crate::model::validate`]).
-pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Order, Problem> {
-    let ValidOrder {
-        user_id,
-        items,
-        expected_total_cents,
-    } = order;
-    if !peers.user_exists(&user_id).await? {
+/// Most steps one run takes; then it stops and a later run continues (a bound on surprises,
+/// never reached by the rules in [`crate::steps`]).
+const MAX_STEPS: usize = 24;
+
+/// How one run of the steps left an order.
+#[derive(Debug)]
+pub struct Run {
+    pub order: Order,
+    /// Why the order failed, when this run recorded the failure.
+    pub failure: Option<Failure>,
+}
+
+/// Runs `work` in a task of its own, in the current request's context (its request id,
+/// traceparent and log span), and waits for it: if the request is dropped (the client hung up),
+/// the work still runs to its end, so no write is cut off half-way.
+pub async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Problem>> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::spawn(work.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| Problem::internal(&e))?
+}
+
+/// Checks the user and prices the order (read-only calls, safe to abandon): the order to record,
+/// `pending` under a new id. Nothing is stored.
+pub async fn price(peers: &Peers, order: &ValidOrder) -> Result<Order, Problem> {
+    if !peers.user_exists(&order.user_id).await? {
         return Err(Problem::invalid(
             "user_id",
-            format!("no user with id {user_id}"),
+            format!("no user with id {}", order.user_id),
         ));
     }
     let mut prices = BTreeMap::new();
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in order.items.iter().enumerate() {
         if prices.contains_key(&item.product_id) {
             continue;
         }
@@ -52,12 +78,12 @@ pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Or
             })?;
         prices.insert(item.product_id.clone(), price);
     }
-    let (lines, total_cents) = reprice(&items, &prices)?;
-    check_expected_total(expected_total_cents, total_cents)?;
+    let (lines, total_cents) = reprice(&order.items, &prices)?;
+    check_expected_total(order.expected_total_cents, total_cents)?;
     let now = now_rfc3339();
-    let order = Order {
+    Ok(Order {
         id: uuid::Uuid::new_v4().to_string(),
-        user_id,
+        user_id: order.user_id.clone(),
         status: Status::Pending,
         items: lines,
         total_cents,
@@ -65,63 +91,7 @@ pub async fn place(db: &Database, peers: &Peers, order: ValidOrder) -> Result<Or
         failure_reason: None,
         created_at: now.clone(),
         updated_at: now,
-    };
-    store::insert(db, &order).await?;
-
-    match peers.reserve(&order.id, &items).await {
-        ReserveOutcome::Reserved(reservation) => {
-            // The reservation's prices are the ones charged: they were read in the same
-            // transaction that took the stock. A price that moved since the lookup above must
-            // not charge a client who named the total it expected: the stock goes back.
-            let charged: BTreeMap<String, i64> = reservation
-                .items
-                .iter()
-                .map(|l| (l.product_id.clone(), l.unit_price_cents))
-                .collect();
-            let (lines, total_cents) = match reprice(&items, &charged).and_then(|priced| {
-                check_expected_total(expected_total_cents, priced.1).map(|()| priced)
-            }) {
-                Ok(priced) => priced,
-                Err(problem) => {
-                    let given_back = peers.give_back(&order.id).await;
-                    store::fail(db, &order.id, &problem.detail, given_back.is_err()).await?;
-                    return Err(problem.with("order_id", order.id));
-                }
-            };
-            if let Err(why) = peers.commit(&order.id).await {
-                return Err(abandon(db, peers, &order.id, "committed", &why).await);
-            }
-            store::confirm(db, &order.id, &lines, total_cents).await?;
-            store::get(db, &order.id)
-                .await?
-                .ok_or_else(|| Problem::not_found("order", &order.id))
-        }
-        ReserveOutcome::Refused(problem) => {
-            store::fail(db, &order.id, &problem.detail, false).await?;
-            Err(problem.with("order_id", order.id))
-        }
-        ReserveOutcome::Unknown(why) => Err(abandon(db, peers, &order.id, "reserved", &why).await),
-    }
-}
-
-/// The saga cannot finish: give back whatever the order may hold, record it `failed` (with
-/// `release_pending` when even that failed) and tell the client to retry. `why` (peer
-/// addresses, error text) goes to the log only; the order and the client get the step.
-async fn abandon(db: &Database, peers: &Peers, order_id: &str, step: &str, why: &str) -> Problem {
-    tracing::warn!(order = %order_id, step, %why, "order abandoned; giving its stock back");
-    let reason = format!("the stock could not be {step}: the product service did not answer");
-    let given_back = peers.give_back(order_id).await;
-    if let Err(error) = &given_back {
-        tracing::error!(order = %order_id, %error, "giving the stock back failed; will retry in the background");
-    }
-    if let Err(problem) = store::fail(db, order_id, &reason, given_back.is_err()).await {
-        return problem;
-    }
-    Problem::unavailable(
-        "the product service could not hold the stock; the order was not placed, retry shortly",
-        2,
-    )
-    .with("order_id", order_id)
+    })
 }
 
 fn reprice(
@@ -140,12 +110,147 @@ fn reprice(
     price_lines(&priced).ok_or_else(msa_service_kit::money::total_too_large)
 }
 
-/// `PUT /orders/{id}/status`. Cancelling gives the stock back (now, or by the background retry).
+/// A saga started apart from its request.
+pub struct Started {
+    /// Answers once the order is recorded (or could not be).
+    pub recorded: tokio::sync::oneshot::Receiver<Result<(), Problem>>,
+    /// The saga's end, or where it stopped.
+    pub finished: tokio::task::JoinHandle<Result<Run, Problem>>,
+}
+
+/// Records `order` and runs its saga in a task of its own (in the current log span; `peers`
+/// should carry the request's context), giving up on the product service at `give_up_at`
+/// (the order then stays pending for the recoverer).
+pub fn start(
+    db: Database,
+    peers: Peers,
+    order: Order,
+    expected_total_cents: Option<i64>,
+    give_up_at: Instant,
+) -> Started {
+    let (tell, recorded) = tokio::sync::oneshot::channel();
+    let work = async move {
+        if let Err(problem) = store::insert(&db, &order).await {
+            let _ = tell.send(Err(problem.clone()));
+            return Err(problem);
+        }
+        let _ = tell.send(Ok(()));
+        let driver = Driver::Saga {
+            expected_total_cents,
+        };
+        drive(&db, &peers, &order.id, driver, give_up_at).await
+    };
+    Started {
+        recorded,
+        finished: tokio::spawn(work.instrument(tracing::Span::current())),
+    }
+}
+
+/// Takes the order's steps until it ends, or until the product service cannot say (or
+/// `give_up_at` passes, or [`MAX_STEPS`]), when it stops with the order as it is.
+pub async fn drive(
+    db: &Database,
+    peers: &Peers,
+    id: &str,
+    driver: Driver,
+    give_up_at: Instant,
+) -> Result<Run, Problem> {
+    let mut progress = Progress::default();
+    let mut failure = None;
+    for _ in 0..MAX_STEPS {
+        let (order, release_pending) = store::state(db, id)
+            .await?
+            .ok_or_else(|| Problem::not_found("order", id))?;
+        let view = OrderView {
+            status: order.status,
+            release_pending,
+            items: order.items.clone(),
+            total_cents: order.total_cents,
+        };
+        let step = steps::next(&view, &progress, driver);
+        tracing::debug!(order = id, ?step, "saga step");
+        match step {
+            Step::Ask(ask) => {
+                let left = give_up_at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Run { order, failure });
+                }
+                let items: Vec<RequestedItem> = order
+                    .items
+                    .iter()
+                    .map(|l| RequestedItem {
+                        product_id: l.product_id.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect();
+                progress.learn(ask, peers.ask(ask, id, &items, left).await);
+            }
+            Step::Confirm { lines, total_cents } => {
+                store::confirm(db, id, &lines, total_cents).await?;
+            }
+            Step::Fail { why, give_back } => {
+                if store::fail(db, id, &why.reason(), give_back).await? {
+                    tracing::info!(order = id, reason = %why.reason(), "order failed");
+                    failure = Some(why);
+                }
+            }
+            Step::GivenBack => store::release_done(db, id).await?,
+            Step::Wait | Step::Done => return Ok(Run { order, failure }),
+        }
+    }
+    let (order, _) = store::state(db, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("order", id))?;
+    Ok(Run { order, failure })
+}
+
+/// What the client of `POST /orders` is told about a run: 201 confirmed, 202 still pending
+/// (with the order), or the failure as a problem naming the order.
+pub fn answer(run: Run) -> Result<(StatusCode, Order), Problem> {
+    let Run { order, failure } = run;
+    let id = order.id.clone();
+    match order.status {
+        Status::Confirmed | Status::Shipped | Status::Delivered => Ok((StatusCode::CREATED, order)),
+        Status::Pending => Ok((StatusCode::ACCEPTED, order)),
+        Status::Cancelled => Err(Problem::conflict(
+            "order-cancelled",
+            "the order was cancelled while it was being placed; its stock is given back",
+        )
+        .with("order_id", id)),
+        Status::Failed => Err(match failure {
+            Some(Failure::Refused(problem)) => problem,
+            Some(Failure::TotalMismatch {
+                charged_cents,
+                accepted_cents,
+            }) => check_expected_total(Some(accepted_cents), charged_cents)
+                .err()
+                .unwrap_or_else(|| Problem::internal(&"a total mismatch with equal totals")),
+            Some(Failure::NoAnswer(_)) => Problem::unavailable(
+                "the product service could not hold the stock; the order was not placed, retry shortly",
+                2,
+            ),
+            _ => Problem::unavailable(
+                format!(
+                    "the order could not be placed: {}; retry shortly",
+                    order.failure_reason.as_deref().unwrap_or("it failed")
+                ),
+                2,
+            ),
+        }
+        .with("order_id", id)),
+    }
+}
+
+/// `PUT /orders/{id}/status`. Cancelling (a pending or a confirmed order) marks its stock to be
+/// given back and gives it back before answering when the product service answers by
+/// `give_up_at`; otherwise the recoverer does, later. A saga still running for the order
+/// notices: its confirmation is conditional on `pending`.
 pub async fn change_status(
     db: &Database,
     peers: &Peers,
     id: &str,
     next: Status,
+    give_up_at: Instant,
 ) -> Result<(StatusCode, Order), Problem> {
     let order = store::get(db, id)
         .await?
@@ -172,12 +277,8 @@ pub async fn change_status(
         ));
     }
     if cancelling {
-        match peers.give_back(id).await {
-            Ok(()) => store::release_done(db, id).await?,
-            Err(error) => {
-                tracing::warn!(order = id, %error, "release after cancel failed; will retry in the background")
-            }
-        }
+        let run = drive(db, peers, id, Driver::Recovery, give_up_at).await?;
+        return Ok((StatusCode::OK, run.order));
     }
     let order = store::get(db, id)
         .await?
@@ -185,23 +286,70 @@ pub async fn change_status(
     Ok((StatusCode::OK, order))
 }
 
-/// Retries releases that failed, every `every`, until the product service confirms each.
-pub async fn release_pending_stock(db: Database, peers: Peers, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let Ok(ids) = store::pending_releases(&db, 50).await else {
-            continue;
-        };
-        for id in ids {
-            match peers.give_back(&id).await {
-                Ok(()) => {
-                    if store::release_done(&db, &id).await.is_ok() {
-                        tracing::info!(order = %id, "stock released after an earlier failure");
-                    }
-                }
-                Err(error) => tracing::warn!(order = %id, %error, "stock release still failing"),
-            }
+/// How long a cancellation waits for the product service before leaving the give-back to the
+/// recoverer.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: Status, reason: Option<&str>) -> Order {
+        Order {
+            id: "o-1".into(),
+            user_id: "u".into(),
+            status,
+            items: Vec::new(),
+            total_cents: 700,
+            total: "7.00".into(),
+            failure_reason: reason.map(str::to_owned),
+            created_at: String::new(),
+            updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn clients_learn_how_the_order_ended() {
+        let status = |run| match answer(run) {
+            Ok((status, _)) => (status.as_u16(), String::new()),
+            Err(problem) => {
+                assert_eq!(problem.extra["order_id"], "o-1");
+                (problem.status, problem.kind)
+            }
+        };
+        let run = |status, failure| Run {
+            order: order(status, Some("why")),
+            failure,
+        };
+        assert_eq!(status(run(Status::Confirmed, None)).0, 201);
+        assert_eq!(status(run(Status::Pending, None)).0, 202);
+        assert!(
+            status(run(Status::Cancelled, None))
+                .1
+                .ends_with("/order-cancelled")
+        );
+        let refused = Problem::conflict("insufficient-stock", "only 1");
+        assert_eq!(
+            status(run(Status::Failed, Some(Failure::Refused(refused)))),
+            (409, "https://msa.dev/problems/insufficient-stock".into())
+        );
+        let mismatch = Failure::TotalMismatch {
+            charged_cents: 800,
+            accepted_cents: 700,
+        };
+        assert_eq!(
+            status(run(Status::Failed, Some(mismatch))),
+            (422, "https://msa.dev/problems/total-mismatch".into())
+        );
+        assert_eq!(
+            status(run(
+                Status::Failed,
+                Some(Failure::NoAnswer(steps::Ask::Commit))
+            ))
+            .0,
+            503
+        );
+        // Failed by another run (the recoverer): the stored reason, and retry.
+        assert_eq!(status(run(Status::Failed, None)).0, 503);
     }
 }

@@ -35,12 +35,21 @@ async fn write_lines(
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch, as `created_at_ms` and the leases store time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Records a new order and its lines.
 pub async fn insert(db: &Database, order: &Order) -> Result<(), Problem> {
     let mut tx = db.begin_write().await?;
     sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total_cents, failure_reason, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO orders (id, user_id, status, total_cents, failure_reason, created_at, updated_at, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&order.id)
     .bind(&order.user_id)
@@ -49,6 +58,7 @@ pub async fn insert(db: &Database, order: &Order) -> Result<(), Problem> {
     .bind(order.failure_reason.clone())
     .bind(&order.created_at)
     .bind(&order.updated_at)
+    .bind(now_ms())
     .execute(&mut *tx)
     .await?;
     write_lines(&mut tx, &order.id, &order.items).await?;
@@ -56,33 +66,39 @@ pub async fn insert(db: &Database, order: &Order) -> Result<(), Problem> {
     Ok(())
 }
 
-/// pending → confirmed, with the lines at the prices the reservation charged.
+/// pending → confirmed, with the lines at the prices the reservation charged; false (and
+/// nothing changed) when the order is no longer pending (a cancellation came first).
 pub async fn confirm(
     db: &Database,
     id: &str,
     lines: &[OrderLine],
     total_cents: i64,
-) -> Result<(), Problem> {
+) -> Result<bool, Problem> {
     let mut tx = db.begin_write().await?;
-    write_lines(&mut tx, id, lines).await?;
-    sqlx::query("UPDATE orders SET status = 'confirmed', total_cents = $1, updated_at = $2 WHERE id = $3 AND status = 'pending'")
+    let done = sqlx::query("UPDATE orders SET status = 'confirmed', total_cents = $1, updated_at = $2 WHERE id = $3 AND status = 'pending'")
         .bind(total_cents)
         .bind(now_rfc3339())
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    if done.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    write_lines(&mut tx, id, lines).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
-/// pending → failed, with the reason; `release_pending` when stock may still be held.
+/// pending → failed, with the reason; `release_pending` when stock may still be held. False
+/// when the order is no longer pending.
 pub async fn fail(
     db: &Database,
     id: &str,
     reason: &str,
     release_pending: bool,
-) -> Result<(), Problem> {
-    sqlx::query(
+) -> Result<bool, Problem> {
+    let done = sqlx::query(
         "UPDATE orders SET status = 'failed', failure_reason = $1, release_pending = $2, updated_at = $3 \
          WHERE id = $4 AND status = 'pending'",
     )
@@ -92,7 +108,7 @@ pub async fn fail(
     .bind(id)
     .execute(&db.pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// `from` → `to` if the order is still in `from`; false when it changed meanwhile.
@@ -114,25 +130,51 @@ pub async fn transition(
     Ok(done.rows_affected() == 1)
 }
 
-/// Orders whose stock still has to be given back.
-pub async fn pending_releases(db: &Database, limit: i64) -> Result<Vec<String>, Problem> {
-    let rows =
-        sqlx::query("SELECT id FROM orders WHERE release_pending = 1 ORDER BY updated_at LIMIT $1")
-            .bind(limit)
-            .fetch_all(&db.pool)
-            .await?;
+/// Orders the recoverer must drive to their end, oldest first: pending since
+/// `cutoff_ms` or earlier, and failed or cancelled ones whose stock still has to be given back.
+pub async fn overdue(db: &Database, cutoff_ms: i64, limit: i64) -> Result<Vec<String>, Problem> {
+    let rows = sqlx::query(
+        "SELECT id FROM orders WHERE (status = 'pending' AND created_at_ms <= $1) OR release_pending = 1 \
+         ORDER BY created_at_ms, id LIMIT $2",
+    )
+    .bind(cutoff_ms)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
     Ok(rows
         .iter()
         .map(|r| r.try_get("id"))
         .collect::<Result<_, _>>()?)
 }
 
+/// The stock of this failed or cancelled order is back.
 pub async fn release_done(db: &Database, id: &str) -> Result<(), Problem> {
     sqlx::query("UPDATE orders SET release_pending = 0 WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
         .await?;
     Ok(())
+}
+
+/// The order and whether its stock still has to be given back.
+pub async fn state(db: &Database, id: &str) -> Result<Option<(Order, bool)>, Problem> {
+    let mut conn = db.pool.acquire().await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS}, release_pending FROM orders WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => {
+            let release_pending: i64 = row.try_get("release_pending")?;
+            Ok(Some((
+                with_lines(&mut conn, &row).await?,
+                release_pending != 0,
+            )))
+        }
+        None => Ok(None),
+    }
 }
 
 pub async fn get(db: &Database, id: &str) -> Result<Option<Order>, Problem> {

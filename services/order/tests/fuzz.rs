@@ -2,6 +2,8 @@
 //! bodies — no 5xx, and a refused request changes no row. Real user and product services
 //! behind it; on SQLite and PostgreSQL.
 
+// Each test file uses a part of it.
+#[allow(dead_code)]
 mod common;
 
 use msa_service_kit::testing::{self, TestBackend};

@@ -1,20 +1,32 @@
-//! What the order service's test files share.
+//! What the order service's test files share: peers, the neighbouring services, and the audit
+//! every fault test ends with. Each test file uses a part of it, so each declares it with
+//! `#[allow(dead_code)]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use msa_order::peers::Peers;
+use msa_service_kit::db::Database;
 use msa_service_kit::testing::{self, TestBackend, TestClient};
 use msa_upstream::endpoint::parse_list;
 use msa_upstream::metrics::UpstreamMetrics;
 use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
+use sqlx::Row;
 
 /// Peers at fixed addresses with the default call policy.
 pub fn peers(user_url: &str, product_url: &str) -> Peers {
+    peers_with(user_url, product_url, CallConfig::default())
+}
+
+/// Peers at fixed addresses with this call policy.
+pub fn peers_with(user_url: &str, product_url: &str, calls: CallConfig) -> Peers {
     let metrics = UpstreamMetrics::register(&mut Default::default());
     let upstream = |name: &str, list: &str| {
         Upstream::new(
             name,
             Discovery::fixed(parse_list(list).unwrap()),
             PoolConfig::default(),
-            CallConfig::default(),
+            calls.clone(),
             metrics.clone(),
         )
     };
@@ -23,14 +35,206 @@ pub fn peers(user_url: &str, product_url: &str) -> Peers {
 
 /// The user and product services the order service calls, in-process on fresh databases.
 pub async fn neighbours(backend: TestBackend) -> (TestClient, TestClient) {
+    let hood = neighbourhood(backend).await;
+    (hood.users, hood.products)
+}
+
+/// The user and product services, with the product service's database (for the audit, and
+/// for slowing its writes down).
+pub struct Neighbourhood {
+    pub users: TestClient,
+    pub products: TestClient,
+    pub product_db: Database,
+    pub product_url: String,
+}
+
+pub async fn neighbourhood(backend: TestBackend) -> Neighbourhood {
     let (users, _) =
         testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
-    let (products, _) = testing::start_service(
-        backend,
+    let product_url = testing::fresh_database(backend, "product").await;
+    let product_db = Database::connect(&product_url, &msa_product::MIGRATOR)
+        .await
+        .expect("connect and migrate the product database");
+    let ops = msa_service_kit::server::Ops::new(
         "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
-    .await;
-    (users, products)
+        "test",
+        "product-0".into(),
+        Some(product_db.clone()),
+    );
+    let products =
+        TestClient::new(testing::spawn(msa_product::router(product_db.clone()), ops).await);
+    Neighbourhood {
+        users,
+        products,
+        product_db,
+        product_url,
+    }
+}
+
+/// Waits (polling, up to `within`) until no order is pending and no failed or cancelled order
+/// still has stock to give back; panics with what is left otherwise.
+pub async fn settle(order_db: &Database, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left: Vec<(String, String, i64)> = sqlx::query(
+            "SELECT id, status, release_pending FROM orders WHERE status = 'pending' OR release_pending = 1 ORDER BY id",
+        )
+        .fetch_all(&order_db.pool)
+        .await
+        .expect("read the orders")
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>("id"),
+                r.get::<String, _>("status"),
+                r.get::<i64, _>("release_pending"),
+            )
+        })
+        .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "within {within:?}, {} orders did not end: {left:?}",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Orders by status, as the audit found them.
+pub type Tally = BTreeMap<String, usize>;
+
+/// The audit after any fault (issue 27): every order ended (none pending, no stock owed);
+/// every order a client was answered 201 or 202 for is stored exactly once; every committed
+/// reservation belongs to a confirmed order and every confirmed order has one, with the same
+/// lines; no reservation is still held; and each product's stock is its initial stock less
+/// what confirmed orders bought. Returns the orders by status.
+pub async fn audit(
+    order_db: &Database,
+    product_db: &Database,
+    initial_stock: &BTreeMap<String, i64>,
+    answered: &[String],
+) -> Tally {
+    let orders: BTreeMap<String, (String, i64)> =
+        sqlx::query("SELECT id, status, release_pending FROM orders")
+            .fetch_all(&order_db.pool)
+            .await
+            .expect("read the orders")
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("id"),
+                    (
+                        r.get::<String, _>("status"),
+                        r.get::<i64, _>("release_pending"),
+                    ),
+                )
+            })
+            .collect();
+    let mut tally = Tally::new();
+    for (id, (status, owed)) in &orders {
+        assert_ne!(status, "pending", "order {id} is still pending");
+        assert_eq!(*owed, 0, "order {id} ({status}) still owes stock");
+        *tally.entry(status.clone()).or_default() += 1;
+    }
+    for id in answered {
+        let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&order_db.pool)
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(
+            stored, 1,
+            "order {id} was answered 201/202: stored exactly once"
+        );
+    }
+    let sold = |status: &str| matches!(status, "confirmed" | "shipped" | "delivered");
+    let reservations: BTreeMap<String, String> = sqlx::query("SELECT id, state FROM reservations")
+        .fetch_all(&product_db.pool)
+        .await
+        .expect("read the reservations")
+        .iter()
+        .map(|r| (r.get::<String, _>("id"), r.get::<String, _>("state")))
+        .collect();
+    for (id, state) in &reservations {
+        assert_ne!(state, "reserved", "reservation {id} is still held");
+        if state == "committed" {
+            let status = orders.get(id).map(|o| o.0.as_str());
+            assert!(
+                status.is_some_and(sold),
+                "reservation {id} is committed but its order is {status:?}: stock sold to nobody"
+            );
+        }
+    }
+    let mut bought: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, (status, _)) in &orders {
+        if !sold(status) {
+            continue;
+        }
+        assert_eq!(
+            reservations.get(id).map(String::as_str),
+            Some("committed"),
+            "confirmed order {id} has a committed reservation"
+        );
+        let ordered = quantities(
+            order_db,
+            "SELECT product_id, quantity FROM order_items WHERE order_id = $1",
+            id,
+        )
+        .await;
+        let reserved = quantities(
+            product_db,
+            "SELECT product_id, quantity FROM reservation_items WHERE reservation_id = $1",
+            id,
+        )
+        .await;
+        assert_eq!(
+            ordered, reserved,
+            "order {id}: the lines it confirmed are the ones sold"
+        );
+        for (product, quantity) in ordered {
+            *bought.entry(product).or_default() += quantity;
+        }
+    }
+    for (product, initial) in initial_stock {
+        let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
+            .bind(product)
+            .fetch_one(&product_db.pool)
+            .await
+            .unwrap()
+            .get("stock");
+        let sold = bought.get(product).copied().unwrap_or_default();
+        assert_eq!(
+            stock,
+            initial - sold,
+            "product {product}: stock = initial {initial} − confirmed {sold}"
+        );
+    }
+    tally
+}
+
+/// Quantities per product of one order's or reservation's lines (merged).
+async fn quantities(db: &Database, query: &str, id: &str) -> BTreeMap<String, i64> {
+    let mut merged = BTreeMap::new();
+    for row in sqlx::query(query)
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    {
+        *merged
+            .entry(row.get::<String, _>("product_id"))
+            .or_default() += row.get::<i64, _>("quantity");
+    }
+    merged
+}
+
+/// The order service's database at `url`, for reading what it stored.
+pub async fn open(url: &str) -> Database {
+    Database::connect(url, &msa_order::MIGRATOR)
+        .await
+        .expect("open the order database")
 }
