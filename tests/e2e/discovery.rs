@@ -6,6 +6,7 @@
 //! its slices' 198.18.1.x addresses (blackholed); the traffic test sends only to its own hosts.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,14 +48,11 @@ impl Gateway {
         namespace: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Gateway> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = std::process::Command::new(gateway_binary())
+        let mut child = std::process::Command::new(gateway_binary())
             .args([
                 "--listen",
-                &listen,
+                // A port the OS chooses, read back from the kernel below.
+                "127.0.0.1:0",
                 "--discovery",
                 "kubernetes",
                 "--namespace",
@@ -72,12 +70,26 @@ impl Gateway {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .spawn()?;
-        let gateway = Gateway {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listen = loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("the gateway exited ({status}) before listening; its log is above");
+            }
+            if let Some(listen) = msa_e2e::listening::on(child.id(), Ipv4Addr::LOCALHOST.into()) {
+                break listen;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the gateway did not listen within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut gateway = Gateway {
             child,
             base: format!("http://{listen}"),
             http: reqwest::Client::builder().no_proxy().build()?,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
         while gateway
             .http
             .get(format!("{}/readyz", gateway.base))
@@ -85,6 +97,11 @@ impl Gateway {
             .await
             .map_or(true, |r| !r.status().is_success())
         {
+            if let Some(status) = gateway.child.try_wait()? {
+                anyhow::bail!(
+                    "the gateway exited ({status}) before it was ready; its log is above"
+                );
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the gateway did not become ready"

@@ -533,8 +533,37 @@ async fn of_two_operators_exactly_one_reconciles() -> anyhow::Result<()> {
 #[ignore = "needs the test cluster: make e2e"]
 async fn a_converged_app_costs_no_writes_over_a_quiet_minute() -> anyhow::Result<()> {
     let (s, operator) = Setup::ready_shop("quiet").await?;
-    // Let the last status write and the controllers' own status updates settle.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Settled, by condition rather than a fixed wait: status counts every ready endpoint (the
+    // EndpointSlices that trail Ready bring the last status write), and then the operator has
+    // written nothing for five seconds in a row.
+    let apps = s.apps();
+    let expected = [("gateway", 2), ("order", 1), ("product", 1), ("user", 1)];
+    wait_until("status to count every ready endpoint", WAIT, || async {
+        let status = apps.get("shop").await?.status.unwrap_or_default();
+        let counted = expected.iter().all(|(component, replicas)| {
+            status
+                .components
+                .get(*component)
+                .is_some_and(|c| c.endpoints == *replicas)
+        });
+        Ok(counted.then_some(()))
+    })
+    .await?;
+    let quiet_for = Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut writes = operator.metric("msa_operator_api_writes_total", "").await?;
+    let mut since = std::time::Instant::now();
+    while since.elapsed() < quiet_for {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the operator kept writing for {WAIT:?} after the app was ready"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = operator.metric("msa_operator_api_writes_total", "").await?;
+        if now != writes {
+            (writes, since) = (now, std::time::Instant::now());
+        }
+    }
 
     let audit = AuditLog::new(s.cluster.audit_log.clone());
     let mark = audit.mark()?;

@@ -1,10 +1,11 @@
 //! The operator binary run as a local process against the test cluster, as a user would run it
 //! with `cargo run` — authenticated by whatever kubeconfig the test hands it (normally a token of
-//! the chart's ServiceAccount), with its metrics on a free loopback port.
+//! the chart's ServiceAccount), with its metrics on a loopback port the OS chooses.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 
@@ -68,7 +69,8 @@ impl OperatorOptions {
 /// A running operator; killed when dropped.
 pub struct Operator {
     child: Child,
-    pub metrics_addr: SocketAddr,
+    /// Where it serves `/metrics`, once learnt (see [`Operator::metrics_addr`]).
+    metrics_addr: OnceLock<SocketAddr>,
     pub log: PathBuf,
     pub identity: String,
 }
@@ -83,7 +85,6 @@ pub fn binary() -> PathBuf {
 
 impl Operator {
     pub fn start(cluster: &Cluster, options: &OperatorOptions) -> anyhow::Result<Self> {
-        let metrics_addr = free_loopback_port()?;
         let log = cluster
             .state
             .join(format!("operator-{}.log", options.identity));
@@ -98,7 +99,7 @@ impl Operator {
             .env("KUBECONFIG", &options.kubeconfig)
             .env("RUST_LOG", "info")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .args(["--metrics-addr", &metrics_addr.to_string()])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--identity", &options.identity])
             .args(["--concurrency", &options.concurrency.to_string()])
             .stdin(Stdio::null())
@@ -121,7 +122,7 @@ impl Operator {
         })?;
         Ok(Operator {
             child,
-            metrics_addr,
+            metrics_addr: OnceLock::new(),
             log,
             identity: options.identity.clone(),
         })
@@ -156,9 +157,44 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`: the port the OS gave it, read from
+    /// the kernel's list of its sockets once it listens (within 30 s). An operator that exits
+    /// first is an error with the end of its log.
+    pub async fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(addr) = self.metrics_addr.get() {
+            return Ok(*addr);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let addr = loop {
+            if let Some(addr) = crate::listening::on(self.pid(), Ipv4Addr::LOCALHOST.into()) {
+                break addr;
+            }
+            let tail = || {
+                let log = self.log_text();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            };
+            anyhow::ensure!(
+                !crate::listening::exited(self.pid()),
+                "the operator {} exited before it listened; its log, {}:\n{}",
+                self.identity,
+                self.log.display(),
+                tail()
+            );
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the operator {} did not listen on 127.0.0.1 within 30 s; its log:\n{}",
+                self.identity,
+                tail()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        Ok(*self.metrics_addr.get_or_init(|| addr))
+    }
+
     /// The Prometheus exposition from `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        http_get(self.metrics_addr, "/metrics").await
+        http_get(self.metrics_addr().await?, "/metrics").await
     }
 
     /// The sum of a metric's samples whose labels contain `label_filter` (e.g. `category="forbidden"`).
@@ -194,11 +230,6 @@ pub fn sum_metric(exposition: &str, name: &str, label_filter: &str) -> f64 {
             (metric == name && series.contains(label_filter)).then(|| value.parse::<f64>().ok())?
         })
         .sum()
-}
-
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
 }
 
 /// GET on the operator's loopback metrics port.

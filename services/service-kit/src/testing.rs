@@ -167,83 +167,8 @@ pub fn loopback_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A port nobody listens on at `host` right now. Probing: another process may take it before
-/// it is used. Kept only until its last callers move to port 0 ([`ServiceProcess::start`]).
-pub fn free_port(host: &str) -> SocketAddr {
-    std::net::TcpListener::bind((host, 0))
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-}
-
-/// The TCP addresses process `pid` listens on, as the kernel lists them: its socket
-/// descriptors (`/proc/<pid>/fd`) matched against the listening sockets of its network namespace
-/// (`/proc/<pid>/net/tcp` and `tcp6`). This is how a test learns the port the OS gave a child
-/// started on port 0, whatever the child logs (or does not: `RUST_LOG=warn`, nginx, Prometheus).
-/// Linux only.
-pub fn listening_addresses(pid: u32) -> std::io::Result<Vec<SocketAddr>> {
-    let mut sockets = std::collections::HashSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        // A descriptor closed while we look is simply not there any more.
-        let Ok(target) = std::fs::read_link(entry?.path()) else {
-            continue;
-        };
-        if let Some(inode) = target
-            .to_str()
-            .and_then(|t| t.strip_prefix("socket:["))
-            .and_then(|t| t.strip_suffix(']'))
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            sockets.insert(inode);
-        }
-    }
-    let mut found = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-            Ok(text) => found.extend(listening_in_table(&text, &sockets)),
-            // No IPv6 in this kernel.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && table == "tcp6" => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(found)
-}
-
-/// The local addresses of the listening sockets (state `0A`) among `sockets` (inodes) in one
-/// `/proc/net/tcp` or `tcp6` table.
-fn listening_in_table(table: &str, sockets: &std::collections::HashSet<u64>) -> Vec<SocketAddr> {
-    const LISTEN: &str = "0A";
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-            if *state != LISTEN || !sockets.contains(&inode.parse().ok()?) {
-                return None;
-            }
-            proc_net_address(local)
-        })
-        .collect()
-}
-
-/// `0100007F:1F90` (or 32 hex digits for IPv6) → `127.0.0.1:8080`. The kernel prints each
-/// 32-bit word of the address as a native-endian number, and the port in host order.
-fn proc_net_address(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let mut bytes = Vec::with_capacity(16);
-    for word in ip.as_bytes().chunks(8) {
-        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
-        bytes.extend_from_slice(&word.to_ne_bytes());
-    }
-    let ip = match bytes.len() {
-        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
+/// The TCP addresses process `pid` listens on, as the kernel lists them (see `msa_listening`).
+pub use msa_listening::addresses as listening_addresses;
 
 /// An address on `host` that refuses connections for as long as the returned socket lives: the
 /// socket holds the port (bound, never listening), so no other process can take it meanwhile.
@@ -974,38 +899,6 @@ impl Fuzz {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listening_sockets_are_read_from_the_kernels_table() {
-        // Two lines of a real /proc/net/tcp: a listener on 127.0.0.1:8080 (inode 111) and an
-        // established connection from it (inode 222); and one of /proc/net/tcp6 ([::1]:443).
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
-";
-        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0
-";
-        let ours: std::collections::HashSet<u64> = [111, 222, 333].into();
-        if cfg!(target_endian = "little") {
-            assert_eq!(
-                listening_in_table(tcp, &ours),
-                ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
-            );
-            assert_eq!(
-                listening_in_table(tcp6, &ours),
-                ["[::1]:443".parse::<SocketAddr>().unwrap()]
-            );
-        }
-        assert!(
-            listening_in_table(tcp, &[222].into()).is_empty(),
-            "not a listener"
-        );
-        assert!(
-            listening_in_table(tcp, &[999].into()).is_empty(),
-            "another process's socket"
-        );
-    }
 
     #[test]
     fn a_process_sees_the_port_the_os_gave_its_listener() {

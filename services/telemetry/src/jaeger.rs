@@ -3,16 +3,25 @@
 //! a reader of the traces it stored.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
+/// Where Jaeger's three listeners go: each on a loopback address of its own, on a port the OS
+/// chooses, so the kernel's list of Jaeger's sockets tells them apart.
+const OTLP_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const QUERY_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const GRPC_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// A client for loopback that ignores any proxy set in the environment.
+fn loopback_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
 }
 
 /// A Jaeger process with in-memory storage, stopped and its folder removed when dropped.
@@ -26,8 +35,9 @@ pub struct Jaeger {
 }
 
 impl Jaeger {
-    /// Builds Jaeger if needed (`hack/tools.sh jaeger`, cached) and starts it on free loopback
-    /// ports; `name` tells concurrent tests' folders apart.
+    /// Builds Jaeger if needed (`hack/tools.sh jaeger`, cached) and starts it on loopback ports
+    /// the OS chooses (Jaeger does not say which, the kernel does); `name` tells concurrent
+    /// tests' folders apart.
     pub async fn start(name: &str) -> Jaeger {
         let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/tools.sh");
         let built = Command::new(tools)
@@ -40,7 +50,11 @@ impl Jaeger {
         let dir = std::env::temp_dir().join(format!("msa-jaeger-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (otlp, query, grpc) = (free_port(), free_port(), free_port());
+        let (otlp, query, grpc) = (
+            SocketAddr::from((OTLP_HOST, 0)),
+            SocketAddr::from((QUERY_HOST, 0)),
+            SocketAddr::from((GRPC_HOST, 0)),
+        );
         // Every listener on loopback; no self-metrics port.
         let config = format!(
             "service:
@@ -75,14 +89,47 @@ exporters:
             .stderr(std::fs::File::create(dir.join("jaeger.log")).unwrap())
             .spawn()
             .expect("start jaeger");
-        let jaeger = Jaeger {
+        let mut jaeger = Jaeger {
             child,
             dir,
-            otlp: format!("http://{otlp}"),
-            query: format!("http://{query}"),
+            otlp: String::new(),
+            query: String::new(),
         };
-        let client = reqwest::Client::new();
+        let log = |jaeger: &Jaeger| {
+            std::fs::read_to_string(jaeger.dir.join("jaeger.log")).unwrap_or_default()
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
+        let (otlp, query) = loop {
+            if let Some(status) = jaeger.child.try_wait().unwrap() {
+                panic!(
+                    "jaeger exited with {status} before listening:\n{}",
+                    log(&jaeger)
+                );
+            }
+            let listening = msa_listening::addresses(jaeger.child.id()).unwrap_or_default();
+            let on = |host: Ipv4Addr| {
+                let found: Vec<SocketAddr> = listening
+                    .iter()
+                    .copied()
+                    .filter(|a| a.ip() == IpAddr::V4(host))
+                    .collect();
+                (found.len() == 1).then(|| found[0])
+            };
+            if let (Some(otlp), Some(query), Some(_)) =
+                (on(OTLP_HOST), on(QUERY_HOST), on(GRPC_HOST))
+            {
+                break (otlp, query);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jaeger did not listen on {OTLP_HOST}, {QUERY_HOST} and {GRPC_HOST} (one port each) within 60 s ({listening:?}):\n{}",
+                log(&jaeger)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        jaeger.otlp = format!("http://{otlp}");
+        jaeger.query = format!("http://{query}");
+        let client = loopback_client();
         loop {
             let answered = client
                 .get(format!("{}/api/services", jaeger.query))
@@ -96,7 +143,7 @@ exporters:
             assert!(
                 Instant::now() < deadline,
                 "jaeger did not start within 60 s: {}",
-                std::fs::read_to_string(jaeger.dir.join("jaeger.log")).unwrap_or_default()
+                log(&jaeger)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -135,7 +182,7 @@ exporters:
         query: &[(&str, &str)],
         ready: impl Fn(&[Vec<Span>]) -> bool,
     ) -> Vec<Vec<Span>> {
-        let client = reqwest::Client::new();
+        let client = loopback_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let traces = match client
