@@ -5,7 +5,7 @@ CARGO ?= cargo
 HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-node bench-gateway local demo help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-operator-scale bench-node bench-gateway local demo help
 
 all: build
 
@@ -81,9 +81,15 @@ e2e: images ## The end-to-end tests: on kwok (operator behaviour), then on the r
 	@echo ">> e2e 2/2: the images on the real node: chart, shop, demo through the NodePort"
 	tests/cluster/run.sh $(CARGO) test --workspace --test node -- --ignored --nocapture
 
-bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes
+bench-operator: ## Operator figures on a fresh cluster: apply→Ready, 100 apps, RSS, writes (BENCH_ARGS=--quick: 10 apps)
 	$(CARGO) build --release -p msa-operator --bin msa-operator
-	MSA_CLUSTER_NODES=kwok MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench
+	MSA_CLUSTER_NODES=kwok MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh $(CARGO) run --release -p msa-e2e --bin operator-bench -- $(BENCH_ARGS)
+
+bench-operator-scale: ## The operator at N apps created at 10/s on kwok, a fresh cluster per N (SCALE_APPS="100 300 1000", BENCH_ARGS=--quick)
+	$(CARGO) build --release -p msa-operator -p msa-e2e --bin msa-operator --bin operator-scale
+	for apps in $(or $(SCALE_APPS),100 300 1000); do \
+	  MSA_CLUSTER_NODES=kwok MSA_E2E_OPERATOR=target/release/msa-operator tests/cluster/run.sh target/release/operator-scale --apps "$$apps" $(BENCH_ARGS) || exit 1; \
+	done
 
 bench-node: images ## Real-node figures: image sizes, build times, apply→Ready on real pods vs kwok, the demo's time
 	$(CARGO) build -q --workspace --bins   # msa-local and node-bench (debug: it times the cluster, not itself)

@@ -178,12 +178,16 @@ up() {
     # kube-router's policy controller (enforce-policies); its read-only role is granted then.
     echo "$policy_token,system:kube-router,kube-router"
   } >"$pki/tokens.csv"
-  # Every write is audited (metadata only), so a test can count what the operator wrote.
+  # Every write is audited (metadata only), so a test can count what the operator wrote; so is
+  # every request of the chart's ServiceAccount, reads and watches too, so the scale benchmark
+  # (tests/src/bin/operator_scale.rs) can count the operator's API requests by verb.
   cat >"$state/audit-policy.yaml" <<'YAML'
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+- level: Metadata
+  users: ["system:serviceaccount:msa-system:msa-operator"]
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
 - level: None

@@ -10,6 +10,16 @@
 //! 4. API writes per reconcile and per app (operator metrics and the API server's audit log),
 //!    and writes during a quiet period at 100 converged apps.
 //!
+//! The apps are `manifests/shop.yaml`: user, order and product in StatefulSets on claims (their
+//! embedded databases), the gateway in a Deployment. "Ready" for the reference is every workload
+//! ready: Deployments Available, StatefulSets with every replica ready.
+//!
+//! ```text
+//! operator-bench [--quick] [--apps N]
+//! ```
+//! `--quick` (2 single runs, 10 apps, 5 s of quiet; not yet part of `make test`) checks the harness and
+//! prints the same table; it fails only when something never becomes Ready or a create fails.
+//!
 //! Every count and wait is bounded; only the loopback API server and the operator's loopback
 //! metrics port are contacted.
 
@@ -18,25 +28,85 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use msa_e2e::audit::AuditLog;
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
-use msa_operator::build::Workload;
+use msa_operator::build::{Children, Workload};
 use msa_operator::crd::MicroserviceApp;
 
-const SINGLE_RUNS: usize = 5;
-const MANY_APPS: usize = 100;
-const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
-const QUIET: Duration = Duration::from_secs(30);
-const SETTLE: Duration = Duration::from_secs(5);
 /// The operator's default `--concurrency`, used by the reference too.
 const CONCURRENCY: usize = 4;
+/// Workloads per shop app: three StatefulSets and the gateway's Deployment.
+const WORKLOADS_PER_APP: usize = 4;
+/// The write verbs as the audit log names them (the log also holds the operator's reads).
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// How much to measure: the full run, or the quick one that checks the harness.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Plan {
+    single_runs: usize,
+    many_apps: usize,
+    converge_limit: Duration,
+    quiet: Duration,
+    settle: Duration,
+}
+
+impl Plan {
+    const FULL: Plan = Plan {
+        single_runs: 5,
+        many_apps: 100,
+        converge_limit: Duration::from_secs(600),
+        quiet: Duration::from_secs(30),
+        settle: Duration::from_secs(5),
+    };
+    const QUICK: Plan = Plan {
+        single_runs: 2,
+        many_apps: 10,
+        converge_limit: Duration::from_secs(180),
+        quiet: Duration::from_secs(5),
+        settle: Duration::from_secs(2),
+    };
+
+    fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Plan> {
+        let mut args = args.into_iter();
+        let (mut quick, mut apps) = (false, None);
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--quick" => quick = true,
+                "--apps" => {
+                    let value = args.next().context("--apps needs a number")?;
+                    let n: usize = value
+                        .parse()
+                        .with_context(|| format!("--apps takes a whole number, not {value:?}"))?;
+                    anyhow::ensure!((1..=500).contains(&n), "--apps must be between 1 and 500");
+                    apps = Some(n);
+                }
+                other => anyhow::bail!(
+                    "unknown argument {other:?}; usage: operator-bench [--quick] [--apps N]"
+                ),
+            }
+        }
+        let mut plan = if quick { Plan::QUICK } else { Plan::FULL };
+        if let Some(n) = apps {
+            plan.many_apps = n;
+        }
+        Ok(plan)
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let plan = Plan::parse(std::env::args().skip(1))?;
+    let Plan {
+        single_runs,
+        many_apps,
+        converge_limit,
+        quiet,
+        settle,
+    } = plan;
     let cluster = Cluster::from_env();
     progress("installing the chart");
     cluster.install_chart()?;
@@ -62,16 +132,19 @@ async fn main() -> anyhow::Result<()> {
     let idle_rss = operator.rss_kib()?;
     let mut via_operator = Vec::new();
     let mut via_reference = Vec::new();
-    for run in 0..SINGLE_RUNS {
-        progress(&format!("apply → Ready, run {}/{SINGLE_RUNS}", run + 1));
+    for run in 0..single_runs {
+        progress(&format!("apply → Ready, run {}/{single_runs}", run + 1));
         let start = Instant::now();
         kubectl_apply(&cluster, &single_ns, &[named(&shop, &format!("one-{run}"))])?;
-        via_operator.push(wait_apps_ready(&admin, &single_ns, run + 1, start).await?);
+        via_operator
+            .push(wait_apps_ready(&admin, &single_ns, run + 1, start, converge_limit).await?);
 
         let ref_ns = TestNamespace::create(&admin, "bench-ref-one").await?.name;
         let start = Instant::now();
         apply_children_directly(&admin, &ref_ns, &[named(&shop, "ref")], CONCURRENCY).await?;
-        via_reference.push(wait_deployments_available(&admin, &ref_ns, 4, start).await?);
+        via_reference.push(
+            wait_workloads_ready(&admin, &ref_ns, WORKLOADS_PER_APP, start, converge_limit).await?,
+        );
     }
     drop(operator);
 
@@ -90,18 +163,18 @@ async fn main() -> anyhow::Result<()> {
         || async { Ok(operator.metrics().await.ok().map(drop)) },
     )
     .await?;
-    let apps: Vec<MicroserviceApp> = (0..MANY_APPS)
+    let apps: Vec<MicroserviceApp> = (0..many_apps)
         .map(|i| named(&shop, &format!("app-{i:03}")))
         .collect();
     let audit = AuditLog::new(cluster.audit_log.clone());
     let mark = audit.mark()?;
-    progress(&format!("{MANY_APPS} apps through the operator"));
+    progress(&format!("{many_apps} apps through the operator"));
     let start = Instant::now();
     kubectl_apply(&cluster, &many_ns, &apps)?;
-    let many_operator = wait_apps_ready(&admin, &many_ns, MANY_APPS, start).await?;
+    let many_operator = wait_apps_ready(&admin, &many_ns, many_apps, start, converge_limit).await?;
     // Ready follows the Deployments; endpoint counts in status may trail it by a moment, so the
     // writes to converge are counted after they settle, and the quiet period starts only then.
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let busy_rss = operator.rss_kib()?;
     let reconciles = operator.metric("msa_operator_reconciles_total", "").await?;
     let metric_writes = operator.metric("msa_operator_api_writes_total", "").await?;
@@ -110,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .writes_since(mark)?
         .into_iter()
         .filter(|w| w.username == operator_user && w.namespace.as_deref() == Some(&many_ns))
+        .filter(|w| WRITE_VERBS.contains(&w.verb.as_str()))
         .collect();
     let mut by_resource: BTreeMap<String, usize> = BTreeMap::new();
     for write in &audited {
@@ -120,16 +194,16 @@ async fn main() -> anyhow::Result<()> {
         *by_resource.entry(key).or_default() += 1;
     }
     progress(&format!(
-        "{} s of quiet at {MANY_APPS} converged apps",
-        QUIET.as_secs()
+        "{} s of quiet at {many_apps} converged apps",
+        quiet.as_secs()
     ));
     let quiet_mark = audit.mark()?;
     let quiet_reconciles_before = operator.metric("msa_operator_reconciles_total", "").await?;
-    tokio::time::sleep(QUIET).await;
+    tokio::time::sleep(quiet).await;
     let quiet_writes: Vec<String> = audit
         .writes_since(quiet_mark)?
         .into_iter()
-        .filter(|w| w.username == operator_user)
+        .filter(|w| w.username == operator_user && WRITE_VERBS.contains(&w.verb.as_str()))
         .map(|w| w.to_string())
         .collect();
     for write in &quiet_writes {
@@ -139,21 +213,34 @@ async fn main() -> anyhow::Result<()> {
     let quiet_reconciles =
         operator.metric("msa_operator_reconciles_total", "").await? - quiet_reconciles_before;
     progress(&format!(
-        "{MANY_APPS} apps' children applied directly (reference)"
+        "{many_apps} apps' children applied directly (reference)"
     ));
     let start = Instant::now();
     apply_children_directly(&admin, &ref_ns, &apps, CONCURRENCY).await?;
-    let many_reference = wait_deployments_available(&admin, &ref_ns, 4 * MANY_APPS, start).await?;
+    let many_reference = wait_workloads_ready(
+        &admin,
+        &ref_ns,
+        WORKLOADS_PER_APP * many_apps,
+        start,
+        converge_limit,
+    )
+    .await?;
 
     let apps_left = Api::<MicroserviceApp>::namespaced(admin.clone(), &many_ns)
         .list(&ListParams::default())
         .await?;
-    anyhow::ensure!(apps_left.items.len() == MANY_APPS, "apps went missing");
+    anyhow::ensure!(apps_left.items.len() == many_apps, "apps went missing");
 
     println!();
     println!(
-        "msa-operator ({}) on the local control plane",
-        msa_e2e::operator::binary().display()
+        "msa-operator ({}) on the local control plane{}; apps: manifests/shop.yaml \
+         (3 StatefulSets on claims + the gateway's Deployment)",
+        msa_e2e::operator::binary().display(),
+        if plan == Plan::QUICK {
+            ", quick mode"
+        } else {
+            ""
+        }
     );
     println!();
     println!(
@@ -161,16 +248,16 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| --- | --- | --- |");
     println!(
-        "| apply → Ready, one app (median of {SINGLE_RUNS}; min–max) | {} | {} |",
+        "| apply → Ready, one app (median of {single_runs}; min–max) | {} | {} |",
         summary(&via_operator),
         summary(&via_reference)
     );
     println!(
-        "| {MANY_APPS} apps applied at once → all Ready | {:.1} s ({:.1} apps/s) | {:.1} s ({:.1} apps/s) |",
+        "| {many_apps} apps applied at once → all Ready | {:.1} s ({:.1} apps/s) | {:.1} s ({:.1} apps/s) |",
         many_operator.as_secs_f64(),
-        MANY_APPS as f64 / many_operator.as_secs_f64(),
+        many_apps as f64 / many_operator.as_secs_f64(),
         many_reference.as_secs_f64(),
-        MANY_APPS as f64 / many_reference.as_secs_f64()
+        many_apps as f64 / many_reference.as_secs_f64()
     );
     println!();
     println!("| operator figure | value |");
@@ -180,19 +267,19 @@ async fn main() -> anyhow::Result<()> {
         idle_rss as f64 / 1024.0
     );
     println!(
-        "| RSS at {MANY_APPS} converged apps | {:.1} MiB |",
+        "| RSS at {many_apps} converged apps | {:.1} MiB |",
         busy_rss as f64 / 1024.0
     );
-    println!("| reconciles to converge {MANY_APPS} apps | {reconciles} |");
+    println!("| reconciles to converge {many_apps} apps | {reconciles} |");
     println!(
         "| API writes (operator metric) | {metric_writes} = {:.2} per reconcile, {:.1} per app |",
         metric_writes / reconciles,
-        metric_writes / MANY_APPS as f64
+        metric_writes / many_apps as f64
     );
     println!(
         "| API writes (audit log) | {} = {:.1} per app: {} |",
         audited.len(),
-        audited.len() as f64 / MANY_APPS as f64,
+        audited.len() as f64 / many_apps as f64,
         by_resource
             .iter()
             .map(|(resource, n)| format!("{resource} {n}"))
@@ -200,9 +287,9 @@ async fn main() -> anyhow::Result<()> {
             .join(", ")
     );
     println!(
-        "| writes in {} s of quiet at {MANY_APPS} converged apps, after {} s to settle (audit log) | {quiet_writes} (over {quiet_reconciles} reconciles) |",
-        QUIET.as_secs(),
-        SETTLE.as_secs()
+        "| writes in {} s of quiet at {many_apps} converged apps, after {} s to settle (audit log) | {quiet_writes} (over {quiet_reconciles} reconciles) |",
+        quiet.as_secs(),
+        settle.as_secs()
     );
     Ok(())
 }
@@ -235,9 +322,10 @@ async fn wait_apps_ready(
     namespace: &str,
     expected: usize,
     start: Instant,
+    limit: Duration,
 ) -> anyhow::Result<Duration> {
     let api = Api::<MicroserviceApp>::namespaced(client.clone(), namespace);
-    wait_counted("apps Ready", expected, start, || async {
+    wait_counted("apps Ready", expected, start, limit, || async {
         let apps = api.list(&ListParams::default()).await?;
         Ok(apps
             .items
@@ -265,22 +353,45 @@ async fn apply_children_directly(
     futures::stream::iter(apps.iter().cloned().map(|mut app| async move {
         app.metadata.namespace = Some(namespace.to_owned());
         app.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-        let children = msa_operator::build::children(&app)?;
-        for workload in children.workloads {
+        // Every child, destructured so a new kind of child cannot be left out of the reference.
+        let Children {
+            workloads,
+            services,
+            budgets,
+            service_account,
+            order_service_account,
+            service_issuer,
+            role,
+            role_binding,
+            network_policies,
+            pod_monitor,
+        } = msa_operator::build::children(&app)?;
+        anyhow::ensure!(
+            pod_monitor.is_none(),
+            "the shop renders no PodMonitor (the cluster has no monitoring.coreos.com API)"
+        );
+        for workload in workloads {
             match workload {
                 Workload::Deployment(d) => apply_unowned(client, d).await?,
                 Workload::StatefulSet(s) => apply_unowned(client, s).await?,
             }
         }
-        for (_, budget) in children.budgets {
+        for (_, budget) in budgets {
             apply_unowned(client, budget).await?;
         }
-        for service in children.services {
+        for service in services {
             apply_unowned(client, service).await?;
         }
-        apply_unowned(client, children.service_account).await?;
-        apply_unowned(client, children.role).await?;
-        apply_unowned(client, children.role_binding).await
+        for policy in network_policies {
+            apply_unowned(client, policy).await?;
+        }
+        if let Some(config_map) = service_issuer {
+            apply_unowned(client, config_map).await?;
+        }
+        apply_unowned(client, service_account).await?;
+        apply_unowned(client, order_service_account).await?;
+        apply_unowned(client, role).await?;
+        apply_unowned(client, role_binding).await
     }))
     .buffer_unordered(concurrency)
     .try_collect::<Vec<()>>()
@@ -308,17 +419,21 @@ where
     Ok(())
 }
 
-/// Polls a namespace's Deployments until `expected` of them are Available.
-async fn wait_deployments_available(
+/// Polls a namespace's workloads until `expected` of them are ready: a Deployment Available
+/// with every replica updated, a StatefulSet with every replica ready on the current revision.
+async fn wait_workloads_ready(
     client: &kube::Client,
     namespace: &str,
     expected: usize,
     start: Instant,
+    limit: Duration,
 ) -> anyhow::Result<Duration> {
-    let api = Api::<Deployment>::namespaced(client.clone(), namespace);
-    wait_counted("Deployments Available", expected, start, || async {
-        let deployments = api.list(&ListParams::default()).await?;
-        Ok(deployments
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let stateful_sets = Api::<StatefulSet>::namespaced(client.clone(), namespace);
+    wait_counted("workloads ready", expected, start, limit, || async {
+        let deployments = deployments.list(&ListParams::default()).await?;
+        let stateful_sets = stateful_sets.list(&ListParams::default()).await?;
+        let available = deployments
             .items
             .iter()
             .filter(|d| {
@@ -330,17 +445,31 @@ async fn wait_deployments_available(
                         && s.updated_replicas == d.spec.as_ref().and_then(|sp| sp.replicas)
                 })
             })
-            .count())
+            .count();
+        let ready = stateful_sets
+            .items
+            .iter()
+            .filter(|set| {
+                let wanted = set.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
+                set.status.as_ref().is_some_and(|s| {
+                    s.ready_replicas.unwrap_or(0) == wanted
+                        && s.updated_replicas.unwrap_or(0) == wanted
+                        && s.observed_generation == set.metadata.generation
+                })
+            })
+            .count();
+        Ok(available + ready)
     })
     .await
 }
 
-/// Polls `count` every 100 ms until it reaches `expected` (bounded by CONVERGE_LIMIT), showing
+/// Polls `count` every 100 ms until it reaches `expected` (bounded by `limit`), showing
 /// progress; returns the time since `start`.
 async fn wait_counted<F, Fut>(
     what: &str,
     expected: usize,
     start: Instant,
+    limit: Duration,
     mut count: F,
 ) -> anyhow::Result<Duration>
 where
@@ -361,8 +490,8 @@ where
             return Ok(start.elapsed());
         }
         anyhow::ensure!(
-            start.elapsed() < CONVERGE_LIMIT,
-            "only {done}/{expected} {what} after {CONVERGE_LIMIT:?}"
+            start.elapsed() < limit,
+            "only {done}/{expected} {what} after {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -390,4 +519,29 @@ fn summary(samples: &[Duration]) -> String {
 
 fn progress(message: &str) {
     eprintln!(">> {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        Plan::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn the_quick_plan_is_small_and_apps_can_be_chosen() {
+        assert_eq!(plan(&[]).unwrap(), Plan::FULL);
+        assert_eq!(plan(&["--quick"]).unwrap(), Plan::QUICK);
+        assert_eq!(plan(&["--quick", "--apps", "20"]).unwrap().many_apps, 20);
+        const { assert!(Plan::QUICK.many_apps < Plan::FULL.many_apps) };
+        for (given, says) in [
+            (&["--apps", "0"][..], "between 1 and 500"),
+            (&["--apps"][..], "needs a number"),
+            (&["--slow"][..], "unknown argument"),
+        ] {
+            let error = format!("{:#}", plan(given).unwrap_err());
+            assert!(error.contains(says), "{given:?}: {error}");
+        }
+    }
 }
