@@ -4,7 +4,6 @@
 
 mod demo;
 mod identity;
-mod listening;
 mod logs;
 mod plan;
 mod restart;

@@ -188,7 +188,7 @@ async fn listening(running: &mut Running, deadline: Instant) -> anyhow::Result<S
     let planned = running.process.listen;
     loop {
         exited_before(running, "listening")?;
-        let bound = match crate::listening::addresses(running.child.id()) {
+        let bound = match msa_listening::addresses(running.child.id()) {
             Ok(bound) => bound,
             Err(_) if Path::new("/proc/self/net/tcp").exists() => Vec::new(), // exiting: see above
             Err(_) if planned.port() != 0 => return Ok(planned),
