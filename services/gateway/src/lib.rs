@@ -206,6 +206,9 @@ pub(crate) async fn forward_to(
     };
     // (The client stack sends the URI in origin form, whatever form it arrived in.)
     forwarding::request_headers(&mut parts.headers, client);
+    if retried_with_its_key(&parts.method, route, &parts.headers) {
+        parts.extensions.insert(msa_upstream::RetrySafe);
+    }
     let scope = msa_upstream::BreakerScope {
         method: msa_service_kit::metrics::method_label(&parts.method),
         route,
@@ -221,6 +224,21 @@ pub(crate) async fn forward_to(
         }
         Err(error) => failure(&error),
     }
+}
+
+/// Routes that honour `Idempotency-Key` (the same key and body give the same result), so the
+/// gateway may send such a request to another endpoint when an attempt failed; without a key a
+/// POST goes once, as before.
+const HONOUR_IDEMPOTENCY_KEYS: [(http::Method, &str); 1] = [(http::Method::POST, "/orders")];
+
+/// Whether a non-idempotent request may be retried: it targets a route that honours
+/// `Idempotency-Key` and carries exactly one (the service refuses a malformed one with 400,
+/// which is never retried).
+fn retried_with_its_key(method: &http::Method, route: &str, headers: &http::HeaderMap) -> bool {
+    HONOUR_IDEMPOTENCY_KEYS
+        .iter()
+        .any(|(m, r)| m == method && *r == route)
+        && headers.get_all("idempotency-key").iter().count() == 1
 }
 
 /// 503 (+ `Retry-After`) when the service cannot be called now (breaker open, no endpoint, no
@@ -261,4 +279,33 @@ async fn endpoints_view(State(gateway): State<Arc<Gateway>>) -> axum::Json<Value
         })
         .collect();
     axum::Json(json!({ "upstreams": upstreams }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_order_placement_with_one_key_may_be_retried() {
+        let with = |keys: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for key in keys {
+                headers.append("idempotency-key", key.parse().unwrap());
+            }
+            headers
+        };
+        let post = http::Method::POST;
+        assert!(retried_with_its_key(&post, "/orders", &with(&["k"])));
+        assert!(!retried_with_its_key(&post, "/orders", &with(&[])));
+        assert!(!retried_with_its_key(&post, "/orders", &with(&["k", "l"])));
+        assert!(
+            !retried_with_its_key(&post, "/users", &with(&["k"])),
+            "not honoured there"
+        );
+        assert!(!retried_with_its_key(
+            &http::Method::PUT,
+            "/orders",
+            &with(&["k"])
+        ));
+    }
 }

@@ -746,6 +746,36 @@ async fn a_get_on_a_connection_the_only_endpoint_just_closed_goes_again_on_a_new
     assert_eq!(received.load(Ordering::SeqCst), 4);
 }
 
+/// An order placement is sent again only when it carries an Idempotency-Key (the order service
+/// then places it once, however often it arrives); without one it goes once, as every POST.
+#[tokio::test]
+async fn an_order_placement_goes_again_only_with_its_idempotency_key() {
+    let (addr, received) = closing_backend("127.0.0.7").await;
+    let gw = gateway(&addr.to_string(), &addr.to_string(), &[]).await;
+    let http = loopback_client();
+    let place = |key: Option<&str>| {
+        let mut request = http
+            .post(format!("{}/orders", gw.base_url))
+            .json(&json!({"items": []}));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    // The first opens the connection the gateway keeps; the second reuses it, the backend
+    // closes it unanswered, and the gateway sends the placement again on a new connection.
+    assert_eq!(place(Some("a")).await.unwrap().status(), 200);
+    assert_eq!(place(Some("b")).await.unwrap().status(), 200);
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        3,
+        "the keyed POST went twice"
+    );
+    // The same race without a key: a 502, sent once.
+    assert_eq!(place(None).await.unwrap().status(), 502);
+    assert_eq!(received.load(Ordering::SeqCst), 4);
+}
+
 #[tokio::test]
 async fn a_thousand_invented_methods_and_paths_add_no_metric_series() {
     let a = Backend::start([127, 0, 0, 2]).await;

@@ -2,6 +2,7 @@
 //! `GET /orders/{id}`, `GET /orders/user/{user_id}`, `PUT /orders/{id}/status`, and the
 //! recoverer that finishes every order a crash or a silent peer left pending.
 
+pub mod idempotency;
 pub mod lease;
 pub mod model;
 pub mod peers;
@@ -80,13 +81,23 @@ pub fn router_with(db: Database, peers: Peers, settings: Settings) -> Router {
 /// 201 confirmed; 202 with the pending order when its saga has not finished by the time the
 /// caller (`x-msa-timeout-ms`, less a margin) or this service (`wait_max`) stops waiting; the
 /// saga's failure otherwise. The saga runs in its own task: a client that goes stops nothing.
+/// With an `Idempotency-Key`, a repeat gets the first request's order and answer
+/// ([`idempotency`]).
 async fn create_order(
     State(state): State<AppState>,
     caller: Caller,
     deadline: Deadline,
+    headers: axum::http::HeaderMap,
     Json(body): Json<CreateOrder>,
 ) -> Result<Response, Problem> {
+    let key = idempotency::parse(&headers)?;
     let valid = model::validate(body, &caller)?;
+    let claim = key.map(|key| idempotency::Claim::new(key, &valid));
+    if let Some(claim) = &claim
+        && let Some(repeat) = repeated(&state.db, claim).await?
+    {
+        return Ok(repeat);
+    }
     let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));
     // Only reads so far: abandoning them at the deadline leaves nothing behind.
     let order = tokio::time::timeout_at(answer_by, saga::price(&state.peers, &valid))
@@ -103,21 +114,75 @@ async fn create_order(
         state.peers.in_context(RequestContext::current()),
         order.clone(),
         valid.expected_total_cents,
+        claim.clone(),
         give_up_at,
     );
-    started
+    let recorded = started
         .recorded
         .await
         .map_err(|_| Problem::internal(&"the saga's task ended before recording the order"))??;
-    let (status, order) = match tokio::time::timeout_at(answer_by, started.finished).await {
-        Ok(joined) => saga::answer(joined.map_err(|e| Problem::internal(&e))??)?,
-        Err(_) => (StatusCode::ACCEPTED, order),
+    if let (false, Some(claim)) = (recorded, &claim) {
+        // A request with the same key recorded its order first.
+        return repeated(&state.db, claim)
+            .await?
+            .ok_or_else(|| Problem::internal(&"an idempotency key taken but not stored"));
+    }
+    let outcome = match tokio::time::timeout_at(answer_by, started.finished).await {
+        Ok(joined) => saga::answer(joined.map_err(|e| Problem::internal(&e))??),
+        Err(_) => Ok((StatusCode::ACCEPTED, order)),
     };
-    let location = [(
-        axum::http::header::LOCATION,
-        format!("/orders/{}", order.id),
-    )];
-    Ok((status, location, Json(order)).into_response())
+    if let Some(claim) = &claim {
+        // A final answer is what every repeat gets; a 202 is not final (repeats then see the
+        // order as it stands).
+        let stored = match &outcome {
+            Ok((StatusCode::ACCEPTED, _)) => None,
+            Ok((status, order)) => Some((status.as_u16(), serde_json::to_string(order))),
+            Err(problem) => Some((problem.status, serde_json::to_string(problem))),
+        };
+        if let Some((status, Ok(body))) = stored {
+            idempotency::store_answer(&state.db, claim, status, &body).await?;
+        }
+    }
+    let (status, order) = outcome?;
+    let id = order.id.clone();
+    Ok(created(status, &id, Json(order).into_response()))
+}
+
+/// The answer `body` (JSON) with `status` and the order's location.
+fn created(status: StatusCode, order_id: &str, body: Response) -> Response {
+    let location = [(axum::http::header::LOCATION, format!("/orders/{order_id}"))];
+    (status, location, body).into_response()
+}
+
+/// The answer to a request repeating `claim`'s key, if the key was used before.
+async fn repeated(db: &Database, claim: &idempotency::Claim) -> Result<Option<Response>, Problem> {
+    let Some(recorded) = idempotency::lookup(db, &claim.user_id, &claim.key).await? else {
+        return Ok(None);
+    };
+    let order_id = recorded.order_id.clone();
+    match idempotency::replay(recorded, &claim.fingerprint) {
+        idempotency::Replay::Mismatch => Err(idempotency::reused()),
+        idempotency::Replay::Answer { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let content_type = if status.is_success() {
+                "application/json"
+            } else {
+                msa_service_kit::problem::CONTENT_TYPE
+            };
+            let body = ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
+            Ok(Some(created(status, &order_id, body)))
+        }
+        idempotency::Replay::Order(id) => {
+            let order = store::get(db, &id)
+                .await?
+                .ok_or_else(|| Problem::not_found("order", &id))?;
+            let (status, order) = saga::answer(saga::Run {
+                order,
+                failure: None,
+            })?;
+            Ok(Some(created(status, &id, Json(order).into_response())))
+        }
+    }
 }
 
 async fn get_order(

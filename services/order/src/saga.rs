@@ -23,6 +23,7 @@ use msa_service_kit::{Problem, format_cents, now_rfc3339};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::idempotency::Claim;
 use crate::model::{
     Order, OrderLine, RequestedItem, Status, ValidOrder, check_expected_total, price_lines,
 };
@@ -112,8 +113,9 @@ fn reprice(
 
 /// A saga started apart from its request.
 pub struct Started {
-    /// Answers once the order is recorded (or could not be).
-    pub recorded: tokio::sync::oneshot::Receiver<Result<(), Problem>>,
+    /// Answers once the order is recorded (true), its idempotency key turned out taken
+    /// (false: nothing recorded, no saga), or it could not be recorded.
+    pub recorded: tokio::sync::oneshot::Receiver<Result<bool, Problem>>,
     /// The saga's end, or where it stopped.
     pub finished: tokio::task::JoinHandle<Result<Run, Problem>>,
 }
@@ -126,15 +128,27 @@ pub fn start(
     peers: Peers,
     order: Order,
     expected_total_cents: Option<i64>,
+    claim: Option<Claim>,
     give_up_at: Instant,
 ) -> Started {
     let (tell, recorded) = tokio::sync::oneshot::channel();
     let work = async move {
-        if let Err(problem) = store::insert(&db, &order).await {
-            let _ = tell.send(Err(problem.clone()));
-            return Err(problem);
+        match store::insert_claimed(&db, &order, claim.as_ref()).await {
+            Ok(true) => {
+                let _ = tell.send(Ok(true));
+            }
+            Ok(false) => {
+                let _ = tell.send(Ok(false));
+                return Ok(Run {
+                    order,
+                    failure: None,
+                });
+            }
+            Err(problem) => {
+                let _ = tell.send(Err(problem.clone()));
+                return Err(problem);
+            }
         }
-        let _ = tell.send(Ok(()));
         let driver = Driver::Saga {
             expected_total_cents,
         };

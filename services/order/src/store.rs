@@ -1,12 +1,13 @@
 //! Orders in the database. Status changes are conditional on the status read (`WHERE status =`),
 //! so two concurrent changes cannot both win.
 
-use msa_service_kit::db::Database;
+use msa_service_kit::db::{Database, is_unique_violation};
 use msa_service_kit::page::{Page, PageRequest};
 use msa_service_kit::{Problem, format_cents, now_rfc3339};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use crate::idempotency::{self, Claim};
 use crate::model::{Order, OrderLine, Status};
 
 const COLUMNS: &str = "id, user_id, status, total_cents, failure_reason, created_at, updated_at";
@@ -46,6 +47,17 @@ pub fn now_ms() -> i64 {
 
 /// Records a new order and its lines.
 pub async fn insert(db: &Database, order: &Order) -> Result<(), Problem> {
+    insert_claimed(db, order, None).await.map(drop)
+}
+
+/// Records a new order, its lines and, in the same transaction, the idempotency key it was
+/// sent with; false (and nothing recorded) when that key is already taken (a concurrent
+/// request with the same key recorded its order first).
+pub async fn insert_claimed(
+    db: &Database,
+    order: &Order,
+    claim: Option<&Claim>,
+) -> Result<bool, Problem> {
     let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO orders (id, user_id, status, total_cents, failure_reason, created_at, updated_at, created_at_ms) \
@@ -62,8 +74,18 @@ pub async fn insert(db: &Database, order: &Order) -> Result<(), Problem> {
     .execute(&mut *tx)
     .await?;
     write_lines(&mut tx, &order.id, &order.items).await?;
+    if let Some(claim) = claim {
+        match idempotency::insert(&mut tx, claim, &order.id).await {
+            Ok(()) => {}
+            Err(error) if is_unique_violation(&error) => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// pending → confirmed, with the lines at the prices the reservation charged; false (and

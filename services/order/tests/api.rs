@@ -1238,6 +1238,112 @@ async fn the_recoverer_waits_while_the_product_service_is_down(backend: TestBack
     assert_eq!(order.status, msa_order::model::Status::Pending);
 }
 
+/// `POST /orders` with an `Idempotency-Key` header.
+async fn order_with_key(orders: &TestClient, key: &str, body: &Value) -> reqwest::Response {
+    orders
+        .http
+        .post(format!("{}/orders", orders.base))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("the order service answers")
+}
+
+/// Fails without the Idempotency-Key support: the repeat would place a second order.
+async fn a_repeated_order_with_its_key_is_placed_once(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 5).await;
+    let body = order_body(&user, &[(&laptop, 2)]);
+
+    let first = order_with_key(&shop.orders, "\"key-1\"", &body).await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let first: Value = first.json().await.unwrap();
+    // The same key, bare or quoted, and the same request: the same order and answer.
+    for key in ["key-1", "\"key-1\""] {
+        let again = order_with_key(&shop.orders, key, &body).await;
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["location"], location);
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+    }
+    assert_eq!(shop.stock(&laptop).await, 3, "stock taken once");
+    let listed = shop
+        .orders
+        .expect("GET", &format!("/orders/user/{user}"), None, 200)
+        .await;
+    assert_eq!(listed["total"], 1, "one order");
+
+    // The same key with another request: refused, nothing placed.
+    let other = order_with_key(&shop.orders, "key-1", &order_body(&user, &[(&laptop, 1)])).await;
+    let problem = expect_problem(other, 422).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("idempotency-key-reused")
+    );
+    assert_eq!(shop.stock(&laptop).await, 3);
+
+    // A malformed key: 400, nothing placed.
+    for bad in ["", "two words", &"k".repeat(256)] {
+        expect_problem(order_with_key(&shop.orders, bad, &body).await, 400).await;
+    }
+    // A key is the user's own: another user's order under the same key is a new order.
+    let someone = shop.user().await;
+    let theirs = order_with_key(
+        &shop.orders,
+        "key-1",
+        &order_body(&someone, &[(&laptop, 1)]),
+    )
+    .await;
+    assert_eq!(theirs.status(), 201);
+    assert_eq!(shop.stock(&laptop).await, 2);
+}
+
+/// A failure is a final answer too: the repeat gets the same problem, and nothing more happens.
+async fn a_repeated_failed_order_gets_the_same_problem(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let scarce = shop.product(json!(10), 1).await;
+    let body = order_body(&user, &[(&scarce, 2)]);
+    let first = expect_problem(order_with_key(&shop.orders, "k", &body).await, 409).await;
+    let again = expect_problem(order_with_key(&shop.orders, "k", &body).await, 409).await;
+    assert_eq!(first, again);
+    assert_eq!(shop.stock(&scarce).await, 1);
+}
+
+/// Concurrent repeats (a client retrying before its first try answered): one order.
+async fn concurrent_requests_with_one_key_place_one_order(backend: TestBackend) {
+    let shop = start(backend).await;
+    let user = shop.user().await;
+    let laptop = shop.product(json!(10), 100).await;
+    let body = order_body(&user, &[(&laptop, 1)]);
+    let answers =
+        futures::future::join_all((0..8).map(|_| order_with_key(&shop.orders, "same", &body)))
+            .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for answer in answers {
+        assert!(
+            matches!(answer.status().as_u16(), 201 | 202),
+            "{}",
+            answer.status()
+        );
+        ids.insert(
+            answer.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    eventually("the order confirmed and stock taken once", || async {
+        shop.stock(&laptop).await == 99
+    })
+    .await;
+}
+
 msa_service_kit::on_both_backends!(
     an_order_is_priced_by_the_catalogue_and_takes_stock,
     insufficient_stock_fails_the_order_and_holds_nothing,
@@ -1256,4 +1362,7 @@ msa_service_kit::on_both_backends!(
     the_saga_carries_the_requests_id,
     the_recoverer_ends_every_stranded_order,
     the_recoverer_waits_while_the_product_service_is_down,
+    a_repeated_order_with_its_key_is_placed_once,
+    a_repeated_failed_order_gets_the_same_problem,
+    concurrent_requests_with_one_key_place_one_order,
 );
