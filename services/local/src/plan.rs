@@ -55,11 +55,20 @@ pub struct Process {
     /// Where it listens: the planned address, or port 0 (the OS chooses) until the address it
     /// bound is known ([`Plan::bound`]).
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/info` and the gateway's `/debug/endpoints` are served when not on
+    /// `listen` (`up --auth`: on [`ADMIN_HOST`], as a pod keeps them off its Service; the same
+    /// port as `listen` when ports are given, else one the OS chooses, learnt when bound).
+    pub admin: Option<SocketAddr>,
     /// Its own flags; [`Plan::command_args`] adds the addresses of the services it calls.
     pub args: Vec<String>,
     /// Flags that name every replica of a service (`--product-url`, `--upstream-user`, …).
     peers: Vec<(&'static str, Service)>,
 }
+
+/// With `up --auth`, the operational routes listen on this address: the API's address
+/// (127.0.0.1) then serves no `/metrics` or `/debug/endpoints` to the callers the tokens keep
+/// out.
+pub const ADMIN_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// Who may do what in a local run. Service identities are always on (the reservation routes
 /// take only the order service); users' tokens and the rate limit on request.
@@ -124,6 +133,11 @@ pub fn plan(
     } else {
         vec![]
     };
+    let admin = |listen: SocketAddr| {
+        security
+            .auth
+            .then(|| SocketAddr::from((ADMIN_HOST, listen.port())))
+    };
     let mut processes = Vec::new();
     // Order calls user and product, so those start first.
     for service in [Service::User, Service::Product, Service::Order] {
@@ -167,6 +181,7 @@ pub fn plan(
                     Service::Product => "msa-product",
                 },
                 listen: *listen,
+                admin: admin(*listen),
                 args,
                 peers,
             });
@@ -192,6 +207,7 @@ pub fn plan(
         service: None,
         binary: "msa-gateway",
         listen: at(0),
+        admin: admin(at(0)),
         args,
         peers: vec![
             ("--upstream-user", Service::User),
@@ -216,8 +232,18 @@ impl Plan {
     }
 
     /// Records where process `index` listens, once it has bound.
-    pub fn bound(&mut self, index: usize, address: SocketAddr) {
+    pub fn bound(&mut self, index: usize, address: SocketAddr, admin: Option<SocketAddr>) {
         self.processes[index].listen = address;
+        self.processes[index].admin = admin;
+    }
+
+    /// Where the gateway serves `/debug/endpoints`.
+    pub fn gateway_admin(&self) -> SocketAddr {
+        self.processes
+            .iter()
+            .find(|p| p.service.is_none())
+            .map(|p| p.admin.unwrap_or(p.listen))
+            .expect("a plan has a gateway")
     }
 
     /// The flags process `index` starts with: its own, then the addresses of every replica of
@@ -259,7 +285,8 @@ impl Plan {
                 .map_or(process.instance.as_str(), |(name, _)| name);
             out.push_str(&format!(
                 "      - targets: ['{}']\n        labels: {{component: {component}, pod: {}}}\n",
-                process.listen, process.instance
+                process.admin.unwrap_or(process.listen),
+                process.instance
             ));
         }
         out
@@ -269,6 +296,45 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_auth_the_operational_routes_leave_the_apis_address() {
+        let replicas = Replicas {
+            user: 1,
+            order: 1,
+            product: 2,
+        };
+        let data = Path::new("/tmp/d");
+        let open = plan(8080, replicas, data, Security::default()).unwrap();
+        assert!(open.processes.iter().all(|p| p.admin.is_none()));
+        let auth = Security {
+            auth: true,
+            rate_limit: None,
+        };
+        let guarded = plan(8080, replicas, data, auth).unwrap();
+        for process in &guarded.processes {
+            assert_eq!(
+                process.admin,
+                Some(SocketAddr::from((ADMIN_HOST, process.listen.port()))),
+                "{}",
+                process.instance
+            );
+        }
+        assert_eq!(guarded.gateway_admin(), "127.0.0.2:8080".parse().unwrap());
+        let scraped = guarded.scrape_config();
+        assert!(
+            scraped.contains("127.0.0.2:8080") && !scraped.contains("127.0.0.1:"),
+            "{scraped}"
+        );
+        // Port 0 stays port 0 until bound.
+        let chosen = plan(0, replicas, data, auth).unwrap();
+        assert!(
+            chosen
+                .processes
+                .iter()
+                .all(|p| p.admin == Some(SocketAddr::from((ADMIN_HOST, 0))))
+        );
+    }
 
     #[test]
     fn services_start_before_their_callers_and_replicas_share_a_list() {
@@ -334,7 +400,7 @@ mod tests {
             "the user service calls no one"
         );
         for (index, port) in [(0, 40001), (1, 40003), (2, 40005)] {
-            planned.bound(index, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            planned.bound(index, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), None);
         }
         let order = planned.command_args(3).unwrap();
         assert!(
@@ -350,7 +416,7 @@ mod tests {
         );
         let refused = planned.command_args(4).unwrap_err();
         assert!(refused.contains("order-0"), "{refused}");
-        planned.bound(3, SocketAddr::from((Ipv4Addr::LOCALHOST, 40007)));
+        planned.bound(3, SocketAddr::from((Ipv4Addr::LOCALHOST, 40007)), None);
         let gateway = planned.command_args(4).unwrap();
         assert!(
             gateway
@@ -358,7 +424,7 @@ mod tests {
                 .any(|w| w == ["--upstream-order", "127.0.0.1:40007"])
         );
         assert_eq!(planned.gateway().port(), 0, "not bound yet");
-        planned.bound(4, SocketAddr::from((Ipv4Addr::LOCALHOST, 40009)));
+        planned.bound(4, SocketAddr::from((Ipv4Addr::LOCALHOST, 40009)), None);
         assert_eq!(planned.gateway().port(), 40009);
     }
 

@@ -109,7 +109,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         match started {
             Ok(started) => {
                 eprintln!("ready on {}", started.process.listen);
-                plan.bound(index, started.process.listen);
+                plan.bound(index, started.process.listen, started.process.admin);
                 running.push(started);
             }
             Err(error) => {
@@ -171,7 +171,11 @@ async fn start(
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     let result = async {
-        running.process.listen = listening(&mut running, deadline).await?;
+        let planned = running.process.listen;
+        running.process.listen = listening(&mut running, planned, deadline).await?;
+        if let Some(admin) = running.process.admin {
+            running.process.admin = Some(listening(&mut running, admin, deadline).await?);
+        }
         ready(&mut running, deadline).await
     }
     .await;
@@ -182,10 +186,14 @@ async fn start(
     result.map(|()| running)
 }
 
-/// The address the process bound, as the kernel lists its sockets: the planned one, or with
-/// port 0 whichever the OS gave it. (Where /proc is missing, a planned port is taken on trust.)
-async fn listening(running: &mut Running, deadline: Instant) -> anyhow::Result<SocketAddr> {
-    let planned = running.process.listen;
+/// The address the process bound at `planned`'s IP, as the kernel lists its sockets: the planned
+/// one, or with port 0 whichever the OS gave it. (Where /proc is missing, a planned port is
+/// taken on trust.)
+async fn listening(
+    running: &mut Running,
+    planned: SocketAddr,
+    deadline: Instant,
+) -> anyhow::Result<SocketAddr> {
     loop {
         exited_before(running, "listening")?;
         let bound = match msa_listening::addresses(running.child.id()) {
@@ -256,6 +264,12 @@ fn spawn(process: &Process, args: &[String], bin_dir: &Path, log: &Path) -> anyh
     let out = File::options().create(true).append(true).open(log)?;
     Command::new(bin_dir.join(process.binary))
         .args(["--listen", &process.listen.to_string()])
+        .args(
+            process
+                .admin
+                .iter()
+                .flat_map(|admin| ["--admin-listen".to_owned(), admin.to_string()]),
+        )
         .args(args)
         .env("MSA_POD_NAME", &process.instance)
         // Each component names itself in traces (msa-gateway, msa-order, ...); the rest of the
@@ -274,7 +288,14 @@ fn spawn(process: &Process, args: &[String], bin_dir: &Path, log: &Path) -> anyh
 fn print_summary(plan: &Plan, running: &[Running], security: Security) {
     println!("\nmsa is running — gateway http://{}", plan.gateway());
     for r in running {
-        println!("  {:<10} http://{}", r.process.instance, r.process.listen);
+        match r.process.admin {
+            Some(admin) => println!(
+                "  {:<10} http://{:<21}  admin http://{admin}",
+                r.process.instance,
+                r.process.listen.to_string()
+            ),
+            None => println!("  {:<10} http://{}", r.process.instance, r.process.listen),
+        }
     }
     println!(
         "data:       {} (user.db, order.db, product.db)",
@@ -288,7 +309,16 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
         "logs:       {} (merged: {local} logs --data-dir {data} -f)",
         plan.data_dir.join("logs").display()
     );
-    println!("endpoints:  http://{}/debug/endpoints", plan.gateway());
+    println!(
+        "endpoints:  http://{}/debug/endpoints",
+        plan.gateway_admin()
+    );
+    if security.auth {
+        println!(
+            "admin:      /metrics, /info and /debug/endpoints only on each component's admin address ({}, listed above), not on the API's",
+            crate::plan::ADMIN_HOST
+        );
+    }
     println!(
         "prometheus: prometheus --config.file={}/prometheus.yml scrapes every component",
         data

@@ -91,8 +91,26 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
     let gateway = local.gateway();
     let [user_svc, order_svc, product_svc] =
         ["user-0", "order-0", "product-0"].map(|instance| local.url(instance));
-    let info = send(&gateway, "GET", "/info", None, None).await.1;
+    let info = send(&local.admin_url("gateway"), "GET", "/info", None, None)
+        .await
+        .1;
     assert_eq!(info["authentication"]["required"], true, "{info}");
+    // The operational routes are not on the API's address, where anyone calls; they are on
+    // the admin address, as a pod keeps them off its Service.
+    for (instance, path) in [
+        ("gateway", "/metrics"),
+        ("gateway", "/debug/endpoints"),
+        ("gateway", "/info"),
+        ("user-0", "/metrics"),
+        ("order-0", "/metrics"),
+        ("product-0", "/metrics"),
+    ] {
+        let (status, _) = send(&local.url(instance), "GET", path, None, None).await;
+        assert_ne!(status, 200, "{instance}{path} is open on the API's address");
+        let admin = local.admin_url(instance);
+        let (status, _) = send(&admin, "GET", path, None, None).await;
+        assert_eq!(status, 200, "{path} on the admin address of {instance}");
+    }
 
     // Sign-up and the catalogue are open; two users and an admin get tokens.
     let (status, ada) = send(

@@ -18,6 +18,8 @@ pub struct Run {
     child: Option<Child>,
     /// Each component's address as `up` printed it: `gateway`, `user-0`, `product-1`, …
     pub addresses: BTreeMap<String, SocketAddr>,
+    /// Each component's admin address (`up --auth`), by instance.
+    pub admins: BTreeMap<String, SocketAddr>,
     /// The lines it printed after its list of components.
     pub lines: Receiver<String>,
     /// The file its standard error goes to.
@@ -35,6 +37,15 @@ impl Run {
             .addresses
             .get(instance)
             .unwrap_or_else(|| panic!("no {instance} in {:?}", self.addresses));
+        format!("http://{address}")
+    }
+
+    /// `http://` and the admin address of component `instance` (`up --auth`).
+    pub fn admin_url(&self, instance: &str) -> String {
+        let address = self
+            .admins
+            .get(instance)
+            .unwrap_or_else(|| panic!("no admin address of {instance} in {:?}", self.admins));
         format!("http://{address}")
     }
 
@@ -158,6 +169,7 @@ pub fn up(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
     let said = || std::fs::read_to_string(&errors).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut addresses = BTreeMap::new();
+    let mut admins = BTreeMap::new();
     let mut listed = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -169,18 +181,28 @@ pub fn up(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
                 return Run {
                     child: Some(child),
                     addresses,
+                    admins,
                     lines,
                     errors,
                 };
             }
-            // `  user-0     http://127.0.0.1:43567`
+            // `  user-0     http://127.0.0.1:43567`, and with `--auth`
+            // `  user-0     http://127.0.0.1:43567  admin http://127.0.0.2:41234`
             Ok(line) if listed => {
-                let mut words = line.split_whitespace();
-                if let (Some(name), Some(url)) = (words.next(), words.next())
-                    && let Some(address) = url.strip_prefix("http://")
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let parse = |url: &str| -> Option<SocketAddr> {
+                    let address = url.strip_prefix("http://")?;
+                    Some(address.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")))
+                };
+                if let [name, url, rest @ ..] = words.as_slice()
+                    && let Some(address) = parse(url)
                 {
-                    let address = address.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
-                    addresses.insert(name.to_owned(), address);
+                    addresses.insert((*name).to_owned(), address);
+                    if let ["admin", admin] = rest
+                        && let Some(admin) = parse(admin)
+                    {
+                        admins.insert((*name).to_owned(), admin);
+                    }
                 }
             }
             Ok(_) => {}
@@ -333,6 +355,11 @@ impl Local {
     /// `http://` and the address of component `instance` (`user-0`, `order-0`, …).
     pub fn url(&self, instance: &str) -> String {
         self.run().url(instance)
+    }
+
+    /// `http://` and the admin address of component `instance` (`up --auth`).
+    pub fn admin_url(&self, instance: &str) -> String {
+        self.run().admin_url(instance)
     }
 
     /// Ctrl-C: the run must end cleanly and stop every component.
