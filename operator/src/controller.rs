@@ -78,9 +78,17 @@ where
         .labels(&labels::managed_selector());
     let stream = watcher(api::<K>(client, namespace), config)
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(writer)
         .touched_objects();
     (store, stream)
+}
+
+/// Issue 28 (memory): `metadata.managedFields` is often the largest part of a child object
+/// and nothing the operator reads (server-side apply computes ownership on the server), so the
+/// caches never keep it.
+fn forget_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// A cached watch like [`cached_watch`], indexed by app (see [`crate::app_index`]).
@@ -107,6 +115,7 @@ where
         .labels(&labels::managed_selector());
     let stream = watcher(api::<K>(client, namespace), config)
         .default_backoff()
+        .modify(forget_managed_fields)
         .map_ok(move |event| {
             writer.apply_watcher_event(&event);
             event
@@ -283,6 +292,17 @@ mod tests {
         let deleting = watched(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
         assert_ne!(reconcile_inputs(&edited), base);
         assert_ne!(reconcile_inputs(&deleting), base);
+    }
+
+    #[test]
+    fn cached_children_keep_no_managed_fields() {
+        let mut deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "shop-gateway", "managedFields": [{"manager": "msa-operator", "operation": "Apply"}]},
+        }))
+        .unwrap();
+        forget_managed_fields(&mut deployment);
+        assert_eq!(deployment.metadata.managed_fields, None);
+        assert_eq!(deployment.name_any(), "shop-gateway");
     }
 
     #[test]
