@@ -452,11 +452,14 @@ async fn connection<S>(
         };
         let response = front.proxy(head.route, &client, request).await;
         let close = front.is_draining() || *stop.borrow();
-        if answer(&mut stream, &mut out, &head.method, response, close)
-            .await
-            .is_err()
-            || close
-        {
+        // A client that stops reading would otherwise hold its slot for good (the kernel
+        // answers zero-window probes for it): a whole answer gets the idle timeout.
+        let written = tokio::time::timeout(
+            limits.idle_timeout,
+            answer(&mut stream, &mut out, &head.method, response, close),
+        )
+        .await;
+        if !matches!(written, Ok(Ok(()))) || close {
             return;
         }
     }

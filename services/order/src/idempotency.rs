@@ -12,8 +12,10 @@
 //!   nothing happened the first time.
 //! - A repeat with the same key and the same request (the same user, lines and expected total,
 //!   compared by a SHA-256 fingerprint) gets the first answer: the stored one when the first
-//!   request finished (201 or the failure's problem), else the order as it stands now (201
-//!   confirmed, 202 pending, the failure's problem). A repeat with another request is refused
+//!   request finished (201 or a 4xx refusal), else the order as it stands now (201 confirmed,
+//!   202 pending, 409 `order-failed` for an order that failed meanwhile). A first request that
+//!   ended in a 5xx (the product service did not answer; the order failed and holds nothing)
+//!   frees its key, so the repeat places the order again rather than hearing "retry" for ever. A repeat with another request is refused
 //!   with 422 (`idempotency-key-reused`). Two requests with one key at the same moment: one
 //!   records the order, the other answers from it.
 //! - Keys are kept as long as their orders (the draft leaves expiry to the server).
@@ -184,6 +186,17 @@ pub async fn store_answer(
     .bind(&claim.key)
     .execute(&db.pool)
     .await?;
+    Ok(())
+}
+
+/// Frees `claim`'s key (its order failed before taking anything the client must know about),
+/// so a repeat runs as a new request.
+pub async fn forget(db: &Database, claim: &Claim) -> Result<(), Problem> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idempotency_key = $2")
+        .bind(&claim.user_id)
+        .bind(&claim.key)
+        .execute(&db.pool)
+        .await?;
     Ok(())
 }
 

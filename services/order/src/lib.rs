@@ -117,9 +117,17 @@ async fn create_order(
         claim.clone(),
         give_up_at,
     );
-    let recorded = started
-        .recorded
+    // Recording waits for the write lock or a pooled connection; past the caller's time the
+    // answer is a 503 (the order may still be recorded: a repeat with the same key is safe).
+    let recorded = tokio::time::timeout_at(answer_by, started.recorded)
         .await
+        .map_err(|_| {
+            Problem::unavailable(
+                "the order could not be recorded in the time the request allows; it may still be placed: \
+                 retry with the same Idempotency-Key, or look at GET /orders/user/{user_id}",
+                1,
+            )
+        })?
         .map_err(|_| Problem::internal(&"the saga's task ended before recording the order"))??;
     if let (false, Some(claim)) = (recorded, &claim) {
         // A request with the same key recorded its order first.
@@ -132,20 +140,41 @@ async fn create_order(
         Err(_) => Ok((StatusCode::ACCEPTED, order)),
     };
     if let Some(claim) = &claim {
-        // A final answer is what every repeat gets; a 202 is not final (repeats then see the
-        // order as it stands).
-        let stored = match &outcome {
-            Ok((StatusCode::ACCEPTED, _)) => None,
-            Ok((status, order)) => Some((status.as_u16(), serde_json::to_string(order))),
-            Err(problem) => Some((problem.status, serde_json::to_string(problem))),
-        };
-        if let Some((status, Ok(body))) = stored {
-            idempotency::store_answer(&state.db, claim, status, &body).await?;
-        }
+        remember_answer(&state.db, claim, &outcome).await;
     }
     let (status, order) = outcome?;
     let id = order.id.clone();
     Ok(created(status, &id, Json(order).into_response()))
+}
+
+/// Keeps what repeats of `claim` are told. A final answer (201, or a refusal the client must act
+/// on, 4xx) is stored as sent. A 202 is not final: repeats see the order as it stands. A 5xx
+/// failure (the product service did not answer; the order failed and its stock goes back) frees
+/// the key, so a repeat places the order again instead of being told "retry" for ever. A failure
+/// to store is logged, never turned into the answer: the order stands either way.
+async fn remember_answer(
+    db: &Database,
+    claim: &idempotency::Claim,
+    outcome: &Result<(StatusCode, Order), Problem>,
+) {
+    let stored = match outcome {
+        Ok((StatusCode::ACCEPTED, _)) => return,
+        Ok((status, order)) => serde_json::to_string(order).map(|body| (status.as_u16(), body)),
+        Err(problem) if problem.status_code().is_server_error() => {
+            if let Err(error) = idempotency::forget(db, claim).await {
+                tracing::warn!(%error, "could not free the idempotency key of a failed order");
+            }
+            return;
+        }
+        Err(problem) => serde_json::to_string(problem).map(|body| (problem.status, body)),
+    };
+    let result = match stored {
+        Ok((status, body)) => idempotency::store_answer(db, claim, status, &body).await,
+        Err(error) => Err(Problem::internal(&error)),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not store the answer for its idempotency key; repeats will see the order as it stands");
+    }
 }
 
 /// The answer `body` (JSON) with `status` and the order's location.

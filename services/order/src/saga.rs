@@ -243,12 +243,14 @@ pub fn answer(run: Run) -> Result<(StatusCode, Order), Problem> {
                 "the product service could not hold the stock; the order was not placed, retry shortly",
                 2,
             ),
-            _ => Problem::unavailable(
+            // Failed in an earlier run (a repeat of its key, or the recoverer ended it): what
+            // to do is place a new order, not retry this one.
+            _ => Problem::conflict(
+                "order-failed",
                 format!(
-                    "the order could not be placed: {}; retry shortly",
+                    "the order could not be placed ({}); its stock is given back: place a new order (with a new Idempotency-Key)",
                     order.failure_reason.as_deref().unwrap_or("it failed")
                 ),
-                2,
             ),
         }
         .with("order_id", id)),
@@ -363,7 +365,11 @@ mod tests {
             .0,
             503
         );
-        // Failed by another run (the recoverer): the stored reason, and retry.
-        assert_eq!(status(run(Status::Failed, None)).0, 503);
+        // Failed by another run (the recoverer, or a repeat of its key): the stored reason,
+        // and a new order is what to do, not a retry.
+        assert_eq!(
+            status(run(Status::Failed, None)),
+            (409, "https://msa.dev/problems/order-failed".into())
+        );
     }
 }

@@ -223,7 +223,7 @@ pub async fn list_by_user(
         .await?
         .try_get("n")?;
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3"
+        "SELECT {COLUMNS} FROM orders WHERE user_id = $1 ORDER BY created_at_ms, created_at, id LIMIT $2 OFFSET $3"
     ))
     .bind(user_id)
     .bind(page.limit)
@@ -248,12 +248,16 @@ async fn with_lines(conn: &mut AnyConnection, row: &AnyRow) -> Result<Order, Pro
         .map(|line| {
             let quantity: i64 = line.try_get("quantity")?;
             let unit_price_cents: i64 = line.try_get("unit_price_cents")?;
+            // Bounded when written; checked anyway, since the rows could come from elsewhere.
+            let line_total_cents = quantity.checked_mul(unit_price_cents).ok_or_else(|| {
+                sqlx::Error::Decode(format!("order {id}: a line total out of range").into())
+            })?;
             Ok(OrderLine {
                 product_id: line.try_get("product_id")?,
                 quantity,
                 unit_price_cents,
                 unit_price: format_cents(unit_price_cents),
-                line_total_cents: quantity * unit_price_cents,
+                line_total_cents,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

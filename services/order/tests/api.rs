@@ -1314,6 +1314,28 @@ async fn a_repeated_failed_order_gets_the_same_problem(backend: TestBackend) {
     assert_eq!(shop.stock(&scarce).await, 1);
 }
 
+/// A 5xx failure (the commit never arrived: the order failed, its stock went back) frees the
+/// key: the repeat places the order again instead of hearing "retry" for ever.
+async fn a_key_whose_order_failed_with_a_5xx_places_the_order_again(backend: TestBackend) {
+    let neighbours = start_neighbours(backend).await;
+    let product_url = product_with_broken_commit(&neighbours.products, CommitFault::Lost).await;
+    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let user = neighbours.user().await;
+    let product = neighbours.product(json!(3), 4).await;
+    let body = order_body(&user, &[(&product, 1)]);
+    let first = expect_problem(order_with_key(&orders, "k", &body).await, 503).await;
+    let again = expect_problem(order_with_key(&orders, "k", &body).await, 503).await;
+    assert_ne!(
+        first["order_id"], again["order_id"],
+        "placed again, as a new order"
+    );
+    assert_eq!(
+        neighbours.stock(&product).await,
+        4,
+        "every failed order gave its stock back"
+    );
+}
+
 /// Concurrent repeats (a client retrying before its first try answered): one order.
 async fn concurrent_requests_with_one_key_place_one_order(backend: TestBackend) {
     let shop = start(backend).await;
@@ -1365,4 +1387,5 @@ msa_service_kit::on_both_backends!(
     a_repeated_order_with_its_key_is_placed_once,
     a_repeated_failed_order_gets_the_same_problem,
     concurrent_requests_with_one_key_place_one_order,
+    a_key_whose_order_failed_with_a_5xx_places_the_order_again,
 );
