@@ -133,7 +133,14 @@ pub fn reconcile_inputs(object: &WatchedApp) -> Option<u64> {
     let meta = object.meta();
     let mut hasher = std::hash::DefaultHasher::new();
     match &object.0 {
-        Ok(_) => (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher),
+        // Annotations too: editing one is how people ask an operator to look again
+        // (`kubectl annotate msa shop …`); the operator itself never writes them.
+        Ok(_) => (
+            meta.generation,
+            meta.deletion_timestamp.is_some(),
+            &meta.annotations,
+        )
+            .hash(&mut hasher),
         Err(_) => meta.resource_version.hash(&mut hasher),
     }
     Some(hasher.finish())
@@ -287,6 +294,12 @@ mod tests {
         let relabelled = watched(json!({"metadata": {"labels": {"team": "a"}}}));
         assert_eq!(reconcile_inputs(&status_written), base);
         assert_eq!(reconcile_inputs(&relabelled), base);
+        let poked = watched(json!({"metadata": {"annotations": {"e2e.msa.dev/poke": "1"}}}));
+        assert_ne!(
+            reconcile_inputs(&poked),
+            base,
+            "an annotation asks for a look"
+        );
         let edited =
             watched(json!({"metadata": {"generation": 2}, "spec": {"image": "x:{component}"}}));
         let deleting = watched(json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));

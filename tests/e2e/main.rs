@@ -569,19 +569,11 @@ async fn a_converged_app_costs_no_writes_over_a_quiet_minute() -> anyhow::Result
     let mark = audit.mark()?;
     let writes_before = operator.metric("msa_operator_api_writes_total", "").await?;
     let reconciles_before = operator.metric("msa_operator_reconciles_total", "").await?;
-    // Nothing changes in the spec, but the operator is made to look: an annotation someone
-    // else adds to a child (a change its watch sees; the app's own metadata no longer
-    // triggers a reconcile, issue 28 L3) must make a reconcile that finds nothing to write.
+    // Nothing changes in the spec, but the operator is made to look: a metadata-only edit of
+    // the app (no new generation) triggers reconciles that must find nothing to write.
     tokio::time::sleep(Duration::from_secs(30)).await;
     s.cluster
-        .kubectl(&[
-            "annotate",
-            "deployment",
-            "shop-gateway",
-            "-n",
-            &s.ns,
-            "e2e.msa.dev/poke=1",
-        ])
+        .kubectl(&["annotate", "msa", "shop", "-n", &s.ns, "e2e.msa.dev/poke=1"])
         .ok()?;
     tokio::time::sleep(Duration::from_secs(30)).await;
 
