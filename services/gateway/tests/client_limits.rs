@@ -20,12 +20,12 @@ use msa_gateway::{Gateway, Policy, Route};
 use msa_service_kit::config::{LimitArgs, ServeArgs};
 use msa_service_kit::metrics::HttpMetrics;
 use msa_service_kit::server::Ops;
-use msa_service_kit::testing::{read_until_closed, serve_args};
+use msa_service_kit::testing::{read_response, read_until_closed, serve_args};
 use msa_upstream::deadline::TIMEOUT_HEADER;
 use msa_upstream::endpoint::Endpoint;
 use msa_upstream::metrics::UpstreamMetrics;
 use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -126,40 +126,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Reads one whole response (head and `content-length` body) within [`PATIENCE`]; what was
-/// read when the stream closed or time ran out otherwise.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let answer = text(&received);
-        if let Some((head, body)) = answer.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return answer;
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
-            _ => return text(&received),
-        }
-    }
-}
-
 /// `GET path` on `stream` (keep-alive), with `extra` header lines; the whole answer.
 async fn get(stream: &mut TcpStream, path: &str, extra: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nhost: shop\r\n{extra}\r\n");
     // A refused connection may be closed already; its answer (or none) says so.
     let _ = stream.write_all(request.as_bytes()).await;
-    read_response(stream).await
+    read_response(stream, PATIENCE).await
 }
 
 /// A connection to `gateway` from the loopback address `from`.

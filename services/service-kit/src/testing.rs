@@ -453,6 +453,38 @@ pub async fn read_until_closed(
     }
 }
 
+/// Reads one whole HTTP/1.1 response (head and `content-length` body) within `within`; what
+/// was read when the stream closed or time ran out otherwise.
+pub async fn read_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: std::time::Duration,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let answer = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = answer.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return answer;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
+            _ => return answer,
+        }
+    }
+}
+
 /// A JSON client for one service under test.
 #[derive(Clone)]
 pub struct TestClient {

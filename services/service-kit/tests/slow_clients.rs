@@ -14,8 +14,8 @@ use axum::routing::post;
 use msa_service_kit::config::{LimitArgs, ServeArgs};
 use msa_service_kit::extract::Json;
 use msa_service_kit::server::Ops;
-use msa_service_kit::testing::{read_until_closed, serve_args, spawn_with};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use msa_service_kit::testing::{read_response, read_until_closed, serve_args, spawn_with};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -59,34 +59,6 @@ async fn server_with(limits: LimitArgs) -> String {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Reads one whole response (head and `content-length` body) within [`PATIENCE`]; what was
-/// read when the stream closed or time ran out otherwise.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let answer = text(&received);
-        if let Some((head, body)) = answer.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return answer;
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
-            _ => return text(&received),
-        }
-    }
 }
 
 /// Sends `head`, then `body` one byte every `pace` (in a task of its own), and returns the
@@ -175,7 +147,7 @@ async fn an_idle_keep_alive_connection_lives_its_idle_timeout() {
         .unwrap();
     // The whole answer, however long a busy machine takes to give it; the idle clock starts
     // once it is in.
-    let answer = read_response(&mut stream).await;
+    let answer = read_response(&mut stream, PATIENCE).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let answered = Instant::now();
     let (more, closed) = read_until_closed(&mut stream, PATIENCE).await;
