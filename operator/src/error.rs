@@ -23,6 +23,12 @@ pub enum Error {
     /// The reflector caches stopped (the process is shutting down).
     #[error("the object caches stopped before they were filled")]
     CacheStopped,
+
+    /// The reflector caches have not listed yet (the API server refuses or is slow to list).
+    #[error(
+        "the object caches did not finish their first list within {0:?}; check the operator's RBAC and the API server"
+    )]
+    CachesNotListed(std::time::Duration),
 }
 
 impl Error {
@@ -43,6 +49,7 @@ impl Error {
             Self::Apply { .. } => "apply",
             Self::Serialize(_) => "serialize",
             Self::CacheStopped => "shutdown",
+            Self::CachesNotListed(_) => "caches_not_listed",
         }
     }
 }

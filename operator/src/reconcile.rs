@@ -46,6 +46,11 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon an app waiting for a fact about the cluster is looked at again.
 pub const FACTS_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a reconcile waits for the caches' first lists before it fails (and is retried
+/// with backoff and logged) rather than waiting silently: a list the API server keeps refusing
+/// (RBAC, a missing API) would otherwise hold every reconcile.
+pub const CACHES_WAIT: Duration = Duration::from_secs(60);
+
 /// Per-app retry delays after failures: doubling from the first to the cap.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
@@ -70,7 +75,12 @@ pub struct Caches {
 
 impl Caches {
     /// Waits until every cache has listed once, so a restart does not re-apply everything.
-    pub async fn wait_until_ready(&self) -> Result<(), Error> {
+    ///
+    /// Only one task may wait here at a time: kube-runtime's `Store::wait_until_ready` keeps a
+    /// single waker (a one-shot channel's), so of several tasks waiting side by side only the
+    /// last to poll is woken, and the others wait for ever. Reconciles go through
+    /// [`Context::caches_listed`], which lets one of them wait and wakes the rest.
+    async fn wait_until_ready(&self) -> Result<(), Error> {
         let Caches {
             deployments,
             stateful_sets,
@@ -122,6 +132,8 @@ pub struct Context {
     /// the object the Events are about: read when a claim turns stuck, then at most every
     /// [`storage::EXPLANATION_TTL`], not on every reconcile.
     pub explanations: Mutex<HashMap<(String, &'static str, String), storage::Explanation>>,
+    /// Set once every cache has listed (see [`Context::caches_listed`]).
+    listed: tokio::sync::OnceCell<()>,
 }
 
 impl Context {
@@ -136,6 +148,21 @@ impl Context {
             cluster: std::sync::RwLock::default(),
             applied_pod_monitors: Mutex::default(),
             explanations: Mutex::default(),
+            listed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Waits until every cache has listed once, for at most [`CACHES_WAIT`]. One caller at a
+    /// time waits on the caches themselves (see [`Caches::wait_until_ready`]); the others wait
+    /// on the cell, which wakes all of them. At start-up every app's first reconcile waits here
+    /// side by side: without the cell, all but one stalled until the process restarted.
+    pub async fn caches_listed(&self) -> Result<(), Error> {
+        let listed = self
+            .listed
+            .get_or_try_init(|| self.caches.wait_until_ready());
+        match tokio::time::timeout(CACHES_WAIT, listed).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(Error::CachesNotListed(CACHES_WAIT)),
         }
     }
 
@@ -264,7 +291,7 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error> {
-    ctx.caches.wait_until_ready().await?;
+    ctx.caches_listed().await?;
 
     let problems = validate::problems(app);
     if !problems.is_empty() {

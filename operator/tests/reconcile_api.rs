@@ -757,3 +757,53 @@ async fn a_new_app_waits_for_an_unknown_issuer_and_says_so() {
         "{progressing}"
     );
 }
+
+/// At start-up every app's first reconcile waits for the caches' first lists, side by side.
+/// kube-runtime's `Store::wait_until_ready` wakes only the last of several tasks waiting on it;
+/// before the operator let one reconcile wait for all of them, the others never went on, and
+/// on the real node an app created before a restart was never reconciled again.
+#[tokio::test]
+async fn reconciles_waiting_side_by_side_for_the_first_lists_all_go_on() {
+    let shop = pg_app(json!({}));
+    let mut other = shop.clone();
+    other.metadata.name = Some("other".into());
+    let (client, _) = mocked_client(healthy_api(&shop));
+    let mut caches = FakeCaches::unlisted();
+    let ctx = context(client, caches.readers());
+
+    let waiting: Vec<_> = [shop, other]
+        .into_iter()
+        .map(|app| tokio::spawn(reconcile::reconcile(Arc::new(app), ctx.clone())))
+        .collect();
+    // Let both run until they wait for the lists.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "no reconcile may go on before the caches listed"
+    );
+    caches.finish_lists();
+    for reconcile in waiting {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), reconcile)
+            .await
+            .expect("a reconcile waiting for the caches' first lists was never woken")
+            .unwrap();
+        assert_eq!(outcome.unwrap(), Action::requeue(RESYNC));
+    }
+}
+
+/// Caches that never finish listing (a list the API server keeps refusing) fail the reconcile
+/// after a bounded wait, which the error policy logs and retries, instead of holding it silently.
+#[tokio::test(start_paused = true)]
+async fn caches_that_never_list_fail_the_reconcile_after_a_bounded_wait() {
+    let shop = pg_app(json!({}));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let caches = FakeCaches::unlisted();
+    let ctx = context(client, caches.readers());
+
+    let error = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap_err();
+    assert_eq!(error.category(), "caches_not_listed");
+    assert!(error.to_string().contains("RBAC"), "{error}");
+    assert!(calls(&recorded).is_empty(), "nothing is written unlisted");
+}

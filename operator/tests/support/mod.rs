@@ -96,37 +96,51 @@ pub struct FakeCaches {
     pub endpoint_slices: IndexedWriter<EndpointSlice>,
 }
 
-fn ready_writer<K>() -> Writer<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let mut writer = Writer::default();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    writer
-}
-
 impl FakeCaches {
     /// Empty caches that have finished their initial list.
     pub fn listed() -> Self {
+        let mut caches = Self::unlisted();
+        caches.finish_lists();
+        caches
+    }
+
+    /// Empty caches still waiting for their initial list, as at start-up.
+    pub fn unlisted() -> Self {
         Self {
-            deployments: ready_writer(),
-            stateful_sets: ready_writer(),
-            budgets: ready_writer(),
-            claims: ready_writer(),
-            services: ready_writer(),
-            service_accounts: ready_writer(),
-            roles: ready_writer(),
-            role_bindings: ready_writer(),
-            network_policies: ready_writer(),
-            config_maps: ready_writer(),
-            endpoint_slices: {
-                let mut writer = IndexedWriter::default();
-                writer.apply_watcher_event(&watcher::Event::Init);
-                writer.apply_watcher_event(&watcher::Event::InitDone);
-                writer
-            },
+            deployments: Writer::default(),
+            stateful_sets: Writer::default(),
+            budgets: Writer::default(),
+            claims: Writer::default(),
+            services: Writer::default(),
+            service_accounts: Writer::default(),
+            roles: Writer::default(),
+            role_bindings: Writer::default(),
+            network_policies: Writer::default(),
+            config_maps: Writer::default(),
+            endpoint_slices: IndexedWriter::default(),
         }
+    }
+
+    /// Every cache ends its initial list (with nothing in it).
+    pub fn finish_lists(&mut self) {
+        fn finish<K: Resource<DynamicType = ()> + Clone + 'static>(writer: &mut Writer<K>) {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        finish(&mut self.deployments);
+        finish(&mut self.stateful_sets);
+        finish(&mut self.budgets);
+        finish(&mut self.claims);
+        finish(&mut self.services);
+        finish(&mut self.service_accounts);
+        finish(&mut self.roles);
+        finish(&mut self.role_bindings);
+        finish(&mut self.network_policies);
+        finish(&mut self.config_maps);
+        self.endpoint_slices
+            .apply_watcher_event(&watcher::Event::Init);
+        self.endpoint_slices
+            .apply_watcher_event(&watcher::Event::InitDone);
     }
 
     pub fn readers(&self) -> Caches {
