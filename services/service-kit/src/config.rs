@@ -160,6 +160,10 @@ impl ServiceIdentityArgs {
     }
 }
 
+/// The default of `--max-requests-in-flight`: far above what one instance serves at once
+/// (its database pool has a few connections), far below what memory allows.
+pub const MAX_REQUESTS_IN_FLIGHT: u64 = 1024;
+
 /// How long the server waits for a client, and how many it holds (see
 /// [`crate::connections::ConnectionLimits`] for why these defaults).
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -194,6 +198,11 @@ pub struct LimitArgs {
     /// Client connections open at once; more wait to be accepted.
     #[arg(long, env = "MSA_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+
+    /// Requests at work at once, including work whose client hung up (it runs to its end);
+    /// more are answered 503 with `Retry-After` (`/healthz` excepted).
+    #[arg(long, env = "MSA_MAX_REQUESTS_IN_FLIGHT", default_value_t = MAX_REQUESTS_IN_FLIGHT, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_requests_in_flight: u64,
 }
 
 impl Default for LimitArgs {
@@ -207,6 +216,7 @@ impl Default for LimitArgs {
             body_rate_grace_seconds: limits.body_rate_grace.as_secs(),
             idle_timeout_seconds: limits.idle_timeout.as_secs(),
             max_connections: limits.max_connections as u64,
+            max_requests_in_flight: MAX_REQUESTS_IN_FLIGHT,
         }
     }
 }

@@ -128,7 +128,10 @@ pub fn app(api: Router, ops: Ops, args: &ServeArgs) -> anyhow::Result<Router> {
         })
         .layer(axum::middleware::from_fn(context::scope))
         .layer(DefaultBodyLimit::max(args.body_limit_bytes));
-    Ok(shared_layers(router, &ops, args)?.layer(DetachLayer::new(ops.work.clone())))
+    Ok(shared_layers(router, &ops, args)?.layer(DetachLayer::new(
+        ops.work.clone(),
+        usize::try_from(args.limits.max_requests_in_flight).unwrap_or(usize::MAX),
+    )))
 }
 
 /// `/healthz`, `/readyz`, `/info` and `/metrics`.

@@ -188,6 +188,76 @@ async fn a_drain_waits_for_work_whose_client_hung_up() {
     );
 }
 
+/// Work outlives its connection, so a client that sends and hangs up in a loop could pile it
+/// up without bound: past `--max-requests-in-flight` (2 here) a request gets 503 at once and
+/// starts nothing, while `/healthz` still answers; once the work ends, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_up_work_is_capped_and_liveness_still_answers() {
+    let (release, (reports_tx, mut reports)) =
+        (Arc::new(Semaphore::new(0)), mpsc::unbounded_channel());
+    let ops = Ops::new("kit", "test", "kit-0".into(), None);
+    let args = ServeArgs {
+        limits: LimitArgs {
+            max_requests_in_flight: 2,
+            ..LimitArgs::default()
+        },
+        ..serve_args()
+    };
+    let (base, _server) = spawn_with(
+        api(release.clone(), reports_tx),
+        ops.clone(),
+        &args,
+        std::future::pending(),
+    )
+    .await;
+
+    start_work_and_hang_up(&base, "hung-up-a", &mut reports).await;
+    start_work_and_hang_up(&base, "hung-up-b", &mut reports).await;
+    assert_eq!(ops.work.running(), 2);
+    let client = loopback_client();
+    let refused = client
+        .get(format!("{base}/work"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("answered at once");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem = expect_problem(refused, 503).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/overloaded"),
+        "{problem}"
+    );
+    let alive = client
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("liveness answers at the cap");
+    assert_eq!(alive.status(), 200);
+    assert!(
+        reports.try_recv().is_err(),
+        "the refused request started nothing"
+    );
+
+    release.add_permits(3);
+    for _ in 0..2 {
+        assert!(matches!(next(&mut reports).await, Report::Finished(_)));
+    }
+    tokio::time::timeout(Duration::from_secs(10), ops.work.finished())
+        .await
+        .expect("the hung-up work ends once released");
+    let served = client
+        .get(format!("{base}/work"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("served again below the cap");
+    assert_eq!(served.status(), 200);
+}
+
 #[tokio::test]
 async fn a_panicking_handler_is_still_a_500_problem() {
     let (reports_tx, _reports) = mpsc::unbounded_channel();

@@ -11,6 +11,13 @@
 //! the request id, the correlation context of [`crate::context::scope`], metrics, the
 //! panic-to-500 layer) run within it. [`Work`] counts the tasks still running, so a drain can
 //! wait for work whose client is gone.
+//!
+//! Work outlives its connection, so the connection limit no longer bounds it: a client that
+//! sends and hangs up in a loop would leave task after task running. [`DetachLayer`] therefore
+//! caps the work running at once; past the cap a request is answered 503 at once (with
+//! `Retry-After`) and starts nothing. `/healthz` is never refused: a busy process is alive, and
+//! a liveness probe refused under load would have it restarted, cutting short the very work the
+//! cap protects.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -56,6 +64,16 @@ impl Work {
         self.running.fetch_add(1, Ordering::AcqRel);
         Running(self.clone())
     }
+
+    /// Counts one more request's work, unless `limit` are running already.
+    fn try_start(self: &Arc<Self>, limit: usize) -> Option<Running> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < limit).then(|| running + 1)
+            })
+            .ok()
+            .map(|_| Running(self.clone()))
+    }
 }
 
 /// One request's work, counted until dropped.
@@ -73,11 +91,13 @@ impl Drop for Running {
 #[derive(Clone, Debug)]
 pub struct DetachLayer {
     work: Arc<Work>,
+    limit: usize,
 }
 
 impl DetachLayer {
-    pub fn new(work: Arc<Work>) -> Self {
-        DetachLayer { work }
+    /// At most `limit` requests' work running at once (see the module).
+    pub fn new(work: Arc<Work>, limit: usize) -> Self {
+        DetachLayer { work, limit }
     }
 }
 
@@ -88,6 +108,7 @@ impl<S> tower::Layer<S> for DetachLayer {
         Detach {
             inner,
             work: self.work.clone(),
+            limit: self.limit,
         }
     }
 }
@@ -96,7 +117,11 @@ impl<S> tower::Layer<S> for DetachLayer {
 pub struct Detach<S> {
     inner: S,
     work: Arc<Work>,
+    limit: usize,
 }
+
+/// The one route the cap never refuses (see the module).
+const LIVENESS: &str = "/healthz";
 
 impl<S> tower::Service<Request> for Detach<S>
 where
@@ -112,9 +137,24 @@ where
     }
 
     fn call(&mut self, request: Request) -> Detached {
-        let running = self.work.start();
+        let running = if request.uri().path() == LIVENESS {
+            Some(self.work.start())
+        } else {
+            self.work.try_start(self.limit)
+        };
+        let Some(running) = running else {
+            return Detached::Refused(Some(
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "this instance is at its limit of requests at work; retry shortly",
+                )
+                .retry_after(Some(1))
+                .into_response(),
+            ));
+        };
         let answer = self.inner.call(request);
-        Detached(tokio::spawn(async move {
+        Detached::Running(tokio::spawn(async move {
             let answer = answer.await;
             drop(running);
             answer
@@ -123,18 +163,96 @@ where
 }
 
 /// The wait for a detached request's answer; dropping it leaves the work running.
-pub struct Detached(JoinHandle<Result<Response, Infallible>>);
+pub enum Detached {
+    Running(JoinHandle<Result<Response, Infallible>>),
+    /// Refused at the cap: answered at once, nothing started.
+    Refused(Option<Response>),
+}
 
 impl Future for Detached {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|joined| {
+        let task = match &mut *self {
+            Detached::Running(task) => task,
+            Detached::Refused(answer) => {
+                return Poll::Ready(Ok(answer.take().unwrap_or_else(|| {
+                    Problem::internal(&"a refused request was polled after its answer")
+                        .into_response()
+                })));
+            }
+        };
+        Pin::new(task).poll(cx).map(|joined| {
             joined.unwrap_or_else(|error| {
                 // A panic inside the handlers is already a 500 (the panic layer runs in the
                 // task); this is one in the layers around it, or a runtime shutting down.
                 Ok(Problem::internal(&format!("a request's task failed: {error}")).into_response())
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    fn request(path: &str) -> Request {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    /// A service whose every answer waits until `release` has permits.
+    fn held(
+        release: Arc<tokio::sync::Semaphore>,
+    ) -> Detach<
+        impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone,
+    > {
+        DetachLayer::new(Arc::default(), 2).layer(tower::service_fn(move |_: Request| {
+            let release = release.clone();
+            async move {
+                let _ = release.acquire().await;
+                Ok::<_, Infallible>(StatusCode::OK.into_response())
+            }
+        }))
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_request_is_refused_at_once_and_liveness_still_answers() {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut service = held(release.clone());
+        let work = service.work.clone();
+        let first = service.ready().await.unwrap().call(request("/orders"));
+        let second = service.ready().await.unwrap().call(request("/orders"));
+        assert_eq!(work.running(), 2);
+
+        let refused = service.ready().await.unwrap().call(request("/orders"));
+        let refused = tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .expect("past the cap a request is answered at once, not held")
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(work.running(), 2, "a refused request starts nothing");
+
+        // Liveness is counted but never refused.
+        let alive = service.ready().await.unwrap().call(request(LIVENESS));
+        assert_eq!(work.running(), 3);
+
+        // Hung up: the waits are dropped, the work goes on and still counts.
+        drop(first);
+        drop(second);
+        assert_eq!(work.running(), 3);
+        release.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        assert_eq!(alive.await.unwrap().status(), StatusCode::OK);
+        tokio::time::timeout(Duration::from_secs(10), work.finished())
+            .await
+            .expect("the hung-up work ends once released");
+
+        let after = service.ready().await.unwrap().call(request("/orders"));
+        assert_eq!(after.await.unwrap().status(), StatusCode::OK);
     }
 }
