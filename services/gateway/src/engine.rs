@@ -355,6 +355,9 @@ async fn connection<S>(
     let mut out = Vec::with_capacity(msa_upstream::h1::READ_SIZE);
     let mut timer = Deadline::new(&limits);
     let client = crate::forwarding::ClientAddr::new(peer.ip());
+    // Until its first byte a connection gets the header timeout, not the idle one (see
+    // `ConnectionLimits::silent_timeout`).
+    let mut idle_limit = limits.silent_timeout();
     loop {
         // A head: the idle clock runs until its first byte, the head's own clock from then.
         let mut idle_since = None;
@@ -378,7 +381,7 @@ async fn connection<S>(
             }
             let now = Instant::now();
             let (deadline, idle) = if buf.is_empty() {
-                (*idle_since.get_or_insert(now) + limits.idle_timeout, true)
+                (*idle_since.get_or_insert(now) + idle_limit, true)
             } else {
                 (
                     *head_since.get_or_insert(now) + limits.header_timeout,
@@ -394,6 +397,7 @@ async fn connection<S>(
                 Waited::TimedOut | Waited::Gone | Waited::Stopping => return,
             }
         };
+        idle_limit = limits.idle_timeout;
         // The rest of its body, within the body limits.
         let mut body_started = None;
         let mut last_read = None;

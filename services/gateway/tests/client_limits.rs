@@ -234,11 +234,54 @@ async fn a_body_that_never_ends_gets_408_at_its_deadline() {
 /// 5th to 7th connections from 127.0.0.1 are refused with 503 and closed while the first 4 are
 /// served; 127.0.0.2 is still served; a slot given back can be taken again; the refusals are
 /// counted.
+/// Issue 27 review: a connection that never sends a byte held its slot for the idle keep-alive
+/// time (60 s). It now gets the header timeout (1 s here) and is closed without an answer; a
+/// connection that made a request keeps the idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_says_nothing_is_closed_at_the_header_timeout() {
+    let (backend, _) = backend().await;
+    let setup = Setup {
+        limits: LimitArgs {
+            header_timeout_seconds: 1,
+            idle_timeout_seconds: 60,
+            ..LimitArgs::default()
+        },
+        ..Setup::default()
+    };
+    let (gateway, _stop) = gateway(backend, setup).await;
+    let mut silent = TcpStream::connect(gateway).await.unwrap();
+    let started = Instant::now();
+    let (answer, closed) = read_until_closed(&mut silent, PATIENCE).await;
+    assert!(closed && answer.is_empty(), "{}", text(&answer));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed early"
+    );
+
+    let mut spoke = TcpStream::connect(gateway).await.unwrap();
+    assert!(
+        get(&mut spoke, "/users/1", "")
+            .await
+            .starts_with("HTTP/1.1 200 ")
+    );
+    let (more, closed) = read_until_closed(&mut spoke, Duration::from_secs(3)).await;
+    assert!(
+        !closed && more.is_empty(),
+        "a connection that made a request is kept for the idle time"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_gets_its_share_of_connections_and_others_are_still_served() {
     let (backend, _) = backend().await;
     let setup = Setup {
         per_client: 4,
+        // The held connections say nothing until the end: a slow machine must not see them
+        // closed as silent (after the header timeout) before then.
+        limits: LimitArgs {
+            header_timeout_seconds: 60,
+            ..LimitArgs::default()
+        },
         ..Setup::default()
     };
     let (gateway, _stop) = gateway(backend, setup).await;

@@ -58,6 +58,16 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+impl ConnectionLimits {
+    /// How long a connection that has sent nothing yet is kept: the header timeout (at most
+    /// the idle one). The idle keep-alive time is for clients that have made a request; a
+    /// client that connects and says nothing would otherwise hold a slot six times as long,
+    /// and a few thousand such clients every slot. Closed without an answer: no request began.
+    pub fn silent_timeout(&self) -> Duration {
+        self.header_timeout.min(self.idle_timeout)
+    }
+}
+
 impl Default for ConnectionLimits {
     /// HAProxy's advice for `timeout http-request` (10 s) for heads and body pauses; a whole
     /// body within 30 s, averaging at least 500 bytes a second after its first 10 s (Apache's
@@ -199,6 +209,9 @@ pub struct Activity {
     idle_since: Instant,
     /// When the connection's task will next look at this (see [`Activity::read`]).
     next_look: Option<Instant>,
+    /// Nothing has arrived since the connection opened (see
+    /// [`ConnectionLimits::silent_timeout`]).
+    silent: bool,
 }
 
 impl Activity {
@@ -208,6 +221,7 @@ impl Activity {
             head_started: None,
             idle_since: now,
             next_look: None,
+            silent: true,
         }
     }
 
@@ -216,6 +230,7 @@ impl Activity {
     /// keep-alive connection that is about once per `header_timeout`, not once per request: the
     /// look planned for the previous head comes first.
     pub fn read(&mut self, now: Instant, header_timeout: Duration) -> bool {
+        self.silent = false;
         if self.in_flight > 0 || self.head_started.is_some() {
             return false;
         }
@@ -261,7 +276,12 @@ impl Activity {
                 Verdict::WaitUntil(deadline)
             };
         }
-        let deadline = self.idle_since + limits.idle_timeout;
+        let idle_limit = if self.silent {
+            limits.silent_timeout()
+        } else {
+            limits.idle_timeout
+        };
+        let deadline = self.idle_since + idle_limit;
         if now >= deadline {
             Verdict::CloseIdle
         } else {
@@ -613,10 +633,30 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_never_sends_a_byte_gets_the_header_timeout_not_the_idle_one() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let activity = Activity::new(t0);
+        assert_eq!(
+            activity.verdict(t0, &limits()),
+            Verdict::WaitUntil(t0 + s(10))
+        );
+        assert_eq!(
+            activity.verdict(t0 + s(10), &limits()),
+            Verdict::CloseIdle,
+            "closed without an answer: no request began"
+        );
+    }
+
+    #[test]
     fn a_head_is_timed_from_its_first_byte_and_idle_time_separately() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut activity = Activity::new(t0);
+        // One request served: from now on the connection is an idle keep-alive one.
+        activity.read(t0, s(10));
+        activity.request_started();
+        activity.request_answered(t0);
         assert_eq!(
             activity.verdict(t0, &limits()),
             Verdict::WaitUntil(t0 + s(60))
