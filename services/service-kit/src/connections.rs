@@ -308,6 +308,12 @@ fn with<T>(shared: &Shared, f: impl FnOnce(&mut Activity) -> T) -> T {
         .unwrap_or_else(PoisonError::into_inner))
 }
 
+/// The longest request head, and the most a connection buffers while one arrives; a longer
+/// head gets 431 (or 414 for its URI), also when it arrives all at once. hyper's default (~400 KiB) times the connection limit (10 000) would let
+/// slow clients pin about 4 GB; at 64 KiB (nginx allows 4 × 8 KiB of header lines by default)
+/// it is about 640 MB at worst, and no real request comes close.
+pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
 /// The answer to a request head that did not arrive in time (nothing else was written).
 pub const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
 content-type: application/problem+json\r\nconnection: close\r\ncontent-length: 186\r\n\r\n\
@@ -528,6 +534,8 @@ pub async fn connection<S>(
         .timer(TokioTimer::new())
         // Ours (above) measures from the first byte, so idle keep-alive has a limit of its own.
         .header_read_timeout(None)
+        .max_header_size(MAX_HEAD_BUFFER)
+        .max_buf_size(MAX_HEAD_BUFFER)
         .serve_connection(TokioIo::new(io), handler);
     let mut http = std::pin::pin!(http);
     let mut stopping = false;

@@ -270,3 +270,26 @@ async fn a_body_that_never_ends_gets_408_at_its_deadline() {
         "408 after {waited:?}, before the deadline"
     );
 }
+
+/// A request head is buffered up to 64 KiB (hyper's default, ~400 KiB, times the connection
+/// limit would let slow clients pin gigabytes): a 32 KiB header is served, a 100 KiB one gets
+/// 431.
+#[tokio::test]
+async fn a_head_past_the_buffer_limit_gets_431_and_a_large_one_within_it_is_served() {
+    let address = server(60).await;
+    for (size, status) in [(32 * 1024, "200"), (100 * 1024, "431")] {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nhost: t\r\nx-filler: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        // The server may answer and close before reading all of it.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let (answer, _) = read_until_closed(&mut stream, PATIENCE).await;
+        let answer = text(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "a {size}-byte header: {answer}"
+        );
+    }
+}
