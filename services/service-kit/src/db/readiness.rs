@@ -35,6 +35,12 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 pub const ACQUIRE_WITHIN: Duration = Duration::from_millis(500);
 /// SQLite's busy timeout during a probe: the longest it waits for the write lock.
 pub const SQLITE_PROBE_BUSY_MS: u32 = 500;
+/// The longest one probe may take in all. Each step has its own bound on SQLite, but a
+/// PostgreSQL server that stops answering mid-probe would otherwise hold the probe for ever:
+/// no later check could start another, and the service would stay unready after the server
+/// came back. Ended early, the probe's connection may be left inside its transaction; the
+/// pool's hygiene discards such a connection rather than lend it out (see `super::hygiene`).
+pub const PROBE_WITHIN: Duration = Duration::from_secs(5);
 
 /// A probe's result: `Err` says why no write can begin (for the log; clients get less).
 pub type Outcome = Result<(), String>;
@@ -125,9 +131,17 @@ impl WriteProbe {
                 let (this, pool) = (self.clone(), pool.clone());
                 tokio::spawn(async move {
                     // In a task of its own, so that even a panic ends the probe.
-                    let outcome = tokio::spawn(async move { probe_once(&pool, backend).await })
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")));
+                    let outcome = tokio::spawn(async move {
+                        tokio::time::timeout(PROBE_WITHIN, probe_once(&pool, backend))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!(
+                                    "the write probe did not end within {PROBE_WITHIN:?}"
+                                ))
+                            })
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")));
                     this.finished(probe, outcome);
                 });
                 probe
