@@ -102,7 +102,7 @@ impl Database {
 
     /// Whether a write can begin now (for `/readyz`): `Err` says why not. Bounded by
     /// [`readiness::WAIT`], and cheap to ask often; see [`readiness`].
-    pub async fn writable(&self) -> readiness::Outcome {
+    pub async fn writable(&self) -> Result<(), String> {
         self.probe.writable(&self.pool, self.backend).await
     }
 

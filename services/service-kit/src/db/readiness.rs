@@ -18,6 +18,13 @@
 //! at most [`WAIT`] and then answers "not ready" (a write could not begin in that time); and a
 //! result is reused for [`FRESH_FOR`], so a storm of probes costs at most one transaction per
 //! second.
+//!
+//! Busy is not broken. A probe that only found the pool or SQLite's write lock taken (by work
+//! queued ahead of it) says the service is slow, not that it cannot write; failing readiness at
+//! once would take every replica of a busy service out of its Service — with SQLite, its only
+//! one — and turn slowness into an outage. Busy counts against readiness only once it has
+//! lasted [`BUSY_GRACE`], as long as a real write waits for the lock before it fails; anything
+//! else (read-only, refused, closed) fails readiness at once ([`Schedule::judge`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -42,8 +49,31 @@ pub const SQLITE_PROBE_BUSY_MS: u32 = 500;
 /// pool's hygiene discards such a connection rather than lend it out (see `super::hygiene`).
 pub const PROBE_WITHIN: Duration = Duration::from_secs(5);
 
-/// A probe's result: `Err` says why no write can begin (for the log; clients get less).
-pub type Outcome = Result<(), String>;
+/// How long the database may stay busy (no pooled connection, or SQLite's write lock taken)
+/// before `/readyz` fails: a write waits this long for the lock before it gives up, so past it
+/// writes fail too.
+pub const BUSY_GRACE: Duration = Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS as u64);
+
+/// Why no write could begin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unwritable {
+    /// Only waiting: the pool had no free connection, the write lock was taken, or the probe
+    /// had not ended in time. For a while this is load, not failure.
+    Busy(String),
+    /// The database refused or failed (read-only, an error, the pool closed).
+    Broken(String),
+}
+
+impl Unwritable {
+    pub fn why(&self) -> &str {
+        match self {
+            Unwritable::Busy(why) | Unwritable::Broken(why) => why,
+        }
+    }
+}
+
+/// A probe's result.
+pub type Outcome = Result<(), Unwritable>;
 
 /// What a readiness check does, decided from the last result and the clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +92,8 @@ pub struct Schedule {
     last: Option<(Instant, Outcome)>,
     running: Option<u64>,
     started: u64,
+    /// Since when every answer has been `Busy`.
+    busy_since: Option<Instant>,
 }
 
 impl Schedule {
@@ -79,6 +111,29 @@ impl Schedule {
         self.started += 1;
         self.running = Some(self.started);
         Step::Start(self.started)
+    }
+
+    /// What `/readyz` answers at `now` for a probe's `outcome`: busy counts only once it has
+    /// lasted [`BUSY_GRACE`] (see the module).
+    pub fn judge(&mut self, now: Instant, outcome: &Outcome) -> Result<(), String> {
+        match outcome {
+            Ok(()) => {
+                self.busy_since = None;
+                Ok(())
+            }
+            Err(Unwritable::Broken(why)) => {
+                self.busy_since = None;
+                Err(why.clone())
+            }
+            Err(Unwritable::Busy(why)) => {
+                let since = *self.busy_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < BUSY_GRACE {
+                    Ok(())
+                } else {
+                    Err(format!("busy for {BUSY_GRACE:?} and more: {why}"))
+                }
+            }
+        }
     }
 
     /// Probe `probe` ended at `now` with `outcome`; returns the previous result (to log a change).
@@ -103,20 +158,30 @@ impl Default for WriteProbe {
     fn default() -> Self {
         WriteProbe {
             schedule: Mutex::default(),
-            results: watch::Sender::new((0, Err("not probed yet".into()))),
+            results: watch::Sender::new((0, Err(Unwritable::Broken("not probed yet".into())))),
         }
     }
 }
 
 impl WriteProbe {
-    /// Whether a write can begin on `pool` now; see the module's documentation.
+    /// Whether the service should count as ready to write now: `Err` says why not; see the
+    /// module's documentation.
     pub async fn writable(
         self: &std::sync::Arc<Self>,
         pool: &AnyPool,
         backend: Backend,
-    ) -> Outcome {
+    ) -> Result<(), String> {
+        let outcome = self.probe(pool, backend).await;
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .judge(Instant::now(), &outcome)
+    }
+
+    /// One probe's outcome: a fresh result, or the result of a probe run or joined now.
+    async fn probe(self: &std::sync::Arc<Self>, pool: &AnyPool, backend: Backend) -> Outcome {
         if pool.is_closed() {
-            return Err("the database pool is closed".into());
+            return Err(Unwritable::Broken("the database pool is closed".into()));
         }
         let mut results = self.results.subscribe();
         let step = self
@@ -135,13 +200,17 @@ impl WriteProbe {
                         tokio::time::timeout(PROBE_WITHIN, probe_once(&pool, backend))
                             .await
                             .unwrap_or_else(|_| {
-                                Err(format!(
+                                Err(Unwritable::Busy(format!(
                                     "the write probe did not end within {PROBE_WITHIN:?}"
-                                ))
+                                )))
                             })
                     })
                     .await
-                    .unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")));
+                    .unwrap_or_else(|e| {
+                        Err(Unwritable::Broken(format!(
+                            "the readiness probe failed: {e}"
+                        )))
+                    });
                     this.finished(probe, outcome);
                 });
                 probe
@@ -149,13 +218,15 @@ impl WriteProbe {
         };
         match tokio::time::timeout(WAIT, results.wait_for(|(done, _)| *done >= probe)).await {
             Ok(Ok(result)) => result.1.clone(),
-            Ok(Err(_)) => Err("the readiness probe stopped".into()),
+            Ok(Err(_)) => Err(Unwritable::Broken("the readiness probe stopped".into())),
             Err(_) => {
                 tracing::warn!(
                     probe,
                     "readiness: no write could begin within {WAIT:?}; the probe is still waiting"
                 );
-                Err(format!("no write could begin within {WAIT:?}"))
+                Err(Unwritable::Busy(format!(
+                    "no write could begin within {WAIT:?}"
+                )))
             }
         }
     }
@@ -168,6 +239,7 @@ impl WriteProbe {
             .finished(probe, Instant::now(), outcome.clone());
         match (&previous, &outcome) {
             (None | Some(Ok(())), Err(why)) => {
+                let why = why.why();
                 tracing::warn!(%why, "readiness: the database cannot begin a write");
             }
             (Some(Err(_)), Ok(())) => tracing::info!("readiness: the database takes writes again"),
@@ -181,14 +253,23 @@ impl WriteProbe {
 async fn probe_once(pool: &AnyPool, backend: Backend) -> Outcome {
     let mut conn = tokio::time::timeout(ACQUIRE_WITHIN, pool.acquire())
         .await
-        .map_err(|_| format!("no database connection was free within {ACQUIRE_WITHIN:?}"))?
-        .map_err(|e| format!("no database connection: {e}"))?;
+        .map_err(|_| {
+            Unwritable::Busy(format!(
+                "no database connection was free within {ACQUIRE_WITHIN:?}"
+            ))
+        })?
+        .map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => {
+                Unwritable::Busy(format!("no database connection was free: {e}"))
+            }
+            e => Unwritable::Broken(format!("no database connection: {e}")),
+        })?;
     match backend {
         Backend::Sqlite => {
             let busy = |ms: u32| format!("PRAGMA busy_timeout = {ms}");
             conn.execute(busy(SQLITE_PROBE_BUSY_MS).as_str())
                 .await
-                .map_err(|e| format!("cannot set the probe's busy timeout: {e}"))?;
+                .map_err(|e| broken_or_busy("cannot set the probe's busy timeout", &e))?;
             let began = begin_and_roll_back(&mut conn, "BEGIN IMMEDIATE").await;
             let restore = busy(SQLITE_BUSY_TIMEOUT_MS);
             if let Err(error) = conn.execute(restore.as_str()).await {
@@ -201,21 +282,21 @@ async fn probe_once(pool: &AnyPool, backend: Backend) -> Outcome {
             let mut tx = conn
                 .begin()
                 .await
-                .map_err(|e| format!("cannot begin a transaction: {e}"))?;
+                .map_err(|e| broken_or_busy("cannot begin a transaction", &e))?;
             let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(|e| format!("cannot read transaction_read_only: {e}"))?;
+                .map_err(|e| broken_or_busy("cannot read transaction_read_only", &e))?;
             tx.rollback()
                 .await
-                .map_err(|e| format!("cannot roll back the probe: {e}"))?;
+                .map_err(|e| broken_or_busy("cannot roll back the probe", &e))?;
             if read_only == "off" {
                 Ok(())
             } else {
-                Err(
+                Err(Unwritable::Broken(
                     "the database is read-only (a standby, or default_transaction_read_only)"
                         .into(),
-                )
+                ))
             }
         }
     }
@@ -225,10 +306,25 @@ async fn begin_and_roll_back(conn: &mut sqlx::AnyConnection, begin: &'static str
     let tx = conn
         .begin_with(begin)
         .await
-        .map_err(|e| format!("cannot begin a write: {e}"))?;
+        .map_err(|e| broken_or_busy("cannot begin a write", &e))?;
     tx.rollback()
         .await
-        .map_err(|e| format!("cannot roll back the probe: {e}"))
+        .map_err(|e| broken_or_busy("cannot roll back the probe", &e))
+}
+
+/// SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6) mean the lock is taken: busy. Anything
+/// else is the database refusing or failing.
+fn broken_or_busy(doing: &str, error: &sqlx::Error) -> Unwritable {
+    let busy = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| matches!(code.as_ref(), "5" | "6"));
+    let why = format!("{doing}: {error}");
+    if busy {
+        Unwritable::Busy(why)
+    } else {
+        Unwritable::Broken(why)
+    }
 }
 
 #[cfg(test)]
@@ -250,16 +346,46 @@ mod tests {
             "however long it runs"
         );
         let done = t0 + Duration::from_secs(5);
-        assert_eq!(schedule.finished(1, done, Err("locked".into())), None);
+        let locked = || Err(Unwritable::Busy("locked".into()));
+        assert_eq!(schedule.finished(1, done, locked()), None);
         assert_eq!(
             schedule.step(done + Duration::from_millis(999)),
-            Step::Cached(Err("locked".into()))
+            Step::Cached(locked())
         );
         assert_eq!(schedule.step(done + FRESH_FOR), Step::Start(2));
         assert_eq!(
             schedule.finished(2, done + FRESH_FOR, Ok(())),
-            Some(Err("locked".into()))
+            Some(locked())
         );
         assert_eq!(schedule.step(done + FRESH_FOR), Step::Cached(Ok(())));
+    }
+
+    #[test]
+    fn busy_fails_readiness_only_once_it_lasted_the_grace_and_broken_at_once() {
+        let mut schedule = Schedule::default();
+        let t0 = Instant::now();
+        let busy = Err(Unwritable::Busy("the write lock is taken".into()));
+        assert_eq!(
+            schedule.judge(t0, &busy),
+            Ok(()),
+            "busy for a moment is load"
+        );
+        assert_eq!(schedule.judge(t0 + BUSY_GRACE / 2, &busy), Ok(()));
+        let failed = schedule.judge(t0 + BUSY_GRACE, &busy).unwrap_err();
+        assert!(failed.contains("the write lock is taken"), "{failed}");
+
+        // One answer that is not busy ends the busy spell: its grace starts again.
+        assert_eq!(schedule.judge(t0 + BUSY_GRACE, &Ok(())), Ok(()));
+        let later = t0 + BUSY_GRACE * 3;
+        assert_eq!(schedule.judge(later, &busy), Ok(()));
+        assert!(schedule.judge(later + BUSY_GRACE, &busy).is_err());
+
+        let read_only = Err(Unwritable::Broken("the database is read-only".into()));
+        let mut fresh = Schedule::default();
+        assert_eq!(
+            fresh.judge(t0, &read_only),
+            Err("the database is read-only".into()),
+            "broken fails at once"
+        );
     }
 }
