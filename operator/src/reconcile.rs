@@ -295,10 +295,8 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
 
     let problems = validate::problems(app);
     if !problems.is_empty() {
-        let observed = Observed {
-            blocker: Some(Blocker::InvalidSpec(problems)),
-            ..Observed::default()
-        };
+        let (mut observed, _) = observe(ctx, app).await;
+        observed.blocker = Some(Blocker::InvalidSpec(problems));
         write_status(app, ctx, &observed).await?;
         // Nothing to retry until the user edits the spec, which triggers a reconcile.
         return Ok(Action::await_change());
@@ -327,10 +325,8 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         // Missing permissions stop the reconcile where they struck (children are applied in
         // order), but a person reading the app's status must see why, not only the logs.
         Err(Error::Kube(kube::Error::Api(refused))) if refused.code == 403 => {
-            let observed = Observed {
-                blocker: Some(Blocker::Forbidden(refused.message.clone())),
-                ..Observed::default()
-            };
+            let (mut observed, _) = observe(ctx, app).await;
+            observed.blocker = Some(Blocker::Forbidden(refused.message.clone()));
             if let Err(error) = write_status(app, ctx, &observed).await {
                 warn!(app = %app.name_any(), %error, "could not report the refused permission in status");
             }

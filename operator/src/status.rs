@@ -242,7 +242,14 @@ fn conditions(
     storage_problem: Option<&str>,
     blocker: Option<&Blocker>,
 ) -> (Computed, Computed, Computed) {
-    if let Some(blocker) = blocker {
+    let (ready, progressing, degraded) = measured_conditions(rollouts, storage_problem);
+    // A blocker stops the operator, not the app: Ready and the counts still say what runs
+    // (the previous pods keep serving), while Progressing and Degraded say why nothing moves
+    // (issue 28 M6; zeroed counts and Ready=False fired the not-ready alert for a serving app).
+    let Some(blocker) = blocker else {
+        return (ready, progressing, degraded);
+    };
+    {
         let (reason, message) = match blocker {
             Blocker::InvalidSpec(problems) => (
                 reason::INVALID_SPEC,
@@ -266,13 +273,19 @@ fn conditions(
                 ),
             ),
         };
-        return (
-            Computed::new(READY, false, reason, message.clone()),
+        (
+            ready,
             Computed::new(PROGRESSING, false, reason, message.clone()),
             Computed::new(DEGRADED, true, reason, message),
-        );
+        )
     }
+}
 
+/// The conditions as the workloads, their rollouts and the claims say.
+fn measured_conditions(
+    rollouts: &[Rollout<'_>],
+    storage_problem: Option<&str>,
+) -> (Computed, Computed, Computed) {
     let stuck: Vec<String> = rollouts
         .iter()
         .filter_map(|r| {

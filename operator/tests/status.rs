@@ -199,6 +199,39 @@ fn a_stale_deployment_status_is_not_trusted() {
     assert_eq!(condition(&status.conditions, "Progressing").status, "True");
 }
 
+/// Issue 28 M6: a blocker stops the operator, not the app. With every component running and
+/// ready, an invalid spec leaves Ready True and the measured counts, and says why nothing moves
+/// in Degraded and Progressing (before, the counts were zeroed and Ready turned False, firing the
+/// not-ready alert for a serving app).
+#[test]
+fn a_blocked_app_that_still_serves_stays_ready_with_its_counts() {
+    let problem = SpecProblem {
+        field: "spec.components.user.env[1].name".into(),
+        message: "A is listed twice; keep one entry".into(),
+    };
+    let mut observed = observe(&all(2, 2));
+    observed.endpoints.insert(Component::Gateway, 2);
+    observed.blocker = Some(Blocker::InvalidSpec(vec![problem]));
+    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllComponentsReady")
+    );
+    let gateway = &status.components["gateway"];
+    assert_eq!((gateway.ready_replicas, gateway.endpoints), (2, 2));
+    let progressing = condition(&status.conditions, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    let degraded = condition(&status.conditions, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+}
+
 #[test]
 fn blockers_are_reported_as_degraded_with_the_reason() {
     let problem = SpecProblem {
@@ -219,7 +252,10 @@ fn blockers_are_reported_as_degraded_with_the_reason() {
         degraded.message,
         "the spec cannot be applied: spec.components.user.env[1].name: A is listed twice; keep one entry"
     );
-    assert_eq!(condition(&status.conditions, "Ready").reason, "InvalidSpec");
+    assert_eq!(
+        condition(&status.conditions, "Progressing").reason,
+        "InvalidSpec"
+    );
 
     let observed = Observed {
         blocker: Some(Blocker::ApplyFailed(vec![(
