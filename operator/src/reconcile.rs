@@ -291,6 +291,11 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error> {
+    // Being deleted: the garbage collector removes the children (under foreground deletion,
+    // Argo CD's default, while the app still exists); applying them again would fight it.
+    if app.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     ctx.caches_listed().await?;
 
     let problems = validate::problems(app);

@@ -807,3 +807,23 @@ async fn caches_that_never_list_fail_the_reconcile_after_a_bounded_wait() {
     assert!(error.to_string().contains("RBAC"), "{error}");
     assert!(calls(&recorded).is_empty(), "nothing is written unlisted");
 }
+
+/// Issue 28 L5: an app being deleted (under foreground deletion it still exists while the
+/// garbage collector removes its children) is left alone: no child applied again, no status.
+#[tokio::test]
+async fn an_app_being_deleted_is_left_to_the_garbage_collector() {
+    let mut shop = pg_app(json!({}));
+    shop.metadata.deletion_timestamp = Some(support::fixed_time(0));
+    shop.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let caches = FakeCaches::listed();
+    let ctx = context(client, caches.readers());
+
+    let action = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(
+        calls(&recorded).is_empty(),
+        "{:?}",
+        lines(&calls(&recorded))
+    );
+}
