@@ -210,7 +210,7 @@ pub async fn run(
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(app_changes, apps);
-    let counter = tokio::spawn(count_apps(controller.store(), context.metrics.clone()));
+    let counter = tokio::spawn(count_apps(controller.store(), context.clone()));
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .owns_stream(deployment_events)
@@ -241,16 +241,27 @@ pub async fn run(
 }
 
 /// Keeps `msa_operator_apps{ready}` and `msa_operator_unreadable_apps` current from the
-/// controller's cache of apps.
-async fn count_apps(apps: Store<WatchedApp>, metrics: Arc<Metrics>) {
+/// controller's cache of apps, and forgets the failure counts of apps that are gone.
+async fn count_apps(apps: Store<WatchedApp>, context: Arc<crate::reconcile::Context>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tick.tick().await;
-        metrics.count_app_health(
-            apps.state()
-                .iter()
-                .map(|app| crate::unreadable::health(app)),
-        );
+        let state = apps.state();
+        context
+            .metrics
+            .count_app_health(state.iter().map(|app| crate::unreadable::health(app)));
+        let existing = state
+            .iter()
+            .map(|app| {
+                let meta = app.meta();
+                let name = meta.name.as_deref().unwrap_or_default();
+                match meta.namespace.as_deref() {
+                    Some(namespace) => ObjectRef::new(name).within(namespace),
+                    None => ObjectRef::new(name),
+                }
+            })
+            .collect();
+        context.forget_failures_except(&existing);
     }
 }
 

@@ -166,6 +166,18 @@ impl Context {
         }
     }
 
+    /// Forgets the failure counts of apps that no longer exist (issue 28 L1: an app deleted
+    /// while failing kept its entry for the life of the process).
+    pub fn forget_failures_except(
+        &self,
+        existing: &std::collections::HashSet<ObjectRef<MicroserviceApp>>,
+    ) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|key, _| existing.contains(key));
+    }
+
     fn record_outcome(&self, key: &ObjectRef<MicroserviceApp>, failed: bool) {
         let mut failures = self
             .failures
@@ -279,7 +291,7 @@ fn retry_after(meta: &ObjectMeta, error: &Error, ctx: &Context) -> Action {
         .get(&app_key(meta))
         .copied()
         .unwrap_or(1);
-    let delay = backoff(attempts);
+    let delay = spread(backoff(attempts), &app_key(meta), attempts);
     warn!(app = %meta.name.as_deref().unwrap_or_default(), namespace = meta.namespace.as_deref().unwrap_or_default(), category = error.category(), %error, retry_in_secs = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }
@@ -288,6 +300,19 @@ fn retry_after(meta: &ObjectMeta, error: &Error, ctx: &Context) -> Action {
 pub fn backoff(attempts: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
     BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_CAP)
+}
+
+/// Shortens `delay` by up to a fifth, by a hash of the app and the attempt (issue 28 L1): apps
+/// that failed together — an API server outage fails every one of them — then retry spread
+/// over the last fifth of their delay instead of in lock-step. Deterministic, so testable; never
+/// longer than `delay`, so the cap holds.
+pub fn spread(delay: Duration, app: &ObjectRef<MicroserviceApp>, attempts: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (app, attempts).hash(&mut hasher);
+    // A fraction in [0, 1/5) of the delay, in thousandths.
+    let cut = hasher.finish() % 200;
+    delay.saturating_sub(delay.saturating_mul(u32::try_from(cut).unwrap_or(0)) / 1000)
 }
 
 async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error> {

@@ -363,15 +363,16 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
             .starts_with("could not apply Deployment/shop-user (Deployment.apps")
     );
 
-    // Backoff doubles per failure of the same app and resets on success.
+    // Backoff doubles per failure of the same app (less its spread) and resets on success.
+    let key = kube::runtime::reflector::ObjectRef::new("shop").within("demo");
     assert_eq!(
         reconcile::error_policy(shop.clone(), &error, ctx.clone()),
-        Action::requeue(reconcile::BACKOFF_FIRST)
+        Action::requeue(reconcile::spread(reconcile::BACKOFF_FIRST, &key, 1))
     );
     let _ = reconcile::reconcile(shop.clone(), ctx.clone()).await;
     assert_eq!(
         reconcile::error_policy(shop.clone(), &error, ctx.clone()),
-        Action::requeue(reconcile::BACKOFF_FIRST * 2)
+        Action::requeue(reconcile::spread(reconcile::BACKOFF_FIRST * 2, &key, 2))
     );
     assert_eq!(reconcile::backoff(30), reconcile::BACKOFF_CAP);
     assert!(
@@ -826,4 +827,38 @@ async fn an_app_being_deleted_is_left_to_the_garbage_collector() {
         "{:?}",
         lines(&calls(&recorded))
     );
+}
+
+/// Issue 28 L1: apps that fail together (an API outage) retry spread over the last fifth of
+/// their delay, not in lock-step; the delay never grows past the cap.
+#[test]
+fn apps_failing_together_retry_spread_out() {
+    let delay = reconcile::backoff(3);
+    let delays: std::collections::BTreeSet<_> = (0..100)
+        .map(|i| {
+            let app = kube::runtime::reflector::ObjectRef::new(&format!("app-{i}")).within("demo");
+            reconcile::spread(delay, &app, 3)
+        })
+        .collect();
+    assert!(delays.len() > 50, "only {} distinct delays", delays.len());
+    assert!(delays.iter().all(|d| *d <= delay && *d >= delay * 4 / 5));
+    let capped = kube::runtime::reflector::ObjectRef::new("app").within("demo");
+    assert!(reconcile::spread(reconcile::backoff(30), &capped, 30) <= reconcile::BACKOFF_CAP);
+}
+
+/// Issue 28 L1: the failure count of an app deleted while it failed is forgotten.
+#[tokio::test]
+async fn failure_counts_of_apps_that_are_gone_are_forgotten() {
+    let (client, _) = mocked_client(healthy_api(&pg_app(json!({}))));
+    let ctx = context(client, FakeCaches::listed().readers());
+    let kept = kube::runtime::reflector::ObjectRef::new("kept").within("demo");
+    let gone = kube::runtime::reflector::ObjectRef::new("gone").within("demo");
+    ctx.failures
+        .lock()
+        .unwrap()
+        .extend([(kept.clone(), 3), (gone.clone(), 5)]);
+    ctx.forget_failures_except(&[kept.clone()].into_iter().collect());
+    let failures = ctx.failures.lock().unwrap();
+    assert_eq!(failures.get(&kept), Some(&3));
+    assert!(!failures.contains_key(&gone));
 }
