@@ -85,6 +85,11 @@ down() {
   if [[ -d "$state/postgres" ]]; then
     MSA_PG_STATE="$state/postgres" MSA_PG_PORT=$pg_port "$root/hack/postgres.sh" down
   fi
+  # The guard route goes last, and only if `up` added it (a route someone else set stays).
+  if [[ -f "$state/blackhole-route-added" ]]; then
+    ip route del blackhole "$guarded" 2>/dev/null || true
+    log "removed the blackhole route for $guarded"
+  fi
   rm -rf "$state"
 }
 
@@ -97,6 +102,8 @@ guard_network() {
         "cluster whose pod addresses could be routed off this machine" >&2
       exit 1
     }
+    # Ours to remove at `down`, once everything that could send to the range has ended.
+    mkdir -p "$state" && touch "$state/blackhole-route-added"
   fi
   local via
   via="$(ip route get 198.18.0.1 2>&1 || true)"
@@ -163,8 +170,10 @@ up() {
     }
     tarballs=("$images"/*.tar)
   fi
-  guard_network
+  # What a previous run left first (its `down` also drops the guard route it added), then the
+  # guard, before anything that could send to the range starts.
   down
+  guard_network
   mkdir -p "$state/pki" "$state/node"
   local pki="$state/pki" api_url="https://$api_ip:$api_port"
   make_pki "$pki" "$api_ip"
