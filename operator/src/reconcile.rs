@@ -157,6 +157,9 @@ impl Context {
     /// on the cell, which wakes all of them. At start-up every app's first reconcile waits here
     /// side by side: without the cell, all but one stalled until the process restarted.
     pub async fn caches_listed(&self) -> Result<(), Error> {
+        if self.listed.initialized() {
+            return Ok(());
+        }
         let listed = self
             .listed
             .get_or_try_init(|| self.caches.wait_until_ready());

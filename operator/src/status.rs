@@ -222,12 +222,22 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let generation = app.metadata.generation;
+    // Under a blocker this generation was not (or not wholly) applied. Ready, which measures
+    // what runs, and `status.observedGeneration` stay at the last generation applied, so
+    // kstatus (Flux, `helm --wait`) does not take a refused generation for done; Progressing
+    // and Degraded speak of the current one.
+    let applied = match observed.blocker {
+        Some(_) => app.status.as_ref().and_then(|s| s.observed_generation),
+        None => generation,
+    };
     MicroserviceAppStatus {
-        observed_generation: generation,
-        conditions: [ready, progressing, degraded]
-            .into_iter()
-            .map(|c| c.settle(previous, generation, now))
-            .collect(),
+        observed_generation: applied,
+        conditions: [
+            ready.settle(previous, applied, now),
+            progressing.settle(previous, generation, now),
+            degraded.settle(previous, generation, now),
+        ]
+        .into(),
         components: rollouts
             .into_iter()
             .map(|r| (r.component.name().to_owned(), r.counts))

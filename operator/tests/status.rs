@@ -212,11 +212,26 @@ fn a_blocked_app_that_still_serves_stays_ready_with_its_counts() {
     let mut observed = observe(&all(2, 2));
     observed.endpoints.insert(Component::Gateway, 2);
     observed.blocker = Some(Blocker::InvalidSpec(vec![problem]));
-    let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
+    // Generation 1 ran; generation 2 is the refused one.
+    let mut blocked = app(json!({}));
+    blocked.metadata.generation = Some(2);
+    blocked.status = Some(msa_operator::crd::MicroserviceAppStatus {
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    let status = status::compute(&blocked, &observed, &fixed_time(0));
     let ready = condition(&status.conditions, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "AllComponentsReady")
+    );
+    // Ready and observedGeneration stay at what was applied, so kstatus does not take the
+    // refused generation for done; Degraded speaks of the current one.
+    assert_eq!(ready.observed_generation, Some(1));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        condition(&status.conditions, "Degraded").observed_generation,
+        Some(2)
     );
     let gateway = &status.components["gateway"];
     assert_eq!((gateway.ready_replicas, gateway.endpoints), (2, 2));
@@ -255,6 +270,12 @@ fn blockers_are_reported_as_degraded_with_the_reason() {
     assert_eq!(
         condition(&status.conditions, "Progressing").reason,
         "InvalidSpec"
+    );
+    let ready = condition(&status.conditions, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ComponentsNotReady"),
+        "nothing runs yet"
     );
 
     let observed = Observed {
