@@ -160,9 +160,11 @@ impl ServiceIdentityArgs {
     }
 }
 
-/// The default of `--max-requests-in-flight`: far above what one instance serves at once
-/// (its database pool has a few connections), far below what memory allows.
-pub const MAX_REQUESTS_IN_FLIGHT: u64 = 1024;
+/// The default of `--max-requests-in-flight`: the connection limit's. Every request still
+/// connected holds a connection, so slow clients meet the connection limit first (a lower cap
+/// would let 1,024 clients trickling bodies refuse everyone, where 10,000 were needed before);
+/// what the cap adds is a bound on work whose client hung up, which no connection holds.
+pub const MAX_REQUESTS_IN_FLIGHT: u64 = 10_000;
 
 /// How long the server waits for a client, and how many it holds (see
 /// [`crate::connections::ConnectionLimits`] for why these defaults).

@@ -121,8 +121,11 @@ impl Schedule {
                 self.busy_since = None;
                 Ok(())
             }
+            // Not a reason to start the busy grace over: a database that alternates between
+            // broken and busy answers (too many connections, then pool timeouts) is unwritable
+            // all along, and is so since the first of them.
             Err(Unwritable::Broken(why)) => {
-                self.busy_since = None;
+                self.busy_since.get_or_insert(now);
                 Err(why.clone())
             }
             Err(Unwritable::Busy(why)) => {
@@ -196,21 +199,13 @@ impl WriteProbe {
                 let (this, pool) = (self.clone(), pool.clone());
                 tokio::spawn(async move {
                     // In a task of its own, so that even a panic ends the probe.
-                    let outcome = tokio::spawn(async move {
-                        tokio::time::timeout(PROBE_WITHIN, probe_once(&pool, backend))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(Unwritable::Busy(format!(
-                                    "the write probe did not end within {PROBE_WITHIN:?}"
-                                )))
-                            })
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Unwritable::Broken(format!(
-                            "the readiness probe failed: {e}"
-                        )))
-                    });
+                    let outcome = tokio::spawn(async move { probe_once(&pool, backend).await })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Unwritable::Broken(format!(
+                                "the readiness probe failed: {e}"
+                            )))
+                        });
                     this.finished(probe, outcome);
                 });
                 probe
@@ -249,7 +244,9 @@ impl WriteProbe {
     }
 }
 
-/// One probe: a pooled connection, a write transaction begun and rolled back.
+/// One probe: a pooled connection, a write transaction begun and rolled back, within
+/// [`PROBE_WITHIN`]. A connection whose probe did not end in time is closed, not returned: it
+/// may be inside the transaction or still have the probe's short busy timeout.
 async fn probe_once(pool: &AnyPool, backend: Backend) -> Outcome {
     let mut conn = tokio::time::timeout(ACQUIRE_WITHIN, pool.acquire())
         .await
@@ -264,13 +261,26 @@ async fn probe_once(pool: &AnyPool, backend: Backend) -> Outcome {
             }
             e => Unwritable::Broken(format!("no database connection: {e}")),
         })?;
+    match tokio::time::timeout(PROBE_WITHIN, probe_on(&mut conn, backend)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            conn.close_on_drop();
+            Err(Unwritable::Busy(format!(
+                "the write probe did not end within {PROBE_WITHIN:?}"
+            )))
+        }
+    }
+}
+
+/// The probe's statements on one pooled connection.
+async fn probe_on(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Backend) -> Outcome {
     match backend {
         Backend::Sqlite => {
             let busy = |ms: u32| format!("PRAGMA busy_timeout = {ms}");
             conn.execute(busy(SQLITE_PROBE_BUSY_MS).as_str())
                 .await
                 .map_err(|e| broken_or_busy("cannot set the probe's busy timeout", &e))?;
-            let began = begin_and_roll_back(&mut conn, "BEGIN IMMEDIATE").await;
+            let began = begin_and_roll_back(conn, "BEGIN IMMEDIATE").await;
             let restore = busy(SQLITE_BUSY_TIMEOUT_MS);
             if let Err(error) = conn.execute(restore.as_str()).await {
                 tracing::warn!(%error, "readiness: cannot restore a connection's busy timeout; closing it");
@@ -312,13 +322,15 @@ async fn begin_and_roll_back(conn: &mut sqlx::AnyConnection, begin: &'static str
         .map_err(|e| broken_or_busy("cannot roll back the probe", &e))
 }
 
-/// SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6) mean the lock is taken: busy. Anything
-/// else is the database refusing or failing.
+/// SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), with their extended codes (the low
+/// byte; `SQLITE_BUSY_RECOVERY` is 261), mean the lock is taken: busy. Anything else is the
+/// database refusing or failing.
 fn broken_or_busy(doing: &str, error: &sqlx::Error) -> Unwritable {
     let busy = error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| matches!(code.as_ref(), "5" | "6"));
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6));
     let why = format!("{doing}: {error}");
     if busy {
         Unwritable::Busy(why)
@@ -386,6 +398,14 @@ mod tests {
             fresh.judge(t0, &read_only),
             Err("the database is read-only".into()),
             "broken fails at once"
+        );
+        // Broken then busy, alternating: unwritable since the first answer, so the busy ones
+        // fail too once the grace has run from there (they must not restart it).
+        assert!(fresh.judge(t0 + BUSY_GRACE / 2, &busy).is_ok());
+        assert!(fresh.judge(t0 + BUSY_GRACE * 3 / 4, &read_only).is_err());
+        assert!(
+            fresh.judge(t0 + BUSY_GRACE, &busy).is_err(),
+            "a broken answer must not restart the busy grace"
         );
     }
 }
