@@ -85,10 +85,18 @@ down() {
   if [[ -d "$state/postgres" ]]; then
     MSA_PG_STATE="$state/postgres" MSA_PG_PORT=$pg_port "$root/hack/postgres.sh" down
   fi
-  # The guard route goes last, and only if `up` added it (a route someone else set stays).
+  # The guard route goes last, only if `up` added it (a route someone else set stays), and only
+  # when nothing could still send to the range: no socket to it, and none of the programs that
+  # dial the API server's 198.18 address left running (a test killed by a timeout can leave an
+  # operator behind). Otherwise it stays, harmless, and the next `down` tries again.
   if [[ -f "$state/blackhole-route-added" ]]; then
-    ip route del blackhole "$guarded" 2>/dev/null || true
-    log "removed the blackhole route for $guarded"
+    if ss -Htan dst "$guarded" 2>/dev/null | grep -q . \
+      || pgrep -x 'msa-operator|operator-scale|operator-bench|node-bench|kubectl|helm|msa-local|msa-gateway|msa-order|msa-user|msa-product' >/dev/null; then
+      log "kept the blackhole route for $guarded: something may still send to it (remove it with 'ip route del blackhole $guarded')"
+    else
+      ip route del blackhole "$guarded" 2>/dev/null || true
+      log "removed the blackhole route for $guarded"
+    fi
   fi
   rm -rf "$state"
 }
@@ -97,7 +105,9 @@ down() {
 # namespace, checked rather than assumed. Test hosts in network namespaces get more specific routes.
 guard_network() {
   if ! ip route show type blackhole | grep -q "^blackhole $guarded"; then
-    ip route replace blackhole "$guarded" 2>/dev/null || {
+    # `add`, not `replace`: a route someone else set for the range is never overwritten (the
+    # check below then refuses to start if it does not keep packets on the machine).
+    ip route add blackhole "$guarded" 2>/dev/null || {
       echo "cannot add 'ip route add blackhole $guarded' (needs CAP_NET_ADMIN); refusing to start a" \
         "cluster whose pod addresses could be routed off this machine" >&2
       exit 1
