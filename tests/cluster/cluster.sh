@@ -90,7 +90,7 @@ down() {
   # dial the API server's 198.18 address left running (a test killed by a timeout can leave an
   # operator behind). Otherwise it stays, harmless, and the next `down` tries again.
   if [[ -f "$state/blackhole-route-added" ]]; then
-    if ss -Htan dst "$guarded" 2>/dev/null | grep -q . \
+    if ss -Htn state established state syn-sent dst "$guarded" 2>/dev/null | grep -q . \
       || pgrep -x 'msa-operator|operator-scale|operator-bench|node-bench|kubectl|helm|msa-local|msa-gateway|msa-order|msa-user|msa-product' >/dev/null; then
       log "kept the blackhole route for $guarded: something may still send to it (remove it with 'ip route del blackhole $guarded')"
     else
