@@ -309,10 +309,11 @@ fn with<T>(shared: &Shared, f: impl FnOnce(&mut Activity) -> T) -> T {
 }
 
 /// The longest request head, and the most a connection buffers while one arrives; a longer
-/// head gets 431 (or 414 for its URI), also when it arrives all at once. hyper's default (~400 KiB) times the connection limit (10 000) would let
-/// slow clients pin about 4 GB; at 64 KiB (nginx allows 4 × 8 KiB of header lines by default)
-/// it is about 640 MB at worst, and no real request comes close.
-pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
+/// head gets 431, also when it arrives all at once. hyper's default (~400 KiB) times the
+/// connection limit (10 000) would let slow clients pin about 4 GB; at 96 KiB it is under 1 GB
+/// at worst, and no real request comes close. Above hyper's URI limit (64 KiB) on purpose: a
+/// request line just past that is read whole and answered 414, as nginx answers it.
+pub const MAX_HEAD_BUFFER: usize = 96 * 1024;
 
 /// The answer to a request head that did not arrive in time (nothing else was written).
 pub const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\

@@ -271,7 +271,7 @@ async fn a_body_that_never_ends_gets_408_at_its_deadline() {
     );
 }
 
-/// A request head is buffered up to 64 KiB (hyper's default, ~400 KiB, times the connection
+/// A request head is buffered up to 96 KiB (hyper's default, ~400 KiB, times the connection
 /// limit would let slow clients pin gigabytes): a 32 KiB header is served, a 100 KiB one gets
 /// 431.
 #[tokio::test]
