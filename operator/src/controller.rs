@@ -252,14 +252,7 @@ async fn count_apps(apps: Store<WatchedApp>, context: Arc<crate::reconcile::Cont
             .count_app_health(state.iter().map(|app| crate::unreadable::health(app)));
         let existing = state
             .iter()
-            .map(|app| {
-                let meta = app.meta();
-                let name = meta.name.as_deref().unwrap_or_default();
-                match meta.namespace.as_deref() {
-                    Some(namespace) => ObjectRef::new(name).within(namespace),
-                    None => ObjectRef::new(name),
-                }
-            })
+            .map(|app| crate::reconcile::app_key(app.meta()))
             .collect();
         context.forget_failures_except(&existing);
     }

@@ -263,7 +263,7 @@ async fn report_unreadable(ctx: &Context, invalid: &InvalidObject) {
 }
 
 /// The key of an app in the per-app failure counts.
-fn app_key(meta: &ObjectMeta) -> ObjectRef<MicroserviceApp> {
+pub(crate) fn app_key(meta: &ObjectMeta) -> ObjectRef<MicroserviceApp> {
     let name = meta.name.as_deref().unwrap_or_default();
     match meta.namespace.as_deref() {
         Some(namespace) => ObjectRef::new(name).within(namespace),

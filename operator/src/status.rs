@@ -259,36 +259,34 @@ fn conditions(
     let Some(blocker) = blocker else {
         return (ready, progressing, degraded);
     };
-    {
-        let (reason, message) = match blocker {
-            Blocker::InvalidSpec(problems) => (
-                reason::INVALID_SPEC,
-                format!(
-                    "the spec cannot be applied: {}",
-                    join(problems.iter().map(ToString::to_string))
-                ),
+    let (reason, message) = match blocker {
+        Blocker::InvalidSpec(problems) => (
+            reason::INVALID_SPEC,
+            format!(
+                "the spec cannot be applied: {}",
+                join(problems.iter().map(ToString::to_string))
             ),
-            Blocker::ApplyFailed(failures) => (
-                reason::APPLY_FAILED,
-                format!(
-                    "could not apply {}",
-                    join(failures.iter().map(|(name, why)| format!("{name} ({why})")))
-                ),
+        ),
+        Blocker::ApplyFailed(failures) => (
+            reason::APPLY_FAILED,
+            format!(
+                "could not apply {}",
+                join(failures.iter().map(|(name, why)| format!("{name} ({why})")))
             ),
-            Blocker::Forbidden(why) => (
-                reason::FORBIDDEN,
-                format!(
-                    "the operator is not allowed to write this app's objects: {why}; grant its \
-                     ServiceAccount the chart's ClusterRole (helm upgrade restores it)"
-                ),
+        ),
+        Blocker::Forbidden(why) => (
+            reason::FORBIDDEN,
+            format!(
+                "the operator is not allowed to write this app's objects: {why}; grant its \
+                 ServiceAccount the chart's ClusterRole (helm upgrade restores it)"
             ),
-        };
-        (
-            ready,
-            Computed::new(PROGRESSING, false, reason, message.clone()),
-            Computed::new(DEGRADED, true, reason, message),
-        )
-    }
+        ),
+    };
+    (
+        ready,
+        Computed::new(PROGRESSING, false, reason, message.clone()),
+        Computed::new(DEGRADED, true, reason, message),
+    )
 }
 
 /// The conditions as the workloads, their rollouts and the claims say.

@@ -48,6 +48,20 @@ fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
     conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
 
+/// A condition's status and reason.
+fn state<'a>(conditions: &'a [Condition], type_: &str) -> (&'a str, &'a str) {
+    let c = condition(conditions, type_);
+    (c.status.as_str(), c.reason.as_str())
+}
+
+/// The spec problem of an env var listed twice.
+fn env_listed_twice() -> SpecProblem {
+    SpecProblem {
+        field: "spec.components.user.env[1].name".into(),
+        message: "A is listed twice; keep one entry".into(),
+    }
+}
+
 fn with_status(
     mut app: MicroserviceApp,
     status: msa_operator::crd::MicroserviceAppStatus,
@@ -205,13 +219,9 @@ fn a_stale_deployment_status_is_not_trusted() {
 /// not-ready alert for a serving app).
 #[test]
 fn a_blocked_app_that_still_serves_stays_ready_with_its_counts() {
-    let problem = SpecProblem {
-        field: "spec.components.user.env[1].name".into(),
-        message: "A is listed twice; keep one entry".into(),
-    };
     let mut observed = observe(&all(2, 2));
     observed.endpoints.insert(Component::Gateway, 2);
-    observed.blocker = Some(Blocker::InvalidSpec(vec![problem]));
+    observed.blocker = Some(Blocker::InvalidSpec(vec![env_listed_twice()]));
     // Generation 1 ran; generation 2 is the refused one.
     let mut blocked = app(json!({}));
     blocked.metadata.generation = Some(2);
@@ -220,14 +230,16 @@ fn a_blocked_app_that_still_serves_stays_ready_with_its_counts() {
         ..Default::default()
     });
     let status = status::compute(&blocked, &observed, &fixed_time(0));
-    let ready = condition(&status.conditions, "Ready");
     assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
+        state(&status.conditions, "Ready"),
         ("True", "AllComponentsReady")
     );
     // Ready and observedGeneration stay at what was applied, so kstatus does not take the
     // refused generation for done; Degraded speaks of the current one.
-    assert_eq!(ready.observed_generation, Some(1));
+    assert_eq!(
+        condition(&status.conditions, "Ready").observed_generation,
+        Some(1)
+    );
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(
         condition(&status.conditions, "Degraded").observed_generation,
@@ -235,26 +247,20 @@ fn a_blocked_app_that_still_serves_stays_ready_with_its_counts() {
     );
     let gateway = &status.components["gateway"];
     assert_eq!((gateway.ready_replicas, gateway.endpoints), (2, 2));
-    let progressing = condition(&status.conditions, "Progressing");
     assert_eq!(
-        (progressing.status.as_str(), progressing.reason.as_str()),
+        state(&status.conditions, "Progressing"),
         ("False", "InvalidSpec")
     );
-    let degraded = condition(&status.conditions, "Degraded");
     assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
+        state(&status.conditions, "Degraded"),
         ("True", "InvalidSpec")
     );
 }
 
 #[test]
 fn blockers_are_reported_as_degraded_with_the_reason() {
-    let problem = SpecProblem {
-        field: "spec.components.user.env[1].name".into(),
-        message: "A is listed twice; keep one entry".into(),
-    };
     let observed = Observed {
-        blocker: Some(Blocker::InvalidSpec(vec![problem])),
+        blocker: Some(Blocker::InvalidSpec(vec![env_listed_twice()])),
         ..Observed::default()
     };
     let status = status::compute(&app(json!({})), &observed, &fixed_time(0));
@@ -271,9 +277,8 @@ fn blockers_are_reported_as_degraded_with_the_reason() {
         condition(&status.conditions, "Progressing").reason,
         "InvalidSpec"
     );
-    let ready = condition(&status.conditions, "Ready");
     assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
+        state(&status.conditions, "Ready"),
         ("False", "ComponentsNotReady"),
         "nothing runs yet"
     );

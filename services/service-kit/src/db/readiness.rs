@@ -45,8 +45,7 @@ pub const SQLITE_PROBE_BUSY_MS: u32 = 500;
 /// The longest one probe may take in all. Each step has its own bound on SQLite, but a
 /// PostgreSQL server that stops answering mid-probe would otherwise hold the probe for ever:
 /// no later check could start another, and the service would stay unready after the server
-/// came back. Ended early, the probe's connection may be left inside its transaction; the
-/// pool's hygiene discards such a connection rather than lend it out (see `super::hygiene`).
+/// came back. A probe ended early closes its connection (see [`probe_once`]).
 pub const PROBE_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long the database may stay busy (no pooled connection, or SQLite's write lock taken)
