@@ -167,6 +167,18 @@ pub fn loopback_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// `GET {base}{path}` from the [`loopback_client`], answered within 10 s or the test fails
+/// (naming the URL): a bound on every wait, however busy the machine.
+pub async fn loopback_get(base: &str, path: &str) -> reqwest::Response {
+    let url = format!("{base}{path}");
+    loopback_client()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} was not answered within 10 s: {e}"))
+}
+
 /// The TCP addresses process `pid` listens on, as the kernel lists them (see `msa_listening`).
 pub use msa_listening::addresses as listening_addresses;
 

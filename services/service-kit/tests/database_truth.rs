@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use msa_service_kit::db::{Backend, Database};
 use msa_service_kit::server::Ops;
-use msa_service_kit::testing::{TestBackend, fresh_database, loopback_client, spawn};
+use msa_service_kit::testing::{TestBackend, fresh_database, loopback_client, loopback_get, spawn};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor};
 
@@ -147,16 +147,10 @@ msa_service_kit::on_both_backends!(a_connection_left_inside_a_transaction_is_dis
 
 /// Polls `/readyz` until it answers `status`; returns the last answer's body.
 async fn readyz_becomes(base: &str, status: u16) -> serde_json::Value {
-    let http = loopback_client();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        // Each answer is bounded (the probe waits at most a second); this is a safety net.
-        let response = http
-            .get(format!("{base}/readyz"))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .expect("/readyz answers");
+        // Each answer is bounded (the probe waits at most a second); `loopback_get` is a safety net.
+        let response = loopback_get(base, "/readyz").await;
         if response.status().as_u16() == status {
             if status == 200 {
                 return serde_json::Value::Null;
@@ -196,13 +190,11 @@ async fn readiness_fails_while_the_sqlite_write_lock_is_held_elsewhere_and_recov
         .await
         .expect("take the write lock");
     // Busy for a moment is load, not failure: still ready (a write would still wait its 10 s).
+    // Past the last result's freshness, so this answer comes from a probe that met the lock.
     let locked = Instant::now();
-    let first = loopback_client()
-        .get(format!("{base}/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("/readyz answers");
+    tokio::time::sleep(msa_service_kit::db::readiness::FRESH_FOR + Duration::from_millis(100))
+        .await;
+    let first = loopback_get(&base, "/readyz").await;
     if locked.elapsed() < msa_service_kit::db::readiness::BUSY_GRACE / 2 {
         assert_eq!(first.status(), 200, "busy within its grace counts as ready");
     }

@@ -10,7 +10,9 @@ use axum::routing::get;
 use msa_service_kit::config::{LimitArgs, ServeArgs};
 use msa_service_kit::context::RequestContext;
 use msa_service_kit::server::Ops;
-use msa_service_kit::testing::{expect_problem, loopback_client, serve_args, spawn_with};
+use msa_service_kit::testing::{
+    expect_problem, loopback_client, loopback_get, serve_args, spawn_with,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -116,13 +118,11 @@ async fn start_work_and_hang_up(
 /// Another request on a new connection; with one connection allowed it is answered only after
 /// the server has closed the one that hung up.
 async fn server_is_done_with_the_hung_up_connection(base: &str) {
-    let answered = loopback_client()
-        .get(format!("{base}/healthz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("a second connection is served once the first is gone");
-    assert_eq!(answered.status(), 200);
+    assert_eq!(
+        loopback_get(base, "/healthz").await.status(),
+        200,
+        "a second connection is served once the first is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,13 +214,7 @@ async fn hung_up_work_is_capped_and_liveness_still_answers() {
     start_work_and_hang_up(&base, "hung-up-a", &mut reports).await;
     start_work_and_hang_up(&base, "hung-up-b", &mut reports).await;
     assert_eq!(ops.work.running(), 2);
-    let client = loopback_client();
-    let refused = client
-        .get(format!("{base}/work"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("answered at once");
+    let refused = loopback_get(&base, "/work").await;
     assert_eq!(refused.headers()["retry-after"], "1");
     let problem = expect_problem(refused, 503).await;
     assert!(
@@ -230,13 +224,11 @@ async fn hung_up_work_is_capped_and_liveness_still_answers() {
             .ends_with("/overloaded"),
         "{problem}"
     );
-    let alive = client
-        .get(format!("{base}/healthz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("liveness answers at the cap");
-    assert_eq!(alive.status(), 200);
+    assert_eq!(
+        loopback_get(&base, "/healthz").await.status(),
+        200,
+        "liveness answers at the cap"
+    );
     assert!(
         reports.try_recv().is_err(),
         "the refused request started nothing"
@@ -249,13 +241,11 @@ async fn hung_up_work_is_capped_and_liveness_still_answers() {
     tokio::time::timeout(Duration::from_secs(10), ops.work.finished())
         .await
         .expect("the hung-up work ends once released");
-    let served = client
-        .get(format!("{base}/work"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("served again below the cap");
-    assert_eq!(served.status(), 200);
+    assert_eq!(
+        loopback_get(&base, "/work").await.status(),
+        200,
+        "served again below the cap"
+    );
 }
 
 #[tokio::test]
