@@ -43,6 +43,9 @@ kwok_port=$((base_port + 50))      # 26450
 nodes="${MSA_CLUSTER_NODES:-real,kwok}"
 images="${MSA_CLUSTER_IMAGES:-$root/target/images}"
 readonly guarded=198.18.0.0/15
+# Beside the state folder, not in it: `down` removes the folder, and a route it had to keep
+# must still be known as ours to the next `down`.
+readonly route_marker="$state.guard-route-added"
 # kwok's fake node and its pods.
 readonly kwok_pod_cidr=198.18.0.0/17 kwok_node_ip=198.18.128.1
 # The real node (node.sh): its link to this namespace, its pods, the Service range.
@@ -89,12 +92,13 @@ down() {
   # when nothing could still send to the range: no socket to it, and none of the programs that
   # dial the API server's 198.18 address left running (a test killed by a timeout can leave an
   # operator behind). Otherwise it stays, harmless, and the next `down` tries again.
-  if [[ -f "$state/blackhole-route-added" ]]; then
+  if [[ -f "$route_marker" ]]; then
     if ss -Htn state established state syn-sent dst "$guarded" 2>/dev/null | grep -q . \
       || pgrep -x 'msa-operator|operator-scale|operator-bench|node-bench|kubectl|helm|msa-local|msa-gateway|msa-order|msa-user|msa-product' >/dev/null; then
       log "kept the blackhole route for $guarded: something may still send to it (remove it with 'ip route del blackhole $guarded')"
     else
       ip route del blackhole "$guarded" 2>/dev/null || true
+      rm -f "$route_marker"
       log "removed the blackhole route for $guarded"
     fi
   fi
@@ -113,7 +117,7 @@ guard_network() {
       exit 1
     }
     # Ours to remove at `down`, once everything that could send to the range has ended.
-    mkdir -p "$state" && touch "$state/blackhole-route-added"
+    touch "$route_marker"
   fi
   local via
   via="$(ip route get 198.18.0.1 2>&1 || true)"
