@@ -9,6 +9,7 @@ use http::StatusCode;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use msa_operator::build;
 use msa_operator::crd::MicroserviceApp;
@@ -364,7 +365,7 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
     );
 
     // Backoff doubles per failure of the same app (less its spread) and resets on success.
-    let key = kube::runtime::reflector::ObjectRef::new("shop").within("demo");
+    let key = ObjectRef::new("shop").within("demo");
     assert_eq!(
         reconcile::error_policy(shop.clone(), &error, ctx.clone()),
         Action::requeue(reconcile::spread(reconcile::BACKOFF_FIRST, &key, 1))
@@ -836,13 +837,13 @@ fn apps_failing_together_retry_spread_out() {
     let delay = reconcile::backoff(3);
     let delays: std::collections::BTreeSet<_> = (0..100)
         .map(|i| {
-            let app = kube::runtime::reflector::ObjectRef::new(&format!("app-{i}")).within("demo");
+            let app = ObjectRef::new(&format!("app-{i}")).within("demo");
             reconcile::spread(delay, &app, 3)
         })
         .collect();
     assert!(delays.len() > 50, "only {} distinct delays", delays.len());
     assert!(delays.iter().all(|d| *d <= delay && *d >= delay * 4 / 5));
-    let capped = kube::runtime::reflector::ObjectRef::new("app").within("demo");
+    let capped = ObjectRef::new("app").within("demo");
     assert!(reconcile::spread(reconcile::backoff(30), &capped, 30) <= reconcile::BACKOFF_CAP);
 }
 
@@ -851,8 +852,8 @@ fn apps_failing_together_retry_spread_out() {
 async fn failure_counts_of_apps_that_are_gone_are_forgotten() {
     let (client, _) = mocked_client(healthy_api(&pg_app(json!({}))));
     let ctx = context(client, FakeCaches::listed().readers());
-    let kept = kube::runtime::reflector::ObjectRef::new("kept").within("demo");
-    let gone = kube::runtime::reflector::ObjectRef::new("gone").within("demo");
+    let kept = ObjectRef::new("kept").within("demo");
+    let gone = ObjectRef::new("gone").within("demo");
     ctx.failures
         .lock()
         .unwrap()
