@@ -5,6 +5,10 @@
 //! Bounded in count and time ([`Limits`]); every request has a timeout, so a hang is counted as a
 //! failure, never waited out. Only `503` with `Retry-After` counts as an honest "come back
 //! later"; any other error, status or timeout is a failure.
+//!
+//! Orders are placed as the README tells clients to: each with its own `Idempotency-Key`, sent
+//! again with the same key (at most [`ORDER_ATTEMPTS`] times) when the answer was a `5xx` or
+//! never came. Every attempt is tallied; `201` and `202` both answer the order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,10 +70,12 @@ pub struct Failure {
 pub struct Tally {
     pub requests: u64,
     pub reads_ok: u64,
-    /// Ids of the orders the gateway answered `201` for.
-    pub orders_created: Vec<String>,
+    /// Ids of the orders the gateway answered `201` or `202` for.
+    pub orders_answered: Vec<String>,
+    /// How many of them were `202` (still pending when the answer was due).
+    pub orders_accepted: u64,
     /// When each `503` carrying `Retry-After` came, in seconds since the load began (at most
-    /// one per request, so bounded by `Limits::max_requests`).
+    /// one per attempt, so bounded by `ORDER_ATTEMPTS × Limits::max_requests`).
     pub unavailable_at: Vec<f64>,
     pub failures: Vec<Failure>,
     pub elapsed: Duration,
@@ -115,11 +121,12 @@ impl Tally {
     pub fn summary(&self) -> String {
         let (reads, posts) = self.failed();
         format!(
-            "{} requests in {:.1} s: {} reads ok, {} orders created, {} × 503+Retry-After ({:.1} s from the first to the last), {} failed reads, {} failed orders",
+            "{} requests in {:.1} s: {} reads ok, {} orders answered ({} of them 202), {} × 503+Retry-After ({:.1} s from the first to the last), {} failed reads, {} failed orders",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.reads_ok,
-            self.orders_created.len(),
+            self.orders_answered.len(),
+            self.orders_accepted,
             self.unavailable(),
             self.gap_seconds(),
             reads,
@@ -243,6 +250,9 @@ impl Load {
     }
 }
 
+/// How often one order is sent (with its one key) before the client gives up on it.
+pub const ORDER_ATTEMPTS: usize = 3;
+
 /// Request number `step`: three reads for each order placed.
 async fn one_request(
     http: &reqwest::Client,
@@ -253,69 +263,126 @@ async fn one_request(
 ) {
     let product = &shop.products[step % shop.products.len()];
     let user = &shop.users[step % shop.users.len()];
-    let (method, path, body) = match step % 4 {
-        0 => ("GET", format!("/products/{product}"), None),
-        1 => ("GET", format!("/users/{user}"), None),
-        2 => ("GET", format!("/orders/user/{user}?limit=5"), None),
-        _ => (
-            "POST",
-            "/orders".to_owned(),
-            Some(json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]})),
-        ),
-    };
-    let url = format!("{}{path}", shop.base);
-    let request = match &body {
-        Some(body) => http.post(&url).json(body),
-        None => http.get(&url),
-    };
-    let result = request.send().await;
-    let label = format!("{method} {path}");
-    let failure = |outcome: String| Failure {
-        request: label.clone(),
-        outcome,
-        at: started.elapsed().as_secs_f64(),
-    };
-    // Decided before taking the tally's lock, which the other workers share.
-    let outcome = match result {
-        Err(error) if error.is_timeout() => Err(failure("no answer in time (hang)".to_owned())),
-        Err(error) => Err(failure(format!("transport error: {error}"))),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let retry_after = response.headers().contains_key("retry-after");
-            let answer: Value = response.json().await.unwrap_or(Value::Null);
-            match (status, body.is_some()) {
-                (200, false) => Ok(Answer::Read),
-                (201, true) => match answer["id"].as_str() {
-                    Some(id) => Ok(Answer::Created(id.to_owned())),
-                    None => Err(failure(format!("201 without an id: {answer}"))),
-                },
-                (503, _) if retry_after => Ok(Answer::Unavailable),
-                _ => Err(failure(format!(
-                    "{status}{}: {}",
-                    if retry_after { " (Retry-After)" } else { "" },
-                    truncate(&answer.to_string(), 200)
-                ))),
-            }
+    let path = match step % 4 {
+        0 => format!("/products/{product}"),
+        1 => format!("/users/{user}"),
+        2 => format!("/orders/user/{user}?limit=5"),
+        _ => {
+            let order = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
+            return place_order(http, shop, &order, started, tally).await;
         }
     };
-    let at = started.elapsed().as_secs_f64();
-    let mut tally = tally.lock().await;
-    tally.requests += 1;
-    match outcome {
-        Ok(Answer::Read) => tally.reads_ok += 1,
-        Ok(Answer::Created(order)) => tally.orders_created.push(order),
-        Ok(Answer::Unavailable) => tally.unavailable_at.push(at),
-        Err(failure) => tally.failures.push(failure),
+    let request = http.get(format!("{}{path}", shop.base));
+    let outcome = attempt(request, &format!("GET {path}"), false, started).await;
+    tally.lock().await.add(outcome, started);
+}
+
+/// One order, with its own `Idempotency-Key`, sent again with that key after a `5xx` or no
+/// answer, as a client that did not hear the answer should.
+async fn place_order(
+    http: &reqwest::Client,
+    shop: &Shop,
+    order: &Value,
+    started: Instant,
+    tally: &Mutex<Tally>,
+) {
+    let key = format!("\"load-{}\"", crate::random_hex());
+    let url = format!("{}/orders", shop.base);
+    for _ in 0..ORDER_ATTEMPTS {
+        let request = http
+            .post(&url)
+            .header("idempotency-key", key.as_str())
+            .json(order);
+        let outcome = attempt(request, "POST /orders", true, started).await;
+        let again = outcome.worth_repeating();
+        tally.lock().await.add(outcome, started);
+        if !again {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// A request that went as a client expects.
-enum Answer {
+/// Sends `request` and judges its answer (before any lock is taken: the workers share the tally).
+async fn attempt(
+    request: reqwest::RequestBuilder,
+    label: &str,
+    places_order: bool,
+    started: Instant,
+) -> Outcome {
+    let failure = |outcome: String, repeat: bool| {
+        Outcome::Failed(
+            Failure {
+                request: label.to_owned(),
+                outcome,
+                at: started.elapsed().as_secs_f64(),
+            },
+            repeat,
+        )
+    };
+    let response = match request.send().await {
+        Err(error) if error.is_timeout() => {
+            return failure("no answer in time (hang)".to_owned(), true);
+        }
+        Err(error) => return failure(format!("transport error: {error}"), true),
+        Ok(response) => response,
+    };
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let id = || answer["id"].as_str().map(str::to_owned);
+    match (status, places_order) {
+        (200, false) => Outcome::Read,
+        (201, true) | (202, true) => match id() {
+            Some(id) => Outcome::Ordered {
+                id,
+                accepted: status == 202,
+            },
+            None => failure(format!("{status} without an id: {answer}"), false),
+        },
+        (503, _) if retry_after => Outcome::Unavailable,
+        _ => failure(
+            format!(
+                "{status}{}: {}",
+                if retry_after { " (Retry-After)" } else { "" },
+                truncate(&answer.to_string(), 200)
+            ),
+            status >= 500,
+        ),
+    }
+}
+
+/// What one attempt got.
+enum Outcome {
+    /// A read answered `200`.
     Read,
-    /// `201`, with the order's id.
-    Created(String),
+    /// `201`, or `202` (`accepted`), with the order's id.
+    Ordered { id: String, accepted: bool },
     /// `503` with `Retry-After`.
     Unavailable,
+    /// Anything else; `true` when the client should send it again (a `5xx` or no answer).
+    Failed(Failure, bool),
+}
+
+impl Outcome {
+    fn worth_repeating(&self) -> bool {
+        matches!(self, Outcome::Unavailable | Outcome::Failed(_, true))
+    }
+}
+
+impl Tally {
+    fn add(&mut self, outcome: Outcome, started: Instant) {
+        self.requests += 1;
+        match outcome {
+            Outcome::Read => self.reads_ok += 1,
+            Outcome::Ordered { id, accepted } => {
+                self.orders_answered.push(id);
+                self.orders_accepted += u64::from(accepted);
+            }
+            Outcome::Unavailable => self.unavailable_at.push(started.elapsed().as_secs_f64()),
+            Outcome::Failed(failure, _) => self.failures.push(failure),
+        }
+    }
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -331,16 +398,16 @@ fn truncate(text: &str, max: usize) -> &str {
 pub struct Audit {
     /// Orders stored for the load's users (any status).
     pub stored_orders: i64,
-    /// Orders answered `201`.
-    pub answered_created: usize,
-    /// Confirmed orders no `201` answered: applied without the client knowing (a client that
+    /// Orders answered `201` or `202`.
+    pub answered: usize,
+    /// Confirmed orders no `201` or `202` answered: applied without the client knowing (a client that
     /// retried would have ordered twice).
     pub confirmed_unanswered: Vec<String>,
     /// Orders whose status is still `pending`.
     pub pending: Vec<String>,
     /// Products whose stock is not initial stock minus confirmed quantities: id → (expected, found).
     pub stock_mismatches: BTreeMap<String, (i64, i64)>,
-    /// Created orders (`201`) that cannot be read back.
+    /// Answered orders that cannot be read back.
     pub missing: Vec<String>,
 }
 
@@ -355,16 +422,17 @@ impl Audit {
 }
 
 /// Reads everything back through the gateway: the load's users' orders (count and states), every
-/// order answered `201`, and each product's stock against the confirmed quantities.
+/// order answered `201` or `202`, and each product's stock against the confirmed quantities.
 pub async fn audit(
     http: &reqwest::Client,
     shop: &Shop,
-    created: &[String],
+    answered_orders: &[String],
 ) -> anyhow::Result<Audit> {
     let mut stored = 0;
     let mut pending = Vec::new();
     let mut confirmed_quantity: BTreeMap<String, i64> = BTreeMap::new();
-    let answered: std::collections::BTreeSet<&str> = created.iter().map(String::as_str).collect();
+    let answered: std::collections::BTreeSet<&str> =
+        answered_orders.iter().map(String::as_str).collect();
     let mut confirmed_unanswered = Vec::new();
     for user in &shop.users {
         let mut offset = 0;
@@ -398,7 +466,7 @@ pub async fn audit(
         }
     }
     let mut missing = Vec::new();
-    for order in created {
+    for order in answered_orders {
         let url = format!("{}/orders/{order}", shop.base);
         if http.get(&url).send().await?.status() != 200 {
             missing.push(order.clone());
@@ -415,7 +483,7 @@ pub async fn audit(
     }
     Ok(Audit {
         stored_orders: stored,
-        answered_created: created.len(),
+        answered: answered_orders.len(),
         confirmed_unanswered,
         pending,
         stock_mismatches,

@@ -42,6 +42,8 @@ impl OnNode {
 pub struct RealNode {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// `ctr` with the node's containerd socket and the CRI namespace (`MSA_E2E_CTR`).
+    ctr: Vec<String>,
 }
 
 impl RealNode {
@@ -60,7 +62,57 @@ impl RealNode {
         Ok(RealNode {
             name: var("MSA_E2E_NODE_NAME")?,
             ip,
+            ctr: var("MSA_E2E_CTR")?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         })
+    }
+
+    /// Kills the running process of one container of a pod with SIGKILL, as a crash would:
+    /// no SIGTERM, no drain. The kubelet restarts it in the same pod.
+    pub fn kill_container(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<()> {
+        let filter = format!(
+            "labels.\"io.kubernetes.pod.namespace\"=={namespace},\
+             labels.\"io.kubernetes.pod.name\"=={pod},\
+             labels.\"io.kubernetes.container.name\"=={container}"
+        );
+        let ids = self.run_ctr(&["containers", "ls", "-q", &filter])?;
+        // Containers of earlier restarts have no task left; only the running one is killed.
+        let killed = ids
+            .lines()
+            .filter(|id| !id.trim().is_empty())
+            .filter(|id| {
+                self.run_ctr(&["tasks", "kill", "-s", "SIGKILL", id.trim()])
+                    .is_ok()
+            })
+            .count();
+        ensure!(
+            killed == 1,
+            "expected to kill one running {container} container of {namespace}/{pod}, killed {killed} (containers: {ids:?})"
+        );
+        Ok(())
+    }
+
+    fn run_ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (program, base) = self.ctr.split_first().context("MSA_E2E_CTR is empty")?;
+        let output = std::process::Command::new(program)
+            .args(base)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        ensure!(
+            output.status.success(),
+            "ctr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// `http://<node IP>:<node port>` of a NodePort Service (its first port).
