@@ -17,7 +17,7 @@ use msa_operator::reconcile::{self, RESYNC};
 use serde_json::{Value, json};
 use support::{
     Call, FakeCaches, api_error, app, as_stored, context, deployments, healthy_api, mocked_client,
-    pg_app,
+    mocked_client_or_cut_off, pg_app,
 };
 
 const APPLY: &str = "fieldManager=msa-operator&force=true";
@@ -384,7 +384,31 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
 }
 
 #[tokio::test]
-async fn transport_and_permission_errors_abort_the_reconcile_and_permissions_show_in_status() {
+async fn a_transport_error_aborts_the_reconcile_at_the_failed_apply() {
+    let shop = pg_app(json!({}));
+    let healthy = healthy_api(&shop);
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let respond: support::FallibleResponder = Arc::new(move |call: &Call| {
+        if call.is_write() && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Err("connection reset by peer")
+        } else {
+            Ok(healthy(call))
+        }
+    });
+    let (client, recorded) = mocked_client_or_cut_off(respond);
+    let ctx = context(client, FakeCaches::listed().readers());
+    let error = reconcile::reconcile(Arc::new(shop), ctx).await.unwrap_err();
+    assert_eq!(error.category(), "transport", "{error}");
+    let calls = calls(&recorded);
+    assert_eq!(
+        calls.len(),
+        1,
+        "nothing is applied after the first write's connection failed: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_permission_error_aborts_the_reconcile_and_shows_in_status() {
     let shop = pg_app(json!({}));
     let respond: support::Responder = Arc::new(|_: &Call| {
         (

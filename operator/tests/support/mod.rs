@@ -288,8 +288,18 @@ pub fn healthy_api(app: &MicroserviceApp) -> Responder {
     })
 }
 
+/// How a mocked API server that can also fail as a network does answers a call: `Err` is a
+/// transport error (the connection reset before any answer).
+pub type FallibleResponder =
+    Arc<dyn Fn(&Call) -> Result<(StatusCode, Value), &'static str> + Send + Sync>;
+
 /// A client whose every request is recorded in the returned list and answered by `respond`.
 pub fn mocked_client(respond: Responder) -> (Client, Arc<Mutex<Vec<Call>>>) {
+    mocked_client_or_cut_off(Arc::new(move |call: &Call| Ok(respond(call))))
+}
+
+/// As [`mocked_client`], where `respond` may also fail a request as the network would.
+pub fn mocked_client_or_cut_off(respond: FallibleResponder) -> (Client, Arc<Mutex<Vec<Call>>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let recorded = calls.clone();
@@ -319,8 +329,15 @@ pub fn mocked_client(respond: Responder) -> (Client, Arc<Mutex<Vec<Call>>>) {
                 query,
                 body,
             };
-            let (status, answer) = respond(&call);
+            let answered = respond(&call);
             recorded.lock().unwrap().push(call);
+            let (status, answer) = match answered {
+                Ok(answer) => answer,
+                Err(cut_off) => {
+                    send.send_error(cut_off);
+                    continue;
+                }
+            };
             let response = Response::builder()
                 .status(status)
                 .header("content-type", "application/json")

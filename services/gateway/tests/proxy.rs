@@ -750,7 +750,7 @@ async fn a_get_on_a_connection_the_only_endpoint_just_closed_goes_again_on_a_new
 /// then places it once, however often it arrives); without one it goes once, as every POST.
 #[tokio::test]
 async fn an_order_placement_goes_again_only_with_its_idempotency_key() {
-    let (addr, received) = closing_backend("127.0.0.7").await;
+    let (addr, received) = closing_backend("127.0.0.8").await;
     let gw = gateway(&addr.to_string(), &addr.to_string(), &[]).await;
     let http = loopback_client();
     let place = |key: Option<&str>| {
