@@ -395,3 +395,66 @@ async fn the_upstream_is_told_the_time_it_has_and_a_client_can_only_shorten_it()
     assert!(answer.contains("invalid-timeout"), "{answer}");
     assert_eq!(requests.load(Ordering::SeqCst), before, "not forwarded");
 }
+
+/// A figure, not a test (issue 27: 1500 connections trickling one byte every 5 s were all held
+/// after 45 s): one client address opens [`TRICKLERS`] connections to a gateway with the default
+/// limits, each sending an order's head and then one body byte every 5 s, and the table shows
+/// how many the gateway still holds as time goes on. Run it with `cargo test -p msa-gateway
+/// --test client_limits -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints a figure"]
+async fn figure_connection_slots_one_trickling_client_holds() {
+    const TRICKLERS: usize = 1_500;
+    const WATCHED: Duration = Duration::from_secs(50);
+    let (backend, requests) = backend().await;
+    let (gateway, _stop) = gateway(backend, Setup::default()).await;
+    let head = "POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+    let held = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tricklers = Vec::new();
+    for _ in 0..TRICKLERS {
+        let stream = connect_from("127.0.0.1", gateway).await;
+        held.fetch_add(1, Ordering::SeqCst);
+        let held = held.clone();
+        tricklers.push(tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.into_split();
+            let trickle = tokio::spawn(async move {
+                let _ = writer.write_all(head.as_bytes()).await;
+                while started.elapsed() < WATCHED {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    if writer.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let left = WATCHED.saturating_sub(started.elapsed());
+            let (_, closed) = read_until_closed(&mut reader, left).await;
+            if closed {
+                held.fetch_sub(1, Ordering::SeqCst);
+            }
+            trickle.abort();
+        }));
+    }
+    let opened = started.elapsed();
+    println!(
+        "one address, {TRICKLERS} connections (opened within {:.1} s), each an order's head then 1 byte / 5 s; \
+         gateway defaults (per-client cap {}, body minimum {} B/s after {} s, body deadline {} s)",
+        opened.as_secs_f64(),
+        msa_gateway::client_connections::DEFAULT_LIMIT,
+        LimitArgs::default().body_min_rate_bytes,
+        LimitArgs::default().body_rate_grace_seconds,
+        LimitArgs::default().body_deadline_seconds,
+    );
+    println!("{:>8} {:>16}", "after s", "still held");
+    for second in (0..=WATCHED.as_secs()).step_by(5) {
+        tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
+        println!("{second:>8} {:>16}", held.load(Ordering::SeqCst));
+    }
+    for trickler in tricklers {
+        let _ = trickler.await;
+    }
+    println!(
+        "requests that reached the backend: {}",
+        requests.load(Ordering::SeqCst)
+    );
+}

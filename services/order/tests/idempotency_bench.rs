@@ -9,9 +9,6 @@
 #[allow(dead_code)]
 mod common;
 
-use std::time::Instant;
-
-use futures::StreamExt;
 use msa_service_kit::testing::{self, TestBackend, TestClient};
 use serde_json::{Value, json};
 
@@ -20,13 +17,13 @@ const PER_ROUND: usize = 200;
 const CONCURRENCY: usize = 8;
 const ROUNDS: usize = 3;
 
-async fn place(orders: &TestClient, body: &Value, key: Option<String>) {
+async fn place(orders: TestClient, body: Value, keyed: bool) {
     let mut request = orders
         .http
         .post(format!("{}/orders", orders.base))
-        .json(body);
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
+        .json(&body);
+    if keyed {
+        request = request.header("idempotency-key", uuid::Uuid::new_v4().to_string());
     }
     let status = request
         .send()
@@ -38,24 +35,11 @@ async fn place(orders: &TestClient, body: &Value, key: Option<String>) {
 
 /// Orders per second for one round.
 async fn round(orders: &TestClient, body: &Value, keyed: bool) -> f64 {
-    let started = Instant::now();
-    futures::stream::iter(0..PER_ROUND)
-        .map(|_| {
-            place(
-                orders,
-                body,
-                keyed.then(|| uuid::Uuid::new_v4().to_string()),
-            )
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
-    PER_ROUND as f64 / started.elapsed().as_secs_f64()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let (orders, body) = (orders.clone(), body.clone());
+    testing::calls_per_second(PER_ROUND, CONCURRENCY, move || {
+        place(orders.clone(), body.clone(), keyed)
+    })
+    .await
 }
 
 async fn orders_per_second(backend: TestBackend) {
@@ -96,7 +80,7 @@ async fn orders_per_second(backend: TestBackend) {
         plain.push(round(&orders, &body, false).await);
         keyed.push(round(&orders, &body, true).await);
     }
-    let (plain, keyed) = (median(plain), median(keyed));
+    let (plain, keyed) = (testing::median(plain), testing::median(keyed));
     println!(
         "{backend:?}: {PER_ROUND} orders x {ROUNDS} rounds, {CONCURRENCY} at a time (median round)\n  \
          without a key  {plain:>7.0} orders/s\n  \

@@ -940,6 +940,39 @@ impl Fuzz {
     }
 }
 
+/// For figures: runs `one` `count` times, at most `concurrency` at a time, and returns calls per
+/// second. Each worker takes the next call when its last one ended, so a slow call holds up
+/// only its worker.
+pub async fn calls_per_second<F, Fut>(count: usize, concurrency: usize, one: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let taken = std::sync::Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (one, taken) = (one.clone(), taken.clone());
+            tokio::spawn(async move {
+                while taken.fetch_add(1, Ordering::Relaxed) < count {
+                    one().await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a call panicked");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// For figures: the median of rounds (the upper one of an even count).
+pub fn median(mut rounds: Vec<f64>) -> f64 {
+    rounds.sort_by(f64::total_cmp);
+    rounds.get(rounds.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,8 @@ impl Drop for Run {
             }
             let _ = child.kill();
             let _ = child.wait();
+            // Taken, the process is the test's, and so is this file (`signal_and_wait`).
+            let _ = std::fs::remove_file(&self.errors);
         }
     }
 }
@@ -280,6 +282,7 @@ pub fn signal_and_wait(run: Run, signal: &str) {
         .map(|(name, _)| name)
         .collect();
     assert!(left.is_empty(), "still running after msa-local: {left:?}");
+    let _ = std::fs::remove_file(&said);
 }
 
 /// `msa-local demo` against `gateway` (with `--data-dir` when given); it must succeed and print
