@@ -241,7 +241,7 @@ pub async fn run(
 }
 
 /// Keeps `msa_operator_apps{ready}` and `msa_operator_unreadable_apps` current from the
-/// controller's cache of apps, and forgets the failure counts of apps that are gone.
+/// controller's cache of apps, and forgets what the reconciler remembers of apps that are gone.
 async fn count_apps(apps: Store<WatchedApp>, context: Arc<crate::reconcile::Context>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
@@ -250,11 +250,9 @@ async fn count_apps(apps: Store<WatchedApp>, context: Arc<crate::reconcile::Cont
         context
             .metrics
             .count_app_health(state.iter().map(|app| crate::unreadable::health(app)));
-        let existing = state
-            .iter()
-            .map(|app| crate::reconcile::app_key(app.meta()))
-            .collect();
-        context.forget_failures_except(&existing);
+        context.forget_apps_except(&crate::reconcile::ExistingApps::of(
+            state.iter().map(|app| app.meta()),
+        ));
     }
 }
 

@@ -136,6 +136,24 @@ pub struct Context {
     listed: tokio::sync::OnceCell<()>,
 }
 
+/// The apps that exist now, by key and by uid (see [`Context::forget_apps_except`]).
+#[derive(Debug, Default)]
+pub struct ExistingApps {
+    pub keys: std::collections::HashSet<ObjectRef<MicroserviceApp>>,
+    pub uids: std::collections::HashSet<String>,
+}
+
+impl ExistingApps {
+    pub fn of<'a>(apps: impl IntoIterator<Item = &'a ObjectMeta>) -> Self {
+        let mut existing = Self::default();
+        for meta in apps {
+            existing.keys.insert(app_key(meta));
+            existing.uids.extend(meta.uid.clone());
+        }
+        existing
+    }
+}
+
 impl Context {
     pub fn new(client: Client, caches: Caches, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -169,16 +187,12 @@ impl Context {
         }
     }
 
-    /// Forgets the failure counts of apps that no longer exist (issue 28 L1: an app deleted
-    /// while failing kept its entry for the life of the process).
-    pub fn forget_failures_except(
-        &self,
-        existing: &std::collections::HashSet<ObjectRef<MicroserviceApp>>,
-    ) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|key, _| existing.contains(key));
+    /// Forgets what this process remembers of apps that no longer exist: failure counts (issue
+    /// 28 L1: an app deleted while failing kept its entry for the life of the process) and the
+    /// hash of the PodMonitor it applied (kept by uid, so also an app's earlier incarnation).
+    pub fn forget_apps_except(&self, existing: &ExistingApps) {
+        lock(&self.failures).retain(|key, _| existing.keys.contains(key));
+        lock(&self.applied_pod_monitors).retain(|uid, _| existing.uids.contains(uid));
     }
 
     fn record_outcome(&self, key: &ObjectRef<MicroserviceApp>, failed: bool) {
@@ -424,7 +438,9 @@ async fn observe(ctx: &Context, app: &MicroserviceApp) -> (Observed, Option<Dura
 }
 
 /// Each component's workload as cached: of the kind its spec asks for, else of the other kind
-/// (while a component switches between the two, or when the spec cannot be rendered).
+/// (while a component switches between the two, or when the spec cannot be rendered). Only
+/// workloads this app controls count: an app deleted and created again under its name must not
+/// report the old app's pods, still running until the garbage collector ends them, as its own.
 fn cached_workloads(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component, WorkloadState> {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
@@ -436,12 +452,14 @@ fn cached_workloads(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component,
                 ctx.caches
                     .deployments
                     .get(&ObjectRef::new(&name).within(&namespace))
+                    .filter(|d| controlled_by(d.as_ref(), app))
                     .map(|d| WorkloadState::from(d.as_ref()))
             };
             let stateful_set = || {
                 ctx.caches
                     .stateful_sets
                     .get(&ObjectRef::new(&name).within(&namespace))
+                    .filter(|s| controlled_by(s.as_ref(), app))
                     .map(|s| WorkloadState::from(s.as_ref()))
             };
             let state = if build::has_embedded_database(app, component) {
@@ -688,6 +706,14 @@ async fn apply_children(
     Ok(report)
 }
 
+/// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).
+fn controlled_by(object: &impl Resource, app: &MicroserviceApp) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == app.metadata.uid.as_ref())
+}
+
 /// Deletes a child this app controls that its spec no longer asks for (a cached object of that
 /// name whose controller reference is the app). Objects of that name not owned by the app are
 /// left alone.
@@ -708,11 +734,7 @@ where
     let Some(cached) = cache.get(&ObjectRef::new(name).within(&namespace)) else {
         return Ok(());
     };
-    let owned = cached
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == app.metadata.uid.as_ref());
-    if !owned || cached.meta().deletion_timestamp.is_some() {
+    if !controlled_by(cached.as_ref(), app) || cached.meta().deletion_timestamp.is_some() {
         return Ok(());
     }
     let kind = K::kind(&());

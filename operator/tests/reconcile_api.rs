@@ -317,6 +317,57 @@ async fn an_invalid_spec_writes_only_a_degraded_status_and_waits_for_a_change() 
     assert_eq!(all[1].body["reason"], "InvalidSpec");
 }
 
+/// An app deleted and created again under its name: until the garbage collector has removed the
+/// old app's workloads they are still cached under the same names, ready. The new app — here
+/// with a spec it cannot run — must not report them as its own.
+#[tokio::test]
+async fn workloads_of_an_earlier_app_of_the_same_name_are_not_counted() {
+    let bad = pg_app(
+        json!({"components": {"order": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}}),
+    );
+    let mut earlier = pg_app(json!({}));
+    earlier.metadata.uid = Some("0e0e0e0e-0000-4000-8000-00000000beef".to_owned());
+    let mut caches = FakeCaches::listed();
+    caches.store(&build::children(&earlier).unwrap());
+    for d in deployments(&build::children(&earlier).unwrap()) {
+        let mut ready = as_stored(&d);
+        let replicas = ready.spec.as_ref().and_then(|s| s.replicas);
+        ready.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            replicas,
+            ready_replicas: replicas,
+            available_replicas: replicas,
+            updated_replicas: replicas,
+            observed_generation: ready.metadata.generation,
+            ..Default::default()
+        });
+        caches
+            .deployments
+            .apply_watcher_event(&watcher::Event::Apply(ready));
+    }
+    let (client, recorded) = mocked_client(healthy_api(&bad));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(bad), ctx).await.unwrap();
+    let all = calls(&recorded);
+    let status = &all[0].body["status"];
+    assert!(all[0].path.ends_with("/status"), "{:?}", all[0]);
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False", "{status:#}");
+    for component in ["gateway", "user", "order", "product"] {
+        assert_eq!(
+            status["components"][component]["readyReplicas"]
+                .as_i64()
+                .unwrap_or(0),
+            0,
+            "{component}: {status:#}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_with_backoff() {
     let shop = pg_app(json!({}));
@@ -873,17 +924,29 @@ fn apps_failing_together_retry_spread_out() {
 
 /// Issue 28 L1: the failure count of an app deleted while it failed is forgotten.
 #[tokio::test]
-async fn failure_counts_of_apps_that_are_gone_are_forgotten() {
+async fn what_is_remembered_of_apps_that_are_gone_is_forgotten() {
     let (client, _) = mocked_client(healthy_api(&pg_app(json!({}))));
     let ctx = context(client, FakeCaches::listed().readers());
-    let kept = ObjectRef::new("kept").within("demo");
+    let kept = pg_app(json!({}));
+    let kept_key = ObjectRef::from_obj(&kept);
+    let kept_uid = kept.metadata.uid.clone().unwrap();
     let gone = ObjectRef::new("gone").within("demo");
     ctx.failures
         .lock()
         .unwrap()
-        .extend([(kept.clone(), 3), (gone.clone(), 5)]);
-    ctx.forget_failures_except(&[kept.clone()].into_iter().collect());
+        .extend([(kept_key.clone(), 3), (gone.clone(), 5)]);
+    ctx.applied_pod_monitors.lock().unwrap().extend([
+        (kept_uid.clone(), "hash-a".to_owned()),
+        ("uid-of-a-deleted-app".to_owned(), "hash-b".to_owned()),
+    ]);
+    ctx.forget_apps_except(&reconcile::ExistingApps::of([&kept.metadata]));
     let failures = ctx.failures.lock().unwrap();
-    assert_eq!(failures.get(&kept), Some(&3));
+    assert_eq!(failures.get(&kept_key), Some(&3));
     assert!(!failures.contains_key(&gone));
+    let monitors = ctx.applied_pod_monitors.lock().unwrap();
+    assert_eq!(
+        monitors.keys().collect::<Vec<_>>(),
+        [&kept_uid],
+        "only the existing app's PodMonitor hash stays"
+    );
 }
