@@ -357,3 +357,33 @@ pub fn condition(app: &MicroserviceApp, type_: &str) -> Option<Condition> {
         .find(|c| c.type_ == type_)
         .cloned()
 }
+
+/// The CRD as an older release served it, with `spec.components.order.rollout.maxSurge`
+/// nullable, until dropped (then the field is not nullable again).
+pub struct NullableMaxSurge {
+    cluster: Cluster,
+}
+
+const CRD: &str = "microserviceapps.msa.dev";
+const MAX_SURGE_NULLABLE: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/components/properties/order/properties/rollout/properties/maxSurge/nullable";
+
+impl NullableMaxSurge {
+    pub fn set(cluster: &Cluster) -> anyhow::Result<Self> {
+        let patch = format!(r#"[{{"op":"add","path":"{MAX_SURGE_NULLABLE}","value":true}}]"#);
+        cluster
+            .kubectl(&["patch", "crd", CRD, "--type=json", "-p", &patch])
+            .ok()?;
+        Ok(NullableMaxSurge {
+            cluster: cluster.clone(),
+        })
+    }
+}
+
+impl Drop for NullableMaxSurge {
+    fn drop(&mut self) {
+        let patch = format!(r#"[{{"op":"remove","path":"{MAX_SURGE_NULLABLE}"}}]"#);
+        let _ = self
+            .cluster
+            .kubectl(&["patch", "crd", CRD, "--type=json", "-p", &patch]);
+    }
+}
