@@ -3,13 +3,17 @@
 //! (in-process on 127.0.0.1, fresh databases), on SQLite and on PostgreSQL. Afterwards every
 //! service must still write within a bounded wait, ordinary orders must succeed and `/readyz`
 //! must be 200: a hang-up may abandon the answer, never leave a transaction open (issue 27).
+//! And every order must end by itself (its saga runs apart from the request; no recoverer runs
+//! here), with the audit of `common::audit`: every answered order stored once, no committed
+//! reservation without a confirmed order, stock = initial − confirmed.
 //!
 //! The run is reproducible: the seed is printed, and `MSA_HANGUP_SEED` replays it. Before
 //! requests ran detached from their connection and the pool checked its connections, this
 //! wedged the order service's SQLite database in two runs of three on a 2-core machine (every
 //! write 500 after the busy timeout, for good).
 
-// Only `peers` is needed here: the services are started with their databases at hand.
+// `peers`, `settle` and `audit` are needed here: the services are started with their
+// databases at hand.
 #[allow(dead_code)]
 mod common;
 
@@ -22,6 +26,8 @@ use msa_service_kit::testing::{self, TestBackend, TestClient};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+/// Stock of each product the orders buy.
+const INITIAL_STOCK: i64 = 1_000_000;
 /// Orders abandoned by their client.
 const HANG_UPS: usize = 400;
 /// One ordinary order after this many abandoned ones.
@@ -124,8 +130,9 @@ async fn hang_up(order_service: SocketAddr, body: String, after: Duration) {
     drop(stream);
 }
 
-/// Places an ordinary order; its status, or 0 when no answer came within the bound.
-async fn ordinary(orders: &TestClient, body: Value) -> u16 {
+/// Places an ordinary order; its status (0 when no answer came within the bound) and, when
+/// it was answered 201 or 202, its id.
+async fn ordinary(orders: &TestClient, body: Value) -> (u16, Option<String>) {
     let sent = orders
         .http
         .post(format!("{}/orders", orders.base))
@@ -133,7 +140,15 @@ async fn ordinary(orders: &TestClient, body: Value) -> u16 {
         .timeout(Duration::from_secs(30))
         .send()
         .await;
-    sent.map_or(0, |r| r.status().as_u16())
+    let Ok(answer) = sent else {
+        return (0, None);
+    };
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    let id = matches!(status, 201 | 202)
+        .then(|| body["id"].as_str().map(str::to_owned))
+        .flatten();
+    (status, id)
 }
 
 /// Retries `write` until it answers `expected` or `RECOVERY` passes; the statuses seen.
@@ -180,13 +195,14 @@ async fn hang_ups_never_wedge_a_database(backend: TestBackend) {
         .to_owned();
     let mut products = Vec::new();
     for name in ["Laptop", "Pen", "Lamp"] {
-        let body = json!({"name": name, "price": "1.50", "stock": 1_000_000});
+        let body = json!({"name": name, "price": "1.50", "stock": INITIAL_STOCK});
         let created = shop
             .products
             .expect("POST", "/products", Some(body), 201)
             .await;
         products.push(created["id"].as_str().expect("a product id").to_owned());
     }
+    let mut answered = Vec::new();
     let order_body = |rng: &mut Rng| {
         let first = rng.below(products.len() as u64) as usize;
         let mut items = vec![json!({"product_id": products[first], "quantity": 1 + rng.below(3)})];
@@ -226,8 +242,9 @@ async fn hang_ups_never_wedge_a_database(backend: TestBackend) {
         .await
         .expect("the storm ends within its bound")
     {
-        if let Some(status) = done.expect("a client task does not panic") {
+        if let Some((status, id)) = done.expect("a client task does not panic") {
             *during.entry(status).or_default() += 1;
+            answered.extend(id);
         }
     }
     println!(
@@ -265,11 +282,12 @@ async fn hang_ups_never_wedge_a_database(backend: TestBackend) {
 
     // The storm has settled: ordinary orders succeed, none with a 5xx.
     for _ in 0..20 {
-        let status = ordinary(&shop.orders, order_body(&mut rng)).await;
+        let (status, id) = ordinary(&shop.orders, order_body(&mut rng)).await;
         assert_eq!(
             status, 201,
             "seed {seed}: an ordinary order after the storm"
         );
+        answered.extend(id);
     }
     for service in [&shop.users, &shop.products, &shop.orders] {
         let ready = service.send("GET", "/readyz", None).await;
@@ -280,6 +298,17 @@ async fn hang_ups_never_wedge_a_database(backend: TestBackend) {
             service.base
         );
     }
+    // Every order ends by itself, abandoned or not, and the data adds up.
+    let [_, product_db, order_db] = &shop.databases[..] else {
+        unreachable!("user, product and order databases")
+    };
+    common::settle(order_db, RECOVERY).await;
+    let initial = products
+        .iter()
+        .map(|p| (p.clone(), INITIAL_STOCK))
+        .collect();
+    let tally = common::audit(order_db, product_db, &initial, &answered).await;
+    println!("seed {seed}: after the storm, orders by status {tally:?}");
     if let TestBackend::Postgres = backend {
         // PostgreSQL's own view: with nothing in flight, no session sits inside a transaction
         // (one that does holds its locks, and the next borrower's statements would run in it).
