@@ -69,20 +69,25 @@ impl AuditLog {
 
     /// Writes logged after `mark`.
     pub fn writes_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditWrite>> {
+        let mut requests = self.requests_since(mark)?;
+        requests.retain(AuditWrite::is_write);
+        Ok(requests)
+    }
+
+    /// Every request logged after `mark` (reads only for the users the policy logs them for).
+    pub fn requests_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditWrite>> {
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(mark.0))?;
-        let mut writes = Vec::new();
+        let mut requests = Vec::new();
         for line in BufReader::new(file).lines() {
             let line = line?;
             // A line being written right now may be incomplete; it belongs to the next read.
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if let Some(write) = parse(&event).filter(AuditWrite::is_write) {
-                writes.push(write);
-            }
+            requests.extend(parse(&event));
         }
-        Ok(writes)
+        Ok(requests)
     }
 }
 
