@@ -529,6 +529,116 @@ async fn of_two_operators_exactly_one_reconciles() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 28, 2 and 3, on the real API server: of three candidates, the leader is frozen
+/// (SIGSTOP) — a process paused by the kernel, a long GC pause, a VM migrated — so it neither
+/// renews nor knows it stopped. Another takes the Lease, and is frozen in turn; the app's spec
+/// changes, and the first one wakes up (SIGCONT) to a change nobody has applied. Its term ended
+/// while it slept: it must write nothing (the fence on its writes refuses them; its watchdog
+/// ends it). The third candidate then takes over and applies the change. Each candidate has its
+/// own ServiceAccount, so the audit log tells them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn a_frozen_leader_that_wakes_up_writes_nothing() -> anyhow::Result<()> {
+    let s = Setup::new("frozen").await?;
+    let lease = format!("msa-operator-{}", s.ns);
+    let mut candidates = Vec::new();
+    for name in ["c0", "c1", "c2"] {
+        candidates.push(s.start_leader_candidate_as_itself(name, &lease)?);
+    }
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+    let signal = |signal: &str, pid: u32| {
+        std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .map(drop)
+    };
+    let first = wait_until("exactly one leader", WAIT, || async {
+        Ok(match leaders(&candidates).await.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        })
+    })
+    .await?;
+    signal("-STOP", candidates[first].0.pid())?;
+    let second = wait_until("another candidate to take the Lease", WAIT, || async {
+        Ok(leaders(&candidates)
+            .await
+            .into_iter()
+            .find(|leader| *leader != first))
+    })
+    .await?;
+    signal("-STOP", candidates[second].0.pid())?;
+
+    let audit = AuditLog::new(s.cluster.audit_log.clone());
+    let woken = audit.mark()?;
+    s.patch_app(
+        "shop",
+        "merge",
+        r#"{"spec":{"components":{"gateway":{"replicas":1}}}}"#,
+    )?;
+    signal("-CONT", candidates[first].0.pid())?;
+    // Until it has noticed (it reports it does not lead, or it has exited), and a little longer
+    // for the reconcile of the change to try its luck.
+    wait_until("the first leader to step down", WAIT, || async {
+        Ok((!leaders(&candidates).await.contains(&first)).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let old_user = &candidates[first].1;
+    let written: Vec<String> = audit
+        .writes_since(woken)?
+        .into_iter()
+        .filter(|w| &w.username == old_user && w.code < 400)
+        .map(|w| w.to_string())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "the first leader wrote after waking up:\n{}",
+        written.join("\n")
+    );
+    let exited = candidates[first].0.exited().is_some();
+
+    let third = 3 - first - second;
+    let deployments = s.deployments();
+    wait_until("the third candidate to apply the change", WAIT, || async {
+        Ok((support::replicas(&deployments.get("shop-gateway").await?) == 1).then_some(()))
+    })
+    .await?;
+    signal("-CONT", candidates[second].0.pid())?;
+    println!(
+        "{} frozen, {} took over and was frozen; the first, woken to an unapplied change, wrote \
+         nothing{}; {} applied it",
+        candidates[first].1,
+        candidates[second].1,
+        if exited { " and exited" } else { "" },
+        candidates[third].1,
+    );
+    for (_, user) in &candidates {
+        let account = user.rsplit(':').next().unwrap_or_default();
+        let _ = s
+            .cluster
+            .kubectl(&["delete", "clusterrolebinding", account]);
+    }
+    Ok(())
+}
+
+/// The candidates that report `msa_operator_leader 1`; a frozen or exited one has no metrics
+/// to read, so it is not leading.
+async fn leaders(candidates: &[(Operator, String)]) -> Vec<usize> {
+    let mut leading = Vec::new();
+    for (i, (operator, _)) in candidates.iter().enumerate() {
+        let metric = operator.metric("msa_operator_leader", "");
+        if tokio::time::timeout(Duration::from_secs(2), metric)
+            .await
+            .is_ok_and(|m| m.is_ok_and(|m| m == 1.0))
+        {
+            leading.push(i);
+        }
+    }
+    leading
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: make e2e"]
 async fn a_converged_app_costs_no_writes_over_a_quiet_minute() -> anyhow::Result<()> {

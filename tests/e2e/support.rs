@@ -115,6 +115,53 @@ impl Setup {
         Operator::start(&self.cluster, &options)
     }
 
+    /// [`Setup::start_leader_candidate`] under a ServiceAccount of its own with the chart's
+    /// roles bound to it, so the API server's audit log tells this candidate's requests from
+    /// the others'. Returns the operator and its audit username.
+    pub fn start_leader_candidate_as_itself(
+        &self,
+        identity: &str,
+        lease: &str,
+    ) -> anyhow::Result<(Operator, String)> {
+        let account = format!("{}-{identity}", self.ns);
+        let kubectl = |args: &[&str]| self.cluster.kubectl(args).ok().map(drop);
+        kubectl(&[
+            "create",
+            "serviceaccount",
+            &account,
+            "-n",
+            INSTALL_NAMESPACE,
+        ])?;
+        let subject = format!("--serviceaccount={INSTALL_NAMESPACE}:{account}");
+        kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &account,
+            &format!("--clusterrole={RELEASE}"),
+            &subject,
+        ])?;
+        kubectl(&[
+            "create",
+            "rolebinding",
+            &account,
+            "-n",
+            INSTALL_NAMESPACE,
+            &format!("--role={RELEASE}-leader-election"),
+            &subject,
+        ])?;
+        let kubeconfig = self
+            .cluster
+            .service_account_kubeconfig(INSTALL_NAMESPACE, &account)?;
+        let options = OperatorOptions::new(kubeconfig, account.clone())
+            .watching(&self.ns)
+            .leader_election(INSTALL_NAMESPACE, lease);
+        let operator = Operator::start(&self.cluster, &options)?;
+        Ok((
+            operator,
+            format!("system:serviceaccount:{INSTALL_NAMESPACE}:{account}"),
+        ))
+    }
+
     fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
         KUBECONFIG
