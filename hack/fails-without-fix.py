@@ -11,6 +11,7 @@ PostgreSQL variants need MSA_TEST_POSTGRES_URL (`export MSA_TEST_POSTGRES_URL=$(
 the msa-local process tests need `cargo build --workspace --bins` first.
 """
 import os
+import signal
 import subprocess
 import sys
 
@@ -60,11 +61,20 @@ MUTATIONS = [
 
 def run(mutation):
     name, path, fixed, unfixed, args = mutation
+    if subprocess.run(["git", "diff", "--quiet", "--", path]).returncode != 0:
+        return f"{name}: {path} has changes of its own; commit or stash them first"
     with open(path) as f:
         source = f.read()
     if source.count(fixed) != 1:
         return f"{name}: the fix's text is not found once in {path}: update this list"
     *target, test_filter = args.split()
+
+    def put_back(*_):
+        with open(path, "w") as f:
+            f.write(source)
+        sys.exit(f"{name}: interrupted; {path} put back")
+
+    previous = {s: signal.signal(s, put_back) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with open(path, "w") as f:
             f.write(source.replace(fixed, unfixed))
@@ -75,12 +85,18 @@ def run(mutation):
     finally:
         with open(path, "w") as f:
             f.write(source)
-    ran = [l.split(" ... ")[0][5:] for l in (done.stdout + done.stderr).splitlines()
-           if l.startswith("test ") and " ... " in l]
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    lines = (done.stdout + done.stderr).splitlines()
+    ran = [l[5:].split(" ... ")[0] for l in lines if l.startswith("test ") and " ... " in l]
+    failed = [l[5:].split(" ... ")[0] for l in lines if l.startswith("test ") and l.endswith("FAILED")]
+    if done.returncode == 124:
+        return f"{name}: TIMED OUT (no verdict): {', '.join(ran)}"
     if not ran:
         return f"{name}: NO TEST RAN (build failed or filter matches nothing), exit {done.returncode}"
-    verdict = "fails without the fix" if done.returncode != 0 else "STILL PASSES without the fix"
-    return f"{name}: {verdict}: {', '.join(ran)}"
+    if failed:
+        return f"{name}: fails without the fix: {', '.join(failed)}"
+    return f"{name}: STILL PASSES without the fix: {', '.join(ran)}"
 
 
 def main():

@@ -22,8 +22,9 @@
 #
 # The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG, MSA_E2E_STATE
 # and, with a real node, MSA_E2E_NODE_NAME / MSA_E2E_NODE_IP / MSA_E2E_NODE_READY_SECONDS for the
-# tests, and MSA_E2E_NODE_NS / MSA_E2E_CTR for a person looking inside the node
-# (`nsenter --net=/run/netns/$MSA_E2E_NODE_NS ...`, `$MSA_E2E_CTR images ls`).
+# tests, MSA_E2E_CTR (the node test kills a container's process with it; also for a person:
+# `$MSA_E2E_CTR images ls`) and MSA_E2E_NODE_NS for a person looking inside the node
+# (`nsenter --net=/run/netns/$MSA_E2E_NODE_NS ...`).
 #
 # Network safety: every address used here is inside 198.18.0.0/15, which gets a blackhole route
 # before anything starts, so no packet to a pod, node or Service address can leave the machine;

@@ -117,13 +117,18 @@ impl Setup {
 
     /// [`Setup::start_leader_candidate`] under a ServiceAccount of its own with the chart's
     /// roles bound to it, so the API server's audit log tells this candidate's requests from
-    /// the others'. Returns the operator and its audit username.
+    /// the others'. Dropped, the candidate ends its process and removes what it created.
     pub fn start_leader_candidate_as_itself(
         &self,
         identity: &str,
         lease: &str,
-    ) -> anyhow::Result<(Operator, String)> {
-        let account = format!("{}-{identity}", self.ns);
+    ) -> anyhow::Result<OwnCandidate> {
+        let mut candidate = OwnCandidate {
+            operator: None,
+            account: format!("{}-{identity}", self.ns),
+            cluster: self.cluster.clone(),
+        };
+        let account = candidate.account.clone();
         let kubectl = |args: &[&str]| self.cluster.kubectl(args).ok().map(drop);
         kubectl(&[
             "create",
@@ -155,11 +160,8 @@ impl Setup {
         let options = OperatorOptions::new(kubeconfig, account.clone())
             .watching(&self.ns)
             .leader_election(INSTALL_NAMESPACE, lease);
-        let operator = Operator::start(&self.cluster, &options)?;
-        Ok((
-            operator,
-            format!("system:serviceaccount:{INSTALL_NAMESPACE}:{account}"),
-        ))
+        candidate.operator = Some(Operator::start(&self.cluster, &options)?);
+        Ok(candidate)
     }
 
     fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
@@ -432,5 +434,72 @@ impl Drop for NullableMaxSurge {
         let _ = self
             .cluster
             .kubectl(&["patch", "crd", CRD, "--type=json", "-p", &patch]);
+    }
+}
+
+/// A leader candidate under a ServiceAccount of its own (see
+/// [`Setup::start_leader_candidate_as_itself`]).
+pub struct OwnCandidate {
+    operator: Option<Operator>,
+    account: String,
+    cluster: Cluster,
+}
+
+impl OwnCandidate {
+    pub fn operator(&self) -> &Operator {
+        self.operator.as_ref().expect("started")
+    }
+
+    pub fn operator_mut(&mut self) -> &mut Operator {
+        self.operator.as_mut().expect("started")
+    }
+
+    /// Its requests' user name in the audit log.
+    pub fn user(&self) -> String {
+        format!("system:serviceaccount:{INSTALL_NAMESPACE}:{}", self.account)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to its process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.operator().pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+}
+
+impl Drop for OwnCandidate {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
+        drop(self.operator.take());
+        let account = self.account.as_str();
+        for args in [
+            &[
+                "delete",
+                "clusterrolebinding",
+                account,
+                "--ignore-not-found",
+            ][..],
+            &[
+                "delete",
+                "rolebinding",
+                account,
+                "-n",
+                INSTALL_NAMESPACE,
+                "--ignore-not-found",
+            ],
+            &[
+                "delete",
+                "serviceaccount",
+                account,
+                "-n",
+                INSTALL_NAMESPACE,
+                "--ignore-not-found",
+            ],
+        ] {
+            let _ = self.cluster.kubectl(args);
+        }
     }
 }

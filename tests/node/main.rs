@@ -149,9 +149,7 @@ async fn ready_pods(
             let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
             let status = pod.status.as_ref();
             let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
-            let is_ready = status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let is_ready = msa_e2e::pod_is_ready(pod);
             let ip = status.and_then(|s| s.pod_ip.clone());
             match (
                 spec_node == Some(ctx.node.name.as_str()),

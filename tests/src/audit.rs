@@ -1,15 +1,16 @@
 //! The API server's audit log, which records every write (the cluster's audit policy logs
-//! create/update/patch/delete at Metadata level): the ground truth for "how many writes did the
-//! operator make", independent of the operator's own metrics.
+//! create/update/patch/delete at Metadata level) and every request of the operator's
+//! ServiceAccount: the ground truth for "how many writes (and reads) did the operator make",
+//! independent of the operator's own metrics.
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-/// One audited write.
+/// One audited request (a write, or a read of a user whose reads the policy logs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditWrite {
+pub struct AuditRequest {
     pub verb: String,
     pub username: String,
     pub resource: String,
@@ -19,7 +20,7 @@ pub struct AuditWrite {
     pub code: u16,
 }
 
-impl std::fmt::Display for AuditWrite {
+impl std::fmt::Display for AuditRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -38,16 +39,16 @@ impl std::fmt::Display for AuditWrite {
     }
 }
 
-impl AuditWrite {
+impl AuditRequest {
     /// The policy also logs the operator's reads (the scale benchmark counts them); a watch
     /// ending and being opened again is not a write.
     pub fn is_write(&self) -> bool {
-        matches!(
-            self.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        )
+        WRITE_VERBS.contains(&self.verb.as_str())
     }
 }
+
+/// The verbs of requests that change something.
+pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
 /// A position in the log, so a test counts only what happened after it.
 #[derive(Clone, Copy, Debug)]
@@ -68,14 +69,14 @@ impl AuditLog {
     }
 
     /// Writes logged after `mark`.
-    pub fn writes_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditWrite>> {
+    pub fn writes_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditRequest>> {
         let mut requests = self.requests_since(mark)?;
-        requests.retain(AuditWrite::is_write);
+        requests.retain(AuditRequest::is_write);
         Ok(requests)
     }
 
     /// Every request logged after `mark` (reads only for the users the policy logs them for).
-    pub fn requests_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditWrite>> {
+    pub fn requests_since(&self, mark: Mark) -> anyhow::Result<Vec<AuditRequest>> {
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(mark.0))?;
         let mut requests = Vec::new();
@@ -91,13 +92,13 @@ impl AuditLog {
     }
 }
 
-fn parse(event: &Value) -> Option<AuditWrite> {
+fn parse(event: &Value) -> Option<AuditRequest> {
     if event["stage"] != "ResponseComplete" {
         return None;
     }
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let object = &event["objectRef"];
-    Some(AuditWrite {
+    Some(AuditRequest {
         verb: text(&event["verb"])?,
         username: text(&event["user"]["username"]).unwrap_or_default(),
         resource: text(&object["resource"]).unwrap_or_default(),

@@ -7,8 +7,9 @@
 //! later"; any other error, status or timeout is a failure.
 //!
 //! Orders are placed as the README tells clients to: each with its own `Idempotency-Key`, sent
-//! again with the same key (at most [`ORDER_ATTEMPTS`] times) when the answer was a `5xx` or
-//! never came. Every attempt is tallied; `201` and `202` both answer the order.
+//! again with the same key when the answer was a `5xx` or never came (after `Retry-After`, at
+//! most [`ORDER_ATTEMPTS`] times within [`ORDER_PATIENCE`]). Every attempt is tallied; `201` and
+//! `202` both answer the order; one still unanswered at the end is counted as abandoned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +75,9 @@ pub struct Tally {
     pub orders_answered: Vec<String>,
     /// How many of them were `202` (still pending when the answer was due).
     pub orders_accepted: u64,
+    /// Orders given up on: no `201`, `202` or `4xx` within the client's patience. The shop may
+    /// still have placed one; the audit then finds it confirmed without its answer.
+    pub orders_abandoned: u64,
     /// When each `503` carrying `Retry-After` came, in seconds since the load began (at most
     /// one per attempt, so bounded by `ORDER_ATTEMPTS × Limits::max_requests`).
     pub unavailable_at: Vec<f64>,
@@ -121,12 +125,13 @@ impl Tally {
     pub fn summary(&self) -> String {
         let (reads, posts) = self.failed();
         format!(
-            "{} requests in {:.1} s: {} reads ok, {} orders answered ({} of them 202), {} × 503+Retry-After ({:.1} s from the first to the last), {} failed reads, {} failed orders",
+            "{} requests in {:.1} s: {} reads ok, {} orders answered ({} of them 202, {} given up), {} × 503+Retry-After ({:.1} s from the first to the last), {} failed reads, {} failed order attempts",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.reads_ok,
             self.orders_answered.len(),
             self.orders_accepted,
+            self.orders_abandoned,
             self.unavailable(),
             self.gap_seconds(),
             reads,
@@ -250,8 +255,13 @@ impl Load {
     }
 }
 
-/// How often one order is sent (with its one key) before the client gives up on it.
-pub const ORDER_ATTEMPTS: usize = 3;
+/// How often one order is sent (with its one key) at most, and for how long, before the client
+/// gives up on it: long enough for a one-replica rollout's gap.
+pub const ORDER_ATTEMPTS: usize = 20;
+pub const ORDER_PATIENCE: Duration = Duration::from_secs(30);
+/// The pause before sending an order again: its `Retry-After`, capped, or this.
+const ORDER_PAUSE: Duration = Duration::from_millis(500);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Request number `step`: three reads for each order placed.
 async fn one_request(
@@ -288,19 +298,22 @@ async fn place_order(
 ) {
     let key = format!("\"load-{}\"", crate::random_hex());
     let url = format!("{}/orders", shop.base);
+    let give_up = Instant::now() + ORDER_PATIENCE;
     for _ in 0..ORDER_ATTEMPTS {
         let request = http
             .post(&url)
             .header("idempotency-key", key.as_str())
             .json(order);
         let outcome = attempt(request, "POST /orders", true, started).await;
-        let again = outcome.worth_repeating();
+        let pause = outcome.pause_before_repeating();
         tally.lock().await.add(outcome, started);
-        if !again {
-            return;
+        match pause {
+            None => return,
+            Some(pause) if Instant::now() + pause < give_up => tokio::time::sleep(pause).await,
+            Some(_) => break,
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    tally.lock().await.orders_abandoned += 1;
 }
 
 /// Sends `request` and judges its answer (before any lock is taken: the workers share the tally).
@@ -328,6 +341,11 @@ async fn attempt(
         Ok(response) => response,
     };
     let status = response.status().as_u16();
+    let retry_after_value = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     let retry_after = response.headers().contains_key("retry-after");
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     let id = || answer["id"].as_str().map(str::to_owned);
@@ -340,7 +358,7 @@ async fn attempt(
             },
             None => failure(format!("{status} without an id: {answer}"), false),
         },
-        (503, _) if retry_after => Outcome::Unavailable,
+        (503, _) if retry_after => Outcome::Unavailable(retry_after_value),
         _ => failure(
             format!(
                 "{status}{}: {}",
@@ -358,15 +376,20 @@ enum Outcome {
     Read,
     /// `201`, or `202` (`accepted`), with the order's id.
     Ordered { id: String, accepted: bool },
-    /// `503` with `Retry-After`.
-    Unavailable,
+    /// `503` with `Retry-After` (its value in seconds, capped, when it has one).
+    Unavailable(Option<Duration>),
     /// Anything else; `true` when the client should send it again (a `5xx` or no answer).
     Failed(Failure, bool),
 }
 
 impl Outcome {
-    fn worth_repeating(&self) -> bool {
-        matches!(self, Outcome::Unavailable | Outcome::Failed(_, true))
+    /// How long to wait before sending it again; None when it is not to be sent again.
+    fn pause_before_repeating(&self) -> Option<Duration> {
+        match self {
+            Outcome::Unavailable(after) => Some(after.unwrap_or(ORDER_PAUSE)),
+            Outcome::Failed(_, true) => Some(ORDER_PAUSE),
+            _ => None,
+        }
     }
 }
 
@@ -379,7 +402,7 @@ impl Tally {
                 self.orders_answered.push(id);
                 self.orders_accepted += u64::from(accepted);
             }
-            Outcome::Unavailable => self.unavailable_at.push(started.elapsed().as_secs_f64()),
+            Outcome::Unavailable(_) => self.unavailable_at.push(started.elapsed().as_secs_f64()),
             Outcome::Failed(failure, _) => self.failures.push(failure),
         }
     }
@@ -400,8 +423,8 @@ pub struct Audit {
     pub stored_orders: i64,
     /// Orders answered `201` or `202`.
     pub answered: usize,
-    /// Confirmed orders no `201` or `202` answered: applied without the client knowing (a client that
-    /// retried would have ordered twice).
+    /// Confirmed orders no `201` or `202` answered: applied without the client knowing — an
+    /// order placed twice under two keys, or one its client gave up on (`orders_abandoned`).
     pub confirmed_unanswered: Vec<String>,
     /// Orders whose status is still `pending`.
     pub pending: Vec<String>,

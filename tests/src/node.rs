@@ -84,17 +84,17 @@ impl RealNode {
         );
         let ids = self.run_ctr(&["containers", "ls", "-q", &filter])?;
         // Containers of earlier restarts have no task left; only the running one is killed.
-        let killed = ids
-            .lines()
-            .filter(|id| !id.trim().is_empty())
-            .filter(|id| {
-                self.run_ctr(&["tasks", "kill", "-s", "SIGKILL", id.trim()])
-                    .is_ok()
-            })
-            .count();
+        let (mut killed, mut refused) = (0, Vec::new());
+        for id in ids.lines().map(str::trim).filter(|id| !id.is_empty()) {
+            match self.run_ctr(&["tasks", "kill", "-s", "SIGKILL", id]) {
+                Ok(_) => killed += 1,
+                Err(error) => refused.push(format!("{id}: {error:#}")),
+            }
+        }
         ensure!(
             killed == 1,
-            "expected to kill one running {container} container of {namespace}/{pod}, killed {killed} (containers: {ids:?})"
+            "expected to kill one running {container} container of {namespace}/{pod}, killed \
+             {killed}; ctr refused: {refused:?}"
         );
         Ok(())
     }

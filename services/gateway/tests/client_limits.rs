@@ -410,12 +410,13 @@ async fn figure_connection_slots_one_trickling_client_holds() {
     let (gateway, _stop) = gateway(backend, Setup::default()).await;
     let head = "POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
     let held = Arc::new(AtomicUsize::new(0));
+    let answers: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
     let started = Instant::now();
     let mut tricklers = Vec::new();
     for _ in 0..TRICKLERS {
         let stream = connect_from("127.0.0.1", gateway).await;
         held.fetch_add(1, Ordering::SeqCst);
-        let held = held.clone();
+        let (held, answers) = (held.clone(), answers.clone());
         tricklers.push(tokio::spawn(async move {
             let (mut reader, mut writer) = stream.into_split();
             let trickle = tokio::spawn(async move {
@@ -428,10 +429,24 @@ async fn figure_connection_slots_one_trickling_client_holds() {
                 }
             });
             let left = WATCHED.saturating_sub(started.elapsed());
-            let (_, closed) = read_until_closed(&mut reader, left).await;
+            let (answer, closed) = read_until_closed(&mut reader, left).await;
             if closed {
                 held.fetch_sub(1, Ordering::SeqCst);
             }
+            // The status line (`HTTP/1.1 503 Service Unavailable` → `503`), or how it ended.
+            let status = text(&answer)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    (if closed {
+                        "closed silently"
+                    } else {
+                        "still open"
+                    })
+                    .to_owned()
+                });
+            *answers.lock().unwrap().entry(status).or_default() += 1;
             trickle.abort();
         }));
     }
@@ -454,7 +469,8 @@ async fn figure_connection_slots_one_trickling_client_holds() {
         let _ = trickler.await;
     }
     println!(
-        "requests that reached the backend: {}",
+        "answers by status: {:?}; requests that reached the backend: {}",
+        answers.lock().unwrap(),
         requests.load(Ordering::SeqCst)
     );
 }

@@ -259,9 +259,10 @@ impl WriteLock {
 }
 
 /// Issue 27: product writes held past the caller's timeout (`x-msa-timeout-ms`): each client
-/// gets 202 Accepted with the pending order and its location, never a 504, and within the time
-/// it gave (1.5 s; the service's own limit here is 25 s, past the client's 10 s patience); once
-/// the writes go through, every order is confirmed.
+/// gets 202 Accepted with the pending order and its location, never a 504, and by the time it
+/// gave (1.5 s): the answer must come before the client's 10 s patience runs out, where the
+/// service's own limit (25 s here) would come after it. Once the writes go through, every order
+/// is confirmed.
 async fn product_writes_slower_than_the_caller_get_202_not_504(backend: TestBackend) {
     let hood = common::neighbourhood(backend).await;
     let user = user(&hood).await;

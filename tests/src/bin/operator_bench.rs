@@ -31,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use msa_e2e::audit::AuditLog;
+use msa_e2e::audit::{AuditLog, WRITE_VERBS};
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
 use msa_operator::build::{Children, Workload};
@@ -41,8 +41,6 @@ use msa_operator::crd::MicroserviceApp;
 const CONCURRENCY: usize = 4;
 /// Workloads per shop app: three StatefulSets and the gateway's Deployment.
 const WORKLOADS_PER_APP: usize = 4;
-/// The write verbs as the audit log names them (the log also holds the operator's reads).
-const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
 /// How much to measure: the full run, or the quick one that checks the harness.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -25,6 +25,7 @@
 //!
 //! Only the loopback API server and the operator's loopback metrics port are contacted.
 
+use msa_e2e::audit::WRITE_VERBS;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -52,7 +53,6 @@ const PODS_PER_APP: usize = 4;
 /// The kwok nodes' pod capacity (`tests/cluster/kwok.yaml`), used until a node reports its own.
 const KWOK_NODE_PODS: usize = 2000;
 /// The write verbs, as the audit log names them.
-const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 /// Every kind the operator caches, by the name the API lists it under.
 const CACHED_KINDS: [&str; 11] = [
     "deployments",

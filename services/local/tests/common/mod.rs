@@ -98,8 +98,11 @@ impl Drop for Run {
             }
             let _ = child.kill();
             let _ = child.wait();
-            // Taken, the process is the test's, and so is this file (`signal_and_wait`).
-            let _ = std::fs::remove_file(&self.errors);
+            // Kept when the test failed: it says why. (A run taken by the test is the test's to
+            // clean up: `signal_and_wait` removes its file.)
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_file(&self.errors);
+            }
         }
     }
 }
