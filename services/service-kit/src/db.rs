@@ -163,10 +163,16 @@ mod tests {
             sqlite_url(":memory:").unwrap(),
             "sqlite://:memory:?mode=rwc"
         );
+        // The data folder is created: in the test's temporary folder, removed afterwards.
+        let folder = std::env::temp_dir().join(format!("msa-kit-url-{}", std::process::id()));
+        let path = folder.join("x.db");
+        let path = path.to_str().unwrap();
         assert_eq!(
-            sqlite_url("///tmp/msa-kit-test/x.db?cache=shared").unwrap(),
-            "sqlite:///tmp/msa-kit-test/x.db?cache=shared&mode=rwc"
+            sqlite_url(&format!("//{path}?cache=shared")).unwrap(),
+            format!("sqlite://{path}?cache=shared&mode=rwc")
         );
+        assert!(folder.is_dir());
+        std::fs::remove_dir(&folder).unwrap();
     }
 
     #[test]
