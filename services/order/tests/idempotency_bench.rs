@@ -9,38 +9,13 @@
 #[allow(dead_code)]
 mod common;
 
-use msa_service_kit::testing::{self, TestBackend, TestClient};
-use serde_json::{Value, json};
+use msa_service_kit::testing::{self, TestBackend};
+use serde_json::json;
 
 /// Orders per round, placed `CONCURRENCY` at a time; rounds per kind.
 const PER_ROUND: usize = 200;
 const CONCURRENCY: usize = 8;
 const ROUNDS: usize = 3;
-
-async fn place(orders: TestClient, body: Value, keyed: bool) {
-    let mut request = orders
-        .http
-        .post(format!("{}/orders", orders.base))
-        .json(&body);
-    if keyed {
-        request = request.header("idempotency-key", uuid::Uuid::new_v4().to_string());
-    }
-    let status = request
-        .send()
-        .await
-        .expect("the order service answers")
-        .status();
-    assert_eq!(status, 201);
-}
-
-/// Orders per second for one round.
-async fn round(orders: &TestClient, body: &Value, keyed: bool) -> f64 {
-    let (orders, body) = (orders.clone(), body.clone());
-    testing::calls_per_second(PER_ROUND, CONCURRENCY, move || {
-        place(orders.clone(), body.clone(), keyed)
-    })
-    .await
-}
 
 async fn orders_per_second(backend: TestBackend) {
     let hood = common::neighbourhood(backend).await;
@@ -51,36 +26,27 @@ async fn orders_per_second(backend: TestBackend) {
     .await;
     let user = hood
         .users
-        .expect(
-            "POST",
+        .create(
             "/users",
-            Some(json!({"name": "Bench", "email": format!("{}@example.com", uuid::Uuid::new_v4().simple())})),
-            201,
+            json!({"name": "Bench", "email": format!("{}@example.com", uuid::Uuid::new_v4().simple())}),
         )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let product = hood
         .products
-        .expect(
-            "POST",
+        .create(
             "/products",
-            Some(json!({"name": "A", "price": "1.00", "stock": 1_000_000})),
-            201,
+            json!({"name": "A", "price": "1.00", "stock": 1_000_000}),
         )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let body = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
-    round(&orders, &body, false).await; // warm-up: connections, caches
-    let (mut plain, mut keyed) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        plain.push(round(&orders, &body, false).await);
-        keyed.push(round(&orders, &body, true).await);
-    }
-    let (plain, keyed) = (testing::median(plain), testing::median(keyed));
+    let (plain, keyed) = testing::orders_per_second_without_and_with_keys(
+        &orders,
+        &body,
+        PER_ROUND,
+        CONCURRENCY,
+        ROUNDS,
+    )
+    .await;
     println!(
         "{backend:?}: {PER_ROUND} orders x {ROUNDS} rounds, {CONCURRENCY} at a time (median round)\n  \
          without a key  {plain:>7.0} orders/s\n  \

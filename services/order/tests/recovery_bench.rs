@@ -22,16 +22,11 @@ async fn resolve_stranded_orders(backend: TestBackend) {
     let hood = common::neighbourhood(backend).await;
     let product = hood
         .products
-        .expect(
-            "POST",
+        .create(
             "/products",
-            Some(json!({"name": "A", "price": "1.00", "stock": 1_000_000})),
-            201,
+            json!({"name": "A", "price": "1.00", "stock": 1_000_000}),
         )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let db = common::open(&testing::fresh_database(backend, "order").await).await;
     let user = uuid::Uuid::new_v4().to_string();
     for i in 0..STRANDED {

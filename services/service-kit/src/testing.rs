@@ -556,6 +556,14 @@ impl TestClient {
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
         response.json().await.expect("a JSON body")
     }
+
+    /// `POST path` of `body`, expecting 201; the new resource's `id`.
+    pub async fn create(&self, path: &str, body: serde_json::Value) -> String {
+        self.expect("POST", path, Some(body), 201).await["id"]
+            .as_str()
+            .expect("a created resource has an id")
+            .to_owned()
+    }
 }
 
 /// Asserts a problem+json answer with `status` and a detail, and returns its body.
@@ -965,6 +973,43 @@ where
         worker.await.expect("a call panicked");
     }
     count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// For figures (issue 27): `POST /orders` of `order` through `client`, in rounds of `per_round`
+/// placed `concurrency` at a time, alternating without and with a fresh `Idempotency-Key` so
+/// background load hits both alike, after a warm-up round. Every order must be answered 201.
+/// Returns the median orders per second without and with a key.
+pub async fn orders_per_second_without_and_with_keys(
+    client: &TestClient,
+    order: &serde_json::Value,
+    per_round: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> (f64, f64) {
+    let round = |keyed: bool| {
+        let (client, order) = (client.clone(), order.clone());
+        calls_per_second(per_round, concurrency, move || {
+            let (client, order) = (client.clone(), order.clone());
+            async move {
+                let mut request = client
+                    .http
+                    .post(format!("{}/orders", client.base))
+                    .json(&order);
+                if keyed {
+                    request = request.header("idempotency-key", uuid::Uuid::new_v4().to_string());
+                }
+                let answer = request.send().await.expect("the service answers");
+                assert_eq!(answer.status().as_u16(), 201, "an order placed");
+            }
+        })
+    };
+    round(false).await; // warm-up: connections, caches
+    let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        plain.push(round(false).await);
+        keyed.push(round(true).await);
+    }
+    (median(plain), median(keyed))
 }
 
 /// For figures: the median of rounds (the upper one of an even count).
