@@ -20,7 +20,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use msa_e2e::audit::AuditLog;
+use msa_e2e::audit::{AuditLog, AuditRequest};
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Operator, OperatorOptions, wait_until};
 
@@ -675,11 +675,10 @@ async fn a_converged_app_costs_no_writes_over_a_quiet_minute() -> anyhow::Result
         .ok()?;
     tokio::time::sleep(Duration::from_secs(30)).await;
 
-    let operator_user = format!("system:serviceaccount:{INSTALL_NAMESPACE}:{RELEASE}");
-    let by_operator: Vec<String> = audit
-        .writes_since(mark)?
+    let by_operator: Vec<String> = s
+        .operator_requests_since(&audit, mark)?
         .into_iter()
-        .filter(|w| w.username == operator_user && w.namespace.as_deref() == Some(&s.ns))
+        .filter(AuditRequest::is_write)
         .map(|w| w.to_string())
         .collect();
     assert!(
@@ -860,11 +859,9 @@ spec:
     .await?;
     // What those reconciles sent is in the log within moments of its answer.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let operator_user = format!("system:serviceaccount:{INSTALL_NAMESPACE}:{RELEASE}");
-    let costly: Vec<String> = audit
-        .requests_since(mark)?
+    let costly: Vec<String> = s
+        .operator_requests_since(&audit, mark)?
         .into_iter()
-        .filter(|r| r.username == operator_user && r.namespace.as_deref() == Some(&s.ns))
         .filter(|r| r.is_write() || r.resource == "events")
         .map(|r| r.to_string())
         .collect();

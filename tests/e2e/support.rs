@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
+use msa_e2e::audit::{AuditLog, AuditRequest, Mark};
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::{Cluster, Operator, OperatorOptions, TestNamespace, wait_until};
 use msa_operator::crd::MicroserviceApp;
@@ -243,6 +244,20 @@ impl Setup {
         })
         .await?;
         Ok(degraded.message)
+    }
+
+    /// What the chart's operator sent in this test's namespace since `mark`, as the API server
+    /// audited it (its writes, and its reads: the policy logs them for its ServiceAccount).
+    pub fn operator_requests_since(
+        &self,
+        audit: &AuditLog,
+        mark: Mark,
+    ) -> anyhow::Result<Vec<AuditRequest>> {
+        let operator_user = format!("system:serviceaccount:{INSTALL_NAMESPACE}:{RELEASE}");
+        let mut requests = audit.requests_since(mark)?;
+        requests
+            .retain(|r| r.username == operator_user && r.namespace.as_deref() == Some(&self.ns));
+        Ok(requests)
     }
 
     pub fn apps(&self) -> Api<MicroserviceApp> {

@@ -39,6 +39,16 @@ pub struct CmdOutput {
 }
 
 impl CmdOutput {
+    /// What the finished `command` (its text, for messages) gave.
+    pub fn of(command: String, output: &std::process::Output) -> Self {
+        CmdOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            command,
+        }
+    }
+
     /// The standard output, or an error quoting the command and its standard error.
     pub fn ok(self) -> anyhow::Result<String> {
         if self.success {

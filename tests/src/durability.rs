@@ -408,26 +408,13 @@ spec:
             running.elapsed().as_secs_f64()
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let tally = running.stop().await;
-    println!("pod deletions under load: {}", tally.summary());
-    rows.push(row(
+    let tally = stop_without_failed_reads(
+        running,
         "PostgreSQL, 2 replicas: delete one pod of each",
-        &tally,
-        started.elapsed(),
-    ));
-    let (failed_reads, failed_orders) = tally.failed();
-    ensure!(
-        failed_reads == 0,
-        "idempotent requests failed while pods were deleted:\n{}",
-        show_failures(&tally)
-    );
-    if failed_orders > 0 {
-        println!(
-            "orders in flight on a deleted pod that failed: {failed_orders}\n{}",
-            show_failures(&tally)
-        );
-    }
+        started,
+        rows,
+    )
+    .await?;
     created.extend(tally.orders_answered);
     audit_clean(&http, &shop, &created, "after the pod deletions").await?;
     created.extend(crash_an_order_pod(ctx, &ns, &http, &shop, rows).await?);
@@ -466,27 +453,42 @@ async fn crash_an_order_pod(
         killed_at.as_secs_f64(),
         running.elapsed().as_secs_f64()
     );
+    let tally = stop_without_failed_reads(
+        running,
+        "PostgreSQL, 2 replicas: SIGKILL of an order pod",
+        started,
+        rows,
+    )
+    .await?;
+    Ok(tally.orders_answered)
+}
+
+/// Ends a load 3 s after its last disruption, prints its summary and adds its row as
+/// `scenario`; fails on any failed read (an idempotent request the gateway retries), and prints
+/// failed order attempts (each order is sent again with its key, and the audit judges them).
+async fn stop_without_failed_reads(
+    running: Load,
+    scenario: &str,
+    started: Instant,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<Tally> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tally = running.stop().await;
-    println!("an order pod's crash under load: {}", tally.summary());
-    rows.push(row(
-        "PostgreSQL, 2 replicas: SIGKILL of an order pod",
-        &tally,
-        started.elapsed(),
-    ));
-    let (failed_reads, _) = tally.failed();
+    println!("{scenario}: {}", tally.summary());
+    rows.push(row(scenario, &tally, started.elapsed()));
+    let (failed_reads, failed_orders) = tally.failed();
     ensure!(
         failed_reads == 0,
-        "idempotent requests failed when an order pod crashed:\n{}",
+        "{scenario}: idempotent requests failed:\n{}",
         show_failures(&tally)
     );
-    if !tally.failures.is_empty() {
+    if failed_orders > 0 {
         println!(
-            "attempts that failed (each order is sent again with its key):\n{}",
+            "{scenario}: order attempts that failed: {failed_orders}\n{}",
             show_failures(&tally)
         );
     }
-    Ok(tally.orders_answered)
+    Ok(tally)
 }
 
 /// A Ready pod of `component` (one taking requests, so a kill meets work in flight).

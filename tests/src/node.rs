@@ -106,13 +106,7 @@ impl RealNode {
             .args(args)
             .output()
             .with_context(|| format!("running {program}"))?;
-        ensure!(
-            output.status.success(),
-            "ctr {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        crate::cluster::CmdOutput::of(format!("ctr {}", args.join(" ")), &output).ok()
     }
 
     /// `http://<node IP>:<node port>` of a NodePort Service (its first port).
