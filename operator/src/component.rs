@@ -37,8 +37,11 @@ impl Component {
     pub fn upstreams(self) -> &'static [Component] {
         match self {
             Self::Order => &[Self::User, Self::Product],
+            // Before sold stock comes back, the product service asks the order service whether
+            // the order really was cancelled.
+            Self::Product => &[Self::Order],
             Self::Gateway => &[Self::User, Self::Order, Self::Product],
-            Self::User | Self::Product => &[],
+            Self::User => &[],
         }
     }
 

@@ -632,7 +632,7 @@ async fn apply_children(
         services,
         budgets,
         service_account,
-        order_service_account,
+        own_service_accounts,
         service_issuer,
         role,
         role_binding,
@@ -644,13 +644,9 @@ async fn apply_children(
 
     // The identity first, so pods never start without their ServiceAccount.
     apply_one(ctx, &caches.service_accounts, service_account, &mut report).await?;
-    apply_one(
-        ctx,
-        &caches.service_accounts,
-        order_service_account,
-        &mut report,
-    )
-    .await?;
+    for account in own_service_accounts {
+        apply_one(ctx, &caches.service_accounts, account, &mut report).await?;
+    }
     if let Some(config_map) = service_issuer {
         apply_one(ctx, &caches.config_maps, config_map, &mut report).await?;
     }

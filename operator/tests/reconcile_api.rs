@@ -67,6 +67,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         [
             format!("PATCH {ns}/serviceaccounts/shop-discovery?{APPLY}"),
             format!("PATCH {ns}/serviceaccounts/shop-order?{APPLY}"),
+            format!("PATCH {ns}/serviceaccounts/shop-product?{APPLY}"),
             format!("PATCH {rbac}/roles/shop-discovery?{APPLY}"),
             format!("PATCH {rbac}/rolebindings/shop-discovery?{APPLY}"),
             format!("PATCH {ns}/services/shop-user?{APPLY}"),
@@ -95,7 +96,7 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         services,
         budgets,
         service_account,
-        order_service_account,
+        own_service_accounts,
         service_issuer,
         role,
         role_binding,
@@ -112,12 +113,16 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         "one replica each: no PodDisruptionBudget"
     );
     let deployments = deployments(&children);
-    let mut expected: Vec<Value> = vec![
-        serde_json::to_value(&service_account).unwrap(),
-        serde_json::to_value(&order_service_account).unwrap(),
+    let mut expected: Vec<Value> = vec![serde_json::to_value(&service_account).unwrap()];
+    expected.extend(
+        own_service_accounts
+            .iter()
+            .map(|a| serde_json::to_value(a).unwrap()),
+    );
+    expected.extend([
         serde_json::to_value(&role).unwrap(),
         serde_json::to_value(&role_binding).unwrap(),
-    ];
+    ]);
     expected.extend(services.iter().map(|s| serde_json::to_value(s).unwrap()));
     expected.extend(deployments.iter().map(|d| serde_json::to_value(d).unwrap()));
     expected.extend(
@@ -128,13 +133,13 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     for (call, body) in first.iter().zip(&expected) {
         assert_eq!(&call.body, body, "{}", call.line());
     }
-    let event = &first[16].body;
+    let event = &first[17].body;
     assert_eq!(event["reason"], "Applied");
     assert_eq!(event["regarding"]["name"], "shop");
     assert!(event["note"].as_str().unwrap().starts_with(
-        "applied ServiceAccount/shop-discovery, ServiceAccount/shop-order, Role/shop-discovery"
+        "applied ServiceAccount/shop-discovery, ServiceAccount/shop-order, ServiceAccount/shop-product, Role/shop-discovery"
     ));
-    let status_call = &first[17];
+    let status_call = &first[18];
     assert_eq!(status_call.body["apiVersion"], "msa.dev/v1alpha1");
     assert_eq!(status_call.body["kind"], "MicroserviceApp");
     assert_eq!(status_call.body["status"]["observedGeneration"], 1);

@@ -63,7 +63,7 @@ fn default_app_renders_the_snapshotted_objects() {
     let children = build::children(&app(json!({}))).unwrap();
     assert_eq!(
         children.count(),
-        16,
+        17,
         "one replica each: no PodDisruptionBudget"
     );
     insta::assert_json_snapshot!(
@@ -138,9 +138,11 @@ fn pods_are_locked_down_and_only_discovering_components_get_a_token() {
             pod.automount_service_account_token,
             Some(component.needs_discovery())
         );
-        // The order service has its own account: its tokens prove who calls the product service.
+        // The order and product services have their own accounts: their tokens prove to each
+        // other who is calling.
         let account = match component {
             Component::Order => Some("shop-order"),
+            Component::Product => Some("shop-product"),
             _ => component.needs_discovery().then_some("shop-discovery"),
         };
         assert_eq!(pod.service_account_name.as_deref(), account);
@@ -700,7 +702,8 @@ fn shutdown_timing_reaches_the_process_and_the_grace_period_covers_it() {
 }
 
 /// Issue 16: a NetworkPolicy per component admits only its callers on its port — order from the
-/// gateway, user and product from the gateway and order, the gateway from anyone (or the
+/// gateway and product (issue 27: it asks before a return), user and product from the gateway
+/// and order, the gateway from anyone (or the
 /// configured peers) — plus the monitoring namespace when set; switched off, none is rendered.
 #[test]
 fn network_policies_admit_only_each_components_callers() {
@@ -737,7 +740,7 @@ fn network_policies_admit_only_each_components_callers() {
         }
     };
     assert_eq!(sources("shop-gateway"), ["anyone"]);
-    assert_eq!(sources("shop-order"), ["gateway"]);
+    assert_eq!(sources("shop-order"), ["product", "gateway"]);
     assert_eq!(sources("shop-user"), ["order", "gateway"]);
     assert_eq!(sources("shop-product"), ["order", "gateway"]);
     let order = &policies[1];
@@ -774,7 +777,7 @@ fn network_policies_admit_only_each_components_callers() {
 /// projected for the product service's audience; once the operator knows the cluster's issuer,
 /// the product service gets its keys (a ConfigMap) and accepts only that account's tokens.
 #[test]
-fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token() {
+fn the_order_and_product_services_prove_themselves_to_each_other_with_projected_tokens() {
     let shop = app(json!({}));
     let unknown = build::children(&shop).unwrap();
     let order = template(&unknown, Component::Order);
@@ -835,6 +838,51 @@ fn the_order_service_proves_itself_to_the_product_service_with_a_projected_token
             "{name}"
         );
     }
+    // Issue 27: the other way round, the product service asks the order service whether an
+    // order was cancelled before its sold stock comes back, as its own account with a token
+    // for the order service's audience; the order service takes that account's tokens only.
+    let product_unknown = template(&unknown, Component::Product);
+    assert_eq!(
+        pod_of(product_unknown).service_account_name.as_deref(),
+        Some("shop-product")
+    );
+    assert_eq!(
+        env_value(product_unknown, "MSA_UPSTREAM_ORDER").unwrap()["value"],
+        "shop-order"
+    );
+    let pod = serde_json::to_value(pod_of(product_unknown)).unwrap();
+    let projected = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "service-token")
+        .unwrap();
+    assert_eq!(
+        projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "shop-order"
+    );
+    assert_eq!(
+        binding["subjects"][2]["name"], "shop-product",
+        "the product account discovers the order service"
+    );
+    let accounts: Vec<_> = unknown
+        .own_service_accounts
+        .iter()
+        .map(|a| a.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(accounts, ["shop-order", "shop-product"]);
+    let order = template(&known, Component::Order);
+    for (name, expected) in [
+        ("MSA_SERVICE_ISSUER", "https://kubernetes.default.svc"),
+        ("MSA_SERVICE_AUDIENCE", "shop-order"),
+        (
+            "MSA_SERVICE_CALLERS",
+            "system:serviceaccount:demo:shop-product",
+        ),
+    ] {
+        assert_eq!(env_value(order, name).unwrap()["value"], expected, "{name}");
+    }
+
     // The keys change without rolling anyone: only the ConfigMap carries them.
     let rotated = build::ClusterFacts {
         service_issuer: Some(build::ServiceIssuer {

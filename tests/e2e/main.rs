@@ -718,8 +718,9 @@ async fn children_of_an_app_are_found_by_its_labels() -> anyhow::Result<()> {
         ])
         .ok()?;
     // A workload, a Service and a NetworkPolicy per component, the gateway's budget, the
-    // discovery identity (two ServiceAccounts, a Role, a RoleBinding).
-    assert_eq!(out.lines().count(), CHILD_WORKLOADS * 3 + 1 + 4, "{out}");
+    // identities (the discovery ServiceAccount and the order and product services' own, a
+    // Role, a RoleBinding).
+    assert_eq!(out.lines().count(), CHILD_WORKLOADS * 3 + 1 + 5, "{out}");
     let printed = s.cluster.kubectl(&["get", "msa", "-n", &s.ns]).ok()?;
     assert!(
         printed.contains("READY") && printed.contains("True"),

@@ -1,10 +1,11 @@
-//! Service identity between components, from what the cluster already has: the order service
-//! runs as its own ServiceAccount and gets a projected token for the product service's audience
-//! (kubelet rotates it); the product service checks it against the API server's
-//! ServiceAccount issuer keys, which the operator reads from the issuer discovery endpoints and
-//! publishes in a ConfigMap. No shared secret, and the product service needs no API access.
-//! Until the operator knows the issuer, the product service runs without the check (and says
-//! so at start-up).
+//! Service identity between components, from what the cluster already has. The order service
+//! and the product service call each other's internal routes (the order service reserves
+//! stock; the product service asks whether an order was really cancelled before its sold stock
+//! comes back), so each runs as its own ServiceAccount and gets a projected token for the
+//! other's audience (kubelet rotates it); each checks the other's token against the API
+//! server's ServiceAccount issuer keys, which the operator reads from the issuer discovery
+//! endpoints and publishes in a ConfigMap. No shared secret. Until the operator knows the
+//! issuer, the services run without the check (and say so at start-up).
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, PodTemplateSpec, ProjectedVolumeSource,
@@ -20,9 +21,9 @@ const TOKEN_DIR: &str = "/var/run/msa/service-token";
 const ISSUER_VOLUME: &str = "service-issuer";
 const ISSUER_DIR: &str = "/etc/msa/service-issuer";
 const JWKS_KEY: &str = "jwks.json";
-/// The product service's variable naming the issuer it checks tokens against.
+/// The variable naming the issuer a service checks its peers' tokens against.
 const ISSUER_ENV: &str = "MSA_SERVICE_ISSUER";
-/// Lifetime asked for the order service's token; kubelet renews it at 80 %.
+/// Lifetime asked for a service's token; kubelet renews it at 80 %.
 const TOKEN_SECONDS: i64 = 3600;
 
 /// What the operator learned from the cluster that rendering needs.
@@ -42,22 +43,49 @@ pub struct ServiceIssuer {
     pub jwks: String,
 }
 
-/// The audience of tokens meant for the product service.
-pub fn product_audience(app: &str) -> String {
-    labels::child_name(app, Component::Product)
+/// Who calls whose internal routes with its own token: (caller, callee).
+const CALLS: [(Component, Component); 2] = [
+    (Component::Order, Component::Product),
+    (Component::Product, Component::Order),
+];
+
+/// The peer whose internal routes `component` calls with its token, if any.
+fn callee_of(component: Component) -> Option<Component> {
+    CALLS
+        .iter()
+        .find(|(caller, _)| *caller == component)
+        .map(|(_, callee)| *callee)
 }
 
-/// The ServiceAccount the order service runs as: its own, so its tokens name it alone.
-pub fn order_account(app: &str) -> String {
-    labels::child_name(app, Component::Order)
+/// The components whose tokens `component` takes on its internal routes.
+fn callers_of(component: Component) -> impl Iterator<Item = Component> {
+    CALLS
+        .into_iter()
+        .filter(move |(_, callee)| *callee == component)
+        .map(|(caller, _)| caller)
 }
 
-/// The subject of the order service's tokens.
-pub fn order_subject(owner: &Owner) -> String {
+/// The components that run as a ServiceAccount of their own, so their tokens name them alone.
+pub fn has_own_account(component: Component) -> bool {
+    callee_of(component).is_some()
+}
+
+/// The audience of tokens meant for `component` (its Service's name).
+pub fn audience(app: &str, component: Component) -> String {
+    labels::child_name(app, component)
+}
+
+/// The ServiceAccount a component with its own identity runs as ([`has_own_account`]).
+pub fn own_account(app: &str, component: Component) -> String {
+    labels::child_name(app, component)
+}
+
+/// The subject of a component's tokens.
+pub fn subject(owner: &Owner, component: Component) -> String {
     format!(
         "system:serviceaccount:{}:{}",
         owner.namespace,
-        order_account(&owner.name)
+        own_account(&owner.name, component)
     )
 }
 
@@ -77,8 +105,9 @@ pub fn issuer_config_map_name(app: &str) -> String {
     format!("{app}-service-issuer")
 }
 
-/// The issuer a (live) product pod template was rendered with; None when it runs without the
-/// check. The inverse of what rendering puts there, so a running app's facts can be read back.
+/// The issuer a (live) pod template of a service that checks its peers' tokens was rendered
+/// with; None when it runs without the check. The inverse of what rendering puts there, so a
+/// running app's facts can be read back.
 pub fn rendered_issuer(template: &PodTemplateSpec) -> Option<String> {
     template
         .spec
@@ -96,23 +125,23 @@ pub fn published_keys(config_map: &ConfigMap) -> Option<String> {
 }
 
 pub(super) fn volumes(owner: &Owner, component: Component) -> Vec<Volume> {
-    match component {
-        Component::Order => vec![Volume {
-            name: TOKEN_VOLUME.to_owned(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(product_audience(&owner.name)),
-                        expiration_seconds: Some(TOKEN_SECONDS),
-                        path: "token".to_owned(),
-                    }),
-                    ..VolumeProjection::default()
-                }]),
-                default_mode: Some(0o440),
-            }),
-            ..Volume::default()
-        }],
-        Component::Product if owner.cluster.service_issuer.is_some() => vec![Volume {
+    let token = callee_of(component).map(|callee| Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience(&owner.name, callee)),
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    path: "token".to_owned(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    });
+    let keys = (owner.cluster.service_issuer.is_some() && callers_of(component).next().is_some())
+        .then(|| Volume {
             name: ISSUER_VOLUME.to_owned(),
             config_map: Some(ConfigMapVolumeSource {
                 name: issuer_config_map_name(&owner.name),
@@ -121,9 +150,8 @@ pub(super) fn volumes(owner: &Owner, component: Component) -> Vec<Volume> {
                 items: None,
             }),
             ..Volume::default()
-        }],
-        _ => Vec::new(),
-    }
+        });
+    token.into_iter().chain(keys).collect()
 }
 
 pub(super) fn mounts(owner: &Owner, component: Component) -> Vec<VolumeMount> {
@@ -144,14 +172,20 @@ pub(super) fn mounts(owner: &Owner, component: Component) -> Vec<VolumeMount> {
 }
 
 pub(super) fn env(owner: &Owner, component: Component) -> Vec<(&'static str, String)> {
-    match (component, &owner.cluster.service_issuer) {
-        (Component::Order, _) => vec![("MSA_SERVICE_TOKEN_FILE", format!("{TOKEN_DIR}/token"))],
-        (Component::Product, Some(issuer)) => vec![
+    let mut env = Vec::new();
+    if callee_of(component).is_some() {
+        env.push(("MSA_SERVICE_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
+    }
+    let callers: Vec<String> = callers_of(component)
+        .map(|caller| subject(owner, caller))
+        .collect();
+    if let (Some(issuer), false) = (&owner.cluster.service_issuer, callers.is_empty()) {
+        env.extend([
             (ISSUER_ENV, issuer.issuer.clone()),
             ("MSA_SERVICE_JWKS_FILE", format!("{ISSUER_DIR}/{JWKS_KEY}")),
-            ("MSA_SERVICE_AUDIENCE", product_audience(&owner.name)),
-            ("MSA_SERVICE_CALLERS", order_subject(owner)),
-        ],
-        _ => Vec::new(),
+            ("MSA_SERVICE_AUDIENCE", audience(&owner.name, component)),
+            ("MSA_SERVICE_CALLERS", callers.join(",")),
+        ]);
     }
+    env
 }

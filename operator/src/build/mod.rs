@@ -29,8 +29,8 @@ pub use container::{ADMIN_PORT, ADMIN_PORT_NAME};
 pub use disruption::needs_budget;
 pub use hash::{short_hash, stamp_rendered_hash};
 pub use identity::{
-    ClusterFacts, ServiceIssuer, issuer_config_map_name, order_account, product_audience,
-    published_keys, rendered_issuer,
+    ClusterFacts, ServiceIssuer, audience, issuer_config_map_name, own_account, published_keys,
+    rendered_issuer,
 };
 pub use monitoring::{had_pod_monitor, pod_monitor_resource, status_note as monitoring_note};
 pub use network::callers;
@@ -48,10 +48,11 @@ pub struct Children {
     pub budgets: Vec<(Component, PodDisruptionBudget)>,
     /// The discovering components' identity (the gateway's).
     pub service_account: ServiceAccount,
-    /// The order service's own identity: it also discovers, and its tokens prove to the
-    /// product service that the caller is the order service.
-    pub order_service_account: ServiceAccount,
-    /// The ServiceAccount issuer's keys for the product service, once the operator knows them.
+    /// The order and product services' own identities: both discover, and each one's tokens
+    /// prove to the other who is calling ([`identity`]). In [`Component::ALL`] order.
+    pub own_service_accounts: Vec<ServiceAccount>,
+    /// The ServiceAccount issuer's keys for the services that check their peers' tokens, once
+    /// the operator knows them.
     pub service_issuer: Option<ConfigMap>,
     pub role: Role,
     pub role_binding: RoleBinding,
@@ -70,7 +71,7 @@ impl Children {
             services,
             budgets,
             service_account: _,
-            order_service_account: _,
+            own_service_accounts,
             service_issuer,
             role: _,
             role_binding: _,
@@ -81,9 +82,11 @@ impl Children {
             + services.len()
             + budgets.len()
             + network_policies.len()
+            + own_service_accounts.len()
             + usize::from(service_issuer.is_some())
             + usize::from(pod_monitor.is_some())
-            + 4
+            // The discovery ServiceAccount, its Role and RoleBinding.
+            + 3
     }
 }
 
@@ -186,7 +189,10 @@ pub fn children_in(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Chil
             .map(|c| (c, stamp_rendered_hash(disruption::budget(app, &owner, c))))
             .collect(),
         service_account: stamp_rendered_hash(rbac::service_account(&owner)),
-        order_service_account: stamp_rendered_hash(rbac::order_service_account(&owner)),
+        own_service_accounts: rbac::own_service_accounts(&owner)
+            .into_iter()
+            .map(stamp_rendered_hash)
+            .collect(),
         service_issuer: identity::issuer_config_map(&owner).map(stamp_rendered_hash),
         role: stamp_rendered_hash(rbac::role(&owner)),
         role_binding: stamp_rendered_hash(rbac::role_binding(&owner)),

@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn each_service_is_called_by_exactly_its_callers() {
         assert_eq!(callers(Component::Gateway), []);
-        assert_eq!(callers(Component::Order), [Component::Gateway]);
+        assert_eq!(
+            callers(Component::Order),
+            [Component::Product, Component::Gateway]
+        );
         assert_eq!(
             callers(Component::User),
             [Component::Order, Component::Gateway]

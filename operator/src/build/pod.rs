@@ -67,9 +67,10 @@ fn pod_spec(
         containers: vec![container(app, owner, component)],
         // Only components that watch EndpointSlices get an API token, and only for their own
         // ServiceAccount, whose Role allows exactly that.
-        service_account_name: match component {
-            Component::Order => Some(super::identity::order_account(&owner.name)),
-            _ => discovers.then(|| labels::discovery_name(&owner.name)),
+        service_account_name: if super::identity::has_own_account(component) {
+            Some(super::identity::own_account(&owner.name, component))
+        } else {
+            discovers.then(|| labels::discovery_name(&owner.name))
         },
         automount_service_account_token: Some(discovers),
         enable_service_links: Some(false),

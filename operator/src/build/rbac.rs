@@ -1,11 +1,12 @@
 //! The identity of the components that discover peers: ServiceAccounts (the gateway's, and the
-//! order service's own, see [`super::identity`]) whose Role allows reading EndpointSlices in
-//! the app's namespace, and nothing else.
+//! order and product services' own, see [`super::identity`]) whose Role allows reading
+//! EndpointSlices in the app's namespace, and nothing else.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
 use super::Owner;
+use crate::component::Component;
 use crate::labels;
 
 pub(super) fn service_account(owner: &Owner) -> ServiceAccount {
@@ -15,13 +16,26 @@ pub(super) fn service_account(owner: &Owner) -> ServiceAccount {
     }
 }
 
-pub(super) fn order_service_account(owner: &Owner) -> ServiceAccount {
-    let mut labels = labels::app_labels(&owner.name);
-    labels.insert(labels::COMPONENT.to_owned(), "order".to_owned());
-    ServiceAccount {
-        metadata: owner.metadata(super::identity::order_account(&owner.name), labels),
-        ..ServiceAccount::default()
-    }
+/// The ServiceAccounts of the components with an identity of their own, in
+/// [`Component::ALL`] order.
+pub(super) fn own_service_accounts(owner: &Owner) -> Vec<ServiceAccount> {
+    own_accounts()
+        .map(|component| {
+            let mut labels = labels::app_labels(&owner.name);
+            labels.insert(labels::COMPONENT.to_owned(), component.name().to_owned());
+            ServiceAccount {
+                metadata: owner
+                    .metadata(super::identity::own_account(&owner.name, component), labels),
+                ..ServiceAccount::default()
+            }
+        })
+        .collect()
+}
+
+fn own_accounts() -> impl Iterator<Item = Component> {
+    Component::ALL
+        .into_iter()
+        .filter(|c| super::identity::has_own_account(*c))
 }
 
 pub(super) fn role(owner: &Owner) -> Role {
@@ -46,8 +60,8 @@ pub(super) fn role_binding(owner: &Owner) -> RoleBinding {
             name: name.clone(),
         },
         subjects: Some(
-            [name, super::identity::order_account(&owner.name)]
-                .into_iter()
+            std::iter::once(name)
+                .chain(own_accounts().map(|c| super::identity::own_account(&owner.name, c)))
                 .map(|name| Subject {
                     kind: "ServiceAccount".to_owned(),
                     name,

@@ -166,7 +166,7 @@ impl FakeCaches {
             services,
             budgets,
             service_account,
-            order_service_account,
+            own_service_accounts,
             service_issuer,
             role,
             role_binding,
@@ -191,7 +191,7 @@ impl FakeCaches {
             self.services
                 .apply_watcher_event(&watcher::Event::Apply(as_stored(s)));
         }
-        for account in [service_account, order_service_account] {
+        for account in std::iter::once(service_account).chain(own_service_accounts) {
             self.service_accounts
                 .apply_watcher_event(&watcher::Event::Apply(as_stored(account)));
         }

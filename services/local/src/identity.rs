@@ -17,9 +17,13 @@ pub const USER_AUDIENCE: &str = "msa";
 pub const SERVICE_ISSUER: &str = "msa-local-services";
 pub const ORDER_SUBJECT: &str = "msa-local:order";
 pub const PRODUCT_AUDIENCE: &str = "msa-product";
+/// The product service's subject, and the order service's audience: the product service asks
+/// the order service whether an order was cancelled before its sold stock comes back.
+pub const PRODUCT_SUBJECT: &str = "msa-local:product";
+pub const ORDER_AUDIENCE: &str = "msa-order";
 /// Routes open without a token at the gateway: signing up and reading the catalogue.
 pub const PUBLIC_ROUTES: &str = "POST /users,GET /products,GET /products/{id}";
-/// How long the order service's token lives; it is issued again well before.
+/// How long a service's token lives; it is issued again well before.
 pub const SERVICE_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 pub const SERVICE_TOKEN_RENEWAL: Duration = Duration::from_secs(600);
 
@@ -86,21 +90,54 @@ impl Issuer {
     }
 }
 
-/// The order service's token file.
+/// The order service's token file (for the product service).
 pub fn order_token(data_dir: &Path) -> PathBuf {
     data_dir.join("identity").join("order.token")
 }
 
-/// Issues the order service's token for the product service into its file.
-pub fn issue_order_token(data_dir: &Path) -> anyhow::Result<()> {
-    let token = Issuer::services(data_dir).key()?.issue(&Grant {
-        issuer: SERVICE_ISSUER,
-        audience: PRODUCT_AUDIENCE,
-        subject: ORDER_SUBJECT,
-        roles: &[],
-        lifetime: SERVICE_TOKEN_LIFETIME,
-    })?;
-    write_atomically(&order_token(data_dir), token.as_bytes(), true)
+/// The product service's token file (for the order service).
+pub fn product_token(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity").join("product.token")
+}
+
+/// Issues each service's token for the peer it calls into its file: the order service's for
+/// the product service, the product service's for the order service.
+pub fn issue_service_tokens(data_dir: &Path) -> anyhow::Result<()> {
+    let key = Issuer::services(data_dir).key()?;
+    for (subject, audience, file) in [
+        (ORDER_SUBJECT, PRODUCT_AUDIENCE, order_token(data_dir)),
+        (PRODUCT_SUBJECT, ORDER_AUDIENCE, product_token(data_dir)),
+    ] {
+        let token = key.issue(&Grant {
+            issuer: SERVICE_ISSUER,
+            audience,
+            subject,
+            roles: &[],
+            lifetime: SERVICE_TOKEN_LIFETIME,
+        })?;
+        write_atomically(&file, token.as_bytes(), true)?;
+    }
+    Ok(())
+}
+
+/// The file listing the order service's addresses, which the product service follows
+/// (`--order-url file:…`): the order service is started after the product service, so its
+/// addresses are written once they are known.
+pub fn order_addresses(data_dir: &Path) -> PathBuf {
+    data_dir.join("peers").join("order")
+}
+
+/// Writes the order service's addresses for the product service.
+pub fn write_order_addresses(
+    data_dir: &Path,
+    addresses: &[std::net::SocketAddr],
+) -> anyhow::Result<()> {
+    let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    write_atomically(
+        &order_addresses(data_dir),
+        list.join("\n").as_bytes(),
+        false,
+    )
 }
 
 /// A user's token from the users' issuer under `data_dir`.
@@ -168,14 +205,13 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(user_token(&dir, "a", true, Duration::from_secs(60)).is_ok());
-        issue_order_token(&dir).unwrap();
-        assert!(
-            std::fs::read_to_string(order_token(&dir))
-                .unwrap()
-                .split('.')
-                .count()
-                == 3
-        );
+        issue_service_tokens(&dir).unwrap();
+        for token in [order_token(&dir), product_token(&dir)] {
+            assert_eq!(
+                std::fs::read_to_string(token).unwrap().split('.').count(),
+                3
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

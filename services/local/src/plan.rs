@@ -150,6 +150,19 @@ pub fn plan(
             let mut args = vec!["--data-dir".to_owned(), data.clone()];
             args.extend(auth.iter().cloned());
             let mut peers = Vec::new();
+            // Order and product call each other's internal routes, each with its own token.
+            let trust = |audience: &str, caller: &str| {
+                [
+                    "--service-issuer".to_owned(),
+                    identity::SERVICE_ISSUER.to_owned(),
+                    "--service-jwks-file".to_owned(),
+                    path(Issuer::services(data_dir).jwks),
+                    "--service-audience".to_owned(),
+                    audience.to_owned(),
+                    "--service-callers".to_owned(),
+                    caller.to_owned(),
+                ]
+            };
             if service == Service::Order {
                 peers = vec![
                     ("--user-url", Service::User),
@@ -159,17 +172,17 @@ pub fn plan(
                     "--service-token-file".to_owned(),
                     path(identity::order_token(data_dir)),
                 ]);
+                args.extend(trust(identity::ORDER_AUDIENCE, identity::PRODUCT_SUBJECT));
             }
             if service == Service::Product {
+                args.extend(trust(identity::PRODUCT_AUDIENCE, identity::ORDER_SUBJECT));
+                // The order service starts after this one, so its addresses come in a file
+                // written once it listens.
                 args.extend([
-                    "--service-issuer".to_owned(),
-                    identity::SERVICE_ISSUER.to_owned(),
-                    "--service-jwks-file".to_owned(),
-                    path(Issuer::services(data_dir).jwks),
-                    "--service-audience".to_owned(),
-                    identity::PRODUCT_AUDIENCE.to_owned(),
-                    "--service-callers".to_owned(),
-                    identity::ORDER_SUBJECT.to_owned(),
+                    "--service-token-file".to_owned(),
+                    path(identity::product_token(data_dir)),
+                    "--order-url".to_owned(),
+                    format!("file:{}", path(identity::order_addresses(data_dir))),
                 ]);
             }
             processes.push(Process {
@@ -229,6 +242,15 @@ impl Plan {
             .find(|p| p.service.is_none())
             .map(|p| p.listen)
             .expect("a plan has a gateway")
+    }
+
+    /// Where the replicas of `service` listen (port 0 for those not bound yet).
+    pub fn addresses_of(&self, service: Service) -> Vec<SocketAddr> {
+        self.processes
+            .iter()
+            .filter(|p| p.service == Some(service))
+            .map(|p| p.listen)
+            .collect()
     }
 
     /// Records where process `index` listens, once it has bound.
@@ -459,12 +481,22 @@ mod tests {
             |p: &Process, flag: &str, value: &str| p.args.windows(2).any(|w| w == [flag, value]);
         let open = plan(8080, replicas, Path::new("/d"), Security::default()).unwrap();
         let product = &open.processes[1];
+        let order = &open.processes[2];
         assert!(has(product, "--service-callers", identity::ORDER_SUBJECT));
         assert!(has(
-            &open.processes[2],
+            order,
             "--service-token-file",
             "/d/identity/order.token"
         ));
+        // The product service asks the order service before a return, with its own token.
+        assert!(has(order, "--service-callers", identity::PRODUCT_SUBJECT));
+        assert!(has(order, "--service-audience", identity::ORDER_AUDIENCE));
+        assert!(has(
+            product,
+            "--service-token-file",
+            "/d/identity/product.token"
+        ));
+        assert!(has(product, "--order-url", "file:/d/peers/order"));
         assert!(
             open.processes
                 .iter()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::identity;
-use crate::plan::{Plan, Process, Replicas, Security, plan};
+use crate::plan::{Plan, Process, Replicas, Security, Service, plan};
 use crate::restart::Restarts;
 
 #[derive(clap::Args, Debug)]
@@ -93,7 +93,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
-    identity::issue_order_token(&data_dir)?;
+    identity::issue_service_tokens(&data_dir)?;
     if args.auth {
         identity::Issuer::users(&data_dir).key()?;
     }
@@ -119,6 +119,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    identity::write_order_addresses(&data_dir, &plan.addresses_of(Service::Order))?;
     let scrape_config = data_dir.join("prometheus.yml");
     std::fs::write(&scrape_config, plan.scrape_config())
         .with_context(|| format!("cannot write {}", scrape_config.display()))?;
@@ -365,7 +366,7 @@ impl StopSignals {
 
 /// Until Ctrl-C, SIGTERM or SIGHUP. A component that dies is reported and started again after
 /// its backoff; the others keep serving (the gateway steers around the missing replica).
-/// The order service's token is issued again well before it expires (as kubelet rotates a
+/// The services' tokens are issued again well before they expire (as kubelet rotates a
 /// projected token).
 async fn supervise(
     running: &mut [Running],
@@ -376,9 +377,9 @@ async fn supervise(
     let mut token_issued = Instant::now();
     loop {
         if token_issued.elapsed() >= identity::SERVICE_TOKEN_RENEWAL {
-            match identity::issue_order_token(data_dir) {
+            match identity::issue_service_tokens(data_dir) {
                 Ok(()) => token_issued = Instant::now(),
-                Err(error) => eprintln!("cannot renew the order service's token: {error:#}"),
+                Err(error) => eprintln!("cannot renew the services' tokens: {error:#}"),
             }
         }
         tokio::select! {

@@ -412,6 +412,62 @@ async fn with_auth_on_no_one_acts_as_anyone_else() {
         "refused reservation calls moved no stock: {product_now}"
     );
 
+    // Issue 27: even the order service's own token cannot take a confirmed order's stock back;
+    // the product service asks the order service, which says the order stands.
+    let (status, answer) = send(
+        &product_svc,
+        "POST",
+        &format!("{reservation}/return"),
+        Some(order_service_token.trim()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, answer["type"].as_str()),
+        (409, Some("https://msa.dev/problems/order-not-cancelled")),
+        "{answer}"
+    );
+    let product_now = send(&product_svc, "GET", &product_path, None, None).await.1;
+    assert_eq!(
+        product_now["stock"], 4,
+        "the stock stays sold: {product_now}"
+    );
+    // The order service answers that question to the product service only, and the gateway
+    // does not route it.
+    let settlement = format!("/internal/orders/{order_id}");
+    let product_service_token =
+        std::fs::read_to_string(data.join("identity/product.token")).unwrap();
+    for (who, credential, expected) in [
+        ("nobody", None, 401),
+        ("a user", ada_t, 403),
+        ("an admin", Some(admin.as_str()), 403),
+        (
+            "a token for the product service",
+            Some(order_service_token.trim()),
+            401,
+        ),
+        (
+            "the product service",
+            Some(product_service_token.trim()),
+            200,
+        ),
+    ] {
+        let (status, answer) = send(&order_svc, "GET", &settlement, credential, None).await;
+        assert_eq!(status, expected, "{who}: {answer}");
+        if status == 200 {
+            assert_eq!(
+                (
+                    answer["status"].as_str(),
+                    answer["stock_returnable"].as_bool()
+                ),
+                (Some("confirmed"), Some(false)),
+                "{answer}"
+            );
+        }
+    }
+    let through_gateway = send(&gateway, "GET", &settlement, ada_t, None).await;
+    assert_eq!(through_gateway.0, 404, "{}", through_gateway.1);
+
     let (status, cancelled) = send(
         &gateway,
         "PUT",

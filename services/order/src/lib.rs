@@ -70,6 +70,7 @@ pub fn router_with(db: Database, peers: Peers, settings: Settings) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/status", put(set_status))
         .route("/orders/user/{user_id}", get(list_for_user))
+        .route("/internal/orders/{id}", get(settlement))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(AppState {
             db,
@@ -221,6 +222,24 @@ async fn get_order(
 ) -> Result<Json<Order>, Problem> {
     let id = parse_id("id", &id)?.to_string();
     Ok(Json(owned_order(&state.db, &caller, &id).await?))
+}
+
+/// What the product service asks before it gives an order's committed stock back: the order's
+/// status, and whether stock held for it may come back (only a cancelled or failed order's).
+/// The product service believes this answer, not the caller of its return route, so holding
+/// the order service's token is not enough to take sold stock back. Internal: trusted services
+/// only, and the gateway routes no `/internal` path.
+async fn settlement(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<model::Settlement>, Problem> {
+    caller.require_service()?;
+    let id = parse_id("id", &id)?.to_string();
+    let order = store::get(&state.db, &id)
+        .await?
+        .ok_or_else(|| Problem::not_found("order", &id))?;
+    Ok(Json(model::Settlement::of(&order)))
 }
 
 /// The order `id` when the caller may see it; the same 404 when it does not exist and when it

@@ -86,6 +86,26 @@ pub struct Order {
     pub updated_at: String,
 }
 
+/// An order's standing as the product service needs it before giving stock back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settlement {
+    pub id: String,
+    pub status: Status,
+    /// Whether stock held or sold for this order may be given back: only when it was
+    /// cancelled or failed.
+    pub stock_returnable: bool,
+}
+
+impl Settlement {
+    pub fn of(order: &Order) -> Self {
+        Settlement {
+            id: order.id.clone(),
+            status: order.status,
+            stock_returnable: matches!(order.status, Status::Cancelled | Status::Failed),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {

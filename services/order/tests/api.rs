@@ -19,12 +19,15 @@ use msa_service_kit::testing::{
 use serde_json::{Value, json};
 
 use common::peers;
+use msa_upstream::discovery::DiscoveryFeed;
 
 /// The user and product services the order service calls.
 struct Neighbours {
     users: TestClient,
     products: TestClient,
     product_db: Database,
+    /// Where the product service finds the order service (for returns).
+    orders: DiscoveryFeed,
 }
 
 /// All three services; derefs to the neighbours for seeding users and products.
@@ -46,30 +49,36 @@ async fn start_neighbours(backend: TestBackend) -> Neighbours {
         users: hood.users,
         products: hood.products,
         product_db: hood.product_db,
+        orders: hood.orders,
     }
 }
 
-async fn start_order(backend: TestBackend, peers: Peers) -> TestClient {
-    start_order_with(backend, peers, Settings::default())
+async fn start_order(neighbours: &Neighbours, backend: TestBackend, peers: Peers) -> TestClient {
+    start_order_with(neighbours, backend, peers, Settings::default())
         .await
         .0
 }
 
-/// The order service with these settings, and its database.
+/// The order service with these settings, and its database; the product service asks it
+/// about orders from now on.
 async fn start_order_with(
+    neighbours: &Neighbours,
     backend: TestBackend,
     peers: Peers,
     settings: Settings,
 ) -> (TestClient, Database) {
-    testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
+    let (orders, db) = testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
         msa_order::router_with(db, peers, settings)
     })
-    .await
+    .await;
+    common::orders_at(&neighbours.orders, &orders.base);
+    (orders, db)
 }
 
 async fn start(backend: TestBackend) -> Shop {
     let neighbours = start_neighbours(backend).await;
     let orders = start_order(
+        &neighbours,
         backend,
         peers(&neighbours.users.base, &neighbours.products.base),
     )
@@ -500,7 +509,12 @@ async fn a_price_change_during_the_order_is_not_charged(backend: TestBackend) {
         })
     })
     .await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&neighbours.users.base, &product_url),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!("3.00"), 4).await;
     let mut body = order_body(&user, &[(&product, 1)]);
@@ -525,7 +539,12 @@ async fn a_price_change_during_the_order_is_not_charged(backend: TestBackend) {
 async fn a_commit_that_never_arrives_gives_the_stock_back(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     let product_url = product_with_broken_commit(&neighbours.products, CommitFault::Lost).await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&neighbours.users.base, &product_url),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!(3), 4).await;
     let response = orders
@@ -552,7 +571,12 @@ async fn a_commit_whose_answer_was_lost_is_looked_up_and_confirmed(backend: Test
     let neighbours = start_neighbours(backend).await;
     let product_url =
         product_with_broken_commit(&neighbours.products, CommitFault::AnswerLost).await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&neighbours.users.base, &product_url),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!(3), 4).await;
     let confirmed = orders
@@ -588,7 +612,7 @@ async fn product_that_hangs_up() -> String {
 async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     let down = product_that_hangs_up().await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &down)).await;
+    let orders = start_order(&neighbours, backend, peers(&neighbours.users.base, &down)).await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!(1), 1).await;
     let body = order_body(&user, &[(&product, 1)]);
@@ -614,6 +638,7 @@ async fn a_peer_down_is_a_503_and_leaves_nothing(backend: TestBackend) {
 async fn fifty_concurrent_orders_for_ten_in_stock(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     let (orders, order_db) = start_order_with(
+        &neighbours,
         backend,
         peers(&neighbours.users.base, &neighbours.products.base),
         Settings::default(),
@@ -707,7 +732,12 @@ async fn correlation_headers_reach_the_peers(backend: TestBackend) {
     let users_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, fake_users).await });
     let neighbours = start_neighbours(backend).await;
-    let orders = start_order(backend, peers(&users_url, &neighbours.products.base)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&users_url, &neighbours.products.base),
+    )
+    .await;
     let product = neighbours.product(json!(1), 1).await;
 
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -886,6 +916,7 @@ async fn a_pending_order_cancelled_before_its_reservation_arrives(backend: TestB
     )
     .await;
     let (orders, order_db) = start_order_with(
+        &neighbours,
         backend,
         peers(&neighbours.users.base, &gate.url),
         impatient(),
@@ -950,6 +981,7 @@ async fn a_pending_order_cancelled_after_its_commit(backend: TestBackend) {
     )
     .await;
     let (orders, order_db) = start_order_with(
+        &neighbours,
         backend,
         peers(&neighbours.users.base, &gate.url),
         impatient(),
@@ -1014,7 +1046,12 @@ async fn a_pending_order_cancelled_after_its_commit(backend: TestBackend) {
 async fn the_saga_carries_the_requests_id(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     let gate = Gate::start(&neighbours.products, |_, _| false, Hold::Before).await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &gate.url)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&neighbours.users.base, &gate.url),
+    )
+    .await;
     let user = neighbours.user().await;
     let laptop = neighbours.product(json!(10), 5).await;
     let response = orders
@@ -1082,7 +1119,13 @@ async fn the_recoverer_ends_every_stranded_order(backend: TestBackend) {
     use msa_order::recovery::{self, RecoveryMetrics, RecoverySettings, Round};
     let neighbours = start_neighbours(backend).await;
     let recovering = peers(&neighbours.users.base, &neighbours.products.base);
-    let (orders, db) = start_order_with(backend, recovering.clone(), Settings::default()).await;
+    let (orders, db) = start_order_with(
+        &neighbours,
+        backend,
+        recovering.clone(),
+        Settings::default(),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!("1.00"), 30).await;
     let reserve = |id: String, quantity: i64, then: &'static [&'static str]| {
@@ -1215,7 +1258,13 @@ async fn the_recoverer_waits_while_the_product_service_is_down(backend: TestBack
     let neighbours = start_neighbours(backend).await;
     let down = product_that_hangs_up().await;
     let recovering = peers(&neighbours.users.base, &down);
-    let (_, db) = start_order_with(backend, recovering.clone(), Settings::default()).await;
+    let (_, db) = start_order_with(
+        &neighbours,
+        backend,
+        recovering.clone(),
+        Settings::default(),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!("1.00"), 3).await;
     let id = stranded(&db, &user, &product, 1, 100).await;
@@ -1319,7 +1368,12 @@ async fn a_repeated_failed_order_gets_the_same_problem(backend: TestBackend) {
 async fn a_key_whose_order_failed_with_a_5xx_places_the_order_again(backend: TestBackend) {
     let neighbours = start_neighbours(backend).await;
     let product_url = product_with_broken_commit(&neighbours.products, CommitFault::Lost).await;
-    let orders = start_order(backend, peers(&neighbours.users.base, &product_url)).await;
+    let orders = start_order(
+        &neighbours,
+        backend,
+        peers(&neighbours.users.base, &product_url),
+    )
+    .await;
     let user = neighbours.user().await;
     let product = neighbours.product(json!(3), 4).await;
     let body = order_body(&user, &[(&product, 1)]);

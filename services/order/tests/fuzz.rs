@@ -19,12 +19,14 @@ const SNAPSHOT: &[&str] = &[
 ];
 
 async fn random_requests_get_no_5xx_and_refusals_store_nothing(backend: TestBackend) {
-    let (users, products) = common::neighbours(backend).await;
+    let hood = common::neighbourhood(backend).await;
+    let (users, products) = (&hood.users, &hood.products);
     let peers = common::peers(&users.base, &products.base);
     let (orders, db) = testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
         msa_order::router(db, peers)
     })
     .await;
+    hood.orders_at(&orders.base);
     let user = users
         .expect(
             "POST",

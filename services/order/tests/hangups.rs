@@ -54,17 +54,17 @@ struct Shop {
 async fn start(backend: TestBackend) -> Shop {
     let (users, user_db) =
         testing::start_service(backend, "user", &msa_user::MIGRATOR, msa_user::router).await;
-    let (products, product_db) = testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
-    .await;
+    let (order_feed, order_endpoints) = msa_upstream::Discovery::manual("order");
+    let (products, product_db) =
+        testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+            msa_product::router(db, msa_product::orders::OrderBook::at(order_endpoints))
+        })
+        .await;
     let (orders, order_db) = testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {
         msa_order::router(db, common::peers(&users.base, &products.base))
     })
     .await;
+    common::orders_at(&order_feed, &orders.base);
     Shop {
         users,
         products,

@@ -41,9 +41,12 @@ fn order_args(database_url: &str, hood: &common::Neighbourhood, extra: &[&str]) 
     args
 }
 
-async fn start_order(args: &[String]) -> ServiceProcess {
+/// The order service's binary with `args`; the product service asks it about orders from now on.
+async fn start_order(hood: &common::Neighbourhood, args: &[String]) -> ServiceProcess {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ServiceProcess::start(BINARY, &args, &[]).await
+    let process = ServiceProcess::start(BINARY, &args, &[]).await;
+    hood.orders_at(&process.base_url);
+    process
 }
 
 /// xorshift64: reproducible from the printed seed without a dependency.
@@ -134,7 +137,7 @@ async fn killed_at_random_points_under_load_every_order_ends(backend: TestBacken
             "2000",
         ],
     );
-    let mut process = start_order(&args).await;
+    let mut process = start_order(&hood, &args).await;
     let base = Arc::new(RwLock::new(process.base_url.clone()));
     let attempts = Arc::new(AtomicUsize::new(0));
     let answers = Arc::new(std::sync::Mutex::new(Answers::default()));
@@ -199,7 +202,7 @@ async fn killed_at_random_points_under_load_every_order_ends(backend: TestBacken
         tokio::time::sleep(Duration::from_millis(100 + rng.below(600))).await;
         drop(process); // SIGKILL
         println!("seed {seed}: killed the order service ({kill})");
-        process = start_order(&args).await;
+        process = start_order(&hood, &args).await;
         *base.write().await = process.base_url.clone();
     }
     for client in clients {
@@ -281,7 +284,7 @@ async fn product_writes_slower_than_the_caller_get_202_not_504(backend: TestBack
             "25000",
         ],
     );
-    let process = start_order(&args).await;
+    let process = start_order(&hood, &args).await;
     let lock = WriteLock::take(backend, &hood.product_url).await;
     let placing: Vec<_> = (0..5)
         .map(|_| {

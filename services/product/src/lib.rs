@@ -3,10 +3,12 @@
 //!
 //! Reading the catalogue is open. With authentication on, creating products and setting stock
 //! need the admin role; with service identities on, the reservation routes answer only the
-//! services named trusted (the order service).
+//! services named trusted (the order service), and sold stock comes back only for an order the
+//! order service itself says was cancelled or failed ([`orders`]).
 
 pub mod expiry;
 pub mod model;
+pub mod orders;
 pub mod store;
 
 use axum::Router;
@@ -26,6 +28,7 @@ use crate::expiry::ProductMetrics;
 use crate::model::{
     CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, normalise_items,
 };
+use crate::orders::OrderBook;
 use crate::store::{GivenBack, Reserved};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -35,6 +38,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct AppState {
     pub db: Database,
     pub metrics: ProductMetrics,
+    /// Asked before a return: whether the order really was cancelled or failed.
+    pub orders: OrderBook,
 }
 
 impl axum::extract::FromRef<AppState> for Database {
@@ -44,11 +49,11 @@ impl axum::extract::FromRef<AppState> for Database {
 }
 
 /// The API, with metrics nobody reads (route tests).
-pub fn router(db: Database) -> Router {
-    router_with(db, ProductMetrics::default())
+pub fn router(db: Database, orders: OrderBook) -> Router {
+    router_with(db, orders, ProductMetrics::default())
 }
 
-pub fn router_with(db: Database, metrics: ProductMetrics) -> Router {
+pub fn router_with(db: Database, orders: OrderBook, metrics: ProductMetrics) -> Router {
     Router::new()
         .route("/products", get(list_products).post(create_product))
         .route("/products/{id}", get(get_product))
@@ -59,7 +64,11 @@ pub fn router_with(db: Database, metrics: ProductMetrics) -> Router {
         .route("/reservations/{id}/release", post(release))
         .route("/reservations/{id}/return", post(return_stock))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(AppState { db, metrics })
+        .with_state(AppState {
+            db,
+            metrics,
+            orders,
+        })
 }
 
 async fn create_product(
@@ -179,7 +188,8 @@ async fn release(
 }
 
 /// A confirmed order was cancelled (or failed after its commit): its committed stock comes
-/// back, exactly once.
+/// back, exactly once, and only when the order service's record says so (409
+/// `order-not-cancelled` otherwise, 503 while it cannot be asked).
 async fn return_stock(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +197,7 @@ async fn return_stock(
 ) -> Result<impl IntoResponse, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
+    orders::permit_return(&id, &state.orders.standing(&id).await?)?;
     Ok(Json(given_back(
         &state,
         store::return_committed(&state.db, &id).await?,

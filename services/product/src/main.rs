@@ -1,10 +1,15 @@
 //! The product service binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use msa_product::expiry::{ExpirySettings, ProductMetrics};
+use msa_product::orders::OrderBook;
 use msa_service_kit::config::{DatabaseArgs, ServeArgs};
+use msa_upstream::Upstream;
+use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
+use msa_upstream::metrics::UpstreamMetrics;
 
 /// The msa product service: products, prices and stock, with atomic stock reservations, stored
 /// in SQLite or PostgreSQL.
@@ -15,6 +20,22 @@ struct Flags {
     serve: ServeArgs,
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+
+    /// The order service, asked whether an order was really cancelled or failed before its
+    /// sold stock comes back: ip:port[@weight] addresses (comma-separated), `file:<path>` (a
+    /// file listing them, read again when it changes), or with `--discovery kubernetes` its
+    /// Service name.
+    #[arg(long, env = "MSA_UPSTREAM_ORDER", default_value = "127.0.0.1:8082")]
+    order_url: String,
+
+    /// This service's token for the order service's internal route (in a pod: a projected
+    /// ServiceAccount token for the order service's audience), read again as it rotates.
+    #[arg(long, env = "MSA_SERVICE_TOKEN_FILE")]
+    service_token_file: Option<std::path::PathBuf>,
 
     /// A reservation neither committed nor released within this time is released and its stock
     /// given back. Keep it above the order service's `--recover-after-ms`.
@@ -29,6 +50,17 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
+    let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;
+    let orders = flags
+        .discovery
+        .discovery("order-url", &flags.order_url, client.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    let calls = flags.policy.calls();
+    let token = flags
+        .service_token_file
+        .clone()
+        .map(|path| Arc::new(msa_service_kit::auth::TokenFile::new(path)));
     let expiry = ExpirySettings {
         ttl: Duration::from_millis(flags.reservation_ttl_ms),
         every: Duration::from_millis(flags.reservation_sweep_ms),
@@ -41,12 +73,22 @@ async fn main() -> anyhow::Result<()> {
         &msa_product::MIGRATOR,
         |db, registry| {
             let metrics = ProductMetrics::register(registry);
+            let orders = OrderBook::new(
+                Upstream::new(
+                    "order",
+                    orders,
+                    pool,
+                    calls,
+                    UpstreamMetrics::register(registry),
+                ),
+                token,
+            );
             tokio::spawn(msa_product::expiry::run(
                 db.clone(),
                 expiry,
                 metrics.clone(),
             ));
-            msa_product::router_with(db, metrics)
+            msa_product::router_with(db, orders, metrics)
         },
     )
     .await

@@ -1,19 +1,18 @@
 //! Route-level tests of the product service, each on SQLite and on PostgreSQL.
 
+#[allow(dead_code)]
+mod common;
+
+use common::Ledger;
 use msa_service_kit::testing::{
     self, ServiceProcess, TestBackend, TestClient, expect_problem, fresh_database,
 };
 use serde_json::{Value, json};
 
+/// The product service, asking an order service that backs every return (these tests are about
+/// stock; [`a_return_needs_the_order_service_to_say_the_order_ended`] is about who may return).
 async fn start(backend: TestBackend) -> TestClient {
-    testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
-    .await
-    .0
+    common::start_with(backend, &Ledger::start(Some("cancelled")).await).await
 }
 
 async fn create(api: &TestClient, name: &str, price: Value, stock: i64) -> Value {
@@ -344,8 +343,9 @@ async fn concurrent_give_backs_return_the_stock_once(backend: TestBackend) {
 async fn a_reservation_nobody_finishes_expires(backend: TestBackend) {
     use msa_product::expiry::{self, ExpirySettings, ProductMetrics};
     let metrics = ProductMetrics::default();
+    let ledger = Ledger::start(Some("cancelled")).await;
     let (api, db) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
-        msa_product::router_with(db, metrics.clone())
+        msa_product::router_with(db, ledger.book.clone(), metrics.clone())
     })
     .await;
     let a = id(&create(&api, "A", json!(1), 10).await);
@@ -402,12 +402,10 @@ async fn a_reservation_nobody_finishes_expires(backend: TestBackend) {
 /// gets a full TTL from the first sweep.
 async fn expiry_follows_its_clock_and_gives_back_once(backend: TestBackend) {
     use msa_product::store::{self, Expired};
-    let (api, db) = testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
+    let book = Ledger::start(Some("cancelled")).await.book;
+    let (api, db) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+        msa_product::router(db, book)
+    })
     .await;
     let a = id(&create(&api, "A", json!(1), 10).await);
     let order = uuid::Uuid::new_v4().to_string();
@@ -466,8 +464,9 @@ async fn stock_given_back_stays_within_its_maximum(backend: TestBackend) {
     use msa_product::expiry::ProductMetrics;
     use msa_service_kit::money::MAX_STOCK;
     let metrics = ProductMetrics::default();
+    let ledger = Ledger::start(Some("cancelled")).await;
     let (api, _) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
-        msa_product::router_with(db, metrics.clone())
+        msa_product::router_with(db, ledger.book.clone(), metrics.clone())
     })
     .await;
     let a = id(&create(&api, "A", json!(1), 10).await);
@@ -506,12 +505,10 @@ async fn stock_given_back_stays_within_its_maximum(backend: TestBackend) {
 async fn numbers_past_their_bounds_are_refused_and_the_product_stays_readable(
     backend: TestBackend,
 ) {
-    let (api, db) = testing::start_service(
-        backend,
-        "product",
-        &msa_product::MIGRATOR,
-        msa_product::router,
-    )
+    let book = Ledger::start(Some("cancelled")).await.book;
+    let (api, db) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+        msa_product::router(db, book)
+    })
     .await;
     let near_max = i64::MAX - 5;
     for body in [
@@ -650,6 +647,93 @@ async fn a_committed_reservation_returns_its_stock_once(backend: TestBackend) {
     }
 }
 
+/// Issue 27, defect 4: holding the order service's token is not enough to take sold stock
+/// back. A return goes through only when the order service itself says the order was
+/// cancelled or failed; a confirmed order, an order it does not know, or an order service that
+/// cannot be asked leaves the stock sold.
+async fn a_return_needs_the_order_service_to_say_the_order_ended(backend: TestBackend) {
+    let ledger = Ledger::start(None).await;
+    let api = common::start_with(backend, &ledger).await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let sold = |order: uuid::Uuid| {
+        let api = api.clone();
+        let a = a.clone();
+        async move {
+            let body = json!({"id": order, "items": [{"product_id": a, "quantity": 2}]});
+            api.expect("POST", "/reservations", Some(body), 201).await;
+            api.expect("POST", &format!("/reservations/{order}/commit"), None, 200)
+                .await;
+        }
+    };
+    let (confirmed, unknown, cancelled, failed) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    for order in [confirmed, unknown, cancelled, failed] {
+        sold(order).await;
+    }
+    assert_eq!(stock_of(&api, &a).await, 2);
+    ledger.set(confirmed, "confirmed");
+    for order in [confirmed, unknown] {
+        let problem = expect_problem(
+            api.send("POST", &format!("/reservations/{order}/return"), None)
+                .await,
+            409,
+        )
+        .await;
+        assert_eq!(
+            problem["type"],
+            "https://msa.dev/problems/order-not-cancelled"
+        );
+    }
+    assert_eq!(
+        stock_of(&api, &a).await,
+        2,
+        "refused returns give nothing back"
+    );
+    let still = api
+        .expect("GET", &format!("/reservations/{confirmed}"), None, 200)
+        .await;
+    assert_eq!(still["state"], "committed");
+
+    ledger.set(cancelled, "cancelled");
+    ledger.set(failed, "failed");
+    for order in [cancelled, failed] {
+        let returned = api
+            .expect("POST", &format!("/reservations/{order}/return"), None, 200)
+            .await;
+        assert_eq!(returned["state"], "released");
+    }
+    assert_eq!(stock_of(&api, &a).await, 6);
+
+    // An order service nobody can reach: the return waits (503), the stock stays sold.
+    let (_, nowhere) = msa_upstream::Discovery::manual("nowhere");
+    let (cut_off, _) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+        msa_product::router(db, msa_product::orders::OrderBook::at(nowhere))
+    })
+    .await;
+    let b = id(&create(&cut_off, "B", json!(1), 3).await);
+    let order = uuid::Uuid::new_v4();
+    let body = json!({"id": order, "items": [{"product_id": b, "quantity": 3}]});
+    cut_off
+        .expect("POST", "/reservations", Some(body), 201)
+        .await;
+    cut_off
+        .expect("POST", &format!("/reservations/{order}/commit"), None, 200)
+        .await;
+    let response = cut_off
+        .send("POST", &format!("/reservations/{order}/return"), None)
+        .await;
+    let problem = expect_problem(response, 503).await;
+    assert!(
+        !problem["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "no addresses leak: {problem}"
+    );
+    assert_eq!(stock_of(&cut_off, &b).await, 0);
+}
+
 async fn data_survives_a_restart(backend: TestBackend) {
     let url = fresh_database(backend, "product").await;
     let binary = env!("CARGO_BIN_EXE_msa-product");
@@ -689,6 +773,7 @@ msa_service_kit::on_both_backends!(
     a_price_is_read_from_its_json_text,
     control_characters_are_refused,
     a_committed_reservation_returns_its_stock_once,
+    a_return_needs_the_order_service_to_say_the_order_ended,
     concurrent_give_backs_return_the_stock_once,
     a_reservation_nobody_finishes_expires,
     expiry_follows_its_clock_and_gives_back_once,

@@ -142,6 +142,9 @@ impl PolicyArgs {
     }
 }
 
+/// How often an endpoints file (`file:<path>`) is read again.
+const ENDPOINTS_FILE_POLL: Duration = Duration::from_millis(500);
+
 /// Where upstream endpoints come from.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiscoveryMode {
@@ -169,7 +172,8 @@ pub struct DiscoveryArgs {
 }
 
 impl DiscoveryArgs {
-    /// The discovery for one upstream flag's value: addresses, or a Service name.
+    /// The discovery for one upstream flag's value: addresses, `file:<path>` (a file of them,
+    /// followed as it changes), or a Service name.
     pub fn discovery(
         &self,
         flag: &str,
@@ -177,6 +181,15 @@ impl DiscoveryArgs {
         client: Option<&kube::Client>,
     ) -> Result<Discovery, String> {
         match self.discovery {
+            DiscoveryMode::Static if value.starts_with("file:") => {
+                let path = value.trim_start_matches("file:");
+                if path.is_empty() {
+                    return Err(format!(
+                        "--{flag}: file: needs a path, as in file:/run/peers"
+                    ));
+                }
+                Ok(Discovery::file(path.into(), ENDPOINTS_FILE_POLL))
+            }
             DiscoveryMode::Static => endpoint::parse_list(value)
                 .map(Discovery::fixed)
                 .map_err(|e| format!("--{flag}: {e}")),

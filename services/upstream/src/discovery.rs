@@ -73,6 +73,44 @@ impl Discovery {
         discovery
     }
 
+    /// The addresses listed in the file at `path` (`ip:port[@weight]`, separated by commas or
+    /// new lines), read again every `every` and published when they change: for peers whose
+    /// addresses are learnt only after this process starts (`msa-local` writes the file once
+    /// every component listens). A file that is missing, too large or does not parse keeps the
+    /// last good set (and says so in the log, once per change).
+    pub fn file(path: std::path::PathBuf, every: std::time::Duration) -> Discovery {
+        let (feed, discovery) = Discovery::manual(format!("file:{}", path.display()));
+        tokio::spawn(async move {
+            let mut last: Option<Result<String, String>> = None;
+            loop {
+                let read = read_list_file(&path).await;
+                if last.as_ref() != Some(&read) {
+                    match &read {
+                        Ok(list) => match crate::endpoint::parse_list(list) {
+                            Ok(endpoints) => {
+                                info!(file = %path.display(), endpoints = endpoints.len(), "discovered endpoints");
+                                feed.set(endpoints);
+                            }
+                            Err(error) => {
+                                warn!(file = %path.display(), %error, "cannot use the endpoints file; keeping the last known endpoints");
+                            }
+                        },
+                        Err(error) => {
+                            warn!(file = %path.display(), %error, "cannot read the endpoints file; keeping the last known endpoints");
+                        }
+                    }
+                    last = Some(read);
+                }
+                // Nobody listens any more: the upstream is gone.
+                if feed.0.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        discovery
+    }
+
     /// The ready endpoints of Service `service` in `namespace`, port `port_name`, kept current
     /// by a background watch. Re-lists (after a watch expires or errors) swap the set only
     /// once complete, so the set never drops out meanwhile; errors are retried with backoff.
@@ -127,9 +165,69 @@ impl Discovery {
     }
 }
 
+/// Largest endpoints file read (thousands of addresses).
+const MAX_LIST_FILE: u64 = 64 * 1024;
+
+/// The file's addresses as one comma-separated list.
+async fn read_list_file(path: &std::path::Path) -> Result<String, String> {
+    let size = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| e.to_string())?
+        .len();
+    if size > MAX_LIST_FILE {
+        return Err(format!(
+            "{size} bytes is more than the {MAX_LIST_FILE} an endpoints file may have"
+        ));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_of_addresses_is_followed_as_it_changes() {
+        let path = std::env::temp_dir().join(format!(
+            "msa-upstream-addrs-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut discovery = Discovery::file(path.clone(), std::time::Duration::from_millis(20));
+        assert!(discovery.current().is_empty(), "no file yet: no endpoints");
+        std::fs::write(&path, "127.0.0.1:1\n127.0.0.1:2\n").unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), discovery.changed())
+            .await
+            .expect("the file is read again")
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        std::fs::write(&path, "not an address").unwrap();
+        std::fs::write(&path, "127.0.0.1:3").unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), discovery.changed())
+            .await
+            .expect("a change is published")
+            .unwrap();
+        assert_eq!(&*next, &["127.0.0.1:3".parse::<Endpoint>().unwrap()]);
+        std::fs::write(&path, "garbage").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            discovery.current().len(),
+            1,
+            "a file that does not parse keeps the last good set"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[tokio::test]
     async fn a_manual_feed_publishes_changes_only() {

@@ -357,7 +357,7 @@ async fn apply_children_directly(
             services,
             budgets,
             service_account,
-            order_service_account,
+            own_service_accounts,
             service_issuer,
             role,
             role_binding,
@@ -387,7 +387,9 @@ async fn apply_children_directly(
             apply_unowned(client, config_map).await?;
         }
         apply_unowned(client, service_account).await?;
-        apply_unowned(client, order_service_account).await?;
+        for account in own_service_accounts {
+            apply_unowned(client, account).await?;
+        }
         apply_unowned(client, role).await?;
         apply_unowned(client, role_binding).await
     }))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use msa_order::peers::Peers;
 use msa_service_kit::db::Database;
 use msa_service_kit::testing::{self, TestBackend, TestClient};
+use msa_upstream::discovery::DiscoveryFeed;
 use msa_upstream::endpoint::parse_list;
 use msa_upstream::metrics::UpstreamMetrics;
 use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
@@ -46,6 +47,21 @@ pub struct Neighbourhood {
     pub products: TestClient,
     pub product_db: Database,
     pub product_url: String,
+    /// Where the product service asks the order service about an order before a return: set
+    /// with [`Neighbourhood::orders_at`] once the order service listens.
+    pub orders: DiscoveryFeed,
+}
+
+impl Neighbourhood {
+    /// The product service asks the order service at `base` (`http://ip:port`) from now on.
+    pub fn orders_at(&self, base: &str) {
+        orders_at(&self.orders, base);
+    }
+}
+
+/// `feed` names the order service at `base` (`http://ip:port`).
+pub fn orders_at(feed: &DiscoveryFeed, base: &str) {
+    feed.set(parse_list(base.trim_start_matches("http://")).expect("a base URL with an address"));
 }
 
 pub async fn neighbourhood(backend: TestBackend) -> Neighbourhood {
@@ -61,13 +77,16 @@ pub async fn neighbourhood(backend: TestBackend) -> Neighbourhood {
         "product-0".into(),
         Some(product_db.clone()),
     );
+    let (orders, order_book) = Discovery::manual("order");
+    let book = msa_product::orders::OrderBook::at(order_book);
     let products =
-        TestClient::new(testing::spawn(msa_product::router(product_db.clone()), ops).await);
+        TestClient::new(testing::spawn(msa_product::router(product_db.clone(), book), ops).await);
     Neighbourhood {
         users,
         products,
         product_db,
         product_url,
+        orders,
     }
 }
 
