@@ -192,8 +192,8 @@ pub async fn run(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
-    // Learn the ServiceAccount issuer before the first reconcile, so the product services
-    // start with the check instead of rolling once it is known.
+    // Learn the ServiceAccount issuer before the first reconcile, so the order and product
+    // services start with the check instead of rolling once it is known.
     crate::facts::learn(&client, &context).await;
     let refresher = tokio::spawn(crate::facts::keep_current(client.clone(), context.clone()));
 

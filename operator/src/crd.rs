@@ -192,7 +192,8 @@ fn default_scrape_interval() -> String {
 }
 
 /// One NetworkPolicy per component, admitting only its callers: the order service only from
-/// the gateway; the user and product services only from the gateway and the order service;
+/// the gateway and the product service; the user and product services only from the gateway
+/// and the order service;
 /// the gateway from anywhere, or from `gatewayFrom`. Egress is not restricted (the services
 /// reach PostgreSQL, the discovering ones the API server).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -2,7 +2,7 @@
 //! ServiceAccount token issuer, read from the API server's discovery endpoints
 //! (`/.well-known/openid-configuration`, `/openid/v1/jwks`; every ServiceAccount may read them
 //! through the default `system:service-account-issuer-discovery` binding), whose keys the
-//! product service checks the order service's projected tokens against (see
+//! order and product services check each other's projected tokens against (see
 //! `build::identity`); and whether the Prometheus Operator's PodMonitor API is installed.
 //!
 //! A fact the operator does not know is never guessed: a failed read keeps what was known, and
@@ -97,17 +97,17 @@ pub fn resolve(learned: &Learned, live: &LiveFacts) -> Result<Resolved, String> 
             }),
             None => {
                 return Err(format!(
-                    "the cluster's ServiceAccount issuer (the product service checks tokens of \
-                     {issuer:?}, but its keys' ConfigMap is gone and the issuer discovery \
-                     endpoints have not answered yet)"
+                    "the cluster's ServiceAccount issuer (the order and product services check \
+                     tokens of {issuer:?}, but its keys' ConfigMap is gone and the issuer \
+                     discovery endpoints have not answered yet)"
                 ));
             }
         },
         (Known::Unknown, None) => {
             return Err(
                 "the cluster's ServiceAccount issuer (the issuer discovery endpoints \
-                     have not answered yet; the product service checks the order service's tokens \
-                     against it)"
+                     have not answered yet; the order and product services check each other's \
+                     tokens against it)"
                     .to_owned(),
             );
         }
@@ -185,7 +185,7 @@ pub async fn discover_pod_monitors(client: &Client) -> Result<bool, String> {
 }
 
 /// What is known after one read: the answer where there is one, else what was known. A known
-/// issuer is never replaced by "none offered" (that would roll every product service).
+/// issuer is never replaced by "none offered" (that would roll every order and product service).
 pub fn learned_from(
     known: &Learned,
     issuer: Result<ServiceIssuer, IssuerUnread>,
@@ -258,7 +258,7 @@ pub async fn learn(client: &Client, context: &Context) {
         info!(
             %issuer,
             pod_monitors = ?learned.pod_monitors,
-            "what the cluster offers: the ServiceAccount issuer (product services check the order services' tokens when known), the PodMonitor API; apps are rendered for it from their next reconcile"
+            "what the cluster offers: the ServiceAccount issuer (order and product services check each other's tokens when known), the PodMonitor API; apps are rendered for it from their next reconcile"
         );
         *context
             .cluster

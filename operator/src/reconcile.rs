@@ -473,7 +473,8 @@ fn cached_workloads(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component,
 }
 
 /// What the app's live objects say about the facts they were rendered with (see
-/// [`facts::resolve`]).
+/// [`facts::resolve`]). Only objects this app controls: an earlier app of the same name, whose
+/// children linger until the garbage collector ends them, says nothing about this one.
 fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
@@ -482,11 +483,13 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
         .caches
         .deployments
         .get(&ObjectRef::new(&product).within(&namespace))
+        .filter(|d| controlled_by(d.as_ref(), app))
         .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
         .or_else(|| {
             ctx.caches
                 .stateful_sets
                 .get(&ObjectRef::new(&product).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))
                 .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
         });
     let keys = ObjectRef::new(&build::issuer_config_map_name(&app_name)).within(&namespace);
@@ -496,13 +499,15 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
             .caches
             .config_maps
             .get(&keys)
+            .filter(|c| controlled_by(c.as_ref(), app))
             .and_then(|c| build::published_keys(&c)),
         had_pod_monitor: build::had_pod_monitor(app),
     }
 }
 
 /// The storage check over the cached StatefulSets and claims of this app (each looked up by
-/// its name, never by scanning the cache).
+/// its name, never by scanning the cache; StatefulSets it controls only, so an earlier app of
+/// the same name lends it no storage problem).
 fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::Findings {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
@@ -513,7 +518,8 @@ fn check_storage(app: &MicroserviceApp, ctx: &Context, now: &Time) -> storage::F
             let found = ctx
                 .caches
                 .stateful_sets
-                .get(&ObjectRef::new(&name).within(&namespace))?;
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))?;
             Some((c, found))
         })
         .collect();

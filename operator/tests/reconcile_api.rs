@@ -810,6 +810,68 @@ async fn an_unknown_issuer_never_rolls_a_running_app() {
     );
 }
 
+/// Issue 28 (the review's leftover): an app created again under the name of one whose children
+/// the garbage collector has not removed yet takes nothing from them — neither the facts its
+/// product workload was rendered with (here: without service identity, while the operator does
+/// not know the issuer) nor the storage problem of its StatefulSets.
+#[tokio::test]
+async fn an_earlier_apps_children_lend_a_new_app_neither_facts_nor_storage_problems() {
+    // The earlier app's product service runs without the check, and none of its claims exists.
+    let mut earlier = app(json!({}));
+    earlier.metadata.uid = Some("0e0e0e0e-0000-4000-8000-00000000beef".to_owned());
+    let rendered = build::children(&earlier).unwrap();
+    let mut caches = FakeCaches::listed();
+    caches.store(&rendered);
+    for set in support::stateful_sets(&rendered) {
+        let mut stored = as_stored(&set);
+        stored.metadata.creation_timestamp = Some(support::fixed_time(0));
+        caches
+            .stateful_sets
+            .apply_watcher_event(&watcher::Event::Apply(stored));
+    }
+    let shop = app(json!({}));
+
+    // Issuer unknown: the new app waits for it, instead of running without the check because
+    // the earlier app did.
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let ctx = support::context_knowing_nothing(client, caches.readers());
+    let action = reconcile::reconcile(Arc::new(shop.clone()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(reconcile::FACTS_WAIT));
+    let all = calls(&recorded);
+    assert!(
+        all.iter()
+            .all(|c| !c.is_write() || c.path.ends_with("/status")),
+        "nothing applied: {:?}",
+        lines(&all)
+    );
+
+    // Issuer known, 40 s after the earlier StatefulSets were created without claims: the new
+    // app reports no storage problem of theirs.
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let (ctx, clock) = support::clocked_context(client, caches.readers());
+    clock.store(40, std::sync::atomic::Ordering::SeqCst);
+    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let all = calls(&recorded);
+    let status = &all
+        .iter()
+        .rev()
+        .find(|c| c.path.ends_with("/status"))
+        .expect("a status write")
+        .body["status"];
+    assert!(
+        !status.to_string().contains("StorageUnavailable"),
+        "{status:#}"
+    );
+    assert!(
+        all.iter()
+            .all(|c| !(c.method == "GET" && c.path.ends_with("/events"))),
+        "no Events read for claims that are not the app's: {:?}",
+        lines(&all)
+    );
+}
+
 /// A new app while the issuer is unknown waits, says why, and looks again soon; nothing of it
 /// is created without the check.
 #[tokio::test]

@@ -773,37 +773,56 @@ fn network_policies_admit_only_each_components_callers() {
     assert!(off.network_policies.is_empty());
 }
 
-/// Issue 16, service identity: the order service runs as its own ServiceAccount with a token
-/// projected for the product service's audience; once the operator knows the cluster's issuer,
-/// the product service gets its keys (a ConfigMap) and accepts only that account's tokens.
+/// Issue 16, service identity (both ways since issue 27): the order and product services each
+/// run as their own ServiceAccount; once the operator knows the cluster's issuer, each gets a
+/// token projected for the other's audience and the issuer's keys (a ConfigMap), and accepts
+/// only the other's account. Before, neither checks nor sends a token.
 #[test]
 fn the_order_and_product_services_prove_themselves_to_each_other_with_projected_tokens() {
     let shop = app(json!({}));
     let unknown = build::children(&shop).unwrap();
-    let order = template(&unknown, Component::Order);
-    assert_eq!(
-        env_value(order, "MSA_SERVICE_TOKEN_FILE").unwrap()["value"],
-        "/var/run/msa/service-token/token"
-    );
-    let pod = serde_json::to_value(pod_of(order)).unwrap();
-    let projected = pod["volumes"]
+    let accounts: Vec<_> = unknown
+        .own_service_accounts
+        .iter()
+        .map(|a| a.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(accounts, ["shop-order", "shop-product"]);
+    let binding = serde_json::to_value(&unknown.role_binding).unwrap();
+    let subjects: Vec<_> = binding["subjects"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == "service-token")
-        .unwrap();
+        .map(|s| s["name"].clone())
+        .collect();
     assert_eq!(
-        projected["projected"]["sources"][0]["serviceAccountToken"],
-        json!({"audience": "shop-product", "expirationSeconds": 3600, "path": "token"})
+        subjects,
+        [
+            json!("shop-discovery"),
+            json!("shop-order"),
+            json!("shop-product")
+        ],
+        "both accounts discover their peers too"
     );
-    let binding = serde_json::to_value(&unknown.role_binding).unwrap();
-    assert_eq!(
-        binding["subjects"][1]["name"], "shop-order",
-        "the order account discovers too"
-    );
-    // Without the issuer the product service is told nothing (it warns that reservations are open).
+    // The product service finds the order service as every caller finds its peers.
     let product = template(&unknown, Component::Product);
-    assert_eq!(env_value(product, "MSA_SERVICE_ISSUER"), None);
+    assert_eq!(
+        env_value(product, "MSA_UPSTREAM_ORDER").unwrap()["value"],
+        "shop-order"
+    );
+    // Without the issuer: no check, and no token a user-token check would refuse.
+    for component in [Component::Order, Component::Product] {
+        let t = template(&unknown, component);
+        assert_eq!(env_value(t, "MSA_SERVICE_ISSUER"), None, "{component}");
+        assert_eq!(env_value(t, "MSA_SERVICE_TOKEN_FILE"), None, "{component}");
+        assert!(
+            pod_of(t)
+                .volumes
+                .iter()
+                .flatten()
+                .all(|v| v.name != "service-token"),
+            "{component}"
+        );
+    }
     assert!(unknown.service_issuer.is_none());
 
     let facts = build::ClusterFacts {
@@ -822,67 +841,51 @@ fn the_order_and_product_services_prove_themselves_to_each_other_with_projected_
             .unwrap()
             .contains("RSA")
     );
-    let product = template(&known, Component::Product);
-    for (name, expected) in [
-        ("MSA_SERVICE_ISSUER", "https://kubernetes.default.svc"),
-        ("MSA_SERVICE_JWKS_FILE", "/etc/msa/service-issuer/jwks.json"),
-        ("MSA_SERVICE_AUDIENCE", "shop-product"),
+    for (component, account, peer, peer_account) in [
         (
-            "MSA_SERVICE_CALLERS",
-            "system:serviceaccount:demo:shop-order",
+            Component::Order,
+            "shop-order",
+            "shop-product",
+            "shop-product",
+        ),
+        (
+            Component::Product,
+            "shop-product",
+            "shop-order",
+            "shop-order",
         ),
     ] {
+        let t = template(&known, component);
+        assert_eq!(pod_of(t).service_account_name.as_deref(), Some(account));
         assert_eq!(
-            env_value(product, name).unwrap()["value"],
-            expected,
-            "{name}"
+            env_value(t, "MSA_SERVICE_TOKEN_FILE").unwrap()["value"],
+            "/var/run/msa/service-token/token"
         );
+        let pod = serde_json::to_value(pod_of(t)).unwrap();
+        let projected = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "service-token")
+            .unwrap();
+        assert_eq!(
+            projected["projected"]["sources"][0]["serviceAccountToken"],
+            json!({"audience": peer, "expirationSeconds": 3600, "path": "token"})
+        );
+        let caller = format!("system:serviceaccount:demo:{peer_account}");
+        for (name, expected) in [
+            ("MSA_SERVICE_ISSUER", "https://kubernetes.default.svc"),
+            ("MSA_SERVICE_JWKS_FILE", "/etc/msa/service-issuer/jwks.json"),
+            ("MSA_SERVICE_AUDIENCE", account),
+            ("MSA_SERVICE_CALLERS", caller.as_str()),
+        ] {
+            assert_eq!(
+                env_value(t, name).unwrap()["value"],
+                expected,
+                "{component} {name}"
+            );
+        }
     }
-    // Issue 27: the other way round, the product service asks the order service whether an
-    // order was cancelled before its sold stock comes back, as its own account with a token
-    // for the order service's audience; the order service takes that account's tokens only.
-    let product_unknown = template(&unknown, Component::Product);
-    assert_eq!(
-        pod_of(product_unknown).service_account_name.as_deref(),
-        Some("shop-product")
-    );
-    assert_eq!(
-        env_value(product_unknown, "MSA_UPSTREAM_ORDER").unwrap()["value"],
-        "shop-order"
-    );
-    let pod = serde_json::to_value(pod_of(product_unknown)).unwrap();
-    let projected = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "service-token")
-        .unwrap();
-    assert_eq!(
-        projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
-        "shop-order"
-    );
-    assert_eq!(
-        binding["subjects"][2]["name"], "shop-product",
-        "the product account discovers the order service"
-    );
-    let accounts: Vec<_> = unknown
-        .own_service_accounts
-        .iter()
-        .map(|a| a.metadata.name.clone().unwrap())
-        .collect();
-    assert_eq!(accounts, ["shop-order", "shop-product"]);
-    let order = template(&known, Component::Order);
-    for (name, expected) in [
-        ("MSA_SERVICE_ISSUER", "https://kubernetes.default.svc"),
-        ("MSA_SERVICE_AUDIENCE", "shop-order"),
-        (
-            "MSA_SERVICE_CALLERS",
-            "system:serviceaccount:demo:shop-product",
-        ),
-    ] {
-        assert_eq!(env_value(order, name).unwrap()["value"], expected, "{name}");
-    }
-
     // The keys change without rolling anyone: only the ConfigMap carries them.
     let rotated = build::ClusterFacts {
         service_issuer: Some(build::ServiceIssuer {

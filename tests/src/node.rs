@@ -244,7 +244,7 @@ pub async fn wait_reachable(base: &str, timeout: Duration) -> anyhow::Result<Dur
 /// `msa-local demo --gateway <url>`: the README's demo, each step checked by the demo itself.
 /// Returns its wall time, or an error carrying everything it printed.
 pub async fn run_demo(gateway: &str) -> anyhow::Result<Duration> {
-    run_demo_in(gateway, None, &["insufficient-stock"]).await
+    run_demo_in(gateway, None, &["insufficient-stock", "10 in stock again"]).await
 }
 
 /// `msa-local demo`, with `--data-dir` (whose key issues the demo's tokens when the gateway

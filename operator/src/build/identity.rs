@@ -5,7 +5,9 @@
 //! other's audience (kubelet rotates it); each checks the other's token against the API
 //! server's ServiceAccount issuer keys, which the operator reads from the issuer discovery
 //! endpoints and publishes in a ConfigMap. No shared secret. Until the operator knows the
-//! issuer, the services run without the check (and say so at start-up).
+//! issuer, the services run without the check (and say so at start-up) and send no token: a
+//! service that checks users' tokens would take a ServiceAccount token for a user's and refuse
+//! it.
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, PodTemplateSpec, ProjectedVolumeSource,
@@ -125,32 +127,34 @@ pub fn published_keys(config_map: &ConfigMap) -> Option<String> {
 }
 
 pub(super) fn volumes(owner: &Owner, component: Component) -> Vec<Volume> {
-    let token = callee_of(component).map(|callee| Volume {
-        name: TOKEN_VOLUME.to_owned(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(audience(&owner.name, callee)),
-                    expiration_seconds: Some(TOKEN_SECONDS),
-                    path: "token".to_owned(),
-                }),
-                ..VolumeProjection::default()
-            }]),
-            default_mode: Some(0o440),
-        }),
-        ..Volume::default()
-    });
-    let keys = (owner.cluster.service_issuer.is_some() && callers_of(component).next().is_some())
-        .then(|| Volume {
-            name: ISSUER_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: issuer_config_map_name(&owner.name),
-                optional: Some(false),
-                default_mode: Some(0o444),
-                items: None,
+    let checked = owner.cluster.service_issuer.is_some();
+    let token = callee_of(component)
+        .filter(|_| checked)
+        .map(|callee| Volume {
+            name: TOKEN_VOLUME.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audience(&owner.name, callee)),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".to_owned(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                default_mode: Some(0o440),
             }),
             ..Volume::default()
         });
+    let keys = (checked && callers_of(component).next().is_some()).then(|| Volume {
+        name: ISSUER_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: issuer_config_map_name(&owner.name),
+            optional: Some(false),
+            default_mode: Some(0o444),
+            items: None,
+        }),
+        ..Volume::default()
+    });
     token.into_iter().chain(keys).collect()
 }
 
@@ -173,7 +177,7 @@ pub(super) fn mounts(owner: &Owner, component: Component) -> Vec<VolumeMount> {
 
 pub(super) fn env(owner: &Owner, component: Component) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
-    if callee_of(component).is_some() {
+    if callee_of(component).is_some() && owner.cluster.service_issuer.is_some() {
         env.push(("MSA_SERVICE_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
     }
     let callers: Vec<String> = callers_of(component)
@@ -188,4 +192,25 @@ pub(super) fn env(owner: &Owner, component: Component) -> Vec<(&'static str, Str
         ]);
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call made with a token is a call: its caller discovers the callee (so it has the
+    /// Role) and the callee's NetworkPolicy admits it. And one token per caller: a component
+    /// has one token file.
+    #[test]
+    fn every_call_with_a_token_is_an_upstream_and_each_caller_has_one() {
+        for (caller, callee) in CALLS {
+            assert!(caller.upstreams().contains(&callee), "{caller} → {callee}");
+            assert!(caller.needs_discovery());
+            assert_eq!(
+                CALLS.iter().filter(|(c, _)| *c == caller).count(),
+                1,
+                "{caller} calls one peer with its token"
+            );
+        }
+    }
 }

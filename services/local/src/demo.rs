@@ -9,6 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::identity;
+
+/// How often, and how far apart, the demo looks for a cancelled order's stock to come back.
+const RETURN_LOOKS: u32 = 20;
+const RETURN_LOOK_EVERY: Duration = Duration::from_millis(500);
 use serde_json::{Value, json};
 
 struct Demo {
@@ -259,6 +263,43 @@ pub async fn run(gateway: &str, data_dir: &Path) -> anyhow::Result<()> {
         )
         .await?;
     check("still 9 in stock", still["stock"] == 9, &still)?;
+
+    // Cancelling a confirmed order gives its stock back: the order service returns it, and the
+    // product service gives it only after asking the order service that the order really is
+    // cancelled (no caller's word is enough).
+    let cancelled = demo
+        .call(
+            "Cancel the order",
+            Method::PUT,
+            &format!("/orders/{order_id}/status"),
+            Some(json!({"status": "cancelled"})),
+            200,
+        )
+        .await?;
+    check(
+        "the order is cancelled",
+        cancelled["status"] == "cancelled",
+        &cancelled,
+    )?;
+    let mut back = Value::Null;
+    for _ in 0..RETURN_LOOKS {
+        back = demo
+            .call(
+                "The laptop is back in stock",
+                Method::GET,
+                &format!("/products/{product_id}"),
+                None,
+                200,
+            )
+            .await?;
+        if back["stock"] == 10 {
+            break;
+        }
+        // The cancellation answers once the order is cancelled; the stock may follow a moment
+        // later (the saga, or the recoverer if the product service was away).
+        tokio::time::sleep(RETURN_LOOK_EVERY).await;
+    }
+    check("10 in stock again", back["stock"] == 10, &back)?;
 
     if auth {
         show_refusals(&mut demo, &order_id, &token).await?;

@@ -244,11 +244,11 @@ impl Plan {
             .expect("a plan has a gateway")
     }
 
-    /// Where the replicas of `service` listen (port 0 for those not bound yet).
-    pub fn addresses_of(&self, service: Service) -> Vec<SocketAddr> {
+    /// Where the replicas of `service` that have bound listen.
+    pub fn bound_addresses_of(&self, service: Service) -> Vec<SocketAddr> {
         self.processes
             .iter()
-            .filter(|p| p.service == Some(service))
+            .filter(|p| p.service == Some(service) && p.listen.port() != 0)
             .map(|p| p.listen)
             .collect()
     }

@@ -94,6 +94,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
     identity::issue_service_tokens(&data_dir)?;
+    // The product service starts before the order service: it must not follow the addresses
+    // an earlier run left (another process may listen there now).
+    identity::write_order_addresses(&data_dir, &[])?;
     if args.auth {
         identity::Issuer::users(&data_dir).key()?;
     }
@@ -110,6 +113,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             Ok(started) => {
                 eprintln!("ready on {}", started.process.listen);
                 plan.bound(index, started.process.listen, started.process.admin);
+                if started.process.service == Some(Service::Order) {
+                    identity::write_order_addresses(
+                        &data_dir,
+                        &plan.bound_addresses_of(Service::Order),
+                    )?;
+                }
                 running.push(started);
             }
             Err(error) => {
@@ -119,7 +128,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    identity::write_order_addresses(&data_dir, &plan.addresses_of(Service::Order))?;
     let scrape_config = data_dir.join("prometheus.yml");
     std::fs::write(&scrape_config, plan.scrape_config())
         .with_context(|| format!("cannot write {}", scrape_config.display()))?;
@@ -428,8 +436,10 @@ async fn supervise(
     }
 }
 
-/// SIGTERM to each component, callers first (the gateway, then order, then the rest), each
-/// waited for up to 25 s (their drain) before it is killed.
+/// SIGTERM to each component in the reverse of the start order (the gateway, then order, then
+/// product and user; product and order call each other, so one of them goes while the other
+/// may still call it, and that call fails like any call to a peer that is away), each waited
+/// for up to 25 s (their drain) before it is killed.
 fn stop_all(running: &mut Vec<Running>) {
     while let Some(mut r) = running.pop() {
         if r.child.try_wait().ok().flatten().is_some() {

@@ -224,11 +224,11 @@ async fn get_order(
     Ok(Json(owned_order(&state.db, &caller, &id).await?))
 }
 
-/// What the product service asks before it gives an order's committed stock back: the order's
-/// status, and whether stock held for it may come back (only a cancelled or failed order's).
-/// The product service believes this answer, not the caller of its return route, so holding
-/// the order service's token is not enough to take sold stock back. Internal: trusted services
-/// only, and the gateway routes no `/internal` path.
+/// What the product service asks before it gives committed stock back: the order's status,
+/// and whether stock held under its id may come back (a cancelled or failed order's, or stock
+/// under an id no order has). The product service believes this answer, not the caller of its
+/// return route, so holding the order service's token is not enough to take sold stock back.
+/// Internal: trusted services only, and the gateway routes no `/internal` path.
 async fn settlement(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,10 +236,8 @@ async fn settlement(
 ) -> Result<Json<model::Settlement>, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
-    let order = store::get(&state.db, &id)
-        .await?
-        .ok_or_else(|| Problem::not_found("order", &id))?;
-    Ok(Json(model::Settlement::of(&order)))
+    let order = store::get(&state.db, &id).await?;
+    Ok(Json(model::Settlement::of(&id, order.as_ref())))
 }
 
 /// The order `id` when the caller may see it; the same 404 when it does not exist and when it

@@ -90,18 +90,21 @@ pub struct Order {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Settlement {
     pub id: String,
-    pub status: Status,
-    /// Whether stock held or sold for this order may be given back: only when it was
-    /// cancelled or failed.
+    /// `None` when there is no such order.
+    pub status: Option<Status>,
+    /// Whether stock held or sold under this id may be given back: when the order was
+    /// cancelled or failed, and when there is no such order (this service records every order
+    /// before it reserves, so stock under an id it never recorded was bought by nobody).
     pub stock_returnable: bool,
 }
 
 impl Settlement {
-    pub fn of(order: &Order) -> Self {
+    pub fn of(id: &str, order: Option<&Order>) -> Self {
+        let status = order.map(|o| o.status);
         Settlement {
-            id: order.id.clone(),
-            status: order.status,
-            stock_returnable: matches!(order.status, Status::Cancelled | Status::Failed),
+            id: id.to_owned(),
+            status,
+            stock_returnable: matches!(status, None | Some(Status::Cancelled | Status::Failed)),
         }
     }
 }
@@ -263,6 +266,42 @@ pub fn owner(caller: &Caller, requested: Option<&str>) -> Result<String, Problem
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 27: what the product service is told before a return.
+    #[test]
+    fn stock_may_come_back_for_ended_orders_and_ids_no_order_has() {
+        let order = |status| Order {
+            id: "o".into(),
+            user_id: "u".into(),
+            status,
+            items: Vec::new(),
+            total_cents: 0,
+            total: "0.00".into(),
+            failure_reason: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        for (status, returnable) in [
+            (Status::Pending, false),
+            (Status::Confirmed, false),
+            (Status::Shipped, false),
+            (Status::Delivered, false),
+            (Status::Cancelled, true),
+            (Status::Failed, true),
+        ] {
+            let settlement = Settlement::of("o", Some(&order(status)));
+            assert_eq!(
+                (settlement.status, settlement.stock_returnable),
+                (Some(status), returnable)
+            );
+        }
+        let nobodys = Settlement::of("x", None);
+        assert_eq!((nobodys.status, nobodys.stock_returnable), (None, true));
+        assert_eq!(
+            serde_json::to_value(&nobodys).unwrap(),
+            serde_json::json!({"id": "x", "status": null, "stock_returnable": true})
+        );
+    }
 
     #[test]
     fn only_forward_moves_and_cancel_before_shipping_are_allowed() {

@@ -260,6 +260,15 @@ fn meaning(ask: Ask, answer: &Answer) -> Option<Known> {
             (_, "reservation-released") => Some(Known::State(Held::Released)),
             (Ask::Release, "reservation-committed") => Some(Known::State(Held::Committed)),
             (Ask::Return, "reservation-not-committed") => Some(Known::State(Held::Reserved)),
+            (Ask::Return, "order-not-cancelled") => {
+                // This service returns only what it stored as cancelled or failed: the product
+                // service asked another order service (discovery, a stale address file) or
+                // this one lost its data. It will not heal by itself; keep retrying, loudly.
+                tracing::error!(
+                    "the product service says this order is not cancelled or failed, though it is stored so here; check which order service the product service asks"
+                );
+                None
+            }
             (Ask::Reserve, _) => Some(Known::Refused(relay(
                 answer.status,
                 &answer.json().unwrap_or_default(),

@@ -57,7 +57,7 @@ async fn start(backend: TestBackend) -> Shop {
     let (order_feed, order_endpoints) = msa_upstream::Discovery::manual("order");
     let (products, product_db) =
         testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
-            msa_product::router(db, msa_product::orders::OrderBook::at(order_endpoints))
+            msa_product::router(db, msa_product::orders::OrderClient::at(order_endpoints))
         })
         .await;
     let (orders, order_db) = testing::start_service(backend, "order", &msa_order::MIGRATOR, |db| {

@@ -18,6 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use msa_service_kit::caller::Caller;
 use msa_service_kit::db::Database;
+use msa_service_kit::deadline::Deadline;
 use msa_service_kit::extract::{Json, Path, Query};
 use msa_service_kit::page::PageQuery;
 use msa_service_kit::{Problem, now_rfc3339, parse_id};
@@ -28,7 +29,7 @@ use crate::expiry::ProductMetrics;
 use crate::model::{
     CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, normalise_items,
 };
-use crate::orders::OrderBook;
+use crate::orders::OrderClient;
 use crate::store::{GivenBack, Reserved};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -39,7 +40,7 @@ pub struct AppState {
     pub db: Database,
     pub metrics: ProductMetrics,
     /// Asked before a return: whether the order really was cancelled or failed.
-    pub orders: OrderBook,
+    pub orders: OrderClient,
 }
 
 impl axum::extract::FromRef<AppState> for Database {
@@ -49,11 +50,11 @@ impl axum::extract::FromRef<AppState> for Database {
 }
 
 /// The API, with metrics nobody reads (route tests).
-pub fn router(db: Database, orders: OrderBook) -> Router {
+pub fn router(db: Database, orders: OrderClient) -> Router {
     router_with(db, orders, ProductMetrics::default())
 }
 
-pub fn router_with(db: Database, orders: OrderBook, metrics: ProductMetrics) -> Router {
+pub fn router_with(db: Database, orders: OrderClient, metrics: ProductMetrics) -> Router {
     Router::new()
         .route("/products", get(list_products).post(create_product))
         .route("/products/{id}", get(get_product))
@@ -187,17 +188,23 @@ async fn release(
     )))
 }
 
+/// The longest a return waits for the order service's answer (less when its caller waits less).
+const ASK_ORDERS_MAX: std::time::Duration =
+    std::time::Duration::from_millis(msa_upstream::config::INNER_REQUEST_MS);
+
 /// A confirmed order was cancelled (or failed after its commit): its committed stock comes
 /// back, exactly once, and only when the order service's record says so (409
-/// `order-not-cancelled` otherwise, 503 while it cannot be asked).
+/// `order-not-cancelled` otherwise, 424 `order-service-unavailable` while it cannot be asked).
 async fn return_stock(
     State(state): State<AppState>,
     caller: Caller,
+    deadline: Deadline,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
-    orders::permit_return(&id, &state.orders.standing(&id).await?)?;
+    let answer_by = deadline.answer_by(ASK_ORDERS_MAX);
+    orders::permit_return(&id, state.orders.standing(&id, answer_by).await?)?;
     Ok(Json(given_back(
         &state,
         store::return_committed(&state.db, &id).await?,

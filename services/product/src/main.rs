@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use msa_product::expiry::{ExpirySettings, ProductMetrics};
-use msa_product::orders::OrderBook;
+use msa_product::orders::OrderClient;
 use msa_service_kit::config::{DatabaseArgs, ServeArgs};
 use msa_upstream::Upstream;
 use msa_upstream::config::{DiscoveryArgs, PolicyArgs};
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         &msa_product::MIGRATOR,
         |db, registry| {
             let metrics = ProductMetrics::register(registry);
-            let orders = OrderBook::new(
+            let orders = OrderClient::new(
                 Upstream::new(
                     "order",
                     orders,

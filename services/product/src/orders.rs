@@ -4,11 +4,16 @@
 //! route takes only the order service's token, but a token can leak; if the token alone were
 //! enough, whoever held it could take back the stock of any confirmed order and sell it twice.
 //! So the product service believes the order service's own record, not the caller: it asks
-//! `GET /internal/orders/{id}` (with its own token) and gives stock back only for an order that
-//! is stored as cancelled or failed. An order service that cannot be asked makes the return
-//! wait (503; the order service's recoverer retries), never succeed on trust.
+//! `GET /internal/orders/{id}` (with its own token) and gives stock back only when the order is
+//! stored as cancelled or failed, or when no order has that id (the order service records an
+//! order before it reserves, so stock under an id it never recorded was bought by nobody). An
+//! order service that cannot be asked makes the return wait, never succeed on trust: 424
+//! `order-service-unavailable` with `Retry-After` (the order service's recoverer retries). Not
+//! a 503: the order service's client would count it against this service's endpoints and
+//! breaker, so an order service in trouble would also stop the orders this service could take.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
@@ -17,7 +22,7 @@ use msa_service_kit::auth::TokenFile;
 use msa_service_kit::context::RequestContext;
 use msa_upstream::client::read_body;
 use msa_upstream::metrics::UpstreamMetrics;
-use msa_upstream::{CallConfig, Discovery, PoolConfig, RetrySafe, Upstream};
+use msa_upstream::{CallConfig, Deadline, Discovery, PoolConfig, RetrySafe, Upstream};
 use serde::Deserialize;
 
 /// Largest answer read from the order service (a settlement is a few dozen bytes).
@@ -27,37 +32,30 @@ const RESPONSE_LIMIT: usize = 16 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Settlement {
     pub id: String,
-    pub status: String,
-    /// Whether stock held or sold for the order may come back (cancelled or failed).
+    /// `None` when there is no such order.
+    pub status: Option<String>,
+    /// Whether stock held or sold under the id may come back.
     pub stock_returnable: bool,
 }
 
 /// What the order service says of an order whose stock someone asks back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
-    /// Cancelled or failed: its stock comes back.
+    /// Cancelled, failed, or no such order: the stock comes back.
     Returnable,
-    /// It stands (confirmed, shipped …): its stock stays sold.
-    Kept { status: String },
-    /// The order service has no such order.
-    Unknown,
+    /// The order stands (pending, confirmed, shipped …): its stock stays sold.
+    Kept,
 }
 
-/// Refuses a return the order service does not back; `Ok` when it does.
-pub fn permit_return(order_id: &str, standing: &Standing) -> Result<(), Problem> {
+/// Refuses a return the order service does not back; `Ok` when it does. The refusal does not
+/// say what the order's status is: the caller is not told more than it needs.
+pub fn permit_return(order_id: &str, standing: Standing) -> Result<(), Problem> {
     match standing {
         Standing::Returnable => Ok(()),
-        Standing::Kept { status } => Err(Problem::conflict(
+        Standing::Kept => Err(Problem::conflict(
             "order-not-cancelled",
             format!(
-                "order {order_id} is {status}: only a cancelled or failed order's stock comes back; cancel the order first"
-            ),
-        )
-        .with("order_status", status.clone())),
-        Standing::Unknown => Err(Problem::conflict(
-            "order-not-cancelled",
-            format!(
-                "the order service has no order {order_id}, so its stock stays sold; returns are for cancelled or failed orders"
+                "the order service does not report order {order_id} as cancelled or failed, so its stock stays sold; cancel the order first"
             ),
         )),
     }
@@ -65,16 +63,16 @@ pub fn permit_return(order_id: &str, standing: &Standing) -> Result<(), Problem>
 
 /// The order service as this service calls it.
 #[derive(Clone)]
-pub struct OrderBook {
+pub struct OrderClient {
     orders: Upstream,
     /// This service's token for the order service's internal route; `None` when service
     /// identities are off.
     token: Option<Arc<TokenFile>>,
 }
 
-impl OrderBook {
+impl OrderClient {
     pub fn new(orders: Upstream, token: Option<Arc<TokenFile>>) -> Self {
-        OrderBook { orders, token }
+        OrderClient { orders, token }
     }
 
     /// The order service at endpoints from `discovery`, with the default call policy and
@@ -88,11 +86,12 @@ impl OrderBook {
             CallConfig::default(),
             metrics,
         );
-        OrderBook::new(orders, None)
+        OrderClient::new(orders, None)
     }
 
-    /// What the order service says of `order_id`; 503 when it cannot say.
-    pub async fn standing(&self, order_id: &str) -> Result<Standing, Problem> {
+    /// What the order service says of `order_id`, asked by `answer_by` (the caller's deadline);
+    /// 424 when it cannot say.
+    pub async fn standing(&self, order_id: &str, answer_by: Instant) -> Result<Standing, Problem> {
         let mut request = Request::builder()
             .method(Method::GET)
             .uri(format!("/internal/orders/{order_id}"));
@@ -105,8 +104,9 @@ impl OrderBook {
         let mut request = request
             .body(Body::empty())
             .map_err(|e| self.unavailable(e))?;
-        // A read: safe to send again to another endpoint.
+        // A read: safe to send again to another endpoint, within the caller's time.
         request.extensions_mut().insert(RetrySafe);
+        request.extensions_mut().insert(Deadline(answer_by));
         let response = self
             .orders
             .send(request)
@@ -128,12 +128,11 @@ impl OrderBook {
                 Ok(if settlement.stock_returnable {
                     Standing::Returnable
                 } else {
-                    Standing::Kept {
-                        status: settlement.status,
-                    }
+                    Standing::Kept
                 })
             }
-            StatusCode::NOT_FOUND => Ok(Standing::Unknown),
+            // Every id has an answer; a 404 is an order service without the route (an older
+            // release during a rollout) or not an order service at all.
             other => Err(self.unavailable(format!("answered {other}"))),
         }
     }
@@ -142,10 +141,12 @@ impl OrderBook {
     /// (with the request id), never to the caller.
     fn unavailable(&self, why: impl std::fmt::Display) -> Problem {
         tracing::warn!(upstream = self.orders.name(), error = %why, "cannot ask the order service about an order");
-        Problem::unavailable(
-            "the order service cannot confirm this order was cancelled; stock stays sold until it can, retry shortly",
-            2,
+        Problem::new(
+            StatusCode::FAILED_DEPENDENCY,
+            "order-service-unavailable",
+            "the order service cannot confirm this order was cancelled; the stock stays sold until it can, retry shortly",
         )
+        .retry_after(Some(2))
         .with("upstream", "order")
     }
 }
@@ -155,18 +156,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_cancelled_or_failed_order_gets_its_stock_back() {
-        assert!(permit_return("o", &Standing::Returnable).is_ok());
-        let kept = permit_return(
-            "o",
-            &Standing::Kept {
-                status: "confirmed".into(),
-            },
-        )
-        .unwrap_err();
-        assert_eq!(kept.status, 409);
-        assert!(kept.detail.contains("confirmed"), "{}", kept.detail);
-        let unknown = permit_return("o", &Standing::Unknown).unwrap_err();
-        assert_eq!(unknown.status, 409);
+    fn stock_comes_back_only_when_the_order_service_backs_it() {
+        assert!(permit_return("o", Standing::Returnable).is_ok());
+        let kept = permit_return("o", Standing::Kept).unwrap_err();
+        assert_eq!(
+            (kept.status, kept.kind.as_str()),
+            (409, "https://msa.dev/problems/order-not-cancelled")
+        );
     }
 }

@@ -649,34 +649,27 @@ async fn a_committed_reservation_returns_its_stock_once(backend: TestBackend) {
 
 /// Issue 27, defect 4: holding the order service's token is not enough to take sold stock
 /// back. A return goes through only when the order service itself says the order was
-/// cancelled or failed; a confirmed order, an order it does not know, or an order service that
-/// cannot be asked leaves the stock sold.
+/// cancelled or failed (or that no order has the id: then nobody bought the stock); a pending
+/// or confirmed order, an order service that cannot be asked, or something that is not the
+/// order service's route leaves the stock sold.
 async fn a_return_needs_the_order_service_to_say_the_order_ended(backend: TestBackend) {
     let ledger = Ledger::start(None).await;
     let api = common::start_with(backend, &ledger).await;
-    let a = id(&create(&api, "A", json!(1), 10).await);
-    let sold = |order: uuid::Uuid| {
-        let api = api.clone();
-        let a = a.clone();
-        async move {
-            let body = json!({"id": order, "items": [{"product_id": a, "quantity": 2}]});
-            api.expect("POST", "/reservations", Some(body), 201).await;
-            api.expect("POST", &format!("/reservations/{order}/commit"), None, 200)
-                .await;
-        }
+    let sold = |api: TestClient, product: String, order: uuid::Uuid| async move {
+        let body = json!({"id": order, "items": [{"product_id": product, "quantity": 2}]});
+        api.expect("POST", "/reservations", Some(body), 201).await;
+        api.expect("POST", &format!("/reservations/{order}/commit"), None, 200)
+            .await;
     };
-    let (confirmed, unknown, cancelled, failed) = (
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-    );
-    for order in [confirmed, unknown, cancelled, failed] {
-        sold(order).await;
+    let a = id(&create(&api, "A", json!(1), 10).await);
+    let [pending, confirmed, cancelled, failed, nobodys] = [(); 5].map(|()| uuid::Uuid::new_v4());
+    for order in [pending, confirmed, cancelled, failed] {
+        sold(api.clone(), a.clone(), order).await;
     }
     assert_eq!(stock_of(&api, &a).await, 2);
+    ledger.set(pending, "pending");
     ledger.set(confirmed, "confirmed");
-    for order in [confirmed, unknown] {
+    for order in [pending, confirmed] {
         let problem = expect_problem(
             api.send("POST", &format!("/reservations/{order}/return"), None)
                 .await,
@@ -687,16 +680,20 @@ async fn a_return_needs_the_order_service_to_say_the_order_ended(backend: TestBa
             problem["type"],
             "https://msa.dev/problems/order-not-cancelled"
         );
+        assert!(
+            !problem.to_string().contains("confirmed") && !problem.to_string().contains("pending"),
+            "the refusal does not tell the order's status: {problem}"
+        );
+        let still = api
+            .expect("GET", &format!("/reservations/{order}"), None, 200)
+            .await;
+        assert_eq!(still["state"], "committed");
     }
     assert_eq!(
         stock_of(&api, &a).await,
         2,
         "refused returns give nothing back"
     );
-    let still = api
-        .expect("GET", &format!("/reservations/{confirmed}"), None, 200)
-        .await;
-    assert_eq!(still["state"], "committed");
 
     ledger.set(cancelled, "cancelled");
     ledger.set(failed, "failed");
@@ -707,31 +704,60 @@ async fn a_return_needs_the_order_service_to_say_the_order_ended(backend: TestBa
         assert_eq!(returned["state"], "released");
     }
     assert_eq!(stock_of(&api, &a).await, 6);
-
-    // An order service nobody can reach: the return waits (503), the stock stays sold.
-    let (_, nowhere) = msa_upstream::Discovery::manual("nowhere");
-    let (cut_off, _) = testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
-        msa_product::router(db, msa_product::orders::OrderBook::at(nowhere))
-    })
+    // Sold under an id no order has (whoever held the token bought it for nobody): it comes
+    // back, so stock cannot be locked away for good.
+    sold(api.clone(), a.clone(), nobodys).await;
+    api.expect(
+        "POST",
+        &format!("/reservations/{nobodys}/return"),
+        None,
+        200,
+    )
     .await;
-    let b = id(&create(&cut_off, "B", json!(1), 3).await);
-    let order = uuid::Uuid::new_v4();
-    let body = json!({"id": order, "items": [{"product_id": b, "quantity": 3}]});
-    cut_off
-        .expect("POST", "/reservations", Some(body), 201)
-        .await;
-    cut_off
-        .expect("POST", &format!("/reservations/{order}/commit"), None, 200)
-        .await;
-    let response = cut_off
-        .send("POST", &format!("/reservations/{order}/return"), None)
-        .await;
-    let problem = expect_problem(response, 503).await;
-    assert!(
-        !problem["detail"].as_str().unwrap().contains("127.0.0.1"),
-        "no addresses leak: {problem}"
-    );
-    assert_eq!(stock_of(&cut_off, &b).await, 0);
+    assert_eq!(stock_of(&api, &a).await, 6);
+
+    // An order service nobody can reach, and a peer without the route (an older order
+    // service): the return waits (424, which the order service's breaker does not count
+    // against this service), the stock stays sold, and no address leaks.
+    let (_, nowhere) = msa_upstream::Discovery::manual("nowhere");
+    let no_route = testing::spawn(
+        axum::Router::new(),
+        msa_service_kit::server::Ops::new("order", "old", "order-0".into(), None),
+    )
+    .await;
+    let no_route = msa_upstream::endpoint::parse_list(no_route.trim_start_matches("http://"))
+        .map(msa_upstream::Discovery::fixed)
+        .unwrap();
+    for orders in [nowhere, no_route] {
+        let (cut_off, _) =
+            testing::start_service(backend, "product", &msa_product::MIGRATOR, |db| {
+                msa_product::router(db, msa_product::orders::OrderClient::at(orders))
+            })
+            .await;
+        let b = id(&create(&cut_off, "B", json!(1), 3).await);
+        let order = uuid::Uuid::new_v4();
+        let body = json!({"id": order, "items": [{"product_id": b, "quantity": 3}]});
+        cut_off
+            .expect("POST", "/reservations", Some(body), 201)
+            .await;
+        cut_off
+            .expect("POST", &format!("/reservations/{order}/commit"), None, 200)
+            .await;
+        let response = cut_off
+            .send("POST", &format!("/reservations/{order}/return"), None)
+            .await;
+        assert_eq!(response.headers()["retry-after"], "2");
+        let problem = expect_problem(response, 424).await;
+        assert_eq!(
+            problem["type"],
+            "https://msa.dev/problems/order-service-unavailable"
+        );
+        assert!(
+            !problem.to_string().contains("127.0.0.1"),
+            "no addresses leak: {problem}"
+        );
+        assert_eq!(stock_of(&cut_off, &b).await, 0);
+    }
 }
 
 async fn data_survives_a_restart(backend: TestBackend) {

@@ -223,7 +223,7 @@ impl Default for LimitArgs {
     }
 }
 
-/// All the flags of a service that calls no peer (user, product).
+/// All the flags of a service that calls no peer (the user service).
 #[derive(clap::Parser, Clone, Debug)]
 pub struct StandaloneFlags {
     #[command(flatten)]
@@ -265,6 +265,11 @@ impl ServeArgs {
         if gate.users.is_none() {
             tracing::warn!(
                 "authentication is OFF: anyone who reaches this service may act as anyone (set --auth-issuer)"
+            );
+        }
+        if gate.services.is_none() {
+            tracing::warn!(
+                "service identities are OFF: this service's internal routes (the product service's reservations, the order service's /internal) answer any caller that reaches them (set --service-issuer)"
             );
         }
         Ok(gate)

@@ -86,6 +86,8 @@ impl Discovery {
                 let read = read_list_file(&path).await;
                 if last.as_ref() != Some(&read) {
                     match &read {
+                        // An empty file: no endpoints (yet).
+                        Ok(list) if list.is_empty() => feed.set(Vec::new()),
                         Ok(list) => match crate::endpoint::parse_list(list) {
                             Ok(endpoints) => {
                                 info!(file = %path.display(), endpoints = endpoints.len(), "discovered endpoints");
@@ -226,6 +228,12 @@ mod tests {
             1,
             "a file that does not parse keeps the last good set"
         );
+        std::fs::write(&path, "").unwrap();
+        let emptied = tokio::time::timeout(std::time::Duration::from_secs(10), discovery.changed())
+            .await
+            .expect("an empty file is published")
+            .unwrap();
+        assert!(emptied.is_empty(), "an empty file lists no endpoints");
         std::fs::remove_file(&path).unwrap();
     }
 

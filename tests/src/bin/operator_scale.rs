@@ -225,7 +225,7 @@ fn describe_spec(storage: Storage) -> &'static str {
     match storage {
         Storage::Database => {
             "`spec.database.secretRef` set, everything else default: 4 Deployments of 1 replica, \
-             4 Services, 4 NetworkPolicies, 2 ServiceAccounts, a Role and a RoleBinding per app; \
+             4 Services, 4 NetworkPolicies, 3 ServiceAccounts, a Role and a RoleBinding per app; \
              no claims"
         }
         Storage::Embedded => {

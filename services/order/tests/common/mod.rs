@@ -78,7 +78,7 @@ pub async fn neighbourhood(backend: TestBackend) -> Neighbourhood {
         Some(product_db.clone()),
     );
     let (orders, order_book) = Discovery::manual("order");
-    let book = msa_product::orders::OrderBook::at(order_book);
+    let book = msa_product::orders::OrderClient::at(order_book);
     let products =
         TestClient::new(testing::spawn(msa_product::router(product_db.clone(), book), ops).await);
     Neighbourhood {

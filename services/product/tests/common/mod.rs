@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use msa_product::orders::OrderBook;
+use msa_product::orders::OrderClient;
 use msa_service_kit::testing::{self, TestBackend, TestClient};
 use msa_upstream::Discovery;
 use msa_upstream::endpoint::parse_list;
@@ -18,11 +16,11 @@ use serde_json::json;
 type Statuses = Arc<Mutex<HashMap<String, String>>>;
 
 /// An order service answering `GET /internal/orders/{id}` from a table the test fills; an id it
-/// does not list has `otherwise` (404 when `None`).
+/// does not list has `otherwise` (no such order when `None`), as the order service answers.
 #[derive(Clone)]
 pub struct Ledger {
     statuses: Statuses,
-    pub book: OrderBook,
+    pub book: OrderClient,
 }
 
 impl Ledger {
@@ -35,7 +33,7 @@ impl Ledger {
         let ops = msa_service_kit::server::Ops::new("order", "test", "order-0".into(), None);
         let base = testing::spawn(api, ops).await;
         let address = base.trim_start_matches("http://");
-        let book = OrderBook::at(Discovery::fixed(parse_list(address).unwrap()));
+        let book = OrderClient::at(Discovery::fixed(parse_list(address).unwrap()));
         Ledger { statuses, book }
     }
 
@@ -51,21 +49,12 @@ impl Ledger {
 async fn settlement(
     State((statuses, otherwise)): State<(Statuses, Option<String>)>,
     Path(id): Path<String>,
-) -> impl IntoResponse {
+) -> Json<serde_json::Value> {
     let status = statuses.lock().unwrap().get(&id).cloned().or(otherwise);
-    match status {
-        Some(status) => {
-            let returnable = matches!(status.as_str(), "cancelled" | "failed");
-            (
-                StatusCode::OK,
-                Json(json!({"id": id, "status": status, "stock_returnable": returnable})),
-            )
-        }
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"type": "https://msa.dev/problems/not-found"})),
-        ),
-    }
+    let returnable = status
+        .as_deref()
+        .is_none_or(|s| matches!(s, "cancelled" | "failed"));
+    Json(json!({"id": id, "status": status, "stock_returnable": returnable}))
 }
 
 /// The product service on a fresh database, asking `ledger` before returns.
