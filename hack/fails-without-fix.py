@@ -57,6 +57,10 @@ MUTATIONS = [
 /// Applies the app's PodMonitor""", "-p msa-operator --test reconcile_api a_transport_error_aborts"),
 ("28 earlier app's workloads", "operator/src/reconcile.rs", """                    .filter(|d| controlled_by(d.as_ref(), app))
 """, "", "-p msa-operator --test reconcile_api workloads_of_an_earlier_app"),
+("28 earlier app's storage", "operator/src/reconcile.rs", """                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))?;""", """                .get(&ObjectRef::new(&name).within(&namespace))?;""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
+("28 earlier app's facts", "operator/src/reconcile.rs", """        .get(&ObjectRef::new(&product).within(&namespace))
+        .filter(|d| controlled_by(d.as_ref(), app))""", """        .get(&ObjectRef::new(&product).within(&namespace))""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]
 
