@@ -37,7 +37,7 @@ MUTATIONS = [
 ("3 per-client cap", "services/gateway/src/client_connections.rs", "if *open >= self.limit {", "if *open >= u32::MAX {", "-p msa-gateway --test client_limits one_address_gets_its_share"),
 ("4a quantity merged", "services/order/src/model.rs", ".filter(|q| *q <= money::MAX_QUANTITY)", ".filter(|q| *q <= money::MAX_EXACT)", "-p msa-order --test api bad_orders_are_refused_before_anything_is_recorded::sqlite"),
 ("4b half-open", "services/upstream/src/breaker.rs", "awaiting_probes: true,", "awaiting_probes: false,", "-p msa-upstream --lib a_burst_"),
-("4c return only for an ended order", "services/product/src/lib.rs", "    orders::permit_return(&id, &state.orders.standing(&id).await?)?;\n", "", "-p msa-product --test api a_return_needs_the_order_service_to_say_the_order_ended::sqlite"),
+("4c return only for an ended order", "services/product/src/lib.rs", "    orders::permit_return(&id, state.orders.standing(&id, answer_by).await?)?;\n", "", "-p msa-product --test api a_return_needs_the_order_service_to_say_the_order_ended::sqlite"),
 ("4d stock max", "services/product/src/model.rs", "let added = quantity.min(room);", "let added = quantity;", "-p msa-product --test api stock_given_back_stays_within_its_maximum::sqlite"),
 ("4e readyz sqlite", "services/service-kit/src/db/readiness.rs", "begin_and_roll_back(conn, \"BEGIN IMMEDIATE\")", "begin_and_roll_back(conn, \"BEGIN\")", "-p msa-service-kit --test database_truth readiness_fails_while_the_sqlite"),
 ("4e readyz pg", "services/service-kit/src/db/readiness.rs", "if read_only == \"off\" {", "if read_only == \"off\" || read_only == \"on\" {", "-p msa-service-kit --test database_truth readiness_fails_while_postgresql_is_read_only_and_recovers"),
@@ -59,8 +59,8 @@ MUTATIONS = [
 """, "", "-p msa-operator --test reconcile_api workloads_of_an_earlier_app"),
 ("28 earlier app's storage", "operator/src/reconcile.rs", """                .get(&ObjectRef::new(&name).within(&namespace))
                 .filter(|s| controlled_by(s.as_ref(), app))?;""", """                .get(&ObjectRef::new(&name).within(&namespace))?;""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
-("28 earlier app's facts", "operator/src/reconcile.rs", """        .get(&ObjectRef::new(&product).within(&namespace))
-        .filter(|d| controlled_by(d.as_ref(), app))""", """        .get(&ObjectRef::new(&product).within(&namespace))""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
+("28 earlier app's facts", "operator/src/reconcile.rs", """                .get(&ObjectRef::new(&product).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))""", """                .get(&ObjectRef::new(&product).within(&namespace))""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]
 
