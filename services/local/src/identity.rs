@@ -120,26 +120,6 @@ pub fn issue_service_tokens(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The file listing the order service's addresses, which the product service follows
-/// (`--order-url file:…`): the order service is started after the product service, so its
-/// addresses are written once they are known.
-pub fn order_addresses(data_dir: &Path) -> PathBuf {
-    data_dir.join("peers").join("order")
-}
-
-/// Writes the order service's addresses for the product service.
-pub fn write_order_addresses(
-    data_dir: &Path,
-    addresses: &[std::net::SocketAddr],
-) -> anyhow::Result<()> {
-    let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-    write_atomically(
-        &order_addresses(data_dir),
-        list.join("\n").as_bytes(),
-        false,
-    )
-}
-
 /// A user's token from the users' issuer under `data_dir`.
 pub fn user_token(
     data_dir: &Path,
@@ -163,9 +143,9 @@ pub fn user_token(
     })
 }
 
-/// Writes through a temporary file and a rename, so a reader never sees half a key or token;
-/// secrets are readable by their owner only.
-fn write_atomically(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
+/// Writes through a temporary file and a rename, so a reader never sees half a key or token
+/// (or half an address list); secrets are readable by their owner only.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().context("a file in a folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -65,6 +65,14 @@ pub struct Process {
     peers: Vec<(&'static str, Service)>,
 }
 
+/// The file listing the order service's addresses, which the product service follows
+/// (`--order-url file:…`): the two call each other, so whichever starts first cannot be given
+/// the other's addresses on its command line; the order service starts second and its
+/// addresses are written as its replicas bind.
+pub fn order_addresses(data_dir: &Path) -> PathBuf {
+    data_dir.join("peers").join("order")
+}
+
 /// With `up --auth`, the operational routes listen on this address: the API's address
 /// (127.0.0.1) then serves no `/metrics` or `/debug/endpoints` to the callers the tokens keep
 /// out.
@@ -182,7 +190,7 @@ pub fn plan(
                     "--service-token-file".to_owned(),
                     path(identity::product_token(data_dir)),
                     "--order-url".to_owned(),
-                    format!("file:{}", path(identity::order_addresses(data_dir))),
+                    format!("file:{}", path(order_addresses(data_dir))),
                 ]);
             }
             processes.push(Process {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::identity;
-use crate::plan::{Plan, Process, Replicas, Security, Service, plan};
+use crate::plan::{Plan, Process, Replicas, Security, Service, order_addresses, plan};
 use crate::restart::Restarts;
 
 #[derive(clap::Args, Debug)]
@@ -96,7 +96,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     identity::issue_service_tokens(&data_dir)?;
     // The product service starts before the order service: it must not follow the addresses
     // an earlier run left (another process may listen there now).
-    identity::write_order_addresses(&data_dir, &[])?;
+    publish_order_addresses(&data_dir, &[])?;
     if args.auth {
         identity::Issuer::users(&data_dir).key()?;
     }
@@ -114,10 +114,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 eprintln!("ready on {}", started.process.listen);
                 plan.bound(index, started.process.listen, started.process.admin);
                 if started.process.service == Some(Service::Order) {
-                    identity::write_order_addresses(
-                        &data_dir,
-                        &plan.bound_addresses_of(Service::Order),
-                    )?;
+                    publish_order_addresses(&data_dir, &plan.bound_addresses_of(Service::Order))?;
                 }
                 running.push(started);
             }
@@ -138,6 +135,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     stop_all(&mut running);
     eprintln!("stopped; the data stays in {}", data_dir.display());
     outcome
+}
+
+/// Writes where the order service listens for the product service ([`order_addresses`]).
+fn publish_order_addresses(data_dir: &Path, addresses: &[SocketAddr]) -> anyhow::Result<()> {
+    let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    identity::write_atomically(
+        &order_addresses(data_dir),
+        list.join("\n").as_bytes(),
+        false,
+    )
 }
 
 /// Every binary present and every planned port free, before anything starts.
