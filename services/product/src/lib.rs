@@ -188,10 +188,6 @@ async fn release(
     )))
 }
 
-/// The longest a return waits for the order service's answer (less when its caller waits less).
-const ASK_ORDERS_MAX: std::time::Duration =
-    std::time::Duration::from_millis(msa_upstream::config::INNER_REQUEST_MS);
-
 /// A confirmed order was cancelled (or failed after its commit): its committed stock comes
 /// back, exactly once, and only when the order service's record says so (409
 /// `order-not-cancelled` otherwise, 424 `order-service-unavailable` while it cannot be asked).
@@ -203,7 +199,8 @@ async fn return_stock(
 ) -> Result<impl IntoResponse, Problem> {
     caller.require_service()?;
     let id = parse_id("id", &id)?.to_string();
-    let answer_by = deadline.answer_by(ASK_ORDERS_MAX);
+    // The caller's time, when it said; the client's own timeouts bound the call either way.
+    let answer_by = deadline.wait.map(|wait| deadline.answer_by(wait));
     orders::permit_return(&id, state.orders.standing(&id, answer_by).await?)?;
     Ok(Json(given_back(
         &state,

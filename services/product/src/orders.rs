@@ -89,9 +89,13 @@ impl OrderClient {
         OrderClient::new(orders, None)
     }
 
-    /// What the order service says of `order_id`, asked by `answer_by` (the caller's deadline);
-    /// 424 when it cannot say.
-    pub async fn standing(&self, order_id: &str, answer_by: Instant) -> Result<Standing, Problem> {
+    /// What the order service says of `order_id`, asked by `answer_by` (the caller's deadline,
+    /// when it gave one); 424 when it cannot say.
+    pub async fn standing(
+        &self,
+        order_id: &str,
+        answer_by: Option<Instant>,
+    ) -> Result<Standing, Problem> {
         let mut request = Request::builder()
             .method(Method::GET)
             .uri(format!("/internal/orders/{order_id}"));
@@ -106,7 +110,9 @@ impl OrderClient {
             .map_err(|e| self.unavailable(e))?;
         // A read: safe to send again to another endpoint, within the caller's time.
         request.extensions_mut().insert(RetrySafe);
-        request.extensions_mut().insert(Deadline(answer_by));
+        if let Some(instant) = answer_by {
+            request.extensions_mut().insert(Deadline(instant));
+        }
         let response = self
             .orders
             .send(request)
