@@ -14,6 +14,9 @@ pub const COMPONENT: &str = "app.kubernetes.io/component";
 
 /// Value of `app.kubernetes.io/managed-by` and the server-side-apply field manager.
 pub const MANAGER: &str = "msa-operator";
+/// The field manager that keeps an autoscaled Deployment's replica count while the autoscaler
+/// has not written it yet (see `reconcile::hand_over_replicas`).
+pub const REPLICAS_HANDOVER_MANAGER: &str = "msa-operator-replicas-handover";
 
 /// Label selector matching everything the operator manages (used to scope its watches).
 pub fn managed_selector() -> String {

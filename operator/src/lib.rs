@@ -19,6 +19,7 @@ pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
+pub mod stateful_rollout;
 pub mod status;
 pub mod storage;
 pub mod unreadable;

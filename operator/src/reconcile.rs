@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
 use crate::status::{self, Blocker, Observed, WorkloadState};
-use crate::{drift, facts, storage, unreadable, validate};
+use crate::{drift, facts, stateful_rollout, storage, unreadable, validate};
 
 /// How often a converged app is looked at again even if nothing announced a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -342,7 +342,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
 
     let problems = validate::problems(app);
     if !problems.is_empty() {
-        let (mut observed, _) = observe(ctx, app).await;
+        let mut observed = observe(ctx, app, BTreeMap::new()).await.observed;
         observed.blocker = Some(Blocker::InvalidSpec(problems));
         write_status(app, ctx, &observed).await?;
         // Nothing to retry until the user edits the spec, which triggers a reconcile.
@@ -360,7 +360,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         // nothing, say what is waited for, look again soon.
         Err(waiting_for) => {
             info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), %waiting_for, "not rendering the app until a fact about the cluster is known");
-            let (mut observed, _) = observe(ctx, app).await;
+            let mut observed = observe(ctx, app, BTreeMap::new()).await.observed;
             observed.waiting = Some(waiting_for);
             write_status(app, ctx, &observed).await?;
             return Ok(Action::requeue(FACTS_WAIT));
@@ -372,7 +372,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         // Missing permissions stop the reconcile where they struck (children are applied in
         // order), but a person reading the app's status must see why, not only the logs.
         Err(Error::Kube(kube::Error::Api(refused))) if refused.code == 403 => {
-            let (mut observed, _) = observe(ctx, app).await;
+            let mut observed = observe(ctx, app, BTreeMap::new()).await.observed;
             observed.blocker = Some(Blocker::Forbidden(refused.message.clone()));
             if let Err(error) = write_status(app, ctx, &observed).await {
                 warn!(app = %app.name_any(), %error, "could not report the refused permission in status");
@@ -393,9 +393,12 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         .await;
     }
 
-    let (mut observed, recheck_in) = observe(ctx, app).await;
-    // What the applies returned is newer than the caches.
-    observed.workloads.extend(report.workloads);
+    let Observation {
+        mut observed,
+        recheck_in,
+        abandoned_pods,
+    } = observe(ctx, app, report.workloads).await;
+    delete_abandoned_pods(ctx, app, &abandoned_pods).await;
     observed.blocker =
         (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone()));
     if resolved.pod_monitors_known {
@@ -408,21 +411,39 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
             count: report.failed.len(),
             first: format!("{name}: {why}"),
         }),
-        // A claim that may still turn out stuck is looked at again when its patience ends.
+        // A claim or a pod that may still turn out stuck is looked at again when its patience
+        // ends.
         None => Ok(Action::requeue(
             recheck_in.map_or(RESYNC, |r| r.min(RESYNC)),
         )),
     }
 }
 
-/// What the caches show of the app: each component's workload, its ready endpoints, claims that
-/// are stuck, and `status.monitoring` as it stands; plus when to look at the claims again.
-async fn observe(ctx: &Context, app: &MicroserviceApp) -> (Observed, Option<Duration>) {
+/// What the cluster shows of the app, and what follows from it for this reconcile.
+struct Observation {
+    observed: Observed,
+    /// When to look again: a claim's patience or a pod's deadline ends then.
+    recheck_in: Option<Duration>,
+    /// Pods of revisions their StatefulSet abandoned, to delete (name, uid).
+    abandoned_pods: Vec<(String, Option<String>)>,
+}
+
+/// What the caches show of the app — each component's workload (`applied`: as the applies just
+/// returned them, newer than the caches), its ready endpoints, claims that are stuck, StatefulSet
+/// rollouts past their deadline, and `status.monitoring` as it stands.
+async fn observe(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    applied: BTreeMap<Component, WorkloadState>,
+) -> Observation {
     let now = (ctx.now)();
     let findings = check_storage(app, ctx, &now);
     let described = explain(ctx, app, &findings, &now).await;
+    let mut workloads = cached_workloads(ctx, app);
+    workloads.extend(applied);
+    let rollouts = look_at_stateful_rollouts(ctx, app, &mut workloads, &now).await;
     let observed = Observed {
-        workloads: cached_workloads(ctx, app),
+        workloads,
         endpoints: ready_endpoints_by_component(&ctx.caches.endpoint_slices, app),
         storage_problem: findings.stuck.first().map(|first| {
             storage::message(
@@ -434,7 +455,107 @@ async fn observe(ctx: &Context, app: &MicroserviceApp) -> (Observed, Option<Dura
         monitoring: app.status.as_ref().and_then(|s| s.monitoring.clone()),
         ..Observed::default()
     };
-    (observed, findings.recheck_in)
+    Observation {
+        observed,
+        recheck_in: [findings.recheck_in, rollouts.recheck_in]
+            .into_iter()
+            .flatten()
+            .min(),
+        abandoned_pods: rollouts.abandoned,
+    }
+}
+
+/// Judges the pods of each StatefulSet whose rollout is under way (see
+/// [`stateful_rollout`]): one list of the component's pods each, none at rest. Marks the stuck
+/// ones in `workloads`; returns the pods to delete and when to look again.
+async fn look_at_stateful_rollouts(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    workloads: &mut BTreeMap<Component, WorkloadState>,
+    now: &Time,
+) -> stateful_rollout::Assessment {
+    let mut found = stateful_rollout::Assessment::default();
+    let Some(namespace) = app.namespace() else {
+        return found;
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for (component, state) in workloads.iter_mut() {
+        let Some((uid, revision)) = state
+            .stateful_rollout_pending()
+            .map(|(u, r)| (u.to_owned(), r.to_owned()))
+        else {
+            continue;
+        };
+        let selector = labels::selector(&app.name_any(), *component)
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let listed = match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                warn!(app = %app.name_any(), %namespace, %component, %error, "could not list the pods of a StatefulSet that is rolling out");
+                continue;
+            }
+        };
+        let facts: Vec<stateful_rollout::PodFacts> = listed.items.iter().map(Into::into).collect();
+        let deadline = u64::try_from(component.spec(app).rollout.progress_deadline_seconds)
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let judged = stateful_rollout::assess(&facts, &uid, &revision, deadline, now);
+        if let Some(message) = judged.stuck {
+            state.mark_past_deadline(message);
+        }
+        found.abandoned.extend(judged.abandoned);
+        found.recheck_in = [found.recheck_in, judged.recheck_in]
+            .into_iter()
+            .flatten()
+            .min();
+    }
+    found
+}
+
+/// Deletes pods of revisions their StatefulSet abandoned, each only if it is still the pod that
+/// was judged (its uid: the replacement has the same name). Best effort: a failure is logged and
+/// the next reconcile judges again.
+async fn delete_abandoned_pods(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    pods: &[(String, Option<String>)],
+) {
+    let Some(namespace) = app.namespace() else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for (name, uid) in pods {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                info!(app = %app.name_any(), %namespace, pod = %name, "deleted a pod that was not Ready, of a revision its StatefulSet no longer rolls out to");
+                publish(
+                    ctx,
+                    app,
+                    EventType::Normal,
+                    "ReplacedAbandonedPod",
+                    "DeletePod",
+                    format!(
+                        "deleted pod {name}: it was not Ready and of a revision its StatefulSet \
+                         no longer rolls out to (a reverted spec); the StatefulSet replaces it"
+                    ),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(answer)) if answer.code == 404 || answer.code == 409 => {}
+            Err(error) => {
+                warn!(app = %app.name_any(), %namespace, pod = %name, %error, "could not delete a pod of an abandoned revision");
+            }
+        }
+    }
 }
 
 /// Each component's workload as cached: of the kind its spec asks for, else of the other kind
@@ -668,6 +789,9 @@ async fn apply_children(
         let state = match workload {
             Workload::Deployment(deployment) => {
                 delete_owned(ctx, app, &caches.stateful_sets, &name, &mut report).await?;
+                if component.spec(app).autoscaled {
+                    hand_over_replicas(ctx, &deployment).await;
+                }
                 apply_one(ctx, &caches.deployments, deployment, &mut report)
                     .await?
                     .map(|d| WorkloadState::from(d.as_ref()))
@@ -706,6 +830,71 @@ async fn apply_children(
         apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Before a Deployment is applied without `spec.replicas` (an autoscaler owns the count), the
+/// live count is applied once under a field manager of its own (issue 28 M7). Server-side apply
+/// resets a field its last owner drops to the default — one replica — until the autoscaler
+/// writes it again; with a second owner the field keeps its value until the autoscaler's first
+/// write takes it over (Kubernetes' server-side apply docs, "Transferring ownership"). Not
+/// forced: a conflict means another manager (the autoscaler) owns the count already, and that is
+/// the goal. Nothing is sent when the Deployment will not be applied.
+async fn hand_over_replicas(ctx: &Context, desired: &Deployment) {
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let Some(live) = ctx
+        .caches
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+    else {
+        return;
+    };
+    let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
+        return;
+    };
+    let unchanged = match (
+        serde_json::to_value(desired),
+        serde_json::to_value(live.as_ref()),
+    ) {
+        (Ok(desired), Ok(live)) => drift::is_contained(&desired, &live),
+        _ => false,
+    };
+    if unchanged {
+        return;
+    }
+    let handover = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    });
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.metrics.count_write("Deployment");
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(labels::REPLICAS_HANDOVER_MANAGER),
+            &Patch::Apply(&handover),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(%name, %namespace, replicas, "kept the replica count for the autoscaler under a field manager of its own");
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => {
+            warn!(%name, %namespace, %error, "could not hand the replica count over to the autoscaler; it may drop to one until the autoscaler scales it");
+        }
+    }
+}
+
+/// The uid of `object`'s controller, if it has one.
+fn controller_uid(object: &impl Resource) -> Option<&str> {
+    object
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
 }
 
 /// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).
@@ -773,6 +962,25 @@ where
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let cached = cache.get(&ObjectRef::new(&name).within(&namespace));
+    let kind = K::kind(&());
+    // Never take over an object this app did not create (issue 28 L4): applying would adopt it,
+    // and the garbage collector would delete it with the app.
+    if let Some(live) = &cached
+        && controller_uid(live.as_ref()) != controller_uid(&desired)
+    {
+        warn!(%kind, %name, %namespace, "an object of a child's name exists and is not this app's; leaving it alone");
+        report.failed.push((
+            format!("{kind}/{name}"),
+            format!(
+                "a {kind} of this name exists and is not controlled by this app (created by \
+                 someone else, or left by an earlier app of this name that is being deleted); \
+                 the operator takes over no object it did not create: delete it \
+                 (kubectl delete {} {name} -n {namespace}) or give the app another name",
+                kind.to_lowercase()
+            ),
+        ));
+        return Ok(None);
+    }
     if let Some(live) = &cached
         && drift::is_contained(
             &serde_json::to_value(&desired)?,
@@ -781,7 +989,6 @@ where
     {
         return Ok(cached);
     }
-    let kind = K::kind(&());
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let verb = if cached.is_some() {
         "corrected"

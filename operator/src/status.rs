@@ -60,14 +60,19 @@ pub struct Observed {
 pub struct WorkloadState {
     /// `Deployment` or `StatefulSet`, for messages.
     pub kind: &'static str,
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     /// `spec.replicas` (absent when an autoscaler owns it).
     pub desired: Option<i32>,
     pub updated: i32,
     pub ready: i32,
-    /// The workload's own conditions: (type, status, reason, message).
+    /// The workload's own conditions: (type, status, reason, message). For a StatefulSet,
+    /// which has none of its own, the operator adds `Progressing=False/ProgressDeadlineExceeded`
+    /// when its pods say so (see [`crate::stateful_rollout`]).
     pub conditions: Vec<(String, String, String, String)>,
+    /// A StatefulSet's `status.updateRevision`: the revision its pods are being moved to.
+    pub update_revision: Option<String>,
 }
 
 /// Both workload kinds report the same fields under the same names.
@@ -77,6 +82,7 @@ macro_rules! workload_state {
         let status = object.status.as_ref();
         WorkloadState {
             kind: $kind,
+            uid: object.metadata.uid.clone(),
             generation: object.metadata.generation,
             observed_generation: status.and_then(|s| s.observed_generation),
             desired: object.spec.as_ref().and_then(|s| s.replicas),
@@ -95,6 +101,7 @@ macro_rules! workload_state {
                     )
                 })
                 .collect(),
+            update_revision: None,
         }
     }};
 }
@@ -107,7 +114,39 @@ impl From<&Deployment> for WorkloadState {
 
 impl From<&StatefulSet> for WorkloadState {
     fn from(stateful_set: &StatefulSet) -> Self {
-        workload_state!("StatefulSet", stateful_set)
+        WorkloadState {
+            update_revision: stateful_set
+                .status
+                .as_ref()
+                .and_then(|s| s.update_revision.clone()),
+            ..workload_state!("StatefulSet", stateful_set)
+        }
+    }
+}
+
+impl WorkloadState {
+    /// A StatefulSet whose controller has seen its spec and whose pods are not all updated and
+    /// Ready: only then are its pods worth a look (see [`crate::stateful_rollout`]).
+    /// Returns the StatefulSet's uid and update revision.
+    pub fn stateful_rollout_pending(&self) -> Option<(&str, &str)> {
+        let current = match (self.generation, self.observed_generation) {
+            (Some(generation), Some(observed)) => observed >= generation,
+            _ => false,
+        };
+        let desired = self.desired.unwrap_or(1);
+        (self.kind == "StatefulSet" && current && (self.updated < desired || self.ready < desired))
+            .then_some(self.uid.as_deref().zip(self.update_revision.as_deref()))
+            .flatten()
+    }
+
+    /// Records that the rollout is stuck, as a Deployment's controller would.
+    pub fn mark_past_deadline(&mut self, message: String) {
+        self.conditions.push((
+            "Progressing".to_owned(),
+            "False".to_owned(),
+            reason::PROGRESS_DEADLINE.to_owned(),
+            message,
+        ));
     }
 }
 

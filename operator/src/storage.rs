@@ -159,7 +159,8 @@ fn phase(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim.status.as_ref()?.phase.as_deref()
 }
 
-fn elapsed(since: &Time, now: &Time) -> Duration {
+/// Whole seconds from `since` to `now`; zero when the clocks disagree.
+pub(crate) fn elapsed(since: &Time, now: &Time) -> Duration {
     let seconds = now.0.as_second().saturating_sub(since.0.as_second());
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }

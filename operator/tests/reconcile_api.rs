@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use http::StatusCode;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -848,11 +848,16 @@ async fn an_earlier_apps_children_lend_a_new_app_neither_facts_nor_storage_probl
     );
 
     // Issuer known, 40 s after the earlier StatefulSets were created without claims: the new
-    // app reports no storage problem of theirs.
+    // app reports no storage problem of theirs. (Nor does it take the earlier app's children
+    // over, issue 28 L4: it waits, ApplyFailed, until the garbage collector removed them.)
     let (client, recorded) = mocked_client(healthy_api(&shop));
     let (ctx, clock) = support::clocked_context(client, caches.readers());
     clock.store(40, std::sync::atomic::Ordering::SeqCst);
-    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let result = reconcile::reconcile(Arc::new(shop), ctx).await;
+    assert!(
+        matches!(result, Err(msa_operator::error::Error::Apply { .. })),
+        "{result:?}"
+    );
     let all = calls(&recorded);
     let status = &all
         .iter()
@@ -1016,4 +1021,254 @@ async fn what_is_remembered_of_apps_that_are_gone_is_forgotten() {
         [&kept_uid],
         "only the existing app's PodMonitor hash stays"
     );
+}
+
+/// Issue 28 L4: an object of a child's name that the app did not create (here a Service made by
+/// hand) is neither applied over nor adopted — the garbage collector would delete it with the
+/// app; the app says which object and what to do, and its other children are applied.
+#[tokio::test]
+async fn an_object_the_app_did_not_create_is_never_taken_over() {
+    let shop = pg_app(json!({}));
+    let mut caches = FakeCaches::listed();
+    let mut foreign = as_stored(&build::children(&shop).unwrap().services[0]);
+    foreign.metadata.owner_references = None;
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(foreign));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let ctx = context(client, caches.readers());
+    let result = reconcile::reconcile(Arc::new(shop), ctx).await;
+    assert!(
+        matches!(
+            result,
+            Err(msa_operator::error::Error::Apply { count: 1, .. })
+        ),
+        "{result:?}"
+    );
+    let all = calls(&recorded);
+    let written = lines(&all);
+    assert!(
+        !written.iter().any(|l| l.contains("/services/shop-user")),
+        "{written:#?}"
+    );
+    assert!(
+        written.iter().any(|l| l.contains("/services/shop-order")),
+        "{written:#?}"
+    );
+    let status = &all
+        .iter()
+        .rfind(|c| c.path.ends_with("/status"))
+        .expect("a status write")
+        .body["status"];
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["reason"], "ApplyFailed", "{status:#}");
+    let message = degraded["message"].as_str().unwrap();
+    for expected in [
+        "Service/shop-user",
+        "not controlled by this app",
+        "kubectl delete service shop-user -n demo",
+    ] {
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+/// A StatefulSet whose controller has seen its spec, one pod desired and none ready, rolling
+/// out to `revision`.
+fn rolling_stateful_set(children: &build::Children, revision: &str) -> StatefulSet {
+    let mut set = as_stored(&support::stateful_sets(children)[0]);
+    set.status = Some(k8s_openapi::api::apps::v1::StatefulSetStatus {
+        replicas: 1,
+        ready_replicas: Some(0),
+        updated_replicas: Some(1),
+        observed_generation: set.metadata.generation,
+        update_revision: Some(revision.to_owned()),
+        current_revision: Some("shop-user-old".to_owned()),
+        ..Default::default()
+    });
+    set
+}
+
+/// The user StatefulSet's one pod, not Ready, of `revision`, created at the clock's origin.
+fn unready_pod(owner_uid: &str, revision: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "300"},
+        "items": [{
+            "metadata": {
+                "name": "shop-user-0", "namespace": "demo", "uid": "pod-uid-1",
+                "creationTimestamp": support::fixed_time(0),
+                "labels": {"controller-revision-hash": revision},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "name": "shop-user", "uid": owner_uid, "controller": true}]
+            },
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}]}
+        }]
+    })
+}
+
+/// The last status write among `calls`.
+fn status_write(calls: &[Call]) -> &Call {
+    calls
+        .iter()
+        .rfind(|c| c.path.ends_with("/status"))
+        .expect("a status write")
+}
+
+/// The API server of [`healthy_api`], listing `pods` for the user component.
+fn api_with_pods(shop: &MicroserviceApp, pods: Value) -> support::Responder {
+    let healthy = healthy_api(shop);
+    Arc::new(move |call: &Call| {
+        if call.method == "GET" && call.path == "/api/v1/namespaces/demo/pods" {
+            (StatusCode::OK, pods.clone())
+        } else {
+            healthy(call)
+        }
+    })
+}
+
+/// Issue 28 M4: a StatefulSet has no progress deadline of its own; its pod not Ready past
+/// `progressDeadlineSeconds` (counted from the pod's creation) makes the app Degraded, and until
+/// then the operator looks again when the deadline ends.
+#[tokio::test]
+async fn a_stateful_set_pod_not_ready_past_its_deadline_degrades_the_app() {
+    let shop = app(json!({"components": {"user": {"rollout": {"progressDeadlineSeconds": 60}}}}));
+    let children = build::children(&shop).unwrap();
+    let mut caches = FakeCaches::listed();
+    caches.store(&children);
+    let set = rolling_stateful_set(&children, "shop-user-new");
+    let set_uid = set.metadata.uid.clone().unwrap();
+    caches
+        .stateful_sets
+        .apply_watcher_event(&watcher::Event::Apply(set));
+
+    let (client, recorded) =
+        mocked_client(api_with_pods(&shop, unready_pod(&set_uid, "shop-user-new")));
+    let (ctx, clock) = support::clocked_context(client, caches.readers());
+    clock.store(45, std::sync::atomic::Ordering::SeqCst);
+    let action = reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(15)));
+    let all = calls(&recorded);
+    assert!(
+        all.iter()
+            .any(|c| c.line() == "GET /api/v1/namespaces/demo/pods?labelSelector=app.kubernetes.io%2Finstance%3Dshop%2Capp.kubernetes.io%2Fname%3Duser"),
+        "{:#?}",
+        lines(&all)
+    );
+    let status = &status_write(&all).body["status"];
+    assert!(
+        !status.to_string().contains("ProgressDeadlineExceeded"),
+        "{status:#}"
+    );
+
+    recorded.lock().unwrap().clear();
+    clock.store(61, std::sync::atomic::Ordering::SeqCst);
+    let with_status = with_status_of(&shop, status_write(&all));
+    reconcile::reconcile(Arc::new(with_status), ctx)
+        .await
+        .unwrap();
+    let all = calls(&recorded);
+    let status = &status_write(&all).body["status"];
+    let condition = |type_: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(condition("Degraded")["status"], "True", "{status:#}");
+    assert_eq!(condition("Degraded")["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(
+        condition("Degraded")["message"],
+        "user: pod shop-user-0 of revision shop-user-new not Ready within 60s (progressDeadlineSeconds)"
+    );
+    assert_eq!(condition("Progressing")["status"], "False");
+    assert!(
+        !all.iter().any(|c| c.method == "DELETE"),
+        "a pod of the revision being rolled out is the StatefulSet's to replace"
+    );
+}
+
+/// Issue 28 M4, forced rollback: after a revert the StatefulSet waits for its broken pod (of the
+/// abandoned revision) to turn Ready, for ever; the operator deletes that pod, on its uid.
+#[tokio::test]
+async fn a_pod_of_an_abandoned_revision_is_deleted_so_a_revert_recovers() {
+    let shop = app(json!({}));
+    let children = build::children(&shop).unwrap();
+    let mut caches = FakeCaches::listed();
+    caches.store(&children);
+    let set = rolling_stateful_set(&children, "shop-user-good");
+    let set_uid = set.metadata.uid.clone().unwrap();
+    caches
+        .stateful_sets
+        .apply_watcher_event(&watcher::Event::Apply(set));
+    let (client, recorded) = mocked_client(api_with_pods(
+        &shop,
+        unready_pod(&set_uid, "shop-user-broken"),
+    ));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let all = calls(&recorded);
+    let deletion = all
+        .iter()
+        .find(|c| c.method == "DELETE")
+        .expect("the broken pod is deleted");
+    assert_eq!(deletion.path, "/api/v1/namespaces/demo/pods/shop-user-0");
+    assert_eq!(deletion.body["preconditions"]["uid"], "pod-uid-1");
+
+    // A pod of another StatefulSet (an earlier app's, same labels) is left alone.
+    let mut caches = FakeCaches::listed();
+    caches.store(&children);
+    caches
+        .stateful_sets
+        .apply_watcher_event(&watcher::Event::Apply(rolling_stateful_set(
+            &children,
+            "shop-user-good",
+        )));
+    let (client, recorded) = mocked_client(api_with_pods(
+        &app(json!({})),
+        unready_pod("someone-else", "shop-user-broken"),
+    ));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(app(json!({}))), ctx)
+        .await
+        .unwrap();
+    assert!(!calls(&recorded).iter().any(|c| c.method == "DELETE"));
+}
+
+/// Issue 28 M7: turning `autoscaled` on makes the operator stop sending `spec.replicas`; as the
+/// field's last owner, that reset it to 1. Before such an apply the live count is applied under a
+/// field manager of its own (not forced: the autoscaler may own it already).
+#[tokio::test]
+async fn turning_autoscaling_on_hands_the_replica_count_over_before_dropping_it() {
+    let before = pg_app(json!({"components": {"gateway": {"replicas": 3}}}));
+    let mut caches = FakeCaches::listed();
+    caches.store(&build::children(&before).unwrap());
+    let after = pg_app(json!({"components": {"gateway": {
+        "replicas": 3, "autoscaled": true, "env": [{"name": "X", "value": "1"}]}}}));
+    let (client, recorded) = mocked_client(healthy_api(&after));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(after), ctx).await.unwrap();
+    let all = calls(&recorded);
+    let gateway: Vec<&Call> = all
+        .iter()
+        .filter(|c| c.path == "/apis/apps/v1/namespaces/demo/deployments/shop-gateway")
+        .collect();
+    assert_eq!(
+        gateway.iter().map(|c| c.line()).collect::<Vec<_>>(),
+        [
+            "PATCH /apis/apps/v1/namespaces/demo/deployments/shop-gateway?fieldManager=msa-operator-replicas-handover".to_owned(),
+            format!("PATCH /apis/apps/v1/namespaces/demo/deployments/shop-gateway?{APPLY}"),
+        ]
+    );
+    assert_eq!(gateway[0].body["spec"], json!({"replicas": 3}));
+    assert!(gateway[1].body["spec"].get("replicas").is_none());
 }

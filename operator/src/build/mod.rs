@@ -120,9 +120,12 @@ impl Owner {
         let namespace = app
             .namespace()
             .ok_or(BuildError::MissingMetadata("namespace"))?;
-        let reference = app
+        let mut reference = app
             .controller_owner_ref(&())
             .ok_or(BuildError::MissingMetadata("uid"))?;
+        // As controller-runtime's SetControllerReference: under foreground deletion (Argo CD's
+        // default prune) the app is gone only once its children are (issue 28 L4).
+        reference.block_owner_deletion = Some(true);
         Ok(Self {
             name: app.name_any(),
             namespace,

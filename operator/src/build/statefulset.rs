@@ -40,7 +40,10 @@ pub(super) fn stateful_set(
             // The schema allows more than one replica only with spec.database (then this is a
             // Deployment), so this is 0 or 1.
             replicas: Some(spec.replicas),
-            // Pods are named <name>-0 and resolvable through the component's Service.
+            // The component's (ClusterIP) Service. Per-pod DNS names (`<pod>.<service>`) exist
+            // only under a headless Service, and nothing here needs them: callers reach the
+            // component through its Service, and the discovering components find pods in the
+            // EndpointSlices. So no headless Service is made (issue 28 L9).
             service_name: name,
             selector: LabelSelector {
                 match_labels: Some(labels::selector(&owner.name, component)),
