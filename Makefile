@@ -59,9 +59,11 @@ check-generated: ## Fail when crds/ or manifests/install.yaml are stale
 	  || { echo "manifests/install.yaml is stale: run 'make manifests' and commit it" >&2; exit 1; }
 	@echo "generated files are up to date (crds/ is checked by cargo test)"
 
-lint-chart: ## helm lint the chart, cluster-wide and namespaced
+lint-chart: ## helm lint the chart, cluster-wide and namespaced, without and with the admission policy and API priority
 	"$(HELM)" lint --strict charts/msa-operator
 	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo
+	"$(HELM)" lint --strict charts/msa-operator --set admissionPolicy.enabled=true --set apiPriority.enabled=true
+	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo --set admissionPolicy.enabled=true --set apiPriority.enabled=true
 
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh

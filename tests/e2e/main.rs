@@ -5,8 +5,10 @@
 //!
 //! Ignored by a plain `cargo test`; `make e2e` starts the cluster and runs them with `--ignored`.
 
+mod admission;
 mod discovery;
 mod hosts;
+mod rollouts;
 mod support;
 
 use std::collections::BTreeSet;
