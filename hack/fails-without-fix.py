@@ -61,6 +61,14 @@ MUTATIONS = [
                 .filter(|s| controlled_by(s.as_ref(), app))?;""", """                .get(&ObjectRef::new(&name).within(&namespace))?;""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
 ("28 earlier app's facts", "operator/src/reconcile.rs", """                .get(&ObjectRef::new(&product).within(&namespace))
                 .filter(|s| controlled_by(s.as_ref(), app))""", """                .get(&ObjectRef::new(&product).within(&namespace))""", "-p msa-operator --test reconcile_api an_earlier_apps_children_lend"),
+("28 M4 stateful deadline", "operator/src/reconcile.rs", """        if let Some(message) = judged.stuck {
+            state.mark_past_deadline(message);
+        }""", """        let _ = judged.stuck;""", "-p msa-operator --test reconcile_api a_stateful_set_pod_not_ready_past_its_deadline"),
+("28 M4 forced rollback", "operator/src/reconcile.rs", "    delete_abandoned_pods(ctx, app, &abandoned_pods).await;\n", "    let _ = &abandoned_pods;\n", "-p msa-operator --test reconcile_api a_pod_of_an_abandoned_revision"),
+("28 M7 replicas handover", "operator/src/reconcile.rs", """                if component.spec(app).autoscaled {
+                    hand_over_replicas(ctx, &deployment).await;
+                }""", "", "-p msa-operator --test reconcile_api turning_autoscaling_on_hands"),
+("28 L4 no take-over", "operator/src/reconcile.rs", """        && controller_uid(live.as_ref()) != controller_uid(&desired)""", """        && controller_uid(live.as_ref()) != controller_uid(&desired) && false""", "-p msa-operator --test reconcile_api an_object_the_app_did_not_create"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]
 
