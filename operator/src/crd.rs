@@ -97,8 +97,9 @@ pub struct MicroserviceAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
 
-    /// Secrets used to pull the images from a private registry.
+    /// Secrets used to pull the images from a private registry (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
     /// Per-component settings. Every component runs even when it is not listed here.
@@ -174,6 +175,7 @@ pub struct PodMonitorSpec {
     pub interval: String,
     /// Labels of the PodMonitor (for the Prometheus that selects PodMonitors by label).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -357,17 +359,21 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables. A variable named like one the operator sets replaces it.
+    /// Extra environment variables (at most 128). A variable named like one the operator sets
+    /// replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 128))]
     pub env: Vec<EnvVar>,
 
     /// Extra labels for the Deployment, its pods and the Service. The `app.kubernetes.io/*`
-    /// labels the operator sets cannot be overridden.
+    /// labels the operator sets cannot be overridden. At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub labels: BTreeMap<String, String>,
 
-    /// Extra annotations for the Deployment and its pods.
+    /// Extra annotations for the Deployment and its pods. At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub annotations: BTreeMap<String, String>,
 
     /// Port the container listens on (named `http`). Must be 1024 or above (the containers run
@@ -618,8 +624,9 @@ pub struct GatewayServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30000, max = 32767))]
     pub node_port: Option<i32>,
-    /// Annotations for the Service (for example a cloud load balancer's settings).
+    /// Annotations for the Service (for example a cloud load balancer's settings). At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -366,7 +366,20 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
             "perTryMillis must not exceed requestMillis",
         ),
     ];
-    for (what, spec, message) in cases {
+    // Issue 28 L8: what a client sends is bounded by the schema, so `kubectl apply` fails fast.
+    let many_labels = format!(
+        r#"{{"components":{{"user":{{"labels":{{{}}}}}}}}}"#,
+        (0..65)
+            .map(|i| format!(r#""l{i}":"v""#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let bounded = [(
+        "65 extra labels",
+        many_labels.as_str(),
+        "must have at most 64 items",
+    )];
+    for (what, spec, message) in cases.into_iter().chain(bounded) {
         let manifest = format!(
             r#"{{"apiVersion":"msa.dev/v1alpha1","kind":"MicroserviceApp","metadata":{{"name":"bad"}},"spec":{spec}}}"#
         );
