@@ -1020,6 +1020,10 @@ pub struct GatewayStatus {
 pub fn definition() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut crd = MicroserviceApp::crd();
+    crd.metadata.annotations = Some(BTreeMap::from([(
+        crate::crd_upgrade::VERSION_ANNOTATION.to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    )]));
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema

@@ -10,6 +10,7 @@ pub mod component;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod crd_upgrade;
 pub mod drift;
 pub mod error;
 pub mod facts;

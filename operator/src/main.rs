@@ -15,6 +15,7 @@ use kube::client::ClientBuilder;
 use kube::client::retry::RetryPolicy;
 use msa_operator::controller::{self, Settings};
 use msa_operator::crd::MicroserviceApp;
+use msa_operator::crd_upgrade;
 use msa_operator::http::{self as endpoints, Health};
 use msa_operator::leader::{self, Election, FenceLayer, TermEnd};
 use msa_operator::lease::{Elector, Timing};
@@ -83,6 +84,12 @@ struct Flags {
     /// less than the renew deadline.
     #[arg(long, env = "MSA_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_retry_period_seconds: u64,
+
+    /// Keep the MicroserviceApp CRD current: once leading, apply the CRD this operator was built
+    /// with, unless a newer operator wrote the one in the cluster (Helm never upgrades a chart's
+    /// CRDs). Needs get and patch on that CustomResourceDefinition.
+    #[arg(long, env = "MSA_MANAGE_CRD", default_value_t = false)]
+    manage_crd: bool,
 
     /// Log format: json (default) or text.
     #[arg(long, env = "MSA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
@@ -172,6 +179,15 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
     health.ready.store(true, Ordering::Relaxed);
+    if flags.manage_crd
+        && tokio::time::timeout(STARTUP_CHECK_TIMEOUT, crd_upgrade::ensure(&client))
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "the CRD could not be checked within {STARTUP_CHECK_TIMEOUT:?}; running on it as it is"
+        );
+    }
 
     let run = controller::run(client, settings, metrics.clone(), shutdown_signal());
     // When the term ends, `select!` drops the controller, which aborts every reconcile in flight,
