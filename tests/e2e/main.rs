@@ -627,6 +627,93 @@ async fn a_frozen_leader_that_wakes_up_writes_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 28, 3, on the real API server: the leader's path to the API server goes silent (a
+/// proxy that stops passing bytes, closing nothing), so its renewals hang instead of failing.
+/// It must stop on its own, before a standby may take over: its renew deadline (10 s after its
+/// last successful renewal) ends before the Lease's 15 s, counted by the standbys from when
+/// they saw that renewal. Then a standby takes over and applies a change. Nothing the cut-off
+/// leader held in flight is ever delivered (the proxy drops it when the test ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: make e2e"]
+async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over()
+-> anyhow::Result<()> {
+    let s = Setup::new("cutoff").await?;
+    let lease = format!("msa-operator-{}", s.ns);
+    let config = kube::config::Kubeconfig::read_from(&s.cluster.kubeconfig)?;
+    let server = config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .context("the admin kubeconfig names no server")?;
+    let address: std::net::SocketAddr = server
+        .trim_start_matches("https://")
+        .parse()
+        .with_context(|| format!("the API server's address {server}"))?;
+    let proxy = msa_e2e::stall::StallingProxy::start(address).await?;
+
+    let mut candidates =
+        vec![s.start_leader_candidate_through("c0", &lease, Some(&proxy.url()))?];
+    wait_until("the proxied candidate to lead", WAIT, || async {
+        Ok((leaders(&candidates).await == [0]).then_some(()))
+    })
+    .await?;
+    for name in ["c1", "c2"] {
+        candidates.push(s.start_leader_candidate_as_itself(name, &lease)?);
+    }
+    s.apply_shop()?;
+    s.wait_ready("shop")?;
+
+    proxy.stall();
+    let stalled = std::time::Instant::now();
+    // Watch both at once: whether the cut-off leader has ended, and whether a standby leads.
+    let mut exited_at = None;
+    let took_over = loop {
+        anyhow::ensure!(
+            stalled.elapsed() < WAIT,
+            "neither did the cut-off leader exit nor a standby take over"
+        );
+        if exited_at.is_none() && candidates[0].operator_mut().exited().is_some() {
+            exited_at = Some(stalled.elapsed());
+        }
+        let standbys: Vec<usize> = leaders(&candidates[1..])
+            .await
+            .iter()
+            .map(|i| i + 1)
+            .collect();
+        if let Some(leader) = standbys.first() {
+            break (*leader, stalled.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let exited_at = exited_at.with_context(|| {
+        format!(
+            "candidate {} took over {:.1} s after the cut while the cut-off leader was still running",
+            took_over.0,
+            took_over.1.as_secs_f64()
+        )
+    })?;
+
+    let deployments = s.deployments();
+    s.patch_app(
+        "shop",
+        "merge",
+        r#"{"spec":{"components":{"gateway":{"replicas":1}}}}"#,
+    )?;
+    wait_until("the new leader to apply the change", WAIT, || async {
+        Ok((support::replicas(&deployments.get("shop-gateway").await?) == 1).then_some(()))
+    })
+    .await?;
+    println!(
+        "cut off at 0 s: the leader exited by {:.1} s, candidate {} took over at {:.1} s",
+        exited_at.as_secs_f64(),
+        took_over.0,
+        took_over.1.as_secs_f64()
+    );
+    drop(proxy);
+    Ok(())
+}
+
 /// The candidates that report `msa_operator_leader 1`; a frozen or exited one has no metrics
 /// to read, so it is not leading.
 async fn leaders(candidates: &[support::OwnCandidate]) -> Vec<usize> {

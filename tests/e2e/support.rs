@@ -124,6 +124,17 @@ impl Setup {
         identity: &str,
         lease: &str,
     ) -> anyhow::Result<OwnCandidate> {
+        self.start_leader_candidate_through(identity, lease, None)
+    }
+
+    /// [`Setup::start_leader_candidate_as_itself`], reaching the API server at `server` (a
+    /// proxy's URL) when given.
+    pub fn start_leader_candidate_through(
+        &self,
+        identity: &str,
+        lease: &str,
+        server: Option<&str>,
+    ) -> anyhow::Result<OwnCandidate> {
         let mut candidate = OwnCandidate {
             operator: None,
             account: format!("{}-{identity}", self.ns),
@@ -158,6 +169,12 @@ impl Setup {
         let kubeconfig = self
             .cluster
             .service_account_kubeconfig(INSTALL_NAMESPACE, &account)?;
+        if let Some(server) = server {
+            let mut config: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig)?)?;
+            config["clusters"][0]["cluster"]["server"] = server.into();
+            std::fs::write(&kubeconfig, serde_yaml::to_string(&config)?)?;
+        }
         let options = OperatorOptions::new(kubeconfig, account.clone())
             .watching(&self.ns)
             .leader_election(INSTALL_NAMESPACE, lease);

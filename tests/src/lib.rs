@@ -13,6 +13,7 @@ pub mod load;
 pub mod node;
 pub mod operator;
 pub mod postgres;
+pub mod stall;
 pub mod wait;
 
 use std::path::PathBuf;
