@@ -62,8 +62,8 @@ check-generated: ## Fail when crds/ or manifests/install.yaml are stale
 lint-chart: ## helm lint the chart, cluster-wide and namespaced, without and with the admission policy and API priority
 	"$(HELM)" lint --strict charts/msa-operator
 	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo
-	"$(HELM)" lint --strict charts/msa-operator --set admissionPolicy.enabled=true --set apiPriority.enabled=true
-	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo --set admissionPolicy.enabled=true --set apiPriority.enabled=true
+	"$(HELM)" lint --strict charts/msa-operator --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
+	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
 
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh

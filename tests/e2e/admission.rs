@@ -325,8 +325,9 @@ fn unlabelled_deployment() -> anyhow::Result<Deployment> {
     }))?)
 }
 
-/// The chart's optional API Priority and Fairness objects (issue 28 M5) are ones the API server
-/// accepts as they are rendered: a server-side dry run validates every field.
+/// The chart's optional API Priority and Fairness objects (issue 28 M5) and the operator's
+/// NetworkPolicy (L6) are ones the API server accepts as they are rendered: a server-side dry
+/// run validates every field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: make e2e"]
 async fn the_api_priority_objects_are_accepted_by_the_api_server() -> anyhow::Result<()> {
@@ -344,8 +345,12 @@ async fn the_api_priority_objects_are_accepted_by_the_api_server() -> anyhow::Re
             "1.36.0",
             "--set",
             "apiPriority.enabled=true",
+            "--set",
+            "metrics.networkPolicy.enabled=true",
             "--show-only",
             "templates/apipriority.yaml",
+            "--show-only",
+            "templates/networkpolicy.yaml",
         ])
         .ok()?;
     let accepted = s
@@ -358,6 +363,7 @@ async fn the_api_priority_objects_are_accepted_by_the_api_server() -> anyhow::Re
     for expected in [
         "prioritylevelconfiguration.flowcontrol.apiserver.k8s.io",
         "flowschema.flowcontrol.apiserver.k8s.io",
+        "networkpolicy.networking.k8s.io",
     ] {
         assert_mentions(&accepted, expected);
     }
