@@ -69,6 +69,7 @@ MUTATIONS = [
                     hand_over_replicas(ctx, &deployment).await;
                 }""", "", "-p msa-operator --test reconcile_api turning_autoscaling_on_hands"),
 ("28 L4 no take-over", "operator/src/reconcile.rs", """        && controller_uid(live.as_ref()) != controller_uid(&desired)""", """        && controller_uid(live.as_ref()) != controller_uid(&desired) && false""", "-p msa-operator --test reconcile_api an_object_the_app_did_not_create"),
+("28 L2 own PodMonitor only", "operator/src/reconcile.rs", "Some(live) if controlled_by(&live, app) => live.uid(),", "Some(live) => live.uid(),", "-p msa-operator --test reconcile_api only_the_apps_own_pod_monitor"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]
 

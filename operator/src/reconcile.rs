@@ -782,6 +782,18 @@ async fn apply_children(
     for service in services {
         apply_one(ctx, &caches.services, service, &mut report).await?;
     }
+    // The policies before the workloads: pods of a new release that call a component they did
+    // not call before (the product service asking the order service) are admitted before they
+    // start, instead of being refused until the policy is applied after them.
+    if network_policies.is_empty() {
+        for component in Component::ALL {
+            let name = labels::child_name(&app.name_any(), component);
+            delete_owned(ctx, app, &caches.network_policies, &name, &mut report).await?;
+        }
+    }
+    for policy in network_policies {
+        apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
+    }
     for (component, workload) in Component::ALL.into_iter().zip(workloads) {
         let name = labels::child_name(&app.name_any(), component);
         // A component switching between the embedded database and PostgreSQL changes kind:
@@ -815,15 +827,6 @@ async fn apply_children(
     }
     for (_, budget) in budgets {
         apply_one(ctx, &caches.budgets, budget, &mut report).await?;
-    }
-    if network_policies.is_empty() {
-        for component in Component::ALL {
-            let name = labels::child_name(&app.name_any(), component);
-            delete_owned(ctx, app, &caches.network_policies, &name, &mut report).await?;
-        }
-    }
-    for policy in network_policies {
-        apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
     // While the API's presence is not known, the PodMonitor is left as it is.
     if pod_monitors_known {
@@ -1064,11 +1067,26 @@ async fn apply_pod_monitor(
             .pod_monitors
             == facts::Known::Is(true);
         if had_one && api_present {
-            ctx.metrics.count_write("PodMonitor");
-            match api.delete(&name, &Default::default()).await {
-                Ok(_) => report.changed.push(format!("PodMonitor/{name} (deleted)")),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(other) => return Err(other.into()),
+            // Only the app's own (issue 28 L2): a PodMonitor of that name someone else made, or
+            // an earlier app of the name left, is not this app's to delete.
+            let own = match api.get_opt(&name).await? {
+                Some(live) if controlled_by(&live, app) => live.uid(),
+                _ => None,
+            };
+            if let Some(uid) = own {
+                ctx.metrics.count_write("PodMonitor");
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&name, &params).await {
+                    Ok(_) => report.changed.push(format!("PodMonitor/{name} (deleted)")),
+                    Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+                    Err(other) => return Err(other.into()),
+                }
             }
         }
         lock(&ctx.applied_pod_monitors).remove(&key);

@@ -74,14 +74,14 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
             format!("PATCH {ns}/services/shop-order?{APPLY}"),
             format!("PATCH {ns}/services/shop-product?{APPLY}"),
             format!("PATCH {ns}/services/shop-gateway?{APPLY}"),
-            format!("PATCH {apps}/shop-user?{APPLY}"),
-            format!("PATCH {apps}/shop-order?{APPLY}"),
-            format!("PATCH {apps}/shop-product?{APPLY}"),
-            format!("PATCH {apps}/shop-gateway?{APPLY}"),
             format!("PATCH {net}/shop-user?{APPLY}"),
             format!("PATCH {net}/shop-order?{APPLY}"),
             format!("PATCH {net}/shop-product?{APPLY}"),
             format!("PATCH {net}/shop-gateway?{APPLY}"),
+            format!("PATCH {apps}/shop-user?{APPLY}"),
+            format!("PATCH {apps}/shop-order?{APPLY}"),
+            format!("PATCH {apps}/shop-product?{APPLY}"),
+            format!("PATCH {apps}/shop-gateway?{APPLY}"),
             "POST /apis/events.k8s.io/v1/namespaces/demo/events".to_owned(),
             format!(
                 "PATCH /apis/msa.dev/v1alpha1/namespaces/demo/microserviceapps/shop/status?{APPLY}"
@@ -124,12 +124,12 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         serde_json::to_value(&role_binding).unwrap(),
     ]);
     expected.extend(services.iter().map(|s| serde_json::to_value(s).unwrap()));
-    expected.extend(deployments.iter().map(|d| serde_json::to_value(d).unwrap()));
     expected.extend(
         network_policies
             .iter()
             .map(|p| serde_json::to_value(p).unwrap()),
     );
+    expected.extend(deployments.iter().map(|d| serde_json::to_value(d).unwrap()));
     for (call, body) in first.iter().zip(&expected) {
         assert_eq!(&call.body, body, "{}", call.line());
     }
@@ -1271,4 +1271,55 @@ async fn turning_autoscaling_on_hands_the_replica_count_over_before_dropping_it(
     );
     assert_eq!(gateway[0].body["spec"], json!({"replicas": 3}));
     assert!(gateway[1].body["spec"].get("replicas").is_none());
+}
+
+/// Issue 28 L2: a PodMonitor the app no longer asks for is deleted only when the app controls
+/// it (and conditional on its uid); one of that name made by someone else is left alone.
+#[tokio::test]
+async fn only_the_apps_own_pod_monitor_is_deleted() {
+    let mut shop = pg_app(json!({}));
+    shop.status =
+        Some(serde_json::from_value(json!({"monitoring": "PodMonitor shop created"})).unwrap());
+    let app_uid = shop.metadata.uid.clone().unwrap();
+    let path = "/apis/monitoring.coreos.com/v1/namespaces/demo/podmonitors/shop";
+    for (owner, deleted) in [("someone-else", false), (app_uid.as_str(), true)] {
+        let live = json!({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": {"name": "shop", "namespace": "demo", "uid": "pm-uid",
+                "ownerReferences": [{"apiVersion": "msa.dev/v1alpha1", "kind": "MicroserviceApp",
+                    "name": "shop", "uid": owner, "controller": true}]},
+        });
+        let healthy = healthy_api(&shop);
+        let (client, recorded) = mocked_client(Arc::new(move |call: &Call| {
+            if call.method == "GET" && call.path == path {
+                (StatusCode::OK, live.clone())
+            } else {
+                healthy(call)
+            }
+        }));
+        let mut caches = FakeCaches::listed();
+        caches.store(&build::children(&shop).unwrap());
+        let ctx = context(client, caches.readers());
+        *ctx.cluster.write().unwrap() =
+            msa_operator::facts::Learned::known(msa_operator::build::ClusterFacts {
+                pod_monitors: true,
+                ..Default::default()
+            });
+        reconcile::reconcile(Arc::new(shop.clone()), ctx)
+            .await
+            .unwrap();
+        let deletions: Vec<Call> = calls(&recorded)
+            .into_iter()
+            .filter(|c| c.method == "DELETE")
+            .collect();
+        assert_eq!(
+            deletions.len(),
+            usize::from(deleted),
+            "owner {owner}: {deletions:?}"
+        );
+        if deleted {
+            assert_eq!(deletions[0].path, path);
+            assert_eq!(deletions[0].body["preconditions"]["uid"], "pm-uid");
+        }
+    }
 }
