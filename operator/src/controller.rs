@@ -41,6 +41,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Apps reconciled at once.
     pub concurrency: u16,
+    /// Changes to one app within this time are gathered into one reconcile.
+    pub debounce: std::time::Duration,
     /// Identifies this process in Events.
     pub instance: String,
 }
@@ -212,7 +214,11 @@ pub async fn run(
     let controller = Controller::for_stream(app_changes, apps);
     let counter = tokio::spawn(count_apps(controller.store(), context.clone()));
     controller
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        .with_config(
+            controller::Config::default()
+                .concurrency(settings.concurrency)
+                .debounce(settings.debounce),
+        )
         .owns_stream(deployment_events)
         .owns_stream(stateful_set_events)
         .owns_stream(budget_events)

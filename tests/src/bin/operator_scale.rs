@@ -105,6 +105,8 @@ struct Args {
     /// Bound of the whole run; each wait also has its own.
     limit: Duration,
     concurrency: u16,
+    /// The operator's `--debounce-ms`, when not its default.
+    debounce_ms: Option<u64>,
 }
 
 /// How the apps keep their data, which decides their workloads.
@@ -121,7 +123,8 @@ impl Args {
     const USAGE: &str = "usage: operator-scale [--apps N (1-5000, default 100; --quick: 50)] \
         [--rate PER_SECOND (0.1-100, default 10)] [--quick] [--storage database|embedded] \
         [--quiet-seconds S (1-600, default 60; --quick: 10)] \
-        [--limit-seconds S (60-3600, default 900; --quick: 300)] [--concurrency C (1-64, default 4)]";
+        [--limit-seconds S (60-3600, default 900; --quick: 300)] [--concurrency C (1-64, default 4)] \
+        [--debounce-ms MS (0-5000, default the operator's)]";
 
     fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Self> {
         let mut args = args.into_iter();
@@ -134,6 +137,7 @@ impl Args {
             quiet: Duration::ZERO,
             limit: Duration::ZERO,
             concurrency: 4,
+            debounce_ms: None,
         };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -161,6 +165,9 @@ impl Args {
                 "--limit-seconds" => limit = Some(bounded(&flag, &value()?, 60, 3600)?),
                 "--concurrency" => {
                     parsed.concurrency = u16::try_from(bounded(&flag, &value()?, 1, 64)?)?
+                }
+                "--debounce-ms" => {
+                    parsed.debounce_ms = Some(bounded(&flag, &value()?, 0, 5000)? as u64)
                 }
                 other => bail!("unknown argument {other:?}"),
             }
@@ -275,9 +282,12 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         create_database_secret(&admin, &ns).await?;
     }
     let token = cluster.service_account_kubeconfig(INSTALL_NAMESPACE, RELEASE)?;
-    let options = OperatorOptions::new(token, format!("{ns}-scale"))
+    let mut options = OperatorOptions::new(token, format!("{ns}-scale"))
         .watching(&ns)
         .concurrency(args.concurrency);
+    if let Some(debounce) = args.debounce_ms {
+        options = options.env("MSA_DEBOUNCE_MS", &debounce.to_string());
+    }
     let audit = Audit::new(cluster.audit_log.clone());
 
     let mut operator = start_operator(&cluster, &options).await?;
@@ -293,7 +303,14 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let apps = Api::<DynamicObject>::namespaced_with(admin.clone(), &ns, &app_resource());
     let ready_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watch = tokio::spawn(record_ready(apps.clone(), ready_seen.clone()));
+    let workloads_seen: Arc<Mutex<HashMap<String, Workloads>>> = Arc::default();
+    let workload_watch = tokio::spawn(record_workloads(
+        Api::namespaced(admin.clone(), &ns),
+        workloads_seen.clone(),
+    ));
     let converge_mark = audit.mark()?;
+    let control_plane_before = ControlPlaneCpu::sample();
+    let converge_started = Instant::now();
     let created = create_apps(&apps, args, &mut operator).await?;
     report.creating = created.took;
     progress(&format!(
@@ -310,6 +327,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     )
     .await;
     watch.abort();
+    workload_watch.abort();
     let all_ready = match all_ready {
         Ok(at) => at,
         Err(error) => {
@@ -319,6 +337,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     report.all_ready_watched = all_ready.duration_since(created.first);
     report.watched = latencies_watched(&created.sent, &ready_seen.lock().expect("not poisoned"));
+    report.phases = Phases::of(
+        &created.sent,
+        &workloads_seen.lock().expect("not poisoned"),
+        &ready_seen.lock().expect("not poisoned"),
+    );
+    report.control_plane = ControlPlaneCpu::sample().since(&control_plane_before);
+    report.control_plane_wall = converge_started.elapsed();
     let listed = apps.list(&ListParams::default()).await?;
     report.api = latencies_from_timestamps(&listed.items)?;
 
@@ -684,6 +709,156 @@ async fn create_apps(
     })
 }
 
+/// What a watch of an app's Deployments saw, to tell the operator's time from the cluster's.
+#[derive(Default)]
+struct Workloads {
+    /// When the first of them was seen (the operator's first apply of a workload).
+    first: Option<Instant>,
+    /// Those seen Available with every replica updated.
+    available: std::collections::BTreeSet<String>,
+    /// When the last of the app's four became available.
+    all_available: Option<Instant>,
+}
+
+/// Watches the namespace's Deployments and notes, per app (its instance label), when its first
+/// one appears and when all four are available.
+async fn record_workloads(
+    deployments: Api<Deployment>,
+    seen: Arc<Mutex<HashMap<String, Workloads>>>,
+) {
+    let mut events = watcher(deployments, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(deployment) = event else { continue };
+        let Some(app) = deployment
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/instance"))
+            .cloned()
+        else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut seen = seen.lock().expect("not poisoned");
+        let entry = seen.entry(app).or_default();
+        entry.first.get_or_insert(now);
+        let desired = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        let status = deployment.status.as_ref();
+        let available = status.is_some_and(|s| {
+            s.observed_generation >= deployment.metadata.generation
+                && s.updated_replicas.unwrap_or(0) >= desired
+                && s.available_replicas.unwrap_or(0) >= desired
+        });
+        if available && let Some(name) = deployment.metadata.name.clone() {
+            entry.available.insert(name);
+            if entry.available.len() >= PODS_PER_APP {
+                entry.all_available.get_or_insert(now);
+            }
+        }
+    }
+}
+
+/// Create → Ready cut in three, per app, as the watches saw it: until the operator applied
+/// the first workload; until Kubernetes (controllers, scheduler, kwok) made all four available;
+/// until the operator reported the app Ready.
+#[derive(Clone, Debug, Default)]
+struct Phases {
+    to_first_apply: Quantiles,
+    to_available: Quantiles,
+    to_ready: Quantiles,
+}
+
+impl Phases {
+    fn of(
+        sent: &HashMap<String, Instant>,
+        workloads: &HashMap<String, Workloads>,
+        ready: &HashMap<String, Instant>,
+    ) -> Self {
+        let mut phases = (Vec::new(), Vec::new(), Vec::new());
+        for (name, sent) in sent {
+            let Some(w) = workloads.get(name) else {
+                continue;
+            };
+            let (Some(first), Some(available), Some(ready)) =
+                (w.first, w.all_available, ready.get(name))
+            else {
+                continue;
+            };
+            phases.0.push(first.saturating_duration_since(*sent));
+            phases.1.push(available.saturating_duration_since(first));
+            phases.2.push(ready.saturating_duration_since(available));
+        }
+        Phases {
+            to_first_apply: Quantiles::of(phases.0),
+            to_available: Quantiles::of(phases.1),
+            to_ready: Quantiles::of(phases.2),
+        }
+    }
+}
+
+/// CPU time of the control plane's processes on this machine, by command name.
+#[derive(Clone, Debug, Default)]
+struct ControlPlaneCpu(BTreeMap<String, Duration>);
+
+impl ControlPlaneCpu {
+    const NAMES: [&str; 5] = [
+        "kube-apiserver",
+        "etcd",
+        "kube-controller",
+        "kube-scheduler",
+        "kwok",
+    ];
+
+    fn sample() -> Self {
+        let mut cpu = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return ControlPlaneCpu(cpu);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            let comm = comm.trim();
+            let Some(name) = Self::NAMES.iter().find(|n| comm.starts_with(**n)) else {
+                continue;
+            };
+            let Some(ticks) = std::fs::read_to_string(path.join("stat"))
+                .ok()
+                .and_then(|stat| cpu_ticks(&stat))
+            else {
+                continue;
+            };
+            *cpu.entry((*name).to_owned()).or_default() +=
+                Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64);
+        }
+        ControlPlaneCpu(cpu)
+    }
+
+    fn since(&self, before: &ControlPlaneCpu) -> Self {
+        ControlPlaneCpu(
+            self.0
+                .iter()
+                .map(|(name, now)| {
+                    let then = before.0.get(name).copied().unwrap_or_default();
+                    (name.clone(), now.saturating_sub(then))
+                })
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> Duration {
+        self.0.values().sum()
+    }
+}
+
 /// Watches the apps and notes the first moment each is seen with `Ready=True`.
 async fn record_ready(apps: Api<DynamicObject>, seen: Arc<Mutex<HashMap<String, Instant>>>) {
     let mut events = watcher(apps, watcher::Config::default())
@@ -893,6 +1068,11 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn clock_ticks_per_second() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -1085,6 +1265,10 @@ struct Report {
     watched: Quantiles,
     api: ApiLatencies,
     all_ready_watched: Duration,
+    phases: Phases,
+    /// The control plane's CPU from the first create until every app was Ready, and that time.
+    control_plane: ControlPlaneCpu,
+    control_plane_wall: Duration,
     settled_after: Duration,
     idle_rss_kib: u64,
     peak_rss_kib: u64,
@@ -1152,8 +1336,12 @@ impl Report {
         println!();
         println!("App spec: {}.", describe_spec(self.args.storage));
         println!(
-            "Operator: `--watch-namespace {}`, `--concurrency {}`, as the chart's ServiceAccount.",
-            self.namespace, self.args.concurrency
+            "Operator: `--watch-namespace {}`, `--concurrency {}`, `--debounce-ms {}`, as the chart's ServiceAccount.",
+            self.namespace,
+            self.args.concurrency,
+            self.args
+                .debounce_ms
+                .map_or_else(|| "(default)".to_owned(), |d| d.to_string())
         );
         println!();
         println!("| figure | value | goal |");
@@ -1171,6 +1359,31 @@ impl Report {
             secs(self.api.all),
             secs(self.all_ready_watched),
             secs(self.creating)
+        );
+        println!(
+            "| … of which: create → the operator's first workload seen | {} | |",
+            q(&self.phases.to_first_apply)
+        );
+        println!(
+            "| … of which: first workload → all four Available (Kubernetes: controllers, scheduler, kwok) | {} | |",
+            q(&self.phases.to_available)
+        );
+        println!(
+            "| … of which: all four Available → Ready seen (the operator's status) | {} | |",
+            q(&self.phases.to_ready)
+        );
+        let wall = secs(self.control_plane_wall);
+        println!(
+            "| control-plane CPU, first create → all Ready ({wall:.1} s; {:.1} s of CPU available on {} cores) | {:.1} s: {} | |",
+            wall * cores() as f64,
+            cores(),
+            secs(self.control_plane.total()),
+            self.control_plane
+                .0
+                .iter()
+                .map(|(name, cpu)| format!("{name} {:.1} s", secs(*cpu)))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!(
             "| RSS idle / peak / settled | {:.1} / {:.1} / {:.1} MiB | settled ≤ 100 MiB |",
