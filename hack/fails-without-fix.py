@@ -66,9 +66,9 @@ MUTATIONS = [
         }""", """        let _ = judged.stuck;""", "-p msa-operator --test reconcile_api a_stateful_set_pod_not_ready_past_its_deadline"),
 ("28 M4 forced rollback", "operator/src/reconcile.rs", "    delete_abandoned_pods(ctx, app, &abandoned_pods).await;\n", "    let _ = &abandoned_pods;\n", "-p msa-operator --test reconcile_api a_pod_of_an_abandoned_revision"),
 ("28 M7 replicas handover", "operator/src/reconcile.rs", """                if component.spec(app).autoscaled {
-                    hand_over_replicas(ctx, &deployment).await;
+                    hand_over_replicas(ctx, app, &deployment).await?;
                 }""", "", "-p msa-operator --test reconcile_api turning_autoscaling_on_hands"),
-("28 L4 no take-over", "operator/src/reconcile.rs", """        && controller_uid(live.as_ref()) != controller_uid(&desired)""", """        && controller_uid(live.as_ref()) != controller_uid(&desired) && false""", "-p msa-operator --test reconcile_api an_object_the_app_did_not_create"),
+("28 L4 no take-over", "operator/src/ownership.rs", """(None, _) => Takeover::Refuse("was not made by this operator for this app"),""", """(None, _) => Takeover::Adopt,""", "-p msa-operator --test reconcile_api an_object_the_app_did_not_create"),
 ("28 L2 own PodMonitor only", "operator/src/reconcile.rs", "Some(live) if controlled_by(&live, app) => live.uid(),", "Some(live) => live.uid(),", "-p msa-operator --test reconcile_api only_the_apps_own_pod_monitor"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]

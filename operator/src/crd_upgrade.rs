@@ -43,14 +43,21 @@ pub fn decide(live_version: Option<&str>, ours: &str, ours_contained: bool) -> D
     }
 }
 
-/// Compares two `major.minor.patch` versions (a pre-release or build suffix is ignored); `None`
-/// when either is not such a version.
+/// Compares two `major.minor.patch[-pre][+build]` versions as semantic versioning orders them as
+/// far as this needs: a pre-release comes before its release (`0.2.0-rc.1` < `0.2.0`); two
+/// pre-releases of one version compare equal; build metadata is ignored. `None` when either is
+/// not such a version.
 fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
-    fn parse(version: &str) -> Option<[u64; 3]> {
-        let core = version.trim_start_matches('v').split(['-', '+']).next()?;
+    fn parse(version: &str) -> Option<([u64; 3], bool)> {
+        let version = version.trim_start_matches('v');
+        let version = version.split('+').next()?;
+        let (core, released) = match version.split_once('-') {
+            Some((core, _pre)) => (core, false),
+            None => (version, true),
+        };
         let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
         let parsed = [parts.next()??, parts.next()??, parts.next()??];
-        parts.next().is_none().then_some(parsed)
+        parts.next().is_none().then_some((parsed, released))
     }
     Some(parse(a)?.cmp(&parse(b)?))
 }
@@ -114,6 +121,7 @@ mod tests {
         assert_eq!(decide(None, "0.2.0", true), Decision::Apply);
         assert_eq!(decide(Some("latest"), "0.2.0", true), Decision::Apply);
         assert_eq!(decide(Some("0.1.9"), "0.1.10", true), Decision::Apply);
+        assert_eq!(decide(Some("0.2.0-rc.1"), "0.2.0", true), Decision::Apply);
     }
 
     #[test]
@@ -135,6 +143,10 @@ mod tests {
         assert_eq!(
             decide(Some("1.0.0-rc.1"), "0.9.3", false),
             Decision::Newer("1.0.0-rc.1".to_owned())
+        );
+        assert_eq!(
+            decide(Some("0.2.0"), "0.2.0-rc.1", false),
+            Decision::Newer("0.2.0".to_owned())
         );
     }
 }

@@ -19,6 +19,7 @@ pub mod labels;
 pub mod leader;
 pub mod lease;
 pub mod metrics;
+pub mod ownership;
 pub mod reconcile;
 pub mod stateful_rollout;
 pub mod status;

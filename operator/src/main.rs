@@ -54,8 +54,10 @@ struct Flags {
     /// reconcile (trailing edge: the reconcile runs once the app has been quiet that long). While
     /// an app's workloads come up, each of their status updates would otherwise cost a reconcile
     /// and a status write: at 100 apps, 250–300 ms cut reconciles by 80 % and the operator's
-    /// writes by a quarter, for about half a second more create → Ready (BENCHMARKS.md).
-    #[arg(long, env = "MSA_DEBOUNCE_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=5000))]
+    /// writes by a quarter, for about half a second more create → Ready (BENCHMARKS.md). Off by
+    /// default: kube-runtime's debounce has no maximum wait, so an app whose children change
+    /// more often than this (a large scale-out) is not reconciled until they calm down.
+    #[arg(long, env = "MSA_DEBOUNCE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=5000))]
     debounce_ms: u64,
 
     /// Address of /healthz, /readyz and /metrics.

@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
 use crate::status::{self, Blocker, Observed, WorkloadState};
-use crate::{drift, facts, stateful_rollout, storage, unreadable, validate};
+use crate::{drift, facts, ownership, stateful_rollout, storage, unreadable, validate};
 
 /// How often a converged app is looked at again even if nothing announced a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -424,8 +424,8 @@ struct Observation {
     observed: Observed,
     /// When to look again: a claim's patience or a pod's deadline ends then.
     recheck_in: Option<Duration>,
-    /// Pods of revisions their StatefulSet abandoned, to delete (name, uid).
-    abandoned_pods: Vec<(String, Option<String>)>,
+    /// Pods of revisions their StatefulSet abandoned, to delete.
+    abandoned_pods: Vec<stateful_rollout::Abandoned>,
 }
 
 /// What the caches show of the app — each component's workload (`applied`: as the applies just
@@ -505,7 +505,11 @@ async fn look_at_stateful_rollouts(
         if let Some(message) = judged.stuck {
             state.mark_past_deadline(message);
         }
-        found.abandoned.extend(judged.abandoned);
+        if !judged.abandoned.is_empty()
+            && still_rolling_out_to(ctx, app, *component, &uid, &revision).await
+        {
+            found.abandoned.extend(judged.abandoned);
+        }
         found.recheck_in = [found.recheck_in, judged.recheck_in]
             .into_iter()
             .flatten()
@@ -514,23 +518,58 @@ async fn look_at_stateful_rollouts(
     found
 }
 
+/// Whether the StatefulSet, read from the API server now (the cache may lag behind the pods just
+/// listed), is still the one judged and still rolls out to `revision`: only then may pods of
+/// other revisions be deleted.
+async fn still_rolling_out_to(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    component: Component,
+    uid: &str,
+    revision: &str,
+) -> bool {
+    let Some(namespace) = app.namespace() else {
+        return false;
+    };
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    match api
+        .get_opt(&labels::child_name(&app.name_any(), component))
+        .await
+    {
+        Ok(Some(live)) => {
+            let state = WorkloadState::from(&live);
+            state.stateful_rollout_pending() == Some((uid, revision))
+        }
+        Ok(None) => false,
+        Err(error) => {
+            warn!(app = %app.name_any(), %namespace, %component, %error, "could not read a StatefulSet before deleting a pod of an abandoned revision; not deleting it");
+            false
+        }
+    }
+}
+
 /// Deletes pods of revisions their StatefulSet abandoned, each only if it is still the pod that
-/// was judged (its uid: the replacement has the same name). Best effort: a failure is logged and
-/// the next reconcile judges again.
+/// was judged, unchanged (its uid — the replacement has the same name — and its
+/// resourceVersion). Best effort: a failure is logged and the next reconcile judges again.
 async fn delete_abandoned_pods(
     ctx: &Context,
     app: &MicroserviceApp,
-    pods: &[(String, Option<String>)],
+    pods: &[stateful_rollout::Abandoned],
 ) {
     let Some(namespace) = app.namespace() else {
         return;
     };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    for (name, uid) in pods {
+    for stateful_rollout::Abandoned {
+        name,
+        uid,
+        resource_version,
+    } in pods
+    {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: uid.clone(),
-                resource_version: None,
+                resource_version: resource_version.clone(),
             }),
             ..DeleteParams::default()
         };
@@ -802,7 +841,7 @@ async fn apply_children(
             Workload::Deployment(deployment) => {
                 delete_owned(ctx, app, &caches.stateful_sets, &name, &mut report).await?;
                 if component.spec(app).autoscaled {
-                    hand_over_replicas(ctx, &deployment).await;
+                    hand_over_replicas(ctx, app, &deployment).await?;
                 }
                 apply_one(ctx, &caches.deployments, deployment, &mut report)
                     .await?
@@ -840,30 +879,34 @@ async fn apply_children(
 /// resets a field its last owner drops to the default — one replica — until the autoscaler
 /// writes it again; with a second owner the field keeps its value until the autoscaler's first
 /// write takes it over (Kubernetes' server-side apply docs, "Transferring ownership"). Not
-/// forced: a conflict means another manager (the autoscaler) owns the count already, and that is
-/// the goal. Nothing is sent when the Deployment will not be applied.
-async fn hand_over_replicas(ctx: &Context, desired: &Deployment) {
+/// forced: a conflict with another manager means the autoscaler owns the count already, which is
+/// the goal. Fails closed: when the count could not be handed over (an error, or a conflict
+/// with the operator's own manager, meaning the cached count is stale), the Deployment is not
+/// applied this time round and the reconcile is retried. Nothing is sent when the Deployment
+/// will not be applied, or is not this app's.
+async fn hand_over_replicas(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    desired: &Deployment,
+) -> Result<(), Error> {
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let Some(live) = ctx
         .caches
         .deployments
         .get(&ObjectRef::new(&name).within(&namespace))
+        .filter(|live| controlled_by(live.as_ref(), app))
     else {
-        return;
+        return Ok(());
     };
     let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
-        return;
+        return Ok(());
     };
-    let unchanged = match (
-        serde_json::to_value(desired),
-        serde_json::to_value(live.as_ref()),
+    if drift::is_contained(
+        &serde_json::to_value(desired)?,
+        &serde_json::to_value(live.as_ref())?,
     ) {
-        (Ok(desired), Ok(live)) => drift::is_contained(&desired, &live),
-        _ => false,
-    };
-    if unchanged {
-        return;
+        return Ok(());
     }
     let handover = serde_json::json!({
         "apiVersion": "apps/v1",
@@ -883,21 +926,18 @@ async fn hand_over_replicas(ctx: &Context, desired: &Deployment) {
     {
         Ok(_) => {
             info!(%name, %namespace, replicas, "kept the replica count for the autoscaler under a field manager of its own");
+            Ok(())
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(kube::Error::Api(status))
+            if status.code == 409 && !status.message.contains(&format!("\"{MANAGER}\"")) =>
+        {
+            Ok(())
+        }
         Err(error) => {
-            warn!(%name, %namespace, %error, "could not hand the replica count over to the autoscaler; it may drop to one until the autoscaler scales it");
+            warn!(%name, %namespace, %error, "could not hand the replica count over to the autoscaler; not applying the Deployment until it can be");
+            Err(error.into())
         }
     }
-}
-
-/// The uid of `object`'s controller, if it has one.
-fn controller_uid(object: &impl Resource) -> Option<&str> {
-    object
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 /// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).
@@ -966,19 +1006,28 @@ where
     let namespace = desired.namespace().unwrap_or_default();
     let cached = cache.get(&ObjectRef::new(&name).within(&namespace));
     let kind = K::kind(&());
-    // Never take over an object this app did not create (issue 28 L4): applying would adopt it,
-    // and the garbage collector would delete it with the app.
-    if let Some(live) = &cached
-        && controller_uid(live.as_ref()) != controller_uid(&desired)
-    {
-        warn!(%kind, %name, %namespace, "an object of a child's name exists and is not this app's; leaving it alone");
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Never take over an object this app did not make (issue 28 L4): applying would adopt it,
+    // and the garbage collector would delete it with the app. The caches hold only objects
+    // with the operator's label, so one missing from them is looked up first.
+    let live_meta = match &cached {
+        Some(live) => Some(live.meta().clone()),
+        None => api.get_metadata_opt(&name).await?.map(|m| m.metadata),
+    };
+    if let ownership::Takeover::Refuse(why) = ownership::judge(live_meta.as_ref(), desired.meta()) {
+        warn!(%kind, %name, %namespace, why, "an object of a child's name exists and is not this app's; leaving it alone");
+        let cascade = if kind == "StatefulSet" {
+            " --cascade=orphan, which keeps its pods and claims"
+        } else {
+            ""
+        };
         report.failed.push((
             format!("{kind}/{name}"),
             format!(
-                "a {kind} of this name exists and is not controlled by this app (created by \
-                 someone else, or left by an earlier app of this name that is being deleted); \
-                 the operator takes over no object it did not create: delete it \
-                 (kubectl delete {} {name} -n {namespace}) or give the app another name",
+                "a {kind} of this name exists and {why}; the operator takes over no object it did \
+                 not make. If an earlier app of this name is being deleted, this clears once it is \
+                 gone; otherwise remove the object (kubectl delete {} {name} -n {namespace}{cascade}) \
+                 or give the app another name",
                 kind.to_lowercase()
             ),
         ));
@@ -992,7 +1041,6 @@ where
     {
         return Ok(cached);
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let verb = if cached.is_some() {
         "corrected"
     } else {
@@ -1098,6 +1146,23 @@ async fn apply_pod_monitor(
         .cloned()
         .unwrap_or_default();
     if lock(&ctx.applied_pod_monitors).get(&key) == Some(&hash) {
+        return Ok(());
+    }
+    // As for every child (issue 28 L4): a PodMonitor of the app's name it did not make is left
+    // alone. Looked up only when this process has not applied it yet.
+    let live = api.get_opt(&name).await?;
+    if let ownership::Takeover::Refuse(why) =
+        ownership::judge(live.as_ref().map(|l| &l.metadata), &desired.metadata)
+    {
+        warn!(%name, %namespace, why, "a PodMonitor of the app's name exists and is not this app's; leaving it alone");
+        report.failed.push((
+            format!("PodMonitor/{name}"),
+            format!(
+                "a PodMonitor of this name exists and {why}; the operator takes over no object it \
+                 did not make: remove it (kubectl delete podmonitor {name} -n {namespace}) or turn \
+                 spec.monitoring.podMonitor off"
+            ),
+        ));
         return Ok(());
     }
     if apply_patch(ctx, &api, "PodMonitor", &desired, "applied", report)

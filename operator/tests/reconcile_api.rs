@@ -22,7 +22,18 @@ use support::{
 
 const APPLY: &str = "fieldManager=msa-operator&force=true";
 
+/// The calls a reconcile made, without the reads of single objects (a child missing from the
+/// caches is looked up before it is applied, issue 28 L4; a StatefulSet is read again before a
+/// pod of an abandoned revision is deleted): the sequences the tests pin are of writes and lists.
+/// [`all_calls`] has them too.
 fn calls(recorded: &std::sync::Mutex<Vec<Call>>) -> Vec<Call> {
+    all_calls(recorded)
+        .into_iter()
+        .filter(|c| !(c.method == "GET" && c.query.is_empty()))
+        .collect()
+}
+
+fn all_calls(recorded: &std::sync::Mutex<Vec<Call>>) -> Vec<Call> {
     recorded.lock().unwrap().clone()
 }
 
@@ -58,6 +69,19 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
     assert_eq!(action, Action::requeue(RESYNC));
 
     let first = calls(&recorded);
+    // Each child, missing from the caches, is looked up right before it is applied (issue 28
+    // L4: an object of its name the app did not make is not taken over).
+    let every = all_calls(&recorded);
+    let applies: Vec<&Call> = every
+        .iter()
+        .filter(|c| c.method == "PATCH" && !c.path.ends_with("/status"))
+        .collect();
+    assert_eq!(applies.len(), 17, "{:#?}", lines(&every));
+    for (i, call) in every.iter().enumerate() {
+        if call.method == "PATCH" && !call.path.ends_with("/status") {
+            assert_eq!(every[i - 1].line(), format!("GET {}", call.path));
+        }
+    }
     let ns = "/api/v1/namespaces/demo";
     let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/demo";
     let apps = "/apis/apps/v1/namespaces/demo/deployments";
@@ -378,7 +402,7 @@ async fn a_refused_child_is_reported_the_rest_applied_and_the_reconcile_retried_
     let shop = pg_app(json!({}));
     let healthy = healthy_api(&shop);
     let respond: support::Responder = Arc::new(move |call: &Call| {
-        if call.path.ends_with("/deployments/shop-user") {
+        if call.method == "PATCH" && call.path.ends_with("/deployments/shop-user") {
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 api_error(
@@ -466,7 +490,11 @@ async fn a_transport_error_aborts_the_reconcile_at_the_failed_apply() {
 #[tokio::test]
 async fn a_permission_error_aborts_the_reconcile_and_shows_in_status() {
     let shop = pg_app(json!({}));
-    let respond: support::Responder = Arc::new(|_: &Call| {
+    let lookups = healthy_api(&shop);
+    let respond: support::Responder = Arc::new(move |call: &Call| {
+        if call.method == "GET" {
+            return lookups(call);
+        }
         (
             StatusCode::FORBIDDEN,
             api_error(
@@ -1023,20 +1051,24 @@ async fn what_is_remembered_of_apps_that_are_gone_is_forgotten() {
     );
 }
 
-/// Issue 28 L4: an object of a child's name that the app did not create (here a Service made by
-/// hand) is neither applied over nor adopted — the garbage collector would delete it with the
-/// app; the app says which object and what to do, and its other children are applied.
+/// Issue 28 L4: an object of a child's name that the app did not make (here a Service made by
+/// hand, without the operator's labels, so not in its caches: looked up before the apply) is
+/// neither applied over nor adopted — the garbage collector would delete it with the app; the
+/// app says which object and what to do, and its other children are applied.
 #[tokio::test]
 async fn an_object_the_app_did_not_create_is_never_taken_over() {
     let shop = pg_app(json!({}));
-    let mut caches = FakeCaches::listed();
-    let mut foreign = as_stored(&build::children(&shop).unwrap().services[0]);
-    foreign.metadata.owner_references = None;
-    caches
-        .services
-        .apply_watcher_event(&watcher::Event::Apply(foreign));
-    let (client, recorded) = mocked_client(healthy_api(&shop));
-    let ctx = context(client, caches.readers());
+    let healthy = healthy_api(&shop);
+    let (client, recorded) = mocked_client(Arc::new(move |call: &Call| {
+        if call.method == "GET" && call.path == "/api/v1/namespaces/demo/services/shop-user" {
+            let made_by_hand = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "shop-user", "namespace": "demo", "uid": "hand-made"}});
+            (StatusCode::OK, made_by_hand)
+        } else {
+            healthy(call)
+        }
+    }));
+    let ctx = context(client, FakeCaches::listed().readers());
     let result = reconcile::reconcile(Arc::new(shop), ctx).await;
     assert!(
         matches!(
@@ -1055,11 +1087,7 @@ async fn an_object_the_app_did_not_create_is_never_taken_over() {
         written.iter().any(|l| l.contains("/services/shop-order")),
         "{written:#?}"
     );
-    let status = &all
-        .iter()
-        .rfind(|c| c.path.ends_with("/status"))
-        .expect("a status write")
-        .body["status"];
+    let status = &status_write(&all).body["status"];
     let degraded = status["conditions"]
         .as_array()
         .unwrap()
@@ -1070,11 +1098,35 @@ async fn an_object_the_app_did_not_create_is_never_taken_over() {
     let message = degraded["message"].as_str().unwrap();
     for expected in [
         "Service/shop-user",
-        "not controlled by this app",
+        "was not made by this operator for this app",
         "kubectl delete service shop-user -n demo",
     ] {
         assert!(message.contains(expected), "{message}");
     }
+}
+
+/// An orphan of the app — its own labels, no owner (`kubectl delete msa --cascade=orphan`, then
+/// the app applied again, or a restore without owner references) — is taken back, not refused.
+#[tokio::test]
+async fn the_apps_own_orphans_are_adopted() {
+    let shop = pg_app(json!({}));
+    let mut caches = FakeCaches::listed();
+    let mut orphan = as_stored(&build::children(&shop).unwrap().services[0]);
+    orphan.metadata.owner_references = None;
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(orphan));
+    let (client, recorded) = mocked_client(healthy_api(&shop));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+    let adopted = calls(&recorded)
+        .into_iter()
+        .find(|c| c.method == "PATCH" && c.path == "/api/v1/namespaces/demo/services/shop-user")
+        .expect("the orphan is applied");
+    assert_eq!(
+        adopted.body["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
 }
 
 /// A StatefulSet whose controller has seen its spec, one pod desired and none ready, rolling
@@ -1120,11 +1172,21 @@ fn status_write(calls: &[Call]) -> &Call {
 }
 
 /// The API server of [`healthy_api`], listing `pods` for the user component.
-fn api_with_pods(shop: &MicroserviceApp, pods: Value) -> support::Responder {
+fn api_with_pods(
+    shop: &MicroserviceApp,
+    pods: Value,
+    user_set: Option<StatefulSet>,
+) -> support::Responder {
     let healthy = healthy_api(shop);
+    let user_set = serde_json::to_value(user_set).unwrap();
     Arc::new(move |call: &Call| {
         if call.method == "GET" && call.path == "/api/v1/namespaces/demo/pods" {
             (StatusCode::OK, pods.clone())
+        } else if call.method == "GET"
+            && call.path == "/apis/apps/v1/namespaces/demo/statefulsets/shop-user"
+            && !user_set.is_null()
+        {
+            (StatusCode::OK, user_set.clone())
         } else {
             healthy(call)
         }
@@ -1146,8 +1208,11 @@ async fn a_stateful_set_pod_not_ready_past_its_deadline_degrades_the_app() {
         .stateful_sets
         .apply_watcher_event(&watcher::Event::Apply(set));
 
-    let (client, recorded) =
-        mocked_client(api_with_pods(&shop, unready_pod(&set_uid, "shop-user-new")));
+    let (client, recorded) = mocked_client(api_with_pods(
+        &shop,
+        unready_pod(&set_uid, "shop-user-new"),
+        None,
+    ));
     let (ctx, clock) = support::clocked_context(client, caches.readers());
     clock.store(45, std::sync::atomic::Ordering::SeqCst);
     let action = reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
@@ -1188,7 +1253,7 @@ async fn a_stateful_set_pod_not_ready_past_its_deadline_degrades_the_app() {
     assert_eq!(condition("Degraded")["reason"], "ProgressDeadlineExceeded");
     assert_eq!(
         condition("Degraded")["message"],
-        "user: pod shop-user-0 of revision shop-user-new not Ready within 60s (progressDeadlineSeconds)"
+        "user: pod shop-user-0 of revision shop-user-new not Ready for 60s (progressDeadlineSeconds)"
     );
     assert_eq!(condition("Progressing")["status"], "False");
     assert!(
@@ -1209,12 +1274,15 @@ async fn a_pod_of_an_abandoned_revision_is_deleted_so_a_revert_recovers() {
     let set_uid = set.metadata.uid.clone().unwrap();
     caches
         .stateful_sets
-        .apply_watcher_event(&watcher::Event::Apply(set));
+        .apply_watcher_event(&watcher::Event::Apply(set.clone()));
     let (client, recorded) = mocked_client(api_with_pods(
         &shop,
         unready_pod(&set_uid, "shop-user-broken"),
+        Some(set),
     ));
-    let ctx = context(client, caches.readers());
+    let (ctx, clock) = support::clocked_context(client, caches.readers());
+    // Not Ready for the default deadline (600 s) since its creation: not a pod still starting.
+    clock.store(600, std::sync::atomic::Ordering::SeqCst);
     reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
     let all = calls(&recorded);
     let deletion = all
@@ -1236,6 +1304,7 @@ async fn a_pod_of_an_abandoned_revision_is_deleted_so_a_revert_recovers() {
     let (client, recorded) = mocked_client(api_with_pods(
         &app(json!({})),
         unready_pod("someone-else", "shop-user-broken"),
+        None,
     ));
     let ctx = context(client, caches.readers());
     reconcile::reconcile(Arc::new(app(json!({}))), ctx)
@@ -1321,5 +1390,67 @@ async fn only_the_apps_own_pod_monitor_is_deleted() {
             assert_eq!(deletions[0].path, path);
             assert_eq!(deletions[0].body["preconditions"]["uid"], "pm-uid");
         }
+    }
+}
+
+/// Issue 28 M7, failing closed: when the count could not be handed over — an error, or a
+/// conflict with the operator's own field manager (its cached count is stale) — the Deployment
+/// is not applied without it (which would drop it to one replica); the reconcile fails and is
+/// retried. A conflict with another manager (the autoscaler owns the count) lets the apply go on.
+#[tokio::test]
+async fn a_handover_that_fails_keeps_the_deployment_as_it_is() {
+    let before = pg_app(json!({"components": {"gateway": {"replicas": 3}}}));
+    let after = pg_app(json!({"components": {"gateway": {
+        "replicas": 3, "autoscaled": true, "env": [{"name": "X", "value": "1"}]}}}));
+    let gateway = "/apis/apps/v1/namespaces/demo/deployments/shop-gateway";
+    let conflict = |manager: &str| {
+        (
+            StatusCode::CONFLICT,
+            api_error(
+                409,
+                "Conflict",
+                &format!(
+                    "Apply failed with 1 conflict: conflict with \"{manager}\" using apps/v1: .spec.replicas"
+                ),
+            ),
+        )
+    };
+    let cases = [
+        (
+            "a server error",
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                api_error(500, "InternalError", "etcd timeout"),
+            ),
+            false,
+        ),
+        (
+            "the operator's own manager",
+            conflict("msa-operator"),
+            false,
+        ),
+        ("the autoscaler", conflict("kube-controller-manager"), true),
+    ];
+    for (what, answer, applied) in cases {
+        let mut caches = FakeCaches::listed();
+        caches.store(&build::children(&before).unwrap());
+        let healthy = healthy_api(&after);
+        let (client, recorded) = mocked_client(Arc::new(move |call: &Call| {
+            if call.method == "PATCH"
+                && call.path == gateway
+                && call.query.contains("msa-operator-replicas-handover")
+            {
+                answer.clone()
+            } else {
+                healthy(call)
+            }
+        }));
+        let ctx = context(client, caches.readers());
+        let result = reconcile::reconcile(Arc::new(after.clone()), ctx).await;
+        let main_apply = calls(&recorded)
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path == gateway && c.query == APPLY);
+        assert_eq!(main_apply, applied, "{what}");
+        assert_eq!(result.is_ok(), applied, "{what}: {result:?}");
     }
 }

@@ -39,7 +39,7 @@ spec:
         &format!(r#"{{"spec":{{"components":{{"user":{{"image":"{CRASH_LOOP_IMAGE}"}}}}}}}}"#),
     )?;
     let message = s.wait_degraded("crash", "ProgressDeadlineExceeded").await?;
-    for expected in ["user: pod crash-user-0 of revision", "not Ready within 10s"] {
+    for expected in ["user: pod crash-user-0 of revision", "not Ready for 10s"] {
         support::assert_mentions(&message, expected);
     }
     let app = s.apps().get("crash").await?;

@@ -268,12 +268,19 @@ impl Call {
 /// How the mocked API server answers a call.
 pub type Responder = Arc<dyn Fn(&Call) -> (StatusCode, Value) + Send + Sync>;
 
-/// Answers like a healthy API server: applies return the applied object, a status apply returns
-/// the app with that status, Event creation returns the Event.
+/// Answers like a healthy API server where none of the app's children exists yet but those the
+/// caches hold: applies return the applied object, a status apply returns the app with that
+/// status, Event creation returns the Event, a read of one object (a child missing from the
+/// caches, looked up before it is applied) is 404.
 pub fn healthy_api(app: &MicroserviceApp) -> Responder {
     let app = serde_json::to_value(app).unwrap();
     Arc::new(move |call: &Call| {
-        if call.method == "DELETE" {
+        if call.method == "GET" {
+            (
+                StatusCode::NOT_FOUND,
+                api_error(404, "NotFound", "not found"),
+            )
+        } else if call.method == "DELETE" {
             (
                 StatusCode::OK,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
