@@ -48,6 +48,15 @@ pub fn selector(app: &str, component: Component) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`selector`] as a label-selector query (`key=value,key=value`), to list the pods.
+pub fn selector_query(app: &str, component: Component) -> String {
+    selector(app, component)
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Labels of an app-wide object that belongs to no single component.
 pub fn app_labels(app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

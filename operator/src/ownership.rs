@@ -35,7 +35,8 @@ pub fn judge(live: Option<&ObjectMeta>, desired: &ObjectMeta) -> Takeover {
     }
 }
 
-fn controller(meta: &ObjectMeta) -> Option<&str> {
+/// The uid of the object's controller (an object has at most one).
+pub fn controller(meta: &ObjectMeta) -> Option<&str> {
     meta.owner_references
         .iter()
         .flatten()

@@ -486,11 +486,7 @@ async fn look_at_stateful_rollouts(
         else {
             continue;
         };
-        let selector = labels::selector(&app.name_any(), *component)
-            .into_iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let selector = labels::selector_query(&app.name_any(), *component);
         let listed = match pods.list(&ListParams::default().labels(&selector)).await {
             Ok(listed) => listed,
             Err(error) => {
@@ -942,10 +938,7 @@ async fn hand_over_replicas(
 
 /// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).
 fn controlled_by(object: &impl Resource, app: &MicroserviceApp) -> bool {
-    object
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == app.metadata.uid.as_ref())
+    ownership::controller(object.meta()).is_some_and(|uid| Some(uid) == app.metadata.uid.as_deref())
 }
 
 /// Deletes a child this app controls that its spec no longer asks for (a cached object of that

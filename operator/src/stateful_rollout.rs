@@ -66,13 +66,7 @@ impl From<&Pod> for PodFacts {
         };
         PodFacts {
             name: pod.metadata.name.clone().unwrap_or_default(),
-            controller: pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
+            controller: crate::ownership::controller(&pod.metadata).map(str::to_owned),
             uid: pod.metadata.uid.clone(),
             resource_version: pod.metadata.resource_version.clone(),
             revision: pod
