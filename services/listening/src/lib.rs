@@ -24,15 +24,26 @@ pub fn addresses(pid: u32) -> std::io::Result<Vec<SocketAddr>> {
             sockets.insert(inode);
         }
     }
-    let mut found = Vec::new();
+    let mut tables = Vec::new();
     for table in ["tcp", "tcp6"] {
         match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-            Ok(text) => found.extend(listening_in(&text, &sockets)),
+            Ok(text) => tables.push(text),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && table == "tcp6" => {}
             Err(error) => return Err(error),
         }
     }
-    Ok(found)
+    Ok(listeners(&tables, &sockets))
+}
+
+/// The listening addresses among `sockets` in the `tables`, each socket once: the kernel prints
+/// a table a page at a time, and a socket opened or closed between two pages (a busy machine)
+/// can make one listener appear twice.
+fn listeners(tables: &[String], sockets: &HashSet<u64>) -> Vec<SocketAddr> {
+    let by_inode: std::collections::BTreeMap<u64, SocketAddr> = tables
+        .iter()
+        .flat_map(|table| listening_in(table, sockets))
+        .collect();
+    by_inode.into_values().collect()
 }
 
 /// The one address process `pid` listens on at `ip`, if it listens there yet.
@@ -57,19 +68,20 @@ pub fn exited(pid: u32) -> bool {
     })
 }
 
-/// The local addresses of the listening sockets (state `0A`) among `sockets` (inodes) in one
+/// The inodes and local addresses of the listening sockets (state `0A`) among `sockets` in one
 /// `/proc/net/tcp` or `tcp6` table.
-fn listening_in(table: &str, sockets: &HashSet<u64>) -> Vec<SocketAddr> {
+fn listening_in(table: &str, sockets: &HashSet<u64>) -> Vec<(u64, SocketAddr)> {
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-            if *state != "0A" || !sockets.contains(&inode.parse().ok()?) {
+            let inode = inode.parse().ok()?;
+            if *state != "0A" || !sockets.contains(&inode) {
                 return None;
             }
-            address(local)
+            Some((inode, address(local)?))
         })
         .collect()
 }
@@ -111,11 +123,11 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert_eq!(
                 listening_in(tcp, &ours),
-                ["127.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+                [(111, "127.0.0.1:8080".parse::<SocketAddr>().unwrap())]
             );
             assert_eq!(
                 listening_in(tcp6, &ours),
-                ["[::1]:443".parse::<SocketAddr>().unwrap()]
+                [(333, "[::1]:443".parse::<SocketAddr>().unwrap())]
             );
         }
         assert!(
@@ -126,6 +138,14 @@ mod tests {
             listening_in(tcp, &[999].into()).is_empty(),
             "another process's socket"
         );
+    }
+
+    #[test]
+    fn a_listener_the_kernel_prints_twice_is_found_once() {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let line = "   0: 0200007F:8B51 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0\n";
+        let table = format!("{header}{line}{line}");
+        assert_eq!(listeners(&[table], &[111].into()).len(), 1);
     }
 
     #[test]
