@@ -63,7 +63,7 @@ lint-chart: ## helm lint the chart, cluster-wide and namespaced, without and wit
 	"$(HELM)" lint --strict charts/msa-operator
 	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo
 	"$(HELM)" lint --strict charts/msa-operator --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
-	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
+	"$(HELM)" lint --strict charts/msa-operator --set 'watchNamespaces={demo,prod}' --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
 
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh

@@ -23,13 +23,14 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::app_index::{IndexedStore, IndexedWriter};
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::reconcile::{Caches, Context, error_policy_object, reconcile_object};
+use crate::scope::{Scope, ScopedWriter};
 
 /// An app as the controller watches it: readable, or its metadata and why it is not.
 pub type WatchedApp = DeserializeGuard<MicroserviceApp>;
@@ -37,8 +38,8 @@ pub type WatchedApp = DeserializeGuard<MicroserviceApp>;
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Namespace to watch; all namespaces when None.
-    pub namespace: Option<String>,
+    /// The namespaces watched.
+    pub scope: Scope,
     /// Apps reconciled at once.
     pub concurrency: u16,
     /// Changes to one app within this time are gathered into one reconcile.
@@ -57,10 +58,50 @@ where
     }
 }
 
+/// The events of one watch per namespace of `scope`, each tagged with its watch's index.
+fn scoped_events<K, S>(
+    scope: &Scope,
+    watch: impl Fn(Option<&str>) -> S,
+) -> impl Stream<Item = Result<(usize, watcher::Event<K>), watcher::Error>> + Send + 'static
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    futures::stream::select_all(scope.watches().into_iter().enumerate().map(
+        |(index, namespace)| {
+            watch(namespace.as_deref())
+                .map_ok(move |event| (index, event))
+                .boxed()
+        },
+    ))
+}
+
+/// The watch of the objects the operator labelled as managed, in one namespace or all.
+fn managed_objects<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let config = watcher::Config::default()
+        .any_semantic()
+        .labels(&labels::managed_selector());
+    watcher(api::<K>(client, namespace), config)
+        .default_backoff()
+        .modify(forget_managed_fields)
+}
+
 /// A cached watch of the objects the operator labelled as managed.
 fn cached_watch<K>(
     client: &Client,
-    namespace: Option<&str>,
+    scope: &Scope,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -75,13 +116,12 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let config = watcher::Config::default()
-        .any_semantic()
-        .labels(&labels::managed_selector());
-    let stream = watcher(api::<K>(client, namespace), config)
-        .default_backoff()
-        .modify(forget_managed_fields)
-        .reflect(writer)
+    let mut cache = ScopedWriter::new(scope, writer);
+    let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
+        .map_ok(move |(watch, event)| {
+            cache.apply(watch, &event);
+            event
+        })
         .touched_objects();
     (store, stream)
 }
@@ -96,7 +136,7 @@ fn forget_managed_fields<K: Resource>(object: &mut K) {
 /// A cached watch like [`cached_watch`], indexed by app (see [`crate::app_index`]).
 fn indexed_watch<K>(
     client: &Client,
-    namespace: Option<&str>,
+    scope: &Scope,
 ) -> (
     IndexedStore<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -110,16 +150,12 @@ where
         + Sync
         + 'static,
 {
-    let mut writer = IndexedWriter::default();
+    let writer = IndexedWriter::default();
     let store = writer.as_reader();
-    let config = watcher::Config::default()
-        .any_semantic()
-        .labels(&labels::managed_selector());
-    let stream = watcher(api::<K>(client, namespace), config)
-        .default_backoff()
-        .modify(forget_managed_fields)
-        .map_ok(move |event| {
-            writer.apply_watcher_event(&event);
+    let mut cache = ScopedWriter::new(scope, writer);
+    let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
+        .map_ok(move |(watch, event)| {
+            cache.apply(watch, &event);
             event
         })
         .touched_objects();
@@ -162,7 +198,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = settings.namespace.as_deref();
+    let ns = &settings.scope;
+    info!(namespaces = %ns.describe(), "watching MicroserviceApps");
     let (deployments, deployment_events) = cached_watch::<Deployment>(&client, ns);
     let (stateful_sets, stateful_set_events) = cached_watch::<StatefulSet>(&client, ns);
     let (budgets, budget_events) = cached_watch::<PodDisruptionBudget>(&client, ns);
@@ -203,12 +240,18 @@ pub async fn run(
     // instead of failing the list of every app (see crate::unreadable). The cache holds every
     // change; only changes of what a reconcile reads trigger one.
     let (apps, app_writer) = reflector::store();
-    let app_changes = watcher(
-        api::<WatchedApp>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(app_writer)
+    let mut app_cache = ScopedWriter::new(ns, app_writer);
+    let app_changes = scoped_events(ns, |namespace| {
+        watcher(
+            api::<WatchedApp>(&client, namespace),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+    })
+    .map_ok(move |(watch, event)| {
+        app_cache.apply(watch, &event);
+        event
+    })
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(app_changes, apps);

@@ -21,6 +21,7 @@ pub mod lease;
 pub mod metrics;
 pub mod ownership;
 pub mod reconcile;
+pub mod scope;
 pub mod stateful_rollout;
 pub mod status;
 pub mod storage;

@@ -20,6 +20,7 @@ use msa_operator::http::{self as endpoints, Health};
 use msa_operator::leader::{self, Election, FenceLayer, TermEnd};
 use msa_operator::lease::{Elector, Timing};
 use msa_operator::metrics::Metrics;
+use msa_operator::scope::Scope;
 use tracing::{error, info};
 
 /// Connecting to the API server.
@@ -42,9 +43,10 @@ const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "MSA_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces (repeat the flag or separate them with commas; default: all
+    /// namespaces). The operator then needs a Role in each instead of a ClusterRole.
+    #[arg(long, env = "MSA_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
+    watch_namespace: Vec<String>,
 
     /// Apps reconciled at once.
     #[arg(long, env = "MSA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -147,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     let client = controller_client(config.clone(), &identity, term.as_ref().map(TermEnd::fence))?;
     tokio::time::timeout(
         STARTUP_CHECK_TIMEOUT,
-        check_crd_installed(&client, flags.watch_namespace.as_deref()),
+        check_crd_installed(&client, &flags.watch_namespace),
     )
     .await
     .map_err(|_| {
@@ -157,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     })??;
 
     let settings = Settings {
-        namespace: flags.watch_namespace.clone(),
+        scope: Scope::namespaces(flags.watch_namespace.iter().cloned()),
         concurrency: flags.concurrency,
         debounce: Duration::from_millis(flags.debounce_ms),
         instance: identity.clone(),
@@ -286,12 +288,38 @@ fn name_requests(config: &mut kube::Config, identity: &str) {
     config.headers.push((header::USER_AGENT, agent));
 }
 
+/// A namespace name as Kubernetes allows it (an RFC 1123 label), checked before any watch.
+fn namespace_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a namespace name: up to 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// Fails with instructions when the CRD is missing, instead of retrying watches forever.
-async fn check_crd_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
-    let apps: Api<MicroserviceApp> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+async fn check_crd_installed(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    if namespaces.is_empty() {
+        return check_apps_listable(Api::all(client.clone())).await;
+    }
+    for namespace in namespaces {
+        check_apps_listable(Api::namespaced(client.clone(), namespace))
+            .await
+            .with_context(|| format!("in namespace {namespace}"))?;
+    }
+    Ok(())
+}
+
+async fn check_apps_listable(apps: Api<MicroserviceApp>) -> anyhow::Result<()> {
     match apps.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => bail!(

@@ -35,3 +35,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The namespaces the operator watches, comma-separated (empty: every namespace):
+watchNamespaces and the older watchNamespace (one name, or names separated by commas). */}}
+{{- define "msa-operator.watchNamespaces" -}}
+{{- $names := concat (splitList "," (.Values.watchNamespace | default "")) (.Values.watchNamespaces | default list) }}
+{{- $names | compact | uniq | sortAlpha | join "," }}
+{{- end }}
