@@ -9,6 +9,7 @@ mod admission;
 mod crd_upgrade;
 mod discovery;
 mod hosts;
+mod issuer;
 mod namespaces;
 mod rollouts;
 mod support;
