@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    CustomResourceDefinition, JSON, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -235,7 +235,10 @@ fn default_true() -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.size == oldSelf.size")
+    // By value: `1Gi` -> `1024Mi` changes nothing (the API server stores both as 1Gi, and the
+    // operator compares quantities by value). A size stored before `isQuantity` was checked may
+    // be replaced by a valid one.
+    validation = Rule::new("!isQuantity(oldSelf.size) || (isQuantity(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) == 0)")
         .message("spec.storage.size cannot change once the volumes exist; resize the claims data-<app>-<component>-0 directly (if their StorageClass allows expansion)")
         .reason(kube::core::Reason::FieldValueForbidden),
     validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
@@ -243,8 +246,9 @@ fn default_true() -> bool {
         .reason(kube::core::Reason::FieldValueForbidden),
 )]
 pub struct StorageSpec {
-    /// Size requested for each volume.
+    /// Size requested for each volume (a quantity: 1Gi, 500Mi).
     #[serde(default = "default_storage_size")]
+    #[schemars(schema_with = "storage_size_schema")]
     pub size: Quantity,
     /// StorageClass of the volumes; the cluster's default class when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,6 +259,20 @@ pub struct StorageSpec {
     /// data again) or Delete.
     #[serde(default)]
     pub when_deleted: VolumeRetention,
+}
+
+/// A quantity string, checked by the API server (`isQuantity`), instead of the int-or-string of
+/// `Quantity`'s own schema: the operator reads only strings, and a size that is not a quantity
+/// would be refused only later, by the StatefulSet's claim template.
+fn storage_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 64,
+        "x-kubernetes-validations": [{
+            "rule": "isQuantity(self)",
+            "message": "spec.storage.size must be a quantity such as 1Gi or 500Mi",
+        }],
+    })
 }
 
 fn default_storage_size() -> Quantity {
@@ -1031,9 +1049,34 @@ pub fn definition() -> CustomResourceDefinition {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             never_null_where_defaulted(schema);
+            restrict_condition_status(schema);
         }
     }
     crd
+}
+
+/// `status.conditions[].status` is `True`, `False` or `Unknown` (the API conventions); the
+/// schema of k8s-openapi's `Condition` says only "string", so a client writing anything else
+/// (a hand-made status patch) is refused by the API server.
+fn restrict_condition_status(schema: &mut JSONSchemaProps) {
+    let status = schema
+        .properties
+        .as_mut()
+        .and_then(|p| p.get_mut("status"))
+        .and_then(|s| s.properties.as_mut())
+        .and_then(|p| p.get_mut("conditions"));
+    if let Some(JSONSchemaPropsOrArray::Schema(condition)) = status.and_then(|c| c.items.as_mut())
+        && let Some(field) = condition
+            .properties
+            .as_mut()
+            .and_then(|p| p.get_mut("status"))
+    {
+        field.enum_ = Some(
+            ["True", "False", "Unknown"]
+                .map(|v| JSON(serde_json::Value::from(v)))
+                .to_vec(),
+        );
+    }
 }
 
 fn never_null_where_defaulted(schema: &mut JSONSchemaProps) {

@@ -140,6 +140,29 @@ fn storage_size_and_class_cannot_change_once_the_volumes_exist() {
     assert!(resized[0].contains("resize the claims"), "{}", resized[0]);
     let reclassed = check(json!({"storage": {"size": "1Gi", "storageClassName": "fast"}}));
     assert_eq!(reclassed.len(), 1, "{reclassed:?}");
+    // The same size written another way is no change (review L8).
+    assert!(check(json!({"storage": {"size": "1024Mi"}})).is_empty());
+}
+
+/// Review L8: a size that is not a quantity is refused by the API server when the app is
+/// applied, instead of by the StatefulSet's claim template later.
+#[test]
+fn a_storage_size_must_be_a_quantity() {
+    for size in ["1Gi", "500Mi", "2G", "1.5Ti"] {
+        assert!(
+            cel_errors(json!({"storage": {"size": size}})).is_empty(),
+            "{size}"
+        );
+    }
+    for size in ["lots", "1 Gi", "-"] {
+        let errors = cel_errors(json!({"storage": {"size": size}}));
+        assert_eq!(errors.len(), 1, "{size}: {errors:?}");
+        assert!(
+            errors[0].contains("must be a quantity such as 1Gi"),
+            "{}",
+            errors[0]
+        );
+    }
 }
 
 /// The admin port (9090: `/metrics`, `/info`, probes) is on every pod; a component's own port

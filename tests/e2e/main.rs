@@ -377,11 +377,18 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
             .collect::<Vec<_>>()
             .join(",")
     );
-    let bounded = [(
-        "65 extra labels",
-        many_labels.as_str(),
-        "must have at most 64 items",
-    )];
+    let bounded = [
+        (
+            "65 extra labels",
+            many_labels.as_str(),
+            "must have at most 64 items",
+        ),
+        (
+            "a storage size that is not a quantity",
+            r#"{"storage":{"size":"lots"}}"#,
+            "spec.storage.size must be a quantity such as 1Gi or 500Mi",
+        ),
+    ];
     for (what, spec, message) in cases.into_iter().chain(bounded) {
         let manifest = format!(
             r#"{{"apiVersion":"msa.dev/v1alpha1","kind":"MicroserviceApp","metadata":{{"name":"bad"}},"spec":{spec}}}"#
@@ -454,6 +461,16 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
         r#"[{"op":"remove","path":"/spec/components/user/labels"}]"#,
     )?;
     s.wait_ready("odd")?;
+    // A condition's status is True, False or Unknown, whoever writes it.
+    let out = s.cluster.kubectl(&[
+        "patch", "msa/odd", "-n", &s.ns, "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"Yes","reason":"R","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ]);
+    assert!(
+        !out.success && out.stderr.contains(r#"Unsupported value: "Yes""#),
+        "{}",
+        out.stderr
+    );
     assert!(operator.exited().is_none(), "the operator exited");
     Ok(())
 }
