@@ -44,6 +44,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Changes to one app within this time are gathered into one reconcile.
     pub debounce: std::time::Duration,
+    /// Apps the operator's own re-rendering may roll at once (see [`crate::pacing`]).
+    pub rollout_slots: usize,
     /// Identifies this process in Events.
     pub instance: String,
 }
@@ -230,7 +232,10 @@ pub async fn run(
         instance: Some(settings.instance.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let context = Arc::new(Context::new(client.clone(), caches, recorder, metrics));
+    let context = Arc::new(
+        Context::new(client.clone(), caches, recorder, metrics)
+            .with_rollout_slots(settings.rollout_slots),
+    );
     // Learn the ServiceAccount issuer before the first reconcile, so the order and product
     // services start with the check instead of rolling once it is known.
     crate::facts::learn(&client, &context).await;

@@ -20,6 +20,7 @@ pub mod leader;
 pub mod lease;
 pub mod metrics;
 pub mod ownership;
+pub mod pacing;
 pub mod reconcile;
 pub mod scope;
 pub mod stateful_rollout;

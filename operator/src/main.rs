@@ -62,6 +62,12 @@ struct Flags {
     #[arg(long, env = "MSA_DEBOUNCE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=5000))]
     debounce_ms: u64,
 
+    /// Apps whose pods the operator itself re-renders (a new operator version, a changed
+    /// ServiceAccount issuer) that may roll out at once; the others keep their pods until a
+    /// rollout ends. A change to an app's own spec is never held back. 0: no pacing.
+    #[arg(long, env = "MSA_MAX_CONCURRENT_ROLLOUTS", default_value_t = msa_operator::reconcile::DEFAULT_ROLLOUT_SLOTS, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    max_concurrent_rollouts: u16,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "MSA_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
@@ -162,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         scope: Scope::namespaces(flags.watch_namespace.iter().cloned()),
         concurrency: flags.concurrency,
         debounce: Duration::from_millis(flags.debounce_ms),
+        rollout_slots: usize::from(flags.max_concurrent_rollouts),
         instance: identity.clone(),
     };
 

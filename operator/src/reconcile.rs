@@ -37,6 +37,7 @@ use crate::crd::{MicroserviceApp, MicroserviceAppStatus};
 use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
+use crate::pacing::{self, RolloutSlots};
 use crate::status::{self, Blocker, Observed, WorkloadState};
 use crate::{drift, facts, ownership, stateful_rollout, storage, unreadable, validate};
 
@@ -45,6 +46,10 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// How soon an app waiting for a fact about the cluster is looked at again.
 pub const FACTS_WAIT: Duration = Duration::from_secs(10);
+/// How soon an app whose rollout waits for a slot (see [`crate::pacing`]) looks again.
+pub const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// Rollout slots unless the flag says otherwise (`--max-concurrent-rollouts`).
+pub const DEFAULT_ROLLOUT_SLOTS: u16 = 10;
 
 /// How long a reconcile waits for the caches' first lists before it fails (and is retried
 /// with backoff and logged) rather than waiting silently: a list the API server keeps refusing
@@ -132,6 +137,8 @@ pub struct Context {
     /// the object the Events are about: read when a claim turns stuck, then at most every
     /// [`storage::EXPLANATION_TTL`], not on every reconcile.
     pub explanations: Mutex<HashMap<(String, &'static str, String), storage::Explanation>>,
+    /// The fleet's slots for the operator's own rollouts (see [`crate::pacing`]).
+    pub rollout_slots: Mutex<RolloutSlots>,
     /// Set once every cache has listed (see [`Context::caches_listed`]).
     listed: tokio::sync::OnceCell<()>,
 }
@@ -166,8 +173,15 @@ impl Context {
             cluster: std::sync::RwLock::default(),
             applied_pod_monitors: Mutex::default(),
             explanations: Mutex::default(),
+            rollout_slots: Mutex::new(RolloutSlots::new(usize::from(DEFAULT_ROLLOUT_SLOTS))),
             listed: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// With `limit` rollout slots (0: the operator's own rollouts are not paced).
+    pub fn with_rollout_slots(self, limit: usize) -> Self {
+        *lock(&self.rollout_slots) = RolloutSlots::new(limit);
+        self
     }
 
     /// Waits until every cache has listed once, for at most [`CACHES_WAIT`]. One caller at a
@@ -193,6 +207,7 @@ impl Context {
     pub fn forget_apps_except(&self, existing: &ExistingApps) {
         lock(&self.failures).retain(|key, _| existing.keys.contains(key));
         lock(&self.applied_pod_monitors).retain(|uid, _| existing.uids.contains(uid));
+        lock(&self.rollout_slots).retain(|uid| existing.uids.contains(uid));
     }
 
     fn record_outcome(&self, key: &ObjectRef<MicroserviceApp>, failed: bool) {
@@ -404,7 +419,19 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     if resolved.pod_monitors_known {
         observed.monitoring = build::monitoring_note(app, resolved.facts.pod_monitors);
     }
-    write_status(app, ctx, &observed).await?;
+    if !report.paced.is_empty() {
+        let slots = lock(&ctx.rollout_slots).limit();
+        observed.paced = Some((report.paced.clone(), slots));
+    }
+    let status = write_status(app, ctx, &observed).await?;
+    // The app's rollout is over (or stopped, Degraded): its slot goes to the next app.
+    let progressing = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::PROGRESSING && c.status == "True");
+    if !progressing {
+        lock(&ctx.rollout_slots).release(&app.uid().unwrap_or_default());
+    }
 
     match report.failed.first() {
         Some((name, why)) => Err(Error::Apply {
@@ -413,6 +440,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         }),
         // A claim or a pod that may still turn out stuck is looked at again when its patience
         // ends.
+        None if !report.paced.is_empty() => Ok(Action::requeue(SLOT_WAIT)),
         None => Ok(Action::requeue(
             recheck_in.map_or(RESYNC, |r| r.min(RESYNC)),
         )),
@@ -780,6 +808,8 @@ struct ApplyReport {
     failed: Vec<(String, String)>,
     /// Each component's workload (as applied, or as cached when unchanged).
     workloads: BTreeMap<Component, WorkloadState>,
+    /// Components whose new pod template waits for a rollout slot (left as they run).
+    paced: Vec<Component>,
 }
 
 async fn apply_children(
@@ -833,6 +863,22 @@ async fn apply_children(
         let name = labels::child_name(&app.name_any(), component);
         // A component switching between the embedded database and PostgreSQL changes kind:
         // the other kind's object goes (the claims follow spec.storage.whenDeleted).
+        let live_template = match &workload {
+            Workload::Deployment(_) => cached_template(&caches.deployments, app, &name, |d| {
+                d.spec.as_ref().map(|s| &s.template)
+            }),
+            Workload::StatefulSet(_) => cached_template(&caches.stateful_sets, app, &name, |s| {
+                s.spec.as_ref().map(|s| &s.template)
+            }),
+        }?;
+        let desired_template = match &workload {
+            Workload::Deployment(d) => serde_json::to_value(d.spec.as_ref().map(|s| &s.template)),
+            Workload::StatefulSet(s) => serde_json::to_value(s.spec.as_ref().map(|s| &s.template)),
+        }?;
+        if !may_roll(ctx, app, live_template.as_ref(), &desired_template) {
+            report.paced.push(component);
+            continue;
+        }
         let state = match workload {
             Workload::Deployment(deployment) => {
                 delete_owned(ctx, app, &caches.stateful_sets, &name, &mut report).await?;
@@ -868,6 +914,46 @@ async fn apply_children(
         apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
     }
     Ok(report)
+}
+
+/// The pod template of the app's cached workload `name` of one kind, if there is one.
+fn cached_template<K>(
+    cache: &Store<K>,
+    app: &MicroserviceApp,
+    name: &str,
+    template: impl Fn(&K) -> Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> Result<Option<serde_json::Value>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let Some(live) = cache.get(&ObjectRef::new(name).within(&app.namespace().unwrap_or_default()))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::to_value(template(&live))?))
+}
+
+/// Whether a workload may be applied now: unless its pod template changes while the app's spec
+/// is already applied (the operator's own rollout, see [`crate::pacing`]), or the app holds or
+/// gets a rollout slot.
+fn may_roll(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    live_template: Option<&serde_json::Value>,
+    desired_template: &serde_json::Value,
+) -> bool {
+    let changes = live_template.is_some_and(|live| !drift::is_contained(desired_template, live));
+    let observed = app.status.as_ref().and_then(|s| s.observed_generation);
+    if !pacing::needs_slot(
+        app.metadata.generation,
+        observed,
+        live_template.is_some(),
+        changes,
+    ) {
+        return true;
+    }
+    let now = u64::try_from((ctx.now)().0.as_second()).unwrap_or(0);
+    lock(&ctx.rollout_slots).take(&app.uid().unwrap_or_default(), now)
 }
 
 /// Before a Deployment is applied without `spec.replicas` (an autoscaler owns the count), the
@@ -1198,16 +1284,17 @@ fn ready_endpoints_by_component(
 
 /// Writes the status computed from `observed` if it differs from the stored one, and announces
 /// flips of Ready and Degraded as Events.
+/// Writes the app's status if it changed; returns it.
 async fn write_status(
     app: &MicroserviceApp,
     ctx: &Context,
     observed: &Observed,
-) -> Result<(), Error> {
+) -> Result<MicroserviceAppStatus, Error> {
     let now = (ctx.now)();
     let status = status::compute(app, observed, &now);
     let previous = app.status.clone().unwrap_or_default();
     if previous == status {
-        return Ok(());
+        return Ok(status);
     }
     let api: Api<MicroserviceApp> =
         Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
@@ -1220,7 +1307,7 @@ async fn write_status(
     )
     .await?;
     announce_flips(app, ctx, &previous, &status).await;
-    Ok(())
+    Ok(status)
 }
 
 /// The server-side-apply body for the status subresource.

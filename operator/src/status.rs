@@ -25,6 +25,7 @@ pub mod reason {
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
     pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
+    pub const WAITING_FOR_ROLLOUT_SLOT: &str = "WaitingForRolloutSlot";
 }
 
 /// What stopped the operator from converging the app this time round.
@@ -53,6 +54,9 @@ pub struct Observed {
     pub waiting: Option<String>,
     /// `status.monitoring` (see [`crate::build::monitoring_note`]).
     pub monitoring: Option<String>,
+    /// The components whose new pod template waits for a rollout slot (see [`crate::pacing`]),
+    /// and how many slots there are.
+    pub paced: Option<(Vec<Component>, usize)>,
 }
 
 /// What status reads from a component's Deployment or StatefulSet.
@@ -252,6 +256,20 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
             format!(
                 "nothing is applied until the operator knows {waiting_for}; running pods are \
                  left as they are"
+            ),
+        );
+    }
+    if let Some((components, slots)) = &observed.paced {
+        progressing = Computed::new(
+            PROGRESSING,
+            true,
+            reason::WAITING_FOR_ROLLOUT_SLOT,
+            format!(
+                "the operator renders the pods of {} differently now (a new operator version or \
+                 a changed cluster fact) and rolls such changes out {slots} apps at a time \
+                 (--max-concurrent-rollouts); running pods are left as they are until a slot is \
+                 free",
+                join(components.iter().map(ToString::to_string))
             ),
         );
     }

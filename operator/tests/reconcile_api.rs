@@ -1454,3 +1454,123 @@ async fn a_handover_that_fails_keeps_the_deployment_as_it_is() {
         assert_eq!(result.is_ok(), applied, "{what}: {result:?}");
     }
 }
+
+/// An app whose spec the operator applied already (`status.observedGeneration` is its
+/// generation), running a gateway rendered by an earlier operator (an extra env entry).
+fn rerendered_app(name: &str, uid: &str, generation: i64) -> (MicroserviceApp, build::Children) {
+    let mut before =
+        pg_app(json!({"components": {"gateway": {"env": [{"name": "X", "value": "1"}]}}}));
+    let mut now = pg_app(json!({}));
+    for app in [&mut before, &mut now] {
+        app.metadata.name = Some(name.to_owned());
+        app.metadata.uid = Some(uid.to_owned());
+        app.metadata.generation = Some(generation);
+        app.status = Some(serde_json::from_value(json!({"observedGeneration": 1})).unwrap());
+    }
+    (now, build::children(&before).unwrap())
+}
+
+fn gateway_applies(recorded: &std::sync::Mutex<Vec<Call>>, app: &str) -> usize {
+    let path = format!("/apis/apps/v1/namespaces/demo/deployments/{app}-gateway");
+    calls(recorded)
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path == path)
+        .count()
+}
+
+/// Issue 28 M5: when the operator itself renders running apps differently (a new version, a
+/// changed cluster fact), only as many apps as there are rollout slots roll at once; the others
+/// keep their pods, say why, and look again soon. A slot is freed when its app's rollout ends or
+/// the app is deleted. A change of an app's own spec never waits.
+#[tokio::test]
+async fn the_operators_own_rollouts_are_paced_across_apps() {
+    let (first, first_live) = rerendered_app("shop", "0a0a0a0a-0000-4000-8000-000000000001", 1);
+    let (second, second_live) = rerendered_app("other", "0b0b0b0b-0000-4000-8000-000000000002", 1);
+    let mut caches = FakeCaches::listed();
+    caches.store(&first_live);
+    caches.store(&second_live);
+    let (client, recorded) = mocked_client(healthy_api(&first));
+    let ctx = context(client, caches.readers());
+    *ctx.rollout_slots.lock().unwrap() = msa_operator::pacing::RolloutSlots::new(1);
+
+    reconcile::reconcile(Arc::new(first.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway_applies(&recorded, "shop"),
+        1,
+        "the first app takes the slot"
+    );
+    let action = reconcile::reconcile(Arc::new(second.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway_applies(&recorded, "other"),
+        0,
+        "no slot: its pods stay"
+    );
+    assert_eq!(action, Action::requeue(reconcile::SLOT_WAIT));
+    let status = calls(&recorded)
+        .into_iter()
+        .rev()
+        .find(|c| c.path.ends_with("/microserviceapps/other/status"))
+        .expect("a status write")
+        .body["status"]
+        .clone();
+    let progressing = &status["conditions"][1];
+    assert_eq!(progressing["reason"], "WaitingForRolloutSlot", "{status:#}");
+    assert!(
+        progressing["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 apps at a time"),
+        "{progressing}"
+    );
+
+    // The person edits the second app: that rolls at once, slot or not.
+    let (edited, _) = rerendered_app("other", "0b0b0b0b-0000-4000-8000-000000000002", 2);
+    reconcile::reconcile(Arc::new(edited), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(gateway_applies(&recorded, "other"), 1);
+
+    // The first app's rollout ends (its workloads run the new template, all updated and
+    // ready): its slot is freed.
+    for deployment in deployments(&build::children(&first).unwrap()) {
+        let mut done = as_stored(&deployment);
+        let replicas = done.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        done.status = Some(
+            serde_json::from_value(json!({
+                "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                "readyReplicas": replicas, "availableReplicas": replicas,
+            }))
+            .unwrap(),
+        );
+        caches
+            .deployments
+            .apply_watcher_event(&watcher::Event::Apply(done));
+    }
+    reconcile::reconcile(Arc::new(first.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway_applies(&recorded, "shop"),
+        1,
+        "nothing more to apply"
+    );
+    assert!(
+        !ctx.rollout_slots
+            .lock()
+            .unwrap()
+            .holds(first.metadata.uid.as_deref().unwrap()),
+        "the slot is freed once the rollout is over"
+    );
+    reconcile::reconcile(Arc::new(second), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway_applies(&recorded, "other"),
+        2,
+        "the second app's turn"
+    );
+}
