@@ -82,6 +82,18 @@ stop_component() {
 # shellcheck source=node.sh
 source "$here/node.sh"
 
+# Whether a program that dials the API server's 198.18 address still runs. One name per pgrep:
+# process names are at most 15 characters, and pgrep warns about (and may not match) a longer
+# pattern.
+dialer_running() {
+  local name
+  for name in msa-operator operator-scale operator-bench node-bench kubectl helm msa-local \
+    msa-gateway msa-order msa-user msa-product; do
+    pgrep -x "$name" >/dev/null && return 0
+  done
+  return 1
+}
+
 down() {
   local name
   node_down
@@ -95,7 +107,7 @@ down() {
   # operator behind). Otherwise it stays, harmless, and the next `down` tries again.
   if [[ -f "$route_marker" ]]; then
     if ss -Htn state established state syn-sent dst "$guarded" 2>/dev/null | grep -q . \
-      || pgrep -x 'msa-operator|operator-scale|operator-bench|node-bench|kubectl|helm|msa-local|msa-gateway|msa-order|msa-user|msa-product' >/dev/null; then
+      || dialer_running; then
       log "kept the blackhole route for $guarded: something may still send to it (remove it with 'ip route del blackhole $guarded')"
     else
       ip route del blackhole "$guarded" 2>/dev/null || true
