@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::Api;
+use kube::api::{Api, ApiResource};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -121,9 +121,9 @@ where
     let mut cache = ScopedWriter::new(scope, writer);
     let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
         .map_ok(move |(watch, event)| {
-            cache.apply(watch, &event);
-            event
+            futures::stream::iter(cache.apply(watch, event).into_iter().map(Ok))
         })
+        .try_flatten()
         .touched_objects();
     (store, stream)
 }
@@ -157,11 +157,30 @@ where
     let mut cache = ScopedWriter::new(scope, writer);
     let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
         .map_ok(move |(watch, event)| {
-            cache.apply(watch, &event);
-            event
+            futures::stream::iter(cache.apply(watch, event).into_iter().map(Ok))
         })
+        .try_flatten()
         .touched_objects();
     (store, stream)
+}
+
+/// Every kind the controller watches (each namespace of its scope needs `list` and `watch` on
+/// them): the apps and their children, as [`run`] watches them.
+pub fn watched_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<MicroserviceApp>(&()),
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+        ApiResource::erase::<PersistentVolumeClaim>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<ServiceAccount>(&()),
+        ApiResource::erase::<Role>(&()),
+        ApiResource::erase::<RoleBinding>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<EndpointSlice>(&()),
+    ]
 }
 
 /// What a reconcile reads from the app itself besides its status: the spec (whose changes
@@ -254,9 +273,9 @@ pub async fn run(
         .default_backoff()
     })
     .map_ok(move |(watch, event)| {
-        app_cache.apply(watch, &event);
-        event
+        futures::stream::iter(app_cache.apply(watch, event).into_iter().map(Ok))
     })
+    .try_flatten()
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(app_changes, apps);

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use http::{HeaderValue, header};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::client::ClientBuilder;
 use kube::client::retry::RetryPolicy;
 use msa_operator::controller::{self, Settings};
@@ -153,9 +153,9 @@ async fn main() -> anyhow::Result<()> {
     // With leader election, the controller's writes pass a fence that closes when the term ends.
     let term = flags.leader_election.then(TermEnd::default);
     let client = controller_client(config.clone(), &identity, term.as_ref().map(TermEnd::fence))?;
-    tokio::time::timeout(
+    let namespaces = tokio::time::timeout(
         STARTUP_CHECK_TIMEOUT,
-        check_crd_installed(&client, &flags.watch_namespace),
+        watchable_namespaces(&client, &flags.watch_namespace),
     )
     .await
     .map_err(|_| {
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     })??;
 
     let settings = Settings {
-        scope: Scope::namespaces(flags.watch_namespace.iter().cloned()),
+        scope: Scope::namespaces(namespaces),
         concurrency: flags.concurrency,
         debounce: Duration::from_millis(flags.debounce_ms),
         rollout_slots: usize::from(flags.max_concurrent_rollouts),
@@ -313,17 +313,63 @@ fn namespace_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// Fails with instructions when the CRD is missing, instead of retrying watches forever.
-async fn check_crd_installed(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+/// Fails with instructions when the CRD is missing, instead of retrying watches forever; with
+/// a list of namespaces, returns the ones the operator may watch. A namespace where it may not
+/// list every kind it watches (its Role is missing or trimmed, say, because the namespace was
+/// deleted or a tenant removed the binding) is left out with an error naming what is missing:
+/// its watch could never list, and the others would wait for it.
+async fn watchable_namespaces(
+    client: &Client,
+    namespaces: &[String],
+) -> anyhow::Result<Vec<String>> {
     if namespaces.is_empty() {
-        return check_apps_listable(Api::all(client.clone())).await;
+        check_apps_listable(Api::all(client.clone())).await?;
+        return Ok(Vec::new());
     }
+    let mut watchable = Vec::new();
     for namespace in namespaces {
-        check_apps_listable(Api::namespaced(client.clone(), namespace))
-            .await
-            .with_context(|| format!("in namespace {namespace}"))?;
+        match missing_permission(client, namespace).await? {
+            None => watchable.push(namespace.clone()),
+            Some(refused) => error!(
+                namespace,
+                %refused,
+                "not watching this namespace: the operator may not list everything it watches there; give its ServiceAccount the chart's Role in it (helm upgrade with the namespace in watchNamespaces) and restart the operator. The other namespaces are watched"
+            ),
+        }
     }
-    Ok(())
+    if watchable.is_empty() {
+        bail!(
+            "the operator may not list what it watches in any of the namespaces {}; install the chart with them in watchNamespaces (a Role in each)",
+            namespaces.join(",")
+        );
+    }
+    Ok(watchable)
+}
+
+/// The first kind the operator watches that it may not list in `namespace`, with the API
+/// server's answer; None when it may list them all.
+async fn missing_permission(client: &Client, namespace: &str) -> anyhow::Result<Option<String>> {
+    for resource in controller::watched_kinds() {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                return Ok(Some(format!("{}: {}", resource.plural, status.message)));
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 && resource.group == "msa.dev" => {
+                bail!(
+                    "the MicroserviceApp CRD (microserviceapps.msa.dev) is not installed; install it with \
+                     `kubectl apply -f crds/microserviceapps.msa.dev.yaml` or `helm install msa-operator charts/msa-operator`"
+                )
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("cannot list {} in namespace {namespace}: the Kubernetes API server did not answer; check that the cluster is up", resource.plural)
+                });
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn check_apps_listable(apps: Api<MicroserviceApp>) -> anyhow::Result<()> {
@@ -334,7 +380,7 @@ async fn check_apps_listable(apps: Api<MicroserviceApp>) -> anyhow::Result<()> {
              `kubectl apply -f crds/microserviceapps.msa.dev.yaml` or `helm install msa-operator charts/msa-operator`"
         ),
         Err(kube::Error::Api(status)) if status.code == 403 => bail!(
-            "not allowed to list MicroserviceApps ({}); grant the operator's ServiceAccount the chart's ClusterRole",
+            "not allowed to list MicroserviceApps in every namespace ({}); grant the operator's ServiceAccount the chart's ClusterRole, or watch a list of namespaces (--watch-namespace, chart watchNamespaces) with a Role in each",
             status.message
         ),
         Err(error) => Err(error).context(

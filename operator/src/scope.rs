@@ -18,6 +18,7 @@ use std::sync::Arc;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
+use tracing::warn;
 
 use crate::app_index::IndexedWriter;
 
@@ -121,11 +122,11 @@ impl<K: Resource + Clone> ScopeMerger<K> {
     pub fn merge(
         &mut self,
         watch: usize,
-        event: &Event<K>,
+        event: Event<K>,
         current: impl FnOnce() -> Vec<Arc<K>>,
     ) -> Vec<Event<K>> {
         if self.watches.len() <= 1 {
-            return vec![event.clone()];
+            return vec![event];
         }
         match event {
             Event::Init => {
@@ -133,10 +134,7 @@ impl<K: Resource + Clone> ScopeMerger<K> {
                 Vec::new()
             }
             Event::InitApply(object) => {
-                self.relisting
-                    .entry(watch)
-                    .or_default()
-                    .push(object.clone());
+                self.relisting.entry(watch).or_default().push(object);
                 Vec::new()
             }
             Event::InitDone => {
@@ -153,39 +151,53 @@ impl<K: Resource + Clone> ScopeMerger<K> {
                 let objects = std::mem::take(&mut self.first_lists)
                     .into_values()
                     .flat_map(BTreeMap::into_values);
-                whole_relist(objects)
+                std::iter::once(Event::Init)
+                    .chain(objects.map(Event::InitApply))
+                    .chain(std::iter::once(Event::InitDone))
+                    .collect()
             }
-            Event::Apply(object) | Event::Delete(object) if !self.filled => {
-                // A watch lists before it reports changes, so its first list is here.
-                if let Some(listed) = self.first_lists.get_mut(&watch) {
-                    if matches!(event, Event::Apply(_)) {
-                        listed.insert(object.name_any(), object.clone());
-                    } else {
-                        listed.remove(&object.name_any());
-                    }
-                }
+            Event::Apply(object) if !self.filled => {
+                self.change_before_filled(watch, object, true);
                 Vec::new()
             }
-            Event::Apply(_) | Event::Delete(_) => vec![event.clone()],
+            Event::Delete(object) if !self.filled => {
+                self.change_before_filled(watch, object, false);
+                Vec::new()
+            }
+            event @ (Event::Apply(_) | Event::Delete(_)) => vec![event],
         }
     }
 
-    /// The whole cache relisted: the other watches' objects as it holds them, and `listed`.
+    /// A change a watch reports before every watch listed: kept with its first list. (A watch
+    /// lists before it reports changes, so its first list is there.)
+    fn change_before_filled(&mut self, watch: usize, object: K, applied: bool) {
+        let Some(listed) = self.first_lists.get_mut(&watch) else {
+            warn!(
+                watch,
+                "a change reported before its watch listed; the next list has it"
+            );
+            return;
+        };
+        if applied {
+            listed.insert(object.name_any(), object);
+        } else {
+            listed.remove(&object.name_any());
+        }
+    }
+
+    /// One namespace relisted after the cache was filled, as the changes it makes: a delete of
+    /// each of its cached objects the list no longer has, and an apply of each listed one. The
+    /// other namespaces' objects are not touched (nor copied).
     fn relist_of(&self, watch: usize, listed: Vec<K>, current: Vec<Arc<K>>) -> Vec<Event<K>> {
         let relisted = self.watches.get(watch).cloned().flatten();
-        let others = current
+        let names: std::collections::HashSet<String> =
+            listed.iter().map(ResourceExt::name_any).collect();
+        let gone = current
             .into_iter()
-            .filter(|object| object.namespace() != relisted)
-            .map(|object| K::clone(&object));
-        whole_relist(others.chain(listed))
+            .filter(|object| object.namespace() == relisted && !names.contains(&object.name_any()))
+            .map(|object| Event::Delete(K::clone(&object)));
+        gone.chain(listed.into_iter().map(Event::Apply)).collect()
     }
-}
-
-fn whole_relist<K>(objects: impl Iterator<Item = K>) -> Vec<Event<K>> {
-    std::iter::once(Event::Init)
-        .chain(objects.map(Event::InitApply))
-        .chain(std::iter::once(Event::InitDone))
-        .collect()
 }
 
 /// A cache fed by the watches of a [`Scope`].
@@ -202,11 +214,15 @@ impl<K: Resource + Clone, W: CacheWriter<K>> ScopedWriter<K, W> {
         }
     }
 
-    pub fn apply(&mut self, watch: usize, event: &Event<K>) {
+    /// Applies what `event` of watch `watch` means for the cache, and returns it: what
+    /// triggers reconciles is what the cache holds, so a reconcile finds what triggered it.
+    pub fn apply(&mut self, watch: usize, event: Event<K>) -> Vec<Event<K>> {
         let writer = &mut self.writer;
-        for merged in self.merger.merge(watch, event, || writer.current()) {
-            writer.apply(&merged);
+        let merged = self.merger.merge(watch, event, || writer.current());
+        for event in &merged {
+            writer.apply(event);
         }
+        merged
     }
 }
 
@@ -240,11 +256,11 @@ mod tests {
         watch: usize,
         objects: &[ConfigMap],
     ) {
-        writer.apply(watch, &Event::Init);
+        writer.apply(watch, Event::Init);
         for object in objects {
-            writer.apply(watch, &Event::InitApply(object.clone()));
+            writer.apply(watch, Event::InitApply(object.clone()));
         }
-        writer.apply(watch, &Event::InitDone);
+        writer.apply(watch, Event::InitDone);
     }
 
     fn names(store: &kube::runtime::reflector::Store<ConfigMap>) -> Vec<String> {
@@ -280,8 +296,8 @@ mod tests {
         let (mut writer, reader) = two_namespaces();
         list(&mut writer, 0, &[map("a", "one", "1")]);
         // A change in `a` while `b` is still listing is kept, not lost.
-        writer.apply(0, &Event::Apply(map("a", "two", "2")));
-        writer.apply(0, &Event::Delete(map("a", "one", "1")));
+        writer.apply(0, Event::Apply(map("a", "two", "2")));
+        writer.apply(0, Event::Delete(map("a", "one", "1")));
         assert!(reader.state().is_empty(), "not filled before b listed");
         assert!(!ready(reader.clone()).await, "not ready before b listed");
         list(&mut writer, 1, &[map("b", "three", "3")]);
@@ -294,19 +310,50 @@ mod tests {
         let (mut writer, reader) = two_namespaces();
         list(&mut writer, 0, &[map("a", "one", "1")]);
         list(&mut writer, 1, &[map("b", "two", "2")]);
-        writer.apply(1, &Event::Apply(map("b", "three", "3")));
+        writer.apply(1, Event::Apply(map("b", "three", "3")));
         // `a` relists (its watch expired): `one` was deleted meanwhile, `four` created.
-        writer.apply(0, &Event::Init);
-        writer.apply(0, &Event::InitApply(map("a", "four", "4")));
+        writer.apply(0, Event::Init);
+        writer.apply(0, Event::InitApply(map("a", "four", "4")));
         assert_eq!(
             names(&reader),
             ["a/one", "b/three", "b/two"],
             "unchanged until it ends"
         );
-        writer.apply(0, &Event::InitDone);
+        let changes = writer.apply(0, Event::InitDone);
         assert_eq!(names(&reader), ["a/four", "b/three", "b/two"]);
+        // Told as changes of `a` alone (they trigger the reconciles of a's apps only).
+        let told: Vec<String> = changes
+            .iter()
+            .map(|event| match event {
+                Event::Apply(o) => format!("apply {}/{}", o.namespace().unwrap(), o.name_any()),
+                Event::Delete(o) => format!("delete {}/{}", o.namespace().unwrap(), o.name_any()),
+                _ => "a whole relist".to_owned(),
+            })
+            .collect();
+        assert_eq!(told, ["delete a/one", "apply a/four"]);
         let three = reader.get(&ObjectRef::new("three").within("b")).unwrap();
         assert_eq!(three.data.as_ref().unwrap()["v"], "3");
+    }
+
+    #[test]
+    fn a_namespace_relisting_before_the_others_listed_loses_nothing() {
+        let (mut writer, reader) = two_namespaces();
+        list(&mut writer, 0, &[map("a", "one", "1")]);
+        // `a` lists again (its watch broke) while `b` has not listed once.
+        list(&mut writer, 0, &[map("a", "two", "2")]);
+        writer.apply(1, Event::Init);
+        writer.apply(1, Event::InitApply(map("b", "three", "3")));
+        // A change in `a` while `b` lists.
+        writer.apply(0, Event::Apply(map("a", "four", "4")));
+        assert!(reader.state().is_empty());
+        writer.apply(1, Event::InitDone);
+        assert_eq!(names(&reader), ["a/four", "a/two", "b/three"]);
+        // Later, a deletion in `b` while `a` relists.
+        writer.apply(0, Event::Init);
+        writer.apply(1, Event::Delete(map("b", "three", "3")));
+        writer.apply(0, Event::InitApply(map("a", "two", "2")));
+        writer.apply(0, Event::InitDone);
+        assert_eq!(names(&reader), ["a/two"]);
     }
 
     #[test]
@@ -317,7 +364,7 @@ mod tests {
             Event::InitApply(map("a", "one", "1")),
             Event::InitDone,
         ] {
-            let merged = merger.merge(0, &event, || panic!("not asked for"));
+            let merged = merger.merge(0, event, || panic!("not asked for"));
             assert_eq!(merged.len(), 1);
         }
     }

@@ -39,6 +39,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The namespaces the operator watches, comma-separated (empty: every namespace):
 watchNamespaces and the older watchNamespace (one name, or names separated by commas). */}}
 {{- define "msa-operator.watchNamespaces" -}}
-{{- $names := concat (splitList "," (.Values.watchNamespace | default "")) (.Values.watchNamespaces | default list) }}
+{{- $names := concat (splitList "," (.Values.watchNamespace | default "" | nospace)) (.Values.watchNamespaces | default list) }}
+{{- range $name := $names | compact }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) }}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (lower-case letters, digits and '-', at most 63)" $name) }}
+{{- end }}
+{{- end }}
 {{- $names | compact | uniq | sortAlpha | join "," }}
 {{- end }}
