@@ -238,7 +238,7 @@ fn default_true() -> bool {
     // By value: `1Gi` -> `1024Mi` changes nothing (the API server stores both as 1Gi, and the
     // operator compares quantities by value). A size stored before `isQuantity` was checked may
     // be replaced by a valid one.
-    validation = Rule::new("!isQuantity(oldSelf.size) || (isQuantity(self.size) && quantity(self.size).compareTo(quantity(oldSelf.size)) == 0)")
+    validation = Rule::new("!isQuantity(string(oldSelf.size)) || (isQuantity(string(self.size)) && quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) == 0)")
         .message("spec.storage.size cannot change once the volumes exist; resize the claims data-<app>-<component>-0 directly (if their StorageClass allows expansion)")
         .reason(kube::core::Reason::FieldValueForbidden),
     validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
@@ -261,16 +261,15 @@ pub struct StorageSpec {
     pub when_deleted: VolumeRetention,
 }
 
-/// A quantity string, checked by the API server (`isQuantity`), instead of the int-or-string of
-/// `Quantity`'s own schema: the operator reads only strings, and a size that is not a quantity
+/// `Quantity`'s own schema (int or string: apps stored with a number stay readable and
+/// editable), with the API server checking that it is a positive quantity: one that is not
 /// would be refused only later, by the StatefulSet's claim template.
 fn storage_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "type": "string",
-        "maxLength": 64,
+        "x-kubernetes-int-or-string": true,
         "x-kubernetes-validations": [{
-            "rule": "isQuantity(self)",
-            "message": "spec.storage.size must be a quantity such as 1Gi or 500Mi",
+            "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
+            "message": "spec.storage.size must be a positive quantity such as 1Gi or 500Mi",
         }],
     })
 }

@@ -17,11 +17,17 @@ pub fn is_contained(desired: &Value, live: &Value) -> bool {
 
 fn contained(desired: &Value, live: &Value, in_resources: bool) -> bool {
     match (desired, live) {
-        (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| {
-            have.get(key).is_some_and(|live_value| {
-                contained(value, live_value, in_resources || key == "resources")
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(key, value)| match have.get(key) {
+                Some(live_value) => {
+                    contained(value, live_value, in_resources || key == "resources")
+                }
+                // The API server drops empty values of `omitempty` fields (an env entry's
+                // `value: ""`): one we render is there as far as anyone can tell, and applying it
+                // again would write on every reconcile for ever.
+                None => is_empty(value),
             })
-        }),
+        }
         (Value::Array(want), Value::Array(have)) => {
             want.len() <= have.len()
                 && want
@@ -36,6 +42,19 @@ fn contained(desired: &Value, live: &Value, in_resources: bool) -> bool {
             }
         }
         _ => desired == live,
+    }
+}
+
+/// A value Go's `omitempty` leaves out: an empty string, list or map, or null. (Not `false` nor
+/// `0`: in Kubernetes' types those are mostly pointers, kept when set, and a missing
+/// `allowPrivilegeEscalation: false` is a change.)
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -75,6 +94,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// An env entry with `value: ""` is stored without `value`; the next reconcile must not
+    /// take that for drift (it applied the Deployment on every reconcile).
+    #[test]
+    fn empty_values_the_api_server_drops_are_not_drift() {
+        let desired = json!({"env": [{"name": "EMPTY", "value": ""}], "args": [], "labels": {}});
+        let live = json!({"env": [{"name": "EMPTY"}]});
+        assert!(is_contained(&desired, &live));
+        assert!(!is_contained(
+            &json!({"allowPrivilegeEscalation": false}),
+            &json!({}),
+        ));
+        assert!(!is_contained(
+            &json!({"env": [{"name": "X", "value": "1"}]}),
+            &json!({"env": [{"name": "X"}]})
+        ));
+    }
 
     #[test]
     fn extra_live_fields_do_not_count_as_drift() {

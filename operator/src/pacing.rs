@@ -40,11 +40,15 @@ impl RolloutSlots {
     /// Whether app `uid` may roll out now: it holds a slot, or takes a free one. Slots held
     /// longer than [`MAX_HOLD_SECONDS`] are freed first.
     pub fn take(&mut self, uid: &str, now: u64) -> bool {
-        if self.limit == 0 || self.held.contains_key(uid) {
+        if self.limit == 0 || uid.is_empty() {
             return true;
         }
+        // Expired holders, this app too, queue again behind the others.
         self.held
             .retain(|_, taken| now.saturating_sub(*taken) < MAX_HOLD_SECONDS);
+        if self.held.contains_key(uid) {
+            return true;
+        }
         if self.held.len() >= self.limit {
             return false;
         }
@@ -73,9 +77,11 @@ impl RolloutSlots {
     }
 }
 
-/// Whether a workload change must wait for a slot: its pod template changes, the workload
-/// exists, and the app's spec was already applied (`status.observedGeneration` is its
-/// generation) — so the change comes from the operator, not from the person who edited the app.
+/// Whether a workload change must wait for a slot: the pod spec the operator renders changed
+/// (its hash annotation differs from the live one's: a template someone edited by hand is
+/// repaired at once), the workload exists, and the app's spec was already applied
+/// (`status.observedGeneration` is its generation) — so the change comes from the operator, not
+/// from the person who edited the app.
 pub fn needs_slot(
     generation: Option<i64>,
     observed_generation: Option<i64>,
@@ -109,6 +115,14 @@ mod tests {
         assert!(!slots.take("next", MAX_HOLD_SECONDS - 1));
         assert!(slots.take("next", MAX_HOLD_SECONDS));
         assert!(!slots.holds("stuck"));
+        // The expired holder asking again queues behind the others.
+        assert!(!slots.take("stuck", MAX_HOLD_SECONDS + 1));
+        let mut alone = RolloutSlots::new(1);
+        assert!(alone.take("a", 0));
+        assert!(
+            alone.take("a", MAX_HOLD_SECONDS),
+            "free again: it may take it anew"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon an app waiting for a fact about the cluster is looked at again.
 pub const FACTS_WAIT: Duration = Duration::from_secs(10);
 /// How soon an app whose rollout waits for a slot (see [`crate::pacing`]) looks again.
-pub const SLOT_WAIT: Duration = Duration::from_secs(10);
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Rollout slots unless the flag says otherwise (`--max-concurrent-rollouts`).
 pub const DEFAULT_ROLLOUT_SLOTS: u16 = 10;
 
@@ -351,6 +351,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     // Being deleted: the garbage collector removes the children (under foreground deletion,
     // Argo CD's default, while the app still exists); applying them again would fight it.
     if app.metadata.deletion_timestamp.is_some() {
+        release_slot(ctx, app);
         return Ok(Action::await_change());
     }
     ctx.caches_listed().await?;
@@ -359,6 +360,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     if !problems.is_empty() {
         let mut observed = observe(ctx, app, BTreeMap::new()).await.observed;
         observed.blocker = Some(Blocker::InvalidSpec(problems));
+        release_slot(ctx, app);
         write_status(app, ctx, &observed).await?;
         // Nothing to retry until the user edits the spec, which triggers a reconcile.
         return Ok(Action::await_change());
@@ -377,12 +379,17 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
             info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), %waiting_for, "not rendering the app until a fact about the cluster is known");
             let mut observed = observe(ctx, app, BTreeMap::new()).await.observed;
             observed.waiting = Some(waiting_for);
+            release_slot(ctx, app);
             write_status(app, ctx, &observed).await?;
             return Ok(Action::requeue(FACTS_WAIT));
         }
     };
     let children = build::children_in(app, &resolved.facts)?;
-    let report = match apply_children(ctx, app, children, resolved.pod_monitors_known).await {
+    let applied = apply_children(ctx, app, children, resolved.pod_monitors_known).await;
+    if applied.is_err() {
+        release_slot(ctx, app);
+    }
+    let report = match applied {
         Ok(report) => report,
         // Missing permissions stop the reconcile where they struck (children are applied in
         // order), but a person reading the app's status must see why, not only the logs.
@@ -423,15 +430,14 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         let slots = lock(&ctx.rollout_slots).limit();
         observed.paced = Some((report.paced.clone(), slots));
     }
-    let status = write_status(app, ctx, &observed).await?;
-    // The app's rollout is over (or stopped, Degraded): its slot goes to the next app.
-    let progressing = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == conditions::PROGRESSING && c.status == "True");
-    if !progressing {
-        lock(&ctx.rollout_slots).release(&app.uid().unwrap_or_default());
+    // The app's rollout is over — every workload's controller saw its last change and moved
+    // all its pods to it (ready or not: a pod failing later is not a rollout) — or it failed:
+    // its slot goes to the next app.
+    let rolled_out = observed.workloads.values().all(WorkloadState::rolled_out);
+    if rolled_out || !report.failed.is_empty() {
+        release_slot(ctx, app);
     }
+    write_status(app, ctx, &observed).await?;
 
     match report.failed.first() {
         Some((name, why)) => Err(Error::Apply {
@@ -916,6 +922,11 @@ async fn apply_children(
     Ok(report)
 }
 
+/// Frees the app's rollout slot, if it holds one (see [`crate::pacing`]).
+fn release_slot(ctx: &Context, app: &MicroserviceApp) {
+    lock(&ctx.rollout_slots).release(&app.uid().unwrap_or_default());
+}
+
 /// The pod template of the app's cached workload `name` of one kind, if there is one.
 fn cached_template<K>(
     cache: &Store<K>,
@@ -942,7 +953,11 @@ fn may_roll(
     live_template: Option<&serde_json::Value>,
     desired_template: &serde_json::Value,
 ) -> bool {
-    let changes = live_template.is_some_and(|live| !drift::is_contained(desired_template, live));
+    let config_hash = |template: &serde_json::Value| {
+        template["metadata"]["annotations"][labels::CONFIG_HASH_ANNOTATION].clone()
+    };
+    let changes =
+        live_template.is_some_and(|live| config_hash(live) != config_hash(desired_template));
     let observed = app.status.as_ref().and_then(|s| s.observed_generation);
     if !pacing::needs_slot(
         app.metadata.generation,

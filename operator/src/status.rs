@@ -79,6 +79,15 @@ pub struct WorkloadState {
     pub update_revision: Option<String>,
 }
 
+impl WorkloadState {
+    /// Its controller has seen its last change and moved every pod to it (ready or not).
+    pub fn rolled_out(&self) -> bool {
+        self.generation.is_some()
+            && self.observed_generation >= self.generation
+            && self.updated >= self.desired.unwrap_or(0)
+    }
+}
+
 /// Both workload kinds report the same fields under the same names.
 macro_rules! workload_state {
     ($kind:literal, $object:expr) => {{
@@ -283,9 +292,11 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
     // what runs, and `status.observedGeneration` stay at the last generation applied, so
     // kstatus (Flux, `helm --wait`) does not take a refused generation for done; Progressing
     // and Degraded speak of the current one.
-    let applied = match observed.blocker {
-        Some(_) => app.status.as_ref().and_then(|s| s.observed_generation),
-        None => generation,
+    // Waiting for a fact nothing was applied either: a spec edit made meanwhile is not marked
+    // applied (nor later taken for the operator's own change, see crate::pacing).
+    let applied = match (&observed.blocker, &observed.waiting) {
+        (None, None) => generation,
+        _ => app.status.as_ref().and_then(|s| s.observed_generation),
     };
     MicroserviceAppStatus {
         observed_generation: applied,

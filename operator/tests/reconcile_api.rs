@@ -1527,6 +1527,33 @@ async fn the_operators_own_rollouts_are_paced_across_apps() {
         "{progressing}"
     );
 
+    // A template someone edited by hand (the rendered pod spec's hash is unchanged) is
+    // repaired at once: that is drift, not the operator's rollout.
+    let (tampered, _) = rerendered_app("tampered", "0c0c0c0c-0000-4000-8000-000000000003", 1);
+    for deployment in deployments(&build::children(&tampered).unwrap()) {
+        let mut edited = as_stored(&deployment);
+        let pod = edited
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap();
+        pod.containers[0].image = Some("someone/else:1".to_owned());
+        caches
+            .deployments
+            .apply_watcher_event(&watcher::Event::Apply(edited));
+    }
+    reconcile::reconcile(Arc::new(tampered), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        gateway_applies(&recorded, "tampered"),
+        1,
+        "drift is repaired without a slot"
+    );
+
     // The person edits the second app: that rolls at once, slot or not.
     let (edited, _) = rerendered_app("other", "0b0b0b0b-0000-4000-8000-000000000002", 2);
     reconcile::reconcile(Arc::new(edited), ctx.clone())

@@ -148,17 +148,23 @@ fn storage_size_and_class_cannot_change_once_the_volumes_exist() {
 /// applied, instead of by the StatefulSet's claim template later.
 #[test]
 fn a_storage_size_must_be_a_quantity() {
-    for size in ["1Gi", "500Mi", "2G", "1.5Ti"] {
+    for size in [
+        json!("1Gi"),
+        json!("500Mi"),
+        json!("2G"),
+        json!("1.5Ti"),
+        json!(10737418240_i64),
+    ] {
         assert!(
             cel_errors(json!({"storage": {"size": size}})).is_empty(),
             "{size}"
         );
     }
-    for size in ["lots", "1 Gi", "-"] {
+    for size in ["lots", "1 Gi", "-", "0", "-1Gi"] {
         let errors = cel_errors(json!({"storage": {"size": size}}));
         assert_eq!(errors.len(), 1, "{size}: {errors:?}");
         assert!(
-            errors[0].contains("must be a quantity such as 1Gi"),
+            errors[0].contains("must be a positive quantity such as 1Gi"),
             "{}",
             errors[0]
         );

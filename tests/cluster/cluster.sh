@@ -216,7 +216,9 @@ up() {
   } >"$pki/tokens.csv"
   # Every write is audited (metadata only), so a test can count what the operator wrote; so is
   # every request of the chart's ServiceAccount, reads and watches too, so the scale benchmark
-  # (tests/src/bin/operator_scale.rs) can count the operator's API requests by verb.
+  # (tests/src/bin/operator_scale.rs) can count the operator's API requests by verb. The log is
+  # rotated only past 4 GiB (the API server's default is 100 MB, and the readers read one file:
+  # at 1,000 apps it rotated and the counts covered only its end).
   cat >"$state/audit-policy.yaml" <<'YAML'
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -261,7 +263,7 @@ YAML
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range "$service_cidr" \
     --audit-log-path "$state/audit.log" --audit-policy-file "$state/audit-policy.yaml" \
-    --audit-log-mode blocking
+    --audit-log-mode blocking --audit-log-maxsize 4096
   wait_for kube-apiserver 90 "${kubectl[@]}" get --raw /readyz
 
   # Higher client rates than the defaults (20/s) so a hundred apps roll out quickly; every

@@ -95,8 +95,8 @@ async fn chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::Resu
     assert!(!status.success());
     let log = refused.log_text();
     assert!(
-        log.contains("not allowed to list MicroserviceApps")
-            && log.contains("grant the operator's ServiceAccount the chart's ClusterRole"),
+        log.contains(r#"cannot list resource \"microserviceapps\""#)
+            && log.contains("install the chart with them in watchNamespaces (a Role in each)"),
         "{log}"
     );
     Ok(())
@@ -386,7 +386,7 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
         (
             "a storage size that is not a quantity",
             r#"{"storage":{"size":"lots"}}"#,
-            "spec.storage.size must be a quantity such as 1Gi or 500Mi",
+            "spec.storage.size must be a positive quantity such as 1Gi or 500Mi",
         ),
     ];
     for (what, spec, message) in cases.into_iter().chain(bounded) {
