@@ -70,6 +70,9 @@ MUTATIONS = [
                 }""", "", "-p msa-operator --test reconcile_api turning_autoscaling_on_hands"),
 ("28 L4 no take-over", "operator/src/ownership.rs", """(None, _) => Takeover::Refuse("was not made by this operator for this app"),""", """(None, _) => Takeover::Adopt,""", "-p msa-operator --test reconcile_api an_object_the_app_did_not_create"),
 ("28 L2 own PodMonitor only", "operator/src/reconcile.rs", "Some(live) if controlled_by(&live, app) => live.uid(),", "Some(live) => live.uid(),", "-p msa-operator --test reconcile_api only_the_apps_own_pod_monitor"),
+("28 M5 rollout pacing", "operator/src/reconcile.rs", "lock(&ctx.rollout_slots).take(&app.uid().unwrap_or_default(), now)", "{ let _ = now; true }", "-p msa-operator --test reconcile_api the_operators_own_rollouts_are_paced"),
+("28 M2 one namespace's relist", "operator/src/scope.rs", "                if self.filled {\n                    return self.relist_of(watch, listed, current());\n                }\n", "                if self.filled {\n                    let _ = current;\n                    return std::iter::once(Event::Init).chain(listed.into_iter().map(Event::InitApply)).chain(std::iter::once(Event::InitDone)).collect();\n                }\n", "-p msa-operator --lib one_namespaces_relist_keeps_the_others_objects"),
+("28 empty value drift", "operator/src/drift.rs", "None => is_empty(value),", "None => false,", "-p msa-operator --lib empty_values_the_api_server_drops_are_not_drift"),
 ("2a-v order answers by the caller's time", "services/order/src/lib.rs", "let answer_by = Instant::from_std(deadline.answer_by(state.settings.wait_max));", "let answer_by = Instant::now() + state.settings.wait_max; let _ = &deadline;", "-p msa-order --test recovery product_writes_slower_than_the_caller_get_202_not_504::sqlite"),
 ]
 
