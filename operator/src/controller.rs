@@ -30,7 +30,7 @@ use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::reconcile::{Caches, Context, error_policy_object, reconcile_object};
-use crate::scope::{Scope, ScopedWriter};
+use crate::scope::{CacheWriter, Scope, ScopedWriter};
 
 /// An app as the controller watches it: readable, or its metadata and why it is not.
 pub type WatchedApp = DeserializeGuard<MicroserviceApp>;
@@ -60,15 +60,19 @@ where
     }
 }
 
-/// The events of one watch per namespace of `scope`, each tagged with its watch's index.
-fn scoped_events<K, S>(
+/// One watch per namespace of `scope` feeding `writer`'s cache (see [`crate::scope`]); the
+/// stream yields what the cache applied, so a reconcile it triggers finds what triggered it.
+fn scoped_cache<K, W, S>(
     scope: &Scope,
+    writer: W,
     watch: impl Fn(Option<&str>) -> S,
-) -> impl Stream<Item = Result<(usize, watcher::Event<K>), watcher::Error>> + Send + 'static
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
-    K: Send + 'static,
+    K: Resource + Clone + Send + 'static,
+    W: CacheWriter<K> + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
+    let mut cache = ScopedWriter::new(scope, writer);
     futures::stream::select_all(scope.watches().into_iter().enumerate().map(
         |(index, namespace)| {
             watch(namespace.as_deref())
@@ -76,6 +80,10 @@ where
                 .boxed()
         },
     ))
+    .map_ok(move |(watch, event)| {
+        futures::stream::iter(cache.apply(watch, event).into_iter().map(Ok))
+    })
+    .try_flatten()
 }
 
 /// The watch of the objects the operator labelled as managed, in one namespace or all.
@@ -118,13 +126,10 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let mut cache = ScopedWriter::new(scope, writer);
-    let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
-        .map_ok(move |(watch, event)| {
-            futures::stream::iter(cache.apply(watch, event).into_iter().map(Ok))
-        })
-        .try_flatten()
-        .touched_objects();
+    let stream = scoped_cache(scope, writer, |namespace| {
+        managed_objects::<K>(client, namespace)
+    })
+    .touched_objects();
     (store, stream)
 }
 
@@ -154,13 +159,10 @@ where
 {
     let writer = IndexedWriter::default();
     let store = writer.as_reader();
-    let mut cache = ScopedWriter::new(scope, writer);
-    let stream = scoped_events(scope, |namespace| managed_objects::<K>(client, namespace))
-        .map_ok(move |(watch, event)| {
-            futures::stream::iter(cache.apply(watch, event).into_iter().map(Ok))
-        })
-        .try_flatten()
-        .touched_objects();
+    let stream = scoped_cache(scope, writer, |namespace| {
+        managed_objects::<K>(client, namespace)
+    })
+    .touched_objects();
     (store, stream)
 }
 
@@ -264,18 +266,13 @@ pub async fn run(
     // instead of failing the list of every app (see crate::unreadable). The cache holds every
     // change; only changes of what a reconcile reads trigger one.
     let (apps, app_writer) = reflector::store();
-    let mut app_cache = ScopedWriter::new(ns, app_writer);
-    let app_changes = scoped_events(ns, |namespace| {
+    let app_changes = scoped_cache(ns, app_writer, |namespace| {
         watcher(
             api::<WatchedApp>(&client, namespace),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
     })
-    .map_ok(move |(watch, event)| {
-        futures::stream::iter(app_cache.apply(watch, event).into_iter().map(Ok))
-    })
-    .try_flatten()
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(app_changes, apps);

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::failing_api::FailingApiProxy;
@@ -143,25 +144,30 @@ fn changed(
 /// Each workload's generation and pod template, by kind and name.
 async fn pod_templates(s: &Setup) -> anyhow::Result<BTreeMap<String, (i64, String)>> {
     let mut templates = BTreeMap::new();
-    for deployment in Api::<Deployment>::namespaced(s.admin.clone(), &s.ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        let template = serde_json::to_string(&deployment.spec.as_ref().map(|s| &s.template))?;
-        templates.insert(
-            format!("Deployment {}", deployment.name_any()),
-            (deployment.metadata.generation.unwrap_or_default(), template),
-        );
+    let deployments = Api::<Deployment>::namespaced(s.admin.clone(), &s.ns);
+    for d in deployments.list(&ListParams::default()).await? {
+        let template = d.spec.as_ref().map(|spec| &spec.template);
+        record(&mut templates, "Deployment", &d.metadata, template)?;
     }
-    for set in Api::<StatefulSet>::namespaced(s.admin.clone(), &s.ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        let template = serde_json::to_string(&set.spec.as_ref().map(|s| &s.template))?;
-        templates.insert(
-            format!("StatefulSet {}", set.name_any()),
-            (set.metadata.generation.unwrap_or_default(), template),
-        );
+    let stateful_sets = Api::<StatefulSet>::namespaced(s.admin.clone(), &s.ns);
+    for set in stateful_sets.list(&ListParams::default()).await? {
+        let template = set.spec.as_ref().map(|spec| &spec.template);
+        record(&mut templates, "StatefulSet", &set.metadata, template)?;
     }
     Ok(templates)
+}
+
+fn record(
+    templates: &mut BTreeMap<String, (i64, String)>,
+    kind: &str,
+    meta: &ObjectMeta,
+    template: Option<&PodTemplateSpec>,
+) -> anyhow::Result<()> {
+    let name = meta.name.clone().unwrap_or_default();
+    let generation = meta.generation.unwrap_or_default();
+    templates.insert(
+        format!("{kind} {name}"),
+        (generation, serde_json::to_string(&template)?),
+    );
+    Ok(())
 }
