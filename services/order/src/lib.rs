@@ -3,7 +3,6 @@
 //! recoverer that finishes every order a crash or a silent peer left pending.
 
 pub mod idempotency;
-pub mod lease;
 pub mod model;
 pub mod peers;
 pub mod recovery;

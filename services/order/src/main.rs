@@ -24,6 +24,8 @@ struct Flags {
     discovery: DiscoveryArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    events: msa_events::EventsArgs,
 
     /// The user service: ip:port[@weight] addresses (comma-separated), or with
     /// `--discovery kubernetes` its Service name.
@@ -64,6 +66,7 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let events = flags.events.settings("order")?;
     let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
     let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;
     let users = flags
@@ -93,6 +96,11 @@ async fn main() -> anyhow::Result<()> {
         &msa_order::MIGRATOR,
         |db, registry| {
             let metrics = UpstreamMetrics::register(registry);
+            msa_events::relay::spawn(
+                db.clone(),
+                events,
+                msa_events::metrics::RelayMetrics::register(registry),
+            );
             let peers = Peers::new(
                 Upstream::new("user", users, pool.clone(), calls.clone(), metrics.clone()),
                 Upstream::new("product", products, pool, calls, metrics),

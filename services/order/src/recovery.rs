@@ -1,4 +1,4 @@
-//! The recoverer: at start and every `every`, on one replica at a time (a [`crate::lease`]),
+//! The recoverer: at start and every `every`, on one replica at a time (a [`msa_service_kit::db::lease`]),
 //! it drives every order pending longer than `after` to `confirmed` or `failed`, and gives back
 //! the stock of failed and cancelled orders still marked `release_pending`, by asking the
 //! product service what became of each reservation ([`crate::steps`], driver `Recovery`):
@@ -23,12 +23,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::lease;
 use crate::model::Status;
 use crate::peers::Peers;
 use crate::saga;
 use crate::steps::Driver;
 use crate::store;
+use msa_service_kit::db::lease;
 
 /// The lease's row (order migration 0002).
 pub const LEASE: &str = "recoverer";

@@ -1,6 +1,8 @@
 //! Orders in the database. Status changes are conditional on the status read (`WHERE status =`),
 //! so two concurrent changes cannot both win.
 
+use msa_events::types::{OrderData, OrderLineData};
+use msa_events::{Event, EventType};
 use msa_service_kit::db::{Database, is_unique_violation};
 use msa_service_kit::page::{Page, PageRequest};
 use msa_service_kit::{Problem, format_cents, now_rfc3339};
@@ -33,6 +35,42 @@ async fn write_lines(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// The event of the order's new status, carrying the order as this transaction leaves it.
+async fn announce(conn: &mut AnyConnection, id: &str) -> Result<(), Problem> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let order = with_lines(conn, &row).await?;
+    let kind = match order.status {
+        Status::Pending => EventType::OrderPlaced,
+        Status::Confirmed => EventType::OrderConfirmed,
+        Status::Failed => EventType::OrderFailed,
+        Status::Cancelled => EventType::OrderCancelled,
+        Status::Shipped => EventType::OrderShipped,
+        Status::Delivered => EventType::OrderDelivered,
+    };
+    let data = OrderData {
+        id: order.id,
+        user_id: order.user_id,
+        status: order.status.as_str().to_owned(),
+        items: order
+            .items
+            .into_iter()
+            .map(|line| OrderLineData {
+                product_id: line.product_id,
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+            })
+            .collect(),
+        total_cents: order.total_cents,
+        failure_reason: order.failure_reason,
+        created_at: order.created_at,
+    };
+    msa_events::append(conn, &Event::order(kind, &data)).await?;
     Ok(())
 }
 
@@ -84,7 +122,8 @@ pub async fn insert_claimed(
             Err(error) => return Err(error.into()),
         }
     }
-    tx.commit().await?;
+    announce(&mut tx, &order.id).await?;
+    msa_events::commit(tx).await?;
     Ok(true)
 }
 
@@ -108,7 +147,8 @@ pub async fn confirm(
         return Ok(false);
     }
     write_lines(&mut tx, id, lines).await?;
-    tx.commit().await?;
+    announce(&mut tx, id).await?;
+    msa_events::commit(tx).await?;
     Ok(true)
 }
 
@@ -120,6 +160,7 @@ pub async fn fail(
     reason: &str,
     release_pending: bool,
 ) -> Result<bool, Problem> {
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query(
         "UPDATE orders SET status = 'failed', failure_reason = $1, release_pending = $2, updated_at = $3 \
          WHERE id = $4 AND status = 'pending'",
@@ -128,9 +169,14 @@ pub async fn fail(
     .bind(i64::from(release_pending))
     .bind(now_rfc3339())
     .bind(id)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    announce(&mut tx, id).await?;
+    msa_events::commit(tx).await?;
+    Ok(true)
 }
 
 /// `from` → `to` if the order is still in `from`; false when it changed meanwhile.
@@ -141,15 +187,21 @@ pub async fn transition(
     to: Status,
     release_pending: bool,
 ) -> Result<bool, Problem> {
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query("UPDATE orders SET status = $1, release_pending = $2, updated_at = $3 WHERE id = $4 AND status = $5")
         .bind(to.as_str())
         .bind(i64::from(release_pending))
         .bind(now_rfc3339())
         .bind(id)
         .bind(from.as_str())
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    announce(&mut tx, id).await?;
+    msa_events::commit(tx).await?;
+    Ok(true)
 }
 
 /// Orders the recoverer must drive to their end, oldest first: pending since

@@ -1181,7 +1181,7 @@ async fn the_recoverer_ends_every_stranded_order(backend: TestBackend) {
     let metrics = RecoveryMetrics::default();
     let now = msa_order::store::now_ms();
     assert!(
-        msa_order::lease::acquire(&db, recovery::LEASE, "other-replica", now, 60_000)
+        msa_service_kit::db::lease::acquire(&db, recovery::LEASE, "other-replica", now, 60_000)
             .await
             .unwrap()
     );
@@ -1195,7 +1195,7 @@ async fn the_recoverer_ends_every_stranded_order(backend: TestBackend) {
             ..Round::default()
         }
     );
-    msa_order::lease::release(&db, recovery::LEASE, "other-replica")
+    msa_service_kit::db::lease::release(&db, recovery::LEASE, "other-replica")
         .await
         .unwrap();
     let round = recovery::round(&db, &recovering, &settings, &metrics, "this-replica")

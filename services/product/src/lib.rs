@@ -1,9 +1,9 @@
 //! The product service: the catalogue (`/products`) and stock reservations (`/reservations`),
 //! which the order service's saga uses to take and give back stock atomically. See the README.
 //!
-//! Reading the catalogue is open. With authentication on, creating products and setting stock
-//! need the admin role; with service identities on, the reservation routes answer only the
-//! services named trusted (the order service), and sold stock comes back only for an order the
+//! Reading the catalogue is open. With authentication on, creating and changing products and
+//! setting stock need the admin role; with service identities on, the reservation routes answer
+//! only the services named trusted (the order service), and sold stock comes back only for an order the
 //! order service itself says was cancelled or failed ([`orders`]).
 
 pub mod expiry;
@@ -27,7 +27,8 @@ use msa_service_kit::money::{parse_price, valid_stock};
 
 use crate::expiry::ProductMetrics;
 use crate::model::{
-    CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, normalise_items,
+    CreateProduct, CreateReservation, DESCRIPTION, NAME, Product, SetStock, UpdateProduct,
+    normalise_items,
 };
 use crate::orders::OrderClient;
 use crate::store::{GivenBack, Reserved};
@@ -57,7 +58,7 @@ pub fn router(db: Database, orders: OrderClient) -> Router {
 pub fn router_with(db: Database, orders: OrderClient, metrics: ProductMetrics) -> Router {
     Router::new()
         .route("/products", get(list_products).post(create_product))
-        .route("/products/{id}", get(get_product))
+        .route("/products/{id}", get(get_product).patch(update_product))
         .route("/products/{id}/stock", put(set_stock))
         .route("/reservations", post(reserve))
         .route("/reservations/{id}", get(get_reservation))
@@ -107,6 +108,45 @@ async fn get_product(
 ) -> Result<Json<Product>, Problem> {
     let id = parse_id("id", &id)?.to_string();
     store::get(&db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("product", &id))
+}
+
+/// Admin: changes the name, description or price (only the fields sent); stock has its own
+/// route, since reservations change it too.
+async fn update_product(
+    State(db): State<Database>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateProduct>,
+) -> Result<Json<Product>, Problem> {
+    caller.require_admin("changing a product")?;
+    let id = parse_id("id", &id)?.to_string();
+    if body.name.is_none() && body.description.is_none() && body.price.is_none() {
+        return Err(Problem::invalid(
+            "name",
+            "nothing to update: send name, description, price or several",
+        ));
+    }
+    let change = store::ProductChange {
+        name: body
+            .name
+            .as_deref()
+            .map(|name| NAME.check(name))
+            .transpose()?,
+        description: body
+            .description
+            .as_deref()
+            .map(|description| DESCRIPTION.check(description))
+            .transpose()?,
+        price_cents: body
+            .price
+            .as_deref()
+            .map(|price| parse_price("price", price))
+            .transpose()?,
+    };
+    store::update(&db, &id, &change)
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found("product", &id))

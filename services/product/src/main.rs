@@ -24,6 +24,8 @@ struct Flags {
     discovery: DiscoveryArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    events: msa_events::EventsArgs,
 
     /// The order service, asked whether an order was really cancelled or failed before its
     /// sold stock comes back: ip:port[@weight] addresses (comma-separated), `file:<path>` (a
@@ -50,6 +52,7 @@ struct Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    let events = flags.events.settings("product")?;
     let pool = flags.policy.pool().map_err(anyhow::Error::msg)?;
     let client = flags.discovery.client().await.map_err(anyhow::Error::msg)?;
     let orders = flags
@@ -73,6 +76,11 @@ async fn main() -> anyhow::Result<()> {
         &msa_product::MIGRATOR,
         |db, registry| {
             let metrics = ProductMetrics::register(registry);
+            msa_events::relay::spawn(
+                db.clone(),
+                events,
+                msa_events::metrics::RelayMetrics::register(registry),
+            );
             let orders = OrderClient::new(
                 Upstream::new(
                     "order",

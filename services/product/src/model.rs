@@ -32,6 +32,16 @@ pub struct CreateProduct {
     pub stock: i64,
 }
 
+/// `PATCH /products/{id}`: only the fields present change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// As in [`CreateProduct::price`].
+    pub price: Option<Box<RawValue>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {

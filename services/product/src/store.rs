@@ -2,6 +2,8 @@
 //! transaction with a conditional decrement (`stock >= quantity`), so stock never goes negative
 //! and concurrent orders cannot oversell; any failure rolls everything back.
 
+use msa_events::types::{PriceChanged, ProductData, StockChanged, StockReason};
+use msa_events::{Event, EventType};
 use msa_service_kit::db::Database;
 use msa_service_kit::page::{Page, PageRequest};
 use msa_service_kit::{Problem, now_rfc3339};
@@ -30,7 +32,18 @@ fn product_from_row(row: &AnyRow) -> Result<Product, sqlx::Error> {
     })
 }
 
+fn data(product: &Product) -> ProductData {
+    ProductData {
+        id: product.id.clone(),
+        name: product.name.clone(),
+        description: product.description.clone(),
+        price_cents: product.price_cents,
+        stock: product.stock,
+    }
+}
+
 pub async fn insert(db: &Database, product: &Product) -> Result<(), Problem> {
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO products (id, name, description, price_cents, stock, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -42,8 +55,14 @@ pub async fn insert(db: &Database, product: &Product) -> Result<(), Problem> {
     .bind(product.stock)
     .bind(&product.created_at)
     .bind(&product.updated_at)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await?;
+    msa_events::append(
+        &mut tx,
+        &Event::product(EventType::ProductCreated, &data(product)),
+    )
+    .await?;
+    msa_events::commit(tx).await?;
     Ok(())
 }
 
@@ -76,16 +95,123 @@ pub async fn list(db: &Database, page: PageRequest) -> Result<Page<Product>, Pro
 
 /// Sets the stock level; `None` when the product does not exist.
 pub async fn set_stock(db: &Database, id: &str, stock: i64) -> Result<Option<Product>, Problem> {
-    let done = sqlx::query("UPDATE products SET stock = $1, updated_at = $2 WHERE id = $3")
+    let mut tx = db.begin_write().await?;
+    let Some(previous) = locked_stock(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE products SET stock = $1 WHERE id = $2")
         .bind(stock)
-        .bind(now_rfc3339())
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    if done.rows_affected() == 0 {
+    stock_changed(&mut tx, id, previous, stock, StockReason::Set, None).await?;
+    msa_events::commit(tx).await?;
+    get(db, id).await
+}
+
+/// What `PATCH /products/{id}` changes: only the fields present.
+#[derive(Debug, Default)]
+pub struct ProductChange {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+}
+
+/// Changes a product's name, description or price, with `product.updated` when the name or
+/// description changed and `product.price_changed` when the price did; `None` when the product
+/// does not exist.
+pub async fn update(
+    db: &Database,
+    id: &str,
+    change: &ProductChange,
+) -> Result<Option<Product>, Problem> {
+    let mut tx = db.begin_write().await?;
+    if locked_stock(&mut tx, id).await?.is_none() {
         return Ok(None);
     }
-    get(db, id).await
+    let before = read(&mut tx, id).await?;
+    let mut after = before.clone();
+    if let Some(name) = &change.name {
+        after.name.clone_from(name);
+    }
+    if let Some(description) = &change.description {
+        after.description.clone_from(description);
+    }
+    if let Some(price_cents) = change.price_cents {
+        after.price_cents = price_cents;
+        after.price = format_cents(price_cents);
+    }
+    sqlx::query("UPDATE products SET name = $1, description = $2, price_cents = $3 WHERE id = $4")
+        .bind(&after.name)
+        .bind(&after.description)
+        .bind(after.price_cents)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if (&after.name, &after.description) != (&before.name, &before.description) {
+        msa_events::append(
+            &mut tx,
+            &Event::product(EventType::ProductUpdated, &data(&after)),
+        )
+        .await?;
+    }
+    if after.price_cents != before.price_cents {
+        let change = PriceChanged {
+            id: id.to_owned(),
+            previous_price_cents: before.price_cents,
+            price_cents: after.price_cents,
+        };
+        msa_events::append(&mut tx, &Event::price_changed(&change)).await?;
+    }
+    let product = read(&mut tx, id).await?;
+    msa_events::commit(tx).await?;
+    Ok(Some(product))
+}
+
+async fn read(conn: &mut AnyConnection, id: &str) -> Result<Product, Problem> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM products WHERE id = $1"))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(product_from_row(&row)?)
+}
+
+/// Locks the product's row (a write of `updated_at`, which the change sets anyway) and reads
+/// its stock, so what is read is what the change replaces even under concurrent reservations on
+/// PostgreSQL. `None` when there is no such product.
+async fn locked_stock(conn: &mut AnyConnection, id: &str) -> Result<Option<i64>, Problem> {
+    let locked = sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
+        .bind(now_rfc3339())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if locked.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("stock")?;
+    Ok(Some(stock))
+}
+
+async fn stock_changed(
+    conn: &mut AnyConnection,
+    id: &str,
+    previous_stock: i64,
+    stock: i64,
+    reason: StockReason,
+    reservation_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let change = StockChanged {
+        id: id.to_owned(),
+        previous_stock,
+        stock,
+        reason,
+        reservation_id: reservation_id.map(str::to_owned),
+    };
+    msa_events::append(conn, &Event::stock_changed(&change)).await
 }
 
 /// What became of a reservation request.
@@ -137,14 +263,15 @@ pub async fn reserve(
     }
     for (i, item) in items.iter().enumerate() {
         let taken = sqlx::query(
-            "UPDATE products SET stock = stock - $1, updated_at = $2 WHERE id = $3 AND stock >= $1",
+            "UPDATE products SET stock = stock - $1, updated_at = $2 WHERE id = $3 AND stock >= $1 \
+             RETURNING stock",
         )
         .bind(item.quantity)
         .bind(&now)
         .bind(&item.product_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if taken.rows_affected() == 0 {
+        let Some(taken) = taken else {
             let stock: Option<i64> = sqlx::query("SELECT stock FROM products WHERE id = $1")
                 .bind(&item.product_id)
                 .fetch_optional(&mut *tx)
@@ -169,7 +296,19 @@ pub async fn reserve(
                 .with("available", available)
                 .with("requested", item.quantity),
             });
-        }
+        };
+        let left: i64 = taken.try_get("stock")?;
+        // Both within the stock's range (checked by the database), so the sum cannot overflow.
+        let previous = left.saturating_add(item.quantity);
+        stock_changed(
+            &mut tx,
+            &item.product_id,
+            previous,
+            left,
+            StockReason::Reserved,
+            Some(id),
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO reservation_items (reservation_id, product_id, quantity, unit_price_cents) \
              SELECT $1, id, $2, price_cents FROM products WHERE id = $3",
@@ -278,7 +417,7 @@ pub struct Clamped {
 pub async fn release(db: &Database, id: &str) -> Result<GivenBack, Problem> {
     let mut tx = db.begin_write().await?;
     if move_state(&mut tx, id, "reserved", "released", i64::MAX).await? {
-        let clamped = give_back(&mut tx, id).await?;
+        let clamped = give_back(&mut tx, id, StockReason::Released).await?;
         let reservation = finish(tx, id).await?;
         return Ok(GivenBack {
             reservation,
@@ -325,7 +464,7 @@ pub async fn release(db: &Database, id: &str) -> Result<GivenBack, Problem> {
 pub async fn return_committed(db: &Database, id: &str) -> Result<GivenBack, Problem> {
     let mut tx = db.begin_write().await?;
     if move_state(&mut tx, id, "committed", "released", i64::MAX).await? {
-        let clamped = give_back(&mut tx, id).await?;
+        let clamped = give_back(&mut tx, id, StockReason::Returned).await?;
         let reservation = finish(tx, id).await?;
         return Ok(GivenBack {
             reservation,
@@ -379,8 +518,10 @@ pub async fn expire(db: &Database, now_ms: i64, cutoff_ms: i64) -> Result<Expire
     for id in ids {
         let mut tx = db.begin_write().await?;
         if move_state(&mut tx, &id, "reserved", "released", cutoff_ms).await? {
-            expired.clamped.extend(give_back(&mut tx, &id).await?);
-            tx.commit().await?;
+            expired
+                .clamped
+                .extend(give_back(&mut tx, &id, StockReason::Expired).await?);
+            msa_events::commit(tx).await?;
             expired.reservations += 1;
             tracing::info!(reservation = %id, "reservation expired; its stock is back");
         } else {
@@ -393,29 +534,26 @@ pub async fn expire(db: &Database, now_ms: i64, cutoff_ms: i64) -> Result<Expire
 /// Adds reservation `id`'s quantities back to stock, each bounded by the stock's maximum
 /// ([`returned_stock`]); returns what did not fit. Each product row is locked (a no-op
 /// write) before it is read, so the sum is exact under concurrent reservations on PostgreSQL.
-async fn give_back(conn: &mut AnyConnection, id: &str) -> Result<Vec<Clamped>, Problem> {
+async fn give_back(
+    conn: &mut AnyConnection,
+    id: &str,
+    reason: StockReason,
+) -> Result<Vec<Clamped>, Problem> {
     let reservation = load_reservation(conn, id)
         .await?
         .ok_or_else(|| Problem::not_found("reservation", id))?;
-    let now = now_rfc3339();
     let mut clamped = Vec::new();
     for item in &reservation.items {
-        sqlx::query("UPDATE products SET updated_at = $1 WHERE id = $2")
-            .bind(&now)
-            .bind(&item.product_id)
-            .execute(&mut *conn)
-            .await?;
-        let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
-            .bind(&item.product_id)
-            .fetch_one(&mut *conn)
+        let previous = locked_stock(conn, &item.product_id)
             .await?
-            .try_get("stock")?;
-        let (stock, dropped) = returned_stock(stock, item.quantity);
+            .ok_or_else(|| Problem::not_found("product", &item.product_id))?;
+        let (stock, dropped) = returned_stock(previous, item.quantity);
         sqlx::query("UPDATE products SET stock = $1 WHERE id = $2")
             .bind(stock)
             .bind(&item.product_id)
             .execute(&mut *conn)
             .await?;
+        stock_changed(conn, &item.product_id, previous, stock, reason, Some(id)).await?;
         if dropped > 0 {
             tracing::warn!(reservation = id, product = %item.product_id, units = dropped, "stock given back past its maximum; the excess was dropped");
             clamped.push(Clamped {
@@ -435,7 +573,7 @@ async fn finish(
     let reservation = load_reservation(&mut tx, id)
         .await?
         .ok_or_else(|| Problem::not_found("reservation", id))?;
-    tx.commit().await?;
+    msa_events::commit(tx).await?;
     Ok(reservation)
 }
 

@@ -223,15 +223,6 @@ impl Default for LimitArgs {
     }
 }
 
-/// All the flags of a service that calls no peer (the user service).
-#[derive(clap::Parser, Clone, Debug)]
-pub struct StandaloneFlags {
-    #[command(flatten)]
-    pub serve: ServeArgs,
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-}
-
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
     /// sqlite://<path> (default: <data-dir>/<service>.db) or postgres://user:pass@host/db.

@@ -9,6 +9,7 @@
 //! transaction, and [`readiness`] tells `/readyz` whether a write can begin now.
 
 pub mod hygiene;
+pub mod lease;
 pub mod readiness;
 
 use std::str::FromStr;

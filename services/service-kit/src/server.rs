@@ -565,31 +565,3 @@ pub async fn run(
     )
     .await
 }
-
-/// The `main` of a service that calls no peer: parses [`StandaloneFlags`] under the binary's
-/// name and description, then [`run`]s.
-pub async fn run_standalone(
-    name: &'static str,
-    binary: &'static str,
-    version: &'static str,
-    about: &'static str,
-    migrator: &'static sqlx::migrate::Migrator,
-    api: impl FnOnce(Database) -> Router,
-) -> anyhow::Result<()> {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = crate::config::StandaloneFlags::command()
-        .name(binary)
-        .version(version)
-        .about(about)
-        .get_matches();
-    let flags = crate::config::StandaloneFlags::from_arg_matches(&matches)?;
-    run(
-        name,
-        version,
-        &flags.serve,
-        &flags.database,
-        migrator,
-        |db, _| api(db),
-    )
-    .await
-}

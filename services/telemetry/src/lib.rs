@@ -234,6 +234,64 @@ pub fn client_span(
     span
 }
 
+/// The current span's context as a W3C `traceparent`, for work that outlives the request (an
+/// event written now, published later); `None` when tracing is off or no span is current.
+pub fn current_traceparent() -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&Span::current());
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
+    headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A producer span (publishing one message to `destination`) that continues the trace named by
+/// `traceparent` — the request that caused the message, which may have ended long ago. A
+/// disabled span when tracing is off.
+pub fn producer_span(destination: &str, traceparent: Option<&str>) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {destination}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = destination,
+        "error.type" = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    if let Some(traceparent) = traceparent {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+            headers.insert("traceparent", value);
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+            if parent.span().span_context().is_valid() {
+                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+            }
+        }
+    }
+    record_ids(&span);
+    span
+}
+
+/// Marks a producer span failed with `failure` (a short, fixed reason).
+pub fn fail_span(span: &Span, failure: &'static str) {
+    if enabled() {
+        span.record("error.type", failure);
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Records which endpoint an attempt went to.
 pub fn client_endpoint(span: &Span, endpoint: std::net::SocketAddr) {
     if enabled() {

@@ -1,6 +1,8 @@
-//! Users in the database. Every write is one statement or one transaction, so a failed request
-//! changes nothing.
+//! Users in the database. Every write is one transaction with its event in the outbox
+//! (`msa_events`), so a failed request changes nothing and no change goes unannounced.
 
+use msa_events::types::UserData;
+use msa_events::{Event, EventType};
 use msa_service_kit::Problem;
 use msa_service_kit::db::{Database, is_unique_violation};
 use msa_service_kit::page::{Page, PageRequest};
@@ -29,7 +31,16 @@ fn email_taken(email: &str) -> Problem {
     .with("field", "email")
 }
 
+fn data(user: &User) -> UserData {
+    UserData {
+        id: user.id.clone(),
+        name: user.name.clone(),
+        email: user.email.clone(),
+    }
+}
+
 pub async fn insert(db: &Database, user: &User) -> Result<(), Problem> {
+    let mut tx = db.begin_write().await?;
     let result = sqlx::query(
         "INSERT INTO users (id, name, email, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -38,13 +49,20 @@ pub async fn insert(db: &Database, user: &User) -> Result<(), Problem> {
     .bind(&user.email)
     .bind(&user.created_at)
     .bind(&user.updated_at)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await;
     match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(email_taken(&user.email)),
-        Err(e) => Err(e.into()),
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(email_taken(&user.email)),
+        Err(e) => return Err(e.into()),
     }
+    msa_events::append(
+        &mut tx,
+        &Event::user(EventType::UserRegistered, &data(user)),
+    )
+    .await?;
+    msa_events::commit(tx).await?;
+    Ok(())
 }
 
 pub async fn get(db: &Database, id: &str) -> Result<Option<User>, Problem> {
@@ -73,25 +91,36 @@ pub async fn list(db: &Database, page: PageRequest) -> Result<Page<User>, Proble
 
 /// Writes the user's name and email; `None` when the user does not exist.
 pub async fn update(db: &Database, user: &User) -> Result<bool, Problem> {
+    let mut tx = db.begin_write().await?;
     let result =
         sqlx::query("UPDATE users SET name = $1, email = $2, updated_at = $3 WHERE id = $4")
             .bind(&user.name)
             .bind(&user.email)
             .bind(&user.updated_at)
             .bind(&user.id)
-            .execute(&db.pool)
+            .execute(&mut *tx)
             .await;
     match result {
-        Ok(done) => Ok(done.rows_affected() == 1),
-        Err(e) if is_unique_violation(&e) => Err(email_taken(&user.email)),
-        Err(e) => Err(e.into()),
+        Ok(done) if done.rows_affected() == 1 => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_unique_violation(&e) => return Err(email_taken(&user.email)),
+        Err(e) => return Err(e.into()),
     }
+    msa_events::append(&mut tx, &Event::user(EventType::UserUpdated, &data(user))).await?;
+    msa_events::commit(tx).await?;
+    Ok(true)
 }
 
 pub async fn delete(db: &Database, id: &str) -> Result<bool, Problem> {
+    let mut tx = db.begin_write().await?;
     let done = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    msa_events::append(&mut tx, &Event::user_deleted(id)).await?;
+    msa_events::commit(tx).await?;
+    Ok(true)
 }

@@ -3,9 +3,10 @@
 //! giving it up are single conditional UPDATEs, atomic on SQLite and PostgreSQL alike, so two
 //! replicas can never both hold it — no process-local flag, no luck. Times are each replica's
 //! wall clock in milliseconds: clocks may differ by less than a lease's length without harm.
+//! Each service's migrations create the `leases` table and the rows of its jobs.
 
-use msa_service_kit::Problem;
-use msa_service_kit::db::Database;
+use crate::Problem;
+use crate::db::Database;
 
 /// Takes (or renews) the lease `name` for `holder` until `now_ms + for_ms`, when it is free,
 /// expired, or already `holder`'s. True when `holder` holds it now.

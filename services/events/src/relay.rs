@@ -1,0 +1,398 @@
+//! The relay: moves a service's events from its outbox into its JetStream stream, in order, and
+//! marks each published only once the stream acknowledged it.
+//!
+//! - One relay per service at a time: it publishes only while it holds the `outbox-relay` lease
+//!   (a conditional UPDATE, on SQLite and PostgreSQL alike; see `msa_service_kit::db::lease`).
+//! - Exactly once in the stream: every event is published with `Nats-Msg-Id` = its id, so what a
+//!   killed or timed-out relay published without marking is dropped as a duplicate when published
+//!   again, within the stream's duplicate window (longer than a lease).
+//! - In order per aggregate: events go out oldest first, at most one of each aggregate at a time
+//!   ([`crate::outbox::window`]); an event is published only after the previous one of its
+//!   aggregate was acknowledged (stored or dropped as already stored), so the first copy of each
+//!   event in the stream comes after the first copy of the one before it.
+//! - NATS down: requests keep writing the outbox; the relay retries with a bounded backoff and
+//!   publishes the backlog, in order, once NATS answers again.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, Context};
+use msa_service_kit::db::{Database, lease};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::envelope::{CONTENT_TYPE, CloudEvent, SPEC_VERSION};
+use crate::metrics::RelayMetrics;
+use crate::outbox::{self, OutboxRow};
+use crate::settings::{Broker, RelaySettings};
+use crate::stream;
+
+/// The lease's row (created by the events migration).
+pub const LEASE: &str = "outbox-relay";
+
+/// How long a request to NATS (a publish's acknowledgement, a stream update) may take.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Backoff after a failed round: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The relay's tasks; they run until [`Running::stop`] (or the process ends).
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops them where they are, as a killed process would (nothing is flushed or marked).
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the relay, the pruner and the backlog gauge for this service's outbox.
+pub fn spawn(db: Database, settings: RelaySettings, metrics: RelayMetrics) -> Running {
+    let mut tasks = vec![
+        tokio::spawn(prune_loop(db.clone(), settings.clone(), metrics.clone())),
+        tokio::spawn(backlog_loop(db.clone(), metrics.clone())),
+    ];
+    match settings.broker.clone() {
+        Some(broker) => tasks.push(tokio::spawn(async move {
+            match connect(&broker, settings.service).await {
+                Ok(jetstream) => Relay::new(db, settings, metrics, jetstream).run().await,
+                Err(error) => {
+                    metrics.failed("connect");
+                    tracing::error!(%error, "events are not published");
+                }
+            }
+        })),
+        None => info!(
+            service = settings.service,
+            "no --nats-url: events are written to the outbox but not published"
+        ),
+    }
+    Running { tasks }
+}
+
+/// A client that connects (and reconnects) in the background: a NATS that is down at start is
+/// the same as one that goes down later.
+async fn connect(broker: &Broker, service: &str) -> Result<Context, async_nats::ConnectError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("msa-{service}"))
+        .retry_on_initial_connect()
+        .connection_timeout(NATS_TIMEOUT)
+        .request_timeout(Some(NATS_TIMEOUT))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("connected to NATS"),
+                async_nats::Event::Disconnected => {
+                    warn!("disconnected from NATS; events wait in the outbox")
+                }
+                other => debug!(event = %other, "NATS"),
+            }
+        });
+    if let Some((user, password)) = &broker.credentials {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    // With `retry_on_initial_connect` this returns at once; it fails only for an address that
+    // cannot be parsed, which the flags already refused.
+    let client = options.connect(broker.url.as_str()).await?;
+    let mut context = jetstream::new(client);
+    context.set_timeout(NATS_TIMEOUT);
+    Ok(context)
+}
+
+pub struct Relay {
+    db: Database,
+    settings: RelaySettings,
+    metrics: RelayMetrics,
+    jetstream: Context,
+    holder: String,
+    source: String,
+    /// When the lease was last taken or renewed (by this replica's clock), if held.
+    held_since: Option<Instant>,
+    stream_ready: bool,
+}
+
+/// Why a round stopped early.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Lease(String),
+    #[error("stream {stream}: {error}")]
+    Stream { stream: String, error: String },
+    #[error("publish: {0}")]
+    Publish(String),
+}
+
+impl RoundError {
+    fn stage(&self) -> &'static str {
+        match self {
+            RoundError::Database(_) | RoundError::Lease(_) => "database",
+            RoundError::Stream { .. } => "stream",
+            RoundError::Publish(_) => "publish",
+        }
+    }
+}
+
+/// What a round did.
+enum Round {
+    /// Another replica relays.
+    NotLeader,
+    /// Nothing waited.
+    Idle,
+    /// Published this many; more may wait.
+    Published,
+}
+
+impl Relay {
+    pub fn new(
+        db: Database,
+        settings: RelaySettings,
+        metrics: RelayMetrics,
+        jetstream: Context,
+    ) -> Relay {
+        let source = format!("/{}/{}", settings.app, settings.service);
+        Relay {
+            db,
+            settings,
+            metrics,
+            jetstream,
+            holder: uuid::Uuid::new_v4().to_string(),
+            source,
+            held_since: None,
+            stream_ready: false,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF.0;
+        loop {
+            match self.round().await {
+                Ok(Round::Published) => backoff = BACKOFF.0,
+                Ok(Round::Idle) => {
+                    backoff = BACKOFF.0;
+                    tokio::select! {
+                        () = outbox::committed() => {}
+                        () = tokio::time::sleep(self.settings.poll) => {}
+                    }
+                }
+                Ok(Round::NotLeader) => tokio::time::sleep(self.settings.poll).await,
+                Err(error) => {
+                    self.metrics.failed(error.stage());
+                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay round failed; events wait in the outbox");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// Holds (takes or renews) the lease; false when another replica holds it.
+    async fn lead(&mut self) -> Result<bool, RoundError> {
+        let renew_after = self.settings.lease / 3;
+        if self
+            .held_since
+            .is_some_and(|since| since.elapsed() < renew_after)
+        {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        let lease_ms = i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        let held = lease::acquire(&self.db, LEASE, &self.holder, outbox::now_ms(), lease_ms)
+            .await
+            .map_err(|problem| RoundError::Lease(problem.to_string()))?;
+        if held != self.held_since.is_some() {
+            if held {
+                info!(
+                    service = self.settings.service,
+                    "this replica relays the outbox now"
+                );
+            } else {
+                info!(
+                    service = self.settings.service,
+                    "another replica relays the outbox now"
+                );
+            }
+        }
+        // Counted from before the UPDATE: the lease may have been taken that early.
+        self.held_since = held.then_some(started);
+        self.metrics.leader.set(i64::from(held));
+        Ok(held)
+    }
+
+    async fn round(&mut self) -> Result<Round, RoundError> {
+        if !self.lead().await? {
+            return Ok(Round::NotLeader);
+        }
+        if !self.stream_ready {
+            let config = stream::config(
+                &self.settings.app,
+                self.settings.service,
+                &self.settings.stream,
+            );
+            let name = config.name.clone();
+            self.jetstream
+                .create_or_update_stream(config)
+                .await
+                .map_err(|error| RoundError::Stream {
+                    stream: name.clone(),
+                    error: error.to_string(),
+                })?;
+            info!(stream = %name, "stream ready");
+            self.stream_ready = true;
+        }
+        let rows = outbox::unpublished(&self.db.pool, i64::from(self.settings.batch)).await?;
+        if rows.is_empty() {
+            return Ok(Round::Idle);
+        }
+        let window = outbox::window(&rows);
+        // A lease that lapsed while reading is not used to publish: another replica may lead.
+        if !self.lead().await? {
+            return Ok(Round::NotLeader);
+        }
+        let (acked, failure) = self.publish(&window).await;
+        outbox::mark_published(&self.db.pool, &acked, outbox::now_ms()).await?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(Round::Published),
+        }
+    }
+
+    /// Publishes the window's events (pipelined: all are sent before the first acknowledgement
+    /// is awaited) and returns the ids the stream acknowledged, and the first failure.
+    async fn publish<'a>(&self, window: &[&'a OutboxRow]) -> (Vec<&'a str>, Option<RoundError>) {
+        let mut pending = Vec::with_capacity(window.len());
+        let mut failure = None;
+        for row in window {
+            let subject = subject(&self.settings.app, &row.event_type);
+            let span = msa_telemetry::producer_span(&subject, row.traceparent.as_deref());
+            let payload = match self.envelope(row) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    // Written by this code from a JSON value: unreadable only if edited by hand.
+                    warn!(event = %row.id, %error, "outbox row's data is not JSON; it waits until fixed");
+                    continue;
+                }
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, row.id.as_str());
+            if let Some(traceparent) = &row.traceparent {
+                headers.insert("traceparent", traceparent.as_str());
+            }
+            let sent = Instant::now();
+            match self
+                .jetstream
+                .publish_with_headers(subject, headers, payload.into())
+                .instrument(span.clone())
+                .await
+            {
+                Ok(ack) => pending.push((row.id.as_str(), ack, sent, span)),
+                Err(error) => {
+                    msa_telemetry::fail_span(&span, "publish");
+                    failure = Some(RoundError::Publish(error.to_string()));
+                    break;
+                }
+            }
+        }
+        let mut acked = Vec::with_capacity(pending.len());
+        for (id, ack, sent, span) in pending {
+            match ack.into_future().instrument(span.clone()).await {
+                Ok(ack) => {
+                    self.metrics
+                        .publish_seconds
+                        .observe(sent.elapsed().as_secs_f64());
+                    self.metrics.published.inc();
+                    if ack.duplicate {
+                        self.metrics.duplicates.inc();
+                    }
+                    acked.push(id);
+                }
+                Err(error) => {
+                    msa_telemetry::fail_span(&span, "publish");
+                    failure.get_or_insert(RoundError::Publish(error.to_string()));
+                }
+            }
+        }
+        (acked, failure)
+    }
+
+    fn envelope(&self, row: &OutboxRow) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&CloudEvent {
+            specversion: SPEC_VERSION.to_owned(),
+            id: row.id.clone(),
+            source: self.source.clone(),
+            kind: row.event_type.clone(),
+            subject: row.aggregate.clone(),
+            time: row.time.clone(),
+            datacontenttype: CONTENT_TYPE.to_owned(),
+            traceparent: row.traceparent.clone(),
+            sequence: row.sequence,
+            data: serde_json::from_str(&row.data)?,
+        })
+    }
+}
+
+/// `dev.msa.order.confirmed.v1` in app `shop` → `msa.shop.order.confirmed.v1`.
+pub fn subject(app: &str, event_type: &str) -> String {
+    let tail = event_type.strip_prefix("dev.msa.").unwrap_or(event_type);
+    format!("msa.{app}.{tail}")
+}
+
+/// Deletes published events past their retention (and, with no broker, any event past it).
+async fn prune_loop(db: Database, settings: RelaySettings, metrics: RelayMetrics) {
+    let every = (settings.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let retention_ms = i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::time::sleep(every).await;
+        let before = outbox::now_ms().saturating_sub(retention_ms);
+        loop {
+            match outbox::prune(&db.pool, before, settings.broker.is_none(), 1_000).await {
+                Ok(deleted) => {
+                    metrics.pruned.inc_by(deleted);
+                    if deleted < 1_000 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "cannot prune the outbox; trying again later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the backlog gauges current on every replica (whichever relays).
+async fn backlog_loop(db: Database, metrics: RelayMetrics) {
+    loop {
+        match outbox::backlog(&db.pool).await {
+            Ok(backlog) => {
+                metrics.backlog.set(backlog.events);
+                let age_ms = backlog
+                    .oldest_created_ms
+                    .map_or(0, |oldest| outbox::now_ms().saturating_sub(oldest).max(0));
+                metrics.oldest_age_seconds.set(age_ms as f64 / 1000.0);
+            }
+            Err(error) => debug!(%error, "cannot read the outbox backlog"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_events_subject_is_its_type_under_the_app() {
+        assert_eq!(
+            subject("shop", "dev.msa.order.confirmed.v1"),
+            "msa.shop.order.confirmed.v1"
+        );
+        for kind in crate::types::EventType::ALL {
+            assert_eq!(subject("shop", kind.as_str()), kind.subject("shop"));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+../../events/migrations/0001_events.sql
