@@ -42,10 +42,12 @@ unit: ## Unit, render, mocked-API and route tests (on SQLite and on a loopback P
 	@command -v promtool >/dev/null || { echo ">> installing Debian's prometheus (promtool lints every component's /metrics)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 	hack/tools.sh jaeger >/dev/null   # the trace tests' OTLP receiver (built once, cached)
+	hack/tools.sh nats-server >/dev/null   # the event tests' broker (built once, cached)
 	# Test databases and logs go under target/ (TMPDIR), not /tmp: nothing is left on the machine.
 	rm -rf target/test-tmp && mkdir -p target/test-tmp
 	url="$$(hack/postgres.sh up)"; trap 'hack/postgres.sh down' EXIT; \
-	  TMPDIR="$(CURDIR)/target/test-tmp" MSA_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace
+	  TMPDIR="$(CURDIR)/target/test-tmp" MSA_TEST_POSTGRES_URL="$$url" \
+	  MSA_NATS_SERVER="$$(hack/tools.sh nats-server)" $(CARGO) test --workspace
 
 crds: ## Regenerate crds/ and the chart's copy from the Rust types
 	$(CARGO) run -q -p msa-operator --bin crdgen > crds/microserviceapps.msa.dev.yaml

@@ -24,8 +24,13 @@ pub struct NatsServer {
     extra: String,
 }
 
-/// The path of the `nats-server` binary.
+/// The path of the `nats-server` binary (built at most once per test process).
 pub fn binary() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(find_binary).clone()
+}
+
+fn find_binary() -> String {
     if let Ok(path) = std::env::var("MSA_NATS_SERVER") {
         return path;
     }
@@ -273,25 +278,35 @@ pub async fn drained(pool: &sqlx::AnyPool, within: Duration) {
     }
 }
 
-/// The last event of each aggregate in the outbox: `(type, data)` by aggregate id; and checks
-/// that each aggregate's events are numbered 1, 2, 3… without gaps.
-pub async fn last_events(
+/// Each aggregate's events in the outbox, `(type, data)` in sequence order; checks that they
+/// are numbered 1, 2, 3… without gaps.
+pub async fn events_by_aggregate(
     pool: &sqlx::AnyPool,
-) -> std::collections::HashMap<String, (String, serde_json::Value)> {
-    let mut last = std::collections::HashMap::new();
-    let mut numbers = std::collections::HashMap::<String, i64>::new();
+) -> std::collections::HashMap<String, Vec<(String, serde_json::Value)>> {
+    let mut events = std::collections::HashMap::<String, Vec<(String, serde_json::Value)>>::new();
     let mut rows = crate::outbox::all(pool).await.expect("read the outbox");
     rows.sort_by(|a, b| (&a.aggregate, a.sequence).cmp(&(&b.aggregate, b.sequence)));
     for row in rows {
-        let expected = numbers.get(&row.aggregate).copied().unwrap_or(0) + 1;
+        let of_aggregate = events.entry(row.aggregate.clone()).or_default();
         assert_eq!(
-            row.sequence, expected,
+            row.sequence,
+            of_aggregate.len() as i64 + 1,
             "aggregate {}: a gap in its events",
             row.aggregate
         );
-        numbers.insert(row.aggregate.clone(), row.sequence);
         let data = serde_json::from_str(&row.data).expect("an event's data is JSON");
-        last.insert(row.aggregate, (row.event_type, data));
+        of_aggregate.push((row.event_type, data));
     }
-    last
+    events
+}
+
+/// The last event of each aggregate in the outbox, `(type, data)` by aggregate id.
+pub async fn last_events(
+    pool: &sqlx::AnyPool,
+) -> std::collections::HashMap<String, (String, serde_json::Value)> {
+    events_by_aggregate(pool)
+        .await
+        .into_iter()
+        .filter_map(|(aggregate, mut events)| events.pop().map(|last| (aggregate, last)))
+        .collect()
 }

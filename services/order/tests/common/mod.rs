@@ -218,6 +218,7 @@ pub async fn audit(
             *bought.entry(product).or_default() += quantity;
         }
     }
+    events_agree(order_db, product_db).await;
     for (product, initial) in initial_stock {
         let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
             .bind(product)
@@ -233,6 +234,77 @@ pub async fn audit(
         );
     }
     tally
+}
+
+/// The outboxes agree with the tables (issue 29): each order's last event carries its status,
+/// lines and total; each product's last stock figure (from `created`, `updated` or
+/// `stock_changed`) is its stock; every aggregate's events are numbered without gaps.
+async fn events_agree(order_db: &Database, product_db: &Database) {
+    let last = msa_events::testing::last_events(&order_db.pool).await;
+    let orders = sqlx::query("SELECT id, status, total_cents FROM orders")
+        .fetch_all(&order_db.pool)
+        .await
+        .unwrap();
+    for order in &orders {
+        let id: String = order.get("id");
+        let status: String = order.get("status");
+        let (kind, data) = last
+            .get(&id)
+            .unwrap_or_else(|| panic!("order {id} has no event"));
+        let expected = if status == "pending" {
+            "placed"
+        } else {
+            status.as_str()
+        };
+        assert_eq!(kind, &format!("dev.msa.order.{expected}.v1"), "order {id}");
+        assert_eq!(
+            data["status"],
+            status.as_str(),
+            "order {id}: its last event's status"
+        );
+        assert_eq!(
+            data["total_cents"],
+            order.get::<i64, _>("total_cents"),
+            "order {id}: total"
+        );
+        let lines = quantities(
+            order_db,
+            "SELECT product_id, quantity FROM order_items WHERE order_id = $1",
+            &id,
+        )
+        .await;
+        let mut announced = BTreeMap::new();
+        for line in data["items"].as_array().expect("lines") {
+            *announced
+                .entry(line["product_id"].as_str().unwrap().to_owned())
+                .or_default() += line["quantity"].as_i64().unwrap();
+        }
+        assert_eq!(lines, announced, "order {id}: its last event's lines");
+    }
+    assert_eq!(
+        last.len(),
+        orders.len(),
+        "events of orders that were never stored"
+    );
+    let products = msa_events::testing::events_by_aggregate(&product_db.pool).await;
+    for row in sqlx::query("SELECT id, stock FROM products")
+        .fetch_all(&product_db.pool)
+        .await
+        .unwrap()
+    {
+        let id: String = row.get("id");
+        let announced = products.get(&id).and_then(|events| {
+            events
+                .iter()
+                .rev()
+                .find_map(|(_, data)| data["stock"].as_i64())
+        });
+        assert_eq!(
+            announced,
+            Some(row.get::<i64, _>("stock")),
+            "product {id}: its stock and the last stock its events announced"
+        );
+    }
 }
 
 /// Quantities per product of one order's or reservation's lines (merged).
