@@ -3,6 +3,7 @@
 //! exactly once, in order per aggregate, into the service's NATS JetStream stream ([`relay`],
 //! [`stream`]). The design and its guarantees: services/README.md, "Events".
 
+pub mod broker;
 pub mod envelope;
 pub mod metrics;
 pub mod outbox;

@@ -78,6 +78,7 @@ pub fn spawn(db: Database, settings: RelaySettings, metrics: RelayMetrics) -> Ru
 async fn connect(broker: &Broker, service: &str) -> Result<Context, async_nats::ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("msa-{service}"))
+        .custom_inbox_prefix(crate::broker::inbox_prefix(service))
         .retry_on_initial_connect()
         .connection_timeout(NATS_TIMEOUT)
         .request_timeout(Some(NATS_TIMEOUT))
