@@ -9,9 +9,9 @@ INSTALL_NAMESPACE ?= msa-system
 
 all: build
 
-local: ## Run the whole application on 127.0.0.1 (gateway :8080, SQLite under ./data); Ctrl-C stops it
+local: ## Run the whole application on 127.0.0.1 (gateway :8080, SQLite and the event broker's data under ./data); Ctrl-C stops it
 	$(CARGO) build -q -p msa-user -p msa-order -p msa-product -p msa-gateway -p msa-local --bins
-	target/debug/msa-local up $(LOCAL_ARGS)
+	MSA_NATS_SERVER="$$(hack/tools.sh nats-server)" target/debug/msa-local up $(LOCAL_ARGS)
 
 demo: ## Drive the shop's flow through the gateway `make local` started
 	$(CARGO) build -q -p msa-local --bins

@@ -101,6 +101,11 @@ fn exported() -> BTreeSet<String> {
         if component == "order" || component == "gateway" {
             touch_upstream(&UpstreamMetrics::register(&mut metrics.registry));
         }
+        if component != "gateway" {
+            let events = msa_events::metrics::RelayMetrics::register(&mut metrics.registry);
+            events.publish_seconds.observe(0.001);
+            events.failed("publish");
+        }
         if component == "gateway" {
             msa_gateway::rate_limit::ClientLimiter::new(
                 msa_gateway::rate_limit::RateLimitConfig {

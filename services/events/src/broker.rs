@@ -25,11 +25,39 @@ pub fn inbox_prefix(service: &str) -> String {
     format!("_INBOX_{service}")
 }
 
-/// What `service` of `app` may publish and subscribe to.
+/// The login that may read every stream of the app and publish nothing (`msa-local events`).
+pub const OBSERVER: &str = "observer";
+
+/// The app's streams (NATS wildcards match whole tokens only, so each is named).
+fn streams(app: &str) -> impl Iterator<Item = String> + '_ {
+    SERVICES
+        .iter()
+        .map(move |service| stream::name(app, service))
+}
+
+/// What the observer may do: read the app's streams through ephemeral consumers of its own.
+fn observer_permissions(app: &str) -> (Vec<String>, Vec<String>) {
+    let mut publish = vec!["$JS.API.INFO".to_owned()];
+    for stream in streams(app) {
+        publish.extend([
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+            format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+        ]);
+    }
+    (publish, vec![format!("{}.>", inbox_prefix(OBSERVER))])
+}
+
+/// What `service` of `app` (or the [`OBSERVER`]) may publish and subscribe to.
 pub fn permissions(app: &str, service: &str) -> (Vec<String>, Vec<String>) {
+    if service == OBSERVER {
+        return observer_permissions(app);
+    }
     let own_stream = stream::name(app, service);
-    let any_stream = format!("msa-{app}-*");
-    let publish = vec![
+    let mut publish = vec![
         // Its own events, and nothing else of the app's.
         format!("msa.{app}.{service}.>"),
         // Its own stream: create or update it at start, read its state.
@@ -37,14 +65,18 @@ pub fn permissions(app: &str, service: &str) -> (Vec<String>, Vec<String>) {
         format!("$JS.API.STREAM.UPDATE.{own_stream}"),
         format!("$JS.API.STREAM.INFO.{own_stream}"),
         "$JS.API.INFO".to_owned(),
-        // Its own durable consumers (named after it) on any of the app's streams.
-        format!("$JS.API.CONSUMER.CREATE.{any_stream}.{service}"),
-        format!("$JS.API.CONSUMER.CREATE.{any_stream}.{service}.>"),
-        format!("$JS.API.CONSUMER.DURABLE.CREATE.{any_stream}.{service}"),
-        format!("$JS.API.CONSUMER.INFO.{any_stream}.{service}"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{any_stream}.{service}"),
-        format!("$JS.ACK.{any_stream}.{service}.>"),
     ];
+    // Its own durable consumers (named after it) on any of the app's streams.
+    for stream in streams(app) {
+        publish.extend([
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{service}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{service}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{service}"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.{service}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{service}"),
+            format!("$JS.ACK.{stream}.{service}.>"),
+        ]);
+    }
     let subscribe = vec![format!("{}.>", inbox_prefix(service))];
     (publish, subscribe)
 }
@@ -86,10 +118,11 @@ pub fn password() -> String {
         .collect()
 }
 
-/// A credential for each service, with fresh passwords.
+/// A credential for each service and the observer, with fresh passwords.
 pub fn credentials(app: &str) -> Vec<Credential> {
     SERVICES
         .iter()
+        .chain(&[OBSERVER])
         .map(|service| Credential {
             service: (*service).to_owned(),
             user: format!("{app}-{service}"),
@@ -111,7 +144,23 @@ mod tests {
         assert!(!publish.iter().any(|p| p.contains("msa-shop-user")));
         assert_eq!(subscribe, ["_INBOX_product.>"]);
         let block = authorization("shop", &credentials("shop"));
-        assert_eq!(block.matches("user: ").count(), 3);
+        assert_eq!(block.matches("user: ").count(), 4);
+        let (publish, _) = permissions("shop", OBSERVER);
+        assert!(
+            !publish.iter().any(|p| p.starts_with("msa.")),
+            "the observer publishes nothing"
+        );
+        // NATS wildcards match whole tokens: no partial ones.
+        for (publish, _) in [permissions("shop", "user"), permissions("shop", OBSERVER)] {
+            for subject in publish {
+                assert!(
+                    subject
+                        .split('.')
+                        .all(|token| token == "*" || token == ">" || !token.contains(['*', '>'])),
+                    "{subject}"
+                );
+            }
+        }
         assert!(block.contains("user: \"shop-order\""));
     }
 

@@ -40,7 +40,7 @@ impl RelayMetrics {
             leader: Gauge::default(),
             pruned: Counter::default(),
         };
-        let events = registry.sub_registry_with_prefix("msa_events");
+        let events = registry.sub_registry_with_prefix("events");
         events.register(
             "outbox_backlog",
             "Events written to the outbox and not yet acknowledged by the stream (as last seen by this replica's relay)",

@@ -2,7 +2,9 @@
 //! services and the gateway as real processes on 127.0.0.1, SQLite files under a data folder —
 //! until Ctrl-C. `msa-local demo` drives the shop's flow through the running gateway.
 
+mod broker;
 mod demo;
+mod events;
 mod identity;
 mod logs;
 mod plan;
@@ -37,6 +39,9 @@ enum Command {
     /// Print the components' logs merged in time order (`-f` follows them; `--request-id`
     /// follows one request across every component).
     Logs(logs::LogsArgs),
+    /// Print the events the services published (`-f` follows them; `--type order.confirmed`,
+    /// `--subject <id>` narrow them down).
+    Events(events::EventsArgs),
     /// Print a bearer token for a user of an `up --auth` run (signed with its key).
     Token {
         /// The user's id (the token's subject).
@@ -61,6 +66,7 @@ async fn main() -> std::process::ExitCode {
         Command::Up(args) => run::up(args).await,
         Command::Demo { gateway, data_dir } => demo::run(&gateway, &data_dir).await,
         Command::Logs(args) => logs::run(args),
+        Command::Events(args) => events::run(args).await,
         Command::Token {
             user,
             admin,

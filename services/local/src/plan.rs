@@ -63,6 +63,33 @@ pub struct Process {
     pub args: Vec<String>,
     /// Flags that name every replica of a service (`--product-url`, `--upstream-user`, …).
     peers: Vec<(&'static str, Service)>,
+    pub launch: Launch,
+}
+
+/// How a process is run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// An msa component: `bin_dir/<binary> --listen … <args>`, ready when `/readyz` says so.
+    Component,
+    /// The event broker: this `nats-server` with `args` (its configuration names the address),
+    /// ready once it listens.
+    Broker(PathBuf),
+}
+
+impl Process {
+    /// The event broker, configured by `config` to listen on `listen`.
+    pub fn broker(binary: PathBuf, listen: SocketAddr, config: &Path) -> Process {
+        Process {
+            instance: "events".to_owned(),
+            service: None,
+            binary: "nats-server",
+            listen,
+            admin: None,
+            args: vec!["-c".to_owned(), config.display().to_string()],
+            peers: Vec::new(),
+            launch: Launch::Broker(binary),
+        }
+    }
 }
 
 /// The file listing the order service's addresses, which the product service follows
@@ -205,6 +232,7 @@ pub fn plan(
                 admin: admin(*listen),
                 args,
                 peers,
+                launch: Launch::Component,
             });
         }
     }
@@ -235,6 +263,7 @@ pub fn plan(
             ("--upstream-order", Service::Order),
             ("--upstream-product", Service::Product),
         ],
+        launch: Launch::Component,
     });
     Ok(Plan {
         processes,

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::identity;
-use crate::plan::{Plan, Process, Replicas, Security, Service, order_addresses, plan};
+use crate::plan::{Launch, Plan, Process, Replicas, Security, Service, order_addresses, plan};
 use crate::restart::Restarts;
+use crate::{broker, identity};
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -49,6 +49,11 @@ pub struct UpArgs {
     /// Format of the components' log files (`msa-local logs` reads both).
     #[arg(long, default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+    /// The `nats-server` that carries the services' events (`make local` builds one). Default:
+    /// one beside the components, else on the PATH; without one the services still write
+    /// their events to their outboxes, and nothing publishes them.
+    #[arg(long, env = "MSA_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
 }
 
 /// The rate limit `up --auth` sets when none is given.
@@ -88,8 +93,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .args
             .extend(["--log-format".to_owned(), args.log_format.clone()]);
     }
+    let nats_server = broker::find_binary(args.nats_server.as_deref(), &bin_dir);
+    let broker_listen = SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        match args.port {
+            0 => 0,
+            port => u16::try_from(plan.processes.len())
+                .ok()
+                .and_then(|n| port.checked_add(n))
+                .context("--port leaves no room for the event broker above the services")?,
+        },
+    ));
+    let broker_process = nats_server
+        .clone()
+        .map(|binary| Process::broker(binary, broker_listen, &broker::config_file(&data_dir)));
     // Before anything is created: a refused start leaves nothing behind.
-    preflight(&plan, &bin_dir)?;
+    preflight(&plan, broker_process.as_ref(), &bin_dir)?;
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
@@ -102,6 +121,48 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let mut running: Vec<Running> = Vec::new();
+    // The broker first (it is stopped last), then every service learns where it is.
+    match broker_process {
+        Some(process) => {
+            eprint!("starting {:<10} … ", process.instance);
+            let credentials = broker::credentials(&data_dir)?;
+            let config = broker::config_file(&data_dir);
+            identity::write_atomically(
+                &config,
+                broker::config(&data_dir, process.listen, &credentials).as_bytes(),
+                true,
+            )?;
+            let args = process.args.clone();
+            // Its log (nats-server's own format) beside its data, apart from the components' JSON logs
+            // that `msa-local logs` merges.
+            let started = start(&process, args, &bin_dir, &broker::folder(&data_dir))
+                .await
+                .inspect_err(|_| {
+                    eprintln!("failed");
+                })?;
+            let listen = started.process.listen;
+            eprintln!("ready on {listen}");
+            // A restarted broker must come back where the services look for it.
+            identity::write_atomically(
+                &config,
+                broker::config(&data_dir, listen, &credentials).as_bytes(),
+                true,
+            )?;
+            let url = format!("nats://{listen}");
+            identity::write_atomically(&broker::url_file(&data_dir), url.as_bytes(), false)?;
+            for process in &mut plan.processes {
+                if let Some(service) = process.service {
+                    process
+                        .args
+                        .extend(broker::service_args(&data_dir, &url, service.name()));
+                }
+            }
+            running.push(started);
+        }
+        None => eprintln!(
+            "no nats-server (`make local` builds one; or --nats-server PATH): events are written to the outboxes and not published"
+        ),
+    }
     for index in 0..plan.processes.len() {
         let process = &plan.processes[index];
         eprint!("starting {:<10} … ", process.instance);
@@ -148,9 +209,12 @@ fn publish_order_addresses(data_dir: &Path, addresses: &[SocketAddr]) -> anyhow:
 }
 
 /// Every binary present and every planned port free, before anything starts.
-fn preflight(plan: &Plan, bin_dir: &Path) -> anyhow::Result<()> {
-    for process in &plan.processes {
-        let binary = bin_dir.join(process.binary);
+fn preflight(plan: &Plan, broker: Option<&Process>, bin_dir: &Path) -> anyhow::Result<()> {
+    for process in plan.processes.iter().chain(broker) {
+        let binary = match &process.launch {
+            Launch::Component => bin_dir.join(process.binary),
+            Launch::Broker(binary) => binary.clone(),
+        };
         if !binary.is_file() {
             bail!(
                 "{} is missing; build the components first (`make local` does: cargo build --bins)",
@@ -192,7 +256,11 @@ async fn start(
         if let Some(admin) = running.process.admin {
             running.process.admin = Some(listening(&mut running, admin, deadline).await?);
         }
-        ready(&mut running, deadline).await
+        match running.process.launch {
+            Launch::Component => ready(&mut running, deadline).await,
+            // Clients wait for JetStream themselves; listening is enough here.
+            Launch::Broker(_) => Ok(()),
+        }
     }
     .await;
     if result.is_err() {
@@ -278,6 +346,22 @@ fn exited_before(running: &mut Running, what: &str) -> anyhow::Result<()> {
 /// Runs `process` with `args` and its output appended to `log`.
 fn spawn(process: &Process, args: &[String], bin_dir: &Path, log: &Path) -> anyhow::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
+    if let Launch::Broker(binary) = &process.launch {
+        // nats-server cannot watch its parent as the components do (MSA_EXIT_WITH_PARENT):
+        // the kernel kills it when msa-local dies (util-linux's setpriv sets the parent-death
+        // signal, then runs it).
+        return Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(binary)
+            .args(args)
+            .env("MSA_POD_NAME", &process.instance)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {} (through setpriv)", binary.display()));
+    }
     Command::new(bin_dir.join(process.binary))
         .args(["--listen", &process.listen.to_string()])
         .args(
@@ -304,6 +388,10 @@ fn spawn(process: &Process, args: &[String], bin_dir: &Path, log: &Path) -> anyh
 fn print_summary(plan: &Plan, running: &[Running], security: Security) {
     println!("\nmsa is running — gateway http://{}", plan.gateway());
     for r in running {
+        if r.process.launch != Launch::Component {
+            println!("  {:<10} nats://{}", r.process.instance, r.process.listen);
+            continue;
+        }
         match r.process.admin {
             Some(admin) => println!(
                 "  {:<10} http://{:<21}  admin http://{admin}",
@@ -325,6 +413,18 @@ fn print_summary(plan: &Plan, running: &[Running], security: Security) {
         "logs:       {} (merged: {local} logs --data-dir {data} -f)",
         plan.data_dir.join("logs").display()
     );
+    match running
+        .iter()
+        .find(|r| r.process.launch != Launch::Component)
+    {
+        Some(_) => println!(
+            "events:     JetStream and its log under {} ({local} events --data-dir {data} -f)",
+            crate::broker::folder(&plan.data_dir).display()
+        ),
+        None => {
+            println!("events:     written to each service's outbox, not published (no nats-server)")
+        }
+    }
     println!(
         "endpoints:  http://{}/debug/endpoints",
         plan.gateway_admin()

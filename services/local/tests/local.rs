@@ -166,13 +166,87 @@ async fn no_component_outlives_msa_local() {
         run.addresses.keys().collect::<Vec<_>>(),
         "every component found before msa-local is killed"
     );
-    assert_eq!(components.len(), 5, "{components:?}");
+    // The event broker is one of them: the kernel stops it too (its parent-death signal).
+    assert_eq!(components.len(), 6, "{components:?}");
     let mut local = run.take();
     local.kill().unwrap();
     local.wait().unwrap();
     wait_until("every component stopped", Duration::from_secs(30), || {
         components.values().all(|c| !c.is_running())
     });
+}
+
+/// The demo's changes are events in the run's JetStream, and `msa-local events` prints them:
+/// all of them in order, one type, or one order's history.
+#[tokio::test]
+async fn the_demos_changes_are_published_and_msa_local_events_prints_them() {
+    let data = DataDir::new("events");
+    let run = common::up(&data.0, &[], &[]);
+    assert!(run.said().contains("starting events"), "{}", run.said());
+    common::demo(&run.gateway(), None, &["demo finished"]);
+    let events = |extra: &[&str]| -> Vec<String> {
+        // The relay publishes within its poll; a moment's wait at most.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = Command::new(LOCAL)
+                .args(["events", "--data-dir"])
+                .arg(&data.0)
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if lines
+                .iter()
+                .filter(|l| l.contains("order.cancelled"))
+                .count()
+                == 1
+                || Instant::now() > deadline
+            {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let all = events(&[]);
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|line| line.split_whitespace().nth(1).unwrap())
+        .collect();
+    for kind in [
+        "dev.msa.user.registered.v1",
+        "dev.msa.product.created.v1",
+        "dev.msa.order.placed.v1",
+        "dev.msa.order.confirmed.v1",
+        "dev.msa.order.failed.v1",
+        "dev.msa.order.cancelled.v1",
+        "dev.msa.product.stock_changed.v1",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {all:#?}");
+    }
+    let cancelled = events(&["--type", "order.cancelled"]);
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    let order = cancelled[0].split_whitespace().nth(2).unwrap().to_owned();
+    let history: Vec<String> = events(&["--subject", &order])
+        .iter()
+        .map(|line| line.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "dev.msa.order.placed.v1",
+            "dev.msa.order.confirmed.v1",
+            "dev.msa.order.cancelled.v1"
+        ]
+    );
+    interrupt(run);
 }
 
 /// A start refused before anything runs (a port in use) leaves no data folder behind.

@@ -159,6 +159,8 @@ pub fn up(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
         .args(extra)
         .arg("--data-dir")
         .arg(data)
+        // The event broker (built once, cached; `make unit` sets it already).
+        .env("MSA_NATS_SERVER", msa_events::testing::binary())
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&errors).unwrap())
@@ -195,8 +197,11 @@ pub fn up(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
             // `  user-0     http://127.0.0.1:43567  admin http://127.0.0.2:41234`
             Ok(line) if listed => {
                 let words: Vec<&str> = line.split_whitespace().collect();
+                // The event broker's line: `  events     nats://127.0.0.1:43568`.
                 let parse = |url: &str| -> Option<SocketAddr> {
-                    let address = url.strip_prefix("http://")?;
+                    let address = url
+                        .strip_prefix("http://")
+                        .or_else(|| url.strip_prefix("nats://"))?;
                     Some(address.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")))
                 };
                 if let [name, url, rest @ ..] = words.as_slice()
