@@ -5,7 +5,7 @@ CARGO ?= cargo
 HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-operator-scale bench-node bench-gateway local demo help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-operator-scale bench-node bench-gateway bench-events local demo help
 
 all: build
 
@@ -104,6 +104,10 @@ bench-operator-scale: ## The operator at N apps created at 10/s on kwok, a fresh
 bench-node: images ## Real-node figures: image sizes, build times, apply→Ready on real pods vs kwok, the demo's time
 	$(CARGO) build -q --workspace --bins   # msa-local and node-bench (debug: it times the cluster, not itself)
 	tests/cluster/run.sh target/debug/node-bench
+
+bench-events: ## Events relay on a real nats-server: commit→stream latency, events/s beside `nats bench`, drain after a 60 s outage
+	MSA_NATS_SERVER="$$(hack/tools.sh nats-server)" MSA_NATS_CLI="$$(hack/tools.sh nats)" \
+	  $(CARGO) test --release -p msa-events --test bench -- --ignored --nocapture
 
 bench-gateway: ## Gateway vs nginx vs HAProxy on loopback (installs nginx, haproxy and wrk); prints tables
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v strace >/dev/null && command -v valgrind >/dev/null \

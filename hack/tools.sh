@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a tool the build and tests use from the Go module proxy, cached by version under
 # ~/.cache/msa/tools/<tool>-<version>/, and prints the binary's path.
-#   hack/tools.sh helm|kwok|nats-server|provisioner|jaeger|kube-router
+#   hack/tools.sh helm|kwok|nats-server|nats|provisioner|jaeger|kube-router
 # provisioner (the test cluster's storage), jaeger (the trace tests' OTLP receiver) and
 # kube-router (the real node's NetworkPolicy controller) are Go modules in this repository
 # (hack/<tool>), cached by the hash of their go.mod, go.sum and sources.
@@ -31,11 +31,12 @@ build_local_module() {
   echo "$dir/$tool"
 }
 
-tool="${1:?usage: $0 helm|kwok|nats-server|provisioner|jaeger|kube-router}"
+tool="${1:?usage: $0 helm|kwok|nats-server|nats|provisioner|jaeger|kube-router}"
 case "$tool" in
   helm) version="$HELM_VERSION" module="helm.sh/helm/v3/cmd/helm" ;;
   kwok) version="$KWOK_VERSION" module="sigs.k8s.io/kwok/cmd/kwok" ;;
   nats-server) version="$NATS_SERVER_VERSION" module="github.com/nats-io/nats-server/v2" ;;
+  nats) version="$NATSCLI_VERSION" module="github.com/nats-io/natscli/nats" ;;
   provisioner) build_local_module provisioner . "the test cluster's storage provisioner"; exit 0 ;;
   jaeger)
     build_local_module jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
@@ -45,7 +46,7 @@ case "$tool" in
     build_local_module kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
       "kube-router, the real node's NetworkPolicy controller, from its Go module"
     exit 0 ;;
-  *) echo "unknown tool $tool (known: helm, kwok, nats-server, provisioner, jaeger, kube-router)" >&2; exit 2 ;;
+  *) echo "unknown tool $tool (known: helm, kwok, nats-server, nats, provisioner, jaeger, kube-router)" >&2; exit 2 ;;
 esac
 dir="$cache/$tool-$version"
 if [[ ! -x "$dir/$tool" ]]; then

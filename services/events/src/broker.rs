@@ -141,7 +141,17 @@ mod tests {
         assert!(publish.contains(&"msa.shop.product.>".to_owned()));
         assert!(!publish.iter().any(|p| p.starts_with("msa.shop.user")));
         assert!(publish.contains(&"$JS.API.STREAM.UPDATE.msa-shop-product".to_owned()));
-        assert!(!publish.iter().any(|p| p.contains("msa-shop-user")));
+        // Another service's stream: only its own consumers on it, never the stream itself.
+        assert!(
+            publish
+                .iter()
+                .filter(|p| p.contains("msa-shop-user"))
+                .all(
+                    |p| p.starts_with("$JS.API.CONSUMER.") && p.contains("msa-shop-user.product")
+                        || p.starts_with("$JS.ACK.msa-shop-user.product.")
+                ),
+            "{publish:?}"
+        );
         assert_eq!(subscribe, ["_INBOX_product.>"]);
         let block = authorization("shop", &credentials("shop"));
         assert_eq!(block.matches("user: ").count(), 4);

@@ -105,10 +105,18 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<OutboxRow, sqlx::Error> {
     })
 }
 
-/// The oldest `limit` events not yet published, in the order they are to be published.
-pub async fn unpublished(pool: &AnyPool, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+/// The next event to publish of each aggregate that has one waiting (its unpublished event with
+/// the lowest sequence), oldest first, at most `limit`: one per aggregate, so that when one is
+/// not acknowledged no later event of its aggregate can already be in the stream ahead of it,
+/// and an aggregate with many waiting events delays no other.
+pub async fn next_of_each_aggregate(
+    pool: &AnyPool,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {ROW_COLUMNS} FROM outbox WHERE published_ms IS NULL \
+        "SELECT {ROW_COLUMNS} FROM outbox o WHERE published_ms IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM outbox e WHERE e.aggregate = o.aggregate AND e.published_ms IS NULL \
+          AND e.sequence < o.sequence) \
          ORDER BY created_ms, aggregate, sequence LIMIT $1"
     ))
     .bind(limit)
@@ -190,46 +198,4 @@ pub async fn backlog(pool: &AnyPool) -> Result<Backlog, sqlx::Error> {
         events: row.try_get("n")?,
         oldest_created_ms: row.try_get("oldest")?,
     })
-}
-
-/// The events to publish next, from `rows` (in publishing order): at most one per aggregate,
-/// so that when one of them is not acknowledged no later event of its aggregate can already be
-/// in the stream ahead of it. The rest wait for the next round.
-pub fn window(rows: &[OutboxRow]) -> Vec<&OutboxRow> {
-    let mut seen = std::collections::HashSet::new();
-    rows.iter()
-        .filter(|row| seen.insert(row.aggregate.as_str()))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(aggregate: &str, sequence: i64) -> OutboxRow {
-        OutboxRow {
-            id: format!("{aggregate}-{sequence}"),
-            aggregate: aggregate.into(),
-            sequence,
-            event_type: "dev.msa.user.updated.v1".into(),
-            time: String::new(),
-            created_ms: 0,
-            traceparent: None,
-            data: "{}".into(),
-        }
-    }
-
-    #[test]
-    fn a_window_holds_each_aggregates_first_waiting_event_only() {
-        let rows = [
-            row("a", 1),
-            row("b", 4),
-            row("a", 2),
-            row("c", 1),
-            row("b", 5),
-        ];
-        let ids: Vec<&str> = window(&rows).iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["a-1", "b-4", "c-1"]);
-        assert!(window(&[]).is_empty());
-    }
 }

@@ -6,10 +6,17 @@
 //! - Exactly once in the stream: every event is published with `Nats-Msg-Id` = its id, so what a
 //!   killed or timed-out relay published without marking is dropped as a duplicate when published
 //!   again, within the stream's duplicate window (longer than a lease).
-//! - In order per aggregate: events go out oldest first, at most one of each aggregate at a time
-//!   ([`crate::outbox::window`]); an event is published only after the previous one of its
-//!   aggregate was acknowledged (stored or dropped as already stored), so the first copy of each
-//!   event in the stream comes after the first copy of the one before it.
+//! - In order per aggregate: each round publishes the next waiting event of each aggregate
+//!   ([`crate::outbox::next_of_each_aggregate`]), so an event is published only after the previous
+//!   one of its aggregate was acknowledged (stored or dropped as already stored): the first copy
+//!   of each event in the stream comes after the first copy of the one before it. A busy
+//!   aggregate gets one event per round and holds up no other.
+//! - Late copies: a round ends within a bound (5 s, or a third of the lease if shorter), and a
+//!   round that failed drops its connection, so nothing it handed to the client is sent later;
+//!   a copy can reach the stream after the duplicate window only if the relay cannot mark what
+//!   was acknowledged for longer than that window (the database down for 15 minutes). Consumers
+//!   apply each aggregate's events by `sequence` and skip what they already applied, which
+//!   makes even that harmless.
 //! - NATS down: requests keep writing the outbox; the relay retries with a bounded backoff and
 //!   publishes the backlog, in order, once NATS answers again.
 
@@ -17,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Context};
+use futures::StreamExt;
 use msa_service_kit::db::{Database, lease};
 use tracing::{Instrument, debug, info, warn};
 
@@ -51,20 +59,17 @@ impl Running {
 
 /// Starts the relay, the pruner and the backlog gauge for this service's outbox.
 pub fn spawn(db: Database, settings: RelaySettings, metrics: RelayMetrics) -> Running {
-    let mut tasks = vec![
-        tokio::spawn(prune_loop(db.clone(), settings.clone(), metrics.clone())),
-        tokio::spawn(backlog_loop(db.clone(), metrics.clone())),
-    ];
+    let mut tasks = vec![tokio::spawn(prune_loop(
+        db.clone(),
+        settings.clone(),
+        metrics.clone(),
+    ))];
     match settings.broker.clone() {
-        Some(broker) => tasks.push(tokio::spawn(async move {
-            match connect(&broker, settings.service).await {
-                Ok(jetstream) => Relay::new(db, settings, metrics, jetstream).run().await,
-                Err(error) => {
-                    metrics.failed("connect");
-                    tracing::error!(%error, "events are not published");
-                }
-            }
-        })),
+        // The backlog gauges only mean something when there is somewhere to publish to.
+        Some(broker) => tasks.extend([
+            tokio::spawn(backlog_loop(db.clone(), metrics.clone())),
+            tokio::spawn(Relay::new(db, settings, metrics, broker).run()),
+        ]),
         None => info!(
             service = settings.service,
             "no --nats-url: events are written to the outbox but not published"
@@ -106,7 +111,12 @@ pub struct Relay {
     db: Database,
     settings: RelaySettings,
     metrics: RelayMetrics,
-    jetstream: Context,
+    broker: Broker,
+    /// The connection, made again after a round that failed: whatever the old one still held
+    /// queued (async-nats queues publishes while disconnected and sends them on reconnect,
+    /// however late) is dropped with it instead of reaching the stream after its duplicate
+    /// window.
+    jetstream: Option<Context>,
     holder: String,
     source: String,
     /// When the lease was last taken or renewed (by this replica's clock), if held.
@@ -125,6 +135,8 @@ enum RoundError {
     Stream { stream: String, error: String },
     #[error("publish: {0}")]
     Publish(String),
+    #[error("not connected to NATS")]
+    NotConnected,
 }
 
 impl RoundError {
@@ -133,6 +145,7 @@ impl RoundError {
             RoundError::Database(_) | RoundError::Lease(_) => "database",
             RoundError::Stream { .. } => "stream",
             RoundError::Publish(_) => "publish",
+            RoundError::NotConnected => "connect",
         }
     }
 }
@@ -152,14 +165,15 @@ impl Relay {
         db: Database,
         settings: RelaySettings,
         metrics: RelayMetrics,
-        jetstream: Context,
+        broker: Broker,
     ) -> Relay {
         let source = format!("/{}/{}", settings.app, settings.service);
         Relay {
             db,
             settings,
             metrics,
-            jetstream,
+            broker,
+            jetstream: None,
             holder: uuid::Uuid::new_v4().to_string(),
             source,
             held_since: None,
@@ -223,10 +237,30 @@ impl Relay {
         Ok(held)
     }
 
+    /// The connection, if it is up now (a new one is made when there is none).
+    async fn connected(&mut self) -> Result<Context, RoundError> {
+        if self.jetstream.is_none() {
+            let context = connect(&self.broker, self.settings.service)
+                .await
+                .map_err(|error| RoundError::Publish(format!("cannot connect: {error}")))?;
+            self.jetstream = Some(context);
+        }
+        match &self.jetstream {
+            Some(context)
+                if context.client().connection_state()
+                    == async_nats::connection::State::Connected =>
+            {
+                Ok(context.clone())
+            }
+            _ => Err(RoundError::NotConnected),
+        }
+    }
+
     async fn round(&mut self) -> Result<Round, RoundError> {
         if !self.lead().await? {
             return Ok(Round::NotLeader);
         }
+        let jetstream = self.connected().await?;
         if !self.stream_ready {
             let config = stream::config(
                 &self.settings.app,
@@ -234,7 +268,7 @@ impl Relay {
                 &self.settings.stream,
             );
             let name = config.name.clone();
-            self.jetstream
+            jetstream
                 .create_or_update_stream(config)
                 .await
                 .map_err(|error| RoundError::Stream {
@@ -244,27 +278,44 @@ impl Relay {
             info!(stream = %name, "stream ready");
             self.stream_ready = true;
         }
-        let rows = outbox::unpublished(&self.db.pool, i64::from(self.settings.batch)).await?;
-        if rows.is_empty() {
+        let window =
+            outbox::next_of_each_aggregate(&self.db.pool, i64::from(self.settings.batch)).await?;
+        if window.is_empty() {
             return Ok(Round::Idle);
         }
-        let window = outbox::window(&rows);
         // A lease that lapsed while reading is not used to publish: another replica may lead.
         if !self.lead().await? {
             return Ok(Round::NotLeader);
         }
-        let (acked, failure) = self.publish(&window).await;
+        let (acked, failure) = self.publish(&jetstream, &window).await;
+        if failure.is_some() {
+            // Start over: a new connection (nothing queued on the old one goes out late) and
+            // the stream made again if it was lost.
+            self.jetstream = None;
+            self.stream_ready = false;
+        }
         outbox::mark_published(&self.db.pool, &acked, outbox::now_ms()).await?;
         match failure {
             Some(error) => Err(error),
+            None if acked.is_empty() => Err(RoundError::Publish(format!(
+                "none of {} waiting events could be read from the outbox",
+                window.len()
+            ))),
             None => Ok(Round::Published),
         }
     }
 
-    /// Publishes the window's events (pipelined: all are sent before the first acknowledgement
-    /// is awaited) and returns the ids the stream acknowledged, and the first failure.
-    async fn publish<'a>(&self, window: &[&'a OutboxRow]) -> (Vec<&'a str>, Option<RoundError>) {
-        let mut pending = Vec::with_capacity(window.len());
+    /// Publishes the window's events (pipelined: all are sent before the acknowledgements are
+    /// awaited, together) and returns the ids the stream acknowledged, and the first failure.
+    /// The round ends within [`NATS_TIMEOUT`] and a third of the lease, whichever is shorter:
+    /// what was not acknowledged by then is published again by the next round.
+    async fn publish<'a>(
+        &self,
+        jetstream: &Context,
+        window: &'a [OutboxRow],
+    ) -> (Vec<&'a str>, Option<RoundError>) {
+        let deadline = tokio::time::Instant::now() + NATS_TIMEOUT.min(self.settings.lease / 3);
+        let mut pending = futures::stream::FuturesUnordered::new();
         let mut failure = None;
         for row in window {
             let subject = subject(&self.settings.app, &row.event_type);
@@ -283,24 +334,35 @@ impl Relay {
                 headers.insert("traceparent", traceparent.as_str());
             }
             let sent = Instant::now();
-            match self
-                .jetstream
-                .publish_with_headers(subject, headers, payload.into())
-                .instrument(span.clone())
-                .await
-            {
-                Ok(ack) => pending.push((row.id.as_str(), ack, sent, span)),
-                Err(error) => {
+            let handed = tokio::time::timeout_at(
+                deadline,
+                jetstream
+                    .publish_with_headers(subject, headers, payload.into())
+                    .instrument(span.clone()),
+            )
+            .await;
+            match handed {
+                Ok(Ok(ack)) => pending.push(async move {
+                    let acked = ack.into_future().instrument(span.clone()).await;
+                    (row.id.as_str(), acked, sent, span)
+                }),
+                Ok(Err(error)) => {
                     msa_telemetry::fail_span(&span, "publish");
                     failure = Some(RoundError::Publish(error.to_string()));
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(RoundError::Publish(
+                        "timed out handing events to NATS".into(),
+                    ));
                     break;
                 }
             }
         }
         let mut acked = Vec::with_capacity(pending.len());
-        for (id, ack, sent, span) in pending {
-            match ack.into_future().instrument(span.clone()).await {
-                Ok(ack) => {
+        loop {
+            match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(Some((id, Ok(ack), sent, _))) => {
                     self.metrics
                         .publish_seconds
                         .observe(sent.elapsed().as_secs_f64());
@@ -310,9 +372,17 @@ impl Relay {
                     }
                     acked.push(id);
                 }
-                Err(error) => {
+                Ok(Some((_, Err(error), _, span))) => {
                     msa_telemetry::fail_span(&span, "publish");
                     failure.get_or_insert(RoundError::Publish(error.to_string()));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    failure.get_or_insert(RoundError::Publish(format!(
+                        "{} acknowledgements did not come within the round",
+                        pending.len()
+                    )));
+                    break;
                 }
             }
         }

@@ -117,6 +117,23 @@ impl EventsArgs {
                 self.app
             );
         }
+        // The stream refuses a duplicate window longer than what it keeps; and a relay's round
+        // (at most a third of its lease) must fit well inside the window for a republished
+        // event to be recognised.
+        if self.events_duplicate_window_seconds > self.events_max_age_hours * 3600 {
+            anyhow::bail!(
+                "--events-duplicate-window-seconds {} is longer than --events-max-age-hours {} keeps events",
+                self.events_duplicate_window_seconds,
+                self.events_max_age_hours
+            );
+        }
+        if self.relay_lease_ms.saturating_mul(4) > self.events_duplicate_window_seconds * 1000 {
+            anyhow::bail!(
+                "--relay-lease-ms {} must be at most a quarter of --events-duplicate-window-seconds {}",
+                self.relay_lease_ms,
+                self.events_duplicate_window_seconds
+            );
+        }
         if self.events_replicas == 2 {
             anyhow::bail!(
                 "--events-replicas must be 1 or 3 (a stream of 2 loses its quorum with either copy)"
@@ -170,6 +187,41 @@ impl EventsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        events: EventsArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<RelaySettings> {
+        let mut all = vec!["test"];
+        all.extend(args);
+        Flags::try_parse_from(all)?.events.settings("user")
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused() {
+        assert!(settings(&[]).is_ok());
+        let window = settings(&[
+            "--events-max-age-hours",
+            "1",
+            "--events-duplicate-window-seconds",
+            "7200",
+        ]);
+        assert!(window.unwrap_err().to_string().contains("longer than"));
+        let lease = settings(&[
+            "--relay-lease-ms",
+            "600000",
+            "--events-duplicate-window-seconds",
+            "600",
+        ]);
+        assert!(lease.unwrap_err().to_string().contains("a quarter"));
+        assert!(settings(&["--events-replicas", "2"]).is_err());
+        assert!(settings(&["--nats-url", "nats://127.0.0.1:4222", "--nats-user", "u"]).is_err());
+        assert!(settings(&["--app", "Shop"]).is_err());
+    }
 
     #[test]
     fn app_names_and_urls_are_checked() {

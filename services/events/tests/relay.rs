@@ -180,3 +180,26 @@ on_both_backends!(
     a_batch_whose_marks_were_lost_is_dropped_as_duplicates,
     one_relay_at_a_time_and_a_killed_one_is_replaced,
 );
+
+/// A busy aggregate delays no other: each round takes the next event of every aggregate.
+#[tokio::test]
+async fn each_round_takes_the_next_event_of_every_aggregate() {
+    let db = database(TestBackend::Sqlite).await;
+    write(&db, 1, 300).await; // 300 events of user-0
+    let mut tx = db.begin_write().await.unwrap();
+    let other = UserData {
+        id: "other".into(),
+        name: "o".into(),
+        email: "o@example.com".into(),
+    };
+    msa_events::append(&mut tx, &Event::user(EventType::UserUpdated, &other))
+        .await
+        .unwrap();
+    msa_events::commit(tx).await.unwrap();
+    let next = outbox::next_of_each_aggregate(&db.pool, 256).await.unwrap();
+    let heads: Vec<(&str, i64)> = next
+        .iter()
+        .map(|row| (row.aggregate.as_str(), row.sequence))
+        .collect();
+    assert_eq!(heads, [("user-0", 1), ("other", 1)]);
+}

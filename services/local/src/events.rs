@@ -53,6 +53,16 @@ pub fn resolve_type(name: &str) -> Result<EventType, String> {
         })
 }
 
+/// Printing order: by time (as a time: the text varies in its fraction's length), then each
+/// aggregate's events by their sequence.
+fn order(event: &CloudEvent) -> (Option<jiff::Timestamp>, &str, i64) {
+    (
+        event.time.parse().ok(),
+        event.subject.as_str(),
+        event.sequence,
+    )
+}
+
 /// One line per event: time, type, aggregate, its number in the aggregate, and the data.
 pub fn line(event: &CloudEvent) -> String {
     format!(
@@ -147,7 +157,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             events.push(event);
         }
     }
-    events.sort_by(|a, b| a.time.cmp(&b.time));
+    events.sort_by(|a, b| order(a).cmp(&order(b)));
     for event in &events {
         println!("{}", line(event));
     }
