@@ -16,6 +16,8 @@ CREATE TABLE outbox (
     UNIQUE (aggregate, sequence)
 );
 CREATE INDEX outbox_unpublished ON outbox (published_ms, created_ms, aggregate, sequence);
+-- Each aggregate's waiting events in order: the relay takes the first of each.
+CREATE INDEX outbox_waiting ON outbox (published_ms, aggregate, sequence);
 
 -- Each aggregate's last event number and time: outbox rows are pruned once published, these are
 -- not, so an aggregate's events stay numbered 1, 2, 3… without gaps for as long as it exists.

@@ -28,6 +28,13 @@ pub fn inbox_prefix(service: &str) -> String {
 /// The login that may read every stream of the app and publish nothing (`msa-local events`).
 pub const OBSERVER: &str = "observer";
 
+/// The login that makes the streams (and, with the event consumers, their consumers): held by
+/// `msa-local` and the operator, never by a service. A service that could create or update a
+/// stream or a consumer could make the server write its messages into another service's
+/// subjects (a stream's `republish`, a push consumer's delivery subject: the server delivers
+/// those itself, past the login's permissions), so services get neither.
+pub const ADMIN: &str = "admin";
+
 /// The app's streams (NATS wildcards match whole tokens only, so each is named).
 fn streams(app: &str) -> impl Iterator<Item = String> + '_ {
     SERVICES
@@ -35,50 +42,29 @@ fn streams(app: &str) -> impl Iterator<Item = String> + '_ {
         .map(move |service| stream::name(app, service))
 }
 
-/// What the observer may do: read the app's streams through ephemeral consumers of its own.
-fn observer_permissions(app: &str) -> (Vec<String>, Vec<String>) {
+/// What `login` (a service, the [`OBSERVER`] or the [`ADMIN`]) of `app` may publish and
+/// subscribe to.
+pub fn permissions(app: &str, login: &str) -> (Vec<String>, Vec<String>) {
     let mut publish = vec!["$JS.API.INFO".to_owned()];
-    for stream in streams(app) {
-        publish.extend([
-            format!("$JS.API.STREAM.INFO.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.INFO.{stream}.*"),
-            format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
-        ]);
+    match login {
+        ADMIN => publish.push("$JS.API.>".to_owned()),
+        OBSERVER => {
+            // Reading messages by sequence; no consumer of its own (see [`ADMIN`]).
+            for stream in streams(app) {
+                publish.extend([
+                    format!("$JS.API.STREAM.INFO.{stream}"),
+                    format!("$JS.API.STREAM.MSG.GET.{stream}"),
+                ]);
+            }
+        }
+        service => publish.extend([
+            // Its own events, and nothing else of the app's.
+            format!("msa.{app}.{service}.>"),
+            // Its own stream's state (to check it is there and as configured).
+            format!("$JS.API.STREAM.INFO.{}", stream::name(app, service)),
+        ]),
     }
-    (publish, vec![format!("{}.>", inbox_prefix(OBSERVER))])
-}
-
-/// What `service` of `app` (or the [`OBSERVER`]) may publish and subscribe to.
-pub fn permissions(app: &str, service: &str) -> (Vec<String>, Vec<String>) {
-    if service == OBSERVER {
-        return observer_permissions(app);
-    }
-    let own_stream = stream::name(app, service);
-    let mut publish = vec![
-        // Its own events, and nothing else of the app's.
-        format!("msa.{app}.{service}.>"),
-        // Its own stream: create or update it at start, read its state.
-        format!("$JS.API.STREAM.CREATE.{own_stream}"),
-        format!("$JS.API.STREAM.UPDATE.{own_stream}"),
-        format!("$JS.API.STREAM.INFO.{own_stream}"),
-        "$JS.API.INFO".to_owned(),
-    ];
-    // Its own durable consumers (named after it) on any of the app's streams.
-    for stream in streams(app) {
-        publish.extend([
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{service}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{service}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{service}"),
-            format!("$JS.API.CONSUMER.INFO.{stream}.{service}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{service}"),
-            format!("$JS.ACK.{stream}.{service}.>"),
-        ]);
-    }
-    let subscribe = vec![format!("{}.>", inbox_prefix(service))];
-    (publish, subscribe)
+    (publish, vec![format!("{}.>", inbox_prefix(login))])
 }
 
 fn quoted(items: &[String]) -> String {
@@ -118,11 +104,11 @@ pub fn password() -> String {
         .collect()
 }
 
-/// A credential for each service and the observer, with fresh passwords.
+/// A credential for each service, the observer and the admin, with fresh passwords.
 pub fn credentials(app: &str) -> Vec<Credential> {
     SERVICES
         .iter()
-        .chain(&[OBSERVER])
+        .chain(&[OBSERVER, ADMIN])
         .map(|service| Credential {
             service: (*service).to_owned(),
             user: format!("{app}-{service}"),
@@ -138,31 +124,36 @@ mod tests {
     #[test]
     fn a_service_may_publish_its_own_events_only() {
         let (publish, subscribe) = permissions("shop", "product");
-        assert!(publish.contains(&"msa.shop.product.>".to_owned()));
-        assert!(!publish.iter().any(|p| p.starts_with("msa.shop.user")));
-        assert!(publish.contains(&"$JS.API.STREAM.UPDATE.msa-shop-product".to_owned()));
-        // Another service's stream: only its own consumers on it, never the stream itself.
-        assert!(
-            publish
-                .iter()
-                .filter(|p| p.contains("msa-shop-user"))
-                .all(
-                    |p| p.starts_with("$JS.API.CONSUMER.") && p.contains("msa-shop-user.product")
-                        || p.starts_with("$JS.ACK.msa-shop-user.product.")
-                ),
-            "{publish:?}"
+        assert_eq!(
+            publish,
+            [
+                "$JS.API.INFO",
+                "msa.shop.product.>",
+                "$JS.API.STREAM.INFO.msa-shop-product"
+            ]
         );
         assert_eq!(subscribe, ["_INBOX_product.>"]);
-        let block = authorization("shop", &credentials("shop"));
-        assert_eq!(block.matches("user: ").count(), 4);
-        let (publish, _) = permissions("shop", OBSERVER);
+        let (observer, _) = permissions("shop", OBSERVER);
         assert!(
-            !publish.iter().any(|p| p.starts_with("msa.")),
+            !observer.iter().any(|p| p.starts_with("msa.")),
             "the observer publishes nothing"
         );
+        assert!(
+            !observer
+                .iter()
+                .any(|p| p.contains("CONSUMER") || p.contains("CREATE"))
+        );
+        let (admin, _) = permissions("shop", ADMIN);
+        assert!(
+            !admin.iter().any(|p| p.starts_with("msa.")),
+            "the admin publishes no event"
+        );
+        let block = authorization("shop", &credentials("shop"));
+        assert_eq!(block.matches("user: ").count(), 5);
+        assert!(block.contains("user: \"shop-order\""));
         // NATS wildcards match whole tokens: no partial ones.
-        for (publish, _) in [permissions("shop", "user"), permissions("shop", OBSERVER)] {
-            for subject in publish {
+        for login in ["user", OBSERVER, ADMIN] {
+            for subject in permissions("shop", login).0 {
                 assert!(
                     subject
                         .split('.')
@@ -171,7 +162,6 @@ mod tests {
                 );
             }
         }
-        assert!(block.contains("user: \"shop-order\""));
     }
 
     #[test]

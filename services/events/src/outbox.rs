@@ -77,6 +77,20 @@ pub async fn append(conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Forgets an aggregate's event numbering after its last event (a deleted user), so that
+/// creating and deleting does not leave a row behind each time. Its events stay in the outbox
+/// until published and pruned.
+pub async fn forget_aggregate(
+    conn: &mut AnyConnection,
+    aggregate: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM event_sequences WHERE aggregate = $1")
+        .bind(aggregate)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Commits a transaction that appended events, then wakes the relay.
 pub async fn commit(tx: Transaction<'static, Any>) -> Result<(), sqlx::Error> {
     tx.commit().await?;

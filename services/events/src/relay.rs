@@ -256,26 +256,37 @@ impl Relay {
         }
     }
 
+    /// Makes the stream or brings it to the flags, where this login may (see [`stream::ensure`]).
+    async fn ensure_stream(&self, jetstream: &Context) -> Result<(), RoundError> {
+        let wanted = stream::config(
+            &self.settings.app,
+            self.settings.service,
+            &self.settings.stream,
+        );
+        let name = wanted.name.clone();
+        match stream::ensure(jetstream, wanted).await {
+            Ok(stream::Ensured::Kept { refused }) => warn!(
+                stream = %name, error = %refused,
+                "the stream differs from this service's flags and this login may not change it; publishing into it as it is"
+            ),
+            Ok(outcome) => info!(stream = %name, ?outcome, "stream ready"),
+            Err(error) => {
+                return Err(RoundError::Stream {
+                    stream: name,
+                    error,
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn round(&mut self) -> Result<Round, RoundError> {
         if !self.lead().await? {
             return Ok(Round::NotLeader);
         }
         let jetstream = self.connected().await?;
         if !self.stream_ready {
-            let config = stream::config(
-                &self.settings.app,
-                self.settings.service,
-                &self.settings.stream,
-            );
-            let name = config.name.clone();
-            jetstream
-                .create_or_update_stream(config)
-                .await
-                .map_err(|error| RoundError::Stream {
-                    stream: name.clone(),
-                    error: error.to_string(),
-                })?;
-            info!(stream = %name, "stream ready");
+            self.ensure_stream(&jetstream).await?;
             self.stream_ready = true;
         }
         let window =

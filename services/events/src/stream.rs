@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::Context;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +18,84 @@ pub struct StreamSettings {
     pub max_age: Duration,
     pub replicas: usize,
     pub duplicate_window: Duration,
+}
+
+impl Default for StreamSettings {
+    /// The flags' defaults (`--events-max-bytes` and the rest).
+    fn default() -> Self {
+        StreamSettings {
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Whether `current` (the stream as the server has it) already has everything `wanted` sets.
+pub fn matches(current: &Config, wanted: &Config) -> bool {
+    current.subjects == wanted.subjects
+        && current.storage == wanted.storage
+        && current.max_bytes == wanted.max_bytes
+        && current.max_age == wanted.max_age
+        && current.max_message_size == wanted.max_message_size
+        && current.num_replicas == wanted.num_replicas
+        && current.duplicate_window == wanted.duplicate_window
+        && current.deny_delete == wanted.deny_delete
+        && current.deny_purge == wanted.deny_purge
+        && current.allow_rollup == wanted.allow_rollup
+        && current.republish == wanted.republish
+}
+
+/// What [`ensure`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ensured {
+    Made,
+    Updated,
+    /// It was as wanted already.
+    AsWanted,
+    /// It differs and this login may not change it: used as it is.
+    Kept {
+        refused: String,
+    },
+}
+
+/// Makes the stream `wanted` describes, or brings an existing one to it, idempotently. A login
+/// that may only read the stream's state (a service's, see [`crate::broker::ADMIN`]) gets
+/// [`Ensured::Kept`] for a stream that differs, and an error for one that does not exist.
+pub async fn ensure(jetstream: &Context, wanted: Config) -> Result<Ensured, String> {
+    match jetstream.get_stream(&wanted.name).await {
+        Ok(mut existing) => {
+            let current = existing
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .config
+                .clone();
+            if matches(&current, &wanted) {
+                return Ok(Ensured::AsWanted);
+            }
+            match jetstream.update_stream(&wanted).await {
+                Ok(_) => Ok(Ensured::Updated),
+                Err(error) => Ok(Ensured::Kept {
+                    refused: error.to_string(),
+                }),
+            }
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                GetStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            jetstream.create_stream(wanted).await.map_err(|e| {
+                format!("it does not exist and could not be made ({e}); msa-local and the operator make it")
+            })?;
+            Ok(Ensured::Made)
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// The largest event the stream takes; the services' own limits keep events far below it.
@@ -47,6 +127,8 @@ pub fn config(app: &str, service: &str, settings: &StreamSettings) -> Config {
         duplicate_window: settings.duplicate_window,
         // An event, once in the stream, is history: it ages out but is never taken back.
         deny_delete: true,
+        deny_purge: true,
+        allow_rollup: false,
         ..Config::default()
     }
 }
@@ -70,6 +152,17 @@ mod tests {
         assert_eq!(config.num_replicas, 3);
         assert_eq!(config.duplicate_window, Duration::from_secs(900));
         assert_eq!(config.max_bytes, 1 << 30);
-        assert!(config.deny_delete);
+        assert!(config.deny_delete && config.deny_purge && !config.allow_rollup);
+        assert!(matches(&config, &config.clone()));
+        let mut republishing = config.clone();
+        republishing.republish = Some(async_nats::jetstream::stream::Republish {
+            source: "msa.shop.order.>".into(),
+            destination: "msa.shop.user.deleted.v1".into(),
+            headers_only: false,
+        });
+        assert!(
+            !matches(&republishing, &config),
+            "a stream changed behind msa's back differs"
+        );
     }
 }

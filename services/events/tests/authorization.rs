@@ -1,6 +1,9 @@
 //! The broker enforces who publishes what (a real `nats-server` with the authorization msa
-//! renders): each service relays its own events with its own credentials, and a `user.deleted`
-//! forged with the product service's credentials is refused by the server and never stored.
+//! renders): each service relays its own events with its own credentials into a stream the
+//! admin login made; a `user.deleted` forged with the product service's credentials is refused
+//! by the server and never stored, whether published directly or through anything the server
+//! would deliver itself (a stream's republish, a push consumer's delivery subject), which a
+//! service may not set up.
 
 use std::time::Duration;
 
@@ -39,10 +42,28 @@ async fn client_as(nats: &NatsServer, credential: &Credential) -> jetstream::Con
     jetstream::new(client)
 }
 
+fn stream_settings() -> StreamSettings {
+    StreamSettings {
+        max_bytes: 16 << 20,
+        max_age: Duration::from_secs(3600),
+        replicas: 1,
+        duplicate_window: Duration::from_secs(900),
+    }
+}
+
 #[tokio::test]
 async fn only_a_service_speaks_for_itself() {
     let credentials = broker::credentials("test");
     let nats = NatsServer::start_with(&broker::authorization("test", &credentials)).await;
+    let admin = client_as(&nats, &login(&credentials, broker::ADMIN)).await;
+    for service in broker::SERVICES {
+        let made = msa_events::stream::ensure(
+            &admin,
+            msa_events::stream::config("test", service, &stream_settings()),
+        )
+        .await;
+        assert_eq!(made, Ok(msa_events::stream::Ensured::Made));
+    }
     let user = login(&credentials, "user");
     let db = Database::connect(
         &fresh_database(TestBackend::Sqlite, "user").await,
@@ -57,12 +78,7 @@ async fn only_a_service_speaks_for_itself() {
             url: nats.url(),
             credentials: Some((user.user.clone(), user.password.clone())),
         }),
-        stream: StreamSettings {
-            max_bytes: 16 << 20,
-            max_age: Duration::from_secs(3600),
-            replicas: 1,
-            duplicate_window: Duration::from_secs(900),
-        },
+        stream: stream_settings(),
         retention: Duration::from_secs(3600),
         lease: Duration::from_secs(5),
         poll: Duration::from_millis(50),
@@ -95,26 +111,48 @@ async fn only_a_service_speaks_for_itself() {
         product.get_stream("msa-test-user").await.is_err(),
         "the product service read the user stream's state"
     );
-    // Its own subjects work.
-    product
-        .create_or_update_stream(msa_events::stream::config(
-            "test",
-            "product",
-            &StreamSettings {
-                max_bytes: 16 << 20,
-                max_age: Duration::from_secs(3600),
-                replicas: 1,
-                duplicate_window: Duration::from_secs(900),
-            },
-        ))
+    // Nor make the server deliver one for it: no stream update (a republish into the user
+    // subjects), no consumer (a push delivery subject in them).
+    let mut republishing = msa_events::stream::config("test", "product", &stream_settings());
+    republishing.republish = Some(jetstream::stream::Republish {
+        source: "msa.test.product.>".into(),
+        destination: EventType::UserDeleted.subject("test"),
+        headers_only: false,
+    });
+    assert!(
+        product.update_stream(&republishing).await.is_err(),
+        "a service changed its stream"
+    );
+    let own = product
+        .get_stream("msa-test-product")
         .await
-        .expect("the product service manages its own stream");
+        .expect("its own stream's state");
+    let pushed = own
+        .create_consumer(jetstream::consumer::push::Config {
+            deliver_subject: EventType::UserDeleted.subject("test"),
+            ..Default::default()
+        })
+        .await;
+    assert!(pushed.is_err(), "a service made a push consumer");
+    // Its own events go through.
     product
         .publish(EventType::ProductCreated.subject("test"), "{}".into())
         .await
         .unwrap()
         .await
         .expect("the product service publishes its own events");
+    // The observer reads, and makes nothing.
+    let observer = client_as(&nats, &login(&credentials, broker::OBSERVER)).await;
+    let user_stream = observer.get_stream("msa-test-user").await.unwrap();
+    let first = user_stream
+        .get_raw_message(1)
+        .await
+        .expect("the observer reads an event");
+    assert!(String::from_utf8_lossy(&first.payload).contains("dev.msa.user.deleted.v1"));
+    let observing = user_stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await;
+    assert!(observing.is_err(), "the observer made a consumer");
 
     // Wrong password: no connection at all.
     let mut stolen = login(&credentials, "user");

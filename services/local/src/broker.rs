@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use msa_events::broker::{self, Credential, OBSERVER, SERVICES};
+use msa_events::broker::{self, ADMIN, Credential, OBSERVER, SERVICES};
 
 use crate::identity::write_atomically;
 
@@ -48,11 +48,12 @@ pub fn find_binary(given: Option<&Path>, bin_dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// The services' and the observer's logins, made on the first run and read on the next.
+/// The services', the observer's and the admin's logins, made on the first run and read on the
+/// next.
 pub fn credentials(data_dir: &Path) -> anyhow::Result<Vec<Credential>> {
     SERVICES
         .iter()
-        .chain(&[OBSERVER])
+        .chain(&[OBSERVER, ADMIN])
         .map(|login| {
             let file = password_file(data_dir, login);
             let password = match std::fs::read_to_string(&file) {
@@ -90,6 +91,51 @@ pub fn config(data_dir: &Path, listen: SocketAddr, credentials: &[Credential]) -
         folder(data_dir).join("jetstream").display(),
         broker::authorization(APP, credentials)
     )
+}
+
+/// A client of the broker at `url` as `login` (its password from the data folder).
+pub async fn connect(
+    data_dir: &Path,
+    url: &str,
+    login: &str,
+) -> anyhow::Result<async_nats::jetstream::Context> {
+    let file = password_file(data_dir, login);
+    let password = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        format!("{APP}-{login}"),
+        password.trim().to_owned(),
+    )
+    .custom_inbox_prefix(broker::inbox_prefix(login))
+    .connection_timeout(std::time::Duration::from_secs(5))
+    .request_timeout(Some(std::time::Duration::from_secs(5)))
+    .connect(url)
+    .await
+    .with_context(|| format!("cannot connect to the run's broker at {url}"))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Makes the services' streams (as the admin login: the services may not), before they start.
+pub async fn make_streams(data_dir: &Path, url: &str) -> anyhow::Result<()> {
+    let admin = connect(data_dir, url, ADMIN).await?;
+    for service in SERVICES {
+        let wanted = msa_events::stream::config(
+            APP,
+            service,
+            &msa_events::stream::StreamSettings::default(),
+        );
+        let name = wanted.name.clone();
+        // JetStream may still be starting for a moment after the server listens.
+        let mut tries = 0;
+        while let Err(error) = msa_events::stream::ensure(&admin, wanted.clone()).await {
+            tries += 1;
+            if tries == 20 {
+                anyhow::bail!("cannot make stream {name}: {error}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The flags that connect service `service` to the broker at `url`.
@@ -136,7 +182,7 @@ mod tests {
         let first = credentials(&data).unwrap();
         let again = credentials(&data).unwrap();
         assert_eq!(first, again);
-        assert_eq!(first.len(), 4);
+        assert_eq!(first.len(), 5);
         let _ = std::fs::remove_dir_all(&data);
     }
 }

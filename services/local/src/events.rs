@@ -1,15 +1,15 @@
-//! `msa-local events`: the events of a local run's streams, one line each, as the observer login
-//! (which may read every stream and publish nothing). Without `-f` it prints what the streams
-//! hold, oldest first, and exits; with `-f` it goes on printing events as they come.
+//! `msa-local events`: the events of a local run's streams, one line each, read as the observer
+//! login (which may read each stream's messages by sequence and nothing else: no consumer of
+//! its own, see `msa_events::broker::ADMIN`). Without `-f` it prints the last `--last` events,
+//! oldest first, and exits; with `-f` it then goes on printing events as they come.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use futures::StreamExt;
+use anyhow::Context;
+use async_nats::jetstream;
 use msa_events::EventType;
-use msa_events::broker::{OBSERVER, SERVICES, inbox_prefix};
+use msa_events::broker::{OBSERVER, SERVICES};
 use msa_events::envelope::CloudEvent;
 
 use crate::broker::{self, APP};
@@ -29,6 +29,9 @@ pub struct EventsArgs {
     /// Only the events of this user, product or order (the events' `subject`).
     #[arg(long)]
     subject: Option<String>,
+    /// How many of each stream's latest events to look through first.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    last: u64,
 }
 
 /// `order.confirmed`, `order.confirmed.v1` or `dev.msa.order.confirmed.v1` → the type.
@@ -71,6 +74,34 @@ pub fn line(event: &CloudEvent) -> String {
     )
 }
 
+/// One stream being read: the next sequence to read.
+struct Reader {
+    stream: jetstream::stream::Stream,
+    next: u64,
+}
+
+impl Reader {
+    /// The events from `next` to the stream's last now, in stream order.
+    async fn read_new(&mut self) -> anyhow::Result<Vec<CloudEvent>> {
+        let state = self.stream.info().await?.state.clone();
+        let mut events = Vec::new();
+        let from = self.next.max(state.first_sequence);
+        for sequence in from..=state.last_sequence {
+            match self.stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    if let Ok((event, _)) = CloudEvent::parse(&message.payload) {
+                        events.push(event);
+                    }
+                }
+                // Aged out meanwhile: nothing to show.
+                Err(_) => continue,
+            }
+        }
+        self.next = self.next.max(state.last_sequence + 1);
+        Ok(events)
+    }
+}
+
 pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let url_file = broker::url_file(&args.data_dir);
     let url = std::fs::read_to_string(&url_file).with_context(|| {
@@ -80,88 +111,48 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
-    let password_file = broker::password_file(&args.data_dir, OBSERVER);
-    let password = std::fs::read_to_string(&password_file)
-        .with_context(|| format!("cannot read {}", password_file.display()))?;
     let kind = args
         .kind
         .as_deref()
         .map(resolve_type)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let client = async_nats::ConnectOptions::with_user_and_password(
-        format!("{APP}-{OBSERVER}"),
-        password.trim().to_owned(),
-    )
-    .custom_inbox_prefix(inbox_prefix(OBSERVER))
-    .connection_timeout(Duration::from_secs(5))
-    .request_timeout(Some(Duration::from_secs(5)))
-    .connect(url.trim())
-    .await
-    .with_context(|| format!("cannot connect to the run's broker at {}", url.trim()))?;
-    let context = jetstream::new(client);
+    let context = broker::connect(&args.data_dir, url.trim(), OBSERVER).await?;
     let services: Vec<&str> = match kind {
         Some(kind) => vec![kind.service()],
         None => SERVICES.to_vec(),
     };
-    let filter = kind.map(|kind| kind.subject(APP)).unwrap_or_default();
-    let mut feeds = Vec::new();
-    let mut held = 0u64;
+    let mut readers = Vec::new();
     for service in services {
         let name = msa_events::stream::name(APP, service);
-        let stream = match context.get_stream(&name).await {
-            Ok(stream) => stream,
-            // No event of this service yet: its stream is made when it first publishes.
-            Err(_) if !args.follow => continue,
-            Err(error) => bail!(
-                "cannot read stream {name}: {error} (it is made when the {service} service starts)"
-            ),
-        };
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: filter.clone(),
-                ..OrderedConfig::default()
-            })
+        let mut stream = context
+            .get_stream(&name)
             .await
             .with_context(|| format!("cannot read stream {name}"))?;
-        held += consumer.cached_info().num_pending;
-        feeds.push(consumer.messages().await?.boxed());
+        let last = stream.info().await?.state.last_sequence;
+        readers.push(Reader {
+            stream,
+            next: last.saturating_sub(args.last) + 1,
+        });
     }
-    let mut merged = futures::stream::select_all(feeds);
-    let wanted = |event: &CloudEvent| args.subject.as_ref().is_none_or(|s| *s == event.subject);
-    if args.follow {
-        while let Some(message) = merged.next().await {
-            let message = message?;
-            match CloudEvent::parse(&message.payload) {
-                Ok((event, _)) if wanted(&event) => println!("{}", line(&event)),
-                Ok(_) => {}
-                Err(error) => eprintln!("{}: not an msa event: {error}", message.subject),
-            }
+    let wanted = |event: &CloudEvent| {
+        kind.is_none_or(|kind| kind.as_str() == event.kind)
+            && args.subject.as_ref().is_none_or(|s| *s == event.subject)
+    };
+    loop {
+        let mut events = Vec::new();
+        for reader in &mut readers {
+            events.extend(reader.read_new().await?.into_iter().filter(|e| wanted(e)));
         }
-        return Ok(());
-    }
-    // What the streams hold now, oldest first: read until each has nothing pending (bounded by
-    // what they held when asked, so a busy run cannot keep this going).
-    let mut events = Vec::new();
-    let mut read = 0u64;
-    while read < held {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(2), merged.next()).await
-        else {
-            break;
-        };
-        let message = message?;
-        read += 1;
-        if let Ok((event, _)) = CloudEvent::parse(&message.payload)
-            && wanted(&event)
-        {
-            events.push(event);
+        events.sort_by(|a, b| order(a).cmp(&order(b)));
+        for event in &events {
+            println!("{}", line(event));
         }
+        if !args.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    events.sort_by(|a, b| order(a).cmp(&order(b)));
-    for event in &events {
-        println!("{}", line(event));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -150,6 +150,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             )?;
             let url = format!("nats://{listen}");
             identity::write_atomically(&broker::url_file(&data_dir), url.as_bytes(), false)?;
+            running.push(started);
+            if let Err(error) = broker::make_streams(&data_dir, &url).await {
+                stop_all(&mut running);
+                return Err(error);
+            }
             for process in &mut plan.processes {
                 if let Some(service) = process.service {
                     process
@@ -157,7 +162,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                         .extend(broker::service_args(&data_dir, &url, service.name()));
                 }
             }
-            running.push(started);
         }
         None => eprintln!(
             "no nats-server (`make local` builds one; or --nats-server PATH): events are written to the outboxes and not published"

@@ -229,7 +229,16 @@ async fn the_demos_changes_are_published_and_msa_local_events_prints_them() {
         "dev.msa.order.cancelled.v1",
         "dev.msa.product.stock_changed.v1",
     ] {
-        assert!(kinds.contains(&kind), "{kind} missing from {all:#?}");
+        if !kinds.contains(&kind) {
+            let service = kind.split('.').nth(2).unwrap();
+            let log = std::fs::read_to_string(data.0.join(format!("logs/{service}-0.log")))
+                .unwrap_or_default();
+            let relay: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("msa_events") || l.contains("async_nats"))
+                .collect();
+            panic!("{kind} missing from {all:#?}\nthe {service} service's relay said:\n{relay:#?}");
+        }
     }
     let cancelled = events(&["--type", "order.cancelled"]);
     assert_eq!(cancelled.len(), 1, "{cancelled:?}");

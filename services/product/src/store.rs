@@ -99,6 +99,11 @@ pub async fn set_stock(db: &Database, id: &str, stock: i64) -> Result<Option<Pro
     let Some(previous) = locked_stock(&mut tx, id).await? else {
         return Ok(None);
     };
+    if previous == stock {
+        // Nothing changes: no event says otherwise.
+        tx.rollback().await?;
+        return get(db, id).await;
+    }
     sqlx::query("UPDATE products SET stock = $1 WHERE id = $2")
         .bind(stock)
         .bind(id)

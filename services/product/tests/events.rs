@@ -56,6 +56,14 @@ async fn every_change_of_a_product_is_announced(backend: TestBackend) {
         200,
     )
     .await;
+    // Setting the stock it already has changes nothing, and says nothing.
+    api.expect(
+        "PUT",
+        &format!("{path}/stock"),
+        Some(json!({"stock": 9})),
+        200,
+    )
+    .await;
     let order = uuid::Uuid::new_v4().to_string();
     let lines = json!({"id": order, "items": [{"product_id": id, "quantity": 4}]});
     api.expect("POST", "/reservations", Some(lines.clone()), 201)

@@ -93,11 +93,16 @@ async fn update_user(
     let mut user = store::get(&db, &id)
         .await?
         .ok_or_else(|| Problem::not_found("user", &id))?;
+    let before = (user.name.clone(), user.email.clone());
     if let Some(name) = name {
         user.name = name;
     }
     if let Some(email) = email {
         user.email = email;
+    }
+    // Nothing changes: nothing is written, and no event says otherwise.
+    if (&user.name, &user.email) == (&before.0, &before.1) {
+        return Ok(Json(user));
     }
     user.updated_at = now_rfc3339();
     if !store::update(&db, &user).await? {

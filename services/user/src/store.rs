@@ -121,6 +121,8 @@ pub async fn delete(db: &Database, id: &str) -> Result<bool, Problem> {
         return Ok(false);
     }
     msa_events::append(&mut tx, &Event::user_deleted(id)).await?;
+    // The last event of this user (ids are never reused): its numbering need not be kept.
+    msa_events::outbox::forget_aggregate(&mut tx, id).await?;
     msa_events::commit(tx).await?;
     Ok(true)
 }
