@@ -16,5 +16,6 @@ record_build_time() {
 sync_build_source() {
   command -v rsync >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync >&2
   mkdir -p "$2"
-  rsync -r --checksum --delete --exclude /target --exclude /.git "$1/" "$2/"
+  # -L: a symlinked file (the events migration each service links to) is copied as the file.
+  rsync -rL --checksum --delete --exclude /target --exclude /.git "$1/" "$2/"
 }
