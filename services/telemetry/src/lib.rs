@@ -180,11 +180,7 @@ pub fn continue_trace(span: &Span, headers: &HeaderMap) {
     if !enabled() {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
-        // Fails only for a span already started, which this one is not.
-        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(span, parent);
-    }
+    set_parent_from(span, headers);
     record_ids(span);
 }
 
@@ -274,10 +270,7 @@ pub fn producer_span(destination: &str, traceparent: Option<&str>) -> Span {
         let mut headers = HeaderMap::new();
         if let Ok(value) = http::HeaderValue::from_str(traceparent) {
             headers.insert("traceparent", value);
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
-            if parent.span().span_context().is_valid() {
-                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
-            }
+            set_parent_from(&span, &headers);
         }
     }
     record_ids(&span);
@@ -312,6 +305,15 @@ pub fn finish_client_span(span: &Span, status: Option<u16>, failure: Option<&'st
     if let Some(failure) = failure {
         span.record("error.type", failure);
         span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Makes `span` a child of the trace context `headers` carry, when they carry a valid one.
+fn set_parent_from(span: &Span, headers: &HeaderMap) {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() {
+        // Fails only for a span already started, which this one is not.
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(span, parent);
     }
 }
 
