@@ -21,6 +21,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,23 +39,48 @@ def log(message):
     print(f">> pgo training: {message}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def listening_port(process):
+    """The port `process` listens on, read from the kernel's socket tables once it listens.
 
-
-def wait_port(port, process):
+    Each server binds port 0 and the kernel chooses; a port probed free and handed over could be
+    taken meanwhile by any of the machine's other connections (CI shares it with loopback load).
+    """
     give_up = min(DEADLINE, time.monotonic() + 30)
     while time.monotonic() < give_up:
         if process.poll() is not None:
             raise SystemExit(f"a training process exited early ({process.returncode})")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {HOST}:{port}")
+        ports = listening_ports(process.pid)
+        if len(ports) == 1:
+            return ports.pop()
+        if len(ports) > 1:
+            raise SystemExit(f"process {process.pid} listens on several ports: {sorted(ports)}")
+        time.sleep(0.05)
+    raise SystemExit(f"process {process.pid} listens on nothing after 30 s")
+
+
+def listening_ports(pid):
+    """The TCP ports process `pid` listens on (its socket inodes matched in /proc/PID/net/tcp)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed while we look
+                continue
+            found = re.fullmatch(r"socket:\[(\d+)\]", target)
+            if found:
+                inodes.add(found.group(1))
+        with open(f"/proc/{pid}/net/tcp") as table:
+            rows = table.read().splitlines()[1:]
+    except OSError:
+        return set()
+    ports = set()
+    for row in rows:
+        fields = row.split()
+        # local_address is HEX_IP:HEX_PORT, st 0A is LISTEN, inode is field 9.
+        if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
 
 
 def keep_alive(port, requests, method="GET", body=None, headers=None):
@@ -172,11 +198,10 @@ def main():
     try:
         backends = []
         for _ in range(2):
-            port = free_port()
-            p = subprocess.Popen([echo, "--listen", f"{HOST}:{port}"], env=echo_env,
+            p = subprocess.Popen([echo, "--listen", f"{HOST}:0"], env=echo_env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             processes.append(p)
-            wait_port(port, p)
+            port = listening_port(p)
             backends.append(f"{HOST}:{port}")
         upstreams = ",".join(backends)
         secret = os.urandom(32)
@@ -190,16 +215,15 @@ def main():
         for flags, send in ((["--worker-threads", "1"], traffic), ([], traffic),
                             (authenticated, lambda port: authenticated_traffic(
                                 port, token(secret, "pgo-training", "shop")))):
-            port = free_port()
             gateway_env = {**os.environ, "RUST_LOG": "warn",
                            "LLVM_PROFILE_FILE": os.path.join(profile_dir, "gateway-%p.profraw")}
-            gw = subprocess.Popen([gateway, "--listen", f"{HOST}:{port}",
+            gw = subprocess.Popen([gateway, "--listen", f"{HOST}:0",
                                    "--upstream-user", upstreams, "--upstream-order", upstreams,
                                    "--upstream-product", upstreams, "--drain-delay-seconds", "0"]
                                   + flags, env=gateway_env, stdout=subprocess.DEVNULL,
                                   stderr=open(os.path.join(scratch, "gateway.log"), "a"))
             processes.append(gw)
-            wait_port(port, gw)
+            port = listening_port(gw)
             started = time.monotonic()
             log(f"gateway {' '.join(flags) or '(a thread per CPU)'}")
             send(port)
