@@ -74,15 +74,57 @@ fn quoted(items: &[String]) -> String {
 
 /// The `authorization { users = [...] }` block for these credentials.
 pub fn authorization(app: &str, credentials: &[Credential]) -> String {
+    // Users and passwords are generated (alphanumeric), so quoting needs no escapes.
+    block(
+        app,
+        credentials.iter().map(|credential| {
+            (
+                credential.service.as_str(),
+                credential.user.clone(),
+                format!("\"{}\"", credential.password),
+            )
+        }),
+    )
+}
+
+/// Every login of an app: its services', the [`OBSERVER`]'s and the [`ADMIN`]'s.
+pub const LOGINS: [&str; 5] = [SERVICES[0], SERVICES[1], SERVICES[2], OBSERVER, ADMIN];
+
+/// The user name of `login` in `app`'s broker.
+pub fn user(app: &str, login: &str) -> String {
+    format!("{app}-{login}")
+}
+
+/// The environment variable the broker reads `login`'s password from, in the configuration
+/// [`authorization_from_environment`] renders.
+pub fn password_variable(login: &str) -> String {
+    format!("MSA_NATS_PASSWORD_{}", login.to_uppercase())
+}
+
+/// The `authorization` block for every login of `app`, each password a reference to an
+/// environment variable ([`password_variable`]) that `nats-server` resolves when it reads its
+/// configuration: the operator renders this into a ConfigMap, and the passwords stay in a
+/// Secret given to the broker's container as those variables.
+pub fn authorization_from_environment(app: &str) -> String {
+    block(
+        app,
+        LOGINS.iter().map(|login| {
+            (
+                *login,
+                user(app, login),
+                format!("${}", password_variable(login)),
+            )
+        }),
+    )
+}
+
+fn block<'a>(app: &str, logins: impl Iterator<Item = (&'a str, String, String)>) -> String {
     let mut block = String::from("authorization {\n  users = [\n");
-    for credential in credentials {
-        let (publish, subscribe) = permissions(app, &credential.service);
-        // Users and passwords are generated (alphanumeric), so quoting needs no escapes.
+    for (login, user, password) in logins {
+        let (publish, subscribe) = permissions(app, login);
         let _ = writeln!(
             block,
-            "    {{ user: \"{}\", password: \"{}\", permissions: {{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }} }} }}",
-            credential.user,
-            credential.password,
+            "    {{ user: \"{user}\", password: {password}, permissions: {{ publish: {{ allow: {} }}, subscribe: {{ allow: {} }} }} }}",
             quoted(&publish),
             quoted(&subscribe),
         );
@@ -106,12 +148,11 @@ pub fn password() -> String {
 
 /// A credential for each service, the observer and the admin, with fresh passwords.
 pub fn credentials(app: &str) -> Vec<Credential> {
-    SERVICES
+    LOGINS
         .iter()
-        .chain(&[OBSERVER, ADMIN])
-        .map(|service| Credential {
-            service: (*service).to_owned(),
-            user: format!("{app}-{service}"),
+        .map(|login| Credential {
+            service: (*login).to_owned(),
+            user: user(app, login),
             password: password(),
         })
         .collect()
@@ -151,6 +192,16 @@ mod tests {
         let block = authorization("shop", &credentials("shop"));
         assert_eq!(block.matches("user: ").count(), 5);
         assert!(block.contains("user: \"shop-order\""));
+        let from_environment = authorization_from_environment("shop");
+        assert!(from_environment.contains(
+            "{ user: \"shop-order\", password: $MSA_NATS_PASSWORD_ORDER, permissions: { publish: { allow: [\"$JS.API.INFO\", \"msa.shop.order.>\""
+        ));
+        assert_eq!(
+            from_environment
+                .matches("password: $MSA_NATS_PASSWORD_")
+                .count(),
+            5
+        );
         // NATS wildcards match whole tokens: no partial ones.
         for login in ["user", OBSERVER, ADMIN] {
             for subject in permissions("shop", login).0 {

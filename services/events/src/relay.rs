@@ -80,7 +80,7 @@ pub fn spawn(db: Database, settings: RelaySettings, metrics: RelayMetrics) -> Ru
 
 /// A client that connects (and reconnects) in the background: a NATS that is down at start is
 /// the same as one that goes down later.
-async fn connect(broker: &Broker, service: &str) -> Result<Context, async_nats::ConnectError> {
+pub async fn connect(broker: &Broker, service: &str) -> Result<Context, async_nats::ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("msa-{service}"))
         .custom_inbox_prefix(crate::broker::inbox_prefix(service))

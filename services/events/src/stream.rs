@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "relay")]
 use async_nats::jetstream::Context;
+#[cfg(feature = "relay")]
 use async_nats::jetstream::context::GetStreamErrorKind;
+#[cfg(feature = "relay")]
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +35,7 @@ impl Default for StreamSettings {
     }
 }
 
+#[cfg(feature = "relay")]
 /// Whether `current` (the stream as the server has it) already has everything `wanted` sets.
 pub fn matches(current: &Config, wanted: &Config) -> bool {
     current.subjects == wanted.subjects
@@ -47,6 +51,7 @@ pub fn matches(current: &Config, wanted: &Config) -> bool {
         && current.republish == wanted.republish
 }
 
+#[cfg(feature = "relay")]
 /// What [`ensure`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ensured {
@@ -60,6 +65,7 @@ pub enum Ensured {
     },
 }
 
+#[cfg(feature = "relay")]
 /// Makes the stream `wanted` describes, or brings an existing one to it, idempotently. A login
 /// that may only read the stream's state (a service's, see [`crate::broker::ADMIN`]) gets
 /// [`Ensured::Kept`] for a stream that differs, and an error for one that does not exist.
@@ -111,6 +117,7 @@ pub fn subjects(app: &str, service: &str) -> String {
     format!("msa.{app}.{service}.>")
 }
 
+#[cfg(feature = "relay")]
 /// The stream's configuration, created or updated to this at every start.
 pub fn config(app: &str, service: &str, settings: &StreamSettings) -> Config {
     Config {
@@ -133,7 +140,7 @@ pub fn config(app: &str, service: &str, settings: &StreamSettings) -> Config {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "relay"))]
 mod tests {
     use super::*;
 

@@ -22,6 +22,8 @@ pub struct NatsServer {
     pub addr: SocketAddr,
     /// Extra configuration (accounts, users), kept across restarts.
     extra: String,
+    /// Environment of the server process (variables its configuration refers to).
+    env: Vec<(String, String)>,
 }
 
 /// The path of the `nats-server` binary (built at most once per test process).
@@ -55,6 +57,12 @@ impl NatsServer {
 
     /// Starts a server whose configuration also holds `extra` (accounts, authorization).
     pub async fn start_with(extra: &str) -> NatsServer {
+        NatsServer::start_with_environment(extra, Vec::new()).await
+    }
+
+    /// Like [`NatsServer::start_with`], the server's process also given `env` (the variables a
+    /// configuration such as the operator's refers to).
+    pub async fn start_with_environment(extra: &str, env: Vec<(String, String)>) -> NatsServer {
         let dir = std::env::temp_dir().join(format!("msa-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a folder for the server");
         let mut server = NatsServer {
@@ -62,6 +70,7 @@ impl NatsServer {
             dir,
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             extra: extra.to_owned(),
+            env,
         };
         server.launch().await;
         server
@@ -88,6 +97,7 @@ impl NatsServer {
         let log = std::fs::File::create(self.dir.join("nats.log")).expect("a log file");
         let child = Command::new(binary())
             .args(["-c", &file.to_string_lossy()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -178,3 +178,61 @@ async fn only_a_service_speaks_for_itself() {
         "only the user service's own event is in its stream"
     );
 }
+
+/// The operator's broker configuration names each password as an environment variable (the
+/// passwords stay in a Secret): the server resolves them and enforces the same permissions.
+#[tokio::test]
+async fn passwords_from_the_environment_are_resolved_and_enforced() {
+    let credentials = broker::credentials("test");
+    let env = credentials
+        .iter()
+        .map(|c| (broker::password_variable(&c.service), c.password.clone()))
+        .collect();
+    let nats =
+        NatsServer::start_with_environment(&broker::authorization_from_environment("test"), env)
+            .await;
+    let admin = client_as(&nats, &login(&credentials, broker::ADMIN)).await;
+    let made = msa_events::keeper::ensure_all(&admin, "test", &stream_settings())
+        .await
+        .expect("the admin makes every stream");
+    assert_eq!(made.len(), 3);
+    let product = client_as(&nats, &login(&credentials, "product")).await;
+    product
+        .publish(EventType::ProductCreated.subject("test"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .expect("the product service publishes its own events");
+    let forged = product
+        .publish(EventType::UserDeleted.subject("test"), "{}".into())
+        .await;
+    let refused = match forged {
+        Err(_) => true,
+        Ok(ack) => ack.await.is_err(),
+    };
+    assert!(refused, "a forged user.deleted was acknowledged");
+    let messages = |name: &'static str| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages
+        }
+    };
+    assert_eq!(messages("msa-test-user").await, 0);
+    assert_eq!(messages("msa-test-product").await, 1);
+    // The variable's value is the password, nothing else is.
+    let literal = async_nats::ConnectOptions::with_user_and_password(
+        "test-user".into(),
+        "$MSA_NATS_PASSWORD_USER".into(),
+    )
+    .connect(nats.url())
+    .await;
+    assert!(literal.is_err(), "the variable's name worked as a password");
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use msa_events::broker::{self, ADMIN, Credential, OBSERVER, SERVICES};
+use msa_events::broker::{self, ADMIN, Credential, LOGINS};
 
 use crate::identity::write_atomically;
 
@@ -51,9 +51,8 @@ pub fn find_binary(given: Option<&Path>, bin_dir: &Path) -> Option<PathBuf> {
 /// The services', the observer's and the admin's logins, made on the first run and read on the
 /// next.
 pub fn credentials(data_dir: &Path) -> anyhow::Result<Vec<Credential>> {
-    SERVICES
+    LOGINS
         .iter()
-        .chain(&[OBSERVER, ADMIN])
         .map(|login| {
             let file = password_file(data_dir, login);
             let password = match std::fs::read_to_string(&file) {
@@ -69,7 +68,7 @@ pub fn credentials(data_dir: &Path) -> anyhow::Result<Vec<Credential>> {
             };
             Ok(Credential {
                 service: (*login).to_owned(),
-                user: format!("{APP}-{login}"),
+                user: broker::user(APP, login),
                 password,
             })
         })
@@ -103,7 +102,7 @@ pub async fn connect(
     let password = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     let client = async_nats::ConnectOptions::with_user_and_password(
-        format!("{APP}-{login}"),
+        broker::user(APP, login),
         password.trim().to_owned(),
     )
     .custom_inbox_prefix(broker::inbox_prefix(login))
@@ -118,22 +117,15 @@ pub async fn connect(
 /// Makes the services' streams (as the admin login: the services may not), before they start.
 pub async fn make_streams(data_dir: &Path, url: &str) -> anyhow::Result<()> {
     let admin = connect(data_dir, url, ADMIN).await?;
-    for service in SERVICES {
-        let wanted = msa_events::stream::config(
-            APP,
-            service,
-            &msa_events::stream::StreamSettings::default(),
-        );
-        let name = wanted.name.clone();
-        // JetStream may still be starting for a moment after the server listens.
-        let mut tries = 0;
-        while let Err(error) = msa_events::stream::ensure(&admin, wanted.clone()).await {
-            tries += 1;
-            if tries == 20 {
-                anyhow::bail!("cannot make stream {name}: {error}");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let settings = msa_events::stream::StreamSettings::default();
+    // JetStream may still be starting for a moment after the server listens.
+    let mut tries = 0;
+    while let Err(error) = msa_events::keeper::ensure_all(&admin, APP, &settings).await {
+        tries += 1;
+        if tries == 20 {
+            anyhow::bail!("cannot make the streams: {error}");
         }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     Ok(())
 }
@@ -144,7 +136,7 @@ pub fn service_args(data_dir: &Path, url: &str, service: &str) -> Vec<String> {
         "--nats-url".to_owned(),
         url.to_owned(),
         "--nats-user".to_owned(),
-        format!("{APP}-{service}"),
+        broker::user(APP, service),
         "--nats-password-file".to_owned(),
         password_file(data_dir, service).display().to_string(),
         "--app".to_owned(),
