@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Whether the broker the operator runs takes the services' events (only with one).
+pub const EVENTS_READY: &str = "EventsReady";
 
 /// A condition as computed, before its transition time is known.
 #[derive(Clone, Debug, PartialEq, Eq)]

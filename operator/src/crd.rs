@@ -65,6 +65,9 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
     validation = Rule::new("size(self.metadata.name) <= 53").message(
         "metadata.name must be at most 53 characters: child objects are named <name>-<component> (up to <name>-discovery) and must fit in 63"
     ),
+    validation = Rule::new("has(self.spec.events) && (!self.spec.events.enabled || has(self.spec.events.external)) || size(self.metadata.name) <= 45").message(
+        "metadata.name must be at most 45 characters while the operator runs the event broker: it runs in a StatefulSet named <name>-events, whose pods carry a revision label <name>-events-<hash> that must fit in 63; shorten the name, set spec.events.external or spec.events.enabled: false"
+    ),
     validation = Rule::new("has(self.spec.database) || size(self.metadata.name) <= 44").message(
         "metadata.name must be at most 44 characters without spec.database: the embedded databases run in StatefulSets named <name>-<component>, whose pods carry a revision label <name>-<component>-<hash> that must fit in 63"
     )
@@ -129,6 +132,157 @@ pub struct MicroserviceAppSpec {
     /// no component traces (nor spends anything on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
+
+    /// Events: every change the user, order and product services make is written, in the
+    /// change's own transaction, to the service's outbox and published once to a NATS JetStream
+    /// stream `msa-<app>-<service>` (subjects `msa.<app>.<service>.<type>`). By default the
+    /// operator runs the broker (`<app>-events`); `external` names one instead.
+    #[serde(default)]
+    pub events: EventsSpec,
+}
+
+/// Where the services' events go, and how long they are kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.replicas == 1 || self.replicas == 3")
+        .message("spec.events.replicas must be 1 or 3: a stream kept by 2 servers stops when either is down")
+        .field_path(".replicas")
+        .reason(kube::core::Reason::FieldValueInvalid),
+)]
+pub struct EventsSpec {
+    /// Publish events (default). False: no broker runs and nothing is published; each service
+    /// still writes every change's event to its outbox and deletes it after an hour.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// An existing NATS server (JetStream enabled) to publish to, instead of one the operator
+    /// runs. Its administrator makes the streams and the logins (services/README.md, "Events").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalBrokerSpec>,
+
+    /// Servers the operator runs (1 or 3), each with its own volume; every stream keeps this
+    /// many copies (with 3, one server may be down). Three servers find each other by the
+    /// cluster's DNS names of their pods.
+    #[serde(default = "default_events_replicas")]
+    pub replicas: i32,
+
+    /// The volume of each server the operator runs (`data-<app>-events-<n>`).
+    #[serde(default)]
+    pub storage: BrokerStorageSpec,
+
+    /// CPU and memory of each server the operator runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Image of the servers the operator runs. Default: `spec.image` with `{component}` = `nats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// How much each stream keeps; the oldest events go first.
+    #[serde(default)]
+    pub retention: EventsRetentionSpec,
+}
+
+impl Default for EventsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            external: None,
+            replicas: default_events_replicas(),
+            storage: BrokerStorageSpec::default(),
+            resources: None,
+            image: None,
+            retention: EventsRetentionSpec::default(),
+        }
+    }
+}
+
+fn default_events_replicas() -> i32 {
+    1
+}
+
+/// A NATS server the operator does not run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.url.matches('^(nats|tls)://[^@/ ]+:[0-9]{1,5}$')")
+        .message("spec.events.external.url must be nats://host:port or tls://host:port (the passwords go in the Secret)")
+        .field_path(".url")
+        .reason(kube::core::Reason::FieldValueInvalid),
+)]
+pub struct ExternalBrokerSpec {
+    /// `nats://host:port` or `tls://host:port`.
+    #[schemars(length(min = 1, max = 512))]
+    pub url: String,
+    /// A Secret in the app's namespace holding each service's password under the keys `user`,
+    /// `order` and `product`; the logins are `<app>-user`, `<app>-order` and `<app>-product`.
+    pub credentials_secret_ref: SecretReference,
+}
+
+/// The volumes of the broker the operator runs. Like `spec.storage`, fixed once made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!isQuantity(string(oldSelf.size)) || (isQuantity(string(self.size)) && quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) == 0)")
+        .message("spec.events.storage.size cannot change once the volumes exist; resize the claims data-<app>-events-<n> directly (if their StorageClass allows expansion)")
+        .reason(kube::core::Reason::FieldValueForbidden),
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("spec.events.storage.storageClassName cannot change once the volumes exist")
+        .reason(kube::core::Reason::FieldValueForbidden),
+)]
+pub struct BrokerStorageSpec {
+    /// Size requested for each server's volume (a quantity: 1Gi, 500Mi). The streams of the
+    /// app together must fit: each keeps at most `retention.maxMegabytes`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(schema_with = "broker_storage_size_schema")]
+    pub size: Quantity,
+    /// StorageClass of the volumes; the cluster's default class when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for BrokerStorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Limits of each service's stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsRetentionSpec {
+    /// Megabytes (MiB) each stream keeps at most.
+    #[serde(default = "default_retention_megabytes")]
+    #[schemars(range(min = 1, max = 1_048_576))]
+    pub max_megabytes: i32,
+    /// Hours each stream keeps an event at most (at least 1: the stream also remembers event
+    /// ids for 15 minutes to drop a republished one).
+    #[serde(default = "default_retention_hours")]
+    #[schemars(range(min = 1, max = 87_600))]
+    pub max_age_hours: i32,
+}
+
+impl Default for EventsRetentionSpec {
+    fn default() -> Self {
+        Self {
+            max_megabytes: default_retention_megabytes(),
+            max_age_hours: default_retention_hours(),
+        }
+    }
+}
+
+fn default_retention_megabytes() -> i32 {
+    1024
+}
+
+fn default_retention_hours() -> i32 {
+    24 * 7
 }
 
 /// Where the components send spans, and how many traces they start.
@@ -265,11 +419,19 @@ pub struct StorageSpec {
 /// editable), with the API server checking that it is a positive quantity: one that is not
 /// would be refused only later, by the StatefulSet's claim template.
 fn storage_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    positive_quantity_schema("spec.storage.size")
+}
+
+fn broker_storage_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    positive_quantity_schema("spec.events.storage.size")
+}
+
+fn positive_quantity_schema(field: &str) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
         "x-kubernetes-validations": [{
             "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
-            "message": "spec.storage.size must be a positive quantity such as 1Gi or 500Mi",
+            "message": format!("{field} must be a positive quantity such as 1Gi or 500Mi"),
         }],
     })
 }

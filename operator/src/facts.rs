@@ -72,6 +72,8 @@ pub struct LiveFacts {
     pub issuer_keys: Option<String>,
     /// Whether the app's status says it has a PodMonitor.
     pub had_pod_monitor: bool,
+    /// The ClusterIP of the app's broker Service, once it has one.
+    pub broker_address: Option<String>,
 }
 
 /// The facts to render one app with.
@@ -120,6 +122,7 @@ pub fn resolve(learned: &Learned, live: &LiveFacts) -> Result<Resolved, String> 
         facts: ClusterFacts {
             service_issuer,
             pod_monitors,
+            broker_address: live.broker_address.clone(),
         },
         pod_monitors_known,
     })
@@ -298,6 +301,7 @@ mod tests {
             product_issuer: product_issuer.map(|i| i.map(str::to_owned)),
             issuer_keys: keys.map(str::to_owned),
             had_pod_monitor: false,
+            broker_address: None,
         }
     }
 
@@ -334,6 +338,7 @@ mod tests {
         let known = Learned::known(ClusterFacts {
             service_issuer: Some(issuer("new")),
             pod_monitors: true,
+            ..ClusterFacts::default()
         });
         let resolved = resolve(&known, &live(Some(Some("old")), Some("old keys"))).unwrap();
         assert_eq!(resolved.facts.service_issuer, Some(issuer("new")));
@@ -366,6 +371,7 @@ mod tests {
         let known = Learned::known(ClusterFacts {
             service_issuer: Some(issuer("a")),
             pod_monitors: true,
+            ..ClusterFacts::default()
         });
         assert_eq!(learned_from(&known, failed(), Err("x".to_owned())), known);
         assert_eq!(learned_from(&known, not_offered(), Ok(true)), known);

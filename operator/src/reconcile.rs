@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
@@ -30,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::app_index::IndexedStore;
-use crate::build::{self, Children, Workload};
+use crate::build::{self, Children, Workload, broker};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
 use crate::crd::{MicroserviceApp, MicroserviceAppStatus};
@@ -133,6 +135,10 @@ pub struct Context {
     /// The rendered hash of each app's PodMonitor as this process last applied it.
     /// Keyed by the app's uid: an app deleted and created again under its name has none yet.
     pub applied_pod_monitors: Mutex<HashMap<String, String>>,
+    /// Apps (by uid) whose broker credentials Secret this process made or found: it is created
+    /// once and never read (the operator may not read Secrets), so after a restart one create
+    /// per app answers "already exists" and nothing more is sent.
+    pub broker_credentials: Mutex<std::collections::HashSet<String>>,
     /// Kubernetes' explanation of each stuck claim as last read, by (namespace, kind, name) of
     /// the object the Events are about: read when a claim turns stuck, then at most every
     /// [`storage::EXPLANATION_TTL`], not on every reconcile.
@@ -172,6 +178,7 @@ impl Context {
             now: Box::new(|| Time(jiff::Timestamp::now())),
             cluster: std::sync::RwLock::default(),
             applied_pod_monitors: Mutex::default(),
+            broker_credentials: Mutex::default(),
             explanations: Mutex::default(),
             rollout_slots: Mutex::new(RolloutSlots::new(usize::from(DEFAULT_ROLLOUT_SLOTS))),
             listed: tokio::sync::OnceCell::new(),
@@ -207,6 +214,7 @@ impl Context {
     pub fn forget_apps_except(&self, existing: &ExistingApps) {
         lock(&self.failures).retain(|key, _| existing.keys.contains(key));
         lock(&self.applied_pod_monitors).retain(|uid, _| existing.uids.contains(uid));
+        lock(&self.broker_credentials).retain(|uid| existing.uids.contains(uid));
         lock(&self.rollout_slots).retain(|uid| existing.uids.contains(uid));
     }
 
@@ -384,8 +392,14 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
             return Ok(Action::requeue(FACTS_WAIT));
         }
     };
-    let children = build::children_in(app, &resolved.facts)?;
-    let applied = apply_children(ctx, app, children, resolved.pod_monitors_known).await;
+    let applied = async {
+        let mut report = ApplyReport::default();
+        let mut facts = resolved.facts.clone();
+        prepare_broker(ctx, app, &mut facts, &mut report).await?;
+        let children = build::children_in(app, &facts)?;
+        apply_children(ctx, app, children, resolved.pod_monitors_known, report).await
+    }
+    .await;
     if applied.is_err() {
         release_slot(ctx, app);
     }
@@ -421,6 +435,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         abandoned_pods,
     } = observe(ctx, app, report.workloads).await;
     delete_abandoned_pods(ctx, app, &abandoned_pods).await;
+    observed.broker = broker_state(ctx, app, report.broker.clone());
     observed.blocker =
         (!report.failed.is_empty()).then(|| Blocker::ApplyFailed(report.failed.clone()));
     if resolved.pod_monitors_known {
@@ -692,6 +707,12 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
             .filter(|c| controlled_by(c.as_ref(), app))
             .and_then(|c| build::published_keys(&c)),
         had_pod_monitor: build::had_pod_monitor(app),
+        broker_address: ctx
+            .caches
+            .services
+            .get(&ObjectRef::new(&broker::name(&app_name)).within(&namespace))
+            .filter(|s| controlled_by(s.as_ref(), app))
+            .and_then(|s| cluster_ip(&s)),
     }
 }
 
@@ -816,6 +837,8 @@ struct ApplyReport {
     workloads: BTreeMap<Component, WorkloadState>,
     /// Components whose new pod template waits for a rollout slot (left as they run).
     paced: Vec<Component>,
+    /// The managed broker's StatefulSet, as applied (None when unchanged or not managed).
+    broker: Option<WorkloadState>,
 }
 
 async fn apply_children(
@@ -823,6 +846,7 @@ async fn apply_children(
     app: &MicroserviceApp,
     children: Children,
     pod_monitors_known: bool,
+    mut report: ApplyReport,
 ) -> Result<ApplyReport, Error> {
     // Exhaustive on purpose: a new kind of child must be applied here or the build fails.
     let Children {
@@ -836,9 +860,9 @@ async fn apply_children(
         role_binding,
         network_policies,
         pod_monitor,
+        broker,
     } = children;
     let caches = &ctx.caches;
-    let mut report = ApplyReport::default();
 
     // The identity first, so pods never start without their ServiceAccount.
     apply_one(ctx, &caches.service_accounts, service_account, &mut report).await?;
@@ -865,6 +889,8 @@ async fn apply_children(
     for policy in network_policies {
         apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
+    // The broker before the services that publish to it.
+    apply_broker(ctx, app, broker, &mut report).await?;
     for (component, workload) in Component::ALL.into_iter().zip(workloads) {
         let name = labels::child_name(&app.name_any(), component);
         // A component switching between the embedded database and PostgreSQL changes kind:
@@ -920,6 +946,144 @@ async fn apply_children(
         apply_pod_monitor(ctx, app, pod_monitor, &mut report).await?;
     }
     Ok(report)
+}
+
+/// What the services need before they can be rendered with a managed broker: its credentials
+/// Secret (made once) and its Service's address (applied first when it has none yet, so the
+/// services start with it instead of being rolled once it is known).
+async fn prepare_broker(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    facts: &mut build::ClusterFacts,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    if !broker::is_managed(app) {
+        return Ok(());
+    }
+    make_broker_credentials(ctx, app, report).await?;
+    if facts.broker_address.is_none() {
+        let service = broker::address_service(app)?;
+        facts.broker_address = apply_one(ctx, &ctx.caches.services, service, report)
+            .await?
+            .and_then(|service| cluster_ip(&service));
+    }
+    Ok(())
+}
+
+/// A Service's ClusterIP, unless it is headless or has none yet.
+fn cluster_ip(service: &Service) -> Option<String> {
+    service
+        .spec
+        .as_ref()?
+        .cluster_ip
+        .clone()
+        .filter(|ip| !ip.is_empty() && ip != "None")
+}
+
+/// Creates the broker's credentials Secret unless this process knows it exists. Created, never
+/// applied: the passwords are made here once, and the operator neither reads nor rewrites them.
+async fn make_broker_credentials(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let uid = app.uid().unwrap_or_default();
+    if lock(&ctx.broker_credentials).contains(&uid) {
+        return Ok(());
+    }
+    let secret = broker::credentials_secret(app, msa_events::broker::password)?;
+    let name = secret.name_any();
+    let namespace = app.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.metrics.count_write("Secret");
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(%name, %namespace, "created the event broker's credentials");
+            report.changed.push(format!("Secret/{name}"));
+        }
+        // Made before (by this operator before a restart, or by its predecessor).
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            report
+                .failed
+                .push((format!("Secret/{name}"), status.message.clone()));
+            return Ok(());
+        }
+        Err(other) => return Err(other.into()),
+    }
+    lock(&ctx.broker_credentials).insert(uid);
+    Ok(())
+}
+
+/// Applies the managed broker's objects, or deletes those the spec no longer asks for.
+async fn apply_broker(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    desired: Option<broker::ManagedBroker>,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let caches = &ctx.caches;
+    let app_name = app.name_any();
+    let name = broker::name(&app_name);
+    let Some(broker::ManagedBroker {
+        config,
+        service,
+        pods_service,
+        stateful_set,
+        budget,
+        network_policy,
+    }) = desired
+    else {
+        // The servers stop (their volumes follow spec.storage.whenDeleted). The two Services,
+        // the ConfigMap and the Secret stay until the app goes: the operator may delete none
+        // of those kinds, and they cost nothing without the servers.
+        delete_owned(ctx, app, &caches.stateful_sets, &name, report).await?;
+        delete_owned(ctx, app, &caches.budgets, &name, report).await?;
+        delete_owned(ctx, app, &caches.network_policies, &name, report).await?;
+        return Ok(());
+    };
+    match network_policy {
+        Some(policy) => {
+            apply_one(ctx, &caches.network_policies, policy, report).await?;
+        }
+        None => delete_owned(ctx, app, &caches.network_policies, &name, report).await?,
+    }
+    apply_one(ctx, &caches.config_maps, config, report).await?;
+    apply_one(ctx, &caches.services, service, report).await?;
+    apply_one(ctx, &caches.services, pods_service, report).await?;
+    report.broker = apply_one(ctx, &caches.stateful_sets, stateful_set, report)
+        .await?
+        .map(|s| WorkloadState::from(s.as_ref()));
+    match budget {
+        Some(budget) => {
+            apply_one(ctx, &caches.budgets, budget, report).await?;
+        }
+        None => delete_owned(ctx, app, &caches.budgets, &name, report).await?,
+    }
+    Ok(())
+}
+
+/// The managed broker's StatefulSet as just applied, else as cached (None: not managed, or not
+/// there).
+fn broker_state(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    applied: Option<WorkloadState>,
+) -> Option<Option<WorkloadState>> {
+    if !broker::is_managed(app) {
+        return None;
+    }
+    let cached = || {
+        ctx.caches
+            .stateful_sets
+            .get(
+                &ObjectRef::new(&broker::name(&app.name_any()))
+                    .within(&app.namespace().unwrap_or_default()),
+            )
+            .filter(|s| controlled_by(s.as_ref(), app))
+            .map(|s| WorkloadState::from(s.as_ref()))
+    };
+    Some(applied.or_else(cached))
 }
 
 /// Frees the app's rollout slot, if it holds one (see [`crate::pacing`]).

@@ -7,7 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::component::Component;
-use crate::conditions::{Computed, DEGRADED, PROGRESSING, READY};
+use crate::conditions::{Computed, DEGRADED, EVENTS_READY, PROGRESSING, READY};
 use crate::crd::{ComponentStatus, GatewayStatus, MicroserviceApp, MicroserviceAppStatus};
 use crate::validate::SpecProblem;
 
@@ -26,6 +26,9 @@ pub mod reason {
     pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
     pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
     pub const WAITING_FOR_ROLLOUT_SLOT: &str = "WaitingForRolloutSlot";
+    pub const STREAMS_READY: &str = "StreamsReady";
+    pub const BROKER_NOT_READY: &str = "BrokerNotReady";
+    pub const BROKER_NOT_CREATED: &str = "BrokerNotCreated";
 }
 
 /// What stopped the operator from converging the app this time round.
@@ -57,6 +60,9 @@ pub struct Observed {
     /// The components whose new pod template waits for a rollout slot (see [`crate::pacing`]),
     /// and how many slots there are.
     pub paced: Option<(Vec<Component>, usize)>,
+    /// The broker the operator runs (None: it runs none; `Some(None)`: its StatefulSet is
+    /// not there yet).
+    pub broker: Option<Option<WorkloadState>>,
 }
 
 /// What status reads from a component's Deployment or StatefulSet.
@@ -298,20 +304,63 @@ pub fn compute(app: &MicroserviceApp, observed: &Observed, now: &Time) -> Micros
         (None, None) => generation,
         _ => app.status.as_ref().and_then(|s| s.observed_generation),
     };
+    let mut conditions = vec![
+        ready.settle(previous, applied, now),
+        progressing.settle(previous, generation, now),
+        degraded.settle(previous, generation, now),
+    ];
+    if let Some(broker) = &observed.broker {
+        conditions.push(events_ready(app, broker.as_ref()).settle(previous, generation, now));
+    }
     MicroserviceAppStatus {
         observed_generation: applied,
-        conditions: [
-            ready.settle(previous, applied, now),
-            progressing.settle(previous, generation, now),
-            degraded.settle(previous, generation, now),
-        ]
-        .into(),
+        conditions,
         components: rollouts
             .into_iter()
             .map(|r| (r.component.name().to_owned(), r.counts))
             .collect(),
         gateway: crate::build::gateway_url(app).map(|url| GatewayStatus { url }),
         monitoring: observed.monitoring.clone(),
+    }
+}
+
+/// `EventsReady`: whether the broker the operator runs takes the services' events — all its
+/// servers ready, which each is only once JetStream runs and the app's streams are as
+/// configured (the stream keeper's readiness). It does not touch `Ready`: the services answer
+/// requests without it, keeping their events until it takes them.
+fn events_ready(app: &MicroserviceApp, broker: Option<&WorkloadState>) -> Computed {
+    let name = crate::build::broker::name(&app.metadata.name.clone().unwrap_or_default());
+    let Some(state) = broker else {
+        return Computed::new(
+            EVENTS_READY,
+            false,
+            reason::BROKER_NOT_CREATED,
+            format!(
+                "the event broker's StatefulSet {name} is not created yet; the services keep their events in their outboxes meanwhile"
+            ),
+        );
+    };
+    let desired = state.desired.unwrap_or(app.spec.events.replicas);
+    if state.ready >= desired && desired > 0 && state.updated >= desired {
+        Computed::new(
+            EVENTS_READY,
+            true,
+            reason::STREAMS_READY,
+            format!(
+                "{}/{desired} broker servers ({name}) are ready and the app's streams are as configured; each service publishes its events as it changes",
+                state.ready
+            ),
+        )
+    } else {
+        Computed::new(
+            EVENTS_READY,
+            false,
+            reason::BROKER_NOT_READY,
+            format!(
+                "{}/{desired} broker servers ({name}) are ready (a server is once JetStream runs and the app's streams are made); the services keep their events in their outboxes and publish them once it is",
+                state.ready
+            ),
+        )
     }
 }
 

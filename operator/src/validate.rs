@@ -23,6 +23,10 @@ pub const MAX_APP_NAME: usize = 63 - "-discovery".len();
 /// longest StatefulSet is `<app>-product`.
 pub const MAX_EMBEDDED_APP_NAME: usize = 63 - "-product".len() - 11;
 
+/// Longest app name while the operator runs the event broker: its StatefulSet `<app>-events`
+/// has the same revision label.
+pub const MAX_BROKER_APP_NAME: usize = 63 - "-events".len() - 11;
+
 /// One thing wrong with a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecProblem {
@@ -59,6 +63,19 @@ pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
             ),
         ));
     }
+    if name.len() <= MAX_APP_NAME
+        && crate::build::broker::is_managed(app)
+        && name.len() > MAX_BROKER_APP_NAME
+    {
+        found.push(problem(
+            "metadata.name",
+            format!(
+                "is {} characters; while the operator runs the event broker at most {MAX_BROKER_APP_NAME} fit, because it runs in a StatefulSet <name>-events whose pods carry a revision label <name>-events-<hash> of at most 63 characters; shorten the name, or set spec.events.external or spec.events.enabled: false",
+                name.len()
+            ),
+        ));
+    }
+    check_events(app, &mut found);
     for component in Component::ALL {
         check_component(app, component, &mut found);
     }
@@ -251,4 +268,40 @@ fn is_qualified_name(s: &str) -> bool {
         && s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
         && s.starts_with(alnum)
         && s.ends_with(alnum)
+}
+
+/// What the CEL rules of `spec.events` say, for API servers that did not check them.
+fn check_events(app: &MicroserviceApp, found: &mut Vec<SpecProblem>) {
+    let events = &app.spec.events;
+    if !matches!(events.replicas, 1 | 3) {
+        found.push(problem(
+            "spec.events.replicas",
+            "must be 1 or 3: a stream kept by 2 servers stops when either is down",
+        ));
+    }
+    if let Some(external) = &events.external
+        && !valid_broker_url(&external.url)
+    {
+        found.push(problem(
+            "spec.events.external.url",
+            "must be nats://host:port or tls://host:port (the passwords go in the Secret)",
+        ));
+    }
+}
+
+/// `nats://host:port` or `tls://host:port`, nothing else (no credentials, no path).
+fn valid_broker_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+    else {
+        return false;
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.contains(['@', '/', ' '])
+        && (1..=5).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
 }

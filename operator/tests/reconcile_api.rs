@@ -126,7 +126,9 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         role_binding,
         network_policies,
         pod_monitor,
+        broker,
     } = children.clone();
+    assert_eq!(broker, None, "events off in the fixture");
     assert_eq!(pod_monitor, None, "off unless asked for");
     assert_eq!(
         service_issuer, None,
@@ -811,6 +813,7 @@ async fn an_unknown_issuer_never_rolls_a_running_app() {
         &build::ClusterFacts {
             service_issuer: Some(issuer),
             pod_monitors: false,
+            ..build::ClusterFacts::default()
         },
     )
     .unwrap();

@@ -831,6 +831,7 @@ fn the_order_and_product_services_prove_themselves_to_each_other_with_projected_
             jwks: r#"{"keys":[{"kty":"RSA","n":"x","e":"AQAB"}]}"#.into(),
         }),
         pod_monitors: false,
+        ..build::ClusterFacts::default()
     };
     let known = build::children_in(&shop, &facts).unwrap();
     let config_map = serde_json::to_value(known.service_issuer.as_ref().unwrap()).unwrap();
@@ -893,6 +894,7 @@ fn the_order_and_product_services_prove_themselves_to_each_other_with_projected_
             jwks: r#"{"keys":[{"kty":"RSA","n":"y","e":"AQAB"}]}"#.into(),
         }),
         pod_monitors: false,
+        ..build::ClusterFacts::default()
     };
     let after = build::children_in(&shop, &rotated).unwrap();
     assert_eq!(after.workloads, known.workloads);

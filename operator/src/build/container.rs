@@ -58,6 +58,7 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
         });
     }
     mounts.extend(identity::mounts(owner, component));
+    mounts.extend(super::broker::service_mount(app, owner, component));
     Container {
         name: component.name().to_owned(),
         image: Some(component.image(app)),
@@ -164,6 +165,7 @@ fn env_for(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<En
     if component == Component::Gateway {
         env.extend(gateway_policy(&app.spec.components.gateway));
     }
+    env.extend(super::broker::service_env(app, owner, component));
     env.extend(
         super::telemetry::env(app, component)
             .into_iter()

@@ -35,6 +35,9 @@ pub struct ClusterFacts {
     pub service_issuer: Option<ServiceIssuer>,
     /// Whether the Prometheus Operator's PodMonitor API is installed.
     pub pod_monitors: bool,
+    /// The ClusterIP of this app's broker Service (`<app>-events`), once it has one: where its
+    /// services publish (see `build::broker`). Per app, unlike the rest.
+    pub broker_address: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Pure rendering of every child object from a validated MicroserviceApp: no client, no clock.
 //! What these functions return is exactly what the operator sends with server-side apply.
 
+pub mod broker;
 mod container;
 mod deployment;
 mod disruption;
@@ -61,6 +62,8 @@ pub struct Children {
     pub network_policies: Vec<NetworkPolicy>,
     /// When `spec.monitoring.podMonitor.enabled` and the cluster has the API.
     pub pod_monitor: Option<kube::api::DynamicObject>,
+    /// The event broker the operator runs for the app (`spec.events`, see [`broker`]).
+    pub broker: Option<broker::ManagedBroker>,
 }
 
 impl Children {
@@ -77,6 +80,7 @@ impl Children {
             role_binding: _,
             network_policies,
             pod_monitor,
+            broker,
         } = self;
         workloads.len()
             + services.len()
@@ -85,6 +89,7 @@ impl Children {
             + own_service_accounts.len()
             + usize::from(service_issuer.is_some())
             + usize::from(pod_monitor.is_some())
+            + broker.as_ref().map_or(0, broker::ManagedBroker::count)
             // The discovery ServiceAccount, its Role and RoleBinding.
             + 3
     }
@@ -208,6 +213,14 @@ pub fn children_in(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Chil
         } else {
             Vec::new()
         },
+        broker: broker::managed(app, &owner).map(|b| broker::ManagedBroker {
+            config: stamp_rendered_hash(b.config),
+            service: stamp_rendered_hash(b.service),
+            pods_service: stamp_rendered_hash(b.pods_service),
+            stateful_set: stamp_rendered_hash(b.stateful_set),
+            budget: b.budget.map(stamp_rendered_hash),
+            network_policy: b.network_policy.map(stamp_rendered_hash),
+        }),
     })
 }
 

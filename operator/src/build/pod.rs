@@ -96,6 +96,7 @@ fn pod_spec(
             std::iter::once(empty_dir("tmp"))
                 .chain(auth_keys(app))
                 .chain(super::identity::volumes(owner, component))
+                .chain(super::broker::service_volume(app, owner, component))
                 .collect(),
         ),
         topology_spread_constraints: Some(vec![spread_across_nodes(

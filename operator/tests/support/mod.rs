@@ -29,7 +29,15 @@ pub const NAMESPACE: &str = "demo";
 
 /// An app named `shop` as stored by the API server (defaults applied, uid and generation set),
 /// with `spec` merged over the defaults.
+///
+/// Without an event broker unless the spec says otherwise: the tests of everything else pin
+/// exact API calls and objects, and the broker's own tests (`events_api.rs`, `render.rs`) set
+/// `spec.events`.
 pub fn app(spec: Value) -> MicroserviceApp {
+    let mut spec = spec;
+    if spec.get("events").is_none() {
+        spec["events"] = json!({"enabled": false});
+    }
     serde_json::from_value(json!({
         "apiVersion": "msa.dev/v1alpha1",
         "kind": "MicroserviceApp",
@@ -172,6 +180,7 @@ impl FakeCaches {
             role_binding,
             network_policies,
             pod_monitor: _,
+            broker,
         } = children;
         for w in workloads {
             match w {
@@ -207,6 +216,24 @@ impl FakeCaches {
             self.network_policies
                 .apply_watcher_event(&watcher::Event::Apply(as_stored(p)));
         }
+        if let Some(broker) = broker {
+            self.config_maps
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(&broker.config)));
+            for s in [&broker.service, &broker.pods_service] {
+                self.services
+                    .apply_watcher_event(&watcher::Event::Apply(as_stored(s)));
+            }
+            self.stateful_sets
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(&broker.stateful_set)));
+            if let Some(b) = &broker.budget {
+                self.budgets
+                    .apply_watcher_event(&watcher::Event::Apply(as_stored(b)));
+            }
+            if let Some(p) = &broker.network_policy {
+                self.network_policies
+                    .apply_watcher_event(&watcher::Event::Apply(as_stored(p)));
+            }
+        }
     }
 }
 
@@ -222,7 +249,10 @@ where
     value["metadata"]["generation"] = json!(1);
     value["metadata"]["managedFields"] = json!([{"manager": "msa-operator", "operation": "Apply"}]);
     if value["kind"] == "Service" {
-        value["spec"]["clusterIP"] = json!("10.96.0.10");
+        // The address the API server allocates (a headless Service keeps its `None`).
+        if value["spec"]["clusterIP"].is_null() {
+            value["spec"]["clusterIP"] = json!("10.96.0.10");
+        }
         value["spec"]["sessionAffinity"] = json!("None");
     }
     if value["kind"] == "Deployment" {

@@ -363,6 +363,7 @@ async fn apply_children_directly(
             role_binding,
             network_policies,
             pod_monitor,
+            broker,
         } = msa_operator::build::children(&app)?;
         anyhow::ensure!(
             pod_monitor.is_none(),
@@ -391,6 +392,19 @@ async fn apply_children_directly(
             apply_unowned(client, account).await?;
         }
         apply_unowned(client, role).await?;
+        if let Some(broker) = broker {
+            // The operator also creates the broker's credentials Secret (one POST), not counted.
+            apply_unowned(client, broker.config).await?;
+            apply_unowned(client, broker.service).await?;
+            apply_unowned(client, broker.pods_service).await?;
+            apply_unowned(client, broker.stateful_set).await?;
+            if let Some(budget) = broker.budget {
+                apply_unowned(client, budget).await?;
+            }
+            if let Some(policy) = broker.network_policy {
+                apply_unowned(client, policy).await?;
+            }
+        }
         apply_unowned(client, role_binding).await
     }))
     .buffer_unordered(concurrency)
