@@ -418,7 +418,15 @@ spec:
     created.extend(tally.orders_answered);
     audit_clean(&http, &shop, &created, "after the pod deletions").await?;
     created.extend(crash_an_order_pod(ctx, &ns, &http, &shop, rows).await?);
-    audit_clean(&http, &shop, &created, "after the order service's crash").await
+    audit_clean(&http, &shop, &created, "after the order service's crash").await?;
+    // Every change of those scenarios (rollouts, deletions, a crash, two relays per service on
+    // one database) is in its stream exactly once, in order per aggregate.
+    let published = crate::events::audit_streams(ctx, &ns, "shop", &postgres, &databases).await?;
+    ensure!(
+        published.values().all(|n| *n > 0),
+        "a service published nothing: {published:?}"
+    );
+    Ok(())
 }
 
 /// A crash, not a drain: the process of one order pod killed with SIGKILL under load, orders

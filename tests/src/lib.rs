@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod durability;
+pub mod events;
 pub mod failing_api;
 pub use msa_listening as listening;
 pub mod load;

@@ -40,20 +40,25 @@ impl Postgres {
         Ok(Self { admin, pod_address })
     }
 
-    /// Runs each statement on `database` (separately: CREATE DATABASE refuses a transaction)
-    /// and returns what the last printed.
-    pub fn psql(&self, database: &str, statements: &[&str]) -> anyhow::Result<String> {
+    /// The admin's URL of `database` (on loopback).
+    pub fn url(&self, database: &str) -> String {
         let base = self
             .admin
             .rsplit_once('/')
             .map_or(self.admin.as_str(), |(b, _)| b);
+        format!("{base}/{database}")
+    }
+
+    /// Runs each statement on `database` (separately: CREATE DATABASE refuses a transaction)
+    /// and returns what the last printed.
+    pub fn psql(&self, database: &str, statements: &[&str]) -> anyhow::Result<String> {
         let mut command = Command::new("psql");
         command.args([
             "--no-psqlrc",
             "-v",
             "ON_ERROR_STOP=1",
             "-At",
-            &format!("{base}/{database}"),
+            &self.url(database),
         ]);
         for statement in statements {
             command.args(["-c", statement]);
