@@ -8,6 +8,7 @@
 mod admission;
 mod crd_upgrade;
 mod discovery;
+mod events;
 mod hosts;
 mod issuer;
 mod namespaces;

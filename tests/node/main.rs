@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams};
 use msa_e2e::cluster::INSTALL_NAMESPACE;
 use msa_e2e::durability;
 use msa_e2e::node::{
-    OnNode, cluster_script, guarded_url, install_operator_chart, run_demo, run_demo_in,
+    OnNode, cluster_script, guarded, guarded_url, install_operator_chart, run_demo, run_demo_in,
     wait_app_ready, wait_reachable,
 };
 use msa_e2e::{TestNamespace, wait_until};
@@ -53,6 +53,7 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
         "kubectl apply → msa/shop Ready on real pods: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    check_events_flow(&ctx, &ns).await?;
     let pods = check_pods_match_status(&ctx, &ns).await?;
     check_discovery_from_inside_pods(&ctx, &pods).await?;
     check_demo_through_node_port(&ctx, &ns).await?;
@@ -283,6 +284,31 @@ async fn apply_shop_and_wait(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
     })
 }
 
+/// The broker the operator runs for the shop (images msa-nats and msa-streams) is ready on the
+/// real node: JetStream runs and the keeper made the shop's streams (`EventsReady=True`).
+async fn check_events_flow(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let apps = Api::<MicroserviceApp>::namespaced(ctx.admin.clone(), ns);
+    let started = Instant::now();
+    let ready = wait_until(
+        "msa/shop EventsReady=True on the real node",
+        WAIT,
+        || async {
+            let app = apps.get("shop").await?;
+            Ok(app
+                .status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "EventsReady"))
+                .filter(|c| c.status == "True"))
+        },
+    )
+    .await?;
+    println!(
+        "event broker ready on the real node after another {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        ready.message
+    );
+    Ok(())
+}
+
 /// Every pod of every component Running and Ready on the real node, as many as the app's status
 /// says; returns component → (pod name → IP).
 async fn check_pods_match_status(
@@ -445,6 +471,19 @@ fn patch_shop(ctx: &Ctx, ns: &str, patch: &str) -> anyhow::Result<()> {
 /// Whether an HTTP request from the host to `ip:port`, on a new connection, gets any answer
 /// within two seconds. A new connection each time: the policies judge connections as they open
 /// (conntrack lets established ones be), so a pooled one would outlive a policy applied since.
+/// Whether a TCP connection to `ip:port` (in the guarded range) opens within 2 s.
+async fn connects(ip: &str, port: u16) -> anyhow::Result<bool> {
+    let address = std::net::SocketAddr::new(guarded(ip.parse()?)?, port);
+    Ok(matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(address)
+        )
+        .await,
+        Ok(Ok(_))
+    ))
+}
+
 async fn answers(ip: &str, port: u16, path: &str) -> anyhow::Result<bool> {
     let url = format!("{}{path}", guarded_url(ip, port)?);
     let client = reqwest::Client::builder()
@@ -499,8 +538,14 @@ async fn check_network_policies_enforced(ctx: &Ctx, ns: &str) -> anyhow::Result<
             "the gateway's admin port {ip}:{ADMIN_PORT} answered the host, outside the monitoring namespace"
         );
     }
+    // The event broker takes clients only from the shop's services: not from the host.
+    let broker = pod_ip(ctx, ns, "shop-events-0").await?;
+    ensure!(
+        !connects(&broker, 4222).await?,
+        "the broker {broker}:4222 accepted a connection from the host, which its policy does not admit"
+    );
     println!(
-        "from the host: the gateway's API port answers; user, order, product and every admin port are refused"
+        "from the host: the gateway's API port answers; user, order, product, the event broker and every admin port are refused"
     );
     check_demo_through_node_port(ctx, ns).await?;
 
