@@ -62,6 +62,9 @@ pub const COMPONENT_PLACEHOLDER: &str = "{component}";
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
+        "metadata.name must be lowercase letters, digits and '-', starting with a letter and not ending with '-': it names the app's Services and is a token of its event subjects"
+    ),
     validation = Rule::new("size(self.metadata.name) <= 53").message(
         "metadata.name must be at most 53 characters: child objects are named <name>-<component> (up to <name>-discovery) and must fit in 63"
     ),
@@ -149,6 +152,10 @@ pub struct MicroserviceAppSpec {
         .message("spec.events.replicas must be 1 or 3: a stream kept by 2 servers stops when either is down")
         .field_path(".replicas")
         .reason(kube::core::Reason::FieldValueInvalid),
+    validation = Rule::new("!self.enabled || !oldSelf.enabled || has(self.external) || has(oldSelf.external) || self.replicas == oldSelf.replicas")
+        .message("spec.events.replicas cannot change while the broker runs: a standalone server's streams are not those of a cluster (joining would drop them). Set enabled: false, delete the claims data-<app>-events-*, then enable it with the new count")
+        .field_path(".replicas")
+        .reason(kube::core::Reason::FieldValueForbidden),
 )]
 pub struct EventsSpec {
     /// Publish events (default). False: no broker runs and nothing is published; each service
@@ -163,7 +170,7 @@ pub struct EventsSpec {
 
     /// Servers the operator runs (1 or 3), each with its own volume; every stream keeps this
     /// many copies (with 3, one server may be down). Three servers find each other by the
-    /// cluster's DNS names of their pods.
+    /// cluster's DNS names of their pods. Fixed while the broker runs.
     #[serde(default = "default_events_replicas")]
     pub replicas: i32,
 
@@ -257,7 +264,8 @@ impl Default for BrokerStorageSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventsRetentionSpec {
-    /// Megabytes (MiB) each stream keeps at most.
+    /// Megabytes (MiB) each stream keeps at most (default 256). The app's three streams
+    /// together must fit in nine tenths of `storage.size` of the broker the operator runs.
     #[serde(default = "default_retention_megabytes")]
     #[schemars(range(min = 1, max = 1_048_576))]
     pub max_megabytes: i32,
@@ -277,8 +285,9 @@ impl Default for EventsRetentionSpec {
     }
 }
 
+/// Three streams of 256 MiB fit in nine tenths of the default 1Gi volume.
 fn default_retention_megabytes() -> i32 {
-    1024
+    256
 }
 
 fn default_retention_hours() -> i32 {

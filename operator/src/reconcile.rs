@@ -1001,7 +1001,8 @@ async fn make_broker_credentials(
             info!(%name, %namespace, "created the event broker's credentials");
             report.changed.push(format!("Secret/{name}"));
         }
-        // Made before (by this operator before a restart, or by its predecessor).
+        // Made before for this very app (its name carries the app's uid): by this operator
+        // before a restart, or by its predecessor.
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
             report

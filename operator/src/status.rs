@@ -341,7 +341,8 @@ fn events_ready(app: &MicroserviceApp, broker: Option<&WorkloadState>) -> Comput
         );
     };
     let desired = state.desired.unwrap_or(app.spec.events.replicas);
-    if state.ready >= desired && desired > 0 && state.updated >= desired {
+    // Counts of a revision its controller has seen, not of the one before a change.
+    if state.rolled_out() && state.ready >= desired && desired > 0 {
         Computed::new(
             EVENTS_READY,
             true,

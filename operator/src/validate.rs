@@ -46,6 +46,12 @@ impl fmt::Display for SpecProblem {
 pub fn problems(app: &MicroserviceApp) -> Vec<SpecProblem> {
     let mut found = Vec::new();
     let name = app.name_any();
+    if !is_dns_label(&name) {
+        found.push(problem(
+            "metadata.name",
+            "must be lowercase letters, digits and '-', starting with a letter and not ending with '-' (it names Services and is a NATS subject token)",
+        ));
+    }
     if name.len() > MAX_APP_NAME {
         found.push(problem(
             "metadata.name",
@@ -270,9 +276,27 @@ fn is_qualified_name(s: &str) -> bool {
         && s.ends_with(alnum)
 }
 
-/// What the CEL rules of `spec.events` say, for API servers that did not check them.
+/// What the CEL rules of `spec.events` say, for API servers that did not check them, and what
+/// CEL cannot say: that the streams fit the broker's volume.
 fn check_events(app: &MicroserviceApp, found: &mut Vec<SpecProblem>) {
     let events = &app.spec.events;
+    if crate::build::broker::is_managed(app) {
+        let (streams, store) = (
+            crate::build::broker::streams_bytes(app),
+            crate::build::broker::file_store_bytes(app),
+        );
+        if streams > store {
+            found.push(problem(
+                "spec.events.retention.maxMegabytes",
+                format!(
+                    "3 streams of {} MiB need {} MiB, more than the {} MiB JetStream may use of each server's volume (nine tenths of spec.events.storage.size); lower maxMegabytes or set a larger size on a new app",
+                    events.retention.max_megabytes,
+                    streams >> 20,
+                    store >> 20
+                ),
+            ));
+        }
+    }
     if !matches!(events.replicas, 1 | 3) {
         found.push(problem(
             "spec.events.replicas",
@@ -302,6 +326,14 @@ fn valid_broker_url(url: &str) -> bool {
     };
     !host.is_empty()
         && !host.contains(['@', '/', ' '])
-        && (1..=5).contains(&port.len())
-        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|port| port > 0)
+}
+
+/// A DNS-1035 label (what a Service's name must be), the length aside.
+fn is_dns_label(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use support::{Call, FakeCaches, api_error, app, context, healthy_api, mocked_client, pg_app};
 
 const ADDRESS: &str = "198.19.7.7";
+/// The fixture app's credentials Secret: its name carries the first 8 of the app's uid.
+const SECRET: &str = "shop-events-credentials-1b2c3d4e";
 
 fn with_address() -> ClusterFacts {
     ClusterFacts {
@@ -100,7 +102,7 @@ fn by_default_the_operator_runs_one_server_with_its_stream_keeper() {
         let selector = var.value_from.unwrap().secret_key_ref.unwrap();
         assert_eq!(
             (selector.name.as_str(), selector.key.as_str()),
-            ("shop-events-credentials", login)
+            (SECRET, login)
         );
     }
     // The keeper is the admin, on the pod's loopback, with the streams' limits; its readiness
@@ -115,7 +117,7 @@ fn by_default_the_operator_runs_one_server_with_its_stream_keeper() {
     );
     assert_eq!(
         value(keeper, "MSA_EVENTS_MAX_BYTES").as_deref(),
-        Some("1073741824")
+        Some("268435456")
     );
     assert_eq!(
         value(keeper, "MSA_EVENTS_MAX_AGE_HOURS").as_deref(),
@@ -181,6 +183,43 @@ fn by_default_the_operator_runs_one_server_with_its_stream_keeper() {
     assert_ne!(hash(&managed), hash(&other));
 
     assert_eq!(managed.budget, None, "one server: no budget");
+    let server_args = managed
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(
+        server_args,
+        ["--config", "/etc/nats/nats.conf"],
+        "one server: no routes"
+    );
+    assert!(
+        config.contains("max_file_store: 966367641"),
+        "nine tenths of 1Gi\n{config}"
+    );
+    let client_ports = managed
+        .service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap();
+    assert_eq!(client_ports.len(), 1, "monitoring is not on the Service");
+    // The policy is the servers' only wall around their routes: rendered even when the app's
+    // other policies are off.
+    let open = app(json!({"events": {}, "networkPolicy": {"enabled": false}}));
+    let children = build::children_in(&open, &with_address()).unwrap();
+    assert!(children.network_policies.is_empty());
+    assert!(children.broker.unwrap().network_policy.is_some());
     let policy = managed.network_policy.unwrap();
     let rules = policy.spec.unwrap().ingress.unwrap();
     let clients = serde_json::to_value(&rules[0]).unwrap();
@@ -227,10 +266,7 @@ fn each_service_publishes_with_its_own_login_once_the_broker_has_an_address() {
             .find(|v| v.name == "events-credentials")
             .unwrap();
         let secret = volume.secret.unwrap();
-        assert_eq!(
-            secret.secret_name.as_deref(),
-            Some("shop-events-credentials")
-        );
+        assert_eq!(secret.secret_name.as_deref(), Some(SECRET));
         assert_eq!(
             secret.items.unwrap()[0].key,
             component.name(),
@@ -264,14 +300,27 @@ fn three_servers_form_a_cluster_with_a_budget() {
     assert_eq!(set.replicas, Some(3));
     assert_eq!(set.pod_management_policy.as_deref(), Some("Parallel"));
     let config = &managed.config.data.unwrap()["nats.conf"];
+    assert!(
+        config.contains("authorization { user: \"route\", password: $MSA_NATS_PASSWORD_ROUTE }"),
+        "servers join only with the route login\n{config}"
+    );
+    assert!(config.contains("no_advertise: true"), "{config}");
+    let server = &set.template.spec.as_ref().unwrap().containers[0];
+    let args = server.args.as_ref().unwrap();
+    assert_eq!(args[2], "--routes");
     for n in 0..3 {
         assert!(
-            config.contains(&format!(
-                "nats://shop-events-{n}.shop-events-pods.demo.svc:6222"
+            args[3].contains(&format!(
+                "nats://route:$(MSA_NATS_PASSWORD_ROUTE)@shop-events-{n}.shop-events-pods.demo.svc:6222"
             )),
-            "{config}"
+            "{args:?}"
         );
     }
+    let route = env(server, "MSA_NATS_PASSWORD_ROUTE").unwrap();
+    assert_eq!(
+        route.value_from.unwrap().secret_key_ref.unwrap().key,
+        "route"
+    );
     let budget = managed.budget.unwrap().spec.unwrap();
     assert_eq!(
         budget.max_unavailable,
@@ -319,16 +368,13 @@ fn an_external_broker_runs_nothing_and_off_renders_nothing() {
 fn the_credentials_are_fresh_per_login_and_go_with_the_app() {
     let shop = app(json!({"events": {}}));
     let secret = broker::credentials_secret(&shop, msa_events::broker::password).unwrap();
-    assert_eq!(
-        secret.metadata.name.as_deref(),
-        Some("shop-events-credentials")
-    );
+    assert_eq!(secret.metadata.name.as_deref(), Some(SECRET));
     let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "MicroserviceApp");
     let data = secret.data.unwrap();
     let passwords: std::collections::BTreeSet<&Vec<u8>> = data.values().map(|b| &b.0).collect();
-    assert_eq!(data.len(), 5);
-    assert_eq!(passwords.len(), 5, "no two logins share a password");
+    assert_eq!(data.len(), 6, "five logins and the servers' routes");
+    assert_eq!(passwords.len(), 6, "no two logins share a password");
     assert!(passwords.iter().all(|p| p.len() == 32));
 }
 
@@ -377,6 +423,23 @@ fn what_the_schema_refuses_is_refused_again_before_anything_is_applied() {
         .is_empty()
     );
     assert!(problems(json!({"events": {}, "database": database}), &"a".repeat(45)).is_empty());
+    // The streams must fit in what JetStream may use of the volume.
+    let found = problems(
+        json!({"events": {"retention": {"maxMegabytes": 400}}}),
+        "shop",
+    );
+    assert!(found[0].starts_with("spec.events.retention.maxMegabytes: 3 streams of 400 MiB need 1200 MiB, more than the 921 MiB"), "{found:?}");
+    assert!(
+        problems(
+            json!({"events": {"retention": {"maxMegabytes": 400}, "storage": {"size": "2Gi"}}}),
+            "shop"
+        )
+        .is_empty()
+    );
+    assert!(problems(json!({"events": {"external": {"url": "nats://nats:0", "credentialsSecretRef": {"name": "s"}}}}), "shop")[0].starts_with("spec.events.external.url"));
+    assert!(
+        problems(json!({}), "shop.user")[0].starts_with("metadata.name: must be lowercase letters")
+    );
 }
 
 /// A mocked API server that gives the broker's Service an address, as the API server does.
@@ -418,10 +481,7 @@ async fn the_first_reconcile_makes_the_credentials_and_the_address_before_the_se
         lines[0].starts_with("POST /api/v1/namespaces/demo/secrets"),
         "{lines:#?}"
     );
-    assert_eq!(
-        writes[0].body["metadata"]["name"],
-        "shop-events-credentials"
-    );
+    assert_eq!(writes[0].body["metadata"]["name"], SECRET);
     assert!(position("/services/shop-events?") < position("/deployments/shop-user?"));
     for object in [
         "/configmaps/shop-events?",

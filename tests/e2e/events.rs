@@ -49,12 +49,17 @@ async fn the_operator_runs_the_broker_and_each_service_publishes_as_itself() -> 
     let headless = services.get("shop-events-pods").await?.spec.unwrap();
     assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
 
-    // The credentials: made once, a password per login, deleted with the app.
+    // The credentials: made once, a password per login (and the servers' routes), named with
+    // the app's uid, deleted with the app.
+    let uid = apps.get("shop").await?.uid().unwrap();
     let secret = Api::<Secret>::namespaced(s.admin.clone(), &s.ns)
-        .get("shop-events-credentials")
+        .get(&format!("shop-events-credentials-{}", &uid[..8]))
         .await?;
     let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
-    assert_eq!(keys, ["admin", "observer", "order", "product", "user"]);
+    assert_eq!(
+        keys,
+        ["admin", "observer", "order", "product", "route", "user"]
+    );
     assert!(
         secret
             .owner_references()

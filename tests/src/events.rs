@@ -29,10 +29,18 @@ async fn broker_address(ctx: &Ctx, ns: &str, app: &str) -> anyhow::Result<String
     Ok(format!("nats://{}:4222", guarded(ip.parse()?)?))
 }
 
-/// The observer's password, from the Secret the operator made.
+/// The observer's password, from the Secret the operator made (named with the app's uid).
 async fn observer_password(ctx: &Ctx, ns: &str, app: &str) -> anyhow::Result<String> {
+    let uid = Api::<msa_operator::crd::MicroserviceApp>::namespaced(ctx.admin.clone(), ns)
+        .get(app)
+        .await?
+        .metadata
+        .uid
+        .context("the app has no uid")?;
     let secret = Api::<Secret>::namespaced(ctx.admin.clone(), ns)
-        .get(&format!("{app}-events-credentials"))
+        .get(&msa_operator::build::broker::credentials_secret_name(
+            app, &uid,
+        ))
         .await?;
     let bytes = secret
         .data

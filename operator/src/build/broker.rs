@@ -26,15 +26,16 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
@@ -91,10 +92,23 @@ pub fn pods_service_name(app: &str) -> String {
     format!("{app}-{COMPONENT}-pods")
 }
 
-/// The Secret with every login's password (made by the operator for the broker it runs).
-pub fn credentials_secret_name(app: &str) -> String {
-    format!("{app}-{COMPONENT}-credentials")
+/// The Secret with every login's password (made by the operator for the broker it runs):
+/// `<app>-events-credentials-<first 8 of the app's uid>`. The uid makes "already exists" mean
+/// "this app's": an earlier app of the same name, deleted and re-created before the garbage
+/// collector removed its Secret, cannot lend it one that is about to vanish.
+pub fn credentials_secret_name(app: &str, uid: &str) -> String {
+    let uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    format!("{app}-{COMPONENT}-credentials-{uid}")
 }
+
+/// The key of the servers' route password in the credentials Secret (not a client login).
+pub const ROUTE_KEY: &str = "route";
+const ROUTE_USER: &str = "route";
+const ROUTE_PASSWORD_VARIABLE: &str = "MSA_NATS_PASSWORD_ROUTE";
 
 /// The labels that select the broker's pods.
 pub fn selector(app: &str) -> BTreeMap<String, String> {
@@ -124,7 +138,8 @@ pub struct ManagedBroker {
     pub stateful_set: StatefulSet,
     /// With 3 servers: at most one down by a drain.
     pub budget: Option<PodDisruptionBudget>,
-    /// When `spec.networkPolicy.enabled`.
+    /// Always rendered (see [`managed`]); an `Option` so the reconciler deletes one left from
+    /// an earlier operator version that made it optional.
     pub network_policy: Option<NetworkPolicy>,
 }
 
@@ -145,11 +160,10 @@ pub(super) fn managed(app: &MicroserviceApp, owner: &Owner) -> Option<ManagedBro
         service: client_service(owner),
         pods_service: pods_service(owner),
         budget: (app.spec.events.replicas > 1).then(|| budget(owner)),
-        network_policy: app
-            .spec
-            .network_policy
-            .enabled
-            .then(|| network_policy(app, owner)),
+        // Always, whatever `spec.networkPolicy.enabled` says: the servers' routes take no
+        // credentials (nats-server cannot read a route's password from the environment), so
+        // only the policy keeps other pods from joining the cluster as a server.
+        network_policy: Some(network_policy(app, owner)),
     })
 }
 
@@ -178,10 +192,8 @@ fn client_service(owner: &Owner) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector(&owner.name)),
-            ports: Some(vec![
-                port("client", CLIENT_PORT),
-                port("monitor", MONITOR_PORT),
-            ]),
+            // Monitoring (`/connz`, `/jsz`) is not on the Service: Prometheus scrapes pods.
+            ports: Some(vec![port("client", CLIENT_PORT)]),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -205,33 +217,42 @@ fn pods_service(owner: &Owner) -> Service {
 
 /// The server's configuration. `sync_interval: always`: the default (a disk sync every two
 /// minutes) lost acknowledged messages in a published crash test (nats-server issue 7564).
-pub fn server_config(app: &MicroserviceApp, app_name: &str, namespace: &str) -> String {
+///
+/// JetStream may fill at most nine tenths of the volume (`max_file_store`): a full disk would
+/// stop every stream, while a full store refuses only new messages of a stream at its limit.
+pub fn server_config(app: &MicroserviceApp, app_name: &str) -> String {
+    let store = file_store_bytes(app);
     let mut text = format!(
         "# Rendered by msa-operator from MicroserviceApp {app_name}; edits are overwritten.\n\
          server_name: $MSA_POD_NAME\n\
          listen: \"0.0.0.0:{CLIENT_PORT}\"\n\
          http: \"0.0.0.0:{MONITOR_PORT}\"\n\
-         jetstream {{\n  store_dir: \"{DATA_DIR}/jetstream\"\n  sync_interval: always\n  max_memory_store: 64MB\n}}\n"
+         jetstream {{\n  store_dir: \"{DATA_DIR}/jetstream\"\n  sync_interval: always\n  max_memory_store: 64MB\n  max_file_store: {store}\n}}\n"
     );
-    let replicas = app.spec.events.replicas;
-    if replicas > 1 {
-        let pods = pods_service_name(app_name);
-        let routes: Vec<String> = (0..replicas)
-            .map(|n| {
-                format!(
-                    "\"nats://{}-{n}.{pods}.{namespace}.svc:{ROUTE_PORT}\"",
-                    name(app_name)
-                )
-            })
-            .collect();
+    if app.spec.events.replicas > 1 {
+        // Servers join only with the route login (their routes, with its password, are given
+        // as arguments: see `server_container`); `no_advertise`: clients are told of no other
+        // server, so none is led anywhere else.
         text.push_str(&format!(
-            "cluster {{\n  name: \"{}\"\n  listen: \"0.0.0.0:{ROUTE_PORT}\"\n  routes: [{}]\n}}\n",
-            name(app_name),
-            routes.join(", ")
+            "cluster {{\n  name: \"{}\"\n  listen: \"0.0.0.0:{ROUTE_PORT}\"\n  no_advertise: true\n  authorization {{ user: \"{ROUTE_USER}\", password: ${ROUTE_PASSWORD_VARIABLE} }}\n}}\n",
+            name(app_name)
         ));
     }
     text.push_str(&authorization_from_environment(app_name));
     text
+}
+
+/// Nine tenths of the server's volume, in bytes (the schema makes the size a positive quantity).
+pub fn file_store_bytes(app: &MicroserviceApp) -> u64 {
+    let volume = crate::drift::quantity(&app.spec.events.storage.size.0).unwrap_or(0.0);
+    // Truncation is wanted: whole bytes, below the volume's size.
+    (volume * 0.9).max(0.0) as u64
+}
+
+/// What the streams may hold together: each of the three keeps `retention.maxMegabytes`.
+pub fn streams_bytes(app: &MicroserviceApp) -> u64 {
+    let per_stream = u64::try_from(app.spec.events.retention.max_megabytes).unwrap_or(0);
+    per_stream.saturating_mul(1 << 20).saturating_mul(3)
 }
 
 fn config_map(app: &MicroserviceApp, owner: &Owner) -> ConfigMap {
@@ -239,7 +260,7 @@ fn config_map(app: &MicroserviceApp, owner: &Owner) -> ConfigMap {
         metadata: metadata(owner, name(&owner.name)),
         data: Some(BTreeMap::from([(
             CONFIG_FILE.to_owned(),
-            server_config(app, &owner.name, &owner.namespace),
+            server_config(app, &owner.name),
         )])),
         ..ConfigMap::default()
     }
@@ -341,10 +362,10 @@ fn url(app: &MicroserviceApp, facts: &ClusterFacts) -> Option<String> {
     }
 }
 
-fn secret_of(app: &MicroserviceApp, app_name: &str) -> String {
+fn secret_of(app: &MicroserviceApp, app_name: &str, uid: &str) -> String {
     match &app.spec.events.external {
         Some(external) => external.credentials_secret_ref.name.clone(),
-        None => credentials_secret_name(app_name),
+        None => credentials_secret_name(app_name, uid),
     }
 }
 
@@ -372,8 +393,12 @@ pub(super) fn service_volume(
     owner: &Owner,
     component: Component,
 ) -> Option<Volume> {
-    (component.is_stateful() && enabled(app) && url(app, &owner.cluster).is_some())
-        .then(|| password_volume(&secret_of(app, &owner.name), component.name()))
+    (component.is_stateful() && enabled(app) && url(app, &owner.cluster).is_some()).then(|| {
+        password_volume(
+            &secret_of(app, &owner.name, &owner.reference.uid),
+            component.name(),
+        )
+    })
 }
 
 pub(super) fn service_mount(
@@ -427,7 +452,7 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 }
 
 fn server_container(app: &MicroserviceApp, owner: &Owner) -> Container {
-    let secret = credentials_secret_name(&owner.name);
+    let secret = credentials_secret_name(&owner.name, &owner.reference.uid);
     let mut env = vec![EnvVar {
         name: "MSA_POD_NAME".to_owned(),
         value: None,
@@ -444,6 +469,24 @@ fn server_container(app: &MicroserviceApp, owner: &Owner) -> Container {
             .iter()
             .map(|login| secret_env(&password_variable(login), &secret, login)),
     );
+    let replicas = app.spec.events.replicas;
+    let mut args = vec!["--config".to_owned(), format!("{CONFIG_DIR}/{CONFIG_FILE}")];
+    if replicas > 1 {
+        env.push(secret_env(ROUTE_PASSWORD_VARIABLE, &secret, ROUTE_KEY));
+        // The routes carry the route login's password, which nats-server cannot take from the
+        // environment inside a URL: the kubelet expands `$(VAR)` in arguments instead.
+        let pods = pods_service_name(&owner.name);
+        let routes: Vec<String> = (0..replicas)
+            .map(|n| {
+                format!(
+                    "nats://{ROUTE_USER}:$({ROUTE_PASSWORD_VARIABLE})@{}-{n}.{pods}.{}.svc:{ROUTE_PORT}",
+                    name(&owner.name),
+                    owner.namespace
+                )
+            })
+            .collect();
+        args.extend(["--routes".to_owned(), routes.join(",")]);
+    }
     Container {
         name: SERVER_NAME.to_owned(),
         image: Some(
@@ -454,10 +497,7 @@ fn server_container(app: &MicroserviceApp, owner: &Owner) -> Container {
                 .unwrap_or_else(|| image(app, SERVER_NAME)),
         ),
         image_pull_policy: app.spec.image_pull_policy.map(|p| p.as_str().to_owned()),
-        args: Some(vec![
-            "--config".to_owned(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-        ]),
+        args: Some(args),
         env: Some(env),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),
@@ -502,6 +542,18 @@ fn keeper_container(app: &MicroserviceApp, owner: &Owner) -> Container {
         image_pull_policy: app.spec.image_pull_policy.map(|p| p.as_str().to_owned()),
         env: Some(env),
         ports: Some(vec![container_port("probe", KEEPER_PROBE_PORT)]),
+        // Small and bounded: it holds one connection and three stream configurations.
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("10m".to_owned())),
+                ("memory".to_owned(), Quantity("16Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("64Mi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
         // The pod is ready only once the streams are made: the services' events have somewhere
         // to go (what the app's EventsReady condition reports).
         readiness_probe: Some(http_probe("probe", "/readyz", 2, 2)),
@@ -539,7 +591,10 @@ fn stateful_set(app: &MicroserviceApp, owner: &Owner, config: &ConfigMap) -> Sta
                 }),
                 ..Volume::default()
             },
-            password_volume(&credentials_secret_name(&owner.name), ADMIN),
+            password_volume(
+                &credentials_secret_name(&owner.name, &owner.reference.uid),
+                ADMIN,
+            ),
         ]),
         ..PodSpec::default()
     };
@@ -710,10 +765,14 @@ pub fn credentials_secret(
 ) -> Result<Secret, BuildError> {
     let owner = Owner::of(app, &ClusterFacts::default())?;
     Ok(Secret {
-        metadata: metadata(&owner, credentials_secret_name(&owner.name)),
+        metadata: metadata(
+            &owner,
+            credentials_secret_name(&owner.name, &owner.reference.uid),
+        ),
         data: Some(
             LOGINS
                 .iter()
+                .chain(&[ROUTE_KEY])
                 .map(|login| ((*login).to_owned(), ByteString(password().into_bytes())))
                 .collect(),
         ),

@@ -18,6 +18,9 @@ use crate::stream::{self, Ensured, StreamSettings};
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// How soon a failed round is tried again (JetStream may still be starting, or electing).
 pub const RETRY: Duration = Duration::from_secs(2);
+/// Failed rounds in a row before the keeper says it is not ready: one failure during a leader
+/// election must not take every server's pod out of its Service at once.
+pub const FAILURES_BEFORE_UNREADY: u32 = 3;
 
 /// Brings every service's stream of `app` to `settings`, stopping at the first that cannot be:
 /// what was done to each, or why not.
@@ -61,28 +64,42 @@ pub async fn keep(
     stop: impl Future<Output = ()>,
 ) {
     let rounds = async {
-        let mut failing = false;
+        let mut failures = 0u32;
         loop {
             let wait = match ensure_all(&admin, &app, &settings).await {
                 Ok(done) => {
+                    // A stream the admin could not bring to its configuration is not "as
+                    // configured": not ready, looked at again soon.
+                    let mut all_as_configured = true;
                     for (name, ensured) in done {
                         match ensured {
                             Ensured::AsWanted => {}
                             Ensured::Kept { refused } => {
+                                all_as_configured = false;
                                 warn!(stream = %name, %refused, "the stream differs and could not be changed")
                             }
                             other => info!(stream = %name, done = ?other, "stream"),
                         }
                     }
-                    if std::mem::take(&mut failing) {
-                        info!(app, "every stream is as configured again");
+                    if all_as_configured {
+                        if std::mem::take(&mut failures) > 0 {
+                            info!(app, "every stream is as configured again");
+                        }
+                        streams.ready.store(true, Ordering::Relaxed);
+                        RECHECK
+                    } else {
+                        failures = failures.saturating_add(1);
+                        if failures >= FAILURES_BEFORE_UNREADY {
+                            streams.ready.store(false, Ordering::Relaxed);
+                        }
+                        RETRY
                     }
-                    streams.ready.store(true, Ordering::Relaxed);
-                    RECHECK
                 }
                 Err(error) => {
-                    failing = true;
-                    streams.ready.store(false, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    if failures >= FAILURES_BEFORE_UNREADY {
+                        streams.ready.store(false, Ordering::Relaxed);
+                    }
                     warn!(app, %error, "could not make the streams; trying again");
                     RETRY
                 }
@@ -96,18 +113,28 @@ pub async fn keep(
     }
 }
 
+/// Connections the readiness responder serves at once; more are closed unanswered (the kubelet
+/// probes one at a time; a flood must not grow memory or starve the stream loop).
+const PROBES_AT_ONCE: usize = 8;
+
 /// Answers every HTTP request on `listener` with 200 while the streams are ready, 503 before
 /// (the kubelet's readiness probe; nothing else is served). Each request is read for at most
-/// a second and never more than 4 KiB of it.
+/// a second and never more than 4 KiB of it; at most [`PROBES_AT_ONCE`] at a time.
 pub async fn serve_readiness(listener: tokio::net::TcpListener, streams: Streams) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROBES_AT_ONCE));
     loop {
         let Ok((mut connection, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(connection);
+            continue;
+        };
         let streams = streams.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut head = [0u8; 4096];
             let _ = tokio::time::timeout(Duration::from_secs(1), connection.read(&mut head)).await;
             let answer: &[u8] = if streams.ready() {

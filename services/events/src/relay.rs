@@ -85,6 +85,9 @@ pub async fn connect(broker: &Broker, service: &str) -> Result<Context, async_na
         .name(format!("msa-{service}"))
         .custom_inbox_prefix(crate::broker::inbox_prefix(service))
         .retry_on_initial_connect()
+        // Only the configured address: a server a cluster announces is not one this service
+        // was told to trust with its password.
+        .ignore_discovered_servers()
         .connection_timeout(NATS_TIMEOUT)
         .request_timeout(Some(NATS_TIMEOUT))
         .event_callback(|event| async move {
