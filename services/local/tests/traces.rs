@@ -1,8 +1,9 @@
 //! Issue 17, part 2: traces reach a real OTLP receiver. Jaeger (built from its Go module by
 //! `hack/tools.sh jaeger`, listening on loopback only) receives the spans of a local run: one
 //! order through the gateway is one trace, with the gateway's, the order service's, the user
-//! service's and the product service's spans parented hop by hop; the log lines carry the same
-//! ids; and a retried upstream call shows as two attempts.
+//! service's and the product service's spans parented hop by hop, and the relay's publishes of
+//! the order's events under the spans that wrote them; the log lines carry the same ids; and a
+//! retried upstream call shows as two attempts.
 
 mod common;
 
@@ -81,6 +82,9 @@ async fn one_order_is_one_trace_across_every_component() {
                 .iter()
                 .all(|service| spans.iter().any(|s| s.service == *service))
                 && spans.len() >= 11
+                && spans
+                    .iter()
+                    .any(|s| s.operation == "publish msa.local.order.confirmed.v1")
         })
         .await;
     let front = one(&spans, "msa-gateway", "POST /orders");
@@ -126,6 +130,22 @@ async fn one_order_is_one_trace_across_every_component() {
         spans.iter().all(|s| s.parent.is_some()),
         "every span hangs off the caller's: {spans:#?}"
     );
+    // The order's events continue its trace (issue 29): each is published by the order
+    // service's relay, later and outside the request, in a producer span whose parent is the
+    // span that wrote the event with the order.
+    for operation in [
+        "publish msa.local.order.placed.v1",
+        "publish msa.local.order.confirmed.v1",
+    ] {
+        let published = one(&spans, "msa-order", operation);
+        assert_eq!(published.tags["span.kind"], "producer");
+        assert_eq!(published.tags["messaging.system"], "nats");
+        let writer = spans
+            .iter()
+            .find(|s| Some(&s.id) == published.parent.as_ref())
+            .unwrap_or_else(|| panic!("the parent of {operation} in {spans:#?}"));
+        assert_eq!(writer.service, "msa-order", "{operation}");
+    }
 
     // The order service's log line for that request carries the same ids.
     let log = std::fs::read_to_string(local.data.join("logs/order-0.log")).unwrap();
