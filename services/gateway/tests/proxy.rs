@@ -254,8 +254,8 @@ async fn a_stopped_backend_costs_no_gets_is_ejected_within_five_failures_and_rea
 }
 
 /// Peak-EWMA balancing steers away from a slow endpoint. Checked as behaviour (the slow backend
-/// gets the least traffic), with a delay far above any scheduling noise; how small its share
-/// gets is a figure for a benchmark, not a test on a shared machine.
+/// gets less than a fair share), with a delay far above any scheduling noise; how small its
+/// share gets is a figure for a benchmark, not a test on a shared machine.
 #[tokio::test]
 async fn a_slowed_backend_gets_the_least_traffic() {
     let a = Backend::start([127, 0, 0, 2]).await;
@@ -282,9 +282,13 @@ async fn a_slowed_backend_gets_the_least_traffic() {
         slow.requests("GET").await,
     ];
     let served: Vec<u64> = after.iter().zip(before).map(|(x, y)| x - y).collect();
+    // Less than its fair third. Not "fewer than each fast one": on a starved machine a fast
+    // backend's answer can be late enough for latency ejection to set it aside for a while
+    // (seen in CI under load: [299, 0, 1]), which is the balancer working, not failing.
+    let total: u64 = served.iter().sum();
     assert!(
-        served[2] < served[0].min(served[1]),
-        "the slow backend served the fewest (fast, fast, slow): {served:?}"
+        served[2] * 3 < total,
+        "the slow backend served less than a third (fast, fast, slow): {served:?}"
     );
 }
 
