@@ -991,6 +991,12 @@ async fn make_broker_credentials(
     if lock(&ctx.broker_credentials).contains(&uid) {
         return Ok(());
     }
+    // The app's broker StatefulSet in the cache was made after its Secret (see
+    // `prepare_broker`): a restarted operator takes it as proof and sends nothing.
+    if broker_state(ctx, app, None).flatten().is_some() {
+        lock(&ctx.broker_credentials).insert(uid);
+        return Ok(());
+    }
     let secret = broker::credentials_secret(app, msa_events::broker::password)?;
     let name = secret.name_any();
     let namespace = app.namespace().unwrap_or_default();

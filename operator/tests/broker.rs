@@ -512,8 +512,9 @@ async fn the_first_reconcile_makes_the_credentials_and_the_address_before_the_se
     assert_eq!(events["status"], "False");
     assert_eq!(events["reason"], "BrokerNotReady");
 
-    // Another process (a restart, a failover) does not know the Secret was made: one create,
-    // answered "already exists", and nothing is sent again after that.
+    // Another process (a restart, a failover) before the broker's StatefulSet was made (none in
+    // its cache) does not know the Secret was made: one create, answered "already exists", and
+    // nothing is sent again after that.
     let (client, recorded) = mocked_client(Arc::new(|call: &Call| {
         if call.method == "POST" && call.path.ends_with("/secrets") {
             (
@@ -570,11 +571,8 @@ async fn a_converged_app_with_a_broker_costs_no_call_and_turning_events_off_stop
         ));
     let (client, recorded) = mocked_client(api_with_cluster_ips(&shop));
     let ctx = context(client, caches.readers());
-    // The Secret is known to this process (made by its first reconcile).
-    ctx.broker_credentials
-        .lock()
-        .unwrap()
-        .insert(shop.metadata.uid.clone().unwrap());
+    // A new process (a restart, a failover) does not know the Secret was made; the broker's
+    // StatefulSet in its cache, made after the Secret, is the proof: nothing is created.
     reconcile::reconcile(Arc::new(shop.clone()), ctx.clone())
         .await
         .unwrap();
