@@ -24,11 +24,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -43,7 +42,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use msa_events::broker::{ADMIN, LOGINS, authorization_from_environment, password_variable, user};
 
 use super::hash::short_hash;
-use super::pod::RUN_AS;
 use super::{BuildError, ClusterFacts, Owner};
 use crate::component::Component;
 use crate::crd::{COMPONENT_PLACEHOLDER, MicroserviceApp};
@@ -409,37 +407,8 @@ pub(super) fn service_mount(
     service_volume(app, owner, component).map(|_| password_mount())
 }
 
-fn locked_down() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: None,
-        }),
-        seccomp_profile: Some(super::container::runtime_default_seccomp()),
-        ..SecurityContext::default()
-    }
-}
-
 fn monitor_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
-    http_probe("monitor", path, period_seconds, failure_threshold)
-}
-
-fn http_probe(port: &str, path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(port.to_owned()),
-            scheme: Some("HTTP".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period_seconds),
-        failure_threshold: Some(failure_threshold),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    }
+    super::container::http_probe_on("monitor", path, period_seconds, failure_threshold)
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
@@ -509,7 +478,7 @@ fn server_container(app: &MicroserviceApp, owner: &Owner) -> Container {
         startup_probe: Some(monitor_probe("/healthz", 2, 150)),
         liveness_probe: Some(monitor_probe("/healthz?js-enabled-only=true", 10, 3)),
         readiness_probe: Some(monitor_probe("/healthz?js-server-only=true", 2, 2)),
-        security_context: Some(locked_down()),
+        security_context: Some(super::container::locked_down()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "config".to_owned(),
@@ -556,8 +525,8 @@ fn keeper_container(app: &MicroserviceApp, owner: &Owner) -> Container {
         }),
         // The pod is ready only once the streams are made: the services' events have somewhere
         // to go (what the app's EventsReady condition reports).
-        readiness_probe: Some(http_probe("probe", "/readyz", 2, 2)),
-        security_context: Some(locked_down()),
+        readiness_probe: Some(super::container::http_probe_on("probe", "/readyz", 2, 2)),
+        security_context: Some(super::container::locked_down()),
         volume_mounts: Some(vec![password_mount()]),
         ..Container::default()
     }
@@ -574,14 +543,7 @@ fn stateful_set(app: &MicroserviceApp, owner: &Owner, config: &ConfigMap) -> Sta
         termination_grace_period_seconds: Some(30),
         image_pull_secrets: (!app.spec.image_pull_secrets.is_empty())
             .then(|| app.spec.image_pull_secrets.clone()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(super::container::runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(super::pod::pod_security_context()),
         volumes: Some(vec![
             Volume {
                 name: "config".to_owned(),
@@ -729,18 +691,7 @@ fn network_policy(app: &MicroserviceApp, owner: &Owner) -> NetworkPolicy {
         },
     ];
     if let Some(namespace) = &app.spec.network_policy.monitoring_namespace {
-        ingress.push(NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        [("kubernetes.io/metadata.name".to_owned(), namespace.clone())].into(),
-                    ),
-                    match_expressions: None,
-                }),
-                ..NetworkPolicyPeer::default()
-            }]),
-            ports: Some(vec![tcp(MONITOR_PORT)]),
-        });
+        ingress.push(super::network::from_monitoring(namespace, MONITOR_PORT));
     }
     NetworkPolicy {
         metadata: metadata(owner, name(&owner.name)),

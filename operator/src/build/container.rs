@@ -84,19 +84,25 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
         // often comes before that; at 5 s a one-pod rollout's gap doubled), and a stopping pod
         // is out of the EndpointSlices' serving set within 4 s, inside the 5 s drain delay.
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(locked_down()),
         volume_mounts: Some(mounts),
         ..Container::default()
+    }
+}
+
+/// Every container the operator renders: no privilege escalation, read-only root, non-root,
+/// no capabilities, the runtime's default seccomp profile.
+pub(super) fn locked_down() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
     }
 }
 
@@ -108,10 +114,20 @@ pub(super) fn runtime_default_seccomp() -> SeccompProfile {
 }
 
 fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    http_probe_on(ADMIN_PORT_NAME, path, period_seconds, failure_threshold)
+}
+
+/// An HTTP GET probe of `path` on the container port named `port` (2 s timeout).
+pub(super) fn http_probe_on(
+    port: &str,
+    path: &str,
+    period_seconds: i32,
+    failure_threshold: i32,
+) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String(ADMIN_PORT_NAME.to_owned()),
+            port: IntOrString::String(port.to_owned()),
             scheme: Some("HTTP".to_owned()),
             ..HTTPGetAction::default()
         }),

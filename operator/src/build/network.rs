@@ -49,22 +49,7 @@ pub(super) fn policy(app: &MicroserviceApp, owner: &Owner, component: Component)
     }];
     // Metrics and `/info` are on the admin port; only the monitoring namespace reaches it.
     if let Some(namespace) = &settings.monitoring_namespace {
-        ingress.push(NetworkPolicyIngressRule {
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        [("kubernetes.io/metadata.name".to_owned(), namespace.clone())].into(),
-                    ),
-                    match_expressions: None,
-                }),
-                ..NetworkPolicyPeer::default()
-            }]),
-            ports: Some(vec![NetworkPolicyPort {
-                port: Some(IntOrString::Int(super::container::ADMIN_PORT)),
-                protocol: Some("TCP".to_owned()),
-                end_port: None,
-            }]),
-        });
+        ingress.push(from_monitoring(namespace, super::container::ADMIN_PORT));
     }
     NetworkPolicy {
         metadata: owner.component_metadata(app, component),
@@ -77,6 +62,30 @@ pub(super) fn policy(app: &MicroserviceApp, owner: &Owner, component: Component)
             ingress: Some(ingress),
             egress: None,
         }),
+    }
+}
+
+/// The rule admitting the pods of the monitoring `namespace` to `port` (metrics).
+pub(super) fn from_monitoring(namespace: &str, port: i32) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(
+                    [(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        namespace.to_owned(),
+                    )]
+                    .into(),
+                ),
+                match_expressions: None,
+            }),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_owned()),
+            end_port: None,
+        }]),
     }
 }
 

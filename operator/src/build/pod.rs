@@ -82,15 +82,7 @@ fn pod_spec(
         ),
         image_pull_secrets: (!app.spec.image_pull_secrets.is_empty())
             .then(|| app.spec.image_pull_secrets.clone()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            // Volumes that support it (block-backed, emptyDir) are made writable for the group.
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context()),
         // The embedded database's volume comes from the StatefulSet's claim template.
         volumes: Some(
             std::iter::once(empty_dir("tmp"))
@@ -105,6 +97,20 @@ fn pod_spec(
             revision_label,
         )]),
         ..PodSpec::default()
+    }
+}
+
+/// Every pod the operator renders runs as [`RUN_AS`], non-root, with the runtime's default
+/// seccomp profile.
+pub(super) fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        // Volumes that support it (block-backed, emptyDir) are made writable for the group.
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
     }
 }
 

@@ -60,6 +60,26 @@ impl NatsServer {
         NatsServer::start_with_environment(extra, Vec::new()).await
     }
 
+    /// A server configured as the operator configures an app's broker: the `authorization`
+    /// block naming each password as an environment variable, and those variables set from
+    /// `credentials` (each login's password).
+    pub async fn start_as_operator_configures(
+        app: &str,
+        credentials: &[crate::broker::Credential],
+    ) -> NatsServer {
+        let env = credentials
+            .iter()
+            .map(|c| {
+                (
+                    crate::broker::password_variable(&c.service),
+                    c.password.clone(),
+                )
+            })
+            .collect();
+        NatsServer::start_with_environment(&crate::broker::authorization_from_environment(app), env)
+            .await
+    }
+
     /// Like [`NatsServer::start_with`], the server's process also given `env` (the variables a
     /// configuration such as the operator's refers to).
     pub async fn start_with_environment(extra: &str, env: Vec<(String, String)>) -> NatsServer {

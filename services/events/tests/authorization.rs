@@ -42,6 +42,17 @@ async fn client_as(nats: &NatsServer, credential: &Credential) -> jetstream::Con
     jetstream::new(client)
 }
 
+/// Whether a `user.deleted` published with `client`'s login is refused (not acknowledged).
+async fn forgery_refused(client: &jetstream::Context) -> bool {
+    match client
+        .publish(EventType::UserDeleted.subject("test"), "{}".into())
+        .await
+    {
+        Err(_) => true,
+        Ok(ack) => ack.await.is_err(),
+    }
+}
+
 fn stream_settings() -> StreamSettings {
     StreamSettings {
         max_bytes: 16 << 20,
@@ -99,14 +110,10 @@ async fn only_a_service_speaks_for_itself() {
     // The product service's credentials cannot publish a user event, touch the user stream, or
     // read another service's replies.
     let product = client_as(&nats, &login(&credentials, "product")).await;
-    let forged = product
-        .publish(EventType::UserDeleted.subject("test"), "{}".into())
-        .await;
-    let refused = match forged {
-        Err(_) => true,
-        Ok(ack) => ack.await.is_err(),
-    };
-    assert!(refused, "a forged user.deleted was acknowledged");
+    assert!(
+        forgery_refused(&product).await,
+        "a forged user.deleted was acknowledged"
+    );
     assert!(
         product.get_stream("msa-test-user").await.is_err(),
         "the product service read the user stream's state"
@@ -184,13 +191,7 @@ async fn only_a_service_speaks_for_itself() {
 #[tokio::test]
 async fn passwords_from_the_environment_are_resolved_and_enforced() {
     let credentials = broker::credentials("test");
-    let env = credentials
-        .iter()
-        .map(|c| (broker::password_variable(&c.service), c.password.clone()))
-        .collect();
-    let nats =
-        NatsServer::start_with_environment(&broker::authorization_from_environment("test"), env)
-            .await;
+    let nats = NatsServer::start_as_operator_configures("test", &credentials).await;
     let admin = client_as(&nats, &login(&credentials, broker::ADMIN)).await;
     let made = msa_events::keeper::ensure_all(&admin, "test", &stream_settings())
         .await
@@ -203,14 +204,10 @@ async fn passwords_from_the_environment_are_resolved_and_enforced() {
         .unwrap()
         .await
         .expect("the product service publishes its own events");
-    let forged = product
-        .publish(EventType::UserDeleted.subject("test"), "{}".into())
-        .await;
-    let refused = match forged {
-        Err(_) => true,
-        Ok(ack) => ack.await.is_err(),
-    };
-    assert!(refused, "a forged user.deleted was acknowledged");
+    assert!(
+        forgery_refused(&product).await,
+        "a forged user.deleted was acknowledged"
+    );
     let messages = |name: &'static str| {
         let admin = admin.clone();
         async move {

@@ -29,13 +29,7 @@ async fn probe(addr: std::net::SocketAddr) -> String {
 #[tokio::test]
 async fn the_keeper_makes_every_stream_and_only_then_is_ready() {
     let credentials = broker::credentials("shop");
-    let env = credentials
-        .iter()
-        .map(|c| (broker::password_variable(&c.service), c.password.clone()))
-        .collect();
-    let nats =
-        NatsServer::start_with_environment(&broker::authorization_from_environment("shop"), env)
-            .await;
+    let nats = NatsServer::start_as_operator_configures("shop", &credentials).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let streams = Streams::default();
