@@ -51,6 +51,8 @@ async fn the_operator_upgrades_an_older_crd_and_leaves_a_newer_one() -> anyhow::
     let crds: Api<CustomResourceDefinition> = Api::all(s.admin.clone());
     let ours = msa_operator::crd::definition();
     let our_version = ours.annotations()[VERSION_ANNOTATION].clone();
+    // No other test changes the CRD meanwhile (dropped last, after the restore).
+    let _exclusive = crate::support::changing_the_crd().await;
     // Put back what the other tests run on, whatever happens here.
     let _restore = RestoreCrd(s.cluster.clone());
     // The description is how the test tells the CRDs apart; no field changes, so the apps of the

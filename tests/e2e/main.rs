@@ -1081,7 +1081,7 @@ async fn an_app_the_operator_cannot_read_is_reported_and_the_others_converge() -
 {
     let s = Setup::new("null").await?;
     // Widening one field: no other test's objects change meaning. Put back when the test ends.
-    let older_crd = support::NullableMaxSurge::set(&s.cluster)?;
+    let older_crd = support::NullableMaxSurge::set(&s.cluster).await?;
     let nulled = serde_json::json!({
         "apiVersion": "msa.dev/v1alpha1", "kind": "MicroserviceApp",
         "metadata": {"name": "nulled"},

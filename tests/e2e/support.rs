@@ -456,23 +456,39 @@ pub fn condition(app: &MicroserviceApp, type_: &str) -> Option<Condition> {
         .cloned()
 }
 
+/// Held by every test that changes the CRD's schema or replaces the CRD while it runs. The
+/// API server ends every watch of the kind when its CRD changes, and the relist reads stored
+/// objects under the new schema: the CRD-upgrade test putting back the current schema turned the
+/// unreadable-app test's kept null into a default under it (CI saw the gauge stay at 0).
+static CRD_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other test changes the CRD, and keeps others out until dropped.
+pub async fn changing_the_crd() -> tokio::sync::MutexGuard<'static, ()> {
+    CRD_CHANGES.lock().await
+}
+
 /// The CRD as an older release served it, with `spec.components.order.rollout.maxSurge`
-/// nullable, until dropped (then the field is not nullable again).
+/// nullable, until dropped (then the field is not nullable again). No other test changes the
+/// CRD meanwhile.
 pub struct NullableMaxSurge {
     cluster: Cluster,
+    // Dropped after `drop` has put the schema back.
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
 const CRD: &str = "microserviceapps.msa.dev";
 const MAX_SURGE_NULLABLE: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/components/properties/order/properties/rollout/properties/maxSurge/nullable";
 
 impl NullableMaxSurge {
-    pub fn set(cluster: &Cluster) -> anyhow::Result<Self> {
+    pub async fn set(cluster: &Cluster) -> anyhow::Result<Self> {
+        let exclusive = changing_the_crd().await;
         let patch = format!(r#"[{{"op":"add","path":"{MAX_SURGE_NULLABLE}","value":true}}]"#);
         cluster
             .kubectl(&["patch", "crd", CRD, "--type=json", "-p", &patch])
             .ok()?;
         Ok(NullableMaxSurge {
             cluster: cluster.clone(),
+            _exclusive: exclusive,
         })
     }
 }
