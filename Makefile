@@ -61,11 +61,8 @@ check-generated: ## Fail when crds/ or manifests/install.yaml are stale
 	  || { echo "manifests/install.yaml is stale: run 'make manifests' and commit it" >&2; exit 1; }
 	@echo "generated files are up to date (crds/ is checked by cargo test)"
 
-lint-chart: ## helm lint the chart, cluster-wide and namespaced, without and with the admission policy and API priority
-	"$(HELM)" lint --strict charts/msa-operator
-	"$(HELM)" lint --strict charts/msa-operator --set watchNamespace=demo
-	"$(HELM)" lint --strict charts/msa-operator --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
-	"$(HELM)" lint --strict charts/msa-operator --set 'watchNamespaces={demo,prod}' --set admissionPolicy.enabled=true --set apiPriority.enabled=true --set metrics.networkPolicy.enabled=true
+lint-chart: ## The chart's checks: helm lint in each shape, values.schema.json refusing wrong values, the Argo CD health check's table in gopher-lua
+	hack/chart-checks.sh "$(HELM)"
 
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh

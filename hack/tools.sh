@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a tool the build and tests use from the Go module proxy, cached by version under
 # ~/.cache/msa/tools/<tool>-<version>/, and prints the binary's path.
-#   hack/tools.sh helm|kwok|nats-server|nats|provisioner|jaeger|kube-router
-# provisioner (the test cluster's storage), jaeger (the trace tests' OTLP receiver) and
-# kube-router (the real node's NetworkPolicy controller) are Go modules in this repository
+#   hack/tools.sh helm|kwok|nats-server|nats|provisioner|jaeger|kube-router|argocd-health
+# provisioner (the test cluster's storage), jaeger (the trace tests' OTLP receiver),
+# kube-router (the real node's NetworkPolicy controller) and argocd-health (the chart's Argo CD
+# health check run in gopher-lua, as Argo CD runs it) are Go modules in this repository
 # (hack/<tool>), cached by the hash of their go.mod, go.sum and sources.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -31,7 +32,7 @@ build_local_module() {
   echo "$dir/$tool"
 }
 
-tool="${1:?usage: $0 helm|kwok|nats-server|nats|provisioner|jaeger|kube-router}"
+tool="${1:?usage: $0 helm|kwok|nats-server|nats|provisioner|jaeger|kube-router|argocd-health}"
 case "$tool" in
   helm) version="$HELM_VERSION" module="helm.sh/helm/v3/cmd/helm" ;;
   kwok) version="$KWOK_VERSION" module="sigs.k8s.io/kwok/cmd/kwok" ;;
@@ -42,11 +43,14 @@ case "$tool" in
     build_local_module jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
       "Jaeger, the trace tests' OTLP receiver, from its Go module"
     exit 0 ;;
+  argocd-health)
+    build_local_module argocd-health . "argocd-health, Argo CD's Lua health checks in gopher-lua"
+    exit 0 ;;
   kube-router)
     build_local_module kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
       "kube-router, the real node's NetworkPolicy controller, from its Go module"
     exit 0 ;;
-  *) echo "unknown tool $tool (known: helm, kwok, nats-server, nats, provisioner, jaeger, kube-router)" >&2; exit 2 ;;
+  *) echo "unknown tool $tool (known: helm, kwok, nats-server, nats, provisioner, jaeger, kube-router, argocd-health)" >&2; exit 2 ;;
 esac
 dir="$cache/$tool-$version"
 if [[ ! -x "$dir/$tool" ]]; then

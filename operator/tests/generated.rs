@@ -23,16 +23,6 @@ fn committed_crds_match_the_rust_types() {
     }
 }
 
-#[test]
-fn example_app_is_a_valid_microservice_app() {
-    let example: msa_operator::crd::MicroserviceApp =
-        serde_yaml::from_str(&repo_file("manifests/shop.yaml"))
-            .expect("manifests/shop.yaml parses as a MicroserviceApp");
-    let spec = serde_json::to_value(&example.spec).unwrap();
-    msa_operator::crd::MicroserviceAppSpec::validate_cel(&spec, None)
-        .expect("manifests/shop.yaml passes the CRD's CEL rules");
-}
-
 /// `make images` names each image `ghcr.io/msa-dev/<binary>:<workspace version>`; the chart's
 /// default operator image, the CRD's default image pattern and `manifests/shop.yaml` must name
 /// exactly those, or a user who loads the tarballs gets `ErrImageNeverPull`/`ImagePullBackOff`.
@@ -158,4 +148,62 @@ fn every_nullable_field_of_the_schema_reads_a_null() {
         schema["properties"]["spec"]["properties"]["storage"]["properties"]["size"]["default"],
         "1Gi"
     );
+}
+
+/// The README's `argocd-cm` snippet is the chart's health check, line for line.
+#[test]
+fn the_readmes_argo_cd_snippet_is_the_charts_health_check() {
+    const KEY: &str = "  resource.customizations.health.msa.dev_MicroserviceApp: |\n";
+    let readme = repo_file("README.md");
+    let start = readme
+        .find(KEY)
+        .expect("the README gives the argocd-cm snippet")
+        + KEY.len();
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("the snippet's code block ends")];
+    let snippet: String = block
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    assert!(
+        snippet == repo_file("charts/msa-operator/files/argocd/health.lua"),
+        "the README's argocd-cm snippet differs from charts/msa-operator/files/argocd/health.lua; \
+         copy the file in, indented by four spaces"
+    );
+}
+
+/// The spec the README shows users (`manifests/shop.yaml`, and every ```yaml block of the
+/// README that is a `spec:`) passes both the CRD's CEL rules and the operator's own checks:
+/// an example that no longer applies fails here, not in a user's terminal.
+#[test]
+fn the_readmes_example_specs_validate() {
+    let readme = repo_file("README.md");
+    let mut examples = vec![(
+        "manifests/shop.yaml".to_owned(),
+        repo_file("manifests/shop.yaml"),
+    )];
+    for (i, block) in readme.split("```yaml\n").skip(1).enumerate() {
+        let block = &block[..block.find("```").expect("a closed code block")];
+        if block.starts_with("spec:") {
+            examples.push((
+                format!("README.md's yaml block {}", i + 1),
+                format!(
+                    "apiVersion: msa.dev/v1alpha1\nkind: MicroserviceApp\nmetadata: {{name: shop, namespace: demo}}\n{block}"
+                ),
+            ));
+        }
+    }
+    assert!(examples.len() >= 2, "the README shows a spec");
+    for (what, text) in examples {
+        let app: msa_operator::crd::MicroserviceApp = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what} is not a MicroserviceApp: {e}"));
+        let spec = serde_json::to_value(&app.spec).unwrap();
+        msa_operator::crd::MicroserviceAppSpec::validate_cel(&spec, None)
+            .unwrap_or_else(|e| panic!("{what} fails the CRD's CEL rules: {e:?}"));
+        let problems = msa_operator::validate::problems(&app);
+        assert!(
+            problems.is_empty(),
+            "{what} fails the operator's checks: {problems:?}"
+        );
+    }
 }

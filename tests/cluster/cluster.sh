@@ -20,7 +20,8 @@
 # MSA_CLUSTER_NODES=kwok starts only kwok, untainted (nothing runs for real; no images needed).
 # The real node runs the images in MSA_CLUSTER_IMAGES (default target/images, from `make images`).
 #
-# The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG, MSA_E2E_STATE
+# The env file exports KUBECONFIG, MSA_E2E_KUBECTL, MSA_E2E_HELM, MSA_E2E_AUDIT_LOG, MSA_E2E_STATE,
+# MSA_E2E_ARGOCD_HEALTH (the chart's Argo CD health check run as Argo CD runs it)
 # and, with a real node, MSA_E2E_NODE_NAME / MSA_E2E_NODE_IP / MSA_E2E_NODE_READY_SECONDS for the
 # tests, MSA_E2E_CTR (the node test kills a container's process with it; also for a person:
 # `$MSA_E2E_CTR images ls`) and MSA_E2E_NODE_NS for a person looking inside the node
@@ -183,9 +184,10 @@ make_pki() {
 }
 
 up() {
-  local bin helm kwok provisioner node_bin="" api_ip=127.0.0.1 tarballs=()
+  local bin helm argocd_health kwok provisioner node_bin="" api_ip=127.0.0.1 tarballs=()
   bin="$("$root/hack/build-k8s.sh" etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)"
   helm="$("$root/hack/tools.sh" helm)"
+  argocd_health="$("$root/hack/tools.sh" argocd-health)"
   kwok="$("$root/hack/tools.sh" kwok)"
   provisioner="$("$root/hack/tools.sh" provisioner)"
   if has_real_node; then
@@ -346,6 +348,7 @@ export KUBECONFIG=$kc
 export MSA_E2E_STATE=$state
 export MSA_E2E_KUBECTL=$bin/kubectl
 export MSA_E2E_HELM=$helm
+export MSA_E2E_ARGOCD_HEALTH=$argocd_health
 export MSA_E2E_AUDIT_LOG=$state/audit.log
 export MSA_E2E_NODES=$nodes
 $node_env

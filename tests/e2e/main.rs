@@ -110,6 +110,7 @@ async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<
     // the commands the README gives users.
     let (s, _operator) = Setup::ready_shop("shop").await?;
     s.assert_children_owned("shop").await?;
+    s.assert_argocd_health("shop", "healthy", "Healthy", "all ")?;
     let app = s.apps().get("shop").await?;
     let deployments = s.deployments().list(&ListParams::default()).await?;
     assert_eq!(deployments.items.len(), 1, "the gateway");
@@ -435,6 +436,12 @@ async fn invalid_resources_are_refused_with_a_fix_and_never_crash_the_operator()
         ])
         .ok();
     degraded.map_err(|e| anyhow::anyhow!("{e:#}\n{}", operator.log_text()))?;
+    s.assert_argocd_health(
+        "odd",
+        "degraded-invalid-spec",
+        "Degraded",
+        "InvalidSpec: the spec cannot be applied: spec.components.user.labels",
+    )?;
     let app = s.apps().get("odd").await?;
     let message = support::condition(&app, "Degraded").unwrap().message;
     assert!(
@@ -930,8 +937,29 @@ spec:
     s.cluster
         .kubectl_with_stdin(&["apply", "-n", &s.ns, "-f", "-"], Some(manifest))
         .ok()?;
-    // The operator waits 30 s before calling a Pending claim stuck.
+    // The operator waits 30 s before calling a Pending claim stuck: until then the pods are
+    // coming up, which Argo CD shows as progress.
+    let apps = s.apps();
+    wait_until("msa/lost Progressing=True", WAIT, || async {
+        let app = apps.get("lost").await?;
+        Ok(support::condition(&app, "Progressing")
+            .filter(|c| c.status == "True")
+            .map(drop))
+    })
+    .await?;
+    s.assert_argocd_health(
+        "lost",
+        "progressing-pods-pending",
+        "Progressing",
+        "RollingOut: ",
+    )?;
     let message = s.wait_degraded("lost", "StorageUnavailable").await?;
+    s.assert_argocd_health(
+        "lost",
+        "degraded-storage",
+        "Degraded",
+        "StorageUnavailable: claim data-lost-",
+    )?;
     for expected in [
         "claim data-lost-user-0 has been Pending",
         "StorageClass \"no-such-class\"",
@@ -947,7 +975,6 @@ spec:
     // and each new one is rightly written), stuck for another minute (over 90 s in all) and
     // made to look three times (a metadata-only edit each), the app costs no write and no read
     // of Events.
-    let apps = s.apps();
     let message = wait_until("every claim reported stuck", WAIT, || async {
         let app = apps.get("lost").await?;
         let message = support::condition(&app, "Degraded")

@@ -39,6 +39,12 @@ spec:
         &format!(r#"{{"spec":{{"components":{{"user":{{"image":"{CRASH_LOOP_IMAGE}"}}}}}}}}"#),
     )?;
     let message = s.wait_degraded("crash", "ProgressDeadlineExceeded").await?;
+    s.assert_argocd_health(
+        "crash",
+        "degraded-progress-deadline",
+        "Degraded",
+        "ProgressDeadlineExceeded: user: pod crash-user-0 of revision",
+    )?;
     for expected in ["user: pod crash-user-0 of revision", "not Ready for 10s"] {
         support::assert_mentions(&message, expected);
     }

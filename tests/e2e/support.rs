@@ -280,6 +280,25 @@ impl Setup {
         Ok(degraded.message)
     }
 
+    /// Argo CD's verdict on `msa/<app>` with the chart's health check (the object is kept as
+    /// `target/argocd-health/<capture>.yaml`): it must be `status` with a message starting
+    /// with `message_start`.
+    pub fn assert_argocd_health(
+        &self,
+        app: &str,
+        capture: &str,
+        status: &str,
+        message_start: &str,
+    ) -> anyhow::Result<()> {
+        let health = self.cluster.argocd_judges(&self.ns, app, capture)?;
+        anyhow::ensure!(
+            health.status == status && health.message.starts_with(message_start),
+            "Argo CD would show msa/{app} as {health:?}, expected {status} with a message \
+             starting {message_start:?}"
+        );
+        Ok(())
+    }
+
     /// What the chart's operator sent in this test's namespace since `mark`, as the API server
     /// audited it (its writes, and its reads: the policy logs them for its ServiceAccount).
     pub fn operator_requests_since(

@@ -26,6 +26,7 @@ pub struct Cluster {
     pub state: PathBuf,
     kubectl: PathBuf,
     helm: PathBuf,
+    argocd_health: PathBuf,
     root: PathBuf,
 }
 
@@ -77,6 +78,7 @@ impl Cluster {
             state: var("MSA_E2E_STATE"),
             kubectl: var("MSA_E2E_KUBECTL"),
             helm: var("MSA_E2E_HELM"),
+            argocd_health: var("MSA_E2E_ARGOCD_HEALTH"),
             root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
     }
@@ -102,6 +104,11 @@ impl Cluster {
 
     pub fn helm(&self, args: &[&str]) -> CmdOutput {
         run(&self.helm, &self.kubeconfig, args, None)
+    }
+
+    /// `argocd-health` (hack/argocd-health: Argo CD's Lua health checks in gopher-lua).
+    pub fn argocd_health(&self, args: &[&str]) -> CmdOutput {
+        run(&self.argocd_health, &self.kubeconfig, args, None)
     }
 
     /// Installs `charts/msa-operator` into `msa-system` once per test process and waits for it.

@@ -5,6 +5,7 @@
 //! loopback, and — in the real-node tests — to node and pod addresses that pass
 //! [`node::guarded`] (inside the blackholed 198.18.0.0/15).
 
+pub mod argocd;
 pub mod audit;
 pub mod cluster;
 pub mod durability;
