@@ -1,9 +1,11 @@
 //! Helpers for the services' route tests: a fresh database on each backend, and the service
 //! served in-process on 127.0.0.1 with the same middleware as the binary.
 //!
-//! PostgreSQL comes from `MSA_TEST_POSTGRES_URL` (an admin URL; `hack/postgres.sh up` starts
-//! Debian's PostgreSQL on 127.0.0.1 and prints one, and `make unit` does that first). Each test
-//! gets a database of its own.
+//! PostgreSQL comes from `MSA_TEST_POSTGRES_URL` (an admin URL; `make unit` sets it). Unset —
+//! a plain `cargo test` in a fresh clone — the first PostgreSQL test runs `hack/postgres.sh up`,
+//! which starts Debian's PostgreSQL on 127.0.0.1 (installing the package when missing) or finds
+//! the one it started before, and says so once on stderr with how to stop it. Each test gets a
+//! database of its own.
 
 use std::net::SocketAddr;
 
@@ -27,12 +29,7 @@ pub async fn fresh_database(backend: TestBackend, service: &str) -> String {
             format!("sqlite://{}", dir.join(format!("{service}.db")).display())
         }
         TestBackend::Postgres => {
-            let admin = std::env::var("MSA_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-                panic!(
-                    "MSA_TEST_POSTGRES_URL is not set: the PostgreSQL variants of the route tests need a \
-                     server; run `make unit` (it starts one), or `export MSA_TEST_POSTGRES_URL=$(hack/postgres.sh up)`"
-                )
-            });
+            let admin = postgres_admin_url();
             assert!(
                 admin.contains("@127.0.0.1:") || admin.contains("@localhost:"),
                 "tests use a loopback PostgreSQL only"
@@ -53,6 +50,41 @@ pub async fn fresh_database(backend: TestBackend, service: &str) -> String {
             format!("{base}/{name}")
         }
     }
+}
+
+/// The test PostgreSQL's admin URL: `MSA_TEST_POSTGRES_URL`, else the one `hack/postgres.sh up`
+/// starts (once per test process).
+fn postgres_admin_url() -> String {
+    static STARTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(url) = std::env::var("MSA_TEST_POSTGRES_URL") {
+        return url;
+    }
+    STARTED
+        .get_or_init(|| {
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/postgres.sh");
+            // Straight to the terminal: libtest would hold an eprintln! back until a failure.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"MSA_TEST_POSTGRES_URL is not set: starting a loopback PostgreSQL for the \
+                  PostgreSQL variants with `hack/postgres.sh up` (stop it with `hack/postgres.sh \
+                  down`; `make unit` starts and stops its own)\n",
+            );
+            let output = std::process::Command::new(&script)
+                .arg("up")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            assert!(
+                output.status.success() && !url.is_empty(),
+                "`hack/postgres.sh up` failed ({}); set MSA_TEST_POSTGRES_URL to a loopback \
+                 PostgreSQL's admin URL instead",
+                output.status
+            );
+            url
+        })
+        .clone()
 }
 
 /// Serve args for tests: loopback, small body limit, short grace.
