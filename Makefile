@@ -5,7 +5,7 @@ CARGO ?= cargo
 HELM = $(shell hack/tools.sh helm)
 INSTALL_NAMESPACE ?= msa-system
 
-.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images run-operator cluster-up cluster-down e2e bench-operator bench-operator-scale bench-node bench-gateway bench-events local demo help
+.PHONY: all build test fmt fmt-check clippy unit crds manifests check-generated lint-chart images images-check run-operator cluster-up cluster-down e2e bench-operator bench-operator-scale bench-node bench-gateway bench-events local demo help
 
 all: build
 
@@ -23,7 +23,7 @@ help: ## List the targets
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: fmt-check clippy unit lint-chart check-generated e2e ## Everything CI checks (e2e included)
+test: fmt-check clippy unit lint-chart check-generated images-check e2e ## Everything CI checks (e2e included)
 	@echo "make test: all checks passed"
 
 fmt: ## Format the code
@@ -66,6 +66,11 @@ lint-chart: ## The chart's checks: helm lint in each shape, values.schema.json r
 
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh
+
+images-check: images ## The image tarballs in a general engine: skopeo inspect, podman load, the shop run under podman (on 127.0.0.1)
+	@command -v podman >/dev/null && command -v skopeo >/dev/null || { echo ">> installing Debian's podman and skopeo (the image check loads and runs the tarballs with them)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman skopeo; }
+	hack/podman-check.py target/images
 
 run-operator: ## Run the operator against the current kubeconfig
 	$(CARGO) run -p msa-operator -- --log-format text
