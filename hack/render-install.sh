@@ -15,5 +15,5 @@ metadata:
     app.kubernetes.io/part-of: msa-operator
 ---
 YAML
-"$helm" template msa-operator "$root/charts/msa-operator" --namespace msa-system --include-crds --kube-version 1.36.0 \
+"$helm" template msa-operator "$root/charts/msa-operator" --namespace msa-system --include-crds --kube-version 1.36.0 --skip-tests \
   | sed -e '/^# Source: /d'

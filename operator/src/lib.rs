@@ -15,6 +15,7 @@ pub mod drift;
 pub mod error;
 pub mod facts;
 pub mod http;
+pub mod install_check;
 pub mod labels;
 pub mod leader;
 pub mod lease;

@@ -43,6 +43,9 @@ const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Watch only these namespaces (repeat the flag or separate them with commas; default: all
     /// namespaces). The operator then needs a Role in each instead of a ClusterRole.
     #[arg(long, env = "MSA_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
@@ -114,6 +117,19 @@ struct Flags {
     log_format: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check an installed operator, as the chart's `helm test` does in the cluster: its /readyz
+    /// answers 200, and its ServiceAccount (this pod's) may list MicroserviceApps in the
+    /// namespaces it watches (--watch-namespace, or every namespace).
+    Check {
+        /// The operator's metrics address, http://<host>:<port> (the chart passes its metrics
+        /// Service's). Without it only the listing is checked.
+        #[arg(long)]
+        metrics_url: Option<String>,
+    },
+}
+
 impl Flags {
     fn timing(&self) -> anyhow::Result<Timing> {
         Timing::new(
@@ -128,6 +144,9 @@ impl Flags {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(Command::Check { metrics_url }) = &flags.command {
+        return check_install(metrics_url.as_deref(), &flags.watch_namespace).await;
+    }
     let timing = flags.timing()?;
     // Logs, and traces of every reconcile when the OTEL_* variables configure an exporter.
     let _telemetry = msa_telemetry::init(
@@ -235,6 +254,30 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     outcome
+}
+
+/// `msa-operator check`: one line per finding on stdout; the first failure ends it with an error
+/// saying what to do.
+async fn check_install(metrics_url: Option<&str>, namespaces: &[String]) -> anyhow::Result<()> {
+    use msa_operator::install_check;
+    if let Some(url) = metrics_url {
+        let base = install_check::metrics_base(url)?;
+        println!(
+            "{}",
+            install_check::operator_ready(&base, install_check::READY_WITHIN).await?
+        );
+    }
+    let mut config = kube::Config::infer()
+        .await
+        .context("cannot reach Kubernetes: no in-cluster service account and no usable kubeconfig (set KUBECONFIG)")?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(RESPONSE_HEAD_TIMEOUT);
+    let client = Client::try_from(config).context("cannot build the Kubernetes client")?;
+    for line in install_check::list_apps(&client, namespaces).await? {
+        println!("{line}");
+    }
+    println!("msa-operator check: passed");
+    Ok(())
 }
 
 /// The client of the controller's watches and reconciles: connect, write and read timeouts on

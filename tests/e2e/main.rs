@@ -10,6 +10,7 @@ mod crd_upgrade;
 mod discovery;
 mod events;
 mod hosts;
+mod install_check;
 mod issuer;
 mod namespaces;
 mod rollouts;

@@ -182,7 +182,8 @@ impl Setup {
         Ok(candidate)
     }
 
-    fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+    /// A kubeconfig with the chart's operator ServiceAccount's token (made once per test process).
+    pub fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
         KUBECONFIG
             .get_or_init(|| {

@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use msa_e2e::cluster::INSTALL_NAMESPACE;
+use msa_e2e::cluster::{INSTALL_NAMESPACE, RELEASE};
 use msa_e2e::durability;
 use msa_e2e::node::{
     OnNode, cluster_script, guarded, guarded_url, install_operator_chart, run_demo, run_demo_in,
@@ -54,6 +54,7 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
         started.elapsed().as_secs_f64()
     );
     check_events_flow(&ctx, &ns).await?;
+    check_helm_test(&ctx, &ns)?;
     let pods = check_pods_match_status(&ctx, &ns).await?;
     check_discovery_from_inside_pods(&ctx, &pods).await?;
     check_demo_through_node_port(&ctx, &ns).await?;
@@ -76,6 +77,42 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     check_network_policies_enforced(&ctx, &ns).await?;
     // Last: it turns authentication on for the shop the steps above use openly.
     check_auth_on_real_pods(&ctx, &ns).await?;
+    Ok(())
+}
+
+/// `helm test`: the chart's check pod runs on the node from the operator's image, under the
+/// operator's ServiceAccount, finds the operator ready through its metrics Service and lists the
+/// shop.
+fn check_helm_test(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let report = ctx
+        .cluster
+        .helm(&[
+            "test",
+            RELEASE,
+            "--namespace",
+            INSTALL_NAMESPACE,
+            "--logs",
+            "--timeout",
+            "3m",
+        ])
+        .ok()
+        .context("helm test")?;
+    for expected in [
+        "Succeeded",
+        "the operator answers http://",
+        &format!("{ns}/shop"),
+        "msa-operator check: passed",
+    ] {
+        ensure!(
+            report.contains(expected),
+            "{expected:?} not in `helm test --logs`:\n{report}"
+        );
+    }
+    println!(
+        "helm test: the check pod passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
