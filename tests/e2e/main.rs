@@ -6,6 +6,7 @@
 //! Ignored by a plain `cargo test`; `make e2e` starts the cluster and runs them with `--ignored`.
 
 mod admission;
+mod chart_upgrade;
 mod crd_upgrade;
 mod discovery;
 mod events;
