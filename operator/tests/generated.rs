@@ -207,3 +207,45 @@ fn the_readmes_example_specs_validate() {
         );
     }
 }
+
+/// The README's `kubectl get msa -o wide` shows the CRD's columns, and the degraded app's
+/// conditions it shows are the ones captured in the e2e run (the Argo CD table's testdata).
+#[test]
+fn the_readmes_captured_output_matches_the_crd_and_the_captures() {
+    let readme = repo_file("README.md");
+    let crd = msa_operator::crd::definition();
+    let mut columns = vec!["NAME".to_owned()];
+    columns.extend(
+        crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.to_uppercase()),
+    );
+    let shown = readme
+        .split("```console\n$ kubectl get msa")
+        .nth(1)
+        .expect("the README shows `kubectl get msa -o wide`");
+    let header: Vec<&str> = shown
+        .lines()
+        .nth(1)
+        .expect("a header line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, columns, "the README's `kubectl get msa -o wide`");
+
+    let capture = repo_file("charts/msa-operator/files/argocd/testdata/degraded-storage.yaml");
+    let start = capture
+        .find("\n  conditions:\n")
+        .expect("the capture has conditions")
+        + 1;
+    let end = start
+        + capture[start..]
+            .find("\n  gateway:\n")
+            .expect("the status has the gateway")
+        + 1;
+    assert!(
+        readme.contains(&format!("status:\n{}```", &capture[start..end])),
+        "the README's degraded conditions differ from the capture"
+    );
+}

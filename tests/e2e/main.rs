@@ -113,6 +113,13 @@ async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<
     let (s, _operator) = Setup::ready_shop("shop").await?;
     s.assert_children_owned("shop").await?;
     s.assert_argocd_health("shop", "healthy", "Healthy", "all ")?;
+    // What the README shows of `kubectl get msa -o wide` is this output (target/doc-captures/).
+    let wide = s
+        .cluster
+        .kubectl(&["get", "msa", "-n", &s.ns, "-o", "wide"])
+        .ok()?;
+    assert!(wide.starts_with("NAME"), "{wide}");
+    s.cluster.keep_for_docs("get-msa-wide.txt", &wide)?;
     let app = s.apps().get("shop").await?;
     let deployments = s.deployments().list(&ListParams::default()).await?;
     assert_eq!(deployments.items.len(), 1, "the gateway");

@@ -88,6 +88,14 @@ impl Cluster {
         self.root.join(relative)
     }
 
+    /// Keeps `text` as `target/doc-captures/<name>`: real output for the README to show.
+    pub fn keep_for_docs(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let dir = self.repo_path("target/doc-captures");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(name), text)?;
+        Ok(())
+    }
+
     /// A client with the cluster admin's credentials, for setting up and checking.
     pub async fn admin(&self) -> anyhow::Result<kube::Client> {
         client_for(&self.kubeconfig).await
