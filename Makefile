@@ -23,7 +23,12 @@ help: ## List the targets
 build: ## Build every crate
 	$(CARGO) build --workspace --all-targets
 
-test: fmt-check clippy unit lint-chart check-generated images-check e2e ## Everything CI checks (e2e included)
+# The steps that need the image tarballs build them first, unless make test runs `images` as a
+# step of its own (hack/test-steps.sh sets IMAGES_DEP empty).
+IMAGES_DEP ?= images
+
+test: ## Everything CI checks (e2e included), step by step; ends with a table of each step's time
+	hack/test-steps.sh "$(MAKE)" fmt-check clippy unit lint-chart check-generated images images-check e2e
 	@echo "make test: all checks passed"
 
 fmt: ## Format the code
@@ -67,7 +72,7 @@ lint-chart: ## The chart's checks: helm lint in each shape, values.schema.json r
 images: ## Build every container image as a tarball under target/images (no Docker, no registry)
 	CARGO="$(CARGO)" hack/images.sh
 
-images-check: images ## The image tarballs in a general engine: skopeo inspect, podman load, the shop run under podman (on 127.0.0.1)
+images-check: $(IMAGES_DEP) ## The image tarballs in a general engine: skopeo inspect, podman load, the shop run under podman (on 127.0.0.1)
 	@command -v podman >/dev/null && command -v skopeo >/dev/null || { echo ">> installing Debian's podman and skopeo (the image check loads and runs the tarballs with them)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman skopeo; }
 	hack/podman-check.py target/images
@@ -81,7 +86,7 @@ cluster-up: images ## Start the test cluster: control plane, a real node running
 cluster-down: ## Stop the test cluster and remove everything it left on the machine
 	tests/cluster/cluster.sh down
 
-e2e: images ## The end-to-end tests: on kwok (operator behaviour), then on the real node (the user's path)
+e2e: $(IMAGES_DEP) ## The end-to-end tests: on kwok (operator behaviour), then on the real node (the user's path)
 	# --workspace everywhere: the same feature set as `make unit`, so nothing is compiled twice.
 	$(CARGO) build --workspace --bins
 	@echo ">> e2e 1/2: the operator on a control plane with kwok nodes"
