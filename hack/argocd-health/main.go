@@ -5,10 +5,14 @@
 //	argocd-health eval <health.lua> <object.yaml|->
 //	                                   prints {"status": …, "message": …} for one object
 //
-// As in Argo CD: the object is the global `obj` (maps and lists become tables, numbers
-// numbers), only the base, table, string and math libraries are open, the script returns a
-// table with `status` (Healthy, Progressing, Degraded, Suspended, Missing or Unknown) and
-// `message`.
+// As Argo CD runs a check given in argocd-cm (util/lua/lua.go, runLua): the object is the
+// global `obj` (maps and lists become tables, numbers numbers, other values nil), only the
+// package, base and table libraries are open (Argo CD adds a "safe" os with time and date, which
+// this runner leaves out: a check using it fails here), the run is cut after 1 s, and the script
+// returns a table whose `status` and `message` must be strings; a status that is not Healthy,
+// Progressing, Degraded, Suspended, Missing or Unknown reads as Unknown with Argo CD's message.
+// -open-libs opens every library, as Argo CD does with
+// resource.customizations.useOpenLibs.<group_kind>.
 package main
 
 import (
@@ -45,8 +49,11 @@ var statuses = map[string]bool{
 	"Suspended": true, "Missing": true, "Unknown": true,
 }
 
-// A check that loops is stopped, as Argo CD bounds a script's run.
-var scriptTimeout = 5 * time.Second
+// A check that loops is stopped after Argo CD's bound on a script's run.
+var scriptTimeout = 1 * time.Second
+
+// Argo CD's answer to a status it does not know.
+const invalidHealthStatus = "Lua returned an invalid health status"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
@@ -56,9 +63,13 @@ func main() {
 }
 
 func run(args []string, out io.Writer) error {
+	openLibs := false
+	if len(args) > 0 && args[0] == "-open-libs" {
+		openLibs, args = true, args[1:]
+	}
 	switch {
 	case len(args) == 2 && args[0] == "test":
-		return runTable(args[1], out)
+		return runTable(args[1], openLibs, out)
 	case len(args) == 3 && args[0] == "eval":
 		script, err := os.ReadFile(args[1])
 		if err != nil {
@@ -68,19 +79,19 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		status, err := evaluate(string(script), object)
+		status, err := evaluate(string(script), object, openLibs)
 		if err != nil {
 			return err
 		}
 		return json.NewEncoder(out).Encode(status)
 	default:
-		return errors.New("usage: argocd-health test <dir> | eval <health.lua> <object.yaml|->")
+		return errors.New("usage: argocd-health [-open-libs] test <dir> | eval <health.lua> <object.yaml|->")
 	}
 }
 
 // runTable checks every case of <dir>/health_test.yaml against <dir>/health.lua and prints one
 // line per case; it fails when any case differs.
-func runTable(dir string, out io.Writer) error {
+func runTable(dir string, openLibs bool, out io.Writer) error {
 	script, err := os.ReadFile(filepath.Join(dir, "health.lua"))
 	if err != nil {
 		return err
@@ -102,7 +113,7 @@ func runTable(dir string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		got, err := evaluate(string(script), object)
+		got, err := evaluate(string(script), object, openLibs)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.InputPath, err)
 		}
@@ -145,17 +156,16 @@ func readObject(path string) (map[string]any, error) {
 }
 
 // evaluate runs the check on one object.
-func evaluate(script string, object map[string]any) (HealthStatus, error) {
-	state := lua.NewState(lua.Options{SkipOpenLibs: true})
+func evaluate(script string, object map[string]any, openLibs bool) (HealthStatus, error) {
+	state := lua.NewState(lua.Options{SkipOpenLibs: !openLibs})
 	defer state.Close()
 	for _, lib := range []struct {
 		name string
 		open lua.LGFunction
 	}{
+		{lua.LoadLibName, lua.OpenPackage},
 		{lua.BaseLibName, lua.OpenBase},
 		{lua.TabLibName, lua.OpenTable},
-		{lua.StringLibName, lua.OpenString},
-		{lua.MathLibName, lua.OpenMath},
 	} {
 		state.Push(state.NewFunction(lib.open))
 		state.Push(lua.LString(lib.name))
@@ -170,14 +180,20 @@ func evaluate(script string, object map[string]any) (HealthStatus, error) {
 	}
 	returned, ok := state.Get(-1).(*lua.LTable)
 	if !ok {
-		return HealthStatus{}, errors.New("the check returned no table")
+		return HealthStatus{}, fmt.Errorf("expect table output from Lua script, not %s", state.Get(-1).Type())
 	}
-	status := HealthStatus{
-		Status:  lua.LVAsString(returned.RawGetString("status")),
-		Message: lua.LVAsString(returned.RawGetString("message")),
+	var status HealthStatus
+	for field, into := range map[string]*string{"status": &status.Status, "message": &status.Message} {
+		switch value := returned.RawGetString(field).(type) {
+		case lua.LString:
+			*into = string(value)
+		case *lua.LNilType:
+		default:
+			return HealthStatus{}, fmt.Errorf("the check's %s is a %s, not a string", field, value.Type())
+		}
 	}
 	if !statuses[status.Status] {
-		return HealthStatus{}, fmt.Errorf("the check returned the unknown status %q", status.Status)
+		return HealthStatus{Status: "Unknown", Message: invalidHealthStatus}, nil
 	}
 	return status, nil
 }
@@ -203,11 +219,11 @@ func toLua(state *lua.LState, value any) lua.LValue {
 		return table
 	case []any:
 		table := state.NewTable()
-		for i, item := range v {
-			table.RawSetInt(i+1, toLua(state, item))
+		for _, item := range v {
+			table.Append(toLua(state, item))
 		}
 		return table
 	default:
-		return lua.LString(fmt.Sprint(v))
+		return lua.LNil
 	}
 }

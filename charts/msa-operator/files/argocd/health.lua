@@ -1,7 +1,8 @@
 -- Argo CD health check for msa.dev/MicroserviceApp (resource_customizations convention).
 -- Without one Argo CD reports every custom resource Healthy, so a broken shop would show green.
 -- Reads only what the operator publishes: metadata.generation, status.observedGeneration and
--- the Ready, Progressing and Degraded conditions (each with its own observedGeneration).
+-- the Ready, Progressing and Degraded conditions (each with its own observedGeneration). Uses
+-- only what Argo CD opens for a check given in argocd-cm (base and table).
 local hs = {}
 
 local function condition(kind)
@@ -22,6 +23,10 @@ local function current(c)
   return c.observedGeneration == nil or generation == nil or c.observedGeneration >= generation
 end
 
+local function said(c)
+  return (c.reason or "") .. ": " .. (c.message or "")
+end
+
 if obj.metadata.deletionTimestamp ~= nil then
   hs.status = "Progressing"
   hs.message = "the app is being deleted; its children go with it"
@@ -40,7 +45,21 @@ end
 local degraded = condition("Degraded")
 if degraded ~= nil and degraded.status == "True" and current(degraded) then
   hs.status = "Degraded"
-  hs.message = degraded.reason .. ": " .. degraded.message
+  hs.message = said(degraded)
+  return hs
+end
+
+local progressing = condition("Progressing")
+if progressing ~= nil and progressing.status == "True" and current(progressing) then
+  -- The operator re-rendering pods itself (its upgrade, a changed cluster fact) waits for a
+  -- slot while the app serves as it is: that is not the user's change progressing.
+  if progressing.reason == "WaitingForRolloutSlot" and ready.status == "True" then
+    hs.status = "Healthy"
+    hs.message = (ready.message or "") .. "; queued: " .. said(progressing)
+    return hs
+  end
+  hs.status = "Progressing"
+  hs.message = said(progressing)
   return hs
 end
 
@@ -51,20 +70,13 @@ if obj.metadata.generation ~= nil and (observed == nil or observed < obj.metadat
   return hs
 end
 
-local progressing = condition("Progressing")
-if progressing ~= nil and progressing.status == "True" then
-  hs.status = "Progressing"
-  hs.message = progressing.reason .. ": " .. progressing.message
-  return hs
-end
-
 if ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message
+  hs.message = ready.message or ""
   return hs
 end
 
 -- Not ready, and no rollout explains it.
 hs.status = "Degraded"
-hs.message = ready.reason .. ": " .. ready.message
+hs.message = said(ready)
 return hs
