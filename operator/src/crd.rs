@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The image used for a component when neither `spec.image` nor the component sets one.
-pub const DEFAULT_IMAGE_PATTERN: &str = "ghcr.io/msa-dev/msa-{component}:0.1.0";
+pub const DEFAULT_IMAGE_PATTERN: &str = "ghcr.io/msa-dev/msa-{component}:0.2.0";
 
 /// The placeholder in `spec.image` replaced by the component name.
 pub const COMPONENT_PLACEHOLDER: &str = "{component}";

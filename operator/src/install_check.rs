@@ -24,9 +24,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum CheckFailed {
     #[error(
-        "--metrics-url {0:?} is not http://<host>:<port> (the chart passes the metrics Service's address)"
+        "--metrics-url {0:?} is not http://<host>:<port> or tcp://<host>:<port> (the chart passes the metrics Service's address)"
     )]
     BadUrl(String),
+    #[error(
+        "--metrics-url {0:?} still names a variable: the pod did not get the metrics Service's environment (is enableServiceLinks off, or was the Service missing when the pod started?)"
+    )]
+    NoServiceEnvironment(String),
     #[error(
         "the operator did not answer ready at {url}/readyz within {within:?} (last: {last}); see `kubectl logs -l app.kubernetes.io/name=msa-operator -n <release namespace>`"
     )]
@@ -36,15 +40,30 @@ pub enum CheckFailed {
         last: String,
     },
     #[error(
-        "the operator's ServiceAccount may not list MicroserviceApps {scope}: {reason}; `helm upgrade` restores the chart's RBAC"
+        "the operator's ServiceAccount may not list MicroserviceApps {scope} ({reason}); `helm upgrade` restores the chart's RBAC"
     )]
+    Forbidden { scope: String, reason: String },
+    #[error(
+        "the API server serves no MicroserviceApps: the CRD is not installed; `kubectl apply --server-side -f crds/` (Helm installs it only with the first install)"
+    )]
+    NoCrd,
+    #[error("listing MicroserviceApps {scope} failed: {reason}")]
     CannotList { scope: String, reason: String },
 }
 
-/// The metrics URL the check calls: `http://host:port`, no path.
+/// The metrics URL the check calls, `http://host:port`: given as such, or as the
+/// `tcp://host:port` Kubernetes puts in a Service's `<NAME>_PORT` variable (which brackets an
+/// IPv6 address, unlike `<NAME>_SERVICE_HOST`).
 pub fn metrics_base(url: &str) -> Result<String, CheckFailed> {
+    if url.contains("$(") {
+        return Err(CheckFailed::NoServiceEnvironment(url.to_owned()));
+    }
     let bad = || CheckFailed::BadUrl(url.to_owned());
-    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    let http = match url.strip_prefix("tcp://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_owned(),
+    };
+    let uri: http::Uri = http.parse().map_err(|_| bad())?;
     let plain = uri.scheme_str() == Some("http")
         && uri.port_u16().is_some_and(|p| p > 0)
         && uri.host().is_some_and(|h| !h.is_empty())
@@ -53,7 +72,7 @@ pub fn metrics_base(url: &str) -> Result<String, CheckFailed> {
     if !plain {
         return Err(bad());
     }
-    Ok(url.trim_end_matches('/').to_owned())
+    Ok(http.trim_end_matches('/').to_owned())
 }
 
 /// `/readyz` until it answers 200 or `within` passes.
@@ -113,31 +132,85 @@ pub async fn list_apps(
     };
     let mut lines = Vec::new();
     for (scope, api) in scopes {
-        let listed: Result<Vec<PartialObjectMeta<MicroserviceApp>>, String> =
-            match tokio::time::timeout(REQUEST_TIMEOUT, api.list_metadata(&ListParams::default()))
-                .await
-            {
-                Ok(Ok(list)) => Ok(list.items),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!(
-                    "the API server did not answer within {REQUEST_TIMEOUT:?}"
-                )),
-            };
-        let apps = listed.map_err(|reason| CheckFailed::CannotList {
-            scope: scope.clone(),
-            reason,
-        })?;
-        let metadata: Vec<ObjectMeta> = apps.into_iter().map(|a| a.metadata).collect();
-        lines.push(listed_line(&scope, &metadata));
+        let (count, first) = list_scope(&api)
+            .await
+            .map_err(|reason| classify(&scope, reason))?;
+        lines.push(listed_line(&scope, count, &first));
     }
     Ok(lines)
 }
 
-/// One report line for a listed scope.
-fn listed_line(scope: &str, apps: &[ObjectMeta]) -> String {
-    let names: Vec<String> = apps
+/// Why a list failed, as the API server or the clock said.
+enum ListError {
+    Api { code: u16, message: String },
+    Other(String),
+}
+
+fn classify(scope: &str, error: ListError) -> CheckFailed {
+    match error {
+        ListError::Api { code: 403, message } => CheckFailed::Forbidden {
+            scope: scope.to_owned(),
+            reason: message,
+        },
+        ListError::Api { code: 404, .. } => CheckFailed::NoCrd,
+        ListError::Api { code, message } => CheckFailed::CannotList {
+            scope: scope.to_owned(),
+            reason: format!("{message} ({code})"),
+        },
+        ListError::Other(reason) => CheckFailed::CannotList {
+            scope: scope.to_owned(),
+            reason,
+        },
+    }
+}
+
+/// Counts the apps page by page (metadata only, `PAGE` at a time, so a large fleet costs the
+/// check pod little memory) and keeps the first few names.
+async fn list_scope(api: &Api<MicroserviceApp>) -> Result<(usize, Vec<ObjectMeta>), ListError> {
+    const PAGE: u32 = 500;
+    let (mut count, mut first, mut next) = (0usize, Vec::new(), None::<String>);
+    loop {
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(token) = &next {
+            params = params.continue_token(token);
+        }
+        let page: kube::core::ObjectList<PartialObjectMeta<MicroserviceApp>> =
+            match tokio::time::timeout(REQUEST_TIMEOUT, api.list_metadata(&params)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(kube::Error::Api(status))) => {
+                    return Err(ListError::Api {
+                        code: status.code,
+                        message: status.message,
+                    });
+                }
+                Ok(Err(error)) => return Err(ListError::Other(error.to_string())),
+                Err(_) => {
+                    return Err(ListError::Other(format!(
+                        "the API server did not answer within {REQUEST_TIMEOUT:?}"
+                    )));
+                }
+            };
+        count = count.saturating_add(page.items.len());
+        first.extend(
+            page.items
+                .into_iter()
+                .take(SHOWN.saturating_sub(first.len()))
+                .map(|a| a.metadata),
+        );
+        next = page.metadata.continue_.filter(|t| !t.is_empty());
+        if next.is_none() {
+            return Ok((count, first));
+        }
+    }
+}
+
+/// Apps named in a report line; the rest are counted.
+const SHOWN: usize = 5;
+
+/// One report line for a listed scope: how many, and the first few by name.
+fn listed_line(scope: &str, count: usize, first: &[ObjectMeta]) -> String {
+    let names: Vec<String> = first
         .iter()
-        .take(5)
         .map(|a| {
             format!(
                 "{}/{}",
@@ -146,16 +219,13 @@ fn listed_line(scope: &str, apps: &[ObjectMeta]) -> String {
             )
         })
         .collect();
-    let more = apps.len().saturating_sub(names.len());
+    let more = count.saturating_sub(names.len());
     let shown = match (names.is_empty(), more) {
         (true, _) => String::new(),
         (false, 0) => format!(": {}", names.join(", ")),
         (false, more) => format!(": {} and {more} more", names.join(", ")),
     };
-    format!(
-        "the operator's ServiceAccount lists MicroserviceApps {scope}: {}{shown}",
-        apps.len()
-    )
+    format!("the operator's ServiceAccount lists MicroserviceApps {scope}: {count}{shown}")
 }
 
 #[cfg(test)]
@@ -172,6 +242,19 @@ mod tests {
             metrics_base("http://op-metrics.msa-system.svc:8080/").unwrap(),
             "http://op-metrics.msa-system.svc:8080"
         );
+        // A Service's <NAME>_PORT, IPv4 and (bracketed) IPv6.
+        assert_eq!(
+            metrics_base("tcp://198.19.0.12:8080").unwrap(),
+            "http://198.19.0.12:8080"
+        );
+        assert_eq!(
+            metrics_base("tcp://[fd00:10:96::1a2b]:8080").unwrap(),
+            "http://[fd00:10:96::1a2b]:8080"
+        );
+        assert!(matches!(
+            metrics_base("$(MSA_OPERATOR_METRICS_PORT)"),
+            Err(CheckFailed::NoServiceEnvironment(_))
+        ));
         for bad in [
             "",
             "198.19.0.12:8080",
@@ -180,7 +263,8 @@ mod tests {
             "http://198.19.0.12:0",
             "http://198.19.0.12:8080/readyz",
             "http://:8080",
-            "http://$(MSA_OPERATOR_METRICS_SERVICE_HOST):$(MSA_OPERATOR_METRICS_SERVICE_PORT)",
+            "http://fd00:10:96::1a2b:8080",
+            "udp://198.19.0.12:8080",
         ] {
             assert!(
                 matches!(metrics_base(bad), Err(CheckFailed::BadUrl(_))),
@@ -200,18 +284,61 @@ mod tests {
     #[test]
     fn a_listed_scope_names_a_few_apps_and_counts_the_rest() {
         assert_eq!(
-            listed_line("in every namespace", &[]),
+            listed_line("in every namespace", 0, &[]),
             "the operator's ServiceAccount lists MicroserviceApps in every namespace: 0"
         );
         assert_eq!(
-            listed_line("in namespace demo", &[app("demo", "shop")]),
+            listed_line("in namespace demo", 1, &[app("demo", "shop")]),
             "the operator's ServiceAccount lists MicroserviceApps in namespace demo: 1: demo/shop"
         );
-        let many: Vec<_> = (0..7).map(|i| app("a", &format!("s{i}"))).collect();
+        let first: Vec<_> = (0..SHOWN).map(|i| app("a", &format!("s{i}"))).collect();
         assert!(
-            listed_line("in every namespace", &many)
-                .ends_with(": 7: a/s0, a/s1, a/s2, a/s3, a/s4 and 2 more")
+            listed_line("in every namespace", 1207, &first)
+                .ends_with(": 1207: a/s0, a/s1, a/s2, a/s3, a/s4 and 1202 more")
         );
+    }
+
+    #[test]
+    fn each_list_failure_says_what_to_do_about_it() {
+        let forbidden = classify(
+            "in namespace demo",
+            ListError::Api {
+                code: 403,
+                message: "microserviceapps.msa.dev is forbidden".into(),
+            },
+        )
+        .to_string();
+        assert!(
+            forbidden.contains("may not list MicroserviceApps in namespace demo")
+                && forbidden.contains("helm upgrade"),
+            "{forbidden}"
+        );
+        let missing = classify(
+            "in every namespace",
+            ListError::Api {
+                code: 404,
+                message: "the server could not find the requested resource".into(),
+            },
+        )
+        .to_string();
+        assert!(
+            missing.contains("kubectl apply --server-side -f crds/"),
+            "{missing}"
+        );
+        for other in [
+            ListError::Api {
+                code: 500,
+                message: "etcd is down".into(),
+            },
+            ListError::Other("the API server did not answer within 10s".into()),
+        ] {
+            let said = classify("in every namespace", other).to_string();
+            assert!(
+                said.starts_with("listing MicroserviceApps in every namespace failed")
+                    && !said.contains("helm upgrade"),
+                "{said}"
+            );
+        }
     }
 
     #[tokio::test]

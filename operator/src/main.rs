@@ -48,7 +48,7 @@ struct Flags {
 
     /// Watch only these namespaces (repeat the flag or separate them with commas; default: all
     /// namespaces). The operator then needs a Role in each instead of a ClusterRole.
-    #[arg(long, env = "MSA_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
+    #[arg(long, global = true, env = "MSA_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
     watch_namespace: Vec<String>,
 
     /// Apps reconciled at once.
@@ -123,8 +123,9 @@ enum Command {
     /// answers 200, and its ServiceAccount (this pod's) may list MicroserviceApps in the
     /// namespaces it watches (--watch-namespace, or every namespace).
     Check {
-        /// The operator's metrics address, http://<host>:<port> (the chart passes its metrics
-        /// Service's). Without it only the listing is checked.
+        /// The operator's metrics address, http://<host>:<port> or tcp://<host>:<port> (the
+        /// chart passes its metrics Service's `<NAME>_PORT`). Without it only the listing is
+        /// checked.
         #[arg(long)]
         metrics_url: Option<String>,
     },
@@ -260,12 +261,17 @@ async fn main() -> anyhow::Result<()> {
 /// saying what to do.
 async fn check_install(metrics_url: Option<&str>, namespaces: &[String]) -> anyhow::Result<()> {
     use msa_operator::install_check;
-    if let Some(url) = metrics_url {
-        let base = install_check::metrics_base(url)?;
-        println!(
-            "{}",
-            install_check::operator_ready(&base, install_check::READY_WITHIN).await?
-        );
+    match metrics_url {
+        Some(url) => {
+            let base = install_check::metrics_base(url)?;
+            println!(
+                "{}",
+                install_check::operator_ready(&base, install_check::READY_WITHIN).await?
+            );
+        }
+        None => println!(
+            "the operator's readiness is not checked: no --metrics-url (the chart passes one when metrics.service.enabled)"
+        ),
     }
     let mut config = kube::Config::infer()
         .await

@@ -85,11 +85,11 @@ fn by_default_the_operator_runs_one_server_with_its_stream_keeper() {
     };
     assert_eq!(
         server.image.as_deref(),
-        Some("ghcr.io/msa-dev/msa-nats:0.1.0")
+        Some("ghcr.io/msa-dev/msa-nats:0.2.0")
     );
     assert_eq!(
         keeper.image.as_deref(),
-        Some("ghcr.io/msa-dev/msa-streams:0.1.0")
+        Some("ghcr.io/msa-dev/msa-streams:0.2.0")
     );
     assert_eq!(pod.automount_service_account_token, Some(false));
     // Every login's password reaches the server as the variable its configuration names.

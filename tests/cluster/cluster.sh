@@ -57,7 +57,9 @@ readonly service_cidr=198.19.0.0/16 first_service_ip=198.19.0.1 cluster_dns=198.
 # Pods' resolver: inside the guarded range and unrouted, so a lookup fails at once and no pod
 # ever learns the host's resolver. No cluster DNS runs.
 readonly resolver_ip=198.18.250.53
-readonly sandbox_image=ghcr.io/msa-dev/msa-pause:0.1.0
+# The pod sandbox image `make images` builds, tagged with the workspace's version like the others.
+sandbox_image="ghcr.io/msa-dev/msa-pause:$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
+readonly sandbox_image
 readonly components=(provisioner kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 # PostgreSQL for apps with spec.database (real node only): Debian's, on the host side of the
 # node's link, so pods reach it over 198.18.x and nothing else can.
