@@ -7,24 +7,29 @@ Then the shop runs under podman: user, product and order, then the gateway in fr
 container rootful, read-only, on the host's network but listening on 127.0.0.1 only (a port the
 kernel picks, read back with `ss`), its data on a tmpfs. Each must answer /healthz and /readyz,
 run as 65532, and the gateway must serve a product list from the product service; then each is
-stopped with SIGTERM and must exit 0 within its grace. If podman cannot run a container here, the
-exact error is printed and only the skopeo checks count.
+stopped with SIGTERM and must exit 0 within its grace. If podman cannot run a container here
+(shown by the smallest image, msa-pause, failing to start), the exact error is printed and only
+the skopeo checks and `podman load` count; any other failure fails the check.
 
 Everything podman keeps (images, containers, its run state) lives in a temporary folder given as
---root/--runroot (vfs storage: no overlay mounts) and is removed at the end, also after a failure.
+--root/--runroot (vfs storage: no overlay mounts) and is removed at the end, also after a failure
+or a SIGTERM/SIGHUP/SIGINT.
 
 Usage: hack/podman-check.py IMAGES_DIR
 """
 
+import glob
 import json
 import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 # The services' shutdown: a drain delay, then in-flight requests get the grace.
@@ -72,8 +77,12 @@ class Podman:
         return run(self.base + list(args), timeout=timeout, check=check)
 
     def clean(self):
-        self("rm", "--all", "--force", "--time", "0", check=False)
-        self("rmi", "--all", "--force", check=False)
+        """Every step tried, whatever the one before did."""
+        for args in (("rm", "--all", "--force", "--time", "0"), ("rmi", "--all", "--force")):
+            try:
+                self(*args, check=False)
+            except (OSError, subprocess.SubprocessError) as error:
+                log(f"cleaning up: podman {args[0]}: {error}")
 
 
 def inspect(tarball):
@@ -86,8 +95,7 @@ def inspect(tarball):
     problems = []
     if (manifest.get("Os"), manifest.get("Architecture")) != ("linux", "amd64"):
         problems.append(f"platform {manifest.get('Os')}/{manifest.get('Architecture')}")
-    # The node's pause image is the one image that keeps its upstream user (root is fine there).
-    if name != "msa-pause" and image.get("User") != f"{USER}:{USER}":
+    if image.get("User") != f"{USER}:{USER}":
         problems.append(f"user {image.get('User')!r}, not {USER}:{USER}")
     if not image.get("Entrypoint"):
         problems.append("no entrypoint")
@@ -135,8 +143,12 @@ def listening_port(pid, deadline):
 
 
 def get(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-        return answer.status, answer.read()
+    """(status, body) of a GET on 127.0.0.1; an error status is an answer too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as answer:
+        return answer.code, answer.read()
 
 
 class Service:
@@ -212,7 +224,7 @@ def run_the_shop(podman, images):
             rows.append({"service": name, "port": str(service.port), "uid": uid,
                          "health": "/healthz /readyz 200"})
         status, body = get(services["gateway"].port, "/products")
-        if status != 200 or not isinstance(json.loads(body), (list, dict)):
+        if status != 200 or not isinstance(json.loads(body or b"null"), (list, dict)):
             raise SystemExit(f"GET /products through the gateway: {status} {body[:200]!r}")
         log("GET /products through the gateway container: 200 from the product container")
         for row in rows:
@@ -224,7 +236,7 @@ def run_the_shop(podman, images):
                 )
             row["SIGTERM"] = f"exit 0 in {seconds:.1f} s"
         return rows
-    except SystemExit:
+    except Exception:  # any failure: show what each container said
         for service in services.values():
             sys.stderr.write(f"--- {service.name} log ---\n{service.logs()}\n")
         raise
@@ -243,15 +255,23 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make images-check installs podman and skopeo)")
 
+    # Ended by a signal, the cleanup below still runs.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, lambda number, _frame: sys.exit(128 + number))
     # skopeo and `podman load` keep a blob-info cache in /var/lib/containers/cache whatever
-    # they are told: removed afterwards unless it was there before.
-    shared_cache = "/var/lib/containers"
-    leave_cache = os.path.exists(shared_cache)
+    # they are told: what this run made there is removed afterwards, nothing else.
+    made = [d for d in ("/var/lib/containers", "/var/lib/containers/cache") if not os.path.exists(d)]
     try:
         check(tarballs)
     finally:
-        if not leave_cache:
-            shutil.rmtree(shared_cache, ignore_errors=True)
+        for cache in glob.glob("/var/lib/containers/cache/blob-info-cache-v1.*"):
+            if made:
+                os.remove(cache)
+        for directory in reversed(made):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
 
 
 def check(tarballs):
@@ -267,12 +287,14 @@ def check(tarballs):
             name = os.path.basename(tarball).removesuffix(".tar")
             images[name] = loaded_name(podman("load", "--input", tarball, timeout=300).stdout)
         log(f"podman load: {len(images)} images")
-        probe = podman("run", "--rm", "--network", "none", *RUN_LIMITS, images["msa-user"],
-                       "--help", check=False)
+        # The engine, told apart from the images: the pause image only sleeps until signalled.
+        probe = podman("run", "--detach", "--name", "msa-check-engine", "--network", "none",
+                       *RUN_LIMITS, images["msa-pause"], check=False)
         if probe.returncode != 0:
             log("podman cannot run containers on this machine; only the skopeo checks and "
                 f"`podman load` count. Its error, exactly:\n{probe.stderr.strip()}")
             return
+        podman("rm", "--force", "--time", "0", "msa-check-engine")
         rows = run_the_shop(podman, images)
         log("the shop under podman\n"
             + table(rows, ["service", "port", "uid", "health", "SIGTERM"]))

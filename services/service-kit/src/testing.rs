@@ -3,8 +3,9 @@
 //!
 //! PostgreSQL comes from `MSA_TEST_POSTGRES_URL` (an admin URL; `make unit` sets it). Unset —
 //! a plain `cargo test` in a fresh clone — the first PostgreSQL test runs `hack/postgres.sh up`,
-//! which starts Debian's PostgreSQL on 127.0.0.1 (installing the package when missing) or finds
-//! the one it started before, and says so once on stderr with how to stop it. Each test gets a
+//! which starts Debian's PostgreSQL on 127.0.0.1 with a random superuser password (it stays
+//! running for the next run; installing the package is left to the developer) or finds the one
+//! it started before, and says so once on stderr with how to stop it. Each test gets a
 //! database of its own.
 
 use std::net::SocketAddr;
@@ -72,6 +73,9 @@ fn postgres_admin_url() -> String {
             );
             let output = std::process::Command::new(&script)
                 .arg("up")
+                // Left running for the next run: logins need the password (in the URL).
+                .env("MSA_PG_PASSWORD_AUTH", "1")
+                .env("MSA_PG_NO_INSTALL", "1")
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
