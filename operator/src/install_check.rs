@@ -80,11 +80,11 @@ pub async fn operator_ready(base: &str, within: Duration) -> Result<String, Chec
     let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let url = format!("{base}/readyz");
     let deadline = tokio::time::Instant::now() + within;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| CheckFailed::BadUrl(base.to_owned()))?;
     loop {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|_| CheckFailed::BadUrl(base.to_owned()))?;
-        let last = match tokio::time::timeout(REQUEST_TIMEOUT, http.get(uri)).await {
+        let last = match tokio::time::timeout(REQUEST_TIMEOUT, http.get(uri.clone())).await {
             Ok(Ok(answer)) => {
                 let status = answer.status();
                 let body = tokio::time::timeout(REQUEST_TIMEOUT, answer.into_body().collect())
@@ -343,14 +343,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_operator_that_is_not_ready_is_reported_with_its_last_answer() {
-        // A server on 127.0.0.1:0 that answers 503 "starting", as a pod waiting for its caches.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            "/readyz",
-            axum::routing::get(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "starting") }),
-        );
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        // As a pod waiting for its caches.
+        let (addr, server) = readyz_server(http::StatusCode::SERVICE_UNAVAILABLE, "starting").await;
         let base = metrics_base(&format!("http://{addr}")).unwrap();
         let failed = operator_ready(&base, Duration::from_millis(100))
             .await
@@ -366,10 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ready_operator_is_reported_with_its_answer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/readyz", axum::routing::get(|| async { "ready" }));
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (addr, server) = readyz_server(http::StatusCode::OK, "ready").await;
         let line = operator_ready(&format!("http://{addr}"), Duration::from_secs(30))
             .await
             .unwrap();
@@ -378,5 +369,25 @@ mod tests {
             format!("the operator answers http://{addr}/readyz: 200 ready")
         );
         server.abort();
+    }
+
+    /// A server on 127.0.0.1:0 whose /readyz answers `status` and `body`.
+    async fn readyz_server(
+        status: http::StatusCode,
+        body: &'static str,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/readyz",
+            axum::routing::get(move || async move { (status, body) }),
+        );
+        (
+            addr,
+            tokio::spawn(async move { axum::serve(listener, app).await }),
+        )
     }
 }

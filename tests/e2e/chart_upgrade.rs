@@ -47,51 +47,38 @@ async fn helm_upgrade_from_the_previous_chart_keeps_the_crd_and_the_apps() -> an
 
     // The previous chart, installed as a user of 0.1.0 did: a release of its own in this
     // namespace, watching only it (nothing cluster-wide, so the shared release is untouched).
-    let values = [
-        "--set",
-        &format!("watchNamespaces={{{}}}", s.ns),
-        "--set",
-        "manageCrd=false",
-    ];
-    let previous = s.cluster.repo_path(PREVIOUS_CHART);
-    let mut install = vec![
-        "install",
-        "msa-operator",
-        previous.to_str().expect("utf-8 path"),
-        "--namespace",
-        &s.ns,
-        "--wait",
-        "--timeout",
-        "2m",
-    ];
-    install.extend(values);
-    s.cluster.helm(&install).ok()?;
+    let release = |verb: &str, chart: &std::path::Path| {
+        let watched = format!("watchNamespaces={{{}}}", s.ns);
+        s.cluster
+            .helm(&[
+                verb,
+                "msa-operator",
+                chart.to_str().expect("utf-8 path"),
+                "--namespace",
+                &s.ns,
+                "--wait",
+                "--timeout",
+                "2m",
+                "--set",
+                &watched,
+                "--set",
+                "manageCrd=false",
+            ])
+            .ok()
+    };
+    release("install", &s.cluster.repo_path(PREVIOUS_CHART))?;
 
     let _operator = s.start_operator("upgrade")?;
-    s.cluster
-        .kubectl_with_stdin(
-            &["apply", "-n", &s.ns, "-f", "-"],
-            Some("apiVersion: msa.dev/v1alpha1\nkind: MicroserviceApp\nmetadata: {name: kept}\nspec: {events: {enabled: false}}\n"),
-        )
-        .ok()?;
+    s.apply_manifest(
+        "apiVersion: msa.dev/v1alpha1\nkind: MicroserviceApp\nmetadata: {name: kept}\nspec: {events: {enabled: false}}\n",
+    )?;
     s.wait_ready("kept")?;
     let app_before = s.apps().get("kept").await?;
     let children_before = children(&s).await?;
     assert_eq!(children_before.len(), 4, "{children_before:?}");
 
     let chart = s.cluster.repo_path("charts/msa-operator");
-    let mut upgrade = vec![
-        "upgrade",
-        "msa-operator",
-        chart.to_str().expect("utf-8 path"),
-        "--namespace",
-        &s.ns,
-        "--wait",
-        "--timeout",
-        "2m",
-    ];
-    upgrade.extend(values);
-    s.cluster.helm(&upgrade).ok()?;
+    release("upgrade", &chart)?;
 
     let history = s
         .cluster

@@ -32,12 +32,9 @@ async fn the_install_check_passes_as_the_operator_and_says_what_another_account_
 -> anyhow::Result<()> {
     let s = Setup::new("check").await?;
     let operator = s.start_operator("check")?;
-    s.cluster
-        .kubectl_with_stdin(
-            &["apply", "-n", &s.ns, "-f", "-"],
-            Some("apiVersion: msa.dev/v1alpha1\nkind: MicroserviceApp\nmetadata: {name: shop}\nspec: {events: {enabled: false}}\n"),
-        )
-        .ok()?;
+    s.apply_manifest(
+        "apiVersion: msa.dev/v1alpha1\nkind: MicroserviceApp\nmetadata: {name: shop}\nspec: {events: {enabled: false}}\n",
+    )?;
     let url = format!("http://{}", operator.metrics_addr().await?);
     let as_operator = s.operator_kubeconfig()?;
     let scope = format!("--watch-namespace={}", s.ns);

@@ -119,7 +119,8 @@ async fn shop_manifest_becomes_ready_with_every_child_owned() -> anyhow::Result<
         .kubectl(&["get", "msa", "-n", &s.ns, "-o", "wide"])
         .ok()?;
     assert!(wide.starts_with("NAME"), "{wide}");
-    s.cluster.keep_for_docs("get-msa-wide.txt", &wide)?;
+    s.cluster
+        .keep_capture("doc-captures", "get-msa-wide.txt", &wide)?;
     let app = s.apps().get("shop").await?;
     let deployments = s.deployments().list(&ListParams::default()).await?;
     assert_eq!(deployments.items.len(), 1, "the gateway");

@@ -31,10 +31,7 @@ impl Cluster {
         let object = self
             .kubectl(&["get", "msa", name, "-n", namespace, "-o", "yaml"])
             .ok()?;
-        let dir = self.repo_path("target/argocd-health");
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join(format!("{capture}.yaml"));
-        std::fs::write(&file, &object)?;
+        let file = self.keep_capture("argocd-health", &format!("{capture}.yaml"), &object)?;
         let script = self.repo_path(HEALTH_LUA);
         let judged = self
             .argocd_health(&[

@@ -88,12 +88,14 @@ impl Cluster {
         self.root.join(relative)
     }
 
-    /// Keeps `text` as `target/doc-captures/<name>`: real output for the README to show.
-    pub fn keep_for_docs(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let dir = self.repo_path("target/doc-captures");
+    /// Keeps `text` as `target/<folder>/<name>` (real output the docs and the chart's tables
+    /// are made from); returns the file.
+    pub fn keep_capture(&self, folder: &str, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.repo_path("target").join(folder);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(name), text)?;
-        Ok(())
+        let file = dir.join(name);
+        std::fs::write(&file, text)?;
+        Ok(file)
     }
 
     /// A client with the cluster admin's credentials, for setting up and checking.
