@@ -12,6 +12,7 @@ use msa_upstream::discovery::DiscoveryFeed;
 use msa_upstream::endpoint::parse_list;
 use msa_upstream::metrics::UpstreamMetrics;
 use msa_upstream::{CallConfig, Discovery, PoolConfig, Upstream};
+use serde_json::Value;
 use sqlx::Row;
 
 /// Peers at fixed addresses with the default call policy.
@@ -219,6 +220,7 @@ pub async fn audit(
         }
     }
     events_agree(order_db, product_db).await;
+    stock_each_reservation_holds(product_db, &reservations).await;
     for (product, initial) in initial_stock {
         let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
             .bind(product)
@@ -287,6 +289,9 @@ async fn events_agree(order_db: &Database, product_db: &Database) {
         "events of orders that were never stored"
     );
     let products = msa_events::testing::events_by_aggregate(&product_db.pool).await;
+    for (id, events) in &products {
+        stock_changes_chain(id, events);
+    }
     for row in sqlx::query("SELECT id, stock FROM products")
         .fetch_all(&product_db.pool)
         .await
@@ -304,6 +309,81 @@ async fn events_agree(order_db: &Database, product_db: &Database) {
             Some(row.get::<i64, _>("stock")),
             "product {id}: its stock and the last stock its events announced"
         );
+    }
+}
+
+/// What the stock events say each reservation holds now (units taken less units given back,
+/// by product) is its lines when it is committed and nothing otherwise; and every reservation
+/// the events name exists. This names the reservation when stock and sales disagree.
+async fn stock_each_reservation_holds(
+    product_db: &Database,
+    reservations: &BTreeMap<String, String>,
+) {
+    let mut held = BTreeMap::<(String, String), i64>::new();
+    for (product, events) in msa_events::testing::events_by_aggregate(&product_db.pool).await {
+        for (kind, data) in events {
+            let (Some(reservation), Some(previous), Some(stock)) = (
+                data["reservation_id"].as_str(),
+                data["previous_stock"].as_i64(),
+                data["stock"].as_i64(),
+            ) else {
+                continue;
+            };
+            assert!(
+                reservations.contains_key(reservation),
+                "product {product}: {kind} names reservation {reservation}, which does not exist"
+            );
+            *held
+                .entry((reservation.to_owned(), product.clone()))
+                .or_default() += previous - stock;
+        }
+    }
+    for (id, state) in reservations {
+        let lines = quantities(
+            product_db,
+            "SELECT product_id, quantity FROM reservation_items WHERE reservation_id = $1",
+            id,
+        )
+        .await;
+        for (product, quantity) in lines {
+            let expected = if state == "committed" { quantity } else { 0 };
+            let holds = held
+                .remove(&(id.clone(), product.clone()))
+                .unwrap_or_default();
+            assert_eq!(
+                holds, expected,
+                "reservation {id} ({state}): its stock events hold {holds} of product {product}"
+            );
+        }
+    }
+    for ((id, product), units) in held {
+        assert_eq!(
+            units, 0,
+            "reservation {id} has no line of product {product}, yet its stock events hold {units}"
+        );
+    }
+}
+
+/// Each stock change of a product starts from the stock the one before it left: a change made
+/// outside the transaction that announced it (or an announcement whose change was undone)
+/// breaks the chain at that event, which the message names with its neighbours.
+fn stock_changes_chain(product: &str, events: &[(String, Value)]) {
+    let mut last: Option<(usize, i64)> = None;
+    for (i, (kind, data)) in events.iter().enumerate() {
+        if let (Some((before, stock)), Some(previous)) = (last, data["previous_stock"].as_i64()) {
+            assert_eq!(
+                previous,
+                stock,
+                "product {product}: event {} ({kind}, {data}) starts from stock {previous}, \
+                 but event {} ({:?}) left {stock}",
+                i + 1,
+                before + 1,
+                events[before],
+            );
+        }
+        if let Some(stock) = data["stock"].as_i64() {
+            last = Some((i, stock));
+        }
     }
 }
 
