@@ -5,7 +5,10 @@
 //! must be 200: a hang-up may abandon the answer, never leave a transaction open (issue 27).
 //! And every order must end by itself (its saga runs apart from the request; no recoverer runs
 //! here), with the audit of `common::audit`: every answered order stored once, no committed
-//! reservation without a confirmed order, stock = initial − confirmed.
+//! reservation without a confirmed order, stock = initial − confirmed. The audit starts once
+//! no request is at work any more (`common::quiesce`): the work of the last hang-ups goes on
+//! after their clients are gone, and an order it stores between the audit's reads would look
+//! like stock sold to nobody.
 //!
 //! The run is reproducible: the seed is printed, and `MSA_HANGUP_SEED` replays it. Before
 //! requests ran detached from their connection and the pool checked its connections, this
@@ -302,6 +305,11 @@ async fn hang_ups_never_wedge_a_database(backend: TestBackend) {
     let [_, product_db, order_db] = &shop.databases[..] else {
         unreachable!("user, product and order databases")
     };
+    common::quiesce(
+        &[("order", &shop.orders), ("product", &shop.products)],
+        RECOVERY,
+    )
+    .await;
     common::settle(order_db, RECOVERY).await;
     let initial = products
         .iter()

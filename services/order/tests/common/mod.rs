@@ -123,6 +123,41 @@ pub async fn settle(order_db: &Database, within: Duration) {
     }
 }
 
+/// Waits until none of `services` (component name, client) has a request at work — its
+/// `msa_<component>_http_requests_in_flight` is 1, the scrape asking — on two reads in a row.
+/// A request whose client hung up still runs to its end (it is detached), and an order it
+/// places is stored only then: [`settle`] and the audit must not start before, or an order
+/// stored and reserved between the audit's reads shows as stock sold to nobody (stop 42's CI).
+pub async fn quiesce(services: &[(&str, &TestClient)], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    for (component, client) in services {
+        let gauge = format!("msa_{component}_http_requests_in_flight ");
+        let mut quiet_reads = 0;
+        while quiet_reads < 2 {
+            let text = client
+                .send("GET", "/metrics", None)
+                .await
+                .text()
+                .await
+                .unwrap_or_default();
+            let in_flight = text
+                .lines()
+                .find_map(|line| line.strip_prefix(&gauge))
+                .and_then(|value| value.trim().parse::<f64>().ok());
+            quiet_reads = if in_flight == Some(1.0) {
+                quiet_reads + 1
+            } else {
+                0
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{component}: requests still at work after {within:?} ({in_flight:?} in flight)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Orders by status, as the audit found them.
 pub type Tally = BTreeMap<String, usize>;
 
