@@ -60,6 +60,37 @@ for set_value in "${accepted[@]}"; do
 done
 log "  ${#accepted[@]} values users set loosely accepted"
 
+log "watchConfigSecrets: the operator may read Secrets only when asked to, in every shape"
+python3 -c 'import yaml' 2>/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-yaml >/dev/null
+# Each shape rendered both ways: the RBAC objects and the operator's arguments. Off, no rule in
+# any Role or ClusterRole grants get, list or watch on Secrets and the flag is absent; on, every
+# Role or ClusterRole carrying the app rules grants them and the flag is passed.
+for shape in "" "--set watchNamespaces={demo,prod}"; do
+  for watch in false true; do
+    # shellcheck disable=SC2086
+    "$helm" template msa-operator "$chart" --kube-version 1.36.0 $shape \
+      --set watchConfigSecrets=$watch | python3 -c '
+import sys, yaml
+watch = sys.argv[1] == "true"
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+def reads_secrets(rule):
+    return "secrets" in rule.get("resources", []) and {"get", "list", "watch"} & set(rule.get("verbs", []))
+app_roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")
+             and any("microserviceapps" in r.get("resources", []) for r in d.get("rules", []))]
+assert app_roles, "no Role or ClusterRole with the app rules"
+for role in [d for d in docs if d["kind"] in ("Role", "ClusterRole")]:
+    granted = any(reads_secrets(r) for r in role.get("rules", []))
+    expected = watch and role in app_roles
+    kind, name = role["kind"], role["metadata"]["name"]
+    assert granted == expected, f"{kind} {name}: reads Secrets {granted}, expected {expected}"
+args = [a for d in docs if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args", [])]
+assert ("--watch-config-secrets" in args) == watch, f"--watch-config-secrets in {args}"
+print(f"    {len(app_roles)} role(s) with the app rules; Secrets readable: {watch}")
+' "$watch" || { echo "watchConfigSecrets=$watch ${shape:-cluster-wide}: the RBAC is wrong (above)" >&2; exit 1; }
+  done
+done
+
 log "Argo CD health check: the runner's own tests, then files/argocd/health_test.yaml in gopher-lua"
 (cd "$root/hack/argocd-health" && go test ./... >&2)
 "$("$root/hack/tools.sh" argocd-health)" test "$chart/files/argocd"

@@ -10,7 +10,9 @@ use std::hash::{Hash, Hasher};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -26,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::app_index::{IndexedStore, IndexedWriter};
+use crate::config_sources::{self, SourceKind};
 use crate::crd::MicroserviceApp;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -48,6 +51,10 @@ pub struct Settings {
     pub rollout_slots: usize,
     /// Identifies this process in Events.
     pub instance: String,
+    /// Whether Secrets named in `configFrom` are watched, so a change in one rolls the pods
+    /// that read it (it needs the right to read every Secret in scope; see the chart's
+    /// `watchConfigSecrets`).
+    pub watch_config_secrets: bool,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -166,10 +173,43 @@ where
     (store, stream)
 }
 
+/// A cached watch of every object of a kind in scope (not only the operator's), each condensed
+/// by `condense` before it is kept (see [`crate::config_sources`]).
+fn condensed_watch<K>(
+    client: &Client,
+    scope: &Scope,
+    condense: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = scoped_cache(scope, writer, move |namespace| {
+        watcher(
+            api::<K>(client, namespace),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(condense)
+    })
+    .touched_objects();
+    (store, stream)
+}
+
 /// Every kind the controller watches (each namespace of its scope needs `list` and `watch` on
-/// them): the apps and their children, as [`run`] watches them.
-pub fn watched_kinds() -> Vec<ApiResource> {
-    vec![
+/// them): the apps and their children, as [`run`] watches them, and Secrets when
+/// `watch_config_secrets`.
+pub fn watched_kinds(watch_config_secrets: bool) -> Vec<ApiResource> {
+    let mut kinds = vec![
         ApiResource::erase::<MicroserviceApp>(&()),
         ApiResource::erase::<Deployment>(&()),
         ApiResource::erase::<StatefulSet>(&()),
@@ -182,7 +222,11 @@ pub fn watched_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<NetworkPolicy>(&()),
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<EndpointSlice>(&()),
-    ]
+    ];
+    if watch_config_secrets {
+        kinds.push(ApiResource::erase::<Secret>(&()));
+    }
+    kinds
 }
 
 /// What a reconcile reads from the app itself besides its status: the spec (whose changes
@@ -232,7 +276,15 @@ pub async fn run(
     let (roles, role_events) = cached_watch::<Role>(&client, ns);
     let (role_bindings, role_binding_events) = cached_watch::<RoleBinding>(&client, ns);
     let (network_policies, network_policy_events) = cached_watch::<NetworkPolicy>(&client, ns);
-    let (config_maps, config_map_events) = cached_watch::<ConfigMap>(&client, ns);
+    let (config_maps, config_map_events) = indexed_watch::<ConfigMap>(&client, ns);
+    let (config_sources, config_source_events) =
+        condensed_watch(&client, ns, config_sources::condense_config_map);
+    let (secret_sources, secret_source_events) = if settings.watch_config_secrets {
+        let (store, events) = condensed_watch(&client, ns, config_sources::condense_secret);
+        (Some(store), Some(events))
+    } else {
+        (None, None)
+    };
     let (endpoint_slices, slice_events) = indexed_watch::<EndpointSlice>(&client, ns);
 
     let caches = Caches {
@@ -246,6 +298,8 @@ pub async fn run(
         role_bindings,
         network_policies,
         config_maps,
+        config_sources,
+        secret_sources,
         endpoint_slices,
     };
     let reporter = Reporter {
@@ -275,7 +329,32 @@ pub async fn run(
     })
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
-    let controller = Controller::for_stream(app_changes, apps);
+    let controller = Controller::for_stream(app_changes, apps.clone());
+    // A change in a ConfigMap or Secret concerns the apps that read it through `configFrom`.
+    let readers_of_config_map = {
+        let apps = apps.clone();
+        move |object: ConfigMap| {
+            let namespace = object.namespace().unwrap_or_default();
+            config_sources::apps_reading(
+                &apps.state(),
+                &namespace,
+                SourceKind::ConfigMap,
+                &object.name_any(),
+            )
+        }
+    };
+    let readers_of_secret = {
+        let apps = apps.clone();
+        move |object: Secret| {
+            let namespace = object.namespace().unwrap_or_default();
+            config_sources::apps_reading(
+                &apps.state(),
+                &namespace,
+                SourceKind::Secret,
+                &object.name_any(),
+            )
+        }
+    };
     let counter = tokio::spawn(count_apps(controller.store(), context.clone()));
     controller
         .with_config(
@@ -294,6 +373,11 @@ pub async fn run(
         .owns_stream(config_map_events)
         .watches_stream(slice_events, app_of_labelled)
         .watches_stream(claim_events, app_of_labelled)
+        .watches_stream(config_source_events, readers_of_config_map)
+        .watches_stream(
+            futures::stream::iter(secret_source_events).flatten(),
+            readers_of_secret,
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile_object, error_policy_object, context)
         .for_each(|result| async move {

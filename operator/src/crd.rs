@@ -553,6 +553,27 @@ pub struct ComponentSpec {
     #[schemars(extend("maxItems" = 128))]
     pub env: Vec<EnvVar>,
 
+    /// Settings for this component, as environment variables (keys are variable names; at
+    /// most 64, each value at most 8 KiB). The operator renders them into an immutable
+    /// ConfigMap named after a hash of its content (`<app>-<component>-config-<hash>`), so a
+    /// change rolls the pods and a pod never sees a half-edited set; ConfigMaps no longer used
+    /// are deleted once the rollout ends. A key named like a variable the operator sets
+    /// replaces it; an `env` entry of the same name replaces the key. Which settings each
+    /// service reads: `services/README.md`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub config: BTreeMap<String, String>,
+
+    /// Existing ConfigMaps and Secrets in the app's namespace whose keys become environment
+    /// variables of this component (`envFrom`, in this order; at most 8). They fill only the
+    /// variables that neither the operator, `config` nor `env` set. A change in a ConfigMap
+    /// rolls the pods that use it (its content's hash goes into the pod template); a change in
+    /// a Secret does too only when the operator was installed with `watchConfigSecrets`,
+    /// otherwise the Secret is read when a pod starts (see the README for rolling by hand).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 8))]
+    pub config_from: Vec<ConfigSource>,
+
     /// Extra labels for the Deployment, its pods and the Service. The `app.kubernetes.io/*`
     /// labels the operator sets cannot be overridden. At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -580,6 +601,23 @@ pub struct ComponentSpec {
     pub shutdown: ShutdownSpec,
 }
 
+/// One source of `configFrom`: exactly one of `configMap` or `secret`, naming an object in the
+/// app's namespace.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSource {
+    /// A ConfigMap's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: Option<String>,
+    /// A Secret's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: Option<String>,
+}
+
 fn default_replicas() -> i32 {
     1
 }
@@ -596,6 +634,8 @@ impl Default for ComponentSpec {
             autoscaled: false,
             resources: None,
             env: Vec::new(),
+            config: BTreeMap::new(),
+            config_from: Vec::new(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             port: default_container_port(),

@@ -123,6 +123,8 @@ pub fn resolve(learned: &Learned, live: &LiveFacts) -> Result<Resolved, String> 
             service_issuer,
             pod_monitors,
             broker_address: live.broker_address.clone(),
+            // Read from the caches when the app is rendered (`reconcile::config_sources`).
+            config_sources: Default::default(),
         },
         pod_monitors_known,
     })

@@ -23,6 +23,10 @@ pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGER}")
 }
 
+/// Label of the ConfigMaps holding a component's `config` (several exist during a rollout;
+/// the operator deletes those no workload uses any more).
+pub const COMPONENT_CONFIG: &str = "msa.dev/component-config";
+
 /// Pod-template annotation holding a hash of the rendered pod spec.
 pub const CONFIG_HASH_ANNOTATION: &str = "msa.dev/config-hash";
 

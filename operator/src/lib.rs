@@ -8,6 +8,7 @@ pub mod app_index;
 pub mod build;
 pub mod component;
 pub mod conditions;
+pub mod config_sources;
 pub mod controller;
 pub mod crd;
 pub mod crd_upgrade;

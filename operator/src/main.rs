@@ -112,6 +112,13 @@ struct Flags {
     #[arg(long, env = "MSA_MANAGE_CRD", default_value_t = false)]
     manage_crd: bool,
 
+    /// Watch the Secrets apps name in `configFrom`, so a change in one rolls the pods that read
+    /// it. Off by default: it needs get, list and watch on every Secret in the watched
+    /// namespaces (the chart grants them only with watchConfigSecrets=true). Without it such a
+    /// Secret is read when a pod starts: roll by hand with `kubectl rollout restart`.
+    #[arg(long, env = "MSA_WATCH_CONFIG_SECRETS", default_value_t = false)]
+    watch_config_secrets: bool,
+
     /// Log format: json (default) or text.
     #[arg(long, env = "MSA_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -175,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let client = controller_client(config.clone(), &identity, term.as_ref().map(TermEnd::fence))?;
     let namespaces = tokio::time::timeout(
         STARTUP_CHECK_TIMEOUT,
-        watchable_namespaces(&client, &flags.watch_namespace),
+        watchable_namespaces(&client, &flags.watch_namespace, flags.watch_config_secrets),
     )
     .await
     .map_err(|_| {
@@ -190,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         debounce: Duration::from_millis(flags.debounce_ms),
         rollout_slots: usize::from(flags.max_concurrent_rollouts),
         instance: identity.clone(),
+        watch_config_secrets: flags.watch_config_secrets,
     };
 
     let mut election = None;
@@ -370,6 +378,7 @@ fn namespace_name(name: &str) -> Result<String, String> {
 async fn watchable_namespaces(
     client: &Client,
     namespaces: &[String],
+    watch_config_secrets: bool,
 ) -> anyhow::Result<Vec<String>> {
     if namespaces.is_empty() {
         check_apps_listable(Api::all(client.clone())).await?;
@@ -377,7 +386,7 @@ async fn watchable_namespaces(
     }
     let mut watchable = Vec::new();
     for namespace in namespaces {
-        match missing_permission(client, namespace).await? {
+        match missing_permission(client, namespace, watch_config_secrets).await? {
             None => watchable.push(namespace.clone()),
             Some(refused) => error!(
                 namespace,
@@ -397,8 +406,12 @@ async fn watchable_namespaces(
 
 /// The first kind the operator watches that it may not list in `namespace`, with the API
 /// server's answer; None when it may list them all.
-async fn missing_permission(client: &Client, namespace: &str) -> anyhow::Result<Option<String>> {
-    for resource in controller::watched_kinds() {
+async fn missing_permission(
+    client: &Client,
+    namespace: &str,
+    watch_config_secrets: bool,
+) -> anyhow::Result<Option<String>> {
+    for resource in controller::watched_kinds(watch_config_secrets) {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => {}

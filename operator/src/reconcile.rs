@@ -35,7 +35,7 @@ use crate::app_index::IndexedStore;
 use crate::build::{self, Children, Workload, broker};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
-use crate::crd::{MicroserviceApp, MicroserviceAppStatus};
+use crate::crd::{ConfigSource, MicroserviceApp, MicroserviceAppStatus};
 use crate::error::Error;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
@@ -75,7 +75,14 @@ pub struct Caches {
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
     pub network_policies: Store<NetworkPolicy>,
-    pub config_maps: Store<ConfigMap>,
+    /// Indexed by app: a component's `config` ConfigMaps are named after their content.
+    pub config_maps: IndexedStore<ConfigMap>,
+    /// Every ConfigMap in scope, not only the operator's, with its content replaced by a hash
+    /// of it (see [`crate::controller`]): what `configFrom` names.
+    pub config_sources: Store<ConfigMap>,
+    /// Every Secret in scope, likewise condensed, when the operator may watch Secrets
+    /// (`--watch-config-secrets`); `None` otherwise.
+    pub secret_sources: Option<Store<Secret>>,
     /// Indexed by app: their names are Kubernetes' choice.
     pub endpoint_slices: IndexedStore<EndpointSlice>,
 }
@@ -99,8 +106,16 @@ impl Caches {
             role_bindings,
             network_policies,
             config_maps,
+            config_sources,
+            secret_sources,
             endpoint_slices,
         } = self;
+        let secrets_listed = async {
+            match secret_sources {
+                Some(store) => store.wait_until_ready().await,
+                None => Ok(()),
+            }
+        };
         tokio::try_join!(
             deployments.wait_until_ready(),
             stateful_sets.wait_until_ready(),
@@ -111,7 +126,9 @@ impl Caches {
             roles.wait_until_ready(),
             role_bindings.wait_until_ready(),
             network_policies.wait_until_ready(),
-            config_maps.wait_until_ready(),
+            config_maps.store().wait_until_ready(),
+            config_sources.wait_until_ready(),
+            secrets_listed,
             endpoint_slices.store().wait_until_ready(),
         )
         .map(|_| ())
@@ -395,6 +412,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
     let applied = async {
         let mut report = ApplyReport::default();
         let mut facts = resolved.facts.clone();
+        facts.config_sources = config_sources(ctx, app);
         prepare_broker(ctx, app, &mut facts, &mut report).await?;
         let children = build::children_in(app, &facts)?;
         apply_children(ctx, app, children, resolved.pod_monitors_known, report).await
@@ -703,6 +721,7 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
         issuer_keys: ctx
             .caches
             .config_maps
+            .store()
             .get(&keys)
             .filter(|c| controlled_by(c.as_ref(), app))
             .and_then(|c| build::published_keys(&c)),
@@ -714,6 +733,34 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
             .filter(|s| controlled_by(s.as_ref(), app))
             .and_then(|s| cluster_ip(&s)),
     }
+}
+
+/// What the caches know of each object the app's components name in `configFrom`: a hash of
+/// its content (the watch keeps nothing else, see [`crate::controller`]). Objects absent, or
+/// Secrets while they are not watched, are left out.
+fn config_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<ConfigSource, String> {
+    let namespace = app.namespace().unwrap_or_default();
+    Component::ALL
+        .into_iter()
+        .flat_map(|component| component.spec(app).config_from.iter())
+        .filter_map(|source| {
+            let hash = match (&source.config_map, &source.secret) {
+                (Some(name), _) => ctx
+                    .caches
+                    .config_sources
+                    .get(&ObjectRef::new(name).within(&namespace))
+                    .and_then(|c| crate::config_sources::condensed_hash(c.as_ref())),
+                (None, Some(name)) => ctx
+                    .caches
+                    .secret_sources
+                    .as_ref()?
+                    .get(&ObjectRef::new(name).within(&namespace))
+                    .and_then(|s| crate::config_sources::condensed_hash(s.as_ref())),
+                (None, None) => None,
+            }?;
+            Some((source.clone(), hash))
+        })
+        .collect()
 }
 
 /// The storage check over the cached StatefulSets and claims of this app (each looked up by
@@ -861,6 +908,7 @@ async fn apply_children(
         network_policies,
         pod_monitor,
         broker,
+        component_configs,
     } = children;
     let caches = &ctx.caches;
 
@@ -870,7 +918,7 @@ async fn apply_children(
         apply_one(ctx, &caches.service_accounts, account, &mut report).await?;
     }
     if let Some(config_map) = service_issuer {
-        apply_one(ctx, &caches.config_maps, config_map, &mut report).await?;
+        apply_one(ctx, caches.config_maps.store(), config_map, &mut report).await?;
     }
     apply_one(ctx, &caches.roles, role, &mut report).await?;
     apply_one(ctx, &caches.role_bindings, role_binding, &mut report).await?;
@@ -889,8 +937,12 @@ async fn apply_children(
     for policy in network_policies {
         apply_one(ctx, &caches.network_policies, policy, &mut report).await?;
     }
-    // The broker before the services that publish to it.
+    // The broker before the services that publish to it, and each component's configuration
+    // before the pods that read it.
     apply_broker(ctx, app, broker, &mut report).await?;
+    for config_map in component_configs {
+        apply_one(ctx, caches.config_maps.store(), config_map, &mut report).await?;
+    }
     for (component, workload) in Component::ALL.into_iter().zip(workloads) {
         let name = labels::child_name(&app.name_any(), component);
         // A component switching between the embedded database and PostgreSQL changes kind:
@@ -932,6 +984,7 @@ async fn apply_children(
             report.workloads.insert(component, state);
         }
     }
+    delete_unused_configs(ctx, app, &mut report).await?;
     for component in Component::ALL {
         if !budgets.iter().any(|(c, _)| *c == component) {
             let name = labels::child_name(&app.name_any(), component);
@@ -1055,7 +1108,7 @@ async fn apply_broker(
         }
         None => delete_owned(ctx, app, &caches.network_policies, &name, report).await?,
     }
-    apply_one(ctx, &caches.config_maps, config, report).await?;
+    apply_one(ctx, ctx.caches.config_maps.store(), config, report).await?;
     apply_one(ctx, &caches.services, service, report).await?;
     apply_one(ctx, &caches.services, pods_service, report).await?;
     report.broker = apply_one(ctx, &caches.stateful_sets, stateful_set, report)
@@ -1206,6 +1259,50 @@ async fn hand_over_replicas(
             Err(error.into())
         }
     }
+}
+
+/// Deletes the `config` ConfigMaps of each component that its workload has rolled away from:
+/// every one but the current, once the workload's controller has moved all its pods to the
+/// current template (until then a replaced pod of the old revision may still need the old
+/// one). A component whose workload was not applied in this reconcile (paced, or not rendered)
+/// keeps them all.
+async fn delete_unused_configs(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let app_name = app.name_any();
+    let configs: Vec<_> = ctx
+        .caches
+        .config_maps
+        .of_app(&namespace, &app_name)
+        .into_iter()
+        .filter(|c| c.labels().get(labels::COMPONENT_CONFIG).map(String::as_str) == Some("true"))
+        .collect();
+    if configs.is_empty() {
+        return Ok(());
+    }
+    for component in Component::ALL {
+        if !report
+            .workloads
+            .get(&component)
+            .is_some_and(WorkloadState::rolled_out)
+        {
+            continue;
+        }
+        let config = &component.spec(app).config;
+        let current = (!config.is_empty())
+            .then(|| build::config::config_map_name(&app_name, component, config));
+        for unused in configs.iter().filter(|c| {
+            c.labels().get(labels::COMPONENT).map(String::as_str) == Some(component.name())
+                && current.as_deref() != Some(c.name_any().as_str())
+        }) {
+            let name = unused.name_any();
+            delete_owned(ctx, app, ctx.caches.config_maps.store(), &name, report).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).

@@ -181,6 +181,7 @@ fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<
             ));
         }
     }
+    check_config(spec, &path, found);
     let rollout = &spec.rollout;
     if is_zero(&rollout.max_surge) && is_zero(&rollout.max_unavailable) {
         found.push(problem(
@@ -196,6 +197,92 @@ fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<
             found.push(problem(format!("{path}.rollout.{field}"), why));
         }
     }
+}
+
+/// The longest value of one `config` key, and of all of them together (a ConfigMap holds at
+/// most 1 MiB; the pod's environment is bounded too).
+pub const CONFIG_VALUE_MAX: usize = 8 * 1024;
+pub const CONFIG_TOTAL_MAX: usize = 256 * 1024;
+
+/// `config` keys are environment variable names (C identifiers, as POSIX shells accept them);
+/// values are bounded; each `configFrom` entry names exactly one object, by a valid name, once.
+fn check_config(spec: &crate::crd::ComponentSpec, path: &str, found: &mut Vec<SpecProblem>) {
+    let mut total = 0usize;
+    for (key, value) in &spec.config {
+        let field = format!("{path}.config[{key}]");
+        if !is_env_name(key) {
+            found.push(problem(
+                field,
+                "is not an environment variable name: use letters, digits and _, not starting with a digit, at most 128 characters",
+            ));
+        } else if value.len() > CONFIG_VALUE_MAX {
+            found.push(problem(
+                field,
+                format!(
+                    "is {} bytes long; a value may be at most {CONFIG_VALUE_MAX} (mount larger files from a ConfigMap of your own)",
+                    value.len()
+                ),
+            ));
+        }
+        total = total.saturating_add(key.len()).saturating_add(value.len());
+    }
+    if total > CONFIG_TOTAL_MAX {
+        found.push(problem(
+            format!("{path}.config"),
+            format!("holds {total} bytes; at most {CONFIG_TOTAL_MAX} in all"),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, source) in spec.config_from.iter().enumerate() {
+        let field = format!("{path}.configFrom[{i}]");
+        let named = match (&source.config_map, &source.secret) {
+            (Some(name), None) => ("configMap", name),
+            (None, Some(name)) => ("secret", name),
+            _ => {
+                found.push(problem(
+                    field,
+                    "must name exactly one of configMap or secret",
+                ));
+                continue;
+            }
+        };
+        if !is_dns_subdomain(named.1) {
+            found.push(problem(
+                format!("{field}.{}", named.0),
+                format!(
+                    "{:?} is not an object name: lower-case letters, digits, '-' and '.', at most 253 characters",
+                    named.1
+                ),
+            ));
+        } else if !seen.insert(named) {
+            found.push(problem(
+                format!("{field}.{}", named.0),
+                format!("{} is listed twice; keep one entry", named.1),
+            ));
+        }
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 128
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A DNS-1123 subdomain: the names ConfigMaps and Secrets may have.
+fn is_dns_subdomain(name: &str) -> bool {
+    let label = |part: &str| {
+        (1..=63).contains(&part.len())
+            && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
 }
 
 fn problem(field: impl Into<String>, message: impl Into<String>) -> SpecProblem {

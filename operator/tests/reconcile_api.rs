@@ -127,8 +127,10 @@ async fn first_reconcile_applies_every_child_then_writes_status_and_a_second_wri
         network_policies,
         pod_monitor,
         broker,
+        component_configs,
     } = children.clone();
     assert_eq!(broker, None, "events off in the fixture");
+    assert!(component_configs.is_empty(), "no config in the fixture");
     assert_eq!(pod_monitor, None, "off unless asked for");
     assert_eq!(
         service_issuer, None,

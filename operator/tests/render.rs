@@ -970,3 +970,146 @@ fn a_pod_monitor_where_the_api_exists_and_a_note_where_it_does_not() {
     );
     assert_eq!(build::monitoring_note(&off, true), None);
 }
+
+fn config_hash(t: &PodTemplateSpec) -> String {
+    t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["msa.dev/config-hash"].clone()
+}
+
+#[test]
+fn config_is_an_immutable_config_map_named_after_its_content_read_key_by_key() {
+    let spec = json!({"components": {"gateway": {
+        "config": {"MSA_CORS_ORIGINS": "https://shop.example", "MSA_RATE_LIMIT_PER_SECOND": "7"},
+        "env": [{"name": "MSA_CORS_ORIGINS", "value": "https://env.wins"}],
+    }}});
+    let children = build::children(&app(spec.clone())).unwrap();
+    let [config_map] = &children.component_configs[..] else {
+        panic!(
+            "one ConfigMap, the gateway's: {:?}",
+            children.component_configs
+        )
+    };
+    let name = config_map.metadata.name.clone().unwrap();
+    assert!(name.starts_with("shop-gateway-config-"), "{name}");
+    assert_eq!(config_map.immutable, Some(true));
+    assert_eq!(
+        config_map.metadata.labels.as_ref().unwrap()["msa.dev/component-config"],
+        "true"
+    );
+    assert_eq!(
+        config_map.metadata.labels.as_ref().unwrap()["app.kubernetes.io/component"],
+        "gateway"
+    );
+    assert_eq!(config_map.data.as_ref().unwrap().len(), 2);
+
+    let t = template(&children, Component::Gateway);
+    // A key replaces the variable the operator sets from spec (the rate limit), read from the
+    // ConfigMap; an `env` entry of the same name replaces the key.
+    assert_eq!(
+        env_value(t, "MSA_RATE_LIMIT_PER_SECOND").unwrap(),
+        json!({"name": "MSA_RATE_LIMIT_PER_SECOND", "valueFrom": {"configMapKeyRef": {
+            "name": name, "key": "MSA_RATE_LIMIT_PER_SECOND", "optional": false}}})
+    );
+    assert_eq!(
+        env_value(t, "MSA_CORS_ORIGINS").unwrap(),
+        json!({"name": "MSA_CORS_ORIGINS", "value": "https://env.wins"})
+    );
+    let names: Vec<_> = container_of(t)
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<_> = names.iter().collect();
+    assert_eq!(names.len(), unique.len(), "one entry per name: {names:?}");
+
+    // Other components are untouched: no ConfigMap reference, the same pod hash as without.
+    let plain = build::children(&app(json!({}))).unwrap();
+    assert_eq!(
+        config_hash(template(&children, Component::Order)),
+        config_hash(template(&plain, Component::Order))
+    );
+    assert!(plain.component_configs.is_empty());
+
+    // Same content, same name and pod; another value, another ConfigMap and a rolled pod.
+    let again = build::children(&app(spec)).unwrap();
+    assert_eq!(again.component_configs, children.component_configs);
+    let edited = build::children(&app(json!({"components": {"gateway": {
+        "config": {"MSA_CORS_ORIGINS": "https://shop.example", "MSA_RATE_LIMIT_PER_SECOND": "8"},
+    }}})))
+    .unwrap();
+    assert_ne!(
+        edited.component_configs[0].metadata.name.as_deref(),
+        Some(name.as_str())
+    );
+    assert_ne!(
+        config_hash(template(&edited, Component::Gateway)),
+        config_hash(t)
+    );
+}
+
+#[test]
+fn config_from_is_env_from_in_order_and_its_content_hash_rolls_only_its_readers() {
+    use msa_operator::crd::ConfigSource;
+    let shop = app(json!({"components": {"product": {"configFrom": [
+        {"configMap": "product-settings"}, {"secret": "product-keys"},
+    ]}}}));
+    let source = |config_map: Option<&str>, secret: Option<&str>| ConfigSource {
+        config_map: config_map.map(str::to_owned),
+        secret: secret.map(str::to_owned),
+    };
+    let with = |hashes: &[(ConfigSource, &str)]| {
+        let facts = build::ClusterFacts {
+            config_sources: hashes
+                .iter()
+                .map(|(s, h)| (s.clone(), h.to_string()))
+                .collect(),
+            ..build::ClusterFacts::default()
+        };
+        build::children_in(&shop, &facts).unwrap()
+    };
+    let settings = source(Some("product-settings"), None);
+    let first = with(&[(settings.clone(), "aaaa")]);
+    let t = template(&first, Component::Product);
+    assert_eq!(
+        serde_json::to_value(&container_of(t).env_from).unwrap(),
+        json!([
+            {"configMapRef": {"name": "product-settings", "optional": false}},
+            {"secretRef": {"name": "product-keys", "optional": false}},
+        ])
+    );
+    let edited = with(&[(settings.clone(), "bbbb")]);
+    assert_ne!(
+        config_hash(template(&edited, Component::Product)),
+        config_hash(t),
+        "an edited ConfigMap rolls the pods reading it"
+    );
+    assert_eq!(
+        template(&edited, Component::Product).spec,
+        t.spec,
+        "only the hash changes, not the pod spec"
+    );
+    assert_eq!(
+        config_hash(template(&edited, Component::Order)),
+        config_hash(template(&first, Component::Order)),
+        "components that do not read it stay"
+    );
+    // The Secret's content appears once it is watched.
+    let watched = with(&[
+        (settings, "aaaa"),
+        (source(None, Some("product-keys")), "cccc"),
+    ]);
+    assert_ne!(
+        config_hash(template(&watched, Component::Product)),
+        config_hash(t)
+    );
+    // Without configFrom the hash is what it always was (no roll on upgrading the operator).
+    let plain = build::children(&app(json!({}))).unwrap();
+    assert_eq!(
+        config_hash(template(&first, Component::Gateway)),
+        config_hash(template(&plain, Component::Gateway))
+    );
+    assert_eq!(
+        container_of(template(&plain, Component::Product)).env_from,
+        None
+    );
+}

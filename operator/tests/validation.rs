@@ -206,3 +206,43 @@ fn a_jwks_url_must_be_https() {
         .is_empty()
     );
 }
+
+#[test]
+fn config_keys_values_and_sources_are_checked_with_the_fix() {
+    let good = app(json!({"components": {"gateway": {
+        "config": {"MSA_CORS_ORIGINS": "https://a.example", "_x1": ""},
+        "configFrom": [{"configMap": "shop-settings"}, {"secret": "0keys.v2"}, {"configMap": "0keys.v2"}],
+    }}}));
+    assert_eq!(validate::problems(&good), vec![]);
+    let bad = app(json!({"components": {
+        "user": {"config": {"1ABC": "x", "A-B": "y", "OK": "z".repeat(8 * 1024 + 1)}},
+        "order": {"configFrom": [{}, {"configMap": "a", "secret": "b"}, {"configMap": "Upper"},
+                                 {"secret": "s"}, {"secret": "s"}]},
+    }}));
+    let problems: Vec<String> = validate::problems(&bad)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let expect = [
+        "spec.components.user.config[1ABC]: is not an environment variable name",
+        "spec.components.user.config[A-B]: is not an environment variable name",
+        "spec.components.user.config[OK]: is 8193 bytes long; a value may be at most 8192",
+        "spec.components.order.configFrom[0]: must name exactly one of configMap or secret",
+        "spec.components.order.configFrom[1]: must name exactly one of configMap or secret",
+        "spec.components.order.configFrom[2].configMap: \"Upper\" is not an object name",
+        "spec.components.order.configFrom[4].secret: s is listed twice; keep one entry",
+    ];
+    for expected in expect {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    let too_much: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("K{i}"), json!("v".repeat(7 * 1024))))
+        .collect();
+    let problems = validate::problems(&app(json!({"components": {"user": {"config": too_much}}})));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].to_string().contains("at most 262144 in all"));
+}

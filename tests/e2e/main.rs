@@ -7,6 +7,7 @@
 
 mod admission;
 mod chart_upgrade;
+mod config;
 mod crd_upgrade;
 mod discovery;
 mod events;

@@ -78,6 +78,7 @@ pub(super) fn container(app: &MicroserviceApp, owner: &Owner, component: Compone
             },
         ]),
         env: Some(env_for(app, owner, component)),
+        env_from: super::config::env_from(app, component),
         resources: spec.resources.clone(),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         // Every 2 s: a new pod counts as ready about a second after it listens (its first probe
@@ -187,7 +188,11 @@ fn env_for(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<En
             .into_iter()
             .map(|(name, v)| value(name, &v)),
     );
-    for user_var in &component.spec(app).env {
+    // `config` keys, then `env` entries, each replacing a variable of the same name set before.
+    for user_var in super::config::env(app, owner, component)
+        .iter()
+        .chain(&component.spec(app).env)
+    {
         match env.iter_mut().find(|e| e.name == user_var.name) {
             Some(existing) => *existing = user_var.clone(),
             None => env.push(user_var.clone()),

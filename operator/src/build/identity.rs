@@ -38,6 +38,10 @@ pub struct ClusterFacts {
     /// The ClusterIP of this app's broker Service (`<app>-events`), once it has one: where its
     /// services publish (see `build::broker`). Per app, unlike the rest.
     pub broker_address: Option<String>,
+    /// A hash of the content of each ConfigMap (and, when watched, Secret) the app's
+    /// components name in `configFrom`, by source; a source missing here is absent or not
+    /// watched. Per app.
+    pub config_sources: std::collections::BTreeMap<crate::crd::ConfigSource, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! What these functions return is exactly what the operator sends with server-side apply.
 
 pub mod broker;
+pub mod config;
 mod container;
 mod deployment;
 mod disruption;
@@ -64,6 +65,9 @@ pub struct Children {
     pub pod_monitor: Option<kube::api::DynamicObject>,
     /// The event broker the operator runs for the app (`spec.events`, see [`broker`]).
     pub broker: Option<broker::ManagedBroker>,
+    /// Each component's `config` as an immutable ConfigMap (see [`config`]), for the
+    /// components that have one, in [`Component::ALL`] order.
+    pub component_configs: Vec<ConfigMap>,
 }
 
 impl Children {
@@ -81,8 +85,10 @@ impl Children {
             network_policies,
             pod_monitor,
             broker,
+            component_configs,
         } = self;
         workloads.len()
+            + component_configs.len()
             + services.len()
             + budgets.len()
             + network_policies.len()
@@ -221,6 +227,11 @@ pub fn children_in(app: &MicroserviceApp, cluster: &ClusterFacts) -> Result<Chil
             budget: b.budget.map(stamp_rendered_hash),
             network_policy: b.network_policy.map(stamp_rendered_hash),
         }),
+        component_configs: Component::ALL
+            .into_iter()
+            .filter_map(|c| config::config_map(app, &owner, c))
+            .map(stamp_rendered_hash)
+            .collect(),
     })
 }
 

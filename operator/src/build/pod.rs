@@ -40,12 +40,16 @@ pub(super) fn template(
     let labels = labels::component_labels(&owner.name, component, &spec.labels);
     let pod_spec = pod_spec(app, owner, component, revision_label);
     let mut annotations: BTreeMap<String, String> = spec.annotations.clone();
-    // Any change to the rendered pod spec rolls the pods; the hash also lets a person compare
-    // what two pods run at a glance.
-    annotations.insert(
-        labels::CONFIG_HASH_ANNOTATION.to_owned(),
-        short_hash(&pod_spec),
-    );
+    // Any change to the rendered pod spec rolls the pods, and so does a change in the content
+    // of a ConfigMap or Secret the pods read through `configFrom`; the hash also lets a person
+    // compare what two pods run at a glance.
+    let sources = super::config::source_contents(app, owner, component);
+    let hash = if sources.is_empty() {
+        short_hash(&pod_spec)
+    } else {
+        short_hash(&(&pod_spec, sources))
+    };
+    annotations.insert(labels::CONFIG_HASH_ANNOTATION.to_owned(), hash);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),

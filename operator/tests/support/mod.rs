@@ -100,7 +100,8 @@ pub struct FakeCaches {
     pub roles: Writer<Role>,
     pub role_bindings: Writer<RoleBinding>,
     pub network_policies: Writer<NetworkPolicy>,
-    pub config_maps: Writer<ConfigMap>,
+    pub config_maps: IndexedWriter<ConfigMap>,
+    pub config_sources: Writer<ConfigMap>,
     pub endpoint_slices: IndexedWriter<EndpointSlice>,
 }
 
@@ -124,7 +125,8 @@ impl FakeCaches {
             roles: Writer::default(),
             role_bindings: Writer::default(),
             network_policies: Writer::default(),
-            config_maps: Writer::default(),
+            config_maps: IndexedWriter::default(),
+            config_sources: Writer::default(),
             endpoint_slices: IndexedWriter::default(),
         }
     }
@@ -144,7 +146,10 @@ impl FakeCaches {
         finish(&mut self.roles);
         finish(&mut self.role_bindings);
         finish(&mut self.network_policies);
-        finish(&mut self.config_maps);
+        finish(&mut self.config_sources);
+        self.config_maps.apply_watcher_event(&watcher::Event::Init);
+        self.config_maps
+            .apply_watcher_event(&watcher::Event::InitDone);
         self.endpoint_slices
             .apply_watcher_event(&watcher::Event::Init);
         self.endpoint_slices
@@ -163,6 +168,8 @@ impl FakeCaches {
             role_bindings: self.role_bindings.as_reader(),
             network_policies: self.network_policies.as_reader(),
             config_maps: self.config_maps.as_reader(),
+            config_sources: self.config_sources.as_reader(),
+            secret_sources: None,
             endpoint_slices: self.endpoint_slices.as_reader(),
         }
     }
@@ -181,7 +188,12 @@ impl FakeCaches {
             network_policies,
             pod_monitor: _,
             broker,
+            component_configs,
         } = children;
+        for c in component_configs {
+            self.config_maps
+                .apply_watcher_event(&watcher::Event::Apply(as_stored(c)));
+        }
         for w in workloads {
             match w {
                 Workload::Deployment(d) => self

@@ -364,6 +364,7 @@ async fn apply_children_directly(
             network_policies,
             pod_monitor,
             broker,
+            component_configs,
         } = msa_operator::build::children(&app)?;
         anyhow::ensure!(
             pod_monitor.is_none(),
@@ -384,7 +385,7 @@ async fn apply_children_directly(
         for policy in network_policies {
             apply_unowned(client, policy).await?;
         }
-        if let Some(config_map) = service_issuer {
+        for config_map in service_issuer.into_iter().chain(component_configs) {
             apply_unowned(client, config_map).await?;
         }
         apply_unowned(client, service_account).await?;

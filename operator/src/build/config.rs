@@ -1,0 +1,136 @@
+//! A component's configuration (`spec.components.<c>.config` and `configFrom`).
+//!
+//! `config` becomes an immutable ConfigMap whose name ends in a hash of its content, read by
+//! the container through `configMapKeyRef` entries: a change is a new ConfigMap and a new pod
+//! template, so the pods roll and no pod ever reads a half-edited set (the way kustomize's
+//! ConfigMap generator and Helm's checksum annotations make configuration roll). The old
+//! ConfigMap stays until the workload has rolled away from it (see `reconcile`).
+//!
+//! `configFrom` names objects the user keeps. Their content is not the operator's to copy, so
+//! the pod reads them with `envFrom`, and what the operator knows of them, a hash of each one's
+//! content from a watch ([`ClusterFacts::config_sources`]), goes into the pod template's hash
+//! annotation: editing one rolls the pods that read it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,
+    SecretEnvSource,
+};
+
+use super::Owner;
+use super::hash::short_hash;
+use crate::component::Component;
+use crate::crd::{ConfigSource, MicroserviceApp};
+use crate::labels;
+
+/// What stands in the pod template's hash for a source whose content the operator does not
+/// know: absent (the pod will wait for it), or a Secret while Secrets are not watched.
+pub const UNKNOWN_CONTENT: &str = "unknown";
+
+/// Name of the ConfigMap holding a component's `config`: `<app>-<component>-config-<hash>`.
+pub fn config_map_name(
+    app: &str,
+    component: Component,
+    config: &BTreeMap<String, String>,
+) -> String {
+    format!(
+        "{}-config-{}",
+        labels::child_name(app, component),
+        short_hash(config)
+    )
+}
+
+/// The component's `config` as an immutable ConfigMap; none when it has no `config`.
+pub(super) fn config_map(
+    app: &MicroserviceApp,
+    owner: &Owner,
+    component: Component,
+) -> Option<ConfigMap> {
+    let config = &component.spec(app).config;
+    if config.is_empty() {
+        return None;
+    }
+    let mut labels = labels::component_labels(&owner.name, component, &BTreeMap::new());
+    labels.insert(labels::COMPONENT_CONFIG.to_owned(), "true".to_owned());
+    Some(ConfigMap {
+        metadata: owner.metadata(config_map_name(&owner.name, component, config), labels),
+        data: Some(config.clone()),
+        immutable: Some(true),
+        ..ConfigMap::default()
+    })
+}
+
+/// One variable per `config` key, read from the component's ConfigMap.
+pub(super) fn env(app: &MicroserviceApp, owner: &Owner, component: Component) -> Vec<EnvVar> {
+    let config = &component.spec(app).config;
+    if config.is_empty() {
+        return Vec::new();
+    }
+    let name = config_map_name(&owner.name, component, config);
+    config
+        .keys()
+        .map(|key| EnvVar {
+            name: key.clone(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: name.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        })
+        .collect()
+}
+
+/// `envFrom` for `configFrom`, in its order; none when empty (so apps without it render as
+/// before).
+pub(super) fn env_from(app: &MicroserviceApp, component: Component) -> Option<Vec<EnvFromSource>> {
+    let sources = &component.spec(app).config_from;
+    (!sources.is_empty()).then(|| {
+        sources
+            .iter()
+            .map(|source| EnvFromSource {
+                config_map_ref: source.config_map.as_ref().map(|name| ConfigMapEnvSource {
+                    name: name.clone(),
+                    optional: Some(false),
+                }),
+                secret_ref: source.secret.as_ref().map(|name| SecretEnvSource {
+                    name: name.clone(),
+                    optional: Some(false),
+                }),
+                prefix: None,
+            })
+            .collect()
+    })
+}
+
+/// What the operator knows of the content of each source the component reads, for the pod
+/// template's hash; empty when it reads none (so its hash stays what it was before
+/// `configFrom` existed).
+pub(super) fn source_contents<'a>(
+    app: &'a MicroserviceApp,
+    owner: &'a Owner,
+    component: Component,
+) -> Vec<(&'a ConfigSource, &'a str)> {
+    component
+        .spec(app)
+        .config_from
+        .iter()
+        .map(|source| {
+            let known = owner.cluster.config_sources.get(source);
+            (source, known.map_or(UNKNOWN_CONTENT, String::as_str))
+        })
+        .collect()
+}
+
+/// A hash of a ConfigMap's or Secret's content (its keys and values, text and binary): what
+/// the operator keeps of objects it does not own.
+pub fn content_hash<T: serde::Serialize, B: serde::Serialize>(
+    data: &Option<BTreeMap<String, T>>,
+    binary: &Option<BTreeMap<String, B>>,
+) -> String {
+    short_hash(&(data, binary))
+}
