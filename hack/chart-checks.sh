@@ -74,7 +74,7 @@ import sys, yaml
 watch = sys.argv[1] == "true"
 docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
 def reads_secrets(rule):
-    return "secrets" in rule.get("resources", []) and {"get", "list", "watch"} & set(rule.get("verbs", []))
+    return "secrets" in rule.get("resources", []) and {"list", "watch"} & set(rule.get("verbs", []))
 app_roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")
              and any("microserviceapps" in r.get("resources", []) for r in d.get("rules", []))]
 assert app_roles, "no Role or ClusterRole with the app rules"

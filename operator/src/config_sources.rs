@@ -4,8 +4,10 @@
 //! These objects are the users', in any number, and the operator needs only to know when their
 //! content changes. So the watch keeps, of each, its name, namespace and a hash of its content
 //! (no data, no annotations — `kubectl apply` copies the whole object into one — no labels):
-//! a cluster's worth of ConfigMaps costs a few hundred bytes each, and no Secret's value is
-//! ever held in the operator's memory.
+//! a cluster's worth of ConfigMaps costs a few hundred bytes each, and no Secret's value
+//! stays in the operator's memory longer than the list page or watch event that brought it
+//! (the list is paged, see `controller::condensed_watch`). A Secret's hash is salted with its
+//! uid, so the pod-template annotation cannot be matched against guesses of a weak Secret.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ pub enum SourceKind {
 
 /// Replaces a ConfigMap by its name and a hash of its content.
 pub fn condense_config_map(config_map: &mut ConfigMap) {
-    let hash = content_hash(&config_map.data, &config_map.binary_data);
+    let hash = content_hash("", &config_map.data, &config_map.binary_data);
     *config_map = ConfigMap {
         metadata: condensed_meta(config_map.meta(), hash),
         ..ConfigMap::default()
@@ -41,7 +43,8 @@ pub fn condense_config_map(config_map: &mut ConfigMap) {
 
 /// Replaces a Secret by its name and a hash of its content.
 pub fn condense_secret(secret: &mut Secret) {
-    let hash = content_hash(&secret.data, &secret.string_data);
+    let uid = secret.metadata.uid.clone().unwrap_or_default();
+    let hash = content_hash(&uid, &secret.data, &secret.string_data);
     *secret = Secret {
         metadata: condensed_meta(secret.meta(), hash),
         ..Secret::default()
@@ -162,10 +165,17 @@ mod tests {
             )])),
             ..Secret::default()
         };
-        let before = content_hash(&secret.data, &secret.string_data);
+        secret.metadata.uid = Some("4f1c".into());
+        let before = content_hash("4f1c", &secret.data, &secret.string_data);
+        assert_ne!(
+            before,
+            content_hash("", &secret.data, &secret.string_data),
+            "salted with the uid"
+        );
         condense_secret(&mut secret);
         assert_eq!(secret.data, None);
-        assert!(!serde_json::to_string(&secret).unwrap().contains("hunter2"));
+        let kept = serde_json::to_string(&secret).unwrap();
+        assert!(!kept.contains("aHVudGVyMg=="), "{kept}");
         assert_eq!(condensed_hash(&secret), Some(before));
     }
 

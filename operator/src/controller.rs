@@ -174,7 +174,11 @@ where
 }
 
 /// A cached watch of every object of a kind in scope (not only the operator's), each condensed
-/// by `condense` before it is kept (see [`crate::config_sources`]).
+/// by `condense` before it is kept (see [`crate::config_sources`]). Listed from etcd 50 at a
+/// time (not from the API server's cache, which before Kubernetes 1.33 ignores the page size
+/// and would send a whole cluster's ConfigMaps in one answer), so no more than a page of
+/// content is ever held before it is condensed. The stream yields an object only when its
+/// content changed (a relabelled ConfigMap concerns no app).
 fn condensed_watch<K>(
     client: &Client,
     scope: &Scope,
@@ -196,13 +200,21 @@ where
     let stream = scoped_cache(scope, writer, move |namespace| {
         watcher(
             api::<K>(client, namespace),
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default().page_size(50),
         )
         .default_backoff()
         .modify(condense)
     })
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(content_changes, PredicateConfig::default());
     (store, stream)
+}
+
+/// The content hash a condensed object carries, as a predicate value.
+fn content_changes<K: Resource>(object: &K) -> Option<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    config_sources::condensed_hash(object).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Every kind the controller watches (each namespace of its scope needs `list` and `watch` on

@@ -554,14 +554,16 @@ pub struct ComponentSpec {
     pub env: Vec<EnvVar>,
 
     /// Settings for this component, as environment variables (keys are variable names; at
-    /// most 64, each value at most 8 KiB). The operator renders them into an immutable
+    /// most 64, each value at most 8 KiB, 64 KiB in all). The operator renders them into an immutable
     /// ConfigMap named after a hash of its content (`<app>-<component>-config-<hash>`), so a
     /// change rolls the pods and a pod never sees a half-edited set; ConfigMaps no longer used
     /// are deleted once the rollout ends. A key named like a variable the operator sets
     /// replaces it; an `env` entry of the same name replaces the key. Which settings each
     /// service reads: `services/README.md`.
+    // The keys' form is checked by the operator (validate.rs): a CEL rule over unbounded map
+    // keys would blow the API server's cost budget.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 8192}))]
     pub config: BTreeMap<String, String>,
 
     /// Existing ConfigMaps and Secrets in the app's namespace whose keys become environment
@@ -604,9 +606,11 @@ pub struct ComponentSpec {
 /// One source of `configFrom`: exactly one of `configMap` or `secret`, naming an object in the
 /// app's namespace.
 #[derive(
-    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, KubeSchema,
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)")
+    .message("each configFrom entry names exactly one of configMap or secret"))]
 pub struct ConfigSource {
     /// A ConfigMap's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -125,6 +125,7 @@ pub fn resolve(learned: &Learned, live: &LiveFacts) -> Result<Resolved, String> 
             broker_address: live.broker_address.clone(),
             // Read from the caches when the app is rendered (`reconcile::config_sources`).
             config_sources: Default::default(),
+            running_sources: Default::default(),
         },
         pod_monitors_known,
     })

@@ -27,6 +27,12 @@ pub fn managed_selector() -> String {
 /// the operator deletes those no workload uses any more).
 pub const COMPONENT_CONFIG: &str = "msa.dev/component-config";
 
+/// Pod-template annotation holding a hash of the content of the ConfigMaps and Secrets the pods
+/// read through `configFrom` (only when they read some): an edit in one rolls them. Apart from
+/// [`CONFIG_HASH_ANNOTATION`] because such an edit is the user's, which the operator's rollout
+/// pacing does not hold back.
+pub const CONFIG_SOURCES_ANNOTATION: &str = "msa.dev/config-sources-hash";
+
 /// Pod-template annotation holding a hash of the rendered pod spec.
 pub const CONFIG_HASH_ANNOTATION: &str = "msa.dev/config-hash";
 

@@ -113,7 +113,7 @@ struct Flags {
     manage_crd: bool,
 
     /// Watch the Secrets apps name in `configFrom`, so a change in one rolls the pods that read
-    /// it. Off by default: it needs get, list and watch on every Secret in the watched
+    /// it. Off by default: it needs list and watch on every Secret in the watched
     /// namespaces (the chart grants them only with watchConfigSecrets=true). Without it such a
     /// Secret is read when a pod starts: roll by hand with `kubectl rollout restart`.
     #[arg(long, env = "MSA_WATCH_CONFIG_SECRETS", default_value_t = false)]
@@ -382,6 +382,9 @@ async fn watchable_namespaces(
 ) -> anyhow::Result<Vec<String>> {
     if namespaces.is_empty() {
         check_apps_listable(Api::all(client.clone())).await?;
+        if watch_config_secrets {
+            check_secrets_listable(Api::all(client.clone())).await?;
+        }
         return Ok(Vec::new());
     }
     let mut watchable = Vec::new();
@@ -448,6 +451,21 @@ async fn check_apps_listable(apps: Api<MicroserviceApp>) -> anyhow::Result<()> {
         Err(error) => Err(error).context(
             "cannot list MicroserviceApps: the Kubernetes API server did not answer; check that the cluster is up and KUBECONFIG points at it",
         ),
+    }
+}
+
+/// With `--watch-config-secrets`, a Secret watch the operator may not list would keep every
+/// reconcile waiting for its cache: say so at start instead.
+async fn check_secrets_listable(
+    secrets: Api<k8s_openapi::api::core::v1::Secret>,
+) -> anyhow::Result<()> {
+    match secrets.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 403 => bail!(
+            "--watch-config-secrets is on but the operator may not list Secrets ({}); install the chart with watchConfigSecrets=true (it grants list and watch on Secrets), or turn the flag off",
+            status.message
+        ),
+        Err(error) => Err(error).context("cannot list Secrets for --watch-config-secrets"),
     }
 }
 

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::app_index::IndexedStore;
+use crate::build::config::SourceContent;
 use crate::build::{self, Children, Workload, broker};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
@@ -413,6 +414,7 @@ async fn converge(app: &MicroserviceApp, ctx: &Context) -> Result<Action, Error>
         let mut report = ApplyReport::default();
         let mut facts = resolved.facts.clone();
         facts.config_sources = config_sources(ctx, app);
+        facts.running_sources = running_sources(ctx, app);
         prepare_broker(ctx, app, &mut facts, &mut report).await?;
         let children = build::children_in(app, &facts)?;
         apply_children(ctx, app, children, resolved.pod_monitors_known, report).await
@@ -735,30 +737,72 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
     }
 }
 
-/// What the caches know of each object the app's components name in `configFrom`: a hash of
-/// its content (the watch keeps nothing else, see [`crate::controller`]). Objects absent, or
-/// Secrets while they are not watched, are left out.
-fn config_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<ConfigSource, String> {
+/// What the caches know of each object the app's components name in `configFrom` (the watch
+/// keeps a hash of each one's content and nothing else, see [`crate::config_sources`]).
+fn config_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<ConfigSource, SourceContent> {
     let namespace = app.namespace().unwrap_or_default();
+    let hash_of = |object: Option<Arc<_>>| {
+        object
+            .and_then(|o: Arc<ConfigMap>| crate::config_sources::condensed_hash(o.as_ref()))
+            .map_or(SourceContent::Absent, SourceContent::Hash)
+    };
     Component::ALL
         .into_iter()
         .flat_map(|component| component.spec(app).config_from.iter())
-        .filter_map(|source| {
-            let hash = match (&source.config_map, &source.secret) {
-                (Some(name), _) => ctx
-                    .caches
-                    .config_sources
-                    .get(&ObjectRef::new(name).within(&namespace))
-                    .and_then(|c| crate::config_sources::condensed_hash(c.as_ref())),
-                (None, Some(name)) => ctx
-                    .caches
-                    .secret_sources
-                    .as_ref()?
-                    .get(&ObjectRef::new(name).within(&namespace))
-                    .and_then(|s| crate::config_sources::condensed_hash(s.as_ref())),
-                (None, None) => None,
-            }?;
-            Some((source.clone(), hash))
+        .map(|source| {
+            let content = match (&source.config_map, &source.secret) {
+                (Some(name), _) => hash_of(
+                    ctx.caches
+                        .config_sources
+                        .get(&ObjectRef::new(name).within(&namespace)),
+                ),
+                (None, Some(name)) => match &ctx.caches.secret_sources {
+                    None => SourceContent::NotWatched,
+                    Some(secrets) => secrets
+                        .get(&ObjectRef::new(name).within(&namespace))
+                        .and_then(|s| crate::config_sources::condensed_hash(s.as_ref()))
+                        .map_or(SourceContent::Absent, SourceContent::Hash),
+                },
+                (None, None) => SourceContent::Absent,
+            };
+            (source.clone(), content)
+        })
+        .collect()
+}
+
+/// The sources hash each component's running pod template carries (workloads this app
+/// controls only), for components that read `configFrom`.
+fn running_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component, String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let app_name = app.name_any();
+    let annotation = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        template?
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(labels::CONFIG_SOURCES_ANNOTATION)
+            .cloned()
+    };
+    Component::ALL
+        .into_iter()
+        .filter(|component| !component.spec(app).config_from.is_empty())
+        .filter_map(|component| {
+            let name = labels::child_name(&app_name, component);
+            let from_deployment = ctx
+                .caches
+                .deployments
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|d| controlled_by(d.as_ref(), app))
+                .and_then(|d| annotation(d.spec.as_ref().map(|s| &s.template)));
+            let running = from_deployment.or_else(|| {
+                ctx.caches
+                    .stateful_sets
+                    .get(&ObjectRef::new(&name).within(&namespace))
+                    .filter(|s| controlled_by(s.as_ref(), app))
+                    .and_then(|s| annotation(s.spec.as_ref().map(|s| &s.template)))
+            })?;
+            Some((component, running))
         })
         .collect()
 }
@@ -1261,11 +1305,12 @@ async fn hand_over_replicas(
     }
 }
 
-/// Deletes the `config` ConfigMaps of each component that its workload has rolled away from:
-/// every one but the current, once the workload's controller has moved all its pods to the
-/// current template (until then a replaced pod of the old revision may still need the old
-/// one). A component whose workload was not applied in this reconcile (paced, or not rendered)
-/// keeps them all.
+/// Deletes the `config` ConfigMaps of each component that nothing needs any more. Kept: the
+/// current one, the one the cached workload's template reads (a paced component still runs
+/// it), and — while pods of an older revision may remain (a rollout not over, or stuck) — the
+/// newest other one, which such pods most likely read. The rest go, so a component whose
+/// rollout never ends does not pile up a ConfigMap per edit. Only ConfigMaps this app controls,
+/// labelled and named as the operator makes them.
 async fn delete_unused_configs(
     ctx: &Context,
     app: &MicroserviceApp,
@@ -1273,36 +1318,70 @@ async fn delete_unused_configs(
 ) -> Result<(), Error> {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
-    let configs: Vec<_> = ctx
-        .caches
-        .config_maps
-        .of_app(&namespace, &app_name)
-        .into_iter()
-        .filter(|c| c.labels().get(labels::COMPONENT_CONFIG).map(String::as_str) == Some("true"))
-        .collect();
+    let configs = ctx.caches.config_maps.of_app(&namespace, &app_name);
     if configs.is_empty() {
         return Ok(());
     }
     for component in Component::ALL {
-        if !report
+        let prefix = format!("{}-config-", labels::child_name(&app_name, component));
+        let mut keep: Vec<String> = running_config(ctx, app, component);
+        let config = &component.spec(app).config;
+        if !config.is_empty() {
+            keep.push(build::config::config_map_name(&app_name, component, config));
+        }
+        let mut unused: Vec<&Arc<ConfigMap>> = configs
+            .iter()
+            .filter(|c| {
+                let labels = c.labels();
+                labels.get(labels::COMPONENT_CONFIG).map(String::as_str) == Some("true")
+                    && labels.get(labels::COMPONENT).map(String::as_str) == Some(component.name())
+                    && c.name_any().starts_with(&prefix)
+                    && !keep.contains(&c.name_any())
+            })
+            .collect();
+        let settled = report
             .workloads
             .get(&component)
-            .is_some_and(WorkloadState::rolled_out)
-        {
-            continue;
+            .is_some_and(WorkloadState::only_current_pods);
+        if !settled && !unused.is_empty() {
+            // Newest first; it stays for the pods an unfinished rollout left.
+            unused.sort_by(|a, b| {
+                (b.creation_timestamp(), b.name_any()).cmp(&(a.creation_timestamp(), a.name_any()))
+            });
+            unused.remove(0);
         }
-        let config = &component.spec(app).config;
-        let current = (!config.is_empty())
-            .then(|| build::config::config_map_name(&app_name, component, config));
-        for unused in configs.iter().filter(|c| {
-            c.labels().get(labels::COMPONENT).map(String::as_str) == Some(component.name())
-                && current.as_deref() != Some(c.name_any().as_str())
-        }) {
-            let name = unused.name_any();
+        for config_map in unused {
+            let name = config_map.name_any();
             delete_owned(ctx, app, ctx.caches.config_maps.store(), &name, report).await?;
         }
     }
     Ok(())
+}
+
+/// The `config` ConfigMaps the component's cached workload template reads.
+fn running_config(ctx: &Context, app: &MicroserviceApp, component: Component) -> Vec<String> {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = labels::child_name(&app.name_any(), component);
+    let template = ctx
+        .caches
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .filter(|d| controlled_by(d.as_ref(), app))
+        .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
+        .or_else(|| {
+            ctx.caches
+                .stateful_sets
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))
+                .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
+        });
+    template
+        .and_then(|t| t.spec)
+        .into_iter()
+        .flat_map(|pod| pod.containers)
+        .flat_map(|container| container.env.unwrap_or_default())
+        .filter_map(|var| Some(var.value_from?.config_map_key_ref?.name))
+        .collect()
 }
 
 /// Whether `object`'s controller reference is `app` (this very object, by uid, not its name).

@@ -77,6 +77,10 @@ pub struct WorkloadState {
     pub desired: Option<i32>,
     pub updated: i32,
     pub ready: i32,
+    /// `status.replicas`: every pod, of the current revision or an older one.
+    pub pods: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
     /// The workload's own conditions: (type, status, reason, message). For a StatefulSet,
     /// which has none of its own, the operator adds `Progressing=False/ProgressDeadlineExceeded`
     /// when its pods say so (see [`crate::stateful_rollout`]).
@@ -91,6 +95,31 @@ impl WorkloadState {
         self.generation.is_some()
             && self.observed_generation >= self.generation
             && self.updated >= self.desired.unwrap_or(0)
+    }
+
+    /// Rolled out, and no pod of an older revision is left (`kubectl rollout status`'s test):
+    /// nothing can need what only an older revision read.
+    pub fn only_current_pods(&self) -> bool {
+        self.rolled_out()
+            && self.pods <= self.updated
+            && self.available >= self.desired.unwrap_or(0)
+    }
+}
+
+/// `status.replicas`: optional in a Deployment's status, required in a StatefulSet's.
+trait Count {
+    fn count(self) -> i32;
+}
+
+impl Count for i32 {
+    fn count(self) -> i32 {
+        self
+    }
+}
+
+impl Count for Option<i32> {
+    fn count(self) -> i32 {
+        self.unwrap_or(0)
     }
 }
 
@@ -107,6 +136,8 @@ macro_rules! workload_state {
             desired: object.spec.as_ref().and_then(|s| s.replicas),
             updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
             ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            pods: status.map_or(0, |s| Count::count(s.replicas)),
+            available: status.and_then(|s| s.available_replicas).unwrap_or(0),
             conditions: status
                 .and_then(|s| s.conditions.as_ref())
                 .into_iter()

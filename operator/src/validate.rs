@@ -202,14 +202,14 @@ fn check_component(app: &MicroserviceApp, component: Component, found: &mut Vec<
 /// The longest value of one `config` key, and of all of them together (a ConfigMap holds at
 /// most 1 MiB; the pod's environment is bounded too).
 pub const CONFIG_VALUE_MAX: usize = 8 * 1024;
-pub const CONFIG_TOTAL_MAX: usize = 256 * 1024;
+pub const CONFIG_TOTAL_MAX: usize = 64 * 1024;
 
 /// `config` keys are environment variable names (C identifiers, as POSIX shells accept them);
 /// values are bounded; each `configFrom` entry names exactly one object, by a valid name, once.
 fn check_config(spec: &crate::crd::ComponentSpec, path: &str, found: &mut Vec<SpecProblem>) {
     let mut total = 0usize;
     for (key, value) in &spec.config {
-        let field = format!("{path}.config[{key}]");
+        let field = format!("{path}.config[{}]", shown(key));
         if !is_env_name(key) {
             found.push(problem(
                 field,
@@ -260,6 +260,15 @@ fn check_config(spec: &crate::crd::ComponentSpec, path: &str, found: &mut Vec<Sp
                 format!("{} is listed twice; keep one entry", named.1),
             ));
         }
+    }
+}
+
+/// A key as a message shows it: at most 64 characters (a status condition must stay small
+/// whatever a spec holds).
+fn shown(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &key[..end]),
+        None => key.to_owned(),
     }
 }
 

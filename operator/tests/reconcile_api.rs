@@ -1606,3 +1606,165 @@ async fn the_operators_own_rollouts_are_paced_across_apps() {
         "the second app's turn"
     );
 }
+
+/// Issue 32: a component's earlier `config` ConfigMaps are deleted once its workload runs only
+/// the current revision. Until then the one the live template reads and the newest other one
+/// stay (pods of an unfinished rollout may read it), and older ones go, so a rollout that never
+/// ends does not keep a ConfigMap per edit. A ConfigMap not named as the operator names them is
+/// never deleted, labels or not.
+#[tokio::test]
+async fn earlier_config_maps_go_once_no_pod_can_read_them() {
+    let version = |n: &str| pg_app(json!({"components": {"gateway": {"config": {"A": n}}}}));
+    let config_of = |n: &str, second: i64| {
+        let mut config_map = build::children(&version(n)).unwrap().component_configs[0].clone();
+        config_map.metadata.creation_timestamp = Some(support::fixed_time(second));
+        support::as_stored(&config_map)
+    };
+    let name_of = |n: &str| config_of(n, 0).metadata.name.unwrap();
+    let mut impostor = config_of("1", 0);
+    impostor.metadata.name = Some("shop-issuer-keys".into());
+    let seeded = |live: &str| {
+        let mut caches = FakeCaches::listed();
+        caches.store(&build::children(&version(live)).unwrap());
+        for (n, second) in [("1", 1), ("2", 2), ("3", 3)] {
+            caches
+                .config_maps
+                .apply_watcher_event(&watcher::Event::Apply(config_of(n, second)));
+        }
+        caches
+            .config_maps
+            .apply_watcher_event(&watcher::Event::Apply(impostor.clone()));
+        caches
+    };
+    let deleted = |recorded: &std::sync::Mutex<Vec<Call>>| -> Vec<String> {
+        calls(recorded)
+            .iter()
+            .filter(|c| c.method == "DELETE")
+            .map(|c| c.path.rsplit('/').next().unwrap().to_owned())
+            .collect()
+    };
+
+    // Mid-rollout: the gateway runs A=3 and is applied with A=4 (no status yet): A=3 is read by
+    // the live template, A=2 is the newest other, A=1 goes.
+    let current = version("4");
+    let (client, recorded) = mocked_client(healthy_api(&current));
+    let ctx = context(client, seeded("3").readers());
+    reconcile::reconcile(Arc::new(current.clone()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(deleted(&recorded), [name_of("1")]);
+
+    // Rolled out, no pod of an older revision left: every earlier one goes, the current stays.
+    let mut caches = seeded("4");
+    let mut gateway = deployments(&build::children(&current).unwrap())
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some("shop-gateway"))
+        .unwrap();
+    gateway = support::as_stored(&gateway);
+    gateway.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": 1, "availableReplicas": 1,
+        }))
+        .unwrap(),
+    );
+    caches
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(gateway.clone()));
+    let (client, recorded) = mocked_client(healthy_api(&current));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(current.clone()), ctx)
+        .await
+        .unwrap();
+    let mut gone = deleted(&recorded);
+    gone.sort();
+    let mut expected = [name_of("1"), name_of("2"), name_of("3")];
+    expected.sort();
+    assert_eq!(gone, expected);
+
+    // An old pod still running (2 pods, 1 updated): the newest earlier one stays.
+    gateway.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 1, "replicas": 2, "updatedReplicas": 1,
+            "readyReplicas": 2, "availableReplicas": 2,
+        }))
+        .unwrap(),
+    );
+    let mut caches = seeded("4");
+    caches
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(gateway));
+    let (client, recorded) = mocked_client(healthy_api(&current));
+    let ctx = context(client, caches.readers());
+    reconcile::reconcile(Arc::new(current), ctx).await.unwrap();
+    let mut gone = deleted(&recorded);
+    gone.sort();
+    let mut expected = [name_of("1"), name_of("2")];
+    expected.sort();
+    assert_eq!(gone, expected);
+}
+
+/// Issue 32: an edit of a ConfigMap named in `configFrom` rolls its readers; deleting it rolls
+/// nothing (the running pods keep what they started with).
+#[tokio::test]
+async fn a_referenced_config_map_rolls_its_readers_when_edited_and_nothing_when_deleted() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use msa_operator::build::config::SourceContent;
+    use msa_operator::config_sources::{condense_config_map, condensed_hash};
+    let shop =
+        pg_app(json!({"components": {"gateway": {"configFrom": [{"configMap": "settings"}]}}}));
+    let settings = |origin: &str| {
+        let mut config_map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "settings", "namespace": "demo"},
+            "data": {"MSA_CORS_ORIGINS": origin},
+        }))
+        .unwrap();
+        condense_config_map(&mut config_map);
+        config_map
+    };
+    let first = settings("https://a.example");
+    let facts = build::ClusterFacts {
+        config_sources: [(
+            shop.spec.components.gateway.component.config_from[0].clone(),
+            SourceContent::Hash(condensed_hash(&first).unwrap()),
+        )]
+        .into(),
+        ..build::ClusterFacts::default()
+    };
+    let gateway_writes = |caches: &FakeCaches| {
+        let (client, recorded) = mocked_client(healthy_api(&shop));
+        let ctx = context(client, caches.readers());
+        let shop = shop.clone();
+        async move {
+            reconcile::reconcile(Arc::new(shop), ctx).await.unwrap();
+            lines(&calls(&recorded))
+                .into_iter()
+                .filter(|l| l.contains("/deployments/shop-gateway"))
+                .count()
+        }
+    };
+    let mut caches = FakeCaches::listed();
+    caches.store(&build::children_in(&shop, &facts).unwrap());
+    caches
+        .config_sources
+        .apply_watcher_event(&watcher::Event::Apply(first.clone()));
+    assert_eq!(
+        gateway_writes(&caches).await,
+        0,
+        "as rendered: nothing to do"
+    );
+
+    caches
+        .config_sources
+        .apply_watcher_event(&watcher::Event::Delete(first));
+    assert_eq!(gateway_writes(&caches).await, 0, "deleted: the pods stay");
+
+    caches
+        .config_sources
+        .apply_watcher_event(&watcher::Event::Apply(settings("https://b.example")));
+    assert_eq!(
+        gateway_writes(&caches).await,
+        1,
+        "edited: the gateway rolls"
+    );
+}

@@ -1047,28 +1047,54 @@ fn config_is_an_immutable_config_map_named_after_its_content_read_key_by_key() {
     );
 }
 
+fn sources_hash(t: &PodTemplateSpec) -> Option<String> {
+    t.metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()
+        .get("msa.dev/config-sources-hash")
+        .cloned()
+}
+
 #[test]
 fn config_from_is_env_from_in_order_and_its_content_hash_rolls_only_its_readers() {
+    use build::config::SourceContent;
     use msa_operator::crd::ConfigSource;
     let shop = app(json!({"components": {"product": {"configFrom": [
         {"configMap": "product-settings"}, {"secret": "product-keys"},
     ]}}}));
-    let source = |config_map: Option<&str>, secret: Option<&str>| ConfigSource {
-        config_map: config_map.map(str::to_owned),
-        secret: secret.map(str::to_owned),
+    let settings = ConfigSource {
+        config_map: Some("product-settings".into()),
+        secret: None,
     };
-    let with = |hashes: &[(ConfigSource, &str)]| {
+    let keys = ConfigSource {
+        config_map: None,
+        secret: Some("product-keys".into()),
+    };
+    let with = |known: &[(&ConfigSource, SourceContent)], running: Option<&str>| {
         let facts = build::ClusterFacts {
-            config_sources: hashes
+            config_sources: known
                 .iter()
-                .map(|(s, h)| (s.clone(), h.to_string()))
+                .map(|(s, c)| ((*s).clone(), c.clone()))
+                .collect(),
+            running_sources: running
+                .map(|h| (Component::Product, h.to_owned()))
+                .into_iter()
                 .collect(),
             ..build::ClusterFacts::default()
         };
         build::children_in(&shop, &facts).unwrap()
     };
-    let settings = source(Some("product-settings"), None);
-    let first = with(&[(settings.clone(), "aaaa")]);
+    let hash = |h: &str| SourceContent::Hash(h.to_owned());
+    let first = with(
+        &[
+            (&settings, hash("aaaa")),
+            (&keys, SourceContent::NotWatched),
+        ],
+        None,
+    );
     let t = template(&first, Component::Product);
     assert_eq!(
         serde_json::to_value(&container_of(t).env_from).unwrap(),
@@ -1077,39 +1103,70 @@ fn config_from_is_env_from_in_order_and_its_content_hash_rolls_only_its_readers(
             {"secretRef": {"name": "product-keys", "optional": false}},
         ])
     );
-    let edited = with(&[(settings.clone(), "bbbb")]);
+    let first_sources = sources_hash(t).expect("a sources hash");
+    let edited = with(
+        &[
+            (&settings, hash("bbbb")),
+            (&keys, SourceContent::NotWatched),
+        ],
+        None,
+    );
+    let rolled = template(&edited, Component::Product);
     assert_ne!(
-        config_hash(template(&edited, Component::Product)),
+        sources_hash(rolled).unwrap(),
+        first_sources,
+        "an edited ConfigMap rolls its readers"
+    );
+    assert_eq!(
+        config_hash(rolled),
         config_hash(t),
-        "an edited ConfigMap rolls the pods reading it"
+        "the pod spec's own hash stays (the operator's pacing does not hold a user's edit back)"
     );
+    assert_eq!(rolled.spec, t.spec, "only the annotation changes");
     assert_eq!(
-        template(&edited, Component::Product).spec,
-        t.spec,
-        "only the hash changes, not the pod spec"
-    );
-    assert_eq!(
-        config_hash(template(&edited, Component::Order)),
-        config_hash(template(&first, Component::Order)),
+        template(&edited, Component::Order),
+        template(&first, Component::Order),
         "components that do not read it stay"
     );
-    // The Secret's content appears once it is watched.
-    let watched = with(&[
-        (settings, "aaaa"),
-        (source(None, Some("product-keys")), "cccc"),
-    ]);
+    // The Secret's content counts once it is watched.
+    let watched = with(&[(&settings, hash("aaaa")), (&keys, hash("cccc"))], None);
     assert_ne!(
-        config_hash(template(&watched, Component::Product)),
-        config_hash(t)
+        sources_hash(template(&watched, Component::Product)).unwrap(),
+        first_sources
     );
-    // Without configFrom the hash is what it always was (no roll on upgrading the operator).
-    let plain = build::children(&app(json!({}))).unwrap();
+    // A ConfigMap deleted under running pods rolls nothing: they keep what they run with. An
+    // app whose pods never ran with it renders it absent (the new pods wait for it).
+    let deleted = with(&[(&keys, SourceContent::NotWatched)], Some(&first_sources));
     assert_eq!(
-        config_hash(template(&first, Component::Gateway)),
-        config_hash(template(&plain, Component::Gateway))
+        sources_hash(template(&deleted, Component::Product)),
+        Some(first_sources.clone())
     );
+    let never = with(&[(&keys, SourceContent::NotWatched)], None);
+    assert_ne!(
+        sources_hash(template(&never, Component::Product)),
+        Some(first_sources.clone())
+    );
+    let back = with(
+        &[
+            (&settings, hash("dddd")),
+            (&keys, SourceContent::NotWatched),
+        ],
+        Some(&first_sources),
+    );
+    assert_ne!(
+        sources_hash(template(&back, Component::Product)),
+        Some(first_sources),
+        "recreated with other content, it rolls"
+    );
+    // Without configFrom nothing changes: no annotation, no envFrom (no roll on upgrade).
+    let plain = build::children(&app(json!({}))).unwrap();
+    assert_eq!(sources_hash(template(&plain, Component::Product)), None);
     assert_eq!(
         container_of(template(&plain, Component::Product)).env_from,
         None
+    );
+    assert_eq!(
+        template(&first, Component::Gateway),
+        template(&plain, Component::Gateway)
     );
 }

@@ -239,10 +239,36 @@ fn config_keys_values_and_sources_are_checked_with_the_fix() {
         );
     }
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
-    let too_much: serde_json::Map<String, Value> = (0..40)
+    let too_much: serde_json::Map<String, Value> = (0..10)
         .map(|i| (format!("K{i}"), json!("v".repeat(7 * 1024))))
         .collect();
     let problems = validate::problems(&app(json!({"components": {"user": {"config": too_much}}})));
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].to_string().contains("at most 262144 in all"));
+    assert!(problems[0].to_string().contains("at most 65536 in all"));
+    // A key's length cannot swell the status: it is cut in the message.
+    let long = "1".repeat(60_000);
+    let problems = validate::problems(&app(
+        json!({"components": {"user": {"config": {long: "x"}}}}),
+    ));
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].to_string().len() < 300, "{}", problems[0]);
+}
+
+#[test]
+fn cel_rejects_a_config_source_naming_none_or_both() {
+    assert!(
+        cel_errors(
+            json!({"components": {"user": {"configFrom": [{"configMap": "a"}, {"secret": "b"}]}}})
+        )
+        .is_empty()
+    );
+    for wrong in [json!({}), json!({"configMap": "a", "secret": "b"})] {
+        let errors = cel_errors(json!({"components": {"gateway": {"configFrom": [wrong]}}}));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("names exactly one of configMap or secret"),
+            "{}",
+            errors[0]
+        );
+    }
 }

@@ -24,7 +24,7 @@ const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// How every refusal of the chart's policy starts (after the API server's own prefix).
 const POLICY: &str = "msa-operator admission policy: refused";
 /// The objects this test writes by hand; the operator's own writes are everything else.
-const PROBES: [&str; 4] = ["probe", "mine", "someone-elses", "unlabelled"];
+const PROBES: [&str; 5] = ["probe", "mine", "someone-elses", "unlabelled", "config"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: make e2e"]
@@ -128,6 +128,20 @@ async fn the_admission_policy_holds_the_operator_to_its_own_objects() -> anyhow:
         "dropping the label",
     )?;
     assert_mentions(&message, "the object would not carry the label");
+    // Of ConfigMaps it labelled, the operator deletes only components' `config` ones.
+    let message = refused(
+        here.delete("mine", &DeleteParams::default()).await,
+        "deleting a ConfigMap that is not a component's config",
+    )?;
+    assert_mentions(&message, "of ConfigMaps it deletes only components' config");
+    let mut config = config_map("config", true);
+    config
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("msa.dev/component-config".to_owned(), "true".to_owned());
+    here.create(&PostParams::default(), &config).await?;
+    here.delete("config", &DeleteParams::default()).await?;
 
     Api::<ConfigMap>::namespaced(s.admin.clone(), &s.ns)
         .create(&PostParams::default(), &config_map("someone-elses", false))

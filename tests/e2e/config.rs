@@ -12,16 +12,24 @@ use crate::support::{Setup, WAIT};
 
 const SELECTOR: &str = "msa.dev/component-config=true,app.kubernetes.io/instance=conf";
 
-/// The gateway's pod-template hash and the ConfigMaps its container reads.
+/// The gateway's pod-template hashes (of the pod spec, and of what it reads through
+/// `configFrom`) and the ConfigMaps its container reads.
 fn gateway_template(deployment: &Deployment) -> (String, Vec<String>) {
     let template = &deployment.spec.as_ref().expect("a spec").template;
-    let hash = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get("msa.dev/config-hash"))
-        .cloned()
-        .unwrap_or_default();
+    let annotation = |name: &str| {
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let hash = format!(
+        "{}/{}",
+        annotation("msa.dev/config-hash"),
+        annotation("msa.dev/config-sources-hash")
+    );
     let container = &template.spec.as_ref().expect("a pod spec").containers[0];
     let mut read: Vec<String> = container
         .env

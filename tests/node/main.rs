@@ -63,6 +63,7 @@ async fn the_shop_runs_on_real_pods_the_way_a_kind_user_runs_it() -> anyhow::Res
     check_only_the_leader_reconciles(&ctx, &operators, &leader).await?;
     hand_over_and_reconcile(&ctx, &ns, &leader).await?;
     check_data_survived_pod_loss(&ctx, &ns).await?;
+    check_configuration_rolls_and_is_served(&ctx, &ns).await?;
 
     let mut rows = Vec::new();
     let gateway = ctx
@@ -150,6 +151,98 @@ async fn check_data_survived_pod_loss(ctx: &Ctx, ns: &str) -> anyhow::Result<()>
     );
     println!("every shop pod was replaced; the data on the volumes is intact");
     Ok(())
+}
+
+/// Issue 32, part 2, on real pods: the gateway reads `MSA_CORS_ORIGINS` from a ConfigMap named
+/// in `configFrom`; editing that ConfigMap rolls the gateway and the new origin is what it
+/// answers through the NodePort; `config` (the operator's own immutable ConfigMap) then wins
+/// over it. Put back as it was for the steps after.
+async fn check_configuration_rolls_and_is_served(ctx: &Ctx, ns: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let url = ready_gateway(ctx, ns).await?;
+    // The origin the gateway allows for a request from `origin`, once it allows it.
+    let allowed = |origin: &'static str| {
+        let (http, url) = (ctx.http.clone(), url.clone());
+        async move {
+            wait_until(&format!("the gateway to allow {origin}"), WAIT, || async {
+                let answer = http
+                    .get(format!("{url}/products"))
+                    .header("origin", origin)
+                    .send()
+                    .await?;
+                let allowed = answer
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                Ok((answer.status() == 200 && allowed.as_deref() == Some(origin)).then_some(()))
+            })
+            .await
+        }
+    };
+    let settings = |origin: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gateway-settings}}\ndata: {{MSA_CORS_ORIGINS: '{origin}'}}\n"
+        )
+    };
+    let apply = |manifest: String| {
+        ctx.cluster
+            .kubectl_with_stdin(&["apply", "-n", ns, "-f", "-"], Some(&manifest))
+            .ok()
+            .map(drop)
+    };
+    apply(settings("https://a.example"))?;
+    patch_shop(
+        ctx,
+        ns,
+        r#"{"spec":{"components":{"gateway":{"configFrom":[{"configMap":"gateway-settings"}]}}}}"#,
+    )?;
+    allowed("https://a.example").await?;
+    let pods_before = gateway_pods(ctx, ns).await?;
+    apply(settings("https://b.example"))?;
+    allowed("https://b.example").await?;
+    // The edit rolled the gateway: every pod that ran before it is replaced.
+    wait_until("the gateway's pods to be replaced", WAIT, || async {
+        let now = gateway_pods(ctx, ns).await?;
+        Ok((!now.is_empty() && now.is_disjoint(&pods_before)).then_some(()))
+    })
+    .await?;
+    patch_shop(
+        ctx,
+        ns,
+        r#"{"spec":{"components":{"gateway":{"config":{"MSA_CORS_ORIGINS":"https://c.example"}}}}}"#,
+    )?;
+    allowed("https://c.example").await?;
+    patch_shop(
+        ctx,
+        ns,
+        r#"{"spec":{"components":{"gateway":{"config":null,"configFrom":null}}}}"#,
+    )?;
+    ready_gateway(ctx, ns).await?;
+    println!(
+        "configuration: an edited ConfigMap rolled the gateway and its value was served, then spec config won over it: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The names of the gateway's pods that are Running now.
+async fn gateway_pods(ctx: &Ctx, ns: &str) -> anyhow::Result<BTreeSet<String>> {
+    let pods = Api::<Pod>::namespaced(ctx.admin.clone(), ns)
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=shop,app.kubernetes.io/name=gateway"),
+        )
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .map(|p| p.name_any())
+        .collect())
 }
 
 /// The chart installed with the README's HA command; returns the operator pods, Running and

@@ -24,9 +24,16 @@ use crate::component::Component;
 use crate::crd::{ConfigSource, MicroserviceApp};
 use crate::labels;
 
-/// What stands in the pod template's hash for a source whose content the operator does not
-/// know: absent (the pod will wait for it), or a Secret while Secrets are not watched.
-pub const UNKNOWN_CONTENT: &str = "unknown";
+/// What the operator knows of the content of one `configFrom` source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceContent {
+    /// A hash of its content (see [`content_hash`]).
+    Hash(String),
+    /// It does not exist (new pods wait for it).
+    Absent,
+    /// A Secret, while Secrets are not watched: its changes roll nothing.
+    NotWatched,
+}
 
 /// Name of the ConfigMap holding a component's `config`: `<app>-<component>-config-<hash>`.
 pub fn config_map_name(
@@ -107,30 +114,54 @@ pub(super) fn env_from(app: &MicroserviceApp, component: Component) -> Option<Ve
     })
 }
 
-/// What the operator knows of the content of each source the component reads, for the pod
-/// template's hash; empty when it reads none (so its hash stays what it was before
-/// `configFrom` existed).
-pub(super) fn source_contents<'a>(
-    app: &'a MicroserviceApp,
-    owner: &'a Owner,
+/// The pod template's [`labels::CONFIG_SOURCES_ANNOTATION`]: a hash of what the operator knows
+/// of each source the component reads, so an edit in one rolls its pods; none when it reads
+/// none (apps without `configFrom` render as before). A source missing from the facts counts
+/// as absent. While a ConfigMap it reads is absent, the pods keep the value they run with
+/// (`owner.cluster.running_sources`): deleting a ConfigMap by mistake must not replace running
+/// pods by ones that cannot start (a StatefulSet stops its only pod first).
+pub(super) fn sources_hash(
+    app: &MicroserviceApp,
+    owner: &Owner,
     component: Component,
-) -> Vec<(&'a ConfigSource, &'a str)> {
-    component
-        .spec(app)
-        .config_from
+) -> Option<String> {
+    let sources = &component.spec(app).config_from;
+    if sources.is_empty() {
+        return None;
+    }
+    let known: Vec<(&ConfigSource, &SourceContent)> = sources
         .iter()
         .map(|source| {
-            let known = owner.cluster.config_sources.get(source);
-            (source, known.map_or(UNKNOWN_CONTENT, String::as_str))
+            let content = owner.cluster.config_sources.get(source);
+            (source, content.unwrap_or(&SourceContent::Absent))
         })
-        .collect()
+        .collect();
+    if known.iter().any(|(_, c)| **c == SourceContent::Absent)
+        && let Some(running) = owner.cluster.running_sources.get(&component)
+    {
+        return Some(running.clone());
+    }
+    let named: Vec<(&ConfigSource, &str)> = known
+        .into_iter()
+        .map(|(source, content)| {
+            let shown = match content {
+                SourceContent::Hash(hash) => hash.as_str(),
+                SourceContent::Absent => "absent",
+                SourceContent::NotWatched => "not-watched",
+            };
+            (source, shown)
+        })
+        .collect();
+    Some(short_hash(&named))
 }
 
-/// A hash of a ConfigMap's or Secret's content (its keys and values, text and binary): what
-/// the operator keeps of objects it does not own.
+/// A hash of a ConfigMap's or Secret's content (its keys and values, text and binary) and of
+/// `salt` (a Secret's uid, so a hash shown in a pod template cannot be matched against guesses
+/// of a weak Secret): what the operator keeps of objects it does not own.
 pub fn content_hash<T: serde::Serialize, B: serde::Serialize>(
+    salt: &str,
     data: &Option<BTreeMap<String, T>>,
     binary: &Option<BTreeMap<String, B>>,
 ) -> String {
-    short_hash(&(data, binary))
+    short_hash(&(salt, data, binary))
 }

@@ -38,10 +38,13 @@ pub struct ClusterFacts {
     /// The ClusterIP of this app's broker Service (`<app>-events`), once it has one: where its
     /// services publish (see `build::broker`). Per app, unlike the rest.
     pub broker_address: Option<String>,
-    /// A hash of the content of each ConfigMap (and, when watched, Secret) the app's
-    /// components name in `configFrom`, by source; a source missing here is absent or not
-    /// watched. Per app.
-    pub config_sources: std::collections::BTreeMap<crate::crd::ConfigSource, String>,
+    /// What the operator knows of each ConfigMap and Secret the app's components name in
+    /// `configFrom` (see [`super::config`]); a source missing here counts as absent. Per app.
+    pub config_sources:
+        std::collections::BTreeMap<crate::crd::ConfigSource, super::config::SourceContent>,
+    /// The sources hash each component's running pod template carries, kept while a source it
+    /// reads is absent. Per app.
+    pub running_sources: std::collections::BTreeMap<Component, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

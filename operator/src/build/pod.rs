@@ -40,16 +40,16 @@ pub(super) fn template(
     let labels = labels::component_labels(&owner.name, component, &spec.labels);
     let pod_spec = pod_spec(app, owner, component, revision_label);
     let mut annotations: BTreeMap<String, String> = spec.annotations.clone();
-    // Any change to the rendered pod spec rolls the pods, and so does a change in the content
-    // of a ConfigMap or Secret the pods read through `configFrom`; the hash also lets a person
-    // compare what two pods run at a glance.
-    let sources = super::config::source_contents(app, owner, component);
-    let hash = if sources.is_empty() {
-        short_hash(&pod_spec)
-    } else {
-        short_hash(&(&pod_spec, sources))
-    };
-    annotations.insert(labels::CONFIG_HASH_ANNOTATION.to_owned(), hash);
+    // Any change to the rendered pod spec rolls the pods; the hash also lets a person compare
+    // what two pods run at a glance. So does an edit in a ConfigMap or Secret the pods read
+    // through `configFrom` (its own annotation: see the label's documentation).
+    annotations.insert(
+        labels::CONFIG_HASH_ANNOTATION.to_owned(),
+        short_hash(&pod_spec),
+    );
+    if let Some(sources) = super::config::sources_hash(app, owner, component) {
+        annotations.insert(labels::CONFIG_SOURCES_ANNOTATION.to_owned(), sources);
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
