@@ -703,20 +703,7 @@ fn cached_workloads(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component,
 fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
     let namespace = app.namespace().unwrap_or_default();
     let app_name = app.name_any();
-    let product = labels::child_name(&app_name, Component::Product);
-    let template = ctx
-        .caches
-        .deployments
-        .get(&ObjectRef::new(&product).within(&namespace))
-        .filter(|d| controlled_by(d.as_ref(), app))
-        .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
-        .or_else(|| {
-            ctx.caches
-                .stateful_sets
-                .get(&ObjectRef::new(&product).within(&namespace))
-                .filter(|s| controlled_by(s.as_ref(), app))
-                .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
-        });
+    let template = cached_pod_template(ctx, app, Component::Product);
     let keys = ObjectRef::new(&build::issuer_config_map_name(&app_name)).within(&namespace);
     facts::LiveFacts {
         product_issuer: template.as_ref().map(build::rendered_issuer),
@@ -773,38 +760,40 @@ fn config_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<ConfigSource
 /// The sources hash each component's running pod template carries (workloads this app
 /// controls only), for components that read `configFrom`.
 fn running_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<Component, String> {
-    let namespace = app.namespace().unwrap_or_default();
-    let app_name = app.name_any();
-    let annotation = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-        template?
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(labels::CONFIG_SOURCES_ANNOTATION)
-            .cloned()
-    };
     Component::ALL
         .into_iter()
         .filter(|component| !component.spec(app).config_from.is_empty())
         .filter_map(|component| {
-            let name = labels::child_name(&app_name, component);
-            let from_deployment = ctx
-                .caches
-                .deployments
-                .get(&ObjectRef::new(&name).within(&namespace))
-                .filter(|d| controlled_by(d.as_ref(), app))
-                .and_then(|d| annotation(d.spec.as_ref().map(|s| &s.template)));
-            let running = from_deployment.or_else(|| {
-                ctx.caches
-                    .stateful_sets
-                    .get(&ObjectRef::new(&name).within(&namespace))
-                    .filter(|s| controlled_by(s.as_ref(), app))
-                    .and_then(|s| annotation(s.spec.as_ref().map(|s| &s.template)))
-            })?;
+            let running = cached_pod_template(ctx, app, component)?
+                .metadata?
+                .annotations?
+                .remove(labels::CONFIG_SOURCES_ANNOTATION)?;
             Some((component, running))
         })
         .collect()
+}
+
+/// The pod template of the component's cached workload (a Deployment, else a StatefulSet),
+/// when this app controls it.
+fn cached_pod_template(
+    ctx: &Context,
+    app: &MicroserviceApp,
+    component: Component,
+) -> Option<k8s_openapi::api::core::v1::PodTemplateSpec> {
+    let namespace = app.namespace().unwrap_or_default();
+    let name = labels::child_name(&app.name_any(), component);
+    ctx.caches
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .filter(|d| controlled_by(d.as_ref(), app))
+        .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
+        .or_else(|| {
+            ctx.caches
+                .stateful_sets
+                .get(&ObjectRef::new(&name).within(&namespace))
+                .filter(|s| controlled_by(s.as_ref(), app))
+                .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
+        })
 }
 
 /// The storage check over the cached StatefulSets and claims of this app (each looked up by
@@ -1360,22 +1349,7 @@ async fn delete_unused_configs(
 
 /// The `config` ConfigMaps the component's cached workload template reads.
 fn running_config(ctx: &Context, app: &MicroserviceApp, component: Component) -> Vec<String> {
-    let namespace = app.namespace().unwrap_or_default();
-    let name = labels::child_name(&app.name_any(), component);
-    let template = ctx
-        .caches
-        .deployments
-        .get(&ObjectRef::new(&name).within(&namespace))
-        .filter(|d| controlled_by(d.as_ref(), app))
-        .and_then(|d| d.spec.as_ref().map(|s| s.template.clone()))
-        .or_else(|| {
-            ctx.caches
-                .stateful_sets
-                .get(&ObjectRef::new(&name).within(&namespace))
-                .filter(|s| controlled_by(s.as_ref(), app))
-                .and_then(|s| s.spec.as_ref().map(|s| s.template.clone()))
-        });
-    template
+    cached_pod_template(ctx, app, component)
         .and_then(|t| t.spec)
         .into_iter()
         .flat_map(|pod| pod.containers)
