@@ -40,14 +40,38 @@ build_gateway() {
   record_build_time "$what" "$kind" "$((SECONDS - start))"
 }
 
+# The folders of the workspace crates msa-gateway is built from: itself and its path
+# dependencies (normal and build, not dev), transitively — not the other services, nor tests.
+gateway_crates() {
+  (cd "$build_src" && "$cargo" metadata --format-version 1 --no-deps --offline) | python3 -c '
+import json, os, sys
+packages = {p["name"]: p for p in json.load(sys.stdin)["packages"]}
+todo, seen = ["msa-gateway"], set()
+while todo:
+    name = todo.pop()
+    if name in seen or name not in packages:
+        continue
+    seen.add(name)
+    todo += [d["name"] for d in packages[name]["dependencies"]
+             if d.get("path") and d.get("kind") in (None, "build")]
+for name in sorted(seen):
+    print(os.path.relpath(os.path.dirname(packages[name]["manifest_path"]), sys.argv[1]))
+' "$build_src"
+}
+
 # make_profile <profile>: steps 1-3, unless the cached profile was made from the same inputs.
 make_profile() {
-  local profile="$1" key instrumented
-  # What the profile depends on: every source the gateway is built from, the toolchain and
+  local profile="$1" key instrumented crates
+  # What the profile depends on: the sources the gateway binary is compiled from (its crates'
+  # manifests, src/ and build scripts; a change to another service or to a test re-trains
+  # nothing, and an unchanged profile leaves step 4 a no-op), the lock file, the toolchain and
   # flags, and how it is trained (contents only: CI builds from a fresh clone at another path
   # each time).
+  mapfile -t crates < <(gateway_crates)
+  ((${#crates[@]} > 0)) || { echo "could not list the gateway's crates (cargo metadata)" >&2; exit 1; }
   key="$( (rustc -vV; echo "$target ${RUSTFLAGS:-} $static"; cd "$build_src" && find Cargo.toml \
-            Cargo.lock services -type f -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum;
+            Cargo.lock "${crates[@]}" -type f \( -path '*/src/*' -o -name Cargo.toml -o -name Cargo.lock -o -name build.rs \) \
+            -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum;
            sha256sum <"$here/pgo-train.py") | sha256sum | cut -c1-16)"
   if [[ "$(cat "$pgo/key" 2>/dev/null)" == "$key" && -s "$profile" ]]; then
     log "gateway profile: cached (sources unchanged)"
