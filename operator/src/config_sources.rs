@@ -17,7 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use crate::build::config::content_hash;
+use kube::runtime::reflector::Store;
+
+use crate::build::config::SourceContent;
+use crate::build::short_hash;
 use crate::component::Component;
 use crate::controller::WatchedApp;
 use crate::crd::ConfigSource;
@@ -30,6 +33,28 @@ pub const CONTENT_HASH_ANNOTATION: &str = "msa.dev/content-hash";
 pub enum SourceKind {
     ConfigMap,
     Secret,
+}
+
+/// A hash of a ConfigMap's or Secret's content (its keys and values, text and binary) and of
+/// `salt` (a Secret's uid, so a hash shown in a pod template cannot be matched against guesses
+/// of a weak Secret).
+pub fn content_hash<T: serde::Serialize, B: serde::Serialize>(
+    salt: &str,
+    data: &Option<BTreeMap<String, T>>,
+    binary: &Option<BTreeMap<String, B>>,
+) -> String {
+    short_hash(&(salt, data, binary))
+}
+
+/// What `store` (a condensed watch's cache) knows of the object `name` in `namespace`.
+pub fn content_in<K>(store: &Store<K>, namespace: &str, name: &str) -> SourceContent
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .and_then(|object| condensed_hash(object.as_ref()))
+        .map_or(SourceContent::Absent, SourceContent::Hash)
 }
 
 /// Replaces a ConfigMap by its name and a hash of its content.

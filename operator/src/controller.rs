@@ -270,6 +270,18 @@ fn app_of_labelled<K: Resource>(object: K) -> Option<ObjectRef<WatchedApp>> {
     Some(ObjectRef::new(&app).within(&object.namespace()?))
 }
 
+/// The watch mapper of a `configFrom` kind: a change in an object concerns the apps that read it.
+fn readers<K: Resource>(
+    apps: &Store<WatchedApp>,
+    kind: SourceKind,
+) -> impl Fn(K) -> Vec<ObjectRef<WatchedApp>> + Send + Sync + 'static {
+    let apps = apps.clone();
+    move |object: K| {
+        let namespace = object.namespace().unwrap_or_default();
+        config_sources::apps_reading(&apps.state(), &namespace, kind, &object.name_any())
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -342,31 +354,6 @@ pub async fn run(
     .applied_objects()
     .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(app_changes, apps.clone());
-    // A change in a ConfigMap or Secret concerns the apps that read it through `configFrom`.
-    let readers_of_config_map = {
-        let apps = apps.clone();
-        move |object: ConfigMap| {
-            let namespace = object.namespace().unwrap_or_default();
-            config_sources::apps_reading(
-                &apps.state(),
-                &namespace,
-                SourceKind::ConfigMap,
-                &object.name_any(),
-            )
-        }
-    };
-    let readers_of_secret = {
-        let apps = apps.clone();
-        move |object: Secret| {
-            let namespace = object.namespace().unwrap_or_default();
-            config_sources::apps_reading(
-                &apps.state(),
-                &namespace,
-                SourceKind::Secret,
-                &object.name_any(),
-            )
-        }
-    };
     let counter = tokio::spawn(count_apps(controller.store(), context.clone()));
     controller
         .with_config(
@@ -385,10 +372,13 @@ pub async fn run(
         .owns_stream(config_map_events)
         .watches_stream(slice_events, app_of_labelled)
         .watches_stream(claim_events, app_of_labelled)
-        .watches_stream(config_source_events, readers_of_config_map)
+        .watches_stream(
+            config_source_events,
+            readers::<ConfigMap>(&apps, SourceKind::ConfigMap),
+        )
         .watches_stream(
             futures::stream::iter(secret_source_events).flatten(),
-            readers_of_secret,
+            readers::<Secret>(&apps, SourceKind::Secret),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile_object, error_policy_object, context)

@@ -36,6 +36,7 @@ use crate::build::config::SourceContent;
 use crate::build::{self, Children, Workload, broker};
 use crate::component::Component;
 use crate::conditions::{self, DEGRADED, READY};
+use crate::config_sources::content_in;
 use crate::crd::{ConfigSource, MicroserviceApp, MicroserviceAppStatus};
 use crate::error::Error;
 use crate::labels::{self, MANAGER};
@@ -728,27 +729,15 @@ fn live_facts(ctx: &Context, app: &MicroserviceApp) -> facts::LiveFacts {
 /// keeps a hash of each one's content and nothing else, see [`crate::config_sources`]).
 fn config_sources(ctx: &Context, app: &MicroserviceApp) -> BTreeMap<ConfigSource, SourceContent> {
     let namespace = app.namespace().unwrap_or_default();
-    let hash_of = |object: Option<Arc<_>>| {
-        object
-            .and_then(|o: Arc<ConfigMap>| crate::config_sources::condensed_hash(o.as_ref()))
-            .map_or(SourceContent::Absent, SourceContent::Hash)
-    };
     Component::ALL
         .into_iter()
         .flat_map(|component| component.spec(app).config_from.iter())
         .map(|source| {
             let content = match (&source.config_map, &source.secret) {
-                (Some(name), _) => hash_of(
-                    ctx.caches
-                        .config_sources
-                        .get(&ObjectRef::new(name).within(&namespace)),
-                ),
+                (Some(name), _) => content_in(&ctx.caches.config_sources, &namespace, name),
                 (None, Some(name)) => match &ctx.caches.secret_sources {
                     None => SourceContent::NotWatched,
-                    Some(secrets) => secrets
-                        .get(&ObjectRef::new(name).within(&namespace))
-                        .and_then(|s| crate::config_sources::condensed_hash(s.as_ref()))
-                        .map_or(SourceContent::Absent, SourceContent::Hash),
+                    Some(secrets) => content_in(secrets, &namespace, name),
                 },
                 (None, None) => SourceContent::Absent,
             };

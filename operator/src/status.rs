@@ -106,23 +106,6 @@ impl WorkloadState {
     }
 }
 
-/// `status.replicas`: optional in a Deployment's status, required in a StatefulSet's.
-trait Count {
-    fn count(self) -> i32;
-}
-
-impl Count for i32 {
-    fn count(self) -> i32 {
-        self
-    }
-}
-
-impl Count for Option<i32> {
-    fn count(self) -> i32 {
-        self.unwrap_or(0)
-    }
-}
-
 /// Both workload kinds report the same fields under the same names.
 macro_rules! workload_state {
     ($kind:literal, $object:expr) => {{
@@ -136,7 +119,10 @@ macro_rules! workload_state {
             desired: object.spec.as_ref().and_then(|s| s.replicas),
             updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
             ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-            pods: status.map_or(0, |s| Count::count(s.replicas)),
+            // Optional in a Deployment's status, required in a StatefulSet's.
+            pods: status
+                .and_then(|s| Option::<i32>::from(s.replicas))
+                .unwrap_or(0),
             available: status.and_then(|s| s.available_replicas).unwrap_or(0),
             conditions: status
                 .and_then(|s| s.conditions.as_ref())

@@ -8,8 +8,8 @@
 //!
 //! `configFrom` names objects the user keeps. Their content is not the operator's to copy, so
 //! the pod reads them with `envFrom`, and what the operator knows of them, a hash of each one's
-//! content from a watch ([`ClusterFacts::config_sources`]), goes into the pod template's hash
-//! annotation: editing one rolls the pods that read it.
+//! content from a watch (`ClusterFacts::config_sources`), goes into a pod-template annotation
+//! of its own ([`sources_hash`]): editing one rolls the pods that read it.
 
 use std::collections::BTreeMap;
 
@@ -24,10 +24,12 @@ use crate::component::Component;
 use crate::crd::{ConfigSource, MicroserviceApp};
 use crate::labels;
 
-/// What the operator knows of the content of one `configFrom` source.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the operator knows of the content of one `configFrom` source (serialized into the
+/// sources hash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SourceContent {
-    /// A hash of its content (see [`content_hash`]).
+    /// A hash of its content (see `config_sources::content_hash`).
     Hash(String),
     /// It does not exist (new pods wait for it).
     Absent,
@@ -141,27 +143,5 @@ pub(super) fn sources_hash(
     {
         return Some(running.clone());
     }
-    let named: Vec<(&ConfigSource, &str)> = known
-        .into_iter()
-        .map(|(source, content)| {
-            let shown = match content {
-                SourceContent::Hash(hash) => hash.as_str(),
-                SourceContent::Absent => "absent",
-                SourceContent::NotWatched => "not-watched",
-            };
-            (source, shown)
-        })
-        .collect();
-    Some(short_hash(&named))
-}
-
-/// A hash of a ConfigMap's or Secret's content (its keys and values, text and binary) and of
-/// `salt` (a Secret's uid, so a hash shown in a pod template cannot be matched against guesses
-/// of a weak Secret): what the operator keeps of objects it does not own.
-pub fn content_hash<T: serde::Serialize, B: serde::Serialize>(
-    salt: &str,
-    data: &Option<BTreeMap<String, T>>,
-    binary: &Option<BTreeMap<String, B>>,
-) -> String {
-    short_hash(&(salt, data, binary))
+    Some(short_hash(&known))
 }

@@ -2,7 +2,7 @@
 //! every fault test ends with. Each test file uses a part of it, so each declares it with
 //! `#[allow(dead_code)]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use msa_order::peers::Peers;
@@ -254,8 +254,8 @@ pub async fn audit(
             *bought.entry(product).or_default() += quantity;
         }
     }
-    events_agree(order_db, product_db).await;
-    stock_each_reservation_holds(product_db, &reservations).await;
+    let product_events = events_agree(order_db, product_db).await;
+    stock_each_reservation_holds(product_db, &product_events, &reservations).await;
     for (product, initial) in initial_stock {
         let stock: i64 = sqlx::query("SELECT stock FROM products WHERE id = $1")
             .bind(product)
@@ -275,8 +275,12 @@ pub async fn audit(
 
 /// The outboxes agree with the tables (issue 29): each order's last event carries its status,
 /// lines and total; each product's last stock figure (from `created`, `updated` or
-/// `stock_changed`) is its stock; every aggregate's events are numbered without gaps.
-async fn events_agree(order_db: &Database, product_db: &Database) {
+/// `stock_changed`) is its stock; every aggregate's events are numbered without gaps. Returns
+/// the product service's events by aggregate.
+async fn events_agree(
+    order_db: &Database,
+    product_db: &Database,
+) -> HashMap<String, Vec<(String, Value)>> {
     let last = msa_events::testing::last_events(&order_db.pool).await;
     let orders = sqlx::query("SELECT id, status, total_cents FROM orders")
         .fetch_all(&order_db.pool)
@@ -345,6 +349,7 @@ async fn events_agree(order_db: &Database, product_db: &Database) {
             "product {id}: its stock and the last stock its events announced"
         );
     }
+    products
 }
 
 /// What the stock events say each reservation holds now (units taken less units given back,
@@ -352,10 +357,11 @@ async fn events_agree(order_db: &Database, product_db: &Database) {
 /// the events name exists. This names the reservation when stock and sales disagree.
 async fn stock_each_reservation_holds(
     product_db: &Database,
+    product_events: &HashMap<String, Vec<(String, Value)>>,
     reservations: &BTreeMap<String, String>,
 ) {
     let mut held = BTreeMap::<(String, String), i64>::new();
-    for (product, events) in msa_events::testing::events_by_aggregate(&product_db.pool).await {
+    for (product, events) in product_events {
         for (kind, data) in events {
             let (Some(reservation), Some(previous), Some(stock)) = (
                 data["reservation_id"].as_str(),
